@@ -1,0 +1,66 @@
+"""Event-handler settings of a hub, and which handler an event goes to.
+
+Mirrors the Azure portal's per-hub settings (event-handler.md §1): handlers are
+tried in order and the first whose pattern matches an event gets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+SYSTEM_EVENTS = frozenset({"connect", "connected", "disconnected"})
+
+
+@dataclass(frozen=True, slots=True)
+class EventHandlerSettings:
+    """One ``[[hubs.NAME.event_handlers]]`` entry.
+
+    ``user_event_pattern``: ``"*"`` (all), ``"a,b"`` (a list), ``"message"`` (one
+    name) or ``""`` (none); names compare case-insensitively, items trimmed.
+    """
+
+    url_template: str
+    user_event_pattern: str = ""
+    system_events: frozenset[str] = field(default_factory=frozenset)
+    timeout_seconds: float = 20.0
+
+    def handles_user_event(self, name: str) -> bool:
+        items = [p.strip().lower() for p in self.user_event_pattern.split(",")]
+        items = [p for p in items if p]
+        return "*" in items or name.lower() in items
+
+    def handles_system_event(self, name: str) -> bool:
+        return name in self.system_events
+
+    def url_for(self, hub: str, event: str) -> str:
+        """The template with ``{hub}`` and ``{event}`` substituted, URL-escaped."""
+        return self.url_template.replace("{hub}", quote(hub, safe="")).replace(
+            "{event}", quote(event, safe="")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """Settings of one hub. ``name`` is the key as configured (compared lower-cased)."""
+
+    name: str
+    anonymous_connect: bool = False
+    keepalive_seconds: int = 20
+    event_handlers: tuple[EventHandlerSettings, ...] = ()
+
+    def handler_for_system_event(self, name: str) -> EventHandlerSettings | None:
+        return _first(self.event_handlers, lambda h: h.handles_system_event(name))
+
+    def handler_for_user_event(self, name: str) -> EventHandlerSettings | None:
+        return _first(self.event_handlers, lambda h: h.handles_user_event(name))
+
+
+def _first(
+    handlers: Sequence[EventHandlerSettings], pred: Callable[[EventHandlerSettings], bool]
+) -> EventHandlerSettings | None:
+    for h in handlers:
+        if pred(h):
+            return h
+    return None
