@@ -1,0 +1,43 @@
+"""How nodes share work: every command reaches every node, every query is gathered.
+
+A node registers itself with its backplane; REST operations go through
+:meth:`Backplane.publish` / :meth:`Backplane.gather` whatever node received them,
+so a client connected to any node is reachable from any other.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+from webpubsub.protocol.backplane import Answer, Command, Query
+
+
+class NodeEndpoint(Protocol):
+    """What a backplane needs from a node."""
+
+    node_id: str
+
+    def apply(self, command: Command) -> None:
+        """Apply a command to this node's own connections (synchronous, never raises)."""
+
+    def answer(self, query: Query) -> Answer:
+        """Answer a query from this node's own connections."""
+
+
+class Backplane(abc.ABC):
+    @abc.abstractmethod
+    async def start(self, node: NodeEndpoint) -> None:
+        """Register ``node``: from now on it receives every command and query."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Unregister the node and release resources."""
+
+    @abc.abstractmethod
+    async def publish(self, command: Command) -> None:
+        """Deliver ``command`` to every node (this one included), in publish order."""
+
+    @abc.abstractmethod
+    async def gather(self, query: Query) -> list[Answer]:
+        """Ask every node (this one included); one answer per node."""

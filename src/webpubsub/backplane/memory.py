@@ -1,0 +1,38 @@
+"""The embedded backplane: nodes in one process, joined through a shared bus.
+
+With one node (the default) a command is a direct call.  Several nodes built on
+the same :class:`MemoryBus` behave like a cluster, which tests use to prove that
+operations reach clients connected to another node.
+"""
+
+from __future__ import annotations
+
+from webpubsub.backplane.base import Backplane, NodeEndpoint
+from webpubsub.protocol.backplane import Answer, Command, Query
+
+
+class MemoryBus:
+    def __init__(self) -> None:
+        self.nodes: list[NodeEndpoint] = []
+
+
+class MemoryBackplane(Backplane):
+    def __init__(self, bus: MemoryBus | None = None) -> None:
+        self.bus = bus if bus is not None else MemoryBus()
+        self._node: NodeEndpoint | None = None
+
+    async def start(self, node: NodeEndpoint) -> None:
+        self._node = node
+        self.bus.nodes.append(node)
+
+    async def stop(self) -> None:
+        if self._node is not None and self._node in self.bus.nodes:
+            self.bus.nodes.remove(self._node)
+        self._node = None
+
+    async def publish(self, command: Command) -> None:
+        for node in list(self.bus.nodes):
+            node.apply(command)
+
+    async def gather(self, query: Query) -> list[Answer]:
+        return [node.answer(query) for node in list(self.bus.nodes)]

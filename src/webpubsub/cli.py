@@ -1,0 +1,241 @@
+"""The ``webpubsub`` command: serve, demo, chat, check-config, token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import click
+
+from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
+from webpubsub.errors import ConfigError
+from webpubsub.protocol.connection_string import generate_access_key
+from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
+
+ACCESS_KEY_ENV = "WEBPUBSUB_ACCESS_KEY"
+CONNECTION_STRING_ENV = "WebPubSubConnectionString"
+
+
+def _run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` on uvloop when available, until it returns or Ctrl-C / SIGTERM."""
+
+    async def guarded() -> None:
+        task = asyncio.ensure_future(main())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(guarded())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(guarded())
+
+
+def _load(config_file: str | None) -> ServiceConfig:
+    try:
+        return load_config(config_file) if config_file else default_config()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1) from None
+
+
+def _with_keys(config: ServiceConfig, flags: tuple[str, ...]) -> tuple[ServiceConfig, bool]:
+    """Apply keys from flags, else the env, else the file; generate one if none."""
+    keys = parse_access_keys(flags) or parse_access_keys(os.environ.get(ACCESS_KEY_ENV, ""))
+    generated = False
+    if not keys and not config.server.access_keys:
+        keys, generated = (generate_access_key(),), True
+    try:
+        return config.with_overrides(access_keys=keys or None, source="command line"), generated
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1) from None
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def main(log_level: str) -> None:
+    """A self-hosted, wire-compatible Azure Web PubSub service."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8080).")
+@click.option(
+    "--access-key",
+    "access_keys",
+    multiple=True,
+    help=f"Access key; repeat or comma-separate to rotate (first signs). Env: {ACCESS_KEY_ENV}.",
+)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+def serve(
+    host: str | None, port: int | None, access_keys: tuple[str, ...], config_file: str | None
+) -> None:
+    """Run the service."""
+    config, generated = _with_keys(_load(config_file), access_keys)
+    config = config.with_overrides(host=host, port=port)
+
+    async def run() -> None:
+        from webpubsub.server.app import ServiceRunner
+
+        runner = ServiceRunner(config)
+        await runner.start()
+        try:
+            if generated:
+                click.echo("No access key given: generated one for this run.")
+            click.echo(f"Listening on http://{config.server.host}:{runner.port}")
+            click.echo(f"Connection string: {runner.connection_string}")
+            await _forever()
+        finally:
+            await runner.stop()
+
+    _run(run)
+
+
+@main.command("check-config")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+def check_config(config_file: str) -> None:
+    """Validate a config file without starting the service."""
+    try:
+        load_config(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1) from None
+    click.echo(f"OK: {config_file}")
+
+
+@main.command()
+@click.option(
+    "--connection-string",
+    envvar=CONNECTION_STRING_ENV,
+    required=True,
+    help=f"The service's connection string. Env: {CONNECTION_STRING_ENV}.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+def chat(connection_string: str, host: str, port: int) -> None:
+    """Run the tutorial's chat app (negotiate, event handler, page)."""
+    from webpubsub.chat.app import run_chat
+
+    run_chat(connection_string, host=host, port=port)
+
+
+def demo_config(config: ServiceConfig, chat_port: int) -> ServiceConfig:
+    """``config`` with hub ``chat`` wired to the chat app's event handler."""
+    handler = EventHandlerSettings(
+        url_template=f"http://127.0.0.1:{chat_port}/eventhandler",
+        user_event_pattern="*",
+        system_events=frozenset({"connected"}),
+        timeout_seconds=config.upstream.timeout_seconds,
+    )
+    hubs = dict(config.hubs)
+    hubs["chat"] = HubSettings(name="chat", event_handlers=(handler,))
+    return dataclasses.replace(config, hubs=hubs)
+
+
+@main.command()
+@click.option("--port", type=int, default=8080, show_default=True, help="The service's port.")
+@click.option("--chat-port", type=int, default=5000, show_default=True, help="The chat app's port.")
+def demo(port: int, chat_port: int) -> None:
+    """Run the service and the tutorial's chat app together, wired, on this machine."""
+    # The service must know the chat app's address and the chat app the service's
+    # connection string: bind the chat app's socket first (port 0 picks a free one).
+    chat_socket = socket.create_server(("127.0.0.1", chat_port))
+    chat_port = chat_socket.getsockname()[1]
+    config, _ = _with_keys(default_config().with_overrides(host="127.0.0.1", port=port), ())
+    config = demo_config(config, chat_port)
+
+    async def run() -> None:
+        from aiohttp import web
+
+        from webpubsub.chat.app import create_chat_app
+        from webpubsub.server.app import ServiceRunner
+
+        service = ServiceRunner(config)
+        await service.start()
+        chat_runner = web.AppRunner(create_chat_app(service.connection_string, hub="chat"))
+        try:
+            await chat_runner.setup()
+            await web.SockSite(chat_runner, chat_socket).start()
+            click.echo(f"Web PubSub service: {service.endpoint}")
+            click.echo(f"Connection string: {service.connection_string}")
+            click.echo(f"Chat app: open http://localhost:{chat_port}/ in two browser tabs.")
+            await _forever()
+        finally:
+            await chat_runner.cleanup()
+            await service.stop()
+
+    try:
+        _run(run)
+    finally:
+        chat_socket.close()
+
+
+@main.command()
+@click.option("--connection-string", envvar=CONNECTION_STRING_ENV, default=None)
+@click.option("--endpoint", default="http://localhost:8080", show_default=True)
+@click.option("--access-key", default=None, envvar=ACCESS_KEY_ENV)
+@click.option("--hub", required=True)
+@click.option("--user", default=None, help="The token's user id (sub).")
+@click.option("--role", "roles", multiple=True, help="A role, e.g. webpubsub.sendToGroup.")
+@click.option("--group", "groups", multiple=True, help="A group to join on connect.")
+@click.option("--minutes", type=int, default=60, show_default=True)
+def token(
+    connection_string: str | None,
+    endpoint: str,
+    access_key: str | None,
+    hub: str,
+    user: str | None,
+    roles: tuple[str, ...],
+    groups: tuple[str, ...],
+    minutes: int,
+) -> None:
+    """Print a client access URL for a hub."""
+    from webpubsub.protocol.connection_string import parse_connection_string
+
+    if connection_string:
+        cs = parse_connection_string(connection_string)
+        endpoint, access_key = cs.endpoint, cs.access_key
+    if not access_key:
+        raise click.UsageError("give --connection-string or --access-key")
+    base = endpoint.rstrip("/")
+    jwt = issue_client_token(
+        access_key,
+        audience=f"{base.lower()}/client/hubs/{hub}",
+        now=time.time(),
+        ttl_seconds=minutes * 60,
+        user_id=user,
+        roles=roles,
+        groups=groups,
+    )
+    ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+    click.echo(f"{ws}/client/hubs/{hub}?access_token={jwt}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

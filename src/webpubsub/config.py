@@ -1,0 +1,509 @@
+"""The service configuration: a TOML file validated into frozen dataclasses.
+
+Every key is optional. Validation never stops at the first finding: all
+problems are collected and raised together as one :class:`ConfigError`, each as
+a single line ``"{source}: {dotted.key}: {reason}"``. Access-key values never
+appear in a problem.
+
+This module reads no environment variables: the CLI passes env values and flags
+to :meth:`ServiceConfig.with_overrides` (flags > env > file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import SplitResult, urlsplit
+
+from webpubsub.errors import ConfigError
+from webpubsub.upstream.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
+
+DEFAULT_HUB = "_default"
+MIN_ACCESS_KEY_LENGTH = 16
+
+_HUB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}")
+_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_TEMPLATE_PLACEHOLDERS = ("hub", "event")
+_SYSTEM_EVENTS_TEXT = ", ".join(sorted(SYSTEM_EVENTS))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The ``[server]`` table."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    access_keys: tuple[str, ...] = ()
+    public_endpoint: str | None = None
+    max_message_bytes: int = 1_048_576
+    outbox_max_bytes: int = 4_194_304
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """The ``[upstream]`` table: defaults for calls to event handlers."""
+
+    timeout_seconds: float = 20.0
+    validation: bool = True
+
+
+def _no_hubs() -> Mapping[str, HubSettings]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The whole validated configuration. ``hubs`` is keyed by lower-cased hub name."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    hubs: Mapping[str, HubSettings] = field(default_factory=_no_hubs)
+
+    def __post_init__(self) -> None:
+        # Copy into a read-only view so a caller's dict cannot change us later.
+        object.__setattr__(self, "hubs", MappingProxyType(dict(self.hubs)))
+
+    def hub(self, name: str) -> HubSettings:
+        """Settings of hub ``name`` (case-insensitive), else ``_default`` renamed, else defaults."""
+        found = self.hubs.get(name.lower())
+        if found is not None:
+            return found
+        default = self.hubs.get(DEFAULT_HUB)
+        if default is not None:
+            return dataclasses.replace(default, name=name)
+        return HubSettings(name=name)
+
+    def with_overrides(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        access_keys: str | Sequence[str] | None = None,
+        public_endpoint: str | None = None,
+        source: str = "<overrides>",
+    ) -> ServiceConfig:
+        """A copy with the given server settings replaced (``None`` keeps the current value).
+
+        ``access_keys`` goes through :func:`parse_access_keys`; if that leaves no key the
+        current keys are kept. Values are validated like the file's; problems are
+        reported as ``{source}: server.{key}: {reason}``.
+        """
+        check = _Checker(source)
+        s = self.server
+        keys = parse_access_keys(access_keys) if access_keys is not None else ()
+        server = ServerSettings(
+            host=s.host if host is None else check.host(host, "server.host"),
+            port=s.port if port is None else check.integer(port, "server.port", 0, 65535),
+            access_keys=check.access_keys(keys, "server.access_keys") if keys else s.access_keys,
+            public_endpoint=s.public_endpoint
+            if public_endpoint is None
+            else check.endpoint(public_endpoint, "server.public_endpoint"),
+            max_message_bytes=s.max_message_bytes,
+            outbox_max_bytes=s.outbox_max_bytes,
+        )
+        check.raise_if_any()
+        return dataclasses.replace(self, server=server)
+
+
+def default_config() -> ServiceConfig:
+    """The configuration used when no file is given."""
+    return ServiceConfig()
+
+
+def parse_access_keys(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Keys from a flag or env value: comma-split, stripped, empties dropped, de-duplicated."""
+    items = [value] if isinstance(value, str) else list(value)
+    keys: dict[str, None] = {}
+    for item in items:
+        for part in item.split(","):
+            key = part.strip()
+            if key:
+                keys.setdefault(key, None)
+    return tuple(keys)
+
+
+def load_config(path: str | os.PathLike[str]) -> ServiceConfig:
+    """Read and validate a TOML config file; raises :class:`ConfigError` on any problem."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([f"{source}: cannot read file: {reason}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: not UTF-8 text"]) from exc
+    return parse_config(data, source=source)
+
+
+def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> ServiceConfig:
+    """Validate a parsed TOML document; raises :class:`ConfigError` listing every problem."""
+    check = _Checker(source)
+    root = check.table(data, "", ("server", "upstream", "hubs"))
+    server = _parse_server(check, root.get("server"))
+    upstream = _parse_upstream(check, root.get("upstream"))
+    hubs = _parse_hubs(check, root.get("hubs"), upstream.timeout_seconds)
+    check.raise_if_any()
+    return ServiceConfig(server=server, upstream=upstream, hubs=hubs)
+
+
+def _parse_server(check: _Checker, value: object) -> ServerSettings:
+    d = ServerSettings()
+    t = check.table(value, "server", tuple(f.name for f in dataclasses.fields(ServerSettings)))
+    host = check.host(t["host"], "server.host") if "host" in t else d.host
+    port = check.integer(t.get("port", d.port), "server.port", 0, 65535)
+    keys: tuple[str, ...] = d.access_keys
+    if "access_keys" in t:
+        keys = check.access_keys(t["access_keys"], "server.access_keys")
+    endpoint = d.public_endpoint
+    if "public_endpoint" in t:
+        endpoint = check.endpoint(t["public_endpoint"], "server.public_endpoint")
+    return ServerSettings(
+        host=host,
+        port=port,
+        access_keys=keys,
+        public_endpoint=endpoint,
+        max_message_bytes=check.integer(
+            t.get("max_message_bytes", d.max_message_bytes), "server.max_message_bytes", 1024
+        ),
+        outbox_max_bytes=check.integer(
+            t.get("outbox_max_bytes", d.outbox_max_bytes), "server.outbox_max_bytes", 65536
+        ),
+    )
+
+
+def _parse_upstream(check: _Checker, value: object) -> UpstreamSettings:
+    d = UpstreamSettings()
+    t = check.table(value, "upstream", ("timeout_seconds", "validation"))
+    return UpstreamSettings(
+        timeout_seconds=check.positive(
+            t.get("timeout_seconds", d.timeout_seconds), "upstream.timeout_seconds"
+        ),
+        validation=check.boolean(t.get("validation", d.validation), "upstream.validation"),
+    )
+
+
+def _parse_hubs(
+    check: _Checker, value: object, default_timeout: float
+) -> Mapping[str, HubSettings]:
+    hubs: dict[str, HubSettings] = {}
+    seen: dict[str, str] = {}
+    for name, hub_value in check.table(value, "hubs", None).items():
+        path = _join("hubs", name)
+        if not (name.lower() == DEFAULT_HUB or _HUB_NAME.fullmatch(name)):
+            check.add(
+                path,
+                "invalid hub name (a letter, then up to 127 letters, digits or _`,.[] "
+                f"characters; or {DEFAULT_HUB})",
+            )
+            name = ""
+        elif name.lower() in seen:
+            check.add(
+                path,
+                f"same hub as {_quote(seen[name.lower()])} (hub names are case-insensitive)",
+            )
+            name = ""
+        else:
+            seen[name.lower()] = name
+        hub = _parse_hub(check, hub_value, path, name, default_timeout)
+        if name:
+            hubs[name.lower()] = hub
+    return hubs
+
+
+def _parse_hub(
+    check: _Checker, value: object, path: str, name: str, default_timeout: float
+) -> HubSettings:
+    d = HubSettings(name=name)
+    t = check.table(value, path, ("anonymous_connect", "keepalive_seconds", "event_handlers"))
+    handlers: list[EventHandlerSettings] = []
+    raw = t.get("event_handlers", [])
+    hpath = f"{path}.event_handlers"
+    if isinstance(raw, list | tuple):
+        for i, item in enumerate(raw):
+            handler = _parse_handler(check, item, f"{hpath}[{i}]", default_timeout)
+            if handler is not None:
+                handlers.append(handler)
+    else:
+        check.add(hpath, f"expected an array of tables, got {_describe(raw)}")
+    return HubSettings(
+        name=name,
+        anonymous_connect=check.boolean(
+            t.get("anonymous_connect", d.anonymous_connect), f"{path}.anonymous_connect"
+        ),
+        keepalive_seconds=check.integer(
+            t.get("keepalive_seconds", d.keepalive_seconds), f"{path}.keepalive_seconds", 1, 120
+        ),
+        event_handlers=tuple(handlers),
+    )
+
+
+def _parse_handler(
+    check: _Checker, value: object, path: str, default_timeout: float
+) -> EventHandlerSettings | None:
+    keys = ("url_template", "user_event_pattern", "system_events", "timeout_seconds")
+    if not isinstance(value, Mapping):
+        check.add(path, f"expected a table, got {_describe(value)}")
+        return None
+    t = check.table(value, path, keys)
+    if "url_template" in t:
+        url = check.url_template(t["url_template"], f"{path}.url_template")
+    else:
+        check.add(f"{path}.url_template", "required")
+        url = ""
+    return EventHandlerSettings(
+        url_template=url,
+        user_event_pattern=check.pattern(
+            t.get("user_event_pattern", ""), f"{path}.user_event_pattern"
+        ),
+        system_events=check.system_events(t.get("system_events", []), f"{path}.system_events"),
+        timeout_seconds=check.positive(
+            t.get("timeout_seconds", default_timeout), f"{path}.timeout_seconds"
+        ),
+    )
+
+
+class _Checker:
+    """Collects problems for one source; each check returns a usable value even on failure."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def add(self, path: str, reason: str) -> None:
+        self.problems.append(
+            f"{self.source}: {path}: {reason}" if path else f"{self.source}: {reason}"
+        )
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(list(self.problems))
+
+    def table(self, value: object, path: str, allowed: tuple[str, ...] | None) -> dict[str, object]:
+        """``value`` as a str-keyed dict (empty if absent or not a table); unknown keys reported."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.add(path, f"expected a table, got {_describe(value)}")
+            return {}
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            if allowed is not None and name not in allowed:
+                self.add(_join(path, name), "unknown key")
+            else:
+                out[name] = item
+        return out
+
+    def integer(self, value: object, path: str, lo: int, hi: int | None = None) -> int:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= lo
+            and (hi is None or value <= hi)
+        ):
+            return value
+        wanted = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        self.add(path, f"expected an integer {wanted}, got {_describe(value)}")
+        return lo
+
+    def positive(self, value: object, path: str) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+            if math.isfinite(number) and number > 0:
+                return number
+        self.add(path, f"expected a number of seconds > 0, got {_describe(value)}")
+        return 1.0
+
+    def boolean(self, value: object, path: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        self.add(path, f"expected true or false, got {_describe(value)}")
+        return False
+
+    def string(self, value: object, path: str) -> str | None:
+        if isinstance(value, str):
+            return value
+        self.add(path, f"expected a string, got {_describe(value)}")
+        return None
+
+    def host(self, value: object, path: str) -> str:
+        text = self.string(value, path)
+        if text is None:
+            return ServerSettings().host
+        if not text or any(c.isspace() for c in text):
+            self.add(path, f"expected a host name or address, got {_describe(text)}")
+        return text
+
+    def access_keys(self, value: object, path: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items: list[object] = [p.strip() for p in value.split(",")]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            # Only the type: an access key value never appears in a problem.
+            self.add(path, f"expected an array of strings, got {_kind(value)}")
+            return ()
+        keys: list[str] = []
+        for i, key in enumerate(items):
+            kpath = f"{path}[{i}]"
+            if not isinstance(key, str):
+                self.add(kpath, f"expected a string, got {_kind(key)}")
+            elif any(c.isspace() or c == "," for c in key):
+                self.add(kpath, "must not contain whitespace or commas")
+            elif len(key) < MIN_ACCESS_KEY_LENGTH:
+                self.add(
+                    kpath,
+                    f"too short ({len(key)} characters, need at least {MIN_ACCESS_KEY_LENGTH})",
+                )
+            elif key in keys:
+                self.add(kpath, f"same key as {path}[{items.index(key)}]")
+            else:
+                keys.append(key)
+        return tuple(keys)
+
+    def endpoint(self, value: object, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        parts = self._http_url(text, path)
+        if parts is None:
+            return None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            self.add(path, f"must be scheme://host[:port] only, got {_describe(text)}")
+            return None
+        return f"{parts.scheme.lower()}://{parts.netloc}"
+
+    def url_template(self, value: object, path: str) -> str:
+        text = self.string(value, path)
+        if text is None:
+            return ""
+        bad = sorted({p for p in _PLACEHOLDER.findall(text) if p not in _TEMPLATE_PLACEHOLDERS})
+        for name in bad:
+            self.add(path, f"unknown placeholder {{{name}}} (only {{hub}} and {{event}})")
+        rest = _PLACEHOLDER.sub("", text)
+        if "{" in rest or "}" in rest:
+            self.add(path, "unbalanced { or }")
+        try:
+            netloc = urlsplit(text).netloc
+        except ValueError:
+            netloc = ""
+        if "{" in netloc or "}" in netloc:
+            self.add(path, "placeholders are not allowed in the host part")
+        else:
+            sample = _PLACEHOLDER.sub("x", text).replace("{", "").replace("}", "")
+            self._http_url(sample, path, shown=text)
+        return text
+
+    def _http_url(self, text: str, path: str, shown: str | None = None) -> SplitResult | None:
+        """Check ``text`` is an absolute http(s) URL with a host; report and return None if not."""
+        reason = ""
+        parts: SplitResult | None = None
+        if any(c.isspace() for c in text):
+            reason = "must not contain whitespace"
+        else:
+            try:
+                parts = urlsplit(text)
+                _ = parts.port  # raises ValueError on a bad port
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme.lower() not in ("http", "https"):
+                reason = "expected an absolute http:// or https:// URL"
+            elif not parts.hostname:
+                reason = "the URL has no host"
+            elif parts.username is not None or parts.password is not None:
+                reason = "the URL must not contain user info"
+        if reason:
+            self.add(path, f"{reason}, got {_describe(text if shown is None else shown)}")
+            return None
+        return parts
+
+    def pattern(self, value: object, path: str) -> str:
+        text = self.string(value, path)
+        if text is None or not text.strip():
+            return ""
+        items = [p.strip() for p in text.split(",")]
+        for item in items:
+            if item != "*" and not _EVENT_NAME.fullmatch(item):
+                self.add(
+                    path,
+                    f"invalid event name {_single(item)} (a letter, then up to 127 letters, "
+                    "digits or _.- characters; or *)",
+                )
+        return ",".join(items)
+
+    def system_events(self, value: object, path: str) -> frozenset[str]:
+        if not isinstance(value, list | tuple):
+            self.add(path, f"expected an array of strings, got {_describe(value)}")
+            return frozenset()
+        events: set[str] = set()
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.add(f"{path}[{i}]", f"expected a string, got {_describe(item)}")
+            elif item not in SYSTEM_EVENTS:
+                self.add(path, f"unknown event {_single(item)} (expected {_SYSTEM_EVENTS_TEXT})")
+            elif item in events:
+                self.add(path, f"duplicate event {_single(item)}")
+            else:
+                events.add(item)
+        return frozenset(events)
+
+
+def _join(parent: str, key: str) -> str:
+    """The dotted path of ``key`` under ``parent``, quoting keys that are not bare TOML keys."""
+    part = key if _BARE_KEY.fullmatch(key) else _quote(key)
+    return f"{parent}.{part}" if parent else part
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _single(text: str) -> str:
+    """``text`` in single quotes, shortened and with control characters escaped."""
+    short = text if len(text) <= 40 else text[:37] + "..."
+    return "'" + json.dumps(short, ensure_ascii=False)[1:-1] + "'"
+
+
+def _describe(value: object) -> str:
+    """A short, one-line rendering of a (non-secret) value for a problem."""
+    if isinstance(value, str):
+        return _quote(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
+        return repr(value)
+    return _kind(value)
+
+
+def _kind(value: object) -> str:
+    """The TOML type of ``value``, with an article."""
+    if value is None:
+        return "no value"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,106 @@
+"""A hub: the connections of one node in one hub, indexed by id, user and group.
+
+Synchronous and I/O-free.  Fan-out encodes a message once per client protocol
+and offers the same frame bytes to every recipient's sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from webpubsub.core.connection import Connection
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
+
+
+class Hub:
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._connections: dict[str, Connection] = {}
+        self._users: dict[str, dict[str, Connection]] = {}
+        self._groups: dict[str, dict[str, Connection]] = {}
+
+    # -- membership of the hub ------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, conn: Connection) -> None:
+        self._connections[conn.connection_id] = conn
+        if conn.user_id is not None:
+            self._users.setdefault(conn.user_id, {})[conn.connection_id] = conn
+
+    def remove(self, connection_id: str) -> Connection | None:
+        conn = self._connections.pop(connection_id, None)
+        if conn is None:
+            return None
+        self.leave_all(conn)
+        if conn.user_id is not None:
+            peers = self._users.get(conn.user_id)
+            if peers is not None:
+                peers.pop(connection_id, None)
+                if not peers:
+                    del self._users[conn.user_id]
+        return conn
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    def connections(self) -> list[Connection]:
+        return list(self._connections.values())
+
+    def user_connections(self, user_id: str) -> list[Connection]:
+        return list(self._users.get(user_id, {}).values())
+
+    def group_connections(self, group: str) -> list[Connection]:
+        return list(self._groups.get(group, {}).values())
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def has_group(self, group: str) -> bool:
+        return group in self._groups
+
+    # -- groups -----------------------------------------------------------------------
+
+    def join(self, conn: Connection, group: str) -> None:
+        if conn.connection_id not in self._connections:
+            return
+        self._groups.setdefault(group, {})[conn.connection_id] = conn
+        conn.groups.add(group)
+
+    def leave(self, conn: Connection, group: str) -> None:
+        members = self._groups.get(group)
+        if members is not None:
+            members.pop(conn.connection_id, None)
+            if not members:
+                del self._groups[group]
+        conn.groups.discard(group)
+
+    def leave_all(self, conn: Connection) -> None:
+        for group in list(conn.groups):
+            self.leave(conn, group)
+
+    # -- fan-out ----------------------------------------------------------------------
+
+    def deliver(
+        self,
+        recipients: Iterable[Connection],
+        message: DataMessage,
+        *,
+        excluded: Collection[str] = (),
+    ) -> int:
+        """Offer ``message`` to every recipient not excluded; returns how many got it.
+
+        The frame is encoded at most once per client protocol for this call.
+        """
+        frames: dict[ClientProtocol, bytes] = {}
+        count = 0
+        for conn in recipients:
+            if conn.closing or conn.connection_id in excluded:
+                continue
+            frame = frames.get(conn.protocol)
+            if frame is None:
+                frame = frames[conn.protocol] = encode_for(conn.protocol, message)
+            conn.sink.offer(frame)
+            count += 1
+        return count

@@ -1,0 +1,192 @@
+"""Per-connection group permissions and the role strings that grant them (auth.md §3).
+
+Roles (case-sensitive; unknown ones are ignored):
+
+* ``webpubsub.joinLeaveGroup`` / ``webpubsub.sendToGroup`` — every group;
+* ``webpubsub.joinLeaveGroup.<group>`` / ``webpubsub.sendToGroup.<group>`` — exactly
+  ``<group>`` (everything after the prefix, dots included);
+* ``webpubsub.joinLeaveGroups.<pattern>`` / ``webpubsub.sendToGroups.<pattern>`` —
+  groups matching a wildcard pattern (see :func:`compile_group_pattern`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from webpubsub.errors import BadRequest
+
+MAX_PATTERN_STARS = 5
+"""Most unescaped ``*`` characters a pattern may hold (``**`` counts as two)."""
+
+_ROLE_PREFIX = "webpubsub."
+
+
+class Permission(enum.StrEnum):
+    """A group permission, named as in the REST ``permissions/{permission}`` path."""
+
+    SEND_TO_GROUP = "sendToGroup"
+    JOIN_LEAVE_GROUP = "joinLeaveGroup"
+
+    @classmethod
+    def parse(cls, s: str) -> Permission:
+        """The permission named ``s`` (case-insensitive); ``BadRequest`` if there is none."""
+        wanted = s.lower()
+        for permission in cls:
+            if permission.value.lower() == wanted:
+                return permission
+        raise BadRequest(
+            "unknown permission: expected sendToGroup or joinLeaveGroup", target="permission"
+        )
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern[str] | None:
+    """Compile a wildcard group pattern to an anchored regex; ``None`` if it is invalid.
+
+    ``?`` is one character other than ``.``, ``*`` zero or more characters other than
+    ``.``, ``**`` zero or more of any character, ``\\`` escapes ``\\``, ``*`` and ``?``;
+    everything else is literal.  A pattern is invalid when it is empty, holds more than
+    :data:`MAX_PATTERN_STARS` unescaped ``*`` or a ``\\`` not followed by ``\\``, ``*``
+    or ``?``.  Escaped ``*`` do not count towards the limit.
+    """
+    if not pattern:
+        return None
+    parts: list[str] = []
+    stars = 0
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= len(pattern) or pattern[i + 1] not in "\\*?":
+                return None
+            parts.append(re.escape(pattern[i + 1]))
+            i += 2
+        elif c == "*":
+            if pattern.startswith("**", i):
+                parts.append(".*")
+                stars += 2
+                i += 2
+            else:
+                parts.append("[^.]*")
+                stars += 1
+                i += 1
+        elif c == "?":
+            parts.append("[^.]")
+            i += 1
+        else:
+            parts.append(re.escape(c))
+            i += 1
+    if stars > MAX_PATTERN_STARS:
+        return None
+    return re.compile("".join(parts), re.DOTALL)
+
+
+@dataclass(slots=True)
+class _Grants:
+    """What one connection holds for one permission."""
+
+    all_groups: bool = False
+    groups: set[str] = field(default_factory=set)
+    patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    excluded: set[str] = field(default_factory=set)
+
+    def allows(self, group: str) -> bool:
+        if group in self.excluded:
+            return False
+        return (
+            self.all_groups
+            or group in self.groups
+            or any(p.fullmatch(group) for p in self.patterns.values())
+        )
+
+    def broadly_allows(self, group: str) -> bool:
+        """Whether a grant other than the exact one for ``group`` covers it."""
+        return self.all_groups or any(p.fullmatch(group) for p in self.patterns.values())
+
+
+class Permissions:
+    """The mutable group permissions of one connection.
+
+    Grants are: all groups, exact groups and wildcard patterns.  Revoking one group
+    removes its exact grant and, when an all-groups or pattern grant still covers it,
+    records an explicit exclusion, so ``allows`` answers ``False`` for that group until
+    it is granted again (by name or by an all-groups grant, which clears exclusions).
+    Revoking with no target removes every grant and exclusion of that permission.
+    """
+
+    __slots__ = ("_grants",)
+
+    def __init__(self) -> None:
+        self._grants = {permission: _Grants() for permission in Permission}
+
+    @classmethod
+    def from_roles(cls, roles: Iterable[str]) -> Permissions:
+        """Permissions granted by role strings; unknown or invalid roles are ignored."""
+        permissions = cls()
+        for role in roles:
+            permissions._apply_role(role)
+        return permissions
+
+    def _apply_role(self, role: str) -> None:
+        if not isinstance(role, str) or not role.startswith(_ROLE_PREFIX):
+            return
+        rest = role[len(_ROLE_PREFIX) :]
+        for permission in Permission:
+            name = permission.value
+            if rest == name:
+                self.grant(permission, None)
+            elif rest.startswith(name + ".") and len(rest) > len(name) + 1:
+                self.grant(permission, rest[len(name) + 1 :])
+            elif rest.startswith(name + "s.") and len(rest) > len(name) + 2:
+                pattern = rest[len(name) + 2 :]
+                compiled = compile_group_pattern(pattern)
+                if compiled is not None:
+                    self._grants[permission].patterns[pattern] = compiled
+
+    def allows(self, perm: Permission, group: str) -> bool:
+        """Whether the connection may use ``perm`` on ``group``."""
+        return self._grants[perm].allows(group)
+
+    def grant(self, perm: Permission, target: str | None) -> None:
+        """Grant ``perm`` on group ``target``, or on every group when ``target`` is None."""
+        grants = self._grants[perm]
+        if target is None:
+            grants.all_groups = True
+            grants.excluded.clear()
+        else:
+            grants.groups.add(target)
+            grants.excluded.discard(target)
+
+    def revoke(self, perm: Permission, target: str | None) -> None:
+        """Revoke ``perm`` on group ``target``, or every grant of ``perm`` when None."""
+        grants = self._grants[perm]
+        if target is None:
+            self._grants[perm] = _Grants()
+            return
+        grants.groups.discard(target)
+        if grants.broadly_allows(target):
+            grants.excluded.add(target)
+
+    def has(self, perm: Permission, target: str | None) -> bool:
+        """Whether ``perm`` is held on ``target``; for None: all groups, with no exclusion."""
+        grants = self._grants[perm]
+        if target is None:
+            return grants.all_groups and not grants.excluded
+        return grants.allows(target)
+
+    def roles(self) -> tuple[str, ...]:
+        """The grants as role strings (exclusions are not expressible and are left out)."""
+        result: list[str] = []
+        for permission in Permission:
+            grants = self._grants[permission]
+            prefix = _ROLE_PREFIX + permission.value
+            if grants.all_groups:
+                result.append(prefix)
+            result.extend(f"{prefix}.{group}" for group in sorted(grants.groups))
+            result.extend(f"{prefix}s.{pattern}" for pattern in sorted(grants.patterns))
+        return tuple(result)
+
+    def __repr__(self) -> str:
+        return f"Permissions(roles={self.roles()!r})"

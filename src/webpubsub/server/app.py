@@ -1,0 +1,150 @@
+"""The composition root: config in, a running service out.
+
+This is the only module that turns a :class:`ServiceConfig` into live objects:
+the backplane, the upstream dispatcher, the node, the operations and the aiohttp
+application serving ``/client/...`` and ``/api/...`` on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from webpubsub.backplane.base import Backplane
+from webpubsub.backplane.memory import MemoryBackplane
+from webpubsub.config import ServiceConfig
+from webpubsub.node.node import Node
+from webpubsub.node.operations import Operations
+from webpubsub.protocol.connection_string import format_connection_string
+from webpubsub.protocol.wsframe import CloseCode
+from webpubsub.server import rest, websocket
+from webpubsub.server.context import SERVICE, ServiceContext
+from webpubsub.server.errors import error_middleware
+from webpubsub.upstream.dispatcher import Upstream
+from webpubsub.upstream.http import HttpTransport
+
+log = logging.getLogger("webpubsub.server")
+
+#: How long shutdown waits for clients to take their close frames.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+_LOOPBACK_OR_ANY = {"127.0.0.1", "localhost", "0.0.0.0", "::", "::1", ""}  # noqa: S104
+
+
+class ServiceRunner:
+    """Runs one node of the service on ``config.server.host``/``port``.
+
+    ``advertised_host`` names the host in the endpoint and connection string
+    (default: ``localhost`` for loopback or wildcard binds); a configured
+    ``public_endpoint`` wins over both.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        backplane: Backplane | None = None,
+        advertised_host: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not config.server.access_keys:
+            raise ValueError("the service needs at least one access key")
+        self.config = config
+        self.backplane = backplane or MemoryBackplane()
+        self._advertised_host = advertised_host
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.endpoint = ""
+        self.node: Node | None = None
+        self.upstream: Upstream | None = None
+        self.operations = Operations(self.backplane)
+        """The data-plane operations, acting on every node of the backplane."""
+
+    @property
+    def connection_string(self) -> str:
+        return format_connection_string(self.endpoint, self.config.server.access_keys[0])
+
+    async def start(self) -> None:
+        server = self.config.server
+        upstream_origin = (
+            urlsplit(server.public_endpoint).hostname if server.public_endpoint else None
+        )
+        origin = upstream_origin or self._host_for_urls()
+        self.upstream = Upstream(
+            HttpTransport(),
+            keys=server.access_keys,
+            origin=origin,
+            validate=self.config.upstream.validation,
+            clock=self._clock,
+        )
+        self.node = Node(hub_settings=self.config.hub, upstream=self.upstream, origin=origin)
+        endpoints: list[str] = []
+        ctx = ServiceContext(
+            node=self.node,
+            operations=self.operations,
+            hub_settings=self.config.hub,
+            access_keys=server.access_keys,
+            endpoints=endpoints,
+            max_message_bytes=server.max_message_bytes,
+            outbox_max_bytes=server.outbox_max_bytes,
+            clock=self._clock,
+        )
+        app = web.Application(
+            middlewares=[error_middleware], client_max_size=server.max_message_bytes
+        )
+        app[SERVICE] = ctx
+        app.router.add_get("/api/health", rest.health)  # answers HEAD too
+        app.router.add_route("*", "/api/{tail:.*}", rest.api_endpoint)
+        app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
+        app.router.add_route("GET", "/client/", websocket.client_endpoint)
+        app.router.add_route("GET", "/client", websocket.client_endpoint)
+        await self.backplane.start(self.node)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, server.host, server.port)
+        await site.start()
+        self.port = _bound_port(site)
+        self.endpoint = server.public_endpoint or f"http://{self._host_for_urls()}:{self.port}"
+        endpoints.append(self.endpoint)
+        log.info("webpubsub listening on %s:%d", server.host, self.port)
+
+    async def stop(self) -> None:
+        """Close every client (1001, ``disconnected`` fired), then the server."""
+        if self.node is not None:
+            self.node.close_all(CloseCode.GOING_AWAY, "The service is shutting down.")
+            try:
+                async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                    await self.node.wait_idle()
+            except TimeoutError:
+                log.warning("some clients did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.backplane.stop()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+
+    def _host_for_urls(self) -> str:
+        if self._advertised_host:
+            return self._advertised_host
+        host = self.config.server.host
+        if host in _LOOPBACK_OR_ANY:
+            return "localhost"
+        return f"[{host}]" if ":" in host else host
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here
+    sockets = getattr(server, "sockets", None)
+    if not sockets:
+        raise RuntimeError("the server did not bind")
+    port: int = sockets[0].getsockname()[1]
+    return port

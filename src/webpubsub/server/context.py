@@ -1,0 +1,28 @@
+"""What the request handlers share: built once by the composition root (app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from webpubsub.node.node import Node
+from webpubsub.node.operations import Operations
+from webpubsub.upstream.settings import HubSettings
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    node: Node
+    operations: Operations
+    hub_settings: Callable[[str], HubSettings]
+    access_keys: tuple[str, ...]
+    endpoints: list[str]
+    """Base URLs token audiences may name (the public endpoint, once bound)."""
+    max_message_bytes: int
+    outbox_max_bytes: int
+    clock: Callable[[], float]
+
+
+SERVICE = web.AppKey("webpubsub.service", ServiceContext)

@@ -1,0 +1,37 @@
+"""The REST boundary's mapping of the error tree: status + ErrorDetail + x-ms-error-code."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from webpubsub.errors import PayloadTooLarge, WebPubSubError
+
+log = logging.getLogger("webpubsub.server")
+
+
+def error_response(error: WebPubSubError) -> web.Response:
+    return web.Response(
+        status=error.http_status,
+        body=orjson.dumps(error.to_error_detail()),
+        content_type="application/json",
+        headers={"x-ms-error-code": error.code},
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except WebPubSubError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("The request body is too large."))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(WebPubSubError("An internal error occurred."))

@@ -1,0 +1,115 @@
+"""The coalescing outbox: one transport write per connection per event-loop turn.
+
+The fan-out offers pre-encoded frames; the outbox queues them and flushes all
+frames queued during one loop turn with a single ``transport.write``.  Writing
+raw frames to the transport relies on aiohttp writing its own frames (pings,
+pongs, close) whole and synchronously on the loop thread; ``tests/server``
+pins that behaviour.
+
+The outbox is bounded: when a frame would take the backlog (queued bytes plus
+the transport's own buffer) past ``limit``, the client is too slow and is
+closed.  A frame offered to a connection with no backlog is always accepted,
+so one message larger than ``limit`` does not close a client that keeps up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("webpubsub.outbox")
+
+#: How long a slow client gets to take its close frame before the socket is cut.
+SLOW_CLIENT_GRACE_SECONDS = 5.0
+
+
+class WriteTarget(Protocol):
+    """The transport methods the outbox uses (asyncio's and uvloop's transports).
+
+    uvloop's transports do not derive from ``asyncio.WriteTransport``: type the
+    outbox by what it calls, not by class.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def abort(self) -> None: ...
+
+
+class Outbox:
+    def __init__(
+        self,
+        transport: WriteTarget,
+        *,
+        limit: int,
+        closer: Callable[[int, str], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._transport = transport
+        self._limit = limit
+        self._closer = closer
+        self._loop = loop or asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+        self._closed = False
+        self.on_overflow: Callable[[], None] | None = None
+        """Called once when the bound is exceeded (the owner closes the connection)."""
+        self.frames_written = 0
+        self.writes = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._size
+
+    def offer(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        # The bound applies to the backlog a frame joins, so that a single frame larger
+        # than the bound still reaches a client that has nothing outstanding.
+        backlog = self._size + self._transport.get_write_buffer_size()
+        if backlog and backlog + len(frame) > self._limit:
+            self._overflow(backlog + len(frame))
+            return
+        self._pending.append(frame)
+        self._size += len(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is queued, then close the WebSocket with ``code``."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        self._closer(code, reason)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        pending, self._pending, self._size = self._pending, [], 0
+        if self._closed or self._transport.is_closing():
+            return
+        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self.frames_written += len(pending)
+        self.writes += 1
+
+    def _overflow(self, backlog: int) -> None:
+        self._pending, self._size = [], 0
+        log.warning(
+            "closing a slow client: %d bytes outstanding exceed the bound of %d",
+            backlog,
+            self._limit,
+        )
+        callback, self.on_overflow = self.on_overflow, None
+        if callback is not None:
+            callback()
+        if not self._closed:
+            self.close(1008, "SlowClient: the client did not read its messages fast enough.")
+        # The close frame waits behind a full buffer: cut the socket if it never drains.
+        # abort() is a no-op once the connection is gone.
+        self._loop.call_later(SLOW_CLIENT_GRACE_SECONDS, self._transport.abort)

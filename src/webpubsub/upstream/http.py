@@ -1,0 +1,124 @@
+"""Sending CloudEvents requests to event handlers over HTTP (the only aiohttp client).
+
+Every failure becomes an :class:`UpstreamError` whose message names the handler
+by ``scheme://host/path`` only: a URL's query may carry a secret (``?code=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from webpubsub.errors import UpstreamError
+from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
+
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
+
+
+class UpstreamTimeout(UpstreamError):
+    """The handler did not answer in time (it may still have processed the event)."""
+
+
+def safe_url(url: str) -> str:
+    """``url`` without userinfo, query and fragment: safe to log."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+class HttpTransport:
+    """One pooled HTTP client for all event handlers.
+
+    The session is created on first use, inside the running event loop.
+    Redirects are not followed (a 3xx is returned as the answer) and cookies are
+    not kept, so nothing leaks from one connection's events to another's.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_connections: int = 100,
+    ) -> None:
+        self._max_response_bytes = max_response_bytes
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise UpstreamError("the upstream transport is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def send(
+        self,
+        request: UpstreamRequest,
+        *,
+        timeout: float,  # noqa: ASYNC109 (each event handler has its own timeout)
+    ) -> UpstreamResponse:
+        """Send ``request``; the whole exchange (connect to last body byte) is
+        bounded by ``timeout`` seconds."""
+        where = f"{request.method} {safe_url(request.url)}"
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._exchange(session, request, where)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{where}: no answer within {timeout:g} s") from None
+        except aiohttp.InvalidURL:
+            raise UpstreamError(f"{where}: invalid event handler URL") from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise UpstreamError(f"{where}: cannot connect ({reason})") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{where}: {type(exc).__name__}") from None
+        except (OSError, ValueError) as exc:
+            raise UpstreamError(f"{where}: {type(exc).__name__}") from None
+
+    async def _exchange(
+        self, session: aiohttp.ClientSession, request: UpstreamRequest, where: str
+    ) -> UpstreamResponse:
+        limit = self._max_response_bytes
+        async with session.request(
+            request.method,
+            request.url,
+            headers=list(request.headers),
+            data=request.body or None,
+            allow_redirects=False,
+        ) as resp:
+            if resp.content_length is not None and resp.content_length > limit:
+                raise UpstreamError(f"{where}: response too large", status=resp.status)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamError(f"{where}: response too large", status=resp.status)
+                chunks.append(chunk)
+            return UpstreamResponse(
+                status=resp.status,
+                headers=tuple(resp.headers.items()),
+                body=b"".join(chunks),
+            )
+
+    async def close(self) -> None:
+        """Close the pool; later sends fail."""
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,54 @@
+"""Shared fixtures for the chat app's end-to-end tests.
+
+``chat_url`` runs the real service and the chat app wired to each other: the hub
+``chat`` delivers every user event and the ``connected`` system event to the app's
+``/eventhandler``, and the app talks back to the service with the official SDK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from webpubsub.chat.app import create_chat_app
+
+ACCESS_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
+HUB = "chat"
+
+
+@pytest.fixture
+async def chat_url() -> AsyncIterator[str]:
+    """The chat app's base URL (no trailing slash), in front of a running service."""
+    # Imported here so that the app-only tests run without the service.
+    from webpubsub.config import default_config
+    from webpubsub.server.app import ServiceRunner
+    from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
+
+    # The service needs the app's URL and the app needs the service's connection
+    # string: bind the app's socket first, start the service, then serve the app.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    chat_port = sock.getsockname()[1]
+    handler = EventHandlerSettings(
+        url_template=f"http://127.0.0.1:{chat_port}/eventhandler",
+        user_event_pattern="*",
+        system_events=frozenset({"connected"}),
+    )
+    config = dataclasses.replace(
+        default_config(), hubs={HUB: HubSettings(name=HUB, event_handlers=(handler,))}
+    ).with_overrides(host="127.0.0.1", port=0, access_keys=(ACCESS_KEY,))
+    service = ServiceRunner(config, advertised_host="127.0.0.1")
+    await service.start()
+    app_runner = web.AppRunner(create_chat_app(service.connection_string, hub=HUB))
+    try:
+        await app_runner.setup()
+        await web.SockSite(app_runner, sock).start()
+        yield f"http://127.0.0.1:{chat_port}"
+    finally:
+        await app_runner.cleanup()
+        sock.close()
+        await service.stop()

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real service on port 0, and a real event-handler app."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import pytest
+import uvloop
+
+from tests.support.handler import EventHandlerApp
+from webpubsub.backplane.base import Backplane
+from webpubsub.config import ServiceConfig, default_config
+from webpubsub.server.app import ServiceRunner
+from webpubsub.upstream.settings import HubSettings
+
+ACCESS_KEY = "test-access-key-0123456789-abcdefghijklmnop"
+SECOND_KEY = "second-access-key-0123456789-abcdefghijklm"
+
+
+def make_config(
+    *hubs: HubSettings, keys: Sequence[str] = (ACCESS_KEY,), **server: object
+) -> ServiceConfig:
+    config = default_config().with_overrides(host="127.0.0.1", port=0, access_keys=tuple(keys))
+    if server:
+        config = dataclasses.replace(
+            config,
+            server=dataclasses.replace(config.server, **server),  # type: ignore[arg-type]
+        )
+    return dataclasses.replace(config, hubs={h.name.lower(): h for h in hubs})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as ``webpubsub serve`` does."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+StartService = Callable[..., Awaitable[ServiceRunner]]
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    """Start a service: ``await start_service(*hub_settings, keys=..., backplane=...)``."""
+    runners: list[ServiceRunner] = []
+
+    async def start(
+        *hubs: HubSettings,
+        keys: Sequence[str] = (ACCESS_KEY,),
+        backplane: Backplane | None = None,
+        config: ServiceConfig | None = None,
+        **server: object,
+    ) -> ServiceRunner:
+        cfg = config or make_config(*hubs, keys=keys, **server)
+        runner = ServiceRunner(cfg, backplane=backplane, advertised_host="127.0.0.1")
+        await runner.start()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in reversed(runners):
+        await runner.stop()
+
+
+@pytest.fixture
+async def service(start_service: StartService) -> ServiceRunner:
+    """A service with default settings (no event handlers, tokens required)."""
+    return await start_service()
+
+
+@pytest.fixture
+async def handler_app() -> AsyncIterator[EventHandlerApp]:
+    app = EventHandlerApp()
+    await app.start()
+    yield app
+    await app.stop()

@@ -1,0 +1,84 @@
+"""Name rules: rest-api.md §1 (hub, group, userId, connectionId), README §2 (hub case)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from webpubsub.errors import BadRequest, InvalidName
+from webpubsub.protocol.names import (
+    hub_key,
+    validate_connection_id,
+    validate_event_name,
+    validate_group,
+    validate_hub,
+    validate_user_id,
+)
+
+
+@pytest.mark.parametrize(
+    "hub",
+    ["chat", "Chat_1", "a", "h`,.[]", "A" + "b" * 127, "x.y"],
+)
+def test_valid_hubs_are_returned_unchanged(hub: str) -> None:
+    # rest-api.md §1: ^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$
+    assert validate_hub(hub) == hub
+
+
+@pytest.mark.parametrize(
+    "hub",
+    ["", "1chat", "_chat", "chat-1", "chat room", "chat/x", "A" + "b" * 128, "chat\n", "ch%61t"],
+)
+def test_invalid_hubs_raise_invalid_name(hub: str) -> None:
+    with pytest.raises(InvalidName) as info:
+        validate_hub(hub)
+    assert info.value.http_status == 400
+    assert info.value.code == "InvalidName"
+
+
+def test_hub_key_lower_cases_because_hubs_are_case_insensitive() -> None:
+    # README §2: key hubs by hub.lower().
+    assert hub_key("Chat_1") == "chat_1"
+    assert hub_key("CHAT") == hub_key("chat")
+    with pytest.raises(InvalidName):
+        hub_key("9lives")
+
+
+@pytest.mark.parametrize("group", ["g1", "my group/ä?#", " x ", "g" * 1024, "."])
+def test_valid_groups(group: str) -> None:
+    # rest-api.md §1: 1..1024 chars, not whitespace-only; case-sensitive.
+    assert validate_group(group) == group
+
+
+@pytest.mark.parametrize("group", ["", " ", "\t\n ", "g" * 1025])
+def test_invalid_groups(group: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_group(group)
+
+
+def test_invalid_name_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        validate_group("")
+
+
+@pytest.mark.parametrize("validate", [validate_user_id, validate_connection_id])
+def test_ids_need_one_to_1024_characters(validate: Callable[[str], str]) -> None:
+    assert validate("u") == "u"
+    assert validate(" ") == " "
+    assert validate("x" * 1024) == "x" * 1024
+    with pytest.raises(InvalidName):
+        validate("")
+    with pytest.raises(InvalidName):
+        validate("x" * 1025)
+
+
+@pytest.mark.parametrize("name", ["message", "a", "my-event_1.x", "E" * 128])
+def test_valid_event_names(name: str) -> None:
+    assert validate_event_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "-x", "has space", "a/b", "E" * 129, "é"])
+def test_invalid_event_names(name: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_event_name(name)

@@ -1,0 +1,97 @@
+"""A real event-handler app for tests: records every webhook and answers as told.
+
+It is an aiohttp server on 127.0.0.1, port 0.  Tests set ``responder`` (a function
+from the recorded request to a response) and wait on ``next_request`` with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+    @property
+    def ce_type(self) -> str:
+        return self.headers.get("ce-type", "")
+
+    @property
+    def event_name(self) -> str:
+        return self.headers.get("ce-eventName", "")
+
+
+Responder = Callable[[Recorded], Awaitable[web.StreamResponse] | web.StreamResponse]
+
+
+def default_responder(req: Recorded) -> web.StreamResponse:
+    if req.method in ("OPTIONS", "GET"):
+        return web.Response(headers={"WebHook-Allowed-Origin": "*"})
+    return web.Response(status=204)
+
+
+class EventHandlerApp:
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.responder: Responder = default_responder
+        self._queue: asyncio.Queue[Recorded] = asyncio.Queue()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/eventhandler"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        rec = Recorded(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers=CIMultiDict(request.headers),
+            body=await request.read(),
+        )
+        self.requests.append(rec)
+        self._queue.put_nowait(rec)
+        result = self.responder(rec)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return await result
+
+    async def next_request(
+        self, predicate: Callable[[Recorded], bool] | None = None, timeout: float = 5.0
+    ) -> Recorded:
+        """The next recorded request matching ``predicate`` (skipping others)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                rec = await self._queue.get()
+                if predicate is None or predicate(rec):
+                    return rec
+
+    async def next_event(self, ce_type_suffix: str, timeout: float = 5.0) -> Recorded:
+        return await self.next_request(
+            lambda r: r.method == "POST" and r.ce_type.endswith(ce_type_suffix), timeout
+        )
