@@ -152,7 +152,7 @@ class Node:
             raise Unauthorized("An access token is required to connect to this hub.")
         identity = hs.identity or ClientIdentity(user_id=None, roles=(), groups=(), claims={})
         unsupported = [p for p in hs.subprotocols if p.lower() in UNSUPPORTED_SUBPROTOCOLS]
-        if unsupported and not any(p in SERVICE_SUBPROTOCOLS for p in hs.subprotocols):
+        if unsupported and not any(p.lower() in SERVICE_SUBPROTOCOLS for p in hs.subprotocols):
             raise BadRequest(f"Subprotocol {unsupported[0]!r} is not supported by this service.")
         connection_id = self._new_id()
         ctx = EventContext(

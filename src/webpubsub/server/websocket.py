@@ -48,7 +48,11 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
         heartbeat=float(settings.keepalive_seconds),
         autoping=True,
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the client went away during the connect webhook
+        log.info("client of hub %s left before the upgrade", admission.hub)
+        return ws
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
         return ws
@@ -126,5 +130,6 @@ def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
 def _grouped(pairs: Iterable[tuple[str, str]]) -> Mapping[str, Sequence[str]]:
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
-        grouped.setdefault(key, []).append(value)
+        # str(): header names are multidict ``istr`` keys, which orjson refuses
+        grouped.setdefault(str(key), []).append(value)
     return grouped
