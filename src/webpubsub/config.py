@@ -47,6 +47,8 @@ class ServerSettings:
     public_endpoint: str | None = None
     max_message_bytes: int = 1_048_576
     outbox_max_bytes: int = 4_194_304
+    recovery_window_seconds: float = 60.0
+    """How long a dropped reliable connection is kept for its client to recover it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class ServiceConfig:
             else check.endpoint(public_endpoint, "server.public_endpoint"),
             max_message_bytes=s.max_message_bytes,
             outbox_max_bytes=s.outbox_max_bytes,
+            recovery_window_seconds=s.recovery_window_seconds,
         )
         check.raise_if_any()
         return dataclasses.replace(self, server=server)
@@ -180,6 +183,10 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
         ),
         outbox_max_bytes=check.integer(
             t.get("outbox_max_bytes", d.outbox_max_bytes), "server.outbox_max_bytes", 65536
+        ),
+        recovery_window_seconds=check.positive(
+            t.get("recovery_window_seconds", d.recovery_window_seconds),
+            "server.recovery_window_seconds",
         ),
     )
 

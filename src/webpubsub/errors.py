@@ -108,6 +108,14 @@ class UpstreamError(WebPubSubError):
         self.status = status
 
 
+class NoEventHandler(UpstreamError):
+    """No event handler of the hub subscribes to this user event."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(f"No event handler accepts '{event}' events.")
+        self.event = event
+
+
 class ConnectRejected(WebPubSubError):
     """The ``connect`` handler refused the client; the handshake answers ``status``."""
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from webpubsub.errors import ConnectRejected, UpstreamError
+from webpubsub.errors import ConnectRejected, NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply, signature
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.upstream.dispatcher import Upstream
@@ -465,7 +465,7 @@ async def test_user_event_without_a_matching_handler(
     hub = hub_with(handler.url(), user="chat, Other")
     assert upstream.has_user_event_handler(hub, "OTHER")
     assert not upstream.has_user_event_handler(hub, "message")
-    with pytest.raises(UpstreamError, match="no event handler for user event 'message'"):
+    with pytest.raises(NoEventHandler, match="No event handler accepts 'message' events"):
         await upstream.user_event(hub, ctx(), "message", Payload.text("x"))
     assert handler.seen == []
 

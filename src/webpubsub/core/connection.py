@@ -1,16 +1,23 @@
 """A client connection as the domain sees it: identity, groups, permissions, state.
 
 The core never touches a socket: a connection writes through its :class:`Sink`
-(the transport's outbox), which accepts pre-encoded frames and never blocks.
+(the transport's outbox), which accepts pre-encoded frames and never blocks.  A
+reliable connection may be *detached* (no sink) while its client recovers; data
+sent meanwhile waits in its :class:`ReliableBuffer`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from webpubsub.core.permissions import Permissions
+from webpubsub.core.reliable import BufferOverflow, ReliableBuffer
 from webpubsub.protocol.frames import ClientProtocol
+from webpubsub.protocol.json_protocol import encode_disconnected
+from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
 
 
 class Sink(Protocol):
@@ -23,6 +30,26 @@ class Sink(Protocol):
         """Close the connection (asynchronously); later offers are dropped."""
 
 
+class AckIds:
+    """The ackIds a connection has processed successfully, bounded (oldest forgotten)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._seen: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, ack_id: int) -> bool:
+        return ack_id in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, ack_id: int) -> None:
+        self._seen[ack_id] = None
+        self._seen.move_to_end(ack_id)
+        if len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+
+
 @dataclass(eq=False, slots=True)
 class Connection:
     connection_id: str
@@ -31,7 +58,8 @@ class Connection:
     user_id: str | None
     protocol: ClientProtocol
     subprotocol: str | None
-    sink: Sink
+    sink: Sink | None
+    """``None`` while a reliable connection is detached, waiting for recovery."""
     permissions: Permissions
     state: str = ""
     """Opaque connection state set by the event handler (event-handler.md §6)."""
@@ -39,6 +67,11 @@ class Connection:
     closing: bool = False
     close_reason: str = ""
     """Why the service closed this connection (reported in ``disconnected``)."""
+    reliable: ReliableBuffer | None = None
+    reconnection_token: str | None = None
+    ack_ids: AckIds = field(default_factory=AckIds)
+    on_detached_close: Callable[[Connection], None] | None = None
+    """Ends a detached connection the service closes (set by the node)."""
     _event_counter: int = 0
 
     def next_event_id(self) -> str:
@@ -46,12 +79,33 @@ class Connection:
         self._event_counter += 1
         return str(self._event_counter)
 
-    def deliver(self, frame: bytes) -> None:
-        if not self.closing:
-            self.sink.offer(frame)
+    def send_data(self, encoded: bytes) -> None:
+        """Deliver a data message encoded by ``frames.encode_for`` for this protocol."""
+        if self.closing:
+            return
+        if self.reliable is not None:
+            try:
+                encoded = self.reliable.stamp(encoded)
+            except BufferOverflow as exc:
+                self.close(CloseCode.POLICY_VIOLATION, f"Too many unacknowledged messages: {exc}.")
+                return
+        if self.sink is not None:
+            self.sink.offer(encoded)
+
+    def send_control(self, message: bytes) -> None:
+        """Send a JSON system message, ack or pong (never sequenced, never buffered)."""
+        if not self.closing and self.sink is not None:
+            self.sink.offer(encode_frame(Opcode.TEXT, message))
 
     def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.close_reason = reason
+        """Close for good: subprotocol clients first get ``disconnected`` with the reason."""
+        if self.closing:
+            return
+        if self.protocol.is_json:
+            self.send_control(encode_disconnected(reason))
+        self.closing = True
+        self.close_reason = reason
+        if self.sink is not None:
             self.sink.close(code, reason)
+        elif self.on_detached_close is not None:
+            self.on_detached_close(self)

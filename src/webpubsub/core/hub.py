@@ -91,7 +91,7 @@ class Hub:
     ) -> int:
         """Offer ``message`` to every recipient not excluded; returns how many got it.
 
-        The frame is encoded at most once per client protocol for this call.
+        The message is encoded at most once per client protocol for this call.
         """
         frames: dict[ClientProtocol, bytes] = {}
         count = 0
@@ -101,6 +101,6 @@ class Hub:
             frame = frames.get(conn.protocol)
             if frame is None:
                 frame = frames[conn.protocol] = encode_for(conn.protocol, message)
-            conn.sink.offer(frame)
+            conn.send_data(frame)
             count += 1
         return count

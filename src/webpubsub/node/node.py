@@ -10,16 +10,24 @@ order) and :meth:`Node.detach`.  The backplane calls :meth:`Node.apply` and
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from webpubsub.core.connection import Connection, Sink
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
-from webpubsub.errors import BadRequest, InvalidName, Unauthorized, UpstreamError
+from webpubsub.core.reliable import ReliableBuffer
+from webpubsub.errors import (
+    BadRequest,
+    InvalidName,
+    Unauthorized,
+    UpstreamError,
+)
+from webpubsub.node.requests import ClientRequests, handler_failed
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -37,7 +45,8 @@ from webpubsub.protocol.backplane import (
     Target,
 )
 from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
-from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
+from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
+from webpubsub.protocol.json_protocol import encode_connected
 from webpubsub.protocol.names import validate_group
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
@@ -46,18 +55,15 @@ from webpubsub.upstream.settings import HubSettings
 
 log = logging.getLogger("webpubsub.node")
 
-#: Service-defined subprotocols this build speaks (client-protocols.md §1.2).
-SERVICE_SUBPROTOCOLS: dict[str, ClientProtocol] = {}
-
-#: Service-defined subprotocols that exist but this build does not speak yet.
+#: Service-defined subprotocols that exist but this build does not speak.
 UNSUPPORTED_SUBPROTOCOLS = frozenset(
-    {
-        "json.webpubsub.azure.v1",
-        "json.reliable.webpubsub.azure.v1",
-        "protobuf.webpubsub.azure.v1",
-        "protobuf.reliable.webpubsub.azure.v1",
-    }
+    {"protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"}
 )
+
+#: How long a dropped reliable connection waits for its client (client-protocols.md §5.3).
+DEFAULT_RECOVERY_WINDOW = 60.0
+
+Publish = Callable[[Command], Awaitable[None]]
 
 
 class EventHandlerPort(Protocol):
@@ -121,16 +127,21 @@ class Node:
         hub_settings: Callable[[str], HubSettings],
         upstream: EventHandlerPort,
         origin: str,
+        publish: Publish,
         node_id: str | None = None,
         id_factory: Callable[[], str] = new_connection_id,
+        recovery_window: float = DEFAULT_RECOVERY_WINDOW,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
         self._hub_settings = hub_settings
         self._upstream = upstream
         self._origin = origin
         self._new_id = id_factory
+        self._recovery_window = recovery_window
         self._hubs: dict[str, Hub] = {}
         self._idle: asyncio.Event | None = None
+        self._expiry: dict[Connection, asyncio.TimerHandle] = {}
+        self._requests = ClientRequests(self, upstream, publish)
 
     # -- transport side --------------------------------------------------------------
 
@@ -152,7 +163,7 @@ class Node:
             raise Unauthorized("An access token is required to connect to this hub.")
         identity = hs.identity or ClientIdentity(user_id=None, roles=(), groups=(), claims={})
         unsupported = [p for p in hs.subprotocols if p.lower() in UNSUPPORTED_SUBPROTOCOLS]
-        if unsupported and not any(p.lower() in SERVICE_SUBPROTOCOLS for p in hs.subprotocols):
+        if unsupported and not any(p.lower() in SUBPROTOCOLS for p in hs.subprotocols):
             raise BadRequest(f"Subprotocol {unsupported[0]!r} is not supported by this service.")
         connection_id = self._new_id()
         ctx = EventContext(
@@ -206,52 +217,127 @@ class Node:
         )
 
     def attach(self, adm: Admission, sink: Sink) -> Connection:
-        """Register an upgraded connection, join its groups, fire ``connected``."""
+        """Register an upgraded connection, join its groups, fire ``connected``.
+
+        Subprotocol clients get the ``connected`` system message before anything else.
+        """
+        reliable = adm.protocol.is_reliable
         conn = Connection(
             connection_id=adm.connection_id,
             hub=adm.hub,
             user_id=adm.user_id,
             protocol=adm.protocol,
-            subprotocol=adm.subprotocol if adm.protocol is not ClientProtocol.SIMPLE else None,
+            subprotocol=adm.subprotocol if adm.protocol.is_json else None,
             sink=sink,
             permissions=Permissions.from_roles(adm.roles),
             state=adm.state,
+            reliable=ReliableBuffer() if reliable else None,
+            reconnection_token=secrets.token_urlsafe(24) if reliable else None,
+            on_detached_close=self._end_detached,
         )
+        if conn.protocol.is_json:
+            conn.send_control(
+                encode_connected(conn.connection_id, conn.user_id, conn.reconnection_token)
+            )
         hub = self._hubs.get(adm.hub)
         if hub is None:
             hub = self._hubs[adm.hub] = Hub(adm.hub)
         hub.add(conn)
         for group in adm.groups:
             hub.join(conn, group)
-        self._upstream.connected(self._hub_settings(adm.hub), self._context(conn))
+        self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
+        return conn
+
+    def resume(
+        self, hub_key: str, connection_id: str, token: str, subprotocols: Sequence[str], sink: Sink
+    ) -> Connection | str:
+        """Recover a reliable connection onto a new transport (client-protocols.md §5.4).
+
+        Returns the connection, its unacknowledged messages already replayed in order,
+        or the reason recovery is impossible (the caller closes with 1008).
+        """
+        hub = self._hubs.get(hub_key)
+        conn = hub.get(connection_id) if hub is not None else None
+        if conn is None or conn.closing:
+            return "The connection does not exist or has ended."
+        if conn.reliable is None or conn.reconnection_token is None:
+            return "The connection is not reliable and cannot be recovered."
+        if not hmac.compare_digest(conn.reconnection_token.encode(), token.encode()):
+            return "The reconnection token is not valid."
+        if conn.subprotocol is None or conn.subprotocol.lower() not in (
+            p.lower() for p in subprotocols
+        ):
+            return "Recovery must use the connection's subprotocol."
+        timer = self._expiry.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        old, conn.sink = conn.sink, sink
+        if old is not None:  # the old transport is still open: the client moved on
+            old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
+        for frame in conn.reliable.unacknowledged():
+            sink.offer(frame)
         return conn
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
         """Handle one client message; the transport awaits it before reading the next."""
         if conn.closing:
             return
+        if conn.protocol.is_json:
+            await self._requests.handle(conn, data)
+            return
         if isinstance(data, str):
             payload = Payload(DataType.TEXT, data.encode("utf-8"))
         else:
             payload = Payload(DataType.BINARY, data)
-        settings = self._hub_settings(conn.hub)
         try:
-            reply = await self._upstream.user_event(
-                settings, self._context(conn), "message", payload
+            reply = await self.user_event(conn, "message", payload)
+        except UpstreamError as exc:
+            conn.close(CloseCode.INTERNAL_ERROR, handler_failed(exc))
+            return
+        self.apply_reply(conn, reply)
+
+    async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
+        """Call the event handler for a user event; failures are logged and re-raised."""
+        try:
+            return await self._upstream.user_event(
+                self._hub_settings(conn.hub), self.context(conn), name, payload
             )
         except UpstreamError as exc:
             log.warning(
-                "closing connection %s of hub %s: message event failed: %s",
+                "event %r of connection %s (hub %s) failed: %s",
+                name,
                 conn.connection_id,
                 conn.hub,
                 exc.message,
             )
-            conn.close(CloseCode.INTERNAL_ERROR, f"The event handler failed: {exc.message}")
-            return
-        self._apply_reply(conn, reply)
+            raise
 
-    def detach(self, conn: Connection, reason: str) -> None:
-        """Forget a closed connection and fire ``disconnected`` (once)."""
+    def detach(self, conn: Connection, sink: Sink, reason: str, *, recoverable: bool) -> None:
+        """The transport ``sink`` of ``conn`` is gone.
+
+        A reliable connection that was not closed on purpose stays, detached, for the
+        recovery window; any other connection ends now and ``disconnected`` fires once.
+        """
+        if conn.sink is not sink:
+            return  # an older transport of a recovered connection
+        conn.sink = None
+        if recoverable and conn.reliable is not None and not conn.closing:
+            loop = asyncio.get_running_loop()
+            self._expiry[conn] = loop.call_later(
+                self._recovery_window, self._end, conn, "The client did not reconnect in time."
+            )
+            return
+        self._end(conn, reason)
+
+    def _end_detached(self, conn: Connection) -> None:
+        self._end(conn, conn.close_reason)
+
+    def _end(self, conn: Connection, reason: str) -> None:
+        """Forget a connection and fire ``disconnected`` (once)."""
+        timer = self._expiry.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        conn.closing = True
         hub = self._hubs.get(conn.hub)
         if hub is None or hub.remove(conn.connection_id) is None:
             return
@@ -259,9 +345,8 @@ class Node:
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
                 self._idle.set()
-        conn.closing = True
         self._upstream.disconnected(
-            self._hub_settings(conn.hub), self._context(conn), conn.close_reason or reason
+            self._hub_settings(conn.hub), self.context(conn), conn.close_reason or reason
         )
 
     def close_all(self, code: int, reason: str) -> None:
@@ -279,13 +364,17 @@ class Node:
         finally:
             self._idle = None
 
-    def _apply_reply(self, conn: Connection, reply: EventReply) -> None:
+    def apply_reply(self, conn: Connection, reply: EventReply) -> None:
+        """Apply an event handler's answer: new state, and its body to that connection."""
         if reply.state is not None:
             conn.state = reply.state
         if reply.payload is not None:
-            conn.deliver(encode_for(conn.protocol, DataMessage(reply.payload)))
+            conn.send_data(encode_for(conn.protocol, DataMessage(reply.payload)))
 
-    def _context(self, conn: Connection) -> EventContext:
+    def settings(self, conn: Connection) -> HubSettings:
+        return self._hub_settings(conn.hub)
+
+    def context(self, conn: Connection) -> EventContext:
         return EventContext(
             hub=conn.hub,
             connection_id=conn.connection_id,
@@ -374,9 +463,9 @@ def _select_protocol(
     """client-protocols.md §1.2: the handler's pick, else the first service value,
     else a simple client echoing the first offered value (browsers require an echo)."""
     if picked is not None:
-        return SERVICE_SUBPROTOCOLS.get(picked.lower(), ClientProtocol.SIMPLE), picked
+        return SUBPROTOCOLS.get(picked.lower(), ClientProtocol.SIMPLE), picked
     for value in offered:
-        protocol = SERVICE_SUBPROTOCOLS.get(value.lower())
+        protocol = SUBPROTOCOLS.get(value.lower())
         if protocol is not None:
             return protocol, value
     return ClientProtocol.SIMPLE, (offered[0] if offered else None)

@@ -1,9 +1,11 @@
 """Downstream data messages and how each client protocol frames them.
 
 A :class:`DataMessage` is what the service delivers to clients (a REST send, a
-group publish, an upstream reply).  :func:`encode_for` turns it into the bytes
-of one WebSocket frame for a given client protocol; the fan-out calls it once
-per protocol per send and shares the bytes between recipients.
+group publish, an upstream reply).  :func:`encode_for` turns it into bytes for a
+given client protocol; the fan-out calls it once per protocol per send and shares
+the bytes between recipients.  For simple and JSON clients those bytes are a
+complete WebSocket frame; for reliable clients they are the envelope body, into
+which each connection splices its own ``sequenceId``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from webpubsub.protocol.json_protocol import (
+    JSON_RELIABLE_SUBPROTOCOL,
+    JSON_SUBPROTOCOL,
+    encode_data_body,
+)
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import Opcode, encode_frame
 
@@ -20,6 +27,20 @@ class ClientProtocol(enum.Enum):
 
     SIMPLE = "simple"
     """No service subprotocol: frames are raw payloads (client-protocols.md §2)."""
+    JSON = JSON_SUBPROTOCOL
+    JSON_RELIABLE = JSON_RELIABLE_SUBPROTOCOL
+
+    @property
+    def is_json(self) -> bool:
+        return self is not ClientProtocol.SIMPLE
+
+    @property
+    def is_reliable(self) -> bool:
+        return self is ClientProtocol.JSON_RELIABLE
+
+
+#: The service-defined subprotocols this service speaks, by lower-cased name.
+SUBPROTOCOLS = {p.value: p for p in ClientProtocol if p.is_json}
 
 
 class Origin(enum.Enum):
@@ -36,9 +57,16 @@ class DataMessage:
 
 
 def encode_for(protocol: ClientProtocol, message: DataMessage) -> bytes:
-    """The frame bytes carrying ``message`` to a client speaking ``protocol``."""
+    """The bytes carrying ``message`` to a client speaking ``protocol``."""
     payload = message.payload
     if protocol is ClientProtocol.SIMPLE:
         opcode = Opcode.TEXT if payload.is_text_frame else Opcode.BINARY
         return encode_frame(opcode, payload.data)
-    raise AssertionError(f"unknown client protocol {protocol!r}")  # pragma: no cover
+    body = encode_data_body(
+        payload,
+        group=message.group if message.origin is Origin.GROUP else None,
+        from_user_id=message.from_user_id,
+    )
+    if protocol is ClientProtocol.JSON_RELIABLE:
+        return body
+    return encode_frame(Opcode.TEXT, body)

@@ -83,7 +83,13 @@ class ServiceRunner:
             validate=self.config.upstream.validation,
             clock=self._clock,
         )
-        self.node = Node(hub_settings=self.config.hub, upstream=self.upstream, origin=origin)
+        self.node = Node(
+            hub_settings=self.config.hub,
+            upstream=self.upstream,
+            origin=origin,
+            publish=self.backplane.publish,
+            recovery_window=server.recovery_window_seconds,
+        )
         endpoints: list[str] = []
         ctx = ServiceContext(
             node=self.node,

@@ -13,18 +13,25 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import WSMsgType, web
 
+from webpubsub.core.connection import Connection
 from webpubsub.errors import BadRequest, WebPubSubError
 from webpubsub.node.node import Handshake
+from webpubsub.protocol.frames import SUBPROTOCOLS
+from webpubsub.protocol.json_protocol import encode_disconnected
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
+from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
 from webpubsub.server.outbox import Outbox
 
 log = logging.getLogger("webpubsub.server")
 
+RECOVERY_ID = "awps_connection_id"
+RECOVERY_TOKEN = "awps_reconnection_token"  # noqa: S105 - a parameter name
+
 #: Query parameters that are the service's own, not application data.
-_RESERVED_QUERY = frozenset({"access_token", "hub"})
+_RESERVED_QUERY = frozenset({"access_token", "hub", RECOVERY_ID, RECOVERY_TOKEN})
 _HIDDEN_HEADERS = frozenset({"authorization"})
 
 CLIENT_CLOSED = "The client closed the connection."
@@ -32,6 +39,8 @@ CLIENT_CLOSED = "The client closed the connection."
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[SERVICE]
+    if RECOVERY_ID in request.query:
+        return await _recover(request, ctx)
     try:
         handshake = _handshake(request, ctx)
         admission = await ctx.node.admit(handshake)
@@ -41,21 +50,72 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
         return error_response(exc)
 
     settings = ctx.hub_settings(admission.hub)
-    ws = web.WebSocketResponse(
-        protocols=(admission.subprotocol,) if admission.subprotocol else (),
+    ws = _websocket(ctx, admission.subprotocol, settings.keepalive_seconds)
+    outbox = await _upgrade(ws, request, ctx)
+    if outbox is None:
+        return ws
+    conn = ctx.node.attach(admission, outbox)
+    await _serve(ws, ctx, conn, outbox)
+    return ws
+
+
+async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamResponse:
+    """A reliable client resuming its connection (client-protocols.md §5.4).
+
+    The access token is not checked and no ``connect`` webhook is sent; a failed
+    recovery is still upgraded, then closed with 1008 so that the client stops
+    retrying and opens a new connection.
+    """
+    offered = _subprotocols(request)
+    if not _is_upgrade(request, offered):
+        return error_response(BadRequest("This endpoint accepts WebSocket upgrade requests only."))
+    echo = next((p for p in offered if p.lower() in SUBPROTOCOLS), offered[0] if offered else None)
+    hub = request.match_info.get("hub") or request.query.get("hub", "")
+    ws = _websocket(ctx, echo, ctx.hub_settings(hub).keepalive_seconds)
+    outbox = await _upgrade(ws, request, ctx)
+    if outbox is None:
+        return ws
+    result = ctx.node.resume(
+        hub.lower(),
+        request.query.get(RECOVERY_ID, ""),
+        request.query.get(RECOVERY_TOKEN, ""),
+        offered,
+        outbox,
+    )
+    if isinstance(result, str):
+        log.info("recovery refused for hub %r: %s", hub, result)
+        outbox.offer(encode_frame(Opcode.TEXT, encode_disconnected(result)))
+        outbox.close(CloseCode.POLICY_VIOLATION, result)
+        await _drain(ws)
+        return ws
+    await _serve(ws, ctx, result, outbox)
+    return ws
+
+
+def _websocket(
+    ctx: ServiceContext, subprotocol: str | None, keepalive_seconds: int
+) -> web.WebSocketResponse:
+    return web.WebSocketResponse(
+        protocols=(subprotocol,) if subprotocol else (),
         compress=False,
         max_msg_size=ctx.max_message_bytes,
-        heartbeat=float(settings.keepalive_seconds),
+        heartbeat=float(keepalive_seconds),
         autoping=True,
     )
+
+
+async def _upgrade(
+    ws: web.WebSocketResponse, request: web.Request, ctx: ServiceContext
+) -> Outbox | None:
+    """Send the 101 and build the connection's outbox; None if the client left."""
     try:
         await ws.prepare(request)
     except ConnectionResetError:  # the client went away during the connect webhook
-        log.info("client of hub %s left before the upgrade", admission.hub)
-        return ws
+        log.info("a client of hub %r left before the upgrade", request.match_info.get("hub"))
+        return None
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
-        return ws
+        return None
 
     def closer(code: int, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -64,24 +124,47 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
 
-    outbox = Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer)
-    conn = ctx.node.attach(admission, outbox)
-    outbox.on_overflow = lambda: conn.close(1008, "SlowClient")
+    return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer)
+
+
+async def _serve(
+    ws: web.WebSocketResponse, ctx: ServiceContext, conn: Connection, outbox: Outbox
+) -> None:
+    """Hand each client frame to the node, in order, until the transport ends."""
+    outbox.on_overflow = lambda: conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
     reason = CLIENT_CLOSED
+    client_close_code: int | None = None
     try:
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 await ctx.node.receive(conn, msg.data)
-            elif msg.type is WSMsgType.ERROR:
-                reason = f"The connection failed: {ws.exception() or 'transport error'}"
+            elif msg.type is WSMsgType.CLOSE:
+                client_close_code = int(msg.data)
                 break
+            elif msg.type is WSMsgType.ERROR:
+                reason = _failure_reason(ws)
+                break
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                reason = "The connection was lost."
+                break
+    except Exception:  # never let one connection's failure become an HTTP response
+        log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
+        conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
     finally:
-        if ws.close_code is not None and ws.close_code not in (1000, 1001):
-            reason = _close_reason(ws, reason)
-        ctx.node.detach(conn, reason)
+        # A reliable client that did not close normally may come back (§5.3).
+        recoverable = client_close_code != CloseCode.NORMAL
+        ctx.node.detach(conn, outbox, reason, recoverable=recoverable)
         if not ws.closed:
             await ws.close()
-    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    """Read until the close handshake completes (the close was already sent)."""
+    while not ws.closed:
+        msg = await ws.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            break
 
 
 _closing_tasks: set[asyncio.Task[bool]] = set()
@@ -93,14 +176,28 @@ def _close_message(reason: str) -> bytes:
     return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
-def _close_reason(ws: web.WebSocketResponse, default: str) -> str:
-    if ws.close_code == 1009:
+def _failure_reason(ws: web.WebSocketResponse) -> str:
+    if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
         return "The client sent a message larger than the service accepts."
-    return default
+    return f"The connection failed: {ws.exception() or 'transport error'}"
+
+
+def _is_upgrade(request: web.Request, offered: Sequence[str]) -> bool:
+    # Offering the client's own protocols keeps aiohttp from warning about a mismatch.
+    return web.WebSocketResponse(protocols=offered).can_prepare(request).ok
+
+
+def _subprotocols(request: web.Request) -> tuple[str, ...]:
+    return tuple(
+        p.strip()
+        for value in request.headers.getall("Sec-WebSocket-Protocol", [])
+        for p in value.split(",")
+        if p.strip()
+    )
 
 
 def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
-    if not web.WebSocketResponse().can_prepare(request).ok:
+    if not _is_upgrade(request, _subprotocols(request)):
         raise BadRequest("This endpoint accepts WebSocket upgrade requests only.")
     hub = validate_hub(request.match_info.get("hub") or request.query.get("hub", ""))
     token = request.query.get("access_token") or bearer_token(request.headers.get("Authorization"))
@@ -110,12 +207,6 @@ def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
         identity = verify_client_token(
             token, keys=ctx.access_keys, hub=hub, endpoints=endpoints, now=ctx.clock()
         )
-    protocols = [
-        p.strip()
-        for value in request.headers.getall("Sec-WebSocket-Protocol", [])
-        for p in value.split(",")
-        if p.strip()
-    ]
     return Handshake(
         hub=hub,
         identity=identity,
@@ -123,7 +214,7 @@ def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
         headers=_grouped(
             (k, v) for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS
         ),
-        subprotocols=tuple(protocols),
+        subprotocols=_subprotocols(request),
     )
 
 

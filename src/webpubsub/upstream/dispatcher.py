@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from webpubsub.errors import UpstreamError
+from webpubsub.errors import NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
     EventContext,
@@ -148,7 +148,7 @@ class Upstream:
         """Deliver user event ``name``; raises :class:`UpstreamError` on any failure."""
         handler = hub.handler_for_user_event(name)
         if handler is None:
-            raise UpstreamError(f"no event handler for user event '{name}'")
+            raise NoEventHandler(name)
         await self._ensure_validated(handler, ctx.hub)
         url = handler.url_for(ctx.hub, name)
         request = user_event_request(ctx, url, self._keys, self._clock(), name, payload)

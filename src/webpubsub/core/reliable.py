@@ -1,0 +1,70 @@
+"""The reliable subprotocol's per-connection state (client-protocols.md §5).
+
+Every data message sent to a reliable connection gets the next ``sequenceId``
+and stays in the unacknowledged buffer until a cumulative ``sequenceAck``
+releases it; on recovery the buffer is replayed with the original ids.  The
+buffer is bounded (1,000 messages or 16 MB by default): overflowing it ends the
+logical connection, as the protocol prescribes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from webpubsub.protocol.json_protocol import with_sequence_id
+from webpubsub.protocol.wsframe import Opcode, encode_frame
+
+DEFAULT_MAX_MESSAGES = 1000
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+
+
+class BufferOverflow(Exception):
+    """More unacknowledged data than the buffer may hold."""
+
+
+class ReliableBuffer:
+    def __init__(
+        self, *, max_messages: int = DEFAULT_MAX_MESSAGES, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._next = 1
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._bytes = 0
+
+    @property
+    def last_sequence_id(self) -> int:
+        return self._next - 1
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    def stamp(self, body: bytes) -> bytes:
+        """The frame for the next data message, kept until acknowledged.
+
+        Raises :class:`BufferOverflow` when the buffer would exceed its bounds.
+        """
+        sequence_id = self._next
+        frame = encode_frame(Opcode.TEXT, with_sequence_id(body, sequence_id))
+        if len(self._frames) + 1 > self._max_messages or self._bytes + len(frame) > self._max_bytes:
+            raise BufferOverflow(
+                f"{len(self._frames)} messages ({self._bytes} bytes) are not acknowledged"
+            )
+        self._next += 1
+        self._frames.append((sequence_id, frame))
+        self._bytes += len(frame)
+        return frame
+
+    def ack(self, sequence_id: int) -> None:
+        """Release every message up to ``sequence_id`` (cumulative; stale acks are no-ops)."""
+        frames = self._frames
+        while frames and frames[0][0] <= sequence_id:
+            self._bytes -= len(frames.popleft()[1])
+
+    def unacknowledged(self) -> list[bytes]:
+        """The buffered frames in sequence order, for replay after recovery."""
+        return [frame for _, frame in self._frames]

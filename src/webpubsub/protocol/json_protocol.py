@@ -1,0 +1,246 @@
+"""The ``json.webpubsub.azure.v1`` subprotocol and its reliable variant (sans-I/O).
+
+Client messages are decoded into frozen dataclasses (client-protocols.md §3.2);
+server messages are encoded to JSON text (§3.4–§3.7).  A data message is encoded
+once per send as an *envelope body*; the reliable variant splices each
+recipient's ``sequenceId`` in front of that body without re-encoding it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import orjson
+
+from webpubsub.errors import BadRequest, InvalidName
+from webpubsub.protocol.names import validate_event_name, validate_group
+from webpubsub.protocol.payload import DataType, Payload
+
+JSON_SUBPROTOCOL = "json.webpubsub.azure.v1"
+JSON_RELIABLE_SUBPROTOCOL = "json.reliable.webpubsub.azure.v1"
+
+MAX_ACK_ID = 2**64 - 1
+
+
+class ProtocolViolation(BadRequest):
+    """A client message the service cannot accept.
+
+    ``ack_id`` is the request's ackId when one could be read (the service then
+    answers with a ``BadRequest`` ack); ``fatal`` means the frame was not a
+    request at all (not JSON, not an object, no type), which closes the connection.
+    """
+
+    code = "BadRequest"
+
+    def __init__(self, message: str, *, ack_id: int | None = None, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.ack_id = ack_id
+        self.fatal = fatal
+
+
+# -- client → service ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JoinGroup:
+    group: str
+    ack_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveGroup:
+    group: str
+    ack_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendToGroup:
+    group: str
+    payload: Payload
+    no_echo: bool = False
+    ack_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    event: str
+    payload: Payload
+    ack_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceAck:
+    sequence_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """A well-formed request of a type this service does not implement."""
+
+    type: str
+    ack_id: int | None = None
+
+
+ClientMessage = JoinGroup | LeaveGroup | SendToGroup | SendEvent | SequenceAck | Ping | Unsupported
+
+
+def decode_client_message(frame: str | bytes) -> ClientMessage:
+    """Decode one client frame (JSON text; UTF-8 JSON in a binary frame is accepted)."""
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolViolation("The message is not valid JSON.", fatal=True) from None
+    if not isinstance(obj, dict):
+        raise ProtocolViolation("The message is not a JSON object.", fatal=True)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolViolation("The message has no string 'type'.", fatal=True)
+    ack_id = _ack_id(obj)
+    kind_lower = kind.lower()
+    try:
+        if kind_lower == "joingroup":
+            return JoinGroup(_group(obj), ack_id)
+        if kind_lower == "leavegroup":
+            return LeaveGroup(_group(obj), ack_id)
+        if kind_lower == "sendtogroup":
+            no_echo = obj.get("noEcho", False)
+            if not isinstance(no_echo, bool):
+                raise ProtocolViolation("'noEcho' must be a boolean.", ack_id=ack_id)
+            return SendToGroup(_group(obj), _payload(obj, ack_id), no_echo, ack_id)
+        if kind_lower == "event":
+            name = obj.get("event")
+            if not isinstance(name, str):
+                raise ProtocolViolation("'event' must be a string.", ack_id=ack_id)
+            return SendEvent(validate_event_name(name), _payload(obj, ack_id), ack_id)
+        if kind_lower == "sequenceack":
+            seq = obj.get("sequenceId")
+            if not _is_uint64(seq):
+                raise ProtocolViolation("'sequenceId' must be an unsigned integer.")
+            return SequenceAck(seq)  # type: ignore[arg-type]
+        if kind_lower == "ping":
+            return Ping()
+    except InvalidName as exc:
+        raise ProtocolViolation(exc.message, ack_id=ack_id) from None
+    return Unsupported(kind, ack_id)
+
+
+def _ack_id(obj: dict[str, object]) -> int | None:
+    if "ackId" not in obj or obj["ackId"] is None:
+        return None
+    value = obj["ackId"]
+    if not _is_uint64(value):
+        raise ProtocolViolation("'ackId' must be an unsigned 64-bit integer.", fatal=True)
+    return value  # type: ignore[return-value]
+
+
+def _is_uint64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ACK_ID
+
+
+def _group(obj: dict[str, object]) -> str:
+    group = obj.get("group")
+    if not isinstance(group, str):
+        raise InvalidName("'group' must be a string.")
+    return validate_group(group)
+
+
+def _payload(obj: dict[str, object], ack_id: int | None) -> Payload:
+    raw_type = obj.get("dataType", "json")
+    try:
+        data_type = DataType(raw_type.lower() if isinstance(raw_type, str) else "")
+    except ValueError:
+        raise ProtocolViolation(
+            "'dataType' must be one of json, text, binary, protobuf.", ack_id=ack_id
+        ) from None
+    if "data" not in obj:
+        raise ProtocolViolation("The message has no 'data'.", ack_id=ack_id)
+    data = obj["data"]
+    if data_type is DataType.JSON:
+        if data is None:
+            raise ProtocolViolation("JSON 'data' must not be null.", ack_id=ack_id)
+        return Payload(DataType.JSON, orjson.dumps(data))
+    if not isinstance(data, str):
+        raise ProtocolViolation(f"'{data_type}' data must be a string.", ack_id=ack_id)
+    if data_type is DataType.TEXT:
+        return Payload(DataType.TEXT, data.encode("utf-8"))
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolViolation(f"'{data_type}' data must be base64.", ack_id=ack_id) from None
+    return Payload(data_type, raw)
+
+
+# -- service → client ------------------------------------------------------------------
+
+
+def encode_connected(
+    connection_id: str, user_id: str | None, reconnection_token: str | None = None
+) -> bytes:
+    msg: dict[str, object] = {
+        "type": "system",
+        "event": "connected",
+        "userId": user_id,
+        "connectionId": connection_id,
+    }
+    if reconnection_token is not None:
+        msg["reconnectionToken"] = reconnection_token
+    return orjson.dumps(msg)
+
+
+def encode_disconnected(reason: str) -> bytes:
+    return orjson.dumps({"type": "system", "event": "disconnected", "message": reason})
+
+
+def encode_ack(ack_id: int, error: tuple[str, str] | None = None) -> bytes:
+    """``error`` is ``(name, message)``: Forbidden, InternalServerError, Duplicate, BadRequest."""
+    if error is None:
+        return orjson.dumps({"type": "ack", "ackId": ack_id, "success": True})
+    name, message = error
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "ackId": ack_id,
+            "success": False,
+            "error": {"name": name, "message": message},
+        }
+    )
+
+
+PONG = b'{"type":"pong"}'
+
+
+def encode_data_body(
+    payload: Payload,
+    *,
+    group: str | None = None,
+    from_user_id: str | None = None,
+) -> bytes:
+    """The envelope of a data message (§3.5), ``from: group`` when ``group`` is given.
+
+    JSON data is spliced in as the JSON text it already is; binary and protobuf
+    data are base64 strings.
+    """
+    if payload.data_type is DataType.JSON:
+        data = payload.data
+    elif payload.data_type is DataType.TEXT:
+        data = orjson.dumps(payload.data.decode("utf-8", errors="replace"))
+    else:
+        data = b'"' + base64.b64encode(payload.data) + b'"'
+    if group is None:
+        head = b'{"type":"message","from":"server"'
+    else:
+        head = b'{"type":"message","from":"group","group":' + orjson.dumps(group)
+        head += b',"fromUserId":' + orjson.dumps(from_user_id)
+    return head + b',"dataType":"' + payload.data_type.value.encode() + b'","data":' + data + b"}"
+
+
+def with_sequence_id(body: bytes, sequence_id: int) -> bytes:
+    """The reliable form of an envelope body: ``sequenceId`` spliced in first."""
+    return b'{"sequenceId":' + str(sequence_id).encode() + b"," + body[1:]

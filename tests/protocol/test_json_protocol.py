@@ -1,0 +1,242 @@
+"""The json.webpubsub.azure.v1 codec, against the frames the official SDKs send and
+expect (observed/sdk-client-frames.md, client-protocols.md §3)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webpubsub.protocol.json_protocol import (
+    PONG,
+    JoinGroup,
+    LeaveGroup,
+    Ping,
+    ProtocolViolation,
+    SendEvent,
+    SendToGroup,
+    SequenceAck,
+    Unsupported,
+    decode_client_message,
+    encode_ack,
+    encode_connected,
+    encode_data_body,
+    encode_disconnected,
+    with_sequence_id,
+)
+from webpubsub.protocol.payload import DataType, Payload
+
+# Frames exactly as the Python client 1.1.0 sends them (observed, scenario A).
+OBSERVED = [
+    ('{"type": "joinGroup", "group": "g1", "ackId": 1}', JoinGroup("g1", 1)),
+    ('{"type": "leaveGroup", "group": "g1", "ackId": 8}', LeaveGroup("g1", 8)),
+    (
+        '{"type": "sendToGroup", "group": "g1", "ackId": 2, "dataType": "text", '
+        '"data": "hello text", "noEcho": false}',
+        SendToGroup("g1", Payload.text("hello text"), False, 2),
+    ),
+    (
+        '{"type": "sendToGroup", "group": "g1", "ackId": 3, "dataType": "json", '
+        '"data": {"a": 1, "b": [1, 2]}, "noEcho": false}',
+        SendToGroup("g1", Payload(DataType.JSON, b'{"a":1,"b":[1,2]}'), False, 3),
+    ),
+    (
+        '{"type": "sendToGroup", "group": "g1", "ackId": 4, "dataType": "binary", '
+        '"data": "AAH/", "noEcho": false}',
+        SendToGroup("g1", Payload.binary(b"\x00\x01\xff"), False, 4),
+    ),
+    (
+        '{"type": "sendToGroup", "group": "g1", "dataType": "text", "data": "no echo", '
+        '"noEcho": true}',
+        SendToGroup("g1", Payload.text("no echo"), True, None),
+    ),
+    (
+        '{"type": "event", "event": "myEvent", "ackId": 6, "dataType": "text", "data": "evt text"}',
+        SendEvent("myEvent", Payload.text("evt text"), 6),
+    ),
+    (
+        '{"type": "event", "event": "myEvent", "dataType": "binary", "data": "AgM="}',
+        SendEvent("myEvent", Payload.binary(b"\x02\x03"), None),
+    ),
+    ('{"type": "sequenceAck", "sequenceId": 10}', SequenceAck(10)),
+    ('{"type":"ping"}', Ping()),
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), OBSERVED)
+def test_decodes_the_frames_the_sdks_send(frame: str, expected: object) -> None:
+    assert decode_client_message(frame) == expected
+    assert decode_client_message(frame.encode()) == expected  # binary frames too
+
+
+def test_data_type_defaults_to_json_and_type_is_case_insensitive() -> None:
+    msg = decode_client_message('{"type": "SendToGroup", "group": "g", "data": [1]}')
+    assert msg == SendToGroup("g", Payload(DataType.JSON, b"[1]"))
+
+
+def test_unknown_types_are_unsupported_not_fatal() -> None:
+    assert decode_client_message('{"type": "invoke", "ackId": 3}') == Unsupported("invoke", 3)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["not json", "[1, 2]", '"text"', "{}", '{"type": 1}', '{"type": "ping", "ackId": -1}'],
+)
+def test_frames_that_are_not_requests_are_fatal(frame: str) -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        decode_client_message(frame)
+    assert info.value.fatal
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ('{"type": "joinGroup", "ackId": 5}', "group"),
+        ('{"type": "joinGroup", "group": "", "ackId": 5}', "group"),
+        ('{"type": "joinGroup", "group": "   ", "ackId": 5}', "group"),
+        (
+            '{"type": "sendToGroup", "group": "g", "ackId": 5, "dataType": "binary", "data": "!"}',
+            "base64",
+        ),
+        (
+            '{"type": "sendToGroup", "group": "g", "ackId": 5, "dataType": "text", "data": 1}',
+            "string",
+        ),
+        (
+            '{"type": "sendToGroup", "group": "g", "ackId": 5, "dataType": "json", "data": null}',
+            "null",
+        ),
+        (
+            '{"type": "sendToGroup", "group": "g", "ackId": 5, "dataType": "xml", "data": "x"}',
+            "dataType",
+        ),
+        ('{"type": "sendToGroup", "group": "g", "ackId": 5, "dataType": "text"}', "data"),
+        ('{"type": "sendToGroup", "group": "g", "ackId": 5, "data": 1, "noEcho": "yes"}', "noEcho"),
+        ('{"type": "event", "event": "1bad", "ackId": 5, "data": 1}', "event"),
+        ('{"type": "event", "ackId": 5, "data": 1}', "event"),
+    ],
+)
+def test_bad_requests_keep_their_ack_id(frame: str, message: str) -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        decode_client_message(frame)
+    assert info.value.ack_id == 5
+    assert not info.value.fatal
+    assert message in info.value.message
+
+
+def test_server_messages_match_the_observed_frames() -> None:
+    assert orjson.loads(encode_connected("conn-1", "user1", "tok")) == {
+        "type": "system",
+        "event": "connected",
+        "userId": "user1",
+        "connectionId": "conn-1",
+        "reconnectionToken": "tok",
+    }
+    assert "reconnectionToken" not in orjson.loads(encode_connected("c", None))
+    assert orjson.loads(encode_disconnected("bye")) == {
+        "type": "system",
+        "event": "disconnected",
+        "message": "bye",
+    }
+    assert orjson.loads(encode_ack(1)) == {"type": "ack", "ackId": 1, "success": True}
+    assert orjson.loads(
+        encode_ack(5, ("Duplicate", "Message with ack-id: 5 has been processed"))
+    ) == {
+        "type": "ack",
+        "ackId": 5,
+        "success": False,
+        "error": {"name": "Duplicate", "message": "Message with ack-id: 5 has been processed"},
+    }
+    assert orjson.loads(PONG) == {"type": "pong"}
+
+
+def test_data_envelopes() -> None:
+    body = encode_data_body(Payload.text("hello text"), group="g1", from_user_id="user1")
+    assert orjson.loads(body) == {
+        "type": "message",
+        "from": "group",
+        "group": "g1",
+        "fromUserId": "user1",
+        "dataType": "text",
+        "data": "hello text",
+    }
+    assert orjson.loads(with_sequence_id(body, 3))["sequenceId"] == 3
+    assert orjson.loads(encode_data_body(Payload(DataType.JSON, b'{"push": 0}'))) == {
+        "type": "message",
+        "from": "server",
+        "dataType": "json",
+        "data": {"push": 0},
+    }
+    binary = orjson.loads(encode_data_body(Payload.binary(b"\x00\x01\xff")))
+    assert binary["dataType"] == "binary" and binary["data"] == "AAH/"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(
+    group=st.text(min_size=1, max_size=50).filter(lambda g: g.strip()),
+    kind=st.sampled_from(["text", "json", "binary"]),
+    value=json_values,
+    raw=st.binary(max_size=64),
+    ack=st.none() | st.integers(0, 2**64 - 1),
+    no_echo=st.booleans(),
+    user=st.none() | st.text(max_size=20),
+)
+def test_publish_round_trip(
+    group: str,
+    kind: str,
+    value: object,
+    raw: bytes,
+    ack: int | None,
+    no_echo: bool,
+    user: str | None,
+) -> None:
+    """What a client publishes reaches others with the same data and data type."""
+    if kind == "json" and value is None:
+        value = 0
+    data: object = {"text": str(value), "json": value, "binary": base64.b64encode(raw).decode()}[
+        kind
+    ]
+    frame = {
+        "type": "sendToGroup",
+        "group": group,
+        "dataType": kind,
+        "data": data,
+        "noEcho": no_echo,
+    }
+    if ack is not None:
+        frame["ackId"] = ack
+    msg = decode_client_message(orjson.dumps(frame))
+    assert isinstance(msg, SendToGroup)
+    assert (msg.group, msg.ack_id, msg.no_echo) == (group, ack, no_echo)
+    out = orjson.loads(encode_data_body(msg.payload, group=group, from_user_id=user))
+    assert out["group"] == group and out["fromUserId"] == user and out["dataType"] == kind
+    assert out["data"] == data
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_arbitrary_input_raises_only_protocol_violation(frame: bytes | str) -> None:
+    with contextlib.suppress(ProtocolViolation):
+        decode_client_message(frame)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["type", "group", "ackId", "data", "dataType", "event", "noEcho", "sequenceId"]
+        ),
+        json_values | st.sampled_from(["joinGroup", "sendToGroup", "event", "sequenceAck", "ping"]),
+    )
+)
+def test_arbitrary_objects_raise_only_protocol_violation(obj: dict[str, object]) -> None:
+    with contextlib.suppress(ProtocolViolation):
+        decode_client_message(orjson.dumps(obj))
