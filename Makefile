@@ -11,7 +11,7 @@ test-fast:   ## the quick loop: skip the slow end-to-end tests
 	scripts/test.sh -m "not e2e"
 
 lint:
-	.venv/bin/ruff check src tests bench && .venv/bin/ruff format --check src tests bench && .venv/bin/mypy
+	.venv/bin/ruff check src tests bench examples && .venv/bin/ruff format --check src tests bench examples && .venv/bin/mypy
 
 bench:
 	.venv/bin/python bench/broadcast.py

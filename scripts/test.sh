@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 VENV=${VENV:-.venv}
-"$VENV/bin/ruff" check src tests bench
-"$VENV/bin/ruff" format --check src tests bench
+"$VENV/bin/ruff" check src tests bench examples
+"$VENV/bin/ruff" format --check src tests bench examples
 "$VENV/bin/mypy"
 exec "$VENV/bin/pytest" -n 2 "$@"

@@ -6,6 +6,8 @@ records sends), so these tests need no running Web PubSub service.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -89,6 +91,11 @@ async def chat_client(fake_service: FakeService) -> AsyncIterator[Client]:
         await client.close()
 
 
+def _signature(connection_id: str, key: str = ACCESS_KEY) -> str:
+    digest = hmac.new(key.encode(), connection_id.encode(), hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
 def _event_headers(ce_type: str, user_id: str = "alice", **extra: str) -> dict[str, str]:
     headers = {
         "ce-specversion": "1.0",
@@ -100,6 +107,7 @@ def _event_headers(ce_type: str, user_id: str = "alice", **extra: str) -> dict[s
         "ce-connectionId": "conn1",
         "ce-eventName": ce_type.rsplit(".", 1)[1],
         "ce-userId": user_id,
+        "ce-signature": _signature("conn1"),
         "WebHook-Request-Origin": "127.0.0.1",
     }
     headers.update(extra)
@@ -195,7 +203,7 @@ async def test_connected_event_announces_the_user_to_everyone(
         headers=_event_headers(CONNECTED, "bob", **{"Content-Type": "application/json"}),
         data=b"{}",
     )
-    assert resp.status == 200
+    assert resp.status == 204
     assert await resp.read() == b""
     assert [(s.hub, s.content_type, s.body) for s in fake_service.sends] == [
         ("chat", "text/plain", b"[SYSTEM] bob joined.")
@@ -211,7 +219,7 @@ async def test_message_event_is_broadcast_with_the_sender_name(
         headers=_event_headers(MESSAGE, "alice", **{"Content-Type": "text/plain"}),
         data="hi, ünïcode ✓".encode(),
     )
-    assert resp.status == 200
+    assert resp.status == 204
     # Nothing goes back to the sender directly: it gets the broadcast like everyone.
     assert await resp.read() == b""
     assert [(s.hub, s.content_type, s.body) for s in fake_service.sends] == [
@@ -229,7 +237,7 @@ async def test_other_events_are_acknowledged_and_ignored(
     resp = await chat_client.post(
         "/eventhandler", headers=_event_headers(ce_type), data=b'{"reason": ""}'
     )
-    assert resp.status == 200
+    assert resp.status == 204
     assert await resp.read() == b""
     assert fake_service.sends == []
 
@@ -251,3 +259,43 @@ async def test_a_failed_broadcast_fails_the_event(
     resp = await chat_client.post("/eventhandler", headers=_event_headers(MESSAGE), data=b"hi")
     assert resp.status == 502
     assert len(fake_service.sends) == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", "sha256=" + "0" * 64, _signature("conn1", "another-key-0123456789abcdefghijk")],
+    ids=["missing", "empty", "zeros", "other-key"],
+)
+async def test_unsigned_or_forged_events_are_refused(
+    chat_client: Client, fake_service: FakeService, signature: str | None
+) -> None:
+    headers = _event_headers(MESSAGE, **{"Content-Type": "text/plain"})
+    if signature is None:
+        del headers["ce-signature"]
+    else:
+        headers["ce-signature"] = signature
+    resp = await chat_client.post("/eventhandler", headers=headers, data=b"hi")
+    assert resp.status == 401
+    assert fake_service.sends == []
+
+
+async def test_events_to_a_sub_path_are_handled(
+    chat_client: Client, fake_service: FakeService
+) -> None:
+    # For a url_template such as http://app/eventhandler/{hub}/{event}.
+    resp = await chat_client.post(
+        "/eventhandler/chat/message",
+        headers=_event_headers(MESSAGE, "carol", **{"Content-Type": "text/plain"}),
+        data=b"hey",
+    )
+    assert resp.status == 204
+    assert [s.body for s in fake_service.sends] == [b"[carol] hey"]
+
+
+async def test_events_for_another_hub_are_not_handled(
+    chat_client: Client, fake_service: FakeService
+) -> None:
+    headers = _event_headers(MESSAGE, **{"Content-Type": "text/plain", "ce-hub": "other"})
+    resp = await chat_client.post("/eventhandler", headers=headers, data=b"hi")
+    assert resp.status == 404
+    assert fake_service.sends == []

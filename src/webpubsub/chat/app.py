@@ -1,14 +1,17 @@
 """The chat app of the "Handle events" tutorial, written the way a Python user would.
 
-It is plain user code: an aiohttp web app that depends only on public packages
-(``aiohttp`` and the official ``azure-messaging-webpubsubservice`` client), so the
-same file runs against this service or against Azure Web PubSub. It
+It is plain user code: an aiohttp web app built on public APIs only (``aiohttp``,
+the official ``azure-messaging-webpubsubservice`` client, and the event handler of
+:mod:`webpubsub.sdk`), so the same file runs against this service or against Azure
+Web PubSub. It
 
 * serves the chat page (``GET /``),
 * hands out client access URLs (``GET /negotiate?id=<user>``),
-* answers the service's webhooks at ``/eventhandler``: the abuse-protection
-  ``OPTIONS`` probe, the ``connected`` system event (announces the user to
-  everyone) and the ``message`` user event (broadcasts ``[user] text``).
+* answers the service's webhooks at ``/eventhandler`` with the SDK's
+  :class:`~webpubsub.sdk.WebPubSubEventHandler`: the abuse-protection probe, the
+  ``connected`` system event (announces the user to everyone) and the ``message``
+  user event (broadcasts ``[user] text``). Events must be signed with the
+  connection string's access key.
 
 Run it with ``python -m webpubsub.chat.app "<connection string>"`` and configure
 the hub ``chat`` with an event handler ``http://<this host>/eventhandler`` for the
@@ -28,27 +31,61 @@ from aiohttp import web
 from azure.core.exceptions import AzureError
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
+from webpubsub.sdk import (
+    ConnectedRequest,
+    EventHandlerError,
+    Headers,
+    HttpRequest,
+    UserEventRequest,
+    WebPubSubEventHandler,
+)
+
 __all__ = ["create_chat_app", "run_chat"]
 
 log = logging.getLogger(__name__)
 
-CONNECTED_EVENT = "azure.webpubsub.sys.connected"
-MESSAGE_EVENT = "azure.webpubsub.user.message"
-
 _SERVICE = web.AppKey("service", WebPubSubServiceClient)
+_HANDLER = web.AppKey("handler", WebPubSubEventHandler)
 _INDEX_HTML = web.AppKey("index_html", str)
 
 
 def create_chat_app(connection_string: str, *, hub: str = "chat") -> web.Application:
     """The chat web app for ``hub``, talking to the service in ``connection_string``."""
+    service = WebPubSubServiceClient.from_connection_string(connection_string, hub=hub)
+
+    async def broadcast(text: str) -> None:
+        """Send ``text`` to every connection in the hub."""
+        try:
+            # Pass the UTF-8 bytes: given a str, azure-core sets Content-Length to the
+            # number of characters, which truncates any message with non-ASCII text.
+            await service.send_to_all(io.BytesIO(text.encode("utf-8")), content_type="text/plain")
+        except AzureError as exc:
+            log.warning("broadcast failed: %s", exc)
+            raise EventHandlerError(502, "broadcast failed") from None
+
+    async def on_connected(request: ConnectedRequest) -> None:
+        user_id = request.context.user_id or ""
+        log.info("%s connected", user_id)
+        await broadcast(f"[SYSTEM] {user_id} joined.")
+
+    async def on_event(request: UserEventRequest) -> None:
+        if request.context.event_name != "message":
+            return
+        text = request.body.decode("utf-8", errors="replace")
+        await broadcast(f"[{request.context.user_id or ''}] {text}")
+        # No reply: the sender sees its own message through the broadcast, like everyone.
+
     app = web.Application()
-    app[_SERVICE] = WebPubSubServiceClient.from_connection_string(connection_string, hub=hub)
+    app[_SERVICE] = service
+    app[_HANDLER] = WebPubSubEventHandler.from_connection_string(
+        connection_string, hub, on_connected=on_connected, on_event=on_event
+    )
     app[_INDEX_HTML] = _read_index_html()
     app.router.add_get("/", _index)
     app.router.add_get("/index.html", _index)
     app.router.add_get("/negotiate", _negotiate)
-    app.router.add_route("OPTIONS", "/eventhandler", _validate_webhook)
-    app.router.add_post("/eventhandler", _handle_event)
+    app.router.add_route("*", "/eventhandler", _event_handler)
+    app.router.add_route("*", "/eventhandler/{tail:.*}", _event_handler)
     app.on_cleanup.append(_close_service_client)
     return app
 
@@ -101,41 +138,15 @@ async def _negotiate(request: web.Request) -> web.Response:
     return web.Response(text=token["url"])
 
 
-async def _validate_webhook(request: web.Request) -> web.Response:
-    """Abuse protection: opt in to receiving events from any service that asks."""
-    if "WebHook-Request-Origin" not in request.headers:
-        return web.Response(status=400, text="missing WebHook-Request-Origin header")
-    return web.Response(headers={"WebHook-Allowed-Origin": "*"})
-
-
-async def _handle_event(request: web.Request) -> web.Response:
-    """One CloudEvent from the service (binary mode: attributes in ``ce-*`` headers)."""
-    event_type = request.headers.get("ce-type")
-    if not event_type:
-        return web.Response(status=400, text="missing ce-type header")
-    user_id = request.headers.get("ce-userId", "")
-    if event_type == CONNECTED_EVENT:
-        log.info("%s connected", user_id)
-        return await _broadcast(request, f"[SYSTEM] {user_id} joined.")
-    if event_type == MESSAGE_EVENT:
-        text = (await request.read()).decode("utf-8", errors="replace")
-        return await _broadcast(request, f"[{user_id}] {text}")
-    return web.Response()
-
-
-async def _broadcast(request: web.Request, text: str) -> web.Response:
-    """Send ``text`` to every connection in the hub; answer the event with an empty 200."""
-    try:
-        # Pass the UTF-8 bytes: given a str, azure-core sets Content-Length to the
-        # number of characters, which truncates any message with non-ASCII text.
-        body = io.BytesIO(text.encode("utf-8"))
-        await request.app[_SERVICE].send_to_all(body, content_type="text/plain")
-    except AzureError as exc:
-        log.warning("broadcast failed: %s", exc)
-        return web.Response(status=502, text="broadcast failed")
-    # An empty 200 means "nothing to send back": the sender sees its own message
-    # through the broadcast, like everyone else.
-    return web.Response()
+async def _event_handler(request: web.Request) -> web.Response:
+    """The service's webhooks: hand the request to the SDK's framework-free handler."""
+    http_request = HttpRequest(
+        request.method, request.path, Headers(request.headers.items()), await request.read()
+    )
+    response = await request.app[_HANDLER].handle(http_request)
+    if response is None:
+        raise web.HTTPNotFound()
+    return web.Response(status=response.status, headers=response.headers, body=response.body)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Connection state: base64 of a compact JSON object, as the express SDK keeps it."""
+
+from __future__ import annotations
+
+import pytest
+
+from webpubsub.sdk import ConnectionState, decode_state, encode_state
+
+
+def test_the_express_sdk_encoding_is_used() -> None:
+    assert encode_state({"key": "a"}) == "eyJrZXkiOiJhIn0="
+    assert decode_state("eyJrZXkiOiJhIn0=") == {"key": "a"}
+    assert encode_state({}) == "e30="
+
+
+@pytest.mark.parametrize(
+    "values", [{}, {"a": 1, "b": [1, "x", None], "c": {"d": True}}, {"ü": "✓"}]
+)
+def test_round_trip(values: dict[str, object]) -> None:
+    assert decode_state(encode_state(values)) == values
+
+
+@pytest.mark.parametrize(
+    "header", ["", "   ", "not base64!", "W10=", "aGk=", "ImEi", "eyJrZXkiOiJhIn0"]
+)
+def test_decoding_is_lenient(header: str) -> None:
+    # Unpadded base64 of an object still decodes; anything else reads as empty.
+    expected = {"key": "a"} if header == "eyJrZXkiOiJhIn0" else {}
+    assert decode_state(header) == expected
+
+
+def test_unserialisable_values_raise_type_error() -> None:
+    with pytest.raises(TypeError, match="JSON"):
+        encode_state({"o": object()})
+
+
+def test_changes_are_tracked() -> None:
+    state = ConnectionState.from_header("eyJrZXkiOiJhIn0=")
+    assert (dict(state), state.raw, state.modified) == ({"key": "a"}, "eyJrZXkiOiJhIn0=", False)
+    assert state.get("key") == "a" and "key" in state and len(state) == 1
+    state["n"] = 1
+    assert state.modified
+    assert state.encode() == encode_state({"key": "a", "n": 1})
+
+    for change in (lambda s: s.__delitem__("key"), lambda s: s.clear(), lambda s: s.pop("key")):
+        state = ConnectionState.from_header("eyJrZXkiOiJhIn0=")
+        change(state)
+        assert state.modified
+        assert state.encode() == "e30="
+
+    empty = ConnectionState.from_header(None)
+    assert (dict(empty), empty.raw, empty.modified) == ({}, "", False)
