@@ -42,6 +42,12 @@ if [ "${1:-}" = "--dev" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
   # Headless Chromium for the page tests (Playwright drives Debian's build).
   apt_install chromium
+  # Node.js and the pinned JavaScript SDKs (tests/js) for the JS client tests.
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -e tests/js/node_modules/.package-lock.json ] \
+    || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error --prefix tests/js
+  fi
 else
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
 fi

@@ -60,7 +60,13 @@ class ReliableBuffer:
         return frame
 
     def ack(self, sequence_id: int) -> None:
-        """Release every message up to ``sequence_id`` (cumulative; stale acks are no-ops)."""
+        """Release every message up to ``sequence_id`` (cumulative).
+
+        Acks for older ids are no-ops; so are acks for ids never sent, which would
+        otherwise release messages the client cannot have received (§5.2).
+        """
+        if sequence_id > self.last_sequence_id:
+            return
         frames = self._frames
         while frames and frames[0][0] <= sequence_id:
             self._bytes -= len(frames.popleft()[1])

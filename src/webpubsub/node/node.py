@@ -48,6 +48,7 @@ from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventR
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import encode_connected
 from webpubsub.protocol.names import validate_group
+from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.protocol.wsframe import CloseCode
@@ -64,6 +65,9 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
 DEFAULT_RECOVERY_WINDOW = 60.0
 
 Publish = Callable[[Command], Awaitable[None]]
+
+#: Parsed OData filters kept per node (the same filter text is often sent repeatedly).
+_FILTER_CACHE_SIZE = 256
 
 
 class EventHandlerPort(Protocol):
@@ -142,6 +146,7 @@ class Node:
         self._idle: asyncio.Event | None = None
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
         self._requests = ClientRequests(self, upstream, publish)
+        self._filters: dict[str, Filter] = {}
 
     # -- transport side --------------------------------------------------------------
 
@@ -393,21 +398,21 @@ class Node:
             return
         try:
             if isinstance(command, Send):
-                hub.deliver(
-                    _targets(hub, command.target), command.message, excluded=command.excluded
-                )
+                targets = self._select(hub, command.target, command.filter)
+                hub.deliver(targets, command.message, excluded=command.excluded)
             elif isinstance(command, Close):
                 for conn in _targets(hub, command.target):
                     if conn.connection_id not in command.excluded:
                         conn.close(CloseCode.NORMAL, command.reason)
             elif isinstance(command, ChangeGroup):
-                for conn in _targets(hub, command.target):
-                    if command.action is GroupAction.ADD:
-                        hub.join(conn, command.group)
-                    elif command.action is GroupAction.REMOVE:
-                        hub.leave(conn, command.group)
-                    else:
+                for conn in self._select(hub, command.target, command.filter):
+                    if command.action is GroupAction.REMOVE_ALL:
                         hub.leave_all(conn)
+                    for group in command.groups:
+                        if command.action is GroupAction.ADD:
+                            hub.join(conn, group)
+                        elif command.action is GroupAction.REMOVE:
+                            hub.leave(conn, group)
             elif isinstance(command, ChangePermission):
                 found = hub.get(command.connection_id)
                 if found is not None:
@@ -418,6 +423,25 @@ class Node:
                         found.permissions.revoke(perm, command.group)
         except Exception:  # a bad command must never take the node down
             log.exception("failed to apply %s", type(command).__name__)
+
+    def _select(self, hub: Hub, target: Target, filter_text: str) -> list[Connection]:
+        """The target's connections that match the OData filter (all if it is empty)."""
+        conns = _targets(hub, target)
+        if not filter_text:
+            return conns
+        compiled = self._filters.get(filter_text)
+        if compiled is None:
+            compiled = parse_filter(filter_text)  # validated by the REST layer already
+            if len(self._filters) >= _FILTER_CACHE_SIZE:
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[filter_text] = compiled
+        return [
+            c
+            for c in conns
+            if compiled.matches(
+                FilterSubject(c.connection_id, c.user_id, frozenset(c.groups), c.subprotocol)
+            )
+        ]
 
     def answer(self, query: Query) -> Answer:
         hub = self._hubs.get(query.hub)

@@ -7,11 +7,12 @@ acts on every node's connections, not only the local ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from webpubsub.backplane.base import Backplane
 from webpubsub.core.permissions import Permission
-from webpubsub.errors import NotFound
+from webpubsub.errors import BadRequest, NotFound
 from webpubsub.protocol.backplane import (
     ChangeGroup,
     ChangePermission,
@@ -29,38 +30,84 @@ from webpubsub.protocol.names import (
     hub_key,
     validate_connection_id,
     validate_group,
+    validate_hub,
     validate_user_id,
 )
+from webpubsub.protocol.odata import parse_filter
 from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.tokens import issue_client_token
 
 DEFAULT_CLOSE_REASON = "The connection was closed by the server."
 
 
+_CLIENT_PATHS = {
+    "default": "/client/hubs/",
+    "mqtt": "/clients/mqtt/hubs/",
+    "socketio": "/clients/socketio/hubs/",
+}
+
+
+def _checked_filter(text: str) -> str:
+    """The filter text after checking that it parses (400 with its position if not)."""
+    if text:
+        parse_filter(text)
+    return text
+
+
 class Operations:
-    def __init__(self, backplane: Backplane) -> None:
+    def __init__(
+        self,
+        backplane: Backplane,
+        *,
+        keys: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._bp = backplane
+        self._keys = tuple(keys)
+        self._clock = clock
 
     # -- sends (202: fire-and-forget, also when nobody is there) ----------------------
 
     async def send_to_all(
-        self, hub: str, payload: Payload, *, excluded: Iterable[str] = ()
+        self, hub: str, payload: Payload, *, excluded: Iterable[str] = (), filter: str = ""
     ) -> None:
         await self._bp.publish(
-            Send(hub_key(hub), Target.all(), DataMessage(payload), frozenset(excluded))
+            Send(
+                hub_key(hub),
+                Target.all(),
+                DataMessage(payload),
+                frozenset(excluded),
+                _checked_filter(filter),
+            )
         )
 
-    async def send_to_user(self, hub: str, user_id: str, payload: Payload) -> None:
+    async def send_to_user(
+        self, hub: str, user_id: str, payload: Payload, *, filter: str = ""
+    ) -> None:
+        target = Target.user(validate_user_id(user_id))
         await self._bp.publish(
-            Send(hub_key(hub), Target.user(validate_user_id(user_id)), DataMessage(payload))
+            Send(hub_key(hub), target, DataMessage(payload), filter=_checked_filter(filter))
         )
 
     async def send_to_group(
-        self, hub: str, group: str, payload: Payload, *, excluded: Iterable[str] = ()
+        self,
+        hub: str,
+        group: str,
+        payload: Payload,
+        *,
+        excluded: Iterable[str] = (),
+        filter: str = "",
     ) -> None:
         group = validate_group(group)
         message = DataMessage(payload, Origin.GROUP, group)
         await self._bp.publish(
-            Send(hub_key(hub), Target.group(group), message, frozenset(excluded))
+            Send(
+                hub_key(hub),
+                Target.group(group),
+                message,
+                frozenset(excluded),
+                _checked_filter(filter),
+            )
         )
 
     async def send_to_connection(self, hub: str, connection_id: str, payload: Payload) -> None:
@@ -75,12 +122,12 @@ class Operations:
         target = Target.connection(validate_connection_id(connection_id))
         if not await self._exists(key, target):
             raise NotFound(f"Connection {connection_id!r} does not exist.")
-        await self._bp.publish(ChangeGroup(key, target, GroupAction.ADD, group))
+        await self._bp.publish(ChangeGroup(key, target, GroupAction.ADD, (group,)))
 
     async def remove_connection_from_group(self, hub: str, group: str, connection_id: str) -> None:
         target = Target.connection(validate_connection_id(connection_id))
         await self._bp.publish(
-            ChangeGroup(hub_key(hub), target, GroupAction.REMOVE, validate_group(group))
+            ChangeGroup(hub_key(hub), target, GroupAction.REMOVE, (validate_group(group),))
         )
 
     async def remove_connection_from_all_groups(self, hub: str, connection_id: str) -> None:
@@ -91,26 +138,82 @@ class Operations:
         """Adds the user's current connections (future ones are not added)."""
         target = Target.user(validate_user_id(user_id))
         await self._bp.publish(
-            ChangeGroup(hub_key(hub), target, GroupAction.ADD, validate_group(group))
+            ChangeGroup(hub_key(hub), target, GroupAction.ADD, (validate_group(group),))
         )
 
     async def remove_user_from_group(self, hub: str, group: str, user_id: str) -> None:
         target = Target.user(validate_user_id(user_id))
         await self._bp.publish(
-            ChangeGroup(hub_key(hub), target, GroupAction.REMOVE, validate_group(group))
+            ChangeGroup(hub_key(hub), target, GroupAction.REMOVE, (validate_group(group),))
         )
 
     async def remove_user_from_all_groups(self, hub: str, user_id: str) -> None:
         target = Target.user(validate_user_id(user_id))
         await self._bp.publish(ChangeGroup(hub_key(hub), target, GroupAction.REMOVE_ALL))
 
+    async def add_connections_to_groups(
+        self, hub: str, groups: Sequence[str], *, filter: str = ""
+    ) -> None:
+        """Add every connection matching ``filter`` (all when empty) to every group."""
+        await self._change_groups(hub, groups, filter, GroupAction.ADD)
+
+    async def remove_connections_from_groups(
+        self, hub: str, groups: Sequence[str], *, filter: str = ""
+    ) -> None:
+        await self._change_groups(hub, groups, filter, GroupAction.REMOVE)
+
+    async def _change_groups(
+        self, hub: str, groups: Sequence[str], filter: str, action: GroupAction
+    ) -> None:
+        if not groups:
+            raise BadRequest("'groups' must list at least one group.", target="groups")
+        checked = tuple(dict.fromkeys(validate_group(g) for g in groups))
+        await self._bp.publish(
+            ChangeGroup(hub_key(hub), Target.all(), action, checked, _checked_filter(filter))
+        )
+
     async def list_group(self, hub: str, group: str) -> list[GroupMember]:
+        """Every member of ``group`` on every node, ordered by connection id."""
         answers = await self._bp.gather(ListGroup(hub_key(hub), validate_group(group)))
         members: list[GroupMember] = []
         for answer in answers:
             if isinstance(answer, tuple):
                 members.extend(answer)
+        members.sort(key=lambda m: m.connection_id)
         return members
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def generate_client_token(
+        self,
+        hub: str,
+        *,
+        endpoint: str,
+        user_id: str | None = None,
+        roles: Sequence[str] = (),
+        groups: Sequence[str] = (),
+        minutes_to_expire: int = 60,
+        client_type: str = "Default",
+    ) -> str:
+        """A client access token for ``hub``, as the SDKs sign it (auth.md §2.1)."""
+        if minutes_to_expire < 1:
+            raise BadRequest("minutesToExpire must be at least 1.", target="minutesToExpire")
+        path = _CLIENT_PATHS.get(client_type.lower())
+        if path is None:
+            raise BadRequest(
+                f"clientType must be Default, MQTT or SocketIO, not {client_type!r}.",
+                target="clientType",
+            )
+        validate_hub(hub)
+        return issue_client_token(
+            self._keys[0],
+            audience=f"{endpoint.rstrip('/').lower()}{path}{hub}",
+            now=self._clock(),
+            ttl_seconds=minutes_to_expire * 60,
+            user_id=validate_user_id(user_id) if user_id else None,
+            roles=roles,
+            groups=[validate_group(g) for g in groups],
+        )
 
     # -- closing ----------------------------------------------------------------------
 

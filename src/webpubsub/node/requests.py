@@ -45,6 +45,7 @@ def handler_failed(exc: UpstreamError) -> str:
         return f"The event handler failed (status {exc.status})."
     return "The event handler failed."
 
+
 log = logging.getLogger("webpubsub.node")
 
 Error = tuple[str, str]

@@ -53,10 +53,14 @@ class GroupAction(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """Deliver ``message`` to the target's connections, minus ``excluded``, that match
+    the OData ``filter`` (the filter's text; empty selects every connection)."""
+
     hub: str
     target: Target
     message: DataMessage
     excluded: frozenset[str] = frozenset()
+    filter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +73,16 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class ChangeGroup:
-    """Add/remove the target (a user's or one connection's) to/from ``group``.
+    """Add/remove the target's connections that match ``filter`` to/from ``groups``.
 
-    ``REMOVE_ALL`` leaves every group and ignores ``group``.
+    ``REMOVE_ALL`` leaves every group and ignores ``groups``.
     """
 
     hub: str
     target: Target
     action: GroupAction
-    group: str = ""
+    groups: tuple[str, ...] = ()
+    filter: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ class ServiceRunner:
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
-        self.operations = Operations(self.backplane)
+        self.operations = Operations(self.backplane, keys=config.server.access_keys, clock=clock)
         """The data-plane operations, acting on every node of the backplane."""
 
     @property

@@ -7,20 +7,31 @@ request but the health check carries a JWT signed as the official SDKs sign it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import orjson
 from aiohttp import web
 
-from webpubsub.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from webpubsub.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.names import validate_hub
-from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.payload import Payload, media_type
 from webpubsub.protocol.tokens import bearer_token, verify_rest_token
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
+
+API_VERSION = "2024-12-01"
+MAX_PAGE_SIZE = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,29 +95,99 @@ async def _payload(call: Call) -> Payload:
 
 def _check_send_options(call: Call) -> None:
     ttl = call.arg("messageTtlSeconds")
-    if ttl is not None and not (ttl.isdigit() and 0 <= int(ttl) <= 300):
+    if ttl is not None and not (_is_digits(ttl) and 0 <= int(ttl) <= 300):
         raise BadRequest("messageTtlSeconds must be an integer from 0 to 300.")
-    if call.arg("filter"):
-        raise BadRequest("OData filters are not supported by this version of the service.")
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts e.g. ``²``, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _int_arg(call: Call, name: str, *, low: int, high: int | None = None) -> int | None:
+    raw = call.arg(name)
+    if raw is None:
+        return None
+    if not _is_digits(raw) or int(raw) < low or (high is not None and int(raw) > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise BadRequest(f"{name} must be an integer {bounds}.", target=name)
+    return int(raw)
 
 
 # -- handlers ------------------------------------------------------------------------
 
 
 async def send_to_all(ops: Operations, call: Call) -> web.StreamResponse:
-    await ops.send_to_all(call.hub, await _payload(call), excluded=call.args("excluded"))
+    await ops.send_to_all(
+        call.hub,
+        await _payload(call),
+        excluded=call.args("excluded"),
+        filter=call.arg("filter") or "",
+    )
     return _status(202)
 
 
 async def send_to_user(ops: Operations, call: Call) -> web.StreamResponse:
-    await ops.send_to_user(call.hub, call.params["user"], await _payload(call))
+    await ops.send_to_user(
+        call.hub, call.params["user"], await _payload(call), filter=call.arg("filter") or ""
+    )
     return _status(202)
 
 
 async def send_to_group(ops: Operations, call: Call) -> web.StreamResponse:
-    payload = await _payload(call)
-    await ops.send_to_group(call.hub, call.params["group"], payload, excluded=call.args("excluded"))
+    await ops.send_to_group(
+        call.hub,
+        call.params["group"],
+        await _payload(call),
+        excluded=call.args("excluded"),
+        filter=call.arg("filter") or "",
+    )
     return _status(202)
+
+
+async def _groups_body(call: Call) -> tuple[list[str], str]:
+    """The ``{"groups": [...], "filter": "..."}`` body of the bulk group operations."""
+    if media_type(call.request.headers.get("Content-Type")) != "application/json":
+        raise UnsupportedMediaType("The body must be application/json.")
+    try:
+        body = orjson.loads(await call.request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.")
+    groups = body.get("groups")
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise BadRequest("'groups' must be an array of group names.", target="groups")
+    flt = body.get("filter")
+    if flt is not None and not isinstance(flt, str):
+        raise BadRequest("'filter' must be a string.", target="filter")
+    return groups, flt or ""
+
+
+async def add_connections_to_groups(ops: Operations, call: Call) -> web.StreamResponse:
+    groups, flt = await _groups_body(call)
+    await ops.add_connections_to_groups(call.hub, groups, filter=flt)
+    return _status(200)
+
+
+async def remove_connections_from_groups(ops: Operations, call: Call) -> web.StreamResponse:
+    groups, flt = await _groups_body(call)
+    await ops.remove_connections_from_groups(call.hub, groups, filter=flt)
+    return _status(200)
+
+
+async def generate_token(ops: Operations, call: Call) -> web.StreamResponse:
+    minutes = _int_arg(call, "minutesToExpire", low=1)
+    token = ops.generate_client_token(
+        call.hub,
+        endpoint=_origin(call.request),
+        user_id=call.arg("userId") or None,
+        roles=call.args("role"),
+        groups=call.args("group"),
+        minutes_to_expire=60 if minutes is None else minutes,
+        client_type=call.arg("clientType") or "Default",
+    )
+    return web.Response(body=orjson.dumps({"token": token}), content_type="application/json")
 
 
 async def send_to_connection(ops: Operations, call: Call) -> web.StreamResponse:
@@ -191,12 +272,64 @@ async def remove_user_from_all_groups(ops: Operations, call: Call) -> web.Stream
 
 
 async def list_group_connections(ops: Operations, call: Call) -> web.StreamResponse:
-    members = await ops.list_group(call.hub, call.params["group"])
+    """One page of the group's members (rest-api.md §3.7), ordered by connection id.
+
+    The continuation token is the last connection id of the previous page, so paging
+    stays consistent while members come and go; ``nextLink`` carries it with the page
+    size and what remains of ``top``.
+    """
+    page_size = _int_arg(call, "maxpagesize", low=1, high=MAX_PAGE_SIZE) or MAX_PAGE_SIZE
+    top = _int_arg(call, "top", low=1)
+    after = _continuation(call.arg("continuationToken"))
+    members = [
+        m for m in await ops.list_group(call.hub, call.params["group"]) if m.connection_id > after
+    ]
+    take = page_size if top is None else min(page_size, top)
+    page, rest = members[:take], members[take:]
     value = [
         {"connectionId": m.connection_id, **({"userId": m.user_id} if m.user_id else {})}
-        for m in members
+        for m in page
     ]
-    return web.Response(body=orjson.dumps({"value": value}), content_type="application/json")
+    body: dict[str, object] = {"value": value}
+    remaining = None if top is None else top - len(page)
+    if rest and page and (remaining is None or remaining > 0):
+        query = [
+            ("continuationToken", _token_for(page[-1].connection_id)),
+            ("maxpagesize", str(page_size)),
+        ]
+        if remaining is not None:
+            query.append(("top", str(remaining)))
+        query.append(("api-version", call.arg("api-version") or API_VERSION))
+        path = _origin_form(call.request.raw_path).partition("?")[0]
+        body["nextLink"] = f"{_origin(call.request)}{path}?{urlencode(query)}"
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _token_for(connection_id: str) -> str:
+    return base64.urlsafe_b64encode(connection_id.encode()).decode().rstrip("=")
+
+
+def _continuation(token: str | None) -> str:
+    if not token:
+        return ""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("continuationToken is not valid.", target="continuationToken") from None
+
+
+def _origin(request: web.Request) -> str:
+    """The scheme and host the caller reached the service at.
+
+    For an absolute-form request target the authority is the target's (RFC 9112
+    §3.2.2): aiohttp's ``request.host`` then drops the port.
+    """
+    if not request.raw_path.startswith("/"):
+        authority = urlsplit(request.raw_path).netloc
+        if authority:
+            return f"{request.scheme}://{authority}"
+    return f"{request.scheme}://{request.host}"
 
 
 async def grant_permission(ops: Operations, call: Call) -> web.StreamResponse:
@@ -224,6 +357,9 @@ H = ("hubs", "{hub}")
 ROUTES: tuple[Route, ...] = (
     Route("POST", (*H, ":send"), send_to_all),
     Route("POST", (*H, ":closeConnections"), close_all),
+    Route("POST", (*H, ":generateToken"), generate_token),
+    Route("POST", (*H, ":addToGroups"), add_connections_to_groups),
+    Route("POST", (*H, ":removeFromGroups"), remove_connections_from_groups),
     Route("DELETE", (*H, "connections", "{connection}"), close_connection),
     Route("HEAD", (*H, "connections", "{connection}"), connection_exists),
     Route("POST", (*H, "connections", "{connection}", ":send"), send_to_connection),
@@ -313,7 +449,7 @@ def _authenticate(request: web.Request, ctx: ServiceContext, raw_target: str) ->
     verify_rest_token(
         token,
         keys=ctx.access_keys,
-        method_url=f"{request.scheme}://{request.host}{raw_target}",
+        method_url=f"{_origin(request)}{raw_target}",
         endpoints=ctx.endpoints,
         now=ctx.clock(),
     )

@@ -17,10 +17,9 @@ from webpubsub.core.connection import Connection
 from webpubsub.errors import BadRequest, WebPubSubError
 from webpubsub.node.node import Handshake
 from webpubsub.protocol.frames import SUBPROTOCOLS
-from webpubsub.protocol.json_protocol import encode_disconnected
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
-from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
+from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
 from webpubsub.server.outbox import Outbox
@@ -64,32 +63,48 @@ async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamRespo
 
     The access token is not checked and no ``connect`` webhook is sent; a failed
     recovery is still upgraded, then closed with 1008 so that the client stops
-    retrying and opens a new connection.
+    retrying and opens a new connection.  No ``disconnected`` message precedes that
+    close: the SDKs report the last one they got, which must stay the one that
+    ended the connection (e.g. a REST close's reason).
     """
     offered = _subprotocols(request)
     if not _is_upgrade(request, offered):
         return error_response(BadRequest("This endpoint accepts WebSocket upgrade requests only."))
-    echo = next((p for p in offered if p.lower() in SUBPROTOCOLS), offered[0] if offered else None)
     hub = request.match_info.get("hub") or request.query.get("hub", "")
+    connection_id = request.query.get(RECOVERY_ID, "")
+    echo = _recovery_echo(ctx, hub.lower(), connection_id, offered)
     ws = _websocket(ctx, echo, ctx.hub_settings(hub).keepalive_seconds)
     outbox = await _upgrade(ws, request, ctx)
     if outbox is None:
         return ws
     result = ctx.node.resume(
         hub.lower(),
-        request.query.get(RECOVERY_ID, ""),
+        connection_id,
         request.query.get(RECOVERY_TOKEN, ""),
         offered,
         outbox,
     )
     if isinstance(result, str):
         log.info("recovery refused for hub %r: %s", hub, result)
-        outbox.offer(encode_frame(Opcode.TEXT, encode_disconnected(result)))
         outbox.close(CloseCode.POLICY_VIOLATION, result)
         await _drain(ws)
         return ws
     await _serve(ws, ctx, result, outbox)
     return ws
+
+
+def _recovery_echo(
+    ctx: ServiceContext, hub_key: str, connection_id: str, offered: Sequence[str]
+) -> str | None:
+    """The subprotocol to echo to a recovering client: the connection's own when it
+    is offered (it never changes), else the first service value offered."""
+    hub = ctx.node.hub(hub_key)
+    conn = hub.get(connection_id) if hub is not None else None
+    own = conn.subprotocol.lower() if conn is not None and conn.subprotocol else None
+    return next(
+        (p for p in offered if p.lower() == own),
+        next((p for p in offered if p.lower() in SUBPROTOCOLS), offered[0] if offered else None),
+    )
 
 
 def _websocket(
@@ -144,6 +159,9 @@ async def _serve(
                 break
             elif msg.type is WSMsgType.ERROR:
                 reason = _failure_reason(ws)
+                if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
+                    # The service refused the message: not a drop to recover from.
+                    conn.closing, conn.close_reason = True, reason
                 break
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."

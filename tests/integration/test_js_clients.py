@@ -1,0 +1,267 @@
+"""The official JavaScript SDKs, unmodified, under Node against the real service.
+
+``@azure/web-pubsub-client`` (client SDK) and ``@azure/web-pubsub`` (service SDK),
+pinned in ``tests/js/package-lock.json``.  Each test starts the service (and, when
+needed, a recording event-handler app), runs one script of ``tests/js`` with
+``node`` and asserts the observations it prints (one JSON object per line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import SECOND_KEY, StartService
+from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from webpubsub.server.app import ServiceRunner
+from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
+
+pytestmark = pytest.mark.e2e
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+NODE_TIMEOUT = 30.0
+"""Upper bound for one script; each script also has its own, shorter deadline."""
+NPM_CI_TIMEOUT = 300.0
+
+Observation = dict[str, Any]
+
+
+def _node_modules_current() -> bool:
+    """``node_modules`` exists and is not older than ``package-lock.json``."""
+    marker = JS_DIR / "node_modules" / ".package-lock.json"
+    lock = JS_DIR / "package-lock.json"
+    return marker.is_file() and marker.stat().st_mtime >= lock.stat().st_mtime
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[str]:
+    """The ``node`` executable, with ``tests/js/node_modules`` installed (``npm ci``)."""
+    node = shutil.which("node")
+    npm = shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail(
+            "Node.js (node and npm) is needed for the JavaScript SDK tests: "
+            "run scripts/setup.sh --dev, or apt-get install nodejs npm"
+        )
+    # One lock per checkout, so two xdist workers do not run npm ci at once.
+    digest = hashlib.sha256(str(JS_DIR).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"webpubsub-npm-ci-{digest}.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _node_modules_current():
+                result = subprocess.run(  # noqa: S603 - fixed command
+                    [npm, "ci", "--no-audit", "--no-fund"],
+                    cwd=JS_DIR,
+                    capture_output=True,
+                    text=True,
+                    timeout=NPM_CI_TIMEOUT,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    pytest.fail(f"npm ci in {JS_DIR} failed:\n{result.stdout}\n{result.stderr}")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    yield node
+
+
+async def run_node(node: str, script: str, *args: str) -> list[Observation]:
+    """Run ``tests/js/<script>``; its observations, asserting it succeeded."""
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(JS_DIR / script),
+        *args,
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(NODE_TIMEOUT):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"{script} did not finish in {NODE_TIMEOUT} s:\n{out.decode()}\n{err.decode()}")
+    report = f"{script} exited with {proc.returncode}:\n{out.decode()}\nstderr:\n{err.decode()}"
+    try:
+        observations = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        pytest.fail(f"not one JSON object per line: {report}")
+    assert proc.returncode == 0, report
+    assert observations and observations[-1] == {"kind": "done"}, report
+    return observations
+
+
+def of(observations: list[Observation], kind: str, **match: Any) -> list[Observation]:
+    """The observations of ``kind`` whose fields equal ``match``."""
+    return [
+        o
+        for o in observations
+        if o["kind"] == kind and all(o.get(k) == v for k, v in match.items())
+    ]
+
+
+def index(observations: list[Observation], kind: str, **match: Any) -> int:
+    found = of(observations, kind, **match)
+    assert len(found) == 1, (kind, match, observations)
+    return observations.index(found[0])
+
+
+def messages(observations: list[Observation], client: str) -> list[tuple[Any, ...]]:
+    """What ``client`` received, in order: (from, group, fromUserId, dataType, data)."""
+    return [
+        (o["kind"], o.get("group"), o.get("fromUserId"), o["dataType"], o["data"])
+        for o in observations
+        if o["kind"] in ("group-message", "server-message") and o["client"] == client
+    ]
+
+
+def assert_sequenced(received: list[Observation]) -> None:
+    """Reliable-protocol messages carry sequenceIds 1, 2, 3, ... in order."""
+    assert [o["sequenceId"] for o in received] == list(range(1, len(received) + 1))
+
+
+# -- @azure/web-pubsub-client ----------------------------------------------------------
+
+
+async def test_client_sdk_groups_rest_sends_and_an_event_with_the_handler_reply(
+    node: str, start_service: StartService, handler_app: EventHandlerApp
+) -> None:
+    def responder(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST" and req.event_name == "echo":
+            return web.Response(text="reply:" + req.body.decode(), content_type="text/plain")
+        return default_responder(req)
+
+    handler_app.responder = responder
+    handler = EventHandlerSettings(url_template=handler_app.url, user_event_pattern="*")
+    runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
+
+    obs = await run_node(node, "client_flow.mjs", runner.connection_string, "chat")
+
+    alice, bob = of(obs, "connected", client="alice"), of(obs, "connected", client="bob")
+    assert [o["userId"] for o in alice + bob] == ["alice", "bob"]
+    assert alice[0]["connectionId"] and alice[0]["connectionId"] != bob[0]["connectionId"]
+    acks = [(o["client"], o["op"], o["isDuplicated"]) for o in of(obs, "ack")]
+    assert acks == [
+        ("alice", "joinGroup", False),
+        ("bob", "joinGroup", False),
+        ("alice", "sendToGroup", False),
+        ("alice", "sendToGroup", False),
+        ("bob", "sendToGroup", False),
+        ("alice", "sendEvent", False),
+        ("bob", "leaveGroup", False),
+    ]
+    assert all(isinstance(o["ackId"], int) for o in of(obs, "ack"))
+
+    binary = {"base64": "AAH+/w=="}
+    assert messages(obs, "alice") == [
+        ("group-message", "g1", "alice", "text", "hello"),
+        ("group-message", "g1", "bob", "binary", binary),
+        ("group-message", "g1", None, "text", "rest-to-group"),
+        ("server-message", None, None, "json", {"rest": "all"}),
+        ("server-message", None, None, "text", "reply:question"),
+        ("group-message", "g1", None, "text", "after-leave"),
+        ("server-message", None, None, "text", "marker"),
+    ]
+    assert messages(obs, "bob") == [
+        ("group-message", "g1", "alice", "text", "hello"),
+        ("group-message", "g1", "alice", "json", {"n": 1}),
+        ("group-message", "g1", "bob", "binary", binary),
+        ("group-message", "g1", None, "text", "rest-to-group"),
+        ("server-message", None, None, "json", {"rest": "all"}),
+        ("server-message", None, None, "text", "rest-to-bob"),
+        ("server-message", None, None, "text", "marker"),
+    ]
+    for client in ("alice", "bob"):
+        assert_sequenced(
+            [o for o in obs if o["kind"].endswith("-message") and o["client"] == client]
+        )
+        assert len(of(obs, "stopped", client=client)) == 1
+
+    # The handler's reply is sent before the ack of the event.
+    reply = index(obs, "server-message", client="alice", data="reply:question")
+    assert reply < index(obs, "ack", client="alice", op="sendEvent")
+    event = await handler_app.next_event("user.echo")
+    assert event.headers["ce-userId"] == "alice"
+    assert event.headers["Content-Type"].startswith("text/plain")
+    assert event.body == b"question"
+
+
+async def test_client_sdk_keepalive_pings_are_answered_with_pongs(
+    node: str, start_service: StartService
+) -> None:
+    runner = await start_service()
+
+    obs = await run_node(node, "keepalive.mjs", runner.connection_string, "chat")
+
+    raw = [(o["subprotocol"], o["frame"]) for o in of(obs, "raw-pong")]
+    assert raw == [
+        ("json.webpubsub.azure.v1", {"type": "pong"}),
+        ("json.reliable.webpubsub.azure.v1", {"type": "pong"}),
+    ]
+    # Pinging every 100 ms with a 600 ms idle timeout, the SDK client kept its
+    # socket for 15 pongs (it would have closed it without them).
+    [sdk] = of(obs, "sdk-pongs")
+    assert sdk == {
+        "kind": "sdk-pongs",
+        "count": 15,
+        "sameSocket": True,
+        "closes": 0,
+        "disconnected": 0,
+    }
+
+
+async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
+    node: str, start_service: StartService
+) -> None:
+    runner = await start_service()
+
+    obs = await run_node(node, "recovery.mjs", runner.connection_string, "chat")
+
+    # m1, m2 reached the dropped socket but not the SDK: only a replay can deliver them.
+    assert of(obs, "dropped") == [{"kind": "dropped", "closeCode": 1006, "lost": ["m1", "m2"]}]
+    recovered = index(obs, "recovered")
+    assert obs[recovered] == {
+        "kind": "recovered",
+        "sameConnectionId": True,
+        "newSocket": True,
+    }
+    # Recovered, not reconnected: the SDK reports neither a disconnect nor a new connection.
+    assert len(of(obs, "connected")) == 1
+    assert of(obs[:recovered], "disconnected") == []
+    received = of(obs, "group-message")
+    assert [o["data"] for o in received] == [f"m{i}" for i in range(7)]
+    assert_sequenced(received)
+
+
+# -- @azure/web-pubsub -----------------------------------------------------------------
+
+
+async def test_service_sdk_token_url_is_accepted_and_send_to_all_arrives(
+    node: str, start_service: StartService
+) -> None:
+    runner: ServiceRunner = await start_service()
+
+    obs = await run_node(node, "service_sdk.mjs", runner.connection_string, "chat", SECOND_KEY)
+
+    [token] = of(obs, "token")
+    assert token["url"].startswith(f"ws://127.0.0.1:{runner.port}/client/hubs/chat?access_token=")
+    [connected] = of(obs, "connected")
+    assert connected["frame"]["userId"] == "node-user"
+    assert [o["frame"] for o in of(obs, "message")] == [
+        {"type": "message", "from": "server", "dataType": "text", "data": "hello from node"},
+        {"type": "message", "from": "server", "dataType": "json", "data": {"from": "node"}},
+    ]
+    # The URL is accepted because of its signature: the same SDK with another key is refused.
+    assert of(obs, "refused") == [{"kind": "refused", "status": 401}]

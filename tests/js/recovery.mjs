@@ -1,0 +1,84 @@
+// A forced transport drop of an @azure/web-pubsub-client on the reliable
+// subprotocol: the client recovers its connection, and every message sent
+// while it was away arrives exactly once, in order.
+//
+//   node recovery.mjs <connection string> <hub>
+//
+// The drop: the SDK's message handler is detached from its `ws` socket
+// (private field `_wsClient._socket`), so group messages m1, m2 reach the
+// socket but not the SDK (lost in transit); then `terminate()` destroys the TCP
+// socket without a close frame, as a network failure would.  m3..m5 are sent
+// while the client is away.  All are @azure/web-pubsub REST sends.
+// Observations: connected, disconnected, group-message, ack, "dropped"
+// {closeCode, lost}, "recovered" {sameConnectionId, newSocket}.
+
+import WebSocket from "ws";
+import { WebPubSubClient } from "@azure/web-pubsub-client";
+import { WebPubSubServiceClient } from "@azure/web-pubsub";
+import { Recorder, arg, emit, run, withTimeout } from "./common.mjs";
+
+const connectionString = arg(0, "connection string");
+const hub = arg(1, "hub");
+const WAIT = 10000;
+
+const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+const group = service.group("g1");
+
+run(async () => {
+  const client = new WebPubSubClient({
+    getClientAccessUrl: async () =>
+      (await service.getClientAccessToken({ userId: "rita", roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"] })).url,
+  });
+  const rec = new Recorder();
+  client.on("connected", (e) => {
+    emit("connected", { connectionId: e.connectionId, userId: e.userId ?? null });
+    rec.push({ kind: "connected" });
+  });
+  client.on("disconnected", (e) => {
+    emit("disconnected", { connectionId: e.connectionId ?? null, message: e.message ?? null });
+    rec.push({ kind: "disconnected" });
+  });
+  client.on("group-message", (e) => {
+    const obs = { data: e.message.data, sequenceId: e.message.sequenceId ?? null };
+    emit("group-message", obs);
+    rec.push({ kind: "group-message", ...obs });
+  });
+  const got = (data) => (m) => m.kind === "group-message" && m.data === data;
+
+  await withTimeout(client.start(), WAIT, "client start");
+  await rec.waitFor((m) => m.kind === "connected", "connected");
+  const connectionId = client._connectionId;
+  const joined = await withTimeout(client.joinGroup("g1"), WAIT, "join ack");
+  emit("ack", { op: "joinGroup", ackId: joined.ackId });
+  await group.sendToAll("m0", { contentType: "text/plain" });
+  await rec.waitFor(got("m0"), "m0");
+
+  const socket = client._wsClient?._socket;
+  if (!(socket instanceof WebSocket)) throw new Error("the client's ws socket was not found");
+  // The transport starts losing frames: the SDK's message handler is detached
+  // from its socket, and m1, m2 reach that socket only.
+  socket.onmessage = null;
+  const lost = new Recorder();
+  socket.on("message", (data) => {
+    const frame = JSON.parse(data.toString());
+    if (frame.type === "message") lost.push(frame.data);
+  });
+  for (const m of ["m1", "m2"]) await group.sendToAll(m, { contentType: "text/plain" });
+  await lost.waitFor((data) => data === "m2", "m2 on the losing socket");
+  const closed = new Promise((resolve) => socket.once("close", (code) => resolve(code)));
+  socket.terminate();
+  emit("dropped", { closeCode: await withTimeout(closed, WAIT, "socket close"), lost: lost.items });
+  // Sent while the client is away (or recovering).
+  for (const m of ["m3", "m4", "m5"]) await group.sendToAll(m, { contentType: "text/plain" });
+  await rec.waitFor(got("m5"), "m5 after recovery", WAIT);
+
+  // The recovered connection works both ways.
+  const sent = await withTimeout(client.sendToGroup("g1", "m6", "text"), WAIT, "send ack");
+  emit("ack", { op: "sendToGroup", ackId: sent.ackId });
+  await rec.waitFor(got("m6"), "m6 (own echo)");
+  emit("recovered", {
+    sameConnectionId: client._connectionId === connectionId,
+    newSocket: client._wsClient?._socket !== socket,
+  });
+  client.stop();
+}, 25000);
