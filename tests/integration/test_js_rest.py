@@ -1,0 +1,123 @@
+"""The JavaScript service SDK ``@azure/web-pubsub`` for the REST operations only it
+exposes: ``addConnectionsToGroups`` / ``removeConnectionsFromGroups`` by OData filter,
+``messageTtlSeconds`` on sends, ``listConnections`` with ``maxPageSize`` (following
+``nextLink`` verbatim), plus sends to all with a filter.
+
+``tests/js/rest_ops.mjs`` drives the SDK and three raw JSON-subprotocol clients and
+prints what each client received; a marker after every step makes the per-client
+sequences below exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import StartService
+from tests.integration.test_js_clients import node, of, run_node
+
+__all__ = ["node"]  # the session fixture, shared with test_js_clients
+
+pytestmark = pytest.mark.e2e
+
+
+def text(data: str, group: str | None = None) -> tuple[Any, ...]:
+    return (group, "text", data)
+
+
+def received(obs: list[dict[str, Any]], client: str) -> list[tuple[Any, ...]]:
+    """(group or None, dataType, data) of every message ``client`` got, in order.
+
+    Every one is a REST message: from the server or a group, with no publisher.
+    """
+    result = []
+    for o in of(obs, "message", client=client):
+        frame = dict(o["frame"])
+        assert frame.pop("type") == "message"
+        assert frame.pop("fromUserId", None) is None
+        origin = frame.pop("from")
+        group = frame.pop("group", None)
+        assert (origin == "group") == (group is not None), o
+        assert frame.keys() == {"dataType", "data"}, o
+        result.append((group, frame["dataType"], frame["data"]))
+    return result
+
+
+async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
+    node: str, start_service: StartService
+) -> None:
+    runner = await start_service()
+
+    obs = await run_node(node, "rest_ops.mjs", runner.connection_string, "chat")
+
+    ids = {o["client"]: o["connectionId"] for o in of(obs, "connected")}
+    alice1, alice2, bob = ids["alice1"], ids["alice2"], ids["bob"]
+    marker = [text(f"marker {i}") for i in range(6)]
+    assert received(obs, "alice1") == [
+        text("to gb", "gb"),
+        marker[1],
+        text("to gb again", "gb"),
+        marker[2],
+        ("gc", "json", {"to": "gc"}),
+        marker[3],
+        marker[4],
+        text("ttl all"),
+        ("gb", "json", {"ttl": 0}),
+        text("ttl connection"),
+        marker[5],
+    ]
+    assert received(obs, "alice2") == [
+        text("to gb", "gb"),
+        marker[1],
+        text("to ga", "ga"),
+        text("to gb again", "gb"),
+        marker[2],
+        ("gc", "json", {"to": "gc"}),
+        marker[3],
+        marker[4],
+        text("ttl all"),
+        ("gb", "json", {"ttl": 0}),
+        text("gb minus alice1", "gb"),
+        marker[5],
+    ]
+    assert received(obs, "bob") == [
+        marker[1],
+        marker[2],
+        ("gc", "json", {"to": "gc"}),
+        marker[3],
+        text("gc without gb", "gc"),
+        marker[4],
+        text("ttl all"),
+        text("ttl user"),
+        text("not alice"),
+        marker[5],
+    ]
+
+    pages = {o["label"]: o["pages"] for o in of(obs, "pages")}
+    first, second = sorted([alice1, alice2])
+    assert pages == {
+        "ga by 1": [[[first, "alice"]], [[second, "alice"]]],  # nextLink followed
+        "ga top 1": [[[first, "alice"]]],
+        "gc": [[[bob, "bob"]]],
+    }
+    assert [(o["group"], o["exists"]) for o in of(obs, "exists")] == [
+        ("ga", True),
+        ("gd", False),
+        ("gb", True),
+    ]
+
+    assert of(obs, "accepted") == []
+    rejected = {o["op"]: o for o in of(obs, "rejected")}
+    assert rejected.keys() == {
+        "addConnectionsToGroups(userId eq)",
+        "removeConnectionsFromGroups(xor)",
+        "sendToAll ttl 1.5",
+        "sendToUser ttl 1.5",
+        "sendToAll bad filter",
+    }
+    assert all((o["statusCode"], o["code"]) == (400, "BadRequest") for o in rejected.values())
+    assert "position 9:" in rejected["addConnectionsToGroups(userId eq)"]["message"]
+    assert "position 18:" in rejected["removeConnectionsFromGroups(xor)"]["message"]
+    assert "position 8:" in rejected["sendToAll bad filter"]["message"]
+    assert "messageTtlSeconds" in rejected["sendToAll ttl 1.5"]["message"]
