@@ -15,14 +15,20 @@ so one message larger than ``limit`` does not close a client that keeps up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("webpubsub.outbox")
 
 #: How long a slow client gets to take its close frame before the socket is cut.
 SLOW_CLIENT_GRACE_SECONDS = 5.0
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on with a zero timeout: closing the socket sends a reset."""
 
 
 class WriteTarget(Protocol):
@@ -36,6 +42,7 @@ class WriteTarget(Protocol):
     def is_closing(self) -> bool: ...
     def get_write_buffer_size(self) -> int: ...
     def abort(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
 class Outbox:
@@ -111,5 +118,18 @@ class Outbox:
         if not self._closed:
             self.close(1008, "SlowClient: the client did not read its messages fast enough.")
         # The close frame waits behind a full buffer: cut the socket if it never drains.
-        # abort() is a no-op once the connection is gone.
-        self._loop.call_later(SLOW_CLIENT_GRACE_SECONDS, self._transport.abort)
+        self._loop.call_later(SLOW_CLIENT_GRACE_SECONDS, self._cut)
+
+    def _cut(self) -> None:
+        """Reset the connection, dropping what the kernel still holds for the client.
+
+        A plain ``abort()`` frees our buffer but leaves the kernel's send buffer (megabytes
+        on loopback) to an orphaned socket that keeps probing a client that never reads;
+        with ``SO_LINGER`` zero the close is a reset and that memory is freed at once.
+        A no-op once the connection is gone.
+        """
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self._transport.abort()

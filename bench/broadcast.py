@@ -1,0 +1,536 @@
+"""Broadcast benchmark: N WebSocket clients, M messages of S bytes sent to all over REST.
+
+Processes (all on 127.0.0.1):
+
+- the service: a real ``ServiceRunner`` on uvloop, in its own process, so that its CPU
+  time can be read from ``/proc/<pid>/stat`` (utime + stime) before and after;
+- one or more client processes (``--client-procs``), each holding a share of the N
+  aiohttp WebSocket clients on uvloop;
+- this process: it mints the client token and sends each message with the official
+  ``azure-messaging-webpubsubservice`` aio client (``send_to_all``, binary body).
+
+Each message starts with a 12-byte header: a sequence number and the sender's
+``time.monotonic_ns()`` taken just before the REST call, so a client computes the
+latency from "REST send started" to "frame received" (CLOCK_MONOTONIC is system-wide
+on Linux, so the clocks agree across processes).  A few warm-up messages go first and
+are not counted.  Everything is bounded: ``--timeout`` caps the whole run.
+
+Run ``python bench/broadcast.py --help`` for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import multiprocessing as mp
+import os
+import resource
+import shlex
+import struct
+import sys
+import time
+from array import array
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+HUB = "bench"
+ACCESS_KEY = "bench-access-key-0123456789-abcdefghijklmnop"
+HEADER = struct.Struct("!IQ")
+"""seq (u32), send time (u64, ``time.monotonic_ns()``)."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OPEN_CONCURRENCY = 64
+"""How many WebSocket handshakes a client process runs at once."""
+
+
+# -- /proc readings --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads) in seconds, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def write_syscalls(pid: int) -> int | None:
+    """``syscw`` from ``/proc/<pid>/io``: write-family system calls made so far."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("syscw:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU-seconds of the whole machine so far, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal
+    idle = ticks[3] + ticks[4]
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# -- the service process ---------------------------------------------------------------
+
+
+def serve(pipe: Pipe, gc_threshold: int) -> None:
+    raise_fd_limit()
+    if gc_threshold:
+        import gc
+
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
+    import uvloop
+
+    uvloop.run(_serve(pipe))
+
+
+async def _serve(pipe: Pipe) -> None:
+    from webpubsub.config import default_config
+    from webpubsub.server.app import ServiceRunner
+
+    config = default_config().with_overrides(host="127.0.0.1", port=0, access_keys=ACCESS_KEY)
+    runner = ServiceRunner(config, advertised_host="127.0.0.1")
+    await runner.start()
+    pipe.send((os.getpid(), runner.connection_string))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)  # any message, or EOF
+    await stop.wait()
+    await runner.stop()
+
+
+# -- the client processes --------------------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    connected: int
+    received: int
+    """Measured (non-warm-up) messages received, over all clients."""
+    out_of_order: int
+    failed: int
+    """Clients that stopped (closed, error, timeout) before receiving everything."""
+    last_receive_ns: int
+    latencies_ns: bytes
+    """``array('q')`` of measured latencies, as bytes."""
+    cpu_seconds: float
+    """This client process's CPU time from warm-up done to the end."""
+
+
+def clients(pipe: Pipe, url: str, count: int, messages: int, warmup: int, within: float) -> None:
+    raise_fd_limit()
+    import uvloop
+
+    uvloop.run(_clients(pipe, url, count, messages, warmup, within))
+
+
+async def _clients(
+    pipe: Pipe, url: str, count: int, messages: int, warmup: int, within: float
+) -> None:
+    """Connect ``count`` clients, then receive until done or ``within`` seconds passed."""
+    import aiohttp
+
+    total = warmup + messages
+    latencies = array("q")
+    warm = asyncio.Event()
+    state = {"warm": 0, "received": 0, "out_of_order": 0, "failed": 0, "last": 0}
+    monotonic_ns = time.monotonic_ns
+    unpack = HEADER.unpack_from
+    binary = aiohttp.WSMsgType.BINARY
+
+    async def consume(ws: aiohttp.ClientWebSocketResponse) -> None:
+        n = 0
+        out_of_order = 0
+        now = 0
+        receive = ws.receive
+        append = latencies.append
+        while n < total:
+            msg = await receive()
+            now = monotonic_ns()
+            if msg.type is not binary:
+                state["failed"] += 1
+                break
+            seq, sent = unpack(msg.data)
+            if seq != n:
+                out_of_order += 1
+            n += 1
+            if seq >= warmup:
+                append(now - sent)
+            if n == warmup:
+                state["warm"] += 1
+                if state["warm"] == count:
+                    warm.set()
+        state["received"] += max(0, n - warmup)
+        state["out_of_order"] += out_of_order
+        state["last"] = max(state["last"], now)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout_cfg = aiohttp.ClientTimeout(total=None, connect=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout_cfg) as session:
+        gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+        async def open_one() -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                return await session.ws_connect(url, max_msg_size=0, autoclose=True)
+
+        sockets = await asyncio.gather(*(open_one() for _ in range(count)))
+        tasks = [asyncio.create_task(consume(ws)) for ws in sockets]
+        pipe.send(("ready",))
+        cpu0 = own_cpu_seconds()
+        try:
+            async with asyncio.timeout(within):
+                if warmup:
+                    await warm.wait()
+                cpu0 = own_cpu_seconds()
+                pipe.send(("warm",))
+                await asyncio.gather(*tasks)
+        except TimeoutError:
+            unfinished = sum(1 for t in tasks if not t.done())
+            state["failed"] += unfinished
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        cpu1 = own_cpu_seconds()
+        pipe.send(
+            (
+                "done",
+                ClientResult(
+                    connected=len(sockets),
+                    received=state["received"],
+                    out_of_order=state["out_of_order"],
+                    failed=state["failed"],
+                    last_receive_ns=state["last"],
+                    latencies_ns=latencies.tobytes(),
+                    cpu_seconds=cpu1 - cpu0,
+                ),
+            )
+        )
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+# -- the orchestrator ------------------------------------------------------------------
+
+
+async def recv(pipe: Pipe, within: float) -> Any:
+    """The next message on ``pipe`` (bounded), without blocking the event loop."""
+
+    def wait() -> Any:
+        if not pipe.poll(within):
+            raise TimeoutError(f"no message from a child process within {within:.0f} s")
+        return pipe.recv()
+
+    return await asyncio.to_thread(wait)
+
+
+def percentile(sorted_values: array[int], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return float(sorted_values[index])
+
+
+@dataclass
+class Report:
+    command: str
+    clients: int
+    messages: int
+    size: int
+    rate: float
+    concurrency: int
+    client_procs: int
+    expected: int
+    delivered: int
+    out_of_order: int
+    failed_clients: int
+    send_seconds: float
+    wall_seconds: float
+    msgs_per_second: float
+    server_cpu_seconds: float
+    server_kernel_seconds: float
+    """The part of ``server_cpu_seconds`` spent in the kernel (stime)."""
+    cpu_per_million: float
+    server_writes_per_delivery: float | None
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    client_cpu_seconds: float
+    sender_cpu_seconds: float
+    machine_busy_seconds: float
+    machine_total_seconds: float
+    rss_per_connection: float
+
+    @property
+    def other_cpu_seconds(self) -> float:
+        """Machine CPU not used by the service or this benchmark (other load)."""
+        ours = self.server_cpu_seconds + self.client_cpu_seconds + self.sender_cpu_seconds
+        return max(0.0, self.machine_busy_seconds - ours)
+
+    def text(self) -> str:
+        pacing = f"paced at {self.rate:g} msg/s" if self.rate else "unpaced"
+        writes = (
+            f"{self.server_writes_per_delivery:.3f}"
+            if self.server_writes_per_delivery is not None
+            else "n/a"
+        )
+        return "\n".join(
+            [
+                f"command: {self.command}",
+                f"setup: {self.clients} clients in {self.client_procs} process(es), "
+                f"{self.messages} messages of {self.size} B, {pacing}, "
+                f"{self.concurrency} REST send(s) in flight",
+                f"delivered: {self.delivered}/{self.expected} "
+                f"(failed clients: {self.failed_clients}, out of order: {self.out_of_order})",
+                f"sending took {self.send_seconds:.3f} s; first send to last delivery "
+                f"{self.wall_seconds:.3f} s",
+                f"delivered msgs/s: {self.msgs_per_second:,.0f}",
+                f"server CPU: {self.server_cpu_seconds:.2f} s "
+                f"= {self.cpu_per_million:.2f} CPU-s per 1M deliveries "
+                f"({self.server_kernel_seconds / max(self.server_cpu_seconds, 1e-9):.0%} kernel)",
+                f"server write syscalls per delivery: {writes}",
+                f"latency (REST send start -> frame received): p50 {self.p50_ms:.1f} ms, "
+                f"p99 {self.p99_ms:.1f} ms, max {self.max_ms:.1f} ms",
+                f"server CPU per REST send: {self.server_cpu_seconds / self.messages * 1e3:.2f} ms",
+                f"load generator CPU: clients {self.client_cpu_seconds:.2f} s, "
+                f"sender {self.sender_cpu_seconds:.2f} s",
+                f"machine CPU in the window: {self.machine_busy_seconds:.1f} of "
+                f"{self.machine_total_seconds:.1f} CPU-s busy; other processes "
+                f"{self.other_cpu_seconds:.1f} CPU-s",
+                f"server RSS per idle connection: {self.rss_per_connection / 1024:.1f} KiB",
+                "table row: "
+                f"| {self.clients} | {self.size} B | {self.messages} | {pacing} "
+                f"| {self.msgs_per_second:,.0f} | {self.cpu_per_million:.2f} "
+                f"| {self.p50_ms:.1f} | {self.p99_ms:.1f} |",
+            ]
+        )
+
+
+async def run(args: argparse.Namespace) -> Report:
+    from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+
+    ctx = mp.get_context("spawn")
+    deadline = time.monotonic() + float(args.timeout)
+
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    server_pipe, child_pipe = ctx.Pipe()
+    server = ctx.Process(target=serve, args=(child_pipe, args.gc_threshold), daemon=True)
+    server.start()
+    procs: list[mp.process.BaseProcess] = [server]
+    pipes: list[Pipe] = []
+    try:
+        pid, connection_string = await recv(server_pipe, left())
+        sdk = WebPubSubServiceClient.from_connection_string(connection_string, hub=HUB)
+        async with sdk:
+            token = await sdk.get_client_access_token(minutes_to_expire=120)
+            url = token["url"]
+            rss0 = rss_bytes(pid)
+
+            shares = [
+                args.clients // args.client_procs + (i < args.clients % args.client_procs)
+                for i in range(args.client_procs)
+            ]
+            for share in shares:
+                parent, child = ctx.Pipe()
+                client_proc = ctx.Process(
+                    target=clients,
+                    args=(child, url, share, args.messages, args.warmup, left()),
+                    daemon=True,
+                )
+                client_proc.start()
+                procs.append(client_proc)
+                pipes.append(parent)
+            for pipe in pipes:
+                assert (await recv(pipe, left()))[0] == "ready"
+            rss1 = rss_bytes(pid)
+
+            payload_pad = b"x" * (args.size - HEADER.size)
+
+            async def send(seq: int) -> None:
+                body = HEADER.pack(seq, time.monotonic_ns()) + payload_pad
+                await sdk.send_to_all(io.BytesIO(body), content_type="application/octet-stream")
+
+            for seq in range(args.warmup):
+                await send(seq)
+            for pipe in pipes:
+                assert (await recv(pipe, left()))[0] == "warm"
+
+            user0, sys0 = cpu_seconds(pid)
+            writes0 = write_syscalls(pid)
+            sender0 = own_cpu_seconds()
+            busy0, total0 = machine_cpu()
+            gate = asyncio.Semaphore(args.concurrency)
+            start_ns = time.monotonic_ns()
+
+            async def paced_send(i: int) -> None:
+                async with gate:
+                    if args.rate:
+                        due = start_ns + int(i * 1e9 / args.rate)
+                        delay = (due - time.monotonic_ns()) / 1e9
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    await send(args.warmup + i)
+
+            if args.concurrency == 1:
+                for i in range(args.messages):
+                    await paced_send(i)
+            else:
+                await asyncio.gather(*(paced_send(i) for i in range(args.messages)))
+            sent_ns = time.monotonic_ns()
+
+            results: list[ClientResult] = []
+            for pipe in pipes:
+                kind, result = await recv(pipe, left())
+                assert kind == "done"
+                results.append(result)
+            user1, sys1 = cpu_seconds(pid)
+            writes1 = write_syscalls(pid)
+            sender1 = own_cpu_seconds()
+            busy1, total1 = machine_cpu()
+    finally:
+        for pipe in [server_pipe, *pipes]:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop",))
+        for proc in procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+
+    latencies = array("q")
+    for r in results:
+        latencies.frombytes(r.latencies_ns)
+    ordered = array("q", sorted(latencies))
+    delivered = sum(r.received for r in results)
+    last_ns = max(r.last_receive_ns for r in results)
+    wall = max(1e-9, (last_ns - start_ns) / 1e9)
+    server_cpu = (user1 + sys1) - (user0 + sys0)
+    writes = (
+        (writes1 - writes0) / delivered
+        if writes0 is not None and writes1 is not None and delivered
+        else None
+    )
+    return Report(
+        command=args.command,
+        clients=args.clients,
+        messages=args.messages,
+        size=args.size,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        client_procs=args.client_procs,
+        expected=args.clients * args.messages,
+        delivered=delivered,
+        out_of_order=sum(r.out_of_order for r in results),
+        failed_clients=sum(r.failed for r in results),
+        send_seconds=(sent_ns - start_ns) / 1e9,
+        wall_seconds=wall,
+        msgs_per_second=delivered / wall,
+        server_cpu_seconds=server_cpu,
+        server_kernel_seconds=sys1 - sys0,
+        cpu_per_million=server_cpu / delivered * 1e6 if delivered else float("nan"),
+        server_writes_per_delivery=writes,
+        p50_ms=percentile(ordered, 0.50) / 1e6,
+        p99_ms=percentile(ordered, 0.99) / 1e6,
+        max_ms=percentile(ordered, 1.0) / 1e6,
+        client_cpu_seconds=sum(r.cpu_seconds for r in results),
+        sender_cpu_seconds=sender1 - sender0,
+        machine_busy_seconds=busy1 - busy0,
+        machine_total_seconds=total1 - total0,
+        rss_per_connection=(rss1 - rss0) / args.clients,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Broadcast benchmark of the webpubsub service on loopback: N WebSocket clients, "
+            "M messages of S bytes sent to all with the official SDK's send_to_all. Reports "
+            "delivered msgs/s, server CPU-seconds (per 1M deliveries), p50/p99 latency."
+        )
+    )
+    parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (1000)")
+    parser.add_argument("--messages", type=int, default=200, help="measured messages (200)")
+    parser.add_argument(
+        "--size", type=int, default=100, help=f"message size in bytes, >= {HEADER.size} (100)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="send rate in messages/s; 0 = unpaced: each send starts when a previous one "
+        "has returned its 202 (0)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="REST sends in flight at once; with 1, messages arrive in send order (1)",
+    )
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="processes the clients are spread over (1)"
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="experiment: the server's generation-0 GC threshold (gc.set_threshold); "
+        "0 keeps Python's default, as `webpubsub serve` does (0)",
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="uncounted warm-up messages (5)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="upper bound for the whole run, s (300)"
+    )
+    args = parser.parse_args(argv)
+    if args.size < HEADER.size:
+        parser.error(f"--size must be at least {HEADER.size} (the timestamp header)")
+    if not 1 <= args.clients <= 20_000:
+        parser.error("--clients must be within 1..20000")
+    if not 1 <= args.messages <= 1_000_000:
+        parser.error("--messages must be within 1..1000000")
+    if not 1 <= args.client_procs <= min(args.clients, 8):
+        parser.error("--client-procs must be within 1..min(clients, 8)")
+    if args.concurrency < 1 or args.rate < 0 or args.warmup < 0 or args.timeout <= 0:
+        parser.error("--concurrency >= 1, --rate >= 0, --warmup >= 0, --timeout > 0")
+    if args.gc_threshold < 0:
+        parser.error("--gc-threshold must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    words = sys.argv if argv is None else [sys.argv[0], *argv]
+    args.command = shlex.join([os.path.relpath(sys.executable), *words])
+    raise_fd_limit()
+    import uvloop
+
+    report = uvloop.run(run(args))
+    print(report.text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The hub: membership indexes and the synchronous fan-out (DESIGN.md §1: encode once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+import pytest
+
+from webpubsub.core import hub as hub_module
+from webpubsub.core.connection import Connection
+from webpubsub.core.hub import Hub
+from webpubsub.core.permissions import Permissions
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
+from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.wsframe import Opcode, encode_frame
+
+
+class RecordingSink:
+    """A sink that records what the fan-out offers (the real one is the outbox)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.closed: list[tuple[int, str]] = []
+
+    def offer(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+def make_conn(
+    cid: str, *, user: str | None = None, protocol: ClientProtocol = ClientProtocol.SIMPLE
+) -> tuple[Connection, RecordingSink]:
+    sink = RecordingSink()
+    conn = Connection(
+        connection_id=cid,
+        hub="h",
+        user_id=user,
+        protocol=protocol,
+        subprotocol=None,
+        sink=sink,
+        permissions=Permissions.from_roles(()),
+    )
+    return conn, sink
+
+
+EncodeFor = Callable[[ClientProtocol, DataMessage], bytes]
+
+
+@pytest.fixture
+def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[ClientProtocol]:
+    """Spy on the hub's ``encode_for``: records the protocol of each call."""
+    calls: list[ClientProtocol] = []
+    real: EncodeFor = encode_for  # the function the hub module imported
+
+    def spy(protocol: ClientProtocol, message: DataMessage) -> bytes:
+        calls.append(protocol)
+        return real(protocol, message)
+
+    monkeypatch.setattr(hub_module, "encode_for", spy)
+    return calls
+
+
+TEXT = DataMessage(Payload.text("hello"))
+TEXT_FRAME = encode_frame(Opcode.TEXT, b"hello")
+
+
+# -- fan-out --------------------------------------------------------------------------
+
+
+def test_deliver_encodes_once_and_shares_the_frame(encode_calls: list[ClientProtocol]) -> None:
+    hub = Hub("h")
+    pairs = [make_conn(f"c{i}") for i in range(50)]
+    for conn, _ in pairs:
+        hub.add(conn)
+
+    assert hub.deliver(hub.connections(), TEXT) == 50
+
+    assert encode_calls == [ClientProtocol.SIMPLE]
+    first = pairs[0][1].frames[0]
+    assert first == TEXT_FRAME
+    for _, sink in pairs:
+        assert sink.frames == [TEXT_FRAME]
+        assert sink.frames[0] is first  # the very same bytes object, not a copy
+
+
+def test_deliver_encodes_once_per_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two client protocols in one fan-out, each is encoded exactly once.
+
+    Only the simple protocol exists in this build, so a second one is stood in
+    by a sentinel that the spy encodes itself.
+    """
+    other = cast(ClientProtocol, object())
+    calls: list[object] = []
+
+    def spy(protocol: ClientProtocol, message: DataMessage) -> bytes:
+        calls.append(protocol)
+        if protocol is other:
+            return b"other:" + message.payload.data
+        return encode_for(protocol, message)
+
+    monkeypatch.setattr(hub_module, "encode_for", spy)
+    hub = Hub("h")
+    pairs = [
+        make_conn(f"c{i}", protocol=other if i % 2 else ClientProtocol.SIMPLE) for i in range(6)
+    ]
+    for conn, _ in pairs:
+        hub.add(conn)
+
+    assert hub.deliver(hub.connections(), TEXT) == 6
+
+    assert sorted(map(id, calls)) == sorted([id(other), id(ClientProtocol.SIMPLE)])
+    for i, (_, sink) in enumerate(pairs):
+        assert sink.frames == [b"other:hello" if i % 2 else TEXT_FRAME]
+
+
+def test_each_send_is_encoded_again(encode_calls: list[ClientProtocol]) -> None:
+    hub = Hub("h")
+    conn, sink = make_conn("c")
+    hub.add(conn)
+    hub.deliver([conn], DataMessage(Payload.text("a")))
+    hub.deliver([conn], DataMessage(Payload.binary(b"b")))
+    assert len(encode_calls) == 2
+    assert sink.frames == [encode_frame(Opcode.TEXT, b"a"), encode_frame(Opcode.BINARY, b"b")]
+
+
+def test_deliver_to_nobody_encodes_nothing(encode_calls: list[ClientProtocol]) -> None:
+    assert Hub("h").deliver([], TEXT) == 0
+    assert encode_calls == []
+
+
+def test_excluded_connections_are_skipped(encode_calls: list[ClientProtocol]) -> None:
+    hub = Hub("h")
+    pairs = {cid: make_conn(cid) for cid in ("a", "b", "c")}
+    for conn, _ in pairs.values():
+        hub.add(conn)
+
+    assert hub.deliver(hub.connections(), TEXT, excluded=frozenset({"a", "c"})) == 1
+
+    assert pairs["a"][1].frames == []
+    assert pairs["b"][1].frames == [TEXT_FRAME]
+    assert pairs["c"][1].frames == []
+    assert len(encode_calls) == 1
+
+
+def test_all_excluded_encodes_nothing(encode_calls: list[ClientProtocol]) -> None:
+    hub = Hub("h")
+    conn, sink = make_conn("a")
+    hub.add(conn)
+    assert hub.deliver([conn], TEXT, excluded={"a"}) == 0
+    assert sink.frames == []
+    assert encode_calls == []
+
+
+def test_closing_connections_are_skipped() -> None:
+    hub = Hub("h")
+    open_conn, open_sink = make_conn("open")
+    closing, closing_sink = make_conn("closing")
+    hub.add(open_conn)
+    hub.add(closing)
+    closing.close(1000, "bye")
+
+    assert hub.deliver(hub.connections(), TEXT) == 1
+
+    assert open_sink.frames == [TEXT_FRAME]
+    assert closing_sink.frames == []
+    assert closing_sink.closed == [(1000, "bye")]
+
+
+def test_binary_payload_is_a_binary_frame() -> None:
+    hub = Hub("h")
+    conn, sink = make_conn("c")
+    hub.add(conn)
+    hub.deliver([conn], DataMessage(Payload.binary(b"\x00\x01")))
+    assert sink.frames == [b"\x82\x02\x00\x01"]
+
+
+# -- membership -----------------------------------------------------------------------
+
+
+def test_add_get_remove_by_id_and_user() -> None:
+    hub = Hub("h")
+    a, _ = make_conn("a", user="u")
+    b, _ = make_conn("b", user="u")
+    anon, _ = make_conn("x")
+    for conn in (a, b, anon):
+        hub.add(conn)
+
+    assert len(hub) == 3
+    assert hub.get("a") is a and hub.get("zz") is None
+    assert hub.has_user("u")
+    assert set(map(id, hub.user_connections("u"))) == {id(a), id(b)}
+
+    assert hub.remove("a") is a
+    assert hub.remove("a") is None
+    assert hub.has_user("u")
+    hub.remove("b")
+    assert not hub.has_user("u")
+    assert hub.user_connections("u") == []
+    assert len(hub) == 1
+
+
+def test_groups_join_leave_and_remove() -> None:
+    hub = Hub("h")
+    a, _ = make_conn("a")
+    b, _ = make_conn("b")
+    hub.add(a)
+    hub.add(b)
+    hub.join(a, "g1")
+    hub.join(a, "g2")
+    hub.join(b, "g1")
+    assert hub.has_group("g1") and hub.has_group("g2")
+    assert a.groups == {"g1", "g2"}
+
+    hub.leave(a, "g2")
+    assert not hub.has_group("g2")
+    assert a.groups == {"g1"}
+
+    hub.remove("a")
+    assert a.groups == set()
+    assert [c.connection_id for c in hub.group_connections("g1")] == ["b"]
+    hub.leave_all(b)
+    assert not hub.has_group("g1")
+
+
+def test_join_ignores_a_connection_not_in_the_hub() -> None:
+    hub = Hub("h")
+    stranger, _ = make_conn("s")
+    hub.join(stranger, "g")
+    assert not hub.has_group("g")
+    assert stranger.groups == set()
+
+
+def test_group_fan_out_reaches_members_only() -> None:
+    hub = Hub("h")
+    member, member_sink = make_conn("m")
+    other, other_sink = make_conn("o")
+    hub.add(member)
+    hub.add(other)
+    hub.join(member, "room")
+    assert hub.deliver(hub.group_connections("room"), TEXT) == 1
+    assert member_sink.frames == [TEXT_FRAME]
+    assert other_sink.frames == []

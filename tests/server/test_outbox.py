@@ -1,0 +1,460 @@
+"""The coalescing outbox against the real service and real clients.
+
+The outbox writes prepared frames straight to the connection's transport,
+next to aiohttp's own writer (DESIGN.md §1).  These tests pin what that relies
+on, so that an aiohttp upgrade that breaks it fails here:
+
+- the bytes on the wire are exactly ``encode_frame(...)`` (read with a raw TCP
+  client that does the WebSocket handshake by hand);
+- frames offered in one loop turn leave in one transport write;
+- a client that stops reading is closed (``SlowClient``) without stalling or
+  dropping messages for the others;
+- aiohttp's pings, pongs and close frames still work, whole and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import io
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+
+from tests.conftest import StartService
+from webpubsub.core.connection import Connection
+from webpubsub.protocol.backplane import Close, Send, Target
+from webpubsub.protocol.frames import DataMessage
+from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.wsframe import Opcode, encode_frame
+from webpubsub.server import outbox as outbox_module
+from webpubsub.server.app import ServiceRunner
+from webpubsub.server.outbox import Outbox
+from webpubsub.upstream.settings import HubSettings
+
+HUB = "h"
+WAIT = 10.0
+"""Upper bound for anything that should happen promptly (never a timing assertion)."""
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+async def client_url(runner: ServiceRunner) -> str:
+    """A client URL with an access token minted by the official SDK."""
+    sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
+    async with sdk:
+        token = await sdk.get_client_access_token()
+    url: str = token["url"]
+    return url
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait for state that has no event to wait on (hub membership, a socket's error).
+
+    Bounded by ``timeout``; it only waits, it never asserts how long something took.
+    """
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling: there is no event to await
+            await asyncio.sleep(0.005)
+
+
+def connections(runner: ServiceRunner) -> list[Connection]:
+    assert runner.node is not None
+    hub = runner.node.hub(HUB)
+    return hub.connections() if hub is not None else []
+
+
+def outbox_of(conn: Connection) -> Outbox:
+    assert isinstance(conn.sink, Outbox)
+    return conn.sink
+
+
+async def attached(runner: ServiceRunner, count: int) -> list[Connection]:
+    await wait_until(lambda: len(connections(runner)) == count)
+    return connections(runner)
+
+
+def send_command(text: str | bytes) -> Send:
+    payload = Payload.text(text) if isinstance(text, str) else Payload.binary(text)
+    return Send(HUB, Target.all(), DataMessage(payload))
+
+
+def handshake_request(url: str) -> bytes:
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {parts.path}?{parts.query} HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode()
+
+
+def client_frame(opcode: Opcode, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 §5.3: clients must mask); payload < 126 bytes."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
+
+
+class RawClient:
+    """A WebSocket client over a plain asyncio TCP stream: the handshake by hand, raw reads."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str) -> RawClient:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 << 20)
+        writer.write(handshake_request(url))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return cls(reader, writer)
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.wait_for(self.reader.readexactly(n), WAIT)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """One server frame as (first byte, payload); asserts it is unmasked."""
+        first, second = await self.read(2)
+        assert second & 0x80 == 0
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self.read(8))
+        return first, await self.read(length)
+
+    async def send(self, frame: bytes) -> None:
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+# -- (a) byte-exact frames on the wire -------------------------------------------------
+
+
+async def test_frames_are_byte_exact_on_the_wire(start_service: StartService) -> None:
+    runner = await start_service()
+    raw = await RawClient.connect(await client_url(runner))
+    await attached(runner, 1)
+    sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
+    try:
+        async with sdk:
+            for size in (0, 125, 126, 70000):
+                text = "".join(chr(ord("a") + i % 26) for i in range(size))
+                await sdk.send_to_all(text, content_type="text/plain")
+                expected = encode_frame(Opcode.TEXT, text.encode())
+                assert await raw.read(len(expected)) == expected
+
+                data = bytes(i % 256 for i in range(size))
+                await sdk.send_to_all(io.BytesIO(data), content_type="application/octet-stream")
+                expected = encode_frame(Opcode.BINARY, data)
+                assert await raw.read(len(expected)) == expected
+
+            # Nothing was written between or after the frames: the next bytes are the next frame.
+            await sdk.send_to_all("end", content_type="text/plain")
+            assert await raw.read(5) == b"\x81\x03end"
+    finally:
+        await raw.aclose()
+
+
+async def test_frame_larger_than_the_bound_reaches_an_idle_client(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """A single frame bigger than ``outbox_max_bytes`` is not a slow client.
+
+    Regression: the bound used to count the frame being offered, so one REST
+    send above 64 KiB closed every client of a service configured at 64 KiB.
+    """
+    runner = await start_service(outbox_max_bytes=65536)
+    ws = await http.ws_connect(await client_url(runner))
+    await attached(runner, 1)
+    big = bytes(range(256)) * 400  # 102,400 bytes
+    assert runner.node is not None
+    runner.node.apply(send_command(big))
+    msg = await ws.receive(timeout=WAIT)
+    assert msg.type is aiohttp.WSMsgType.BINARY and msg.data == big
+    runner.node.apply(send_command("after"))
+    assert (await ws.receive(timeout=WAIT)).data == "after"
+    assert await runner.operations.connection_exists(HUB, connections(runner)[0].connection_id)
+    await ws.close()
+
+
+# -- (b) one transport write per connection per loop turn ------------------------------
+
+
+async def test_sends_in_one_loop_turn_leave_in_one_write(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service()
+    url = await client_url(runner)
+    clients = [await http.ws_connect(url) for _ in range(5)]
+    outboxes = [outbox_of(c) for c in await attached(runner, 5)]
+    before = [(o.writes, o.frames_written) for o in outboxes]
+    n = 50
+
+    node = runner.node
+    assert node is not None
+    for i in range(n):  # no await in between: one loop turn
+        node.apply(send_command(f"m{i}"))
+
+    for ws in clients:
+        for i in range(n):
+            msg = await ws.receive(timeout=WAIT)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, f"m{i}")
+    for outbox, (writes, frames) in zip(outboxes, before, strict=True):
+        assert outbox.writes == writes + 1
+        assert outbox.frames_written == frames + n
+        assert outbox.pending_bytes == 0
+
+    # Sends in separate turns are separate writes.
+    node.apply(send_command("x"))
+    for ws in clients:
+        assert (await ws.receive(timeout=WAIT)).data == "x"
+    node.apply(send_command("y"))
+    for ws in clients:
+        assert (await ws.receive(timeout=WAIT)).data == "y"
+    for outbox, (writes, frames) in zip(outboxes, before, strict=True):
+        assert outbox.writes == writes + 3
+        assert outbox.frames_written == frames + n + 2
+    for ws in clients:
+        await ws.close()
+
+
+async def test_coalesced_write_is_the_concatenated_frames(start_service: StartService) -> None:
+    runner = await start_service()
+    raw = await RawClient.connect(await client_url(runner))
+    (conn,) = await attached(runner, 1)
+    outbox = outbox_of(conn)
+    writes = outbox.writes
+    payloads = [b"", b"a" * 125, b"b" * 126, b"c" * 70000, b"d"]
+    assert runner.node is not None
+    for data in payloads:
+        runner.node.apply(send_command(data))
+    expected = b"".join(encode_frame(Opcode.BINARY, p) for p in payloads)
+    try:
+        assert await raw.read(len(expected)) == expected
+        assert outbox.writes == writes + 1
+    finally:
+        await raw.aclose()
+
+
+# -- (c) a slow client is closed; the others are not stalled ---------------------------
+
+
+async def test_slow_client_is_closed_and_others_get_everything_in_order(
+    start_service: StartService, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "SLOW_CLIENT_GRACE_SECONDS", 0.5)
+    runner = await start_service(outbox_max_bytes=65536)
+    url = await client_url(runner)
+    loop = asyncio.get_running_loop()
+
+    # The slow client: handshake by hand, a small receive buffer, then it never reads.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", runner.port))
+    await loop.sock_sendall(sock, handshake_request(url))
+    head = b""
+    async with asyncio.timeout(WAIT):
+        while b"\r\n\r\n" not in head:
+            chunk = await loop.sock_recv(sock, 1)  # byte by byte: read nothing past the head
+            assert chunk, "the service closed during the handshake"
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 101 ")
+    (slow,) = await attached(runner, 1)
+
+    reader = await http.ws_connect(url)
+    (fast,) = [c for c in await attached(runner, 2) if c is not slow]
+    assert runner.node is not None
+
+    body = b"x" * 8192
+    sent = 0
+    try:
+        # Broadcast until the slow client overflows (bounded: 64 MiB at most); the reading
+        # client takes each message before the next is sent, so it never falls behind.
+        while not slow.closing:
+            assert sent < 8192, "the slow client was never closed"
+            runner.node.apply(send_command(sent.to_bytes(4, "big") + body))
+            msg = await reader.receive(timeout=WAIT)
+            assert msg.type is aiohttp.WSMsgType.BINARY
+            assert int.from_bytes(msg.data[:4], "big") == sent
+            sent += 1
+        assert slow.close_reason == "SlowClient"
+        assert not fast.closing
+
+        # The others keep receiving while the slow connection is being torn down (bursts
+        # of 5 × 8 KiB in one loop turn stay within the reader's 64 KiB bound).
+        for burst in range(4):
+            first = sent + 5 * burst
+            for i in range(first, first + 5):
+                runner.node.apply(send_command(i.to_bytes(4, "big") + body))
+            for i in range(first, first + 5):
+                msg = await reader.receive(timeout=WAIT)
+                assert msg.type is aiohttp.WSMsgType.BINARY
+                assert int.from_bytes(msg.data[:4], "big") == i
+
+        # The slow connection disappears from the hub within a bounded wait.
+        await wait_until(lambda: slow not in connections(runner), timeout=3 * WAIT)
+        assert not await runner.operations.connection_exists(HUB, slow.connection_id)
+        assert await runner.operations.connection_exists(HUB, fast.connection_id)
+        runner.node.apply(send_command("still here"))
+        assert (await reader.receive(timeout=WAIT)).data == "still here"
+
+        # Its close frame cannot get past the full buffers, so after the grace period the
+        # service cuts the socket (a reset: seen without reading a byte).
+        errors: list[int] = []
+
+        def socket_failed() -> bool:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # reading clears it
+            errors.append(code)
+            return code != 0
+
+        await wait_until(socket_failed, timeout=3 * WAIT)
+        assert errors[-1] == errno.ECONNRESET
+    finally:
+        sock.close()
+        await reader.close()
+
+
+# -- (d) aiohttp's ping, pong and close next to the raw write path ---------------------
+
+
+async def test_client_ping_gets_its_pong(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service()
+    ws = await http.ws_connect(await client_url(runner), autoping=False)
+    await attached(runner, 1)
+    assert runner.node is not None
+    runner.node.apply(send_command("before"))
+    await ws.ping(b"are you there")
+    got = [await ws.receive(timeout=WAIT), await ws.receive(timeout=WAIT)]
+    assert {(m.type, m.data) for m in got} == {
+        (aiohttp.WSMsgType.TEXT, "before"),
+        (aiohttp.WSMsgType.PONG, b"are you there"),
+    }
+    await ws.close()
+
+
+async def test_heartbeat_client_stays_connected_and_receives(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp's heartbeat closes the connection if a pong goes missing."""
+    runner = await start_service()
+    ws = await http.ws_connect(await client_url(runner), heartbeat=0.2)
+    (conn,) = await attached(runner, 1)
+    assert runner.node is not None
+    for i in range(10):  # ~1 s of traffic: several heartbeats, each answered by a pong
+        runner.node.apply(send_command(f"m{i}"))
+        assert (await ws.receive(timeout=WAIT)).data == f"m{i}"
+        await asyncio.sleep(0.1)
+    assert not ws.closed
+    assert await runner.operations.connection_exists(HUB, conn.connection_id)
+    await ws.close()
+
+
+async def test_raw_ping_pong_frames_are_whole_among_data_frames(
+    start_service: StartService,
+) -> None:
+    runner = await start_service()
+    raw = await RawClient.connect(await client_url(runner))
+    await attached(runner, 1)
+    assert runner.node is not None
+    try:
+        for i in range(3):
+            runner.node.apply(send_command(b"d" * 200))
+            await raw.send(client_frame(Opcode.PING, f"ping{i}".encode()))
+        frames = [await raw.read_frame() for _ in range(6)]
+        pongs = [p for first, p in frames if first == 0x80 | Opcode.PONG]
+        data = [p for first, p in frames if first == 0x80 | Opcode.BINARY]
+        assert pongs == [b"ping0", b"ping1", b"ping2"]
+        assert data == [b"d" * 200] * 3
+    finally:
+        await raw.aclose()
+
+
+async def test_server_heartbeat_pings_reach_the_client(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(HubSettings(name=HUB, keepalive_seconds=1))
+    ws = await http.ws_connect(await client_url(runner), autoping=False)
+    await attached(runner, 1)
+    assert runner.node is not None
+    runner.node.apply(send_command("data"))
+    seen: set[aiohttp.WSMsgType] = set()
+    while aiohttp.WSMsgType.PING not in seen:
+        msg = await ws.receive(timeout=WAIT)
+        seen.add(msg.type)
+        if msg.type is aiohttp.WSMsgType.PING:
+            await ws.pong(msg.data)
+    assert aiohttp.WSMsgType.TEXT in seen
+    await ws.close()
+
+
+async def test_rest_close_comes_after_queued_messages(start_service: StartService) -> None:
+    runner = await start_service()
+    raw = await RawClient.connect(await client_url(runner))
+    (conn,) = await attached(runner, 1)
+    assert runner.node is not None
+    try:
+        # Messages and the close in one loop turn: the messages are still queued.
+        for i in range(3):
+            runner.node.apply(send_command(f"queued {i}"))
+        runner.node.apply(Close(HUB, Target.connection(conn.connection_id), "bye now"))
+        expected = b"".join(encode_frame(Opcode.TEXT, f"queued {i}".encode()) for i in range(3))
+        expected += encode_frame(Opcode.CLOSE, struct.pack("!H", 1000) + b"bye now")
+        assert await raw.read(len(expected)) == expected
+
+        await raw.send(client_frame(Opcode.CLOSE, struct.pack("!H", 1000)))
+        assert await asyncio.wait_for(raw.reader.read(), WAIT) == b""  # the server hung up
+        await wait_until(lambda: not connections(runner))
+    finally:
+        await raw.aclose()
+
+
+async def test_sdk_close_after_sends_with_aiohttp_client(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service()
+    ws = await http.ws_connect(await client_url(runner))
+    (conn,) = await attached(runner, 1)
+    sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
+    async with sdk:
+        for i in range(3):
+            await sdk.send_to_all(f"m{i}", content_type="text/plain")
+        await sdk.close_connection(conn.connection_id, reason="done")
+    for i in range(3):
+        assert (await ws.receive(timeout=WAIT)).data == f"m{i}"
+    closed = await ws.receive(timeout=WAIT)
+    assert closed.type is aiohttp.WSMsgType.CLOSE
+    assert (closed.data, closed.extra) == (1000, "done")
+    await wait_until(lambda: not connections(runner))
