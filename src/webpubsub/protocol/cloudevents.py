@@ -241,7 +241,7 @@ def validation_request(url: str, origin: str) -> UpstreamRequest:
 # -- parsing --------------------------------------------------------------------
 
 
-def _host_of(value: str) -> str:
+def host_of(value: str) -> str:
     """The host name of ``host``, ``host:port``, ``[v6]:port`` or ``scheme://host/...``."""
     host = value.strip()
     if "://" in host:
@@ -259,11 +259,11 @@ def validation_accepted(response: UpstreamResponse, origin: str) -> bool:
     """Whether a probe's answer lets us deliver events to the handler (§2)."""
     if not 200 <= response.status <= 299:
         return False
-    ours = _host_of(origin)
+    ours = host_of(origin)
     for header in response.header_values(_ALLOWED_ORIGIN):
         for item in header.split(","):
             item = item.strip()
-            if item == "*" or (item and _host_of(item) == ours):
+            if item == "*" or (item and host_of(item) == ours):
                 return True
     return False
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from webpubsub.protocol.cloudevents import signature
+from webpubsub.protocol.cloudevents import host_of, signature
 from webpubsub.protocol.connection_string import parse_connection_string
 from webpubsub.sdk.events import (
     ConnectedRequest,
@@ -65,20 +65,6 @@ _C = TypeVar("_C", bound=ConnectHandler)
 _CD = TypeVar("_CD", bound=ConnectedHandler)
 _U = TypeVar("_U", bound=UserEventHandler)
 _D = TypeVar("_D", bound=DisconnectedHandler)
-
-
-def _host_of(value: str) -> str:
-    """The lower-cased host of ``host``, ``host:port``, ``[v6]:port`` or a URL."""
-    host = value.strip()
-    if "://" in host:
-        host = host.split("://", 1)[1]
-    host = host.split("/", 1)[0].rsplit("@", 1)[-1]
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end].lower() if end > 0 else host.lower()
-    if host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host.lower()
 
 
 def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
@@ -142,7 +128,7 @@ class WebPubSubEventHandler:
         if not origins:
             raise ValueError("allowed_origins must not be empty (use '*' to allow any)")
         self._any_origin = any(o.strip() == "*" for o in origins)
-        self._allowed_hosts = frozenset(_host_of(o) for o in origins if o.strip() != "*")
+        self._allowed_hosts = frozenset(host_of(o) for o in origins if o.strip() != "*")
         self._on_connect = on_connect
         self._on_connected = on_connected
         self._on_event = on_event
@@ -255,7 +241,7 @@ class WebPubSubEventHandler:
             return _text(400, str(exc))
 
     def _origin_allowed(self, origin: str) -> bool:
-        return self._any_origin or (bool(origin) and _host_of(origin) in self._allowed_hosts)
+        return self._any_origin or (bool(origin) and host_of(origin) in self._allowed_hosts)
 
     def _validate(self, headers: Headers) -> HttpResponse:
         """Abuse protection (event-handler.md §2): opt in for allowed origins only."""
