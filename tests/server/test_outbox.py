@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,7 +38,7 @@ from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import Opcode, encode_frame
 from webpubsub.server import outbox as outbox_module
 from webpubsub.server.app import ServiceRunner
-from webpubsub.server.outbox import Outbox
+from webpubsub.server.outbox import Flusher, Outbox
 from webpubsub.upstream.settings import HubSettings
 
 HUB = "h"
@@ -458,3 +459,70 @@ async def test_sdk_close_after_sends_with_aiohttp_client(
     assert closed.type is aiohttp.WSMsgType.CLOSE
     assert (closed.data, closed.extra) == (1000, "done")
     await wait_until(lambda: not connections(runner))
+
+
+class _RecordingTransport:
+    """A stand-in for the socket transport (not one of our components)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.fail = fail
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise OSError("broken transport")
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_one_flusher_callback_per_turn_serves_every_outbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+
+    flusher = Flusher(loop)
+    transports = [_RecordingTransport() for _ in range(100)]
+    outboxes = [
+        Outbox(t, limit=1 << 20, closer=lambda code, reason: None, flusher=flusher)
+        for t in transports
+    ]
+    monkeypatch.setattr(loop, "call_soon", counting_call_soon)
+    for outbox in outboxes:
+        outbox.offer(b"a")
+        outbox.offer(b"b")
+    monkeypatch.undo()
+    assert len(scheduled) == 1  # one callback for the whole broadcast
+    done = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    await done
+    assert all(t.writes == [b"ab"] for t in transports)
+
+
+async def test_a_broken_transport_does_not_starve_the_other_outboxes() -> None:
+    flusher = Flusher()
+    broken, healthy = _RecordingTransport(fail=True), _RecordingTransport()
+    for transport in (broken, healthy):
+        Outbox(transport, limit=1 << 20, closer=lambda code, reason: None, flusher=flusher).offer(
+            b"x"
+        )
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+    assert healthy.writes == [b"x"]

@@ -25,6 +25,7 @@ from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import rest, websocket
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
+from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
 
@@ -100,6 +101,7 @@ class ServiceRunner:
             max_message_bytes=server.max_message_bytes,
             outbox_max_bytes=server.outbox_max_bytes,
             clock=self._clock,
+            flusher=Flusher(),
         )
         app = web.Application(
             middlewares=[error_middleware], client_max_size=server.max_message_bytes

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
+from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.settings import HubSettings
 
 
@@ -23,6 +24,8 @@ class ServiceContext:
     max_message_bytes: int
     outbox_max_bytes: int
     clock: Callable[[], float]
+    flusher: Flusher
+    """Schedules every connection's outbox flush: one loop callback per turn."""
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)

@@ -1,7 +1,9 @@
 """The coalescing outbox: one transport write per connection per event-loop turn.
 
 The fan-out offers pre-encoded frames; the outbox queues them and flushes all
-frames queued during one loop turn with a single ``transport.write``.  Writing
+frames queued during one loop turn with a single ``transport.write``.  One
+:class:`Flusher` per service schedules those flushes: one loop callback per turn
+for all the outboxes that have something queued.  Writing
 raw frames to the transport relies on aiohttp writing its own frames (pings,
 pongs, close) whole and synchronously on the loop thread; ``tests/server``
 pins that behaviour.
@@ -45,6 +47,31 @@ class WriteTarget(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
+class Flusher:
+    """Flushes, in one loop callback per turn, every outbox that queued frames in it.
+
+    A broadcast to N connections then costs one scheduled callback instead of N; the
+    outboxes are flushed in the order they first queued something in the turn.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._due: list[Outbox] = []
+
+    def schedule(self, outbox: Outbox) -> None:
+        if not self._due:
+            self._loop.call_soon(self._run)
+        self._due.append(outbox)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for outbox in due:
+            try:
+                outbox._flush()
+            except Exception:  # one broken transport must not starve the others
+                log.exception("flushing an outbox failed")
+
+
 class Outbox:
     def __init__(
         self,
@@ -52,12 +79,14 @@ class Outbox:
         *,
         limit: int,
         closer: Callable[[int, str], None],
+        flusher: Flusher | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._transport = transport
         self._limit = limit
         self._closer = closer
         self._loop = loop or asyncio.get_running_loop()
+        self._flusher = flusher or Flusher(self._loop)
         self._pending: list[bytes] = []
         self._size = 0
         self._scheduled = False
@@ -84,7 +113,7 @@ class Outbox:
         self._size += len(frame)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.schedule(self)
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued, then close the WebSocket with ``code``."""

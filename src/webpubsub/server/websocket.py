@@ -139,7 +139,7 @@ async def _upgrade(
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
 
-    return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer)
+    return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer, flusher=ctx.flusher)
 
 
 async def _serve(
