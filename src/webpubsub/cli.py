@@ -77,9 +77,11 @@ async def _forever() -> None:
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
     """A self-hosted, wire-compatible Azure Web PubSub service."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # The Azure SDK logs every request and response (headers included) at INFO.
+        logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 @main.command()
