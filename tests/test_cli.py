@@ -6,11 +6,13 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 from click.testing import CliRunner
 
@@ -152,3 +154,39 @@ async def test_demo_wires_service_and_chat(processes: list[asyncio.subprocess.Pr
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(15):
         assert await proc.wait() == 0
+
+
+def test_bad_flags_are_one_line_errors_not_tracebacks() -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "70000", "--access-key", ACCESS_KEY])
+    assert result.exit_code == 1
+    assert "server.port: expected an integer 0..65535, got 70000" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["token", "--connection-string", "bad", "--hub", "h"])
+    assert result.exit_code == 2
+    assert "Invalid value for --connection-string" in result.output
+
+
+def test_serve_on_a_taken_port_says_so(unused_socket: socket.socket) -> None:
+    port = unused_socket.getsockname()[1]
+    result = CliRunner().invoke(main, ["serve", "--port", str(port), "--access-key", ACCESS_KEY])
+    assert result.exit_code == 1
+    assert "Cannot start" in result.output and "address already in use" in result.output
+
+
+def test_token_signs_with_the_first_of_several_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    other = "another-access-key-0123456789-abcdefghijkl"
+    monkeypatch.setenv("WEBPUBSUB_ACCESS_KEY", f"{ACCESS_KEY},{other}")
+    monkeypatch.delenv("WebPubSubConnectionString", raising=False)
+    result = CliRunner().invoke(main, ["token", "--hub", "chat", "--user", "u"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip().split("access_token=", 1)[1]
+    claims = jwt.decode(token, ACCESS_KEY, algorithms=["HS256"], options={"verify_aud": False})
+    assert claims["sub"] == "u"
+
+
+@pytest.fixture
+def unused_socket() -> Iterator[socket.socket]:
+    """A socket bound to a free port and kept open, so that the port is taken."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
-from webpubsub.errors import ConfigError
+from webpubsub.errors import BadRequest, ConfigError
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
 from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
@@ -35,7 +35,11 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            try:
+                await task
+            except OSError as exc:  # e.g. the port is taken
+                click.echo(f"Cannot start: {exc.strerror or exc}", err=True)
+                raise SystemExit(1) from None
 
     try:
         import uvloop
@@ -49,6 +53,16 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
 def _load(config_file: str | None) -> ServiceConfig:
     try:
         return load_config(config_file) if config_file else default_config()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1) from None
+
+
+def _checked(make: Callable[[], ServiceConfig]) -> ServiceConfig:
+    """Run a config override, turning its problems into one line each and exit 1."""
+    try:
+        return make()
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
@@ -99,7 +113,7 @@ def serve(
 ) -> None:
     """Run the service."""
     config, generated = _with_keys(_load(config_file), access_keys)
-    config = config.with_overrides(host=host, port=port)
+    config = _checked(lambda: config.with_overrides(host=host, port=port, source="command line"))
 
     async def run() -> None:
         from webpubsub.server.app import ServiceRunner
@@ -167,29 +181,35 @@ def demo(port: int, chat_port: int) -> None:
     """Run the service and the tutorial's chat app together, wired, on this machine."""
     # The service must know the chat app's address and the chat app the service's
     # connection string: bind the chat app's socket first (port 0 picks a free one).
-    chat_socket = socket.create_server(("127.0.0.1", chat_port))
+    try:
+        chat_socket = socket.create_server(("127.0.0.1", chat_port))
+    except OSError as exc:
+        click.echo(f"Cannot listen on 127.0.0.1:{chat_port}: {exc.strerror or exc}", err=True)
+        raise SystemExit(1) from None
     chat_port = chat_socket.getsockname()[1]
-    config, _ = _with_keys(default_config().with_overrides(host="127.0.0.1", port=port), ())
+    config, _ = _with_keys(
+        _checked(lambda: default_config().with_overrides(host="127.0.0.1", port=port)), ()
+    )
     config = demo_config(config, chat_port)
 
     async def run() -> None:
-        from aiohttp import web
-
-        from webpubsub.chat.app import create_chat_app
+        from webpubsub.chat.app import start_chat_on_socket
         from webpubsub.server.app import ServiceRunner
 
         service = ServiceRunner(config)
         await service.start()
-        chat_runner = web.AppRunner(create_chat_app(service.connection_string, hub="chat"))
+        chat_runner = None
         try:
-            await chat_runner.setup()
-            await web.SockSite(chat_runner, chat_socket).start()
+            chat_runner = await start_chat_on_socket(
+                service.connection_string, chat_socket, hub="chat"
+            )
             click.echo(f"Web PubSub service: {service.endpoint}")
             click.echo(f"Connection string: {service.connection_string}")
             click.echo(f"Chat app: open http://localhost:{chat_port}/ in two browser tabs.")
             await _forever()
         finally:
-            await chat_runner.cleanup()
+            if chat_runner is not None:
+                await chat_runner.cleanup()
             await service.stop()
 
     try:
@@ -221,10 +241,15 @@ def token(
     from webpubsub.protocol.connection_string import parse_connection_string
 
     if connection_string:
-        cs = parse_connection_string(connection_string)
+        try:
+            cs = parse_connection_string(connection_string)
+        except BadRequest as exc:
+            raise click.BadParameter(exc.message, param_hint="--connection-string") from None
         endpoint, access_key = cs.endpoint, cs.access_key
-    if not access_key:
+    keys = parse_access_keys(access_key or "")
+    if not keys:
         raise click.UsageError("give --connection-string or --access-key")
+    access_key = keys[0]  # like serve: the first of a comma-separated list signs
     base = endpoint.rstrip("/")
     jwt = issue_client_token(
         access_key,

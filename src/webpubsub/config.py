@@ -24,13 +24,15 @@ from types import MappingProxyType
 from urllib.parse import SplitResult, urlsplit
 
 from webpubsub.errors import ConfigError
+from webpubsub.protocol.names import EVENT_NAME_PATTERN, HUB_PATTERN
 from webpubsub.upstream.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
 
 DEFAULT_HUB = "_default"
-MIN_ACCESS_KEY_LENGTH = 16
+MIN_ACCESS_KEY_LENGTH = 32
+"""auth.md §1.1: HMAC keys under 32 bytes are weak (PyJWT warns about them)."""
 
-_HUB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}")
-_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
+_HUB_NAME = HUB_PATTERN
+_EVENT_NAME = EVENT_NAME_PATTERN
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE_PLACEHOLDERS = ("hub", "event")
@@ -389,7 +391,7 @@ class _Checker:
         if parts is None:
             return None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            self.add(path, f"must be scheme://host[:port] only, got {_describe(text)}")
+            self.add(path, f"must be scheme://host[:port] only, got {_describe(_redacted(text))}")
             return None
         return f"{parts.scheme.lower()}://{parts.netloc}"
 
@@ -433,7 +435,9 @@ class _Checker:
             elif parts.username is not None or parts.password is not None:
                 reason = "the URL must not contain user info"
         if reason:
-            self.add(path, f"{reason}, got {_describe(text if shown is None else shown)}")
+            self.add(
+                path, f"{reason}, got {_describe(_redacted(text if shown is None else shown))}"
+            )
             return None
         return parts
 
@@ -482,6 +486,16 @@ def _single(text: str) -> str:
     """``text`` in single quotes, shortened and with control characters escaped."""
     short = text if len(text) <= 40 else text[:37] + "..."
     return "'" + json.dumps(short, ensure_ascii=False)[1:-1] + "'"
+
+
+def _redacted(url: str) -> str:
+    """A URL for a problem report: no user info, no query (both may hold secrets)."""
+    before, sep, after = url.partition("://")
+    if sep:
+        netloc, slash, rest = after.partition("/")
+        url = before + sep + netloc.rpartition("@")[2] + slash + rest
+    base, question, _ = url.partition("?")
+    return base + ("?..." if question else "")
 
 
 def _describe(value: object) -> str:

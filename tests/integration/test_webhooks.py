@@ -241,7 +241,9 @@ async def test_a_connect_4xx_refuses_the_handshake_with_that_status(
     assert info.value.status == status
 
 
-@pytest.mark.parametrize("failure", ["500", "timeout", "down", "bad group", "bad subprotocol"])
+@pytest.mark.parametrize(
+    "failure", ["500", "timeout", "down", "bad group", "bad subprotocol", "bad userId"]
+)
 async def test_a_failed_connect_refuses_the_handshake_with_500_promptly(
     handler_app: EventHandlerApp,
     start_service: StartService,
@@ -257,6 +259,8 @@ async def test_a_failed_connect_refuses_the_handshake_with_500_promptly(
                 return web.json_response({"groups": ["ok", ""]})
             if failure == "bad subprotocol":
                 return web.json_response({"subprotocol": "not.offered"})
+            if failure == "bad userId":
+                return web.json_response({"userId": "u" * 1025})
             return web.Response(status=500, text="boom")
         return default_responder(req)
 
@@ -269,6 +273,18 @@ async def test_a_failed_connect_refuses_the_handshake_with_500_promptly(
         await http.ws_connect(token_url)
     assert info.value.status == 500
     assert time.monotonic() - started < 3.0
+    # The refusal tells the client the handler failed, never where the handler is.
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with http.get(token_url.replace("ws://", "http://"), headers=upgrade) as resp:
+        assert resp.status == 500
+        body = await resp.json()
+    assert body["message"].startswith("The event handler failed")
+    assert "127.0.0.1" not in body["message"] and "/eh" not in body["message"]
 
 
 async def test_the_connect_handler_picks_the_subprotocol(

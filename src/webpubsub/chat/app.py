@@ -25,6 +25,7 @@ import contextlib
 import importlib.resources
 import io
 import logging
+import socket
 import sys
 
 from aiohttp import web
@@ -94,6 +95,16 @@ def run_chat(connection_string: str, *, host: str = "127.0.0.1", port: int = 500
     """Serve the chat app until interrupted (Ctrl+C); prints the page's address."""
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(create_chat_app(connection_string), host, port))
+
+
+async def start_chat_on_socket(
+    connection_string: str, sock: socket.socket, *, hub: str = "chat"
+) -> web.AppRunner:
+    """Serve the chat app on an already bound socket; ``await runner.cleanup()`` stops it."""
+    runner = web.AppRunner(create_chat_app(connection_string, hub=hub))
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:

@@ -12,7 +12,6 @@ Roles (case-sensitive; unknown ones are ignored):
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -42,8 +41,63 @@ class Permission(enum.StrEnum):
         )
 
 
-def compile_group_pattern(pattern: str) -> re.Pattern[str] | None:
-    """Compile a wildcard group pattern to an anchored regex; ``None`` if it is invalid.
+_LITERAL, _ANY, _STAR, _DOUBLE_STAR = range(4)
+
+
+class GroupPattern:
+    """A compiled wildcard group pattern, matched in time linear in the group's length.
+
+    The pattern is a sequence of tokens (a literal character, ``?``, ``*``, ``**``)
+    run as a bit-parallel NFA: bit ``i`` of the state says "the first ``i`` tokens
+    matched".  A backtracking regex would take exponential time on hostile group
+    names (``*-*-*-*-*`` against ``"-" * 1000``), and group names come from clients.
+    """
+
+    __slots__ = ("_accept", "_char_masks", "_dot_stays", "_other_mask", "_star_bits", "_stays")
+
+    def __init__(self, tokens: list[tuple[int, str]]) -> None:
+        char_masks: dict[str, int] = {}
+        any_one = stays = dot_stays = 0
+        star_bits: list[int] = []
+        for i, (kind, char) in enumerate(tokens):
+            bit = 1 << i
+            if kind == _LITERAL:
+                char_masks[char] = char_masks.get(char, 0) | bit
+            elif kind == _ANY:
+                any_one |= bit
+            else:
+                star_bits.append(bit)
+                stays |= bit
+                if kind == _DOUBLE_STAR:
+                    dot_stays |= bit
+        # "?" matches any character but "."; literals match themselves.
+        self._char_masks = {c: m | (any_one if c != "." else 0) for c, m in char_masks.items()}
+        self._char_masks.setdefault(".", 0)
+        self._other_mask = any_one
+        self._stays = stays  # stars consume any character but "."
+        self._dot_stays = dot_stays  # only "**" consumes "."
+        self._star_bits = star_bits
+        self._accept = 1 << len(tokens)
+
+    def _closure(self, state: int) -> int:
+        for bit in self._star_bits:  # in order, so consecutive stars chain
+            if state & bit:
+                state |= bit << 1
+        return state
+
+    def fullmatch(self, text: str) -> bool:
+        state = self._closure(1)
+        for char in text:
+            mask = self._char_masks.get(char, self._other_mask)
+            stay = state & (self._dot_stays if char == "." else self._stays)
+            state = self._closure(((state & mask) << 1) | stay)
+            if not state:
+                return False
+        return bool(state & self._accept)
+
+
+def compile_group_pattern(pattern: str) -> GroupPattern | None:
+    """Compile a wildcard group pattern; ``None`` if it is invalid.
 
     ``?`` is one character other than ``.``, ``*`` zero or more characters other than
     ``.``, ``**`` zero or more of any character, ``\\`` escapes ``\\``, ``*`` and ``?``;
@@ -53,7 +107,7 @@ def compile_group_pattern(pattern: str) -> re.Pattern[str] | None:
     """
     if not pattern:
         return None
-    parts: list[str] = []
+    tokens: list[tuple[int, str]] = []
     stars = 0
     i = 0
     while i < len(pattern):
@@ -61,26 +115,19 @@ def compile_group_pattern(pattern: str) -> re.Pattern[str] | None:
         if c == "\\":
             if i + 1 >= len(pattern) or pattern[i + 1] not in "\\*?":
                 return None
-            parts.append(re.escape(pattern[i + 1]))
+            tokens.append((_LITERAL, pattern[i + 1]))
             i += 2
         elif c == "*":
-            if pattern.startswith("**", i):
-                parts.append(".*")
-                stars += 2
-                i += 2
-            else:
-                parts.append("[^.]*")
-                stars += 1
-                i += 1
-        elif c == "?":
-            parts.append("[^.]")
-            i += 1
+            double = pattern.startswith("**", i)
+            tokens.append((_DOUBLE_STAR if double else _STAR, ""))
+            stars += 2 if double else 1
+            i += 2 if double else 1
         else:
-            parts.append(re.escape(c))
+            tokens.append((_ANY, "") if c == "?" else (_LITERAL, c))
             i += 1
     if stars > MAX_PATTERN_STARS:
         return None
-    return re.compile("".join(parts), re.DOTALL)
+    return GroupPattern(tokens)
 
 
 @dataclass(slots=True)
@@ -89,7 +136,7 @@ class _Grants:
 
     all_groups: bool = False
     groups: set[str] = field(default_factory=set)
-    patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    patterns: dict[str, GroupPattern] = field(default_factory=dict)
     excluded: set[str] = field(default_factory=set)
 
     def allows(self, group: str) -> bool:

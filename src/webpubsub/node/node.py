@@ -47,7 +47,7 @@ from webpubsub.protocol.backplane import (
 from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import encode_connected
-from webpubsub.protocol.names import validate_group
+from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
@@ -192,10 +192,8 @@ class Node:
         picked: str | None = None
         state = ""
         if decision is not None:
-            if decision.body_ignored:
-                log.warning("connect handler of hub %s answered a body that is not JSON", key)
             if decision.user_id_set:
-                user_id = decision.user_id
+                user_id = _valid_user_id(decision.user_id)
             if decision.groups is not None:
                 groups = _union(groups, _valid_groups(decision.groups))
             if decision.roles is not None:
@@ -493,6 +491,18 @@ def _select_protocol(
         if protocol is not None:
             return protocol, value
     return ClientProtocol.SIMPLE, (offered[0] if offered else None)
+
+
+def _valid_user_id(user_id: str | None) -> str | None:
+    """A connect handler's ``userId``: ``""`` or null means no user (emulator)."""
+    if not user_id:
+        return None
+    try:
+        return validate_user_id(user_id)
+    except InvalidName as exc:
+        raise UpstreamError(
+            f"The connect handler returned an invalid userId: {exc.message}"
+        ) from None
 
 
 def _valid_groups(groups: Sequence[str]) -> tuple[str, ...]:

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from aiohttp import WSMsgType, web
 
 from webpubsub.core.connection import Connection
-from webpubsub.errors import BadRequest, WebPubSubError
+from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
+from webpubsub.node.requests import handler_failed
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
@@ -43,9 +44,11 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     try:
         handshake = _handshake(request, ctx)
         admission = await ctx.node.admit(handshake)
+    except UpstreamError as exc:
+        # The detail names the handler's address: log it, tell the client less.
+        log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
+        return error_response(UpstreamError(handler_failed(exc), status=exc.status))
     except WebPubSubError as exc:
-        if exc.http_status >= 500:
-            log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
         return error_response(exc)
 
     settings = ctx.hub_settings(admission.hub)

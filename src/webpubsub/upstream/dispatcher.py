@@ -41,7 +41,7 @@ from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 _log = logging.getLogger("webpubsub.upstream")
 
 PROBE_TIMEOUT = 10.0
-ASYNC_RETRY_DELAYS = (1.0, 3.0)
+ASYNC_RETRY_DELAYS = (1.0, 3.0, 5.0)
 MAX_VALIDATION_ENTRIES = 4096
 
 
@@ -266,7 +266,9 @@ class Upstream:
         now = self._monotonic()
         entry = self._validations.get(url)
         if entry is None:
-            self._evict()
+            if not self._evict(now):
+                # Every entry has a probe running: refuse rather than grow without bound.
+                raise _validation_failed(url)
             entry = _Validation(backoff=self._backoff_initial)
             self._validations[url] = entry
         elif entry.probe is None:
@@ -279,14 +281,19 @@ class Upstream:
         if not await asyncio.shield(entry.probe):
             raise _validation_failed(url)
 
-    def _evict(self) -> None:
-        """Keep the cache bounded (hub names can come from clients)."""
+    def _evict(self, now: float) -> bool:
+        """Make room for one entry (hub names can come from clients); False if none.
+
+        Expired entries go first, then the oldest settled ones; entries with a probe
+        running are kept.
+        """
         if len(self._validations) < MAX_VALIDATION_ENTRIES:
-            return
-        for url in [u for u, e in self._validations.items() if e.probe is None]:
+            return True
+        settled = [(u, e) for u, e in self._validations.items() if e.probe is None]
+        expired = [u for u, e in settled if now >= e.ok_until and now >= e.retry_at]
+        for url in expired or [u for u, _ in settled[:1]]:
             del self._validations[url]
-            if len(self._validations) < MAX_VALIDATION_ENTRIES:
-                return
+        return len(self._validations) < MAX_VALIDATION_ENTRIES
 
     async def _probe(self, url: str, entry: _Validation) -> bool:
         request = validation_request(url, self._origin)

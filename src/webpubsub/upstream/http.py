@@ -62,6 +62,9 @@ class HttpTransport:
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
+                # send() bounds each call with the handler's own timeout; aiohttp's
+                # default 300 s total would silently cap longer ones.
+                timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
 
