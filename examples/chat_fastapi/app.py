@@ -55,14 +55,15 @@ def create_app(connection_string: str, hub: str = "chat") -> FastAPI:
 
     @handler.on_connected
     async def connected(request: ConnectedRequest) -> None:
-        log.info("%s connected", request.context.user_id)
-        await broadcast(f"[SYSTEM] {request.context.user_id} joined.")
+        user_id = request.context.user_id or ""  # a connection may have no user
+        log.info("%s connected", user_id)
+        await broadcast(f"[SYSTEM] {user_id} joined.")
 
     @handler.on_event
     async def message(request: UserEventRequest) -> None:
         if request.context.event_name == "message":
             text = request.body.decode("utf-8", errors="replace")
-            await broadcast(f"[{request.context.user_id}] {text}")
+            await broadcast(f"[{request.context.user_id or ''}] {text}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

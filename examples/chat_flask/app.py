@@ -53,14 +53,15 @@ def create_app(connection_string: str, hub: str = "chat") -> Flask:
 
     @handler.on_connected
     def connected(event: ConnectedRequest) -> None:
-        log.info("%s connected", event.context.user_id)
-        broadcast(f"[SYSTEM] {event.context.user_id} joined.")
+        user_id = event.context.user_id or ""  # a connection may have no user
+        log.info("%s connected", user_id)
+        broadcast(f"[SYSTEM] {user_id} joined.")
 
     @handler.on_event
     def message(event: UserEventRequest) -> None:
         if event.context.event_name == "message":
             text = event.body.decode("utf-8", errors="replace")
-            broadcast(f"[{event.context.user_id}] {text}")
+            broadcast(f"[{event.context.user_id or ''}] {text}")
 
     app = Flask(__name__)
     app.extensions["webpubsub_service"] = service

@@ -297,5 +297,5 @@ async def test_events_for_another_hub_are_not_handled(
 ) -> None:
     headers = _event_headers(MESSAGE, **{"Content-Type": "text/plain", "ce-hub": "other"})
     resp = await chat_client.post("/eventhandler", headers=headers, data=b"hi")
-    assert resp.status == 404
+    assert resp.status == 400
     assert fake_service.sends == []

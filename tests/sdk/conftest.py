@@ -26,14 +26,19 @@ from webpubsub.sdk import ASGIMiddleware, WebPubSubEventHandler, WSGIMiddleware
 
 Serve = Callable[[WebPubSubEventHandler], Awaitable[str]]
 APP_PATHS = ("/", "/eventhandler", "/other")
-APP_METHODS = ["GET", "POST", "DELETE", "PUT"]
+APP_METHODS = ["GET", "POST", "DELETE", "PUT", "OPTIONS"]
+UPLOAD_PATH = "/eventhandler/upload"
 
 
 def starlette_app(handler: WebPubSubEventHandler) -> Starlette:
     async def echo(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"app:{request.method} {request.url.path}")
 
-    app = Starlette(routes=[Route(p, echo, methods=APP_METHODS) for p in APP_PATHS])
+    async def upload(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(b"upload:" + await request.body())
+
+    routes = [Route(p, echo, methods=APP_METHODS) for p in APP_PATHS]
+    app = Starlette(routes=[*routes, Route(UPLOAD_PATH, upload, methods=["POST"])])
     app.add_middleware(ASGIMiddleware, handler=handler)
     return app
 
@@ -44,8 +49,12 @@ def flask_app(handler: WebPubSubEventHandler) -> Flask:
     def echo() -> str:
         return f"app:{flask_request.method} {flask_request.path}"
 
+    def upload() -> bytes:
+        return b"upload:" + flask_request.get_data()
+
     for i, path in enumerate(APP_PATHS):
         app.add_url_rule(path, f"echo{i}", echo, methods=APP_METHODS)
+    app.add_url_rule(UPLOAD_PATH, "upload", upload, methods=["POST"])
     app.wsgi_app = WSGIMiddleware(app.wsgi_app, handler)  # type: ignore[method-assign]
     return app
 

@@ -6,6 +6,7 @@ import pytest
 
 from tests.sdk.spec_requests import CONNECT_BODY, CONNECT_HEADERS, SPEC_KEY, event_headers
 from webpubsub.sdk import (
+    DEFAULT_MAX_BODY_BYTES,
     ConnectRequest,
     ConnectResponse,
     EventHandlerError,
@@ -30,12 +31,19 @@ def connect_request(path: str = "/eventhandler") -> HttpRequest:
         ({"verify_signature": True}, "access key"),
         ({"keys": ["k", ""]}, "empty"),
         ({"allowed_origins": []}, "allowed_origins"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs: dict[str, object], message: str) -> None:
     options: dict[str, object] = {"hub": "chat", **kwargs}
     with pytest.raises(ValueError, match=message):
         WebPubSubEventHandler(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", ["1024", 1.5, True])
+def test_the_body_limit_must_be_an_int(limit: object) -> None:
+    with pytest.raises(TypeError, match="max_body_bytes"):
+        WebPubSubEventHandler("chat", max_body_bytes=limit)  # type: ignore[arg-type]
 
 
 def test_signatures_are_verified_by_default_only_with_keys() -> None:
@@ -63,19 +71,44 @@ def test_from_connection_string_verifies_with_its_access_key() -> None:
     assert unchecked.verify_signature is False
 
 
+EVENT = {"ce-type": "azure.webpubsub.user.message", "ce-hub": "chat"}
+ORIGIN = {"WebHook-Request-Origin": "pubsub.example.com"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "headers", "expected"),
     [
-        ("OPTIONS", "/eventhandler", {}, True),
-        ("options", "/eventhandler/chat/validate", {}, True),
-        ("GET", "/eventhandler", {"webhook-request-origin": "x"}, True),
+        ("OPTIONS", "/eventhandler", ORIGIN, True),
+        ("options", "/eventhandler/chat/validate", {"webhook-request-origin": "x"}, True),
+        ("OPTIONS", "/eventhandler", {}, False),
+        (
+            "OPTIONS",
+            "/eventhandler",
+            {"Origin": "x", "Access-Control-Request-Method": "POST"},
+            False,
+        ),
+        ("GET", "/eventhandler", ORIGIN, True),
         ("GET", "/eventhandler", {}, False),
-        ("POST", "/eventhandler", {}, True),
-        ("POST", "/eventhandler", {"CE-HUB": "CHAT"}, True),
-        ("POST", "/eventhandler", {"ce-hub": "chat2"}, False),
-        ("POST", "/eventhandlers", {}, False),
-        ("POST", "/", {}, False),
-        ("HEAD", "/eventhandler", {}, False),
+        ("POST", "/eventhandler", EVENT, True),
+        (
+            "POST",
+            "/eventhandler/chat/connect",
+            {**EVENT, "ce-type": "azure.webpubsub.sys.connect"},
+            True,
+        ),
+        ("POST", "/eventhandler", {"CE-TYPE": "azure.webpubsub.user.x", "CE-HUB": "CHAT"}, True),
+        ("POST", "/eventhandler", {}, False),
+        ("POST", "/eventhandler/upload", {"Content-Type": "application/octet-stream"}, False),
+        ("POST", "/eventhandler", {"ce-type": "azure.webpubsub.user.message"}, False),
+        ("POST", "/eventhandler", {"ce-hub": "chat"}, False),
+        ("POST", "/eventhandler", {**EVENT, "ce-hub": ""}, False),
+        ("POST", "/eventhandler", {**EVENT, "ce-hub": "chat2"}, False),
+        ("POST", "/eventhandler", {**EVENT, "ce-type": "com.example.upload"}, False),
+        ("POST", "/eventhandler", {**EVENT, "ce-type": "Azure.WebPubSub.user.x"}, False),
+        ("POST", "/eventhandlers", EVENT, False),
+        ("POST", "/", EVENT, False),
+        ("HEAD", "/eventhandler", {**EVENT, **ORIGIN}, False),
+        ("PUT", "/eventhandler", {**EVENT, **ORIGIN}, False),
     ],
 )
 def test_matches(method: str, path: str, headers: dict[str, str], expected: bool) -> None:
@@ -83,9 +116,13 @@ def test_matches(method: str, path: str, headers: dict[str, str], expected: bool
     assert handler.matches(method, path, Headers(headers)) is expected
 
 
-def test_a_root_path_takes_every_path() -> None:
+def test_a_root_path_takes_the_services_requests_on_every_path_and_nothing_else() -> None:
     handler = WebPubSubEventHandler("chat", path="/")
-    assert handler.matches("POST", "/anything/at/all", Headers())
+    assert handler.matches("POST", "/anything/at/all", Headers(EVENT))
+    assert handler.matches("OPTIONS", "/", Headers(ORIGIN))
+    assert not handler.matches("POST", "/anything/at/all", Headers())
+    assert not handler.matches("OPTIONS", "/", Headers())
+    assert not handler.matches("GET", "/", Headers())
 
 
 async def test_handle_is_none_for_other_requests_and_the_answer_otherwise() -> None:
@@ -150,3 +187,86 @@ def test_raw_header_values_are_utf8_when_they_can_be() -> None:
     headers = Headers.from_raw([(b"CE-UserId", "zoë ✓".encode()), (b"x-latin", b"caf\xe9")])
     assert headers["ce-userid"] == "zoë ✓"
     assert headers["X-Latin"] == "café"
+
+
+def test_connect_response_refuses_a_single_name_for_a_list() -> None:
+    with pytest.raises(TypeError, match=r"groups=\['room'\]"):
+        ConnectResponse(groups="room")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="roles"):
+        ConnectResponse(roles="webpubsub.joinLeaveGroup")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="groups"):
+        ConnectResponse(groups=b"room")  # type: ignore[arg-type]
+    both = ConnectResponse(groups=("room",), roles=[])
+    assert both.to_json() == b'{"groups":["room"],"roles":[]}'
+
+
+def test_the_default_body_limit_takes_a_full_service_message() -> None:
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_event=lambda r: "ok")
+    assert handler.max_body_bytes == DEFAULT_MAX_BODY_BYTES > 1024 * 1024
+    headers = Headers(event_headers("message", content_type="application/octet-stream"))
+    message = HttpRequest("POST", "/eventhandler", headers, b"x" * 1024 * 1024)
+    assert handler.process_sync(message).status == 200
+    too_large = HttpRequest("POST", "/eventhandler", headers, b"x" * (DEFAULT_MAX_BODY_BYTES + 1))
+    answer = handler.process_sync(too_large)
+    assert (answer.status, answer.body) == (
+        413,
+        f"the request body exceeds {DEFAULT_MAX_BODY_BYTES} bytes".encode(),
+    )
+
+
+async def test_a_body_already_read_is_held_to_the_limit_too() -> None:
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], max_body_bytes=10)
+    headers = Headers(event_headers("message"))
+    for body, status in ((b"x" * 10, 204), (b"x" * 11, 413)):
+        request = HttpRequest("POST", "/eventhandler", headers, body)
+        assert (await handler.process(request)).status == status
+        assert handler.process_sync(request).status == status
+        assert (await handler.handle(request) or HttpResponse(0)).status == status
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({}, 204),
+        ({"ce-signature": ""}, 401),
+        ({"WebHook-Request-Origin": "evil.example.com"}, 403),
+        ({"ce-type": ""}, 400),
+        ({"ce-connectionId": ""}, 400),
+        ({"ce-hub": ""}, 400),
+        ({"Content-Length": "11"}, 413),
+    ],
+)
+async def test_the_body_is_read_only_once_the_headers_pass(
+    change: dict[str, str], status: int
+) -> None:
+    handler = WebPubSubEventHandler(
+        "chat", keys=[SPEC_KEY], allowed_origins="pubsub.example.com", max_body_bytes=10
+    )
+    headers = Headers({**event_headers("message"), "Content-Length": "2", **change})
+    reads: list[int] = []
+
+    async def read_body(limit: int) -> bytes:
+        reads.append(limit)
+        return b"hi"
+
+    def read_body_sync(limit: int) -> bytes:
+        reads.append(limit)
+        return b"hi"
+
+    answer = await handler.process_stream("POST", "/eventhandler", headers, read_body)
+    assert answer is not None and answer.status == status
+    answer = handler.process_stream_sync("POST", "/eventhandler", headers, read_body_sync)
+    assert answer.status == status
+    assert reads == ([11, 11] if status == 204 else [])
+
+
+async def test_a_client_gone_while_its_body_is_read_gets_no_answer() -> None:
+    async def gone(limit: int) -> None:
+        return None
+
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY])
+    headers = Headers(event_headers("message"))
+    assert await handler.process_stream("POST", "/eventhandler", headers, gone) is None
+    probe = Headers({"WebHook-Request-Origin": "h"})
+    answer = await handler.process_stream("OPTIONS", "/eventhandler", probe, gone)
+    assert answer is not None and answer.status == 200

@@ -50,3 +50,13 @@ def test_changes_are_tracked() -> None:
 
     empty = ConnectionState.from_header(None)
     assert (dict(empty), empty.raw, empty.modified) == ({}, "", False)
+
+
+def test_a_value_changed_in_place_is_not_a_change_until_the_key_is_reassigned() -> None:
+    # As documented: only assigning, deleting and clearing keys are seen.
+    state = ConnectionState({"list": [1]})
+    state["list"].append(2)
+    assert not state.modified
+    state["list"] = [*state["list"], 3]
+    assert state.modified
+    assert decode_state(state.encode()) == {"list": [1, 2, 3]}

@@ -155,8 +155,8 @@ async def _event_handler(request: web.Request) -> web.Response:
         request.method, request.path, Headers(request.headers.items()), await request.read()
     )
     response = await request.app[_HANDLER].handle(http_request)
-    if response is None:
-        raise web.HTTPNotFound()
+    if response is None:  # this route serves the service's webhooks and nothing else
+        return web.Response(status=400, text="not a Web PubSub event for this app")
     return web.Response(status=response.status, headers=response.headers, body=response.body)
 
 

@@ -33,12 +33,13 @@ from webpubsub.sdk.events import (
     UserEventRequest,
     UserEventResponse,
 )
-from webpubsub.sdk.handler import WebPubSubEventHandler
+from webpubsub.sdk.handler import DEFAULT_MAX_BODY_BYTES, WebPubSubEventHandler
 from webpubsub.sdk.http import Headers, HttpRequest, HttpResponse
 from webpubsub.sdk.state import ConnectionState, decode_state, encode_state
 from webpubsub.sdk.wsgi import WSGIMiddleware
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "ASGIMiddleware",
     "ClientCertificate",
     "ConnectRequest",

@@ -148,13 +148,23 @@ class ConnectResponse:
 
     ``user_id`` replaces the token's subject, ``groups`` are joined right away,
     ``roles`` replace the token's permissions, ``subprotocol`` must be one the
-    client offered.
+    client offered. ``groups`` and ``roles`` are lists of names: a single ``str``
+    raises :class:`TypeError` (it would otherwise be split into characters).
     """
 
     user_id: str | None = None
     groups: Sequence[str] | None = None
     roles: Sequence[str] | None = None
     subprotocol: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("groups", "roles"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes):
+                raise TypeError(
+                    f"ConnectResponse {name} must be a list of names, not a "
+                    f"{type(value).__name__} (write {name}=[{value!r}])"
+                )
 
     def to_json(self) -> bytes:
         body: dict[str, object] = {}
@@ -234,20 +244,44 @@ def _load_object(body: bytes, event: str) -> dict[str, Any]:
 
 
 def _multi_map(value: object, field: str) -> dict[str, tuple[str, ...]]:
-    """A JSON ``{name: [values]}`` field; a single string value counts as one item."""
+    """A JSON ``{name: [values]}`` field, read leniently.
+
+    A single value counts as one item; numbers and booleans become their JSON text
+    (``1714557600``, ``true``), nulls are dropped (a name whose value is ``null`` is
+    left out). Nested objects and arrays are refused.
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise MalformedEvent(f"connect field '{field}' must be an object")
     result: dict[str, tuple[str, ...]] = {}
     for name, values in value.items():
-        if isinstance(values, str):
-            result[name] = (values,)
-        elif isinstance(values, list) and all(isinstance(v, str) for v in values):
-            result[name] = tuple(values)
-        else:
-            raise MalformedEvent(f"connect field '{field}.{name}' must be a list of strings")
+        if values is None:
+            continue
+        items = values if isinstance(values, list) else [values]
+        texts = []
+        for item in items:
+            if item is None:
+                continue
+            text = _scalar_text(item)
+            if text is None:
+                raise MalformedEvent(f"connect field '{field}.{name}' must be a list of strings")
+            texts.append(text)
+        result[name] = tuple(texts)
     return result
+
+
+def _scalar_text(value: object) -> str | None:
+    """A JSON string, number or boolean as text (as the service writes claims); else ``None``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
 
 
 def _certificates(value: object) -> tuple[ClientCertificate, ...]:
@@ -269,6 +303,8 @@ def _certificates(value: object) -> tuple[ClientCertificate, ...]:
 def parse_connect(context: ConnectionContext, body: bytes) -> ConnectRequest:
     fields = _load_object(body, "connect")
     subprotocols = fields.get("subprotocols") or []
+    if isinstance(subprotocols, str):
+        subprotocols = [subprotocols]
     if not isinstance(subprotocols, list) or not all(isinstance(s, str) for s in subprotocols):
         raise MalformedEvent("connect field 'subprotocols' must be a list of strings")
     return ConnectRequest(

@@ -6,6 +6,13 @@ checks ``ce-signature``, parses the event, calls the app's handler (sync or
 async) and builds the :class:`~webpubsub.sdk.http.HttpResponse`. Requests for
 another path or hub are not its business (:meth:`~WebPubSubEventHandler.matches`
 is ``False``) and belong to the rest of the app.
+
+Everything that can be decided from the request line and headers (the probe, the
+event's ``ce-*`` headers, the signature, the origin, a ``Content-Length`` over
+``max_body_bytes``) is decided before the body is read: with
+:meth:`~WebPubSubEventHandler.process_stream`, the adapter's ``read_body`` is only
+called for a request that passed those checks, and asked for at most
+``max_body_bytes + 1`` bytes.
 """
 
 from __future__ import annotations
@@ -38,19 +45,32 @@ from webpubsub.sdk.http import Headers, HttpRequest, HttpResponse
 from webpubsub.sdk.state import STATE_HEADER, ConnectionState
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "ConnectHandler",
     "ConnectedHandler",
     "DisconnectedHandler",
+    "ReadBody",
+    "ReadBodySync",
     "UserEventHandler",
     "WebPubSubEventHandler",
 ]
 
 log = logging.getLogger("webpubsub.sdk")
 
+_PREFIX = "azure.webpubsub."
 _SYS = "azure.webpubsub.sys."
 _USER = "azure.webpubsub.user."
 _ORIGIN = "webhook-request-origin"
 _TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024 + 64 * 1024
+"""The service's 1 MiB message limit, plus room for a ``connect`` event's headers and claims."""
+
+ReadBody = Callable[[int], Awaitable[bytes | None]]
+"""``await read_body(limit)``: the body, reading at most ``limit`` bytes (more only if
+already received); ``None`` if the client went away."""
+ReadBodySync = Callable[[int], bytes]
+"""``read_body(limit)``: the body, reading at most ``limit`` bytes."""
 
 ConnectHandler = Callable[
     [ConnectRequest], ConnectResponse | Awaitable[ConnectResponse | None] | None
@@ -72,6 +92,16 @@ def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class _Event:
+    """An event whose headers passed every check; its body is still to be read."""
+
+    context: ConnectionContext
+    is_system: bool
+    name: str  # the ce-type without its prefix
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
     """A handler to call with ``event``, and how to turn its result into a response."""
 
@@ -87,10 +117,14 @@ class WebPubSubEventHandler:
       ``/eventhandler`` serves the template ``http://app/eventhandler/{hub}/{event}``.
     * ``keys``: the service's access keys. With keys, every event must carry a
       ``ce-signature`` made with one of them (``verify_signature`` defaults to on);
-      forged or unsigned events are answered 401.
+      forged or unsigned events are answered 401 before their body is read. The
+      signature is the only authentication: it covers the connection id alone.
     * ``allowed_origins``: service hosts (``"pubsub.example.com"``, or URLs) allowed
       to send events, or ``"*"`` for any. The abuse-protection probe of another
-      host is refused (403), and so are its events.
+      host is refused (403), and so are its events. This is not authentication:
+      the caller sets ``WebHook-Request-Origin``.
+    * ``max_body_bytes``: larger request bodies are answered 413, and no more than
+      this (plus one byte) is ever read.
     * ``on_connect``, ``on_connected``, ``on_event``, ``on_disconnected``: the
       handlers, plain or ``async`` functions; they can also be registered later
       with the decorators of the same names. ``on_event`` gets every user event.
@@ -107,6 +141,7 @@ class WebPubSubEventHandler:
         keys: str | Iterable[str] = (),
         allowed_origins: str | Iterable[str] = "*",
         verify_signature: bool | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_connect: ConnectHandler | None = None,
         on_connected: ConnectedHandler | None = None,
         on_event: UserEventHandler | None = None,
@@ -129,6 +164,11 @@ class WebPubSubEventHandler:
             raise ValueError("allowed_origins must not be empty (use '*' to allow any)")
         self._any_origin = any(o.strip() == "*" for o in origins)
         self._allowed_hosts = frozenset(host_of(o) for o in origins if o.strip() != "*")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise TypeError("max_body_bytes must be an int")
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
+        self.max_body_bytes = max_body_bytes
         self._on_connect = on_connect
         self._on_connected = on_connected
         self._on_event = on_event
@@ -169,19 +209,22 @@ class WebPubSubEventHandler:
     def matches(self, method: str, path: str, headers: Headers) -> bool:
         """Whether this request is for this handler (decided before reading the body).
 
-        ``OPTIONS`` on the path is (the probe); ``GET`` only as a probe, with
-        ``WebHook-Request-Origin``; ``POST`` unless its ``ce-hub`` names another hub.
+        Only the service's requests on the path (or a sub-path) are: ``OPTIONS`` or
+        ``GET`` with ``WebHook-Request-Origin`` (the abuse-protection probe and its
+        retry), and ``POST`` with a ``ce-type`` starting ``azure.webpubsub.`` and a
+        ``ce-hub`` equal to this handler's hub (case-insensitive). Anything else, such
+        as an app route under the same path or a CORS preflight, belongs to the app.
         """
         if path != self.path and not path.startswith(self.path.rstrip("/") + "/"):
             return False
         method = method.upper()
-        if method == "OPTIONS":
-            return True
-        if method == "GET":
+        if method in ("OPTIONS", "GET"):
             return _ORIGIN in headers
         if method == "POST":
-            hub = headers.get("ce-hub")
-            return hub is None or hub.lower() == self.hub.lower()
+            return (
+                headers.get("ce-type", "").startswith(_PREFIX)
+                and headers.get("ce-hub", "").lower() == self.hub.lower()
+            )
         return False
 
     async def handle(self, request: HttpRequest) -> HttpResponse | None:
@@ -197,12 +240,53 @@ class WebPubSubEventHandler:
         return self.process_sync(request)
 
     async def process(self, request: HttpRequest) -> HttpResponse:
-        """The response to a request that :meth:`matches`.
+        """The response to a request that :meth:`matches`, its body already read.
 
         ``async def`` handlers are awaited; plain functions run in a worker
         thread so that blocking calls do not stall the event loop.
         """
-        step = self._prepare(request)
+        step = self._check(request.method, request.headers)
+        if isinstance(step, _Event):
+            return await self._run(self._parse(step, request.body))
+        return step
+
+    def process_sync(self, request: HttpRequest) -> HttpResponse:
+        """:meth:`process` without an event loop; an awaitable result is run to completion."""
+        step = self._check(request.method, request.headers)
+        if isinstance(step, _Event):
+            return self._run_sync(self._parse(step, request.body))
+        return step
+
+    async def process_stream(
+        self, method: str, path: str, headers: Headers, read_body: ReadBody
+    ) -> HttpResponse | None:
+        """:meth:`process` for a request whose body is not read yet (adapters use it).
+
+        The headers are checked first; ``await read_body(max_body_bytes + 1)`` is
+        called only if they pass (a probe, an unsigned event or one whose
+        ``Content-Length`` is too large is answered without reading its body), and a
+        body longer than ``max_body_bytes`` is answered 413. ``None`` if
+        ``read_body`` returned ``None`` (the client went away): there is nobody to
+        answer.
+        """
+        step = self._check(method, headers)
+        if not isinstance(step, _Event):
+            return step
+        body = await read_body(self.max_body_bytes + 1)
+        if body is None:
+            return None
+        return await self._run(self._parse(step, body))
+
+    def process_stream_sync(
+        self, method: str, path: str, headers: Headers, read_body: ReadBodySync
+    ) -> HttpResponse:
+        """:meth:`process_stream` for synchronous servers (WSGI)."""
+        step = self._check(method, headers)
+        if not isinstance(step, _Event):
+            return step
+        return self._run_sync(self._parse(step, read_body(self.max_body_bytes + 1)))
+
+    async def _run(self, step: HttpResponse | _Call) -> HttpResponse:
         if isinstance(step, HttpResponse):
             return step
         try:
@@ -216,9 +300,7 @@ class WebPubSubEventHandler:
         except Exception as exc:
             return _failure(exc, step.event)
 
-    def process_sync(self, request: HttpRequest) -> HttpResponse:
-        """:meth:`process` without an event loop; an awaitable result is run to completion."""
-        step = self._prepare(request)
+    def _run_sync(self, step: HttpResponse | _Call) -> HttpResponse:
         if isinstance(step, HttpResponse):
             return step
         try:
@@ -231,12 +313,15 @@ class WebPubSubEventHandler:
 
     # -- the protocol -----------------------------------------------------------
 
-    def _prepare(self, request: HttpRequest) -> HttpResponse | _Call:
-        method = request.method.upper()
+    def _check(self, method: str, headers: Headers) -> HttpResponse | _Event:
+        """Everything the request line and headers decide, before the body is read."""
+        method = method.upper()
         if method in ("OPTIONS", "GET"):
-            return self._validate(request.headers)
+            return self._validate(headers)
+        if method != "POST":
+            return _text(405, "method not allowed")
         try:
-            return self._event(request)
+            return self._event_headers(headers)
         except MalformedEvent as exc:
             return _text(400, str(exc))
 
@@ -264,10 +349,10 @@ class WebPubSubEventHandler:
                     return True
         return False
 
-    def _event(self, request: HttpRequest) -> HttpResponse | _Call:
-        if request.method.upper() != "POST":
-            return _text(405, "method not allowed")
-        headers = request.headers
+    def _too_large(self) -> HttpResponse:
+        return _text(413, f"the request body exceeds {self.max_body_bytes} bytes")
+
+    def _event_headers(self, headers: Headers) -> HttpResponse | _Event:
         event_type = headers.get("ce-type", "")
         if not event_type:
             raise MalformedEvent("missing ce-type header")
@@ -285,12 +370,15 @@ class WebPubSubEventHandler:
         origin = headers.get(_ORIGIN, "")
         if not self._origin_allowed(origin):
             return _text(403, "origin not allowed")
+        length = headers.get("content-length", "").strip()
+        if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
+            return self._too_large()
         is_system = event_type.startswith(_SYS)
-        suffix = event_type[len(_SYS if is_system else _USER) :]
+        name = event_type[len(_SYS if is_system else _USER) :]
         context = ConnectionContext(
             hub=hub,
             connection_id=connection_id,
-            event_name=headers.get("ce-eventName") or suffix,
+            event_name=headers.get("ce-eventName") or name,
             event_type=event_type,
             user_id=headers.get("ce-userId") or None,
             subprotocol=headers.get("ce-subprotocol") or None,
@@ -300,22 +388,35 @@ class WebPubSubEventHandler:
             states=ConnectionState.from_header(headers.get(STATE_HEADER)),
             headers=headers,
         )
-        if not is_system:
-            event = parse_user_event(context, headers.get("content-type"), request.body)
+        return _Event(context, is_system, name, headers.get("content-type"))
+
+    def _parse(self, event: _Event, body: bytes) -> HttpResponse | _Call:
+        """The handler to call for an event whose headers passed, given its body."""
+        if len(body) > self.max_body_bytes:
+            return self._too_large()
+        try:
+            return self._dispatch(event, body)
+        except MalformedEvent as exc:
+            return _text(400, str(exc))
+
+    def _dispatch(self, event: _Event, body: bytes) -> HttpResponse | _Call:
+        context = event.context
+        if not event.is_system:
+            user_event = parse_user_event(context, event.content_type, body)
             if self._on_event is None:
                 return HttpResponse(204)
-            return _Call(self._on_event, event, lambda r: _user_event_response(r, context))
-        if suffix == "connect":
-            connect = parse_connect(context, request.body)
+            return _Call(self._on_event, user_event, lambda r: _user_event_response(r, context))
+        if event.name == "connect":
+            connect = parse_connect(context, body)
             if self._on_connect is None:
                 return HttpResponse(204)
             return _Call(self._on_connect, connect, lambda r: _connect_response(r, context))
-        if suffix == "connected":
+        if event.name == "connected":
             if self._on_connected is None:
                 return HttpResponse(204)
             return _Call(self._on_connected, ConnectedRequest(context), _no_content)
-        if suffix == "disconnected":
-            disconnected = parse_disconnected(context, request.body)
+        if event.name == "disconnected":
+            disconnected = parse_disconnected(context, body)
             if self._on_disconnected is None:
                 return HttpResponse(204)
             return _Call(self._on_disconnected, disconnected, _no_content)

@@ -56,6 +56,10 @@ class ConnectionState(MutableMapping[str, Any]):
     ``state.clear()``). Changes made while handling ``connect`` or a user event
     are sent back to the service; on ``connected`` and ``disconnected`` they are
     ignored, as the service ignores them. ``raw`` is the header as received.
+
+    Only assigning, deleting and clearing keys count as changes: changing a value in
+    place (``state["list"].append(x)``) is not detected and is lost. Reassign the
+    key instead (``state["list"] = [*state["list"], x]``).
     """
 
     __slots__ = ("_modified", "_values", "raw")

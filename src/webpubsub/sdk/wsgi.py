@@ -1,8 +1,10 @@
 """WSGI middleware: the event handler in front of any WSGI app (Flask, Django, ...).
 
-Only a translation: the environ becomes an :class:`~webpubsub.sdk.http.HttpRequest`,
-the core's :class:`~webpubsub.sdk.http.HttpResponse` goes to ``start_response``.
-Everything the handler does not claim goes to the wrapped app untouched::
+Only a translation: the environ's method, path and headers go to the core, which
+reads ``wsgi.input`` through this module only once the headers pass its checks,
+and no more of it than it asks for; the core's
+:class:`~webpubsub.sdk.http.HttpResponse` goes to ``start_response``. Everything
+the handler does not claim goes to the wrapped app untouched (body unread)::
 
     app = Flask(__name__)
     app.wsgi_app = WSGIMiddleware(app.wsgi_app, handler)
@@ -17,7 +19,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from webpubsub.sdk.handler import WebPubSubEventHandler
-from webpubsub.sdk.http import Headers, HttpRequest
+from webpubsub.sdk.http import Headers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -39,8 +41,11 @@ class WSGIMiddleware:
         headers = Headers.from_raw(_headers(environ))
         if not self.handler.matches(method, path, headers):
             return self.app(environ, start_response)
-        request = HttpRequest(method, path, headers, _read_body(environ))
-        response = self.handler.process_sync(request)
+
+        def read_body(limit: int) -> bytes:
+            return _read_body(environ, limit)
+
+        response = self.handler.process_stream_sync(method, path, headers, read_body)
         try:
             reason = HTTPStatus(response.status).phrase
         except ValueError:
@@ -64,14 +69,24 @@ def _headers(environ: WSGIEnvironment) -> Iterable[tuple[bytes, bytes]]:
         yield name.replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")
 
 
-def _read_body(environ: WSGIEnvironment) -> bytes:
-    stream = environ["wsgi.input"]
+def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: never more than ``limit`` are read."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
         length = -1
     if length >= 0:
-        return bytes(stream.read(length))
-    if environ.get("wsgi.input_terminated"):
-        return bytes(stream.read())
-    return b""
+        remaining = min(length, limit)
+    elif environ.get("wsgi.input_terminated"):  # e.g. chunked: read up to the end
+        remaining = limit
+    else:
+        return b""
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    while remaining > 0:
+        chunk = bytes(stream.read(remaining))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
