@@ -145,7 +145,7 @@ class Node:
         self._hubs: dict[str, Hub] = {}
         self._idle: asyncio.Event | None = None
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
-        self._requests = ClientRequests(self, upstream, publish)
+        self._requests = ClientRequests(self, publish)
         self._filters: dict[str, Filter] = {}
 
     # -- transport side --------------------------------------------------------------

@@ -34,7 +34,7 @@ from webpubsub.protocol.json_protocol import (
 from webpubsub.protocol.wsframe import CloseCode
 
 if TYPE_CHECKING:
-    from webpubsub.node.node import EventHandlerPort, Node
+    from webpubsub.node.node import Node
 
 
 def handler_failed(exc: UpstreamError) -> str:
@@ -53,14 +53,8 @@ Error = tuple[str, str]
 
 
 class ClientRequests:
-    def __init__(
-        self,
-        node: Node,
-        upstream: EventHandlerPort,
-        publish: Callable[[Command], Awaitable[None]],
-    ) -> None:
+    def __init__(self, node: Node, publish: Callable[[Command], Awaitable[None]]) -> None:
         self._node = node
-        self._upstream = upstream
         self._publish = publish
 
     async def handle(self, conn: Connection, frame: str | bytes) -> None:
