@@ -15,15 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webpubsub.errors import BadRequest
-from webpubsub.protocol.odata import (
-    MAX_FILTER_LENGTH,
+from webpubsub.protocol.odata import MAX_FILTER_LENGTH, Filter, FilterSubject, parse_filter
+from webpubsub.protocol.odata_ast import (
     And,
     Call,
     CompareOp,
     Comparison,
     Expr,
-    Filter,
-    FilterSubject,
     Identifier,
     InCollection,
     InList,
@@ -31,7 +29,6 @@ from webpubsub.protocol.odata import (
     Not,
     Or,
     Value,
-    parse_filter,
     render,
 )
 
