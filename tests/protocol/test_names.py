@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webpubsub.errors import BadRequest, InvalidName
 from webpubsub.protocol.names import (
@@ -82,3 +85,18 @@ def test_valid_event_names(name: str) -> None:
 def test_invalid_event_names(name: str) -> None:
     with pytest.raises(InvalidName):
         validate_event_name(name)
+
+
+@given(st.text(max_size=1100))
+def test_arbitrary_names_are_accepted_or_refused_with_invalid_name(name: str) -> None:
+    from webpubsub.protocol import names
+
+    for check in (
+        names.validate_hub,
+        names.validate_group,
+        names.validate_user_id,
+        names.validate_connection_id,
+        names.validate_event_name,
+    ):
+        with contextlib.suppress(InvalidName):
+            assert check(name) == name

@@ -400,37 +400,46 @@ async def health(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200)
 
 
+def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str]:
+    """The route of ``method`` on a raw ``/api/...`` path and its decoded parameters.
+
+    The path is split on ``/`` before each segment is percent-decoded, so ``%2F`` in
+    an id stays inside its segment.  When nothing matches, the methods the path does
+    allow (empty when no route has that shape).
+    """
+    segments = [unquote(s) for s in raw_path.split("/")[2:]]  # drop "" and "api"
+    if segments and segments[-1] == "":
+        segments.pop()
+    allowed: list[str] = []
+    for candidate in ROUTES:
+        params = candidate.match(segments)
+        if params is None:
+            continue
+        if candidate.method == method:
+            return candidate, params
+        allowed.append(candidate.method)
+    return allowed
+
+
 async def api_endpoint(request: web.Request) -> web.StreamResponse:
     """Route ``/api/...`` on the raw path, authenticate, run the operation."""
     ctx = request.app[SERVICE]
     raw_target = _origin_form(request.raw_path)
     raw_path, _, raw_query = raw_target.partition("?")
-    segments = [unquote(s) for s in raw_path.split("/")[2:]]  # drop "" and "api"
-    if segments and segments[-1] == "":
-        segments.pop()
-    found: tuple[Route, dict[str, str]] | None = None
-    allowed: list[str] = []
-    for route in ROUTES:
-        params = route.match(segments)
-        if params is None:
-            continue
-        allowed.append(route.method)
-        if route.method == request.method:
-            found = (route, params)
-            break
-    if found is None:
-        if allowed:
+    found = route(request.method, raw_path)
+    if isinstance(found, list):
+        if found:
             response = error_response(
                 MethodNotAllowed(f"{request.method} is not allowed on {raw_path}.")
             )
-            response.headers["Allow"] = ", ".join(allowed)
+            response.headers["Allow"] = ", ".join(found)
             return response
         raise NotFound(f"No operation at {raw_path}.")
     _authenticate(request, ctx, raw_target)
-    route, params = found
+    matched, params = found
     params["hub"] = validate_hub(params["hub"])
     call = Call(params, parse_qsl(raw_query, keep_blank_values=True), request)
-    return await route.handler(ctx.operations, call)
+    return await matched.handler(ctx.operations, call)
 
 
 def _origin_form(target: str) -> str:

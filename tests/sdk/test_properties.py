@@ -1,0 +1,77 @@
+"""Arbitrary requests and state headers never crash the SDK's core."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.sdk.spec_requests import SPEC_KEY
+from webpubsub.sdk import WebPubSubEventHandler
+from webpubsub.sdk.http import Headers, HttpRequest
+from webpubsub.sdk.state import decode_state, encode_state
+
+HEADER_NAMES = st.sampled_from(
+    [
+        "ce-type",
+        "ce-hub",
+        "ce-connectionId",
+        "ce-userId",
+        "ce-eventName",
+        "ce-signature",
+        "ce-connectionState",
+        "Content-Type",
+        "Content-Length",
+        "WebHook-Request-Origin",
+        "x-other",
+    ]
+)
+HEADER_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "azure.webpubsub.sys.connect",
+            "azure.webpubsub.sys.connected",
+            "azure.webpubsub.sys.disconnected",
+            "azure.webpubsub.user.message",
+            "chat",
+            "application/json",
+            "text/plain",
+            "application/octet-stream",
+        ]
+    ),
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300)
+@given(
+    method=st.sampled_from(["POST", "OPTIONS", "GET", "PUT"]),
+    headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=10),
+    body=st.binary(max_size=80),
+    keys=st.sampled_from([(), (SPEC_KEY,)]),
+)
+def test_arbitrary_requests_get_an_answer_or_fall_through(
+    method: str, headers: list[tuple[str, str]], body: bytes, keys: tuple[str, ...]
+) -> None:
+    handler = WebPubSubEventHandler("chat", keys=keys)
+    response = handler.handle_sync(HttpRequest(method, "/eventhandler", Headers(headers), body))
+    if response is not None:
+        assert 200 <= response.status < 600
+        assert b"Traceback" not in response.body
+
+
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+def test_state_round_trips(values: dict[str, object]) -> None:
+    assert decode_state(encode_state(values)) == values
+
+
+@given(st.text(max_size=60))
+def test_any_state_header_decodes_to_a_dict(header: str) -> None:
+    assert isinstance(decode_state(header), dict)
