@@ -6,13 +6,12 @@ broadcasting through the service's REST API with the official SDK.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-RECEIVE_TIMEOUT = 10.0
+from tests.support.chat import negotiate, next_text
 
 
 @pytest.fixture
@@ -21,48 +20,35 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def _negotiate(session: aiohttp.ClientSession, chat_url: str, user: str) -> str:
-    async with session.get(f"{chat_url}/negotiate", params={"id": user}) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.text()
-
-
-async def _next_text(ws: aiohttp.ClientWebSocketResponse) -> str:
-    msg = await asyncio.wait_for(ws.receive(), RECEIVE_TIMEOUT)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    assert isinstance(msg.data, str)
-    return msg.data
-
-
 async def test_two_users_see_each_other_join_and_talk(
     session: aiohttp.ClientSession, chat_url: str
 ) -> None:
-    alice_url = await _negotiate(session, chat_url, "alice")
+    alice_url = await negotiate(session, chat_url, "alice")
     async with session.ws_connect(alice_url) as alice:
         assert alice.protocol is None
         # Everyone is told about a join, including the one who joined.
-        assert await _next_text(alice) == "[SYSTEM] alice joined."
+        assert await next_text(alice) == "[SYSTEM] alice joined."
 
-        bob_url = await _negotiate(session, chat_url, "bob")
+        bob_url = await negotiate(session, chat_url, "bob")
         async with session.ws_connect(bob_url) as bob:
-            assert await _next_text(bob) == "[SYSTEM] bob joined."
-            assert await _next_text(alice) == "[SYSTEM] bob joined."
+            assert await next_text(bob) == "[SYSTEM] bob joined."
+            assert await next_text(alice) == "[SYSTEM] bob joined."
 
             # A message reaches everyone once, the sender included (the app
             # answers the event with an empty 200, so nothing else comes back).
             await alice.send_str("hi")
-            assert await _next_text(alice) == "[alice] hi"
-            assert await _next_text(bob) == "[alice] hi"
+            assert await next_text(alice) == "[alice] hi"
+            assert await next_text(bob) == "[alice] hi"
 
             await bob.send_str("hello, ünïcode ✓")
-            assert await _next_text(bob) == "[bob] hello, ünïcode ✓"
-            assert await _next_text(alice) == "[bob] hello, ünïcode ✓"
+            assert await next_text(bob) == "[bob] hello, ünïcode ✓"
+            assert await next_text(alice) == "[bob] hello, ünïcode ✓"
 
 
 async def test_negotiated_url_is_refused_without_its_token(
     session: aiohttp.ClientSession, chat_url: str
 ) -> None:
-    url = await _negotiate(session, chat_url, "mallory")
+    url = await negotiate(session, chat_url, "mallory")
     base = url.split("?", 1)[0]
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
         await session.ws_connect(base)

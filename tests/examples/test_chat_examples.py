@@ -9,7 +9,6 @@ then chat, as the browser tabs of the tutorial would.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import re
@@ -26,6 +25,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
 from tests.sdk.servers import LateWSGIApp, serve_asgi, serve_wsgi
+from tests.support.chat import negotiate, next_text
 from webpubsub.server.app import ServiceRunner
 from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
@@ -145,19 +145,6 @@ async def chat_url(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def negotiate(http: aiohttp.ClientSession, chat_url: str, user: str) -> str:
-    async with http.get(f"{chat_url}/negotiate", params={"id": user}) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.text()
-
-
-async def next_text(ws: aiohttp.ClientWebSocketResponse) -> str:
-    msg = await asyncio.wait_for(ws.receive(), WAIT)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    assert isinstance(msg.data, str)
-    return msg.data
 
 
 async def anonymous_client_url(chat: Chat) -> str:

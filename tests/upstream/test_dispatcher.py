@@ -81,6 +81,16 @@ class HandlerApp:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
+    def hold_posts(self) -> None:
+        """Answer probes as usual but hold every POST until teardown."""
+
+        async def respond(seen: Seen) -> web.StreamResponse:
+            if seen.method == "POST":
+                await self.release.wait()
+            return await default_respond(seen)
+
+        self.respond = respond
+
     async def wait_until(self, predicate: Callable[[list[Seen]], bool]) -> None:
         async with asyncio.timeout(WAIT), self._changed:
             await self._changed.wait_for(lambda: predicate(self.seen))
@@ -382,12 +392,7 @@ async def test_connect_without_a_handler_is_none(
 async def test_slow_handler_fails_within_its_timeout(
     handler: HandlerApp, make_upstream: MakeUpstream
 ) -> None:
-    async def respond(seen: Seen) -> web.StreamResponse:
-        if seen.method == "POST":
-            await handler.release.wait()
-        return await default_respond(seen)
-
-    handler.respond = respond
+    handler.hold_posts()
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(UpstreamError, match="no answer within"):
@@ -576,12 +581,7 @@ async def test_async_events_are_retried_on_5xx(
 async def test_pending_async_events_are_bounded(
     handler: HandlerApp, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def respond(seen: Seen) -> web.StreamResponse:
-        if seen.method == "POST":
-            await handler.release.wait()
-        return await default_respond(seen)
-
-    handler.respond = respond
+    handler.hold_posts()
     upstream = make_upstream(max_pending_async=1)
     hub = hub_with(handler.url())
     upstream.connected(hub, ctx("c1"))
@@ -596,12 +596,7 @@ async def test_pending_async_events_are_bounded(
 async def test_aclose_does_not_wait_forever(
     handler: HandlerApp, make_upstream: MakeUpstream
 ) -> None:
-    async def respond(seen: Seen) -> web.StreamResponse:
-        if seen.method == "POST":
-            await handler.release.wait()
-        return await default_respond(seen)
-
-    handler.respond = respond
+    handler.hold_posts()
     upstream = make_upstream()
     upstream.connected(hub_with(handler.url()), ctx())
     await handler.wait_until(lambda seen: len(seen) == 2)
