@@ -25,7 +25,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
 from tests.sdk.servers import LateWSGIApp, serve_asgi, serve_wsgi
-from tests.support.chat import negotiate, next_text
+from tests.support.chat import negotiate, next_text, two_users_chat
 from webpubsub.server.app import ServiceRunner
 from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
@@ -157,20 +157,7 @@ async def anonymous_client_url(chat: Chat) -> str:
 
 
 async def test_two_users_chat(http: aiohttp.ClientSession, chat: Chat) -> None:
-    chat_url = chat.url
-    async with http.ws_connect(await negotiate(http, chat_url, "alice")) as alice:
-        assert await next_text(alice) == "[SYSTEM] alice joined."
-        async with http.ws_connect(await negotiate(http, chat_url, "bob")) as bob:
-            assert await next_text(bob) == "[SYSTEM] bob joined."
-            assert await next_text(alice) == "[SYSTEM] bob joined."
-
-            await alice.send_str("hi")
-            assert await next_text(alice) == "[alice] hi"
-            assert await next_text(bob) == "[alice] hi"
-
-            await bob.send_str("hello, ünïcode ✓")
-            assert await next_text(bob) == "[bob] hello, ünïcode ✓"
-            assert await next_text(alice) == "[bob] hello, ünïcode ✓"
+    await two_users_chat(http, chat.url)
 
 
 async def test_a_connection_without_a_user_is_shown_with_an_empty_name(

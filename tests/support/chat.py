@@ -20,3 +20,25 @@ async def next_text(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) 
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     assert isinstance(msg.data, str)
     return msg.data
+
+
+async def two_users_chat(http: aiohttp.ClientSession, chat_url: str) -> None:
+    """The tutorial's scenario: alice and bob join, each sees the joins, both talk.
+
+    Everyone is told about a join, the one who joined included; a message reaches
+    everyone once, the sender included (the app answers the event with no body).
+    """
+    async with http.ws_connect(await negotiate(http, chat_url, "alice")) as alice:
+        assert alice.protocol is None  # a plain WebSocket, as in the tutorial
+        assert await next_text(alice) == "[SYSTEM] alice joined."
+        async with http.ws_connect(await negotiate(http, chat_url, "bob")) as bob:
+            assert await next_text(bob) == "[SYSTEM] bob joined."
+            assert await next_text(alice) == "[SYSTEM] bob joined."
+
+            await alice.send_str("hi")
+            assert await next_text(alice) == "[alice] hi"
+            assert await next_text(bob) == "[alice] hi"
+
+            await bob.send_str("hello, ünïcode ✓")
+            assert await next_text(bob) == "[bob] hello, ünïcode ✓"
+            assert await next_text(alice) == "[bob] hello, ünïcode ✓"
