@@ -51,16 +51,11 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
 
 
 def _load(config_file: str | None) -> ServiceConfig:
-    try:
-        return load_config(config_file) if config_file else default_config()
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        raise SystemExit(1) from None
+    return _checked(lambda: load_config(config_file) if config_file else default_config())
 
 
 def _checked(make: Callable[[], ServiceConfig]) -> ServiceConfig:
-    """Run a config override, turning its problems into one line each and exit 1."""
+    """Build a config, turning its problems into one line each on stderr and exit 1."""
     try:
         return make()
     except ConfigError as exc:
@@ -75,12 +70,10 @@ def _with_keys(config: ServiceConfig, flags: tuple[str, ...]) -> tuple[ServiceCo
     generated = False
     if not keys and not config.server.access_keys:
         keys, generated = (generate_access_key(),), True
-    try:
-        return config.with_overrides(access_keys=keys or None, source="command line"), generated
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        raise SystemExit(1) from None
+    overridden = _checked(
+        lambda: config.with_overrides(access_keys=keys or None, source="command line")
+    )
+    return overridden, generated
 
 
 async def _forever() -> None:
@@ -136,12 +129,7 @@ def serve(
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check_config(config_file: str) -> None:
     """Validate a config file without starting the service."""
-    try:
-        load_config(config_file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        raise SystemExit(1) from None
+    _checked(lambda: load_config(config_file))
     click.echo(f"OK: {config_file}")
 
 

@@ -89,14 +89,8 @@ async def _payload(call: Call) -> Payload:
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
     body = await call.request.read()  # bounded by the app's client_max_size
-    _check_send_options(call)
+    _int_arg(call, "messageTtlSeconds", low=0, high=300)  # validated; delivery is immediate
     return Payload.from_rest_body(call.request.headers.get("Content-Type"), body)
-
-
-def _check_send_options(call: Call) -> None:
-    ttl = call.arg("messageTtlSeconds")
-    if ttl is not None and not (_is_digits(ttl) and 0 <= int(ttl) <= 300):
-        raise BadRequest("messageTtlSeconds must be an integer from 0 to 300.")
 
 
 def _is_digits(text: str) -> bool:
