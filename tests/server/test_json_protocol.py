@@ -787,6 +787,26 @@ async def test_an_oversize_frame_closes_with_1009_and_spares_the_others(
     await other.expect_pong()
 
 
+async def test_an_oversize_frame_ends_a_reliable_connection_at_once(
+    handler_app: EventHandlerApp, start_service: StartService, connect: Connect
+) -> None:
+    """The service refused the message: no recovery window, ``disconnected`` now."""
+    runner = await start_service(
+        chat_hub(handler_app.url, system=SYSTEM),
+        max_message_bytes=4096,
+        recovery_window_seconds=600.0,
+    )
+    big = await connect(client_url(runner), RELIABLE)
+    connection_id = big.connected["connectionId"]
+    await big.send({"type": "event", "event": "e", "dataType": "text", "data": "x" * 5000})
+    code, _ = await closed_with(big.ws)
+    assert code == 1009
+    event = await handler_app.next_event("sys.disconnected")
+    assert event.headers["ce-connectionId"] == connection_id
+    assert "larger than the service accepts" in event.body.decode()
+    assert not await sdk(runner).connection_exists(connection_id)
+
+
 # -- reliable: sequence ids, acks and the buffer (§5.1, §5.2) ------------------------
 
 

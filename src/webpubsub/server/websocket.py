@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from webpubsub.core.connection import Connection
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
@@ -35,6 +35,7 @@ _RESERVED_QUERY = frozenset({"access_token", "hub", RECOVERY_ID, RECOVERY_TOKEN}
 _HIDDEN_HEADERS = frozenset({"authorization"})
 
 CLIENT_CLOSED = "The client closed the connection."
+TOO_BIG = "The client sent a message larger than the service accepts."
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
@@ -152,6 +153,7 @@ async def _serve(
     outbox.on_overflow = lambda: conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
     reason = CLIENT_CLOSED
     client_close_code: int | None = None
+    refused = False  # the service refused what the client sent (an over-size message)
     try:
         while True:
             msg = await ws.receive()
@@ -161,10 +163,11 @@ async def _serve(
                 client_close_code = int(msg.data)
                 break
             elif msg.type is WSMsgType.ERROR:
-                reason = _failure_reason(ws)
-                if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
-                    # The service refused the message: not a drop to recover from.
-                    conn.closing, conn.close_reason = True, reason
+                error = ws.exception()
+                refused = (
+                    isinstance(error, WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG
+                )
+                reason = TOO_BIG if refused else f"The connection failed: {error or 'transport'}."
                 break
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."
@@ -173,8 +176,9 @@ async def _serve(
         log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
         conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
     finally:
-        # A reliable client that did not close normally may come back (§5.3).
-        recoverable = client_close_code != CloseCode.NORMAL
+        # A reliable client that did not close normally may come back (§5.3); one
+        # whose message the service refused may not.
+        recoverable = client_close_code != CloseCode.NORMAL and not refused
         ctx.node.detach(conn, outbox, reason, recoverable=recoverable)
         if not ws.closed:
             await ws.close()
@@ -195,12 +199,6 @@ def _close_message(reason: str) -> bytes:
     """A close frame's reason: at most 123 bytes of UTF-8, cut between characters
     (a cut character makes the frame invalid and the client fails with 1007)."""
     return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-
-
-def _failure_reason(ws: web.WebSocketResponse) -> str:
-    if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
-        return "The client sent a message larger than the service accepts."
-    return f"The connection failed: {ws.exception() or 'transport error'}"
 
 
 def _is_upgrade(request: web.Request, offered: Sequence[str]) -> bool:
