@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from tests.support.handler import EventHandlerApp
+from webpubsub import devcert
 from webpubsub.backplane.base import Backplane
 from webpubsub.config import ServiceConfig, default_config
 from webpubsub.server.app import ServiceRunner
@@ -76,3 +77,15 @@ async def handler_app() -> AsyncIterator[EventHandlerApp]:
     await app.start()
     yield app
     await app.stop()
+
+
+@pytest.fixture(scope="session")
+def dev_cert(tmp_path_factory: pytest.TempPathFactory) -> devcert.DevCert:
+    """A development CA and its localhost certificate, made once per test process."""
+    dev, _ = devcert.ensure(tmp_path_factory.mktemp("dev-cert"))
+    return dev
+
+
+def tls_files(dev: devcert.DevCert) -> dict[str, object]:
+    """``start_service`` settings that serve https:// and wss:// with ``dev``'s certificate."""
+    return {"tls_cert": str(dev.cert), "tls_key": str(dev.key)}

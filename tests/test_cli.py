@@ -64,8 +64,8 @@ def test_token_prints_a_client_url() -> None:
     assert result.output.startswith("ws://localhost:8080/client/hubs/chat?access_token=")
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+async def _spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("WEBPUBSUB_ACCESS_KEY", None)
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -135,18 +135,33 @@ async def test_serve_prints_a_working_connection_string_and_stops_on_ctrl_c(
 
 
 @pytest.mark.e2e
-async def test_demo_wires_service_and_chat(processes: list[asyncio.subprocess.Process]) -> None:
-    proc = await _spawn("demo", "--port", "0", "--chat-port", "0")
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+async def test_demo_wires_service_and_chat(
+    processes: list[asyncio.subprocess.Process], tmp_path: Path, tls: bool
+) -> None:
+    import ssl
+
+    from webpubsub import devcert
+
+    flags = ["--tls"] if tls else []
+    env = {devcert.DIR_ENV: str(tmp_path)}
+    proc = await _spawn("demo", "--port", "0", "--chat-port", "0", *flags, env=env)
     processes.append(proc)
     chat_port = int((await _read_until(proc, r"http://localhost:(\d+)/ in two")).group(1))
     base = f"http://127.0.0.1:{chat_port}"
-    async with aiohttp.ClientSession() as http:
+    # With --tls the client trusts the development CA, as the printed instructions say.
+    verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem")) if tls else True
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify)) as http:
         async with http.get(f"{base}/") as resp:
             assert resp.status == 200
             assert "<input" in await resp.text()
         async with http.get(f"{base}/negotiate", params={"id": "alice"}) as resp:
-            url = (await resp.text()).replace("localhost", "127.0.0.1")
+            url = await resp.text()
+        assert url.startswith("wss://localhost:" if tls else "ws://localhost:")
+        if not tls:
+            url = url.replace("localhost", "127.0.0.1")
         ws = await http.ws_connect(url)
+        # Both lines are broadcast by the chat app through the REST API (https with --tls).
         assert (await ws.receive(timeout=10)).data == "[SYSTEM] alice joined."
         await ws.send_str("hello")
         assert (await ws.receive(timeout=10)).data == "[alice] hello"
@@ -190,3 +205,104 @@ def unused_socket() -> Iterator[socket.socket]:
     sock = socket.create_server(("127.0.0.1", 0))
     yield sock
     sock.close()
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+def test_dev_cert_creates_once_and_says_how_to_trust_it(tmp_path: Path) -> None:
+    first = CliRunner().invoke(main, ["dev-cert", "--dir", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    assert "created the CA, issued a server certificate" in first.output
+    ca = tmp_path / "ca.pem"
+    assert f"export NODE_EXTRA_CA_CERTS={ca}" in first.output
+    assert f"export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca}" in first.output
+    assert "update-ca-certificates" in first.output or "certutil" in first.output
+    assert "PRIVATE KEY" not in first.output
+    before = ca.read_bytes(), (tmp_path / "cert.pem").read_bytes()
+
+    again = CliRunner().invoke(main, ["dev-cert", "--dir", str(tmp_path)])
+    assert again.exit_code == 0 and "(already there)" in again.output
+    assert (ca.read_bytes(), (tmp_path / "cert.pem").read_bytes()) == before
+
+
+def test_serve_reports_an_unusable_certificate_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--port",
+            "0",
+            "--access-key",
+            ACCESS_KEY,
+            "--tls-cert",
+            str(tmp_path / "cert.pem"),
+            "--tls-key",
+            str(tmp_path / "key.pem"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert f"TLS: cannot use certificate {tmp_path / 'cert.pem'}" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["serve", "--tls-cert", str(tmp_path / "cert.pem")])
+    assert result.exit_code == 1
+    assert "server.tls_key: required with server.tls_cert" in result.output
+
+
+def test_check_config_loads_the_tls_certificate(tmp_path: Path) -> None:
+    from webpubsub import devcert
+
+    dev, _ = devcert.ensure(tmp_path / "dev")
+    good = tmp_path / "good.toml"
+    good.write_text(f'[server]\ntls_cert = "{dev.cert}"\ntls_key = "{dev.key}"\n')
+    assert CliRunner().invoke(main, ["check-config", str(good)]).exit_code == 0
+    swapped = tmp_path / "swapped.toml"
+    swapped.write_text(f'[server]\ntls_cert = "{dev.key}"\ntls_key = "{dev.cert}"\n')
+    result = CliRunner().invoke(main, ["check-config", str(swapped)])
+    assert result.exit_code == 1
+    assert "TLS: cannot use certificate" in result.output
+
+
+@pytest.mark.e2e
+async def test_serve_tls_uses_the_dev_cert_and_reloads_it_on_sighup(
+    processes: list[asyncio.subprocess.Process], tmp_path: Path
+) -> None:
+    import ssl
+
+    from cryptography import x509
+
+    from webpubsub import devcert
+
+    proc = await _spawn("serve", "--port", "0", "--tls", env={devcert.DIR_ENV: str(tmp_path)})
+    processes.append(proc)
+    await _read_until(proc, r"issued a server certificate")
+    port = int((await _read_until(proc, r"Listening on https://127\.0\.0\.1:(\d+)")).group(1))
+    cs = (await _read_until(proc, r"Connection string: (\S+)")).group(1)
+    assert cs.startswith(f"Endpoint=https://localhost:{port};")
+    await _read_until(proc, rf"NODE_EXTRA_CA_CERTS={re.escape(str(tmp_path / 'ca.pem'))}")
+
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    async def served_serial() -> int:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        await writer.wait_closed()
+        return x509.load_der_x509_certificate(der).serial_number
+
+    first = await served_serial()
+    # Issue a new certificate in place, as a renewal does.
+    (tmp_path / "cert.pem").unlink()
+    devcert.ensure(tmp_path)
+    renewed = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    assert renewed.serial_number != first
+    proc.send_signal(signal.SIGHUP)
+    await _read_until(proc, r"TLS certificate reloaded")
+    assert await served_serial() == renewed.serial_number
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 0

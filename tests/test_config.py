@@ -683,3 +683,48 @@ def test_problems_never_echo_url_secrets(tmp_path: Path) -> None:
     text = "\n".join(info.value.problems)
     assert "hunter2" not in text and "s3cret" not in text
     assert "server.public_endpoint" in text and "url_template" in text
+
+
+def test_with_overrides_keeps_every_setting_it_is_not_given(in_tmp: Path) -> None:
+    # Each non-default server setting must survive an override of another one.
+    cfg = load(
+        in_tmp,
+        "[server]\nmax_message_bytes = 2048\noutbox_max_bytes = 70000\n"
+        "recovery_window_seconds = 5\ntls_cert = 'c.pem'\ntls_key = 'k.pem'\n"
+        "trusted_proxies = ['10.0.0.0/8']\n",
+    )
+    new = cfg.with_overrides(port=1234)
+    assert new.server == dataclasses.replace(cfg.server, port=1234)
+    assert new.server.tls and new.server.trusted_proxies == ("10.0.0.0/8",)
+
+
+def test_tls_settings_come_in_pairs(in_tmp: Path) -> None:
+    cfg = load(in_tmp, "[server]\ntls_cert = 'c.pem'\ntls_key = 'k.pem'\n")
+    assert (cfg.server.tls_cert, cfg.server.tls_key, cfg.server.tls) == ("c.pem", "k.pem", True)
+    assert not default_config().server.tls
+    with pytest.raises(ConfigError) as info:
+        load(in_tmp, "[server]\ntls_cert = 'c.pem'\n")
+    assert info.value.problems == [f"{SRC}: server.tls_key: required with server.tls_cert"]
+    with pytest.raises(ConfigError) as info:
+        load(in_tmp, "[server]\ntls_cert = ''\ntls_key = 3\n")
+    assert info.value.problems == [
+        f"{SRC}: server.tls_cert: expected a file path, got an empty string",
+        f"{SRC}: server.tls_key: expected a string, got 3",
+    ]
+    over = default_config().with_overrides(tls_cert="a.pem", tls_key="b.pem")
+    assert (over.server.tls_cert, over.server.tls_key) == ("a.pem", "b.pem")
+    with pytest.raises(ConfigError) as info:
+        default_config().with_overrides(tls_key="b.pem", source="command line")
+    assert info.value.problems == ["command line: server.tls_cert: required with server.tls_key"]
+
+
+def test_trusted_proxies_are_addresses_networks_or_any(in_tmp: Path) -> None:
+    cfg = load(in_tmp, "[server]\ntrusted_proxies = ['127.0.0.1', '10.0.0.0/8', '::1', '*']\n")
+    assert cfg.server.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1", "*")
+    with pytest.raises(ConfigError) as info:
+        load(in_tmp, "[server]\ntrusted_proxies = ['proxy.local', 7]\n")
+    assert info.value.problems == [
+        f"{SRC}: server.trusted_proxies[0]: expected an IP address, a network like "
+        '10.0.0.0/8, or *, got "proxy.local"',
+        f"{SRC}: server.trusted_proxies[1]: expected a string, got 7",
+    ]

@@ -12,14 +12,22 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from webpubsub import devcert
 from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
 from webpubsub.errors import BadRequest, ConfigError
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
 from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
+
+if TYPE_CHECKING:
+    from webpubsub.server.app import ServiceRunner
+
+log = logging.getLogger("webpubsub.cli")
+T = TypeVar("T")
 
 ACCESS_KEY_ENV = "WEBPUBSUB_ACCESS_KEY"
 CONNECTION_STRING_ENV = "WebPubSubConnectionString"
@@ -54,8 +62,9 @@ def _load(config_file: str | None) -> ServiceConfig:
     return _checked(lambda: load_config(config_file) if config_file else default_config())
 
 
-def _checked(make: Callable[[], ServiceConfig]) -> ServiceConfig:
-    """Build a config, turning its problems into one line each on stderr and exit 1."""
+def _checked(make: Callable[[], T]) -> T:
+    """Build a config (or load its TLS files), turning its problems into one line each
+    on stderr and exit 1."""
     try:
         return make()
     except ConfigError as exc:
@@ -80,6 +89,72 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
+def _tls_options(
+    config: ServiceConfig, tls: bool, cert: str | None, key: str | None
+) -> tuple[ServiceConfig, devcert.DevCert | None]:
+    """Apply ``--tls-cert``/``--tls-key``; ``--tls`` without a certificate anywhere
+    takes the development certificate (created on first use)."""
+    if cert is not None or key is not None:
+        return _checked(
+            lambda: config.with_overrides(tls_cert=cert, tls_key=key, source="command line")
+        ), None
+    if not tls or config.server.tls:
+        return config, None
+    dev, done = devcert.ensure()
+    for what in done:
+        click.echo(f"Development certificate: {what} in {dev.directory}")
+    tls_config = _checked(
+        lambda: config.with_overrides(
+            tls_cert=str(dev.cert), tls_key=str(dev.key), source="development certificate"
+        )
+    )
+    return tls_config, dev
+
+
+def _print_trust(dev: devcert.DevCert | None) -> None:
+    if dev is not None:
+        click.echo(f"TLS: the development certificate; clients must trust {dev.ca_cert}:")
+        for line in devcert.trust_instructions(dev):
+            click.echo(line)
+
+
+def _reload_on_hangup(runner: ServiceRunner) -> None:
+    """SIGHUP loads the TLS certificate and key again; a bad file keeps the current one."""
+
+    def reload() -> None:
+        try:
+            runner.reload_tls()
+        except ConfigError as exc:
+            log.error("TLS reload failed, the current certificate stays: %s", exc.message)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+_TLS_OPTIONS = (
+    click.option(
+        "--tls",
+        is_flag=True,
+        help="Serve https:// and wss://; without a certificate, the development one.",
+    ),
+    click.option(
+        "--tls-cert",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="PEM certificate chain (with --tls-key); reloaded on SIGHUP.",
+    ),
+    click.option(
+        "--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM private key."
+    ),
+)
+
+
+def _with_tls_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_TLS_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.group()
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
@@ -101,23 +176,33 @@ def main(log_level: str) -> None:
     help=f"Access key; repeat or comma-separate to rotate (first signs). Env: {ACCESS_KEY_ENV}.",
 )
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@_with_tls_options
 def serve(
-    host: str | None, port: int | None, access_keys: tuple[str, ...], config_file: str | None
+    host: str | None,
+    port: int | None,
+    access_keys: tuple[str, ...],
+    config_file: str | None,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the service."""
     config, generated = _with_keys(_load(config_file), access_keys)
     config = _checked(lambda: config.with_overrides(host=host, port=port, source="command line"))
+    config, dev = _tls_options(config, tls, tls_cert, tls_key)
 
     async def run() -> None:
         from webpubsub.server.app import ServiceRunner
 
         runner = ServiceRunner(config)
-        await runner.start()
+        await _start(runner)
         try:
+            _reload_on_hangup(runner)
             if generated:
                 click.echo("No access key given: generated one for this run.")
-            click.echo(f"Listening on http://{config.server.host}:{runner.port}")
+            click.echo(f"Listening on {runner.scheme}://{config.server.host}:{runner.port}")
             click.echo(f"Connection string: {runner.connection_string}")
+            _print_trust(dev)
             await _forever()
         finally:
             await runner.stop()
@@ -125,12 +210,56 @@ def serve(
     _run(run)
 
 
+async def _start(runner: ServiceRunner) -> None:
+    """Start ``runner``; a certificate that cannot be loaded is reported, not a traceback."""
+    try:
+        await runner.start()
+    except ConfigError as exc:
+        await runner.stop()
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1) from None
+
+
 @main.command("check-config")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check_config(config_file: str) -> None:
-    """Validate a config file without starting the service."""
-    _checked(lambda: load_config(config_file))
+    """Validate a config file (and load its TLS certificate) without starting the service."""
+    config = _checked(lambda: load_config(config_file))
+    server = config.server
+    if server.tls_cert is not None and server.tls_key is not None:
+        from webpubsub.server.tls import server_context
+
+        cert, key = server.tls_cert, server.tls_key
+        _checked(lambda: server_context(cert, key))
     click.echo(f"OK: {config_file}")
+
+
+@main.command("dev-cert")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help=f"Where to keep it (default: a per-user data directory; env {devcert.DIR_ENV}).",
+)
+def dev_cert(directory: str | None) -> None:
+    """Create (once) a local CA and a localhost certificate, and say how to trust it."""
+    from pathlib import Path
+
+    dev, done = devcert.ensure(Path(directory) if directory else None)
+    click.echo(
+        f"Development certificate in {dev.directory}"
+        + (f" ({', '.join(done)})" if done else " (already there)")
+    )
+    click.echo(f"  CA:          {dev.ca_cert}")
+    click.echo(f"  certificate: {dev.cert} (localhost, 127.0.0.1, ::1)")
+    click.echo(f"  key:         {dev.key}")
+    click.echo("Trust the CA in your clients:")
+    for line in devcert.trust_instructions(dev):
+        click.echo(line)
+    where = f" --tls-cert {dev.cert} --tls-key {dev.key}" if directory else " --tls"
+    click.echo(f"Then run: webpubsub serve{where}")
 
 
 @main.command()
@@ -165,7 +294,8 @@ def demo_config(config: ServiceConfig, chat_port: int) -> ServiceConfig:
 @main.command()
 @click.option("--port", type=int, default=8080, show_default=True, help="The service's port.")
 @click.option("--chat-port", type=int, default=5000, show_default=True, help="The chat app's port.")
-def demo(port: int, chat_port: int) -> None:
+@_with_tls_options
+def demo(port: int, chat_port: int, tls: bool, tls_cert: str | None, tls_key: str | None) -> None:
     """Run the service and the tutorial's chat app together, wired, on this machine."""
     # The service must know the chat app's address and the chat app the service's
     # connection string: bind the chat app's socket first (port 0 picks a free one).
@@ -179,20 +309,25 @@ def demo(port: int, chat_port: int) -> None:
         _checked(lambda: default_config().with_overrides(host="127.0.0.1", port=port)), ()
     )
     config = demo_config(config, chat_port)
+    config, dev = _tls_options(config, tls, tls_cert, tls_key)
+    # The chat app calls the service's REST API: it trusts what the service presents.
+    ca_file = str(dev.ca_cert) if dev is not None else None
 
     async def run() -> None:
         from webpubsub.chat.app import start_chat_on_socket
         from webpubsub.server.app import ServiceRunner
 
         service = ServiceRunner(config)
-        await service.start()
+        await _start(service)
         chat_runner = None
         try:
+            _reload_on_hangup(service)
             chat_runner = await start_chat_on_socket(
-                service.connection_string, chat_socket, hub="chat"
+                service.connection_string, chat_socket, hub="chat", ca_file=ca_file
             )
             click.echo(f"Web PubSub service: {service.endpoint}")
             click.echo(f"Connection string: {service.connection_string}")
+            _print_trust(dev)
             click.echo(f"Chat app: open http://localhost:{chat_port}/ in two browser tabs.")
             await _forever()
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import math
 import os
@@ -51,6 +52,15 @@ class ServerSettings:
     outbox_max_bytes: int = 4_194_304
     recovery_window_seconds: float = 60.0
     """How long a dropped reliable connection is kept for its client to recover it."""
+    tls_cert: str | None = None
+    """PEM certificate chain: with ``tls_key``, the port serves ``https://`` and ``wss://``."""
+    tls_key: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    """Peers (addresses or networks, or ``*``) whose ``X-Forwarded-Proto``/``-Host`` count."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +104,33 @@ class ServiceConfig:
         port: int | None = None,
         access_keys: str | Sequence[str] | None = None,
         public_endpoint: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         source: str = "<overrides>",
     ) -> ServiceConfig:
         """A copy with the given server settings replaced (``None`` keeps the current value).
 
         ``access_keys`` goes through :func:`parse_access_keys`; if that leaves no key the
         current keys are kept. Values are validated like the file's; problems are
-        reported as ``{source}: server.{key}: {reason}``.
+        reported as ``{source}: server.{key}: {reason}``. Every other setting is kept.
         """
         check = _Checker(source)
-        s = self.server
+        changes: dict[str, object] = {}
+        if host is not None:
+            changes["host"] = check.host(host, "server.host")
+        if port is not None:
+            changes["port"] = check.integer(port, "server.port", 0, 65535)
         keys = parse_access_keys(access_keys) if access_keys is not None else ()
-        server = ServerSettings(
-            host=s.host if host is None else check.host(host, "server.host"),
-            port=s.port if port is None else check.integer(port, "server.port", 0, 65535),
-            access_keys=check.access_keys(keys, "server.access_keys") if keys else s.access_keys,
-            public_endpoint=s.public_endpoint
-            if public_endpoint is None
-            else check.endpoint(public_endpoint, "server.public_endpoint"),
-            max_message_bytes=s.max_message_bytes,
-            outbox_max_bytes=s.outbox_max_bytes,
-            recovery_window_seconds=s.recovery_window_seconds,
-        )
+        if keys:
+            changes["access_keys"] = check.access_keys(keys, "server.access_keys")
+        if public_endpoint is not None:
+            changes["public_endpoint"] = check.endpoint(public_endpoint, "server.public_endpoint")
+        if tls_cert is not None or tls_key is not None:
+            changes["tls_cert"], changes["tls_key"] = check.tls_pair(
+                {"tls_cert": tls_cert, "tls_key": tls_key}, "server"
+            )
         check.raise_if_any()
+        server = dataclasses.replace(self.server, **changes)  # type: ignore[arg-type]
         return dataclasses.replace(self, server=server)
 
 
@@ -175,6 +189,7 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
     endpoint = d.public_endpoint
     if "public_endpoint" in t:
         endpoint = check.endpoint(t["public_endpoint"], "server.public_endpoint")
+    tls_cert, tls_key = check.tls_pair(t, "server")
     return ServerSettings(
         host=host,
         port=port,
@@ -190,6 +205,9 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
             t.get("recovery_window_seconds", d.recovery_window_seconds),
             "server.recovery_window_seconds",
         ),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        trusted_proxies=check.networks(t.get("trusted_proxies", []), "server.trusted_proxies"),
     )
 
 
@@ -347,6 +365,47 @@ class _Checker:
             return value
         self.add(path, f"expected a string, got {_describe(value)}")
         return None
+
+    def tls_pair(self, t: Mapping[str, object], path: str) -> tuple[str | None, str | None]:
+        """``tls_cert`` and ``tls_key`` of table ``t``: both file paths, or neither."""
+        cert, key = t.get("tls_cert"), t.get("tls_key")
+        if cert is None and key is None:
+            return None, None
+        values: list[str | None] = []
+        for name, other, value in (("tls_cert", "tls_key", cert), ("tls_key", "tls_cert", key)):
+            text = None if value is None else self.string(value, f"{path}.{name}")
+            if value is None:
+                self.add(f"{path}.{name}", f"required with {path}.{other}")
+            elif text is not None and not text.strip():
+                self.add(f"{path}.{name}", "expected a file path, got an empty string")
+                text = None
+            values.append(text)
+        if None in values:
+            return None, None
+        return values[0], values[1]
+
+    def networks(self, value: object, path: str) -> tuple[str, ...]:
+        """Addresses or networks (``10.0.0.0/8``), or ``"*"`` for any peer."""
+        if not isinstance(value, list | tuple):
+            self.add(path, f"expected an array of strings, got {_describe(value)}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.add(f"{path}[{i}]", f"expected a string, got {_describe(item)}")
+                continue
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    self.add(
+                        f"{path}[{i}]",
+                        f"expected an IP address, a network like 10.0.0.0/8, or *, "
+                        f"got {_describe(item)}",
+                    )
+                    continue
+            out.append(item)
+        return tuple(out)
 
     def host(self, value: object, path: str) -> str:
         text = self.string(value, path)

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -22,8 +23,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import SECOND_KEY, StartService
+from tests.conftest import SECOND_KEY, StartService, tls_files
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from webpubsub.devcert import DevCert
 from webpubsub.server.app import ServiceRunner
 from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
@@ -76,13 +78,24 @@ def node() -> Iterator[str]:
     yield node
 
 
-async def run_node(node: str, script: str, *args: str) -> list[Observation]:
-    """Run ``tests/js/<script>``; its observations, asserting it succeeded."""
+async def run_node(
+    node: str, script: str, *args: str, trust: Path | None = None
+) -> list[Observation]:
+    """Run ``tests/js/<script>``; its observations, asserting it succeeded.
+
+    ``trust`` is a CA file Node adds to its trusted CAs (``NODE_EXTRA_CA_CERTS``), as a
+    user of the development certificate does.
+    """
+    env = dict(os.environ)
+    env.pop("NODE_EXTRA_CA_CERTS", None)
+    if trust is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(trust)
     proc = await asyncio.create_subprocess_exec(
         node,
         str(JS_DIR / script),
         *args,
         cwd=JS_DIR,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -136,7 +149,7 @@ def assert_sequenced(received: list[Observation]) -> None:
 
 
 async def test_client_sdk_groups_rest_sends_and_an_event_with_the_handler_reply(
-    node: str, start_service: StartService, handler_app: EventHandlerApp
+    node: str, start_service: StartService, handler_app: EventHandlerApp, dev_cert: DevCert
 ) -> None:
     def responder(req: Recorded) -> web.StreamResponse:
         if req.method == "POST" and req.event_name == "echo":
@@ -145,9 +158,13 @@ async def test_client_sdk_groups_rest_sends_and_an_event_with_the_handler_reply(
 
     handler_app.responder = responder
     handler = EventHandlerSettings(url_template=handler_app.url, user_event_pattern="*")
-    runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
+    runner = await start_service(
+        HubSettings(name="chat", event_handlers=(handler,)), **tls_files(dev_cert)
+    )
 
-    obs = await run_node(node, "client_flow.mjs", runner.connection_string, "chat")
+    obs = await run_node(
+        node, "client_flow.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
+    )
 
     alice, bob = of(obs, "connected", client="alice"), of(obs, "connected", client="bob")
     assert [o["userId"] for o in alice + bob] == ["alice", "bob"]
@@ -199,11 +216,13 @@ async def test_client_sdk_groups_rest_sends_and_an_event_with_the_handler_reply(
 
 
 async def test_client_sdk_keepalive_pings_are_answered_with_pongs(
-    node: str, start_service: StartService
+    node: str, start_service: StartService, dev_cert: DevCert
 ) -> None:
-    runner = await start_service()
+    runner = await start_service(**tls_files(dev_cert))
 
-    obs = await run_node(node, "keepalive.mjs", runner.connection_string, "chat")
+    obs = await run_node(
+        node, "keepalive.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
+    )
 
     raw = [(o["subprotocol"], o["frame"]) for o in of(obs, "raw-pong")]
     assert raw == [
@@ -223,11 +242,13 @@ async def test_client_sdk_keepalive_pings_are_answered_with_pongs(
 
 
 async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
-    node: str, start_service: StartService
+    node: str, start_service: StartService, dev_cert: DevCert
 ) -> None:
-    runner = await start_service()
+    runner = await start_service(**tls_files(dev_cert))
 
-    obs = await run_node(node, "recovery.mjs", runner.connection_string, "chat")
+    obs = await run_node(
+        node, "recovery.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
+    )
 
     # m1, m2 reached the dropped socket but not the SDK: only a replay can deliver them.
     assert of(obs, "dropped") == [{"kind": "dropped", "closeCode": 1006, "lost": ["m1", "m2"]}]
@@ -249,14 +270,21 @@ async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
 
 
 async def test_service_sdk_token_url_is_accepted_and_send_to_all_arrives(
-    node: str, start_service: StartService
+    node: str, start_service: StartService, dev_cert: DevCert
 ) -> None:
-    runner: ServiceRunner = await start_service()
+    runner: ServiceRunner = await start_service(**tls_files(dev_cert))
 
-    obs = await run_node(node, "service_sdk.mjs", runner.connection_string, "chat", SECOND_KEY)
+    obs = await run_node(
+        node,
+        "service_sdk.mjs",
+        runner.connection_string,
+        "chat",
+        SECOND_KEY,
+        trust=dev_cert.ca_cert,
+    )
 
     [token] = of(obs, "token")
-    assert token["url"].startswith(f"ws://127.0.0.1:{runner.port}/client/hubs/chat?access_token=")
+    assert token["url"].startswith(f"wss://127.0.0.1:{runner.port}/client/hubs/chat?access_token=")
     [connected] = of(obs, "connected")
     assert connected["frame"]["userId"] == "node-user"
     assert [o["frame"] for o in of(obs, "message")] == [

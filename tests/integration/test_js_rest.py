@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartService
+from tests.conftest import StartService, tls_files
 from tests.integration.test_js_clients import node, of, run_node
+from webpubsub.devcert import DevCert
 
 __all__ = ["node"]  # the session fixture, shared with test_js_clients
 
@@ -45,11 +46,13 @@ def received(obs: list[dict[str, Any]], client: str) -> list[tuple[Any, ...]]:
 
 
 async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
-    node: str, start_service: StartService
+    node: str, start_service: StartService, dev_cert: DevCert
 ) -> None:
-    runner = await start_service()
+    runner = await start_service(**tls_files(dev_cert))
 
-    obs = await run_node(node, "rest_ops.mjs", runner.connection_string, "chat")
+    obs = await run_node(
+        node, "rest_ops.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
+    )
 
     ids = {o["client"]: o["connectionId"] for o in of(obs, "connected")}
     alice1, alice2, bob = ids["alice1"], ids["alice2"], ids["bob"]

@@ -16,7 +16,7 @@ const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
 const WAIT = 5000;
 
-const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+const service = new WebPubSubServiceClient(connectionString, hub);
 const roles = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"];
 
 function newClient(userId) {

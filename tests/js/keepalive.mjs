@@ -23,7 +23,7 @@ const hub = arg(1, "hub");
 const WAIT = 5000;
 const PONGS = 15;
 
-const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+const service = new WebPubSubServiceClient(connectionString, hub);
 
 async function rawPing(subprotocol) {
   const { url } = await service.getClientAccessToken({ userId: "raw" });

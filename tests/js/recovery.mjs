@@ -21,7 +21,7 @@ const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
 const WAIT = 10000;
 
-const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+const service = new WebPubSubServiceClient(connectionString, hub);
 const group = service.group("g1");
 
 run(async () => {

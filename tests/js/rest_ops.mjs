@@ -23,7 +23,7 @@ const WAIT = 5000;
 const PROTOCOL = "json.webpubsub.azure.v1";
 const TEXT = { contentType: "text/plain" };
 
-const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+const service = new WebPubSubServiceClient(connectionString, hub);
 
 async function connect(name, userId) {
   const { url } = await service.getClientAccessToken({ userId });

@@ -20,7 +20,7 @@ const WAIT = 5000;
 const PROTOCOL = "json.webpubsub.azure.v1";
 
 run(async () => {
-  const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
+  const service = new WebPubSubServiceClient(connectionString, hub);
   const token = await service.getClientAccessToken({ userId: "node-user" });
   emit("token", { url: token.url, baseUrl: token.baseUrl });
 
@@ -44,7 +44,7 @@ run(async () => {
 
   // The same SDK with a key the service does not know: its URL is refused.
   const wrong = connectionString.replace(/AccessKey=[^;]*/, `AccessKey=${wrongKey}`);
-  const impostor = new WebPubSubServiceClient(wrong, hub, { allowInsecureConnection: true });
+  const impostor = new WebPubSubServiceClient(wrong, hub);
   const bad = new WebSocket((await impostor.getClientAccessToken({ userId: "node-user" })).url, PROTOCOL);
   const status = await withTimeout(new Promise((resolve) => {
     bad.once("unexpected-response", (_req, res) => resolve(res.statusCode));

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from ssl import SSLContext
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on with a zero timeout: closing the socket sends a reset."""
@@ -20,8 +21,13 @@ _CHUNK = 65536
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    """``ssl``: terminate TLS on the listening side, as a TLS-offloading load balancer does."""
+
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", *, ssl: SSLContext | None = None
+    ) -> None:
         self._target = (target_host, target_port)
+        self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._accepted = 0
@@ -38,9 +44,13 @@ class TcpProxy:
         return len(self._links)
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def retarget(self, port: int) -> None:
+        """Forward new connections to ``port`` (for a target that needs the proxy's port first)."""
+        self._target = (self._target[0], port)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -50,9 +50,16 @@ _HANDLER = web.AppKey("handler", WebPubSubEventHandler)
 _INDEX_HTML = web.AppKey("index_html", str)
 
 
-def create_chat_app(connection_string: str, *, hub: str = "chat") -> web.Application:
-    """The chat web app for ``hub``, talking to the service in ``connection_string``."""
-    service = WebPubSubServiceClient.from_connection_string(connection_string, hub=hub)
+def create_chat_app(
+    connection_string: str, *, hub: str = "chat", ca_file: str | None = None
+) -> web.Application:
+    """The chat web app for ``hub``, talking to the service in ``connection_string``.
+
+    ``ca_file`` is a PEM file of CAs to trust for an ``https://`` service instead of
+    the default ones (azure-core's ``connection_verify``).
+    """
+    tls = {"connection_verify": ca_file} if ca_file else {}
+    service = WebPubSubServiceClient.from_connection_string(connection_string, hub=hub, **tls)
 
     async def broadcast(text: str) -> None:
         """Send ``text`` to every connection in the hub."""
@@ -98,10 +105,10 @@ def run_chat(connection_string: str, *, host: str = "127.0.0.1", port: int = 500
 
 
 async def start_chat_on_socket(
-    connection_string: str, sock: socket.socket, *, hub: str = "chat"
+    connection_string: str, sock: socket.socket, *, hub: str = "chat", ca_file: str | None = None
 ) -> web.AppRunner:
     """Serve the chat app on an already bound socket; ``await runner.cleanup()`` stops it."""
-    runner = web.AppRunner(create_chat_app(connection_string, hub=hub))
+    runner = web.AppRunner(create_chat_app(connection_string, hub=hub, ca_file=ca_file))
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -22,7 +23,7 @@ from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
-from webpubsub.server import rest, websocket
+from webpubsub.server import rest, tls, websocket
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.outbox import Flusher
@@ -60,6 +61,7 @@ class ServiceRunner:
         self._advertised_host = advertised_host
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.port = 0
         self.endpoint = ""
         self.node: Node | None = None
@@ -73,6 +75,8 @@ class ServiceRunner:
 
     async def start(self) -> None:
         server = self.config.server
+        if server.tls_cert is not None and server.tls_key is not None:
+            self._ssl = tls.server_context(server.tls_cert, server.tls_key)  # fails first
         upstream_origin = (
             urlsplit(server.public_endpoint).hostname if server.public_endpoint else None
         )
@@ -98,6 +102,8 @@ class ServiceRunner:
             hub_settings=self.config.hub,
             access_keys=server.access_keys,
             endpoints=endpoints,
+            public_endpoint=server.public_endpoint,
+            trusted_proxies=server.trusted_proxies,
             max_message_bytes=server.max_message_bytes,
             outbox_max_bytes=server.outbox_max_bytes,
             clock=self._clock,
@@ -117,12 +123,31 @@ class ServiceRunner:
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port)
+        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._ssl)
         await site.start()
         self.port = _bound_port(site)
-        self.endpoint = server.public_endpoint or f"http://{self._host_for_urls()}:{self.port}"
+        self.endpoint = (
+            server.public_endpoint or f"{self.scheme}://{self._host_for_urls()}:{self.port}"
+        )
         endpoints.append(self.endpoint)
-        log.info("webpubsub listening on %s:%d", server.host, self.port)
+        log.info("webpubsub listening on %s://%s:%d", self.scheme, server.host, self.port)
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the port serves TLS, else ``http``."""
+        return "https" if self.config.server.tls else "http"
+
+    def reload_tls(self) -> None:
+        """Load the configured certificate and key again (SIGHUP), for new handshakes.
+
+        Established connections keep their sessions. On a problem the current
+        certificate stays in use and :class:`ConfigError` says why.
+        """
+        server = self.config.server
+        if self._ssl is None or server.tls_cert is None or server.tls_key is None:
+            return
+        tls.reload(self._ssl, server.tls_cert, server.tls_key)
+        log.info("TLS certificate reloaded from %s", server.tls_cert)
 
     async def stop(self) -> None:
         """Close every client (1001, ``disconnected`` fired), then the server."""

@@ -21,6 +21,10 @@ class ServiceContext:
     access_keys: tuple[str, ...]
     endpoints: list[str]
     """Base URLs token audiences may name (the public endpoint, once bound)."""
+    public_endpoint: str | None
+    """``server.public_endpoint``: the base of every URL handed out, when set."""
+    trusted_proxies: tuple[str, ...]
+    """Peers whose ``X-Forwarded-Proto``/``-Host`` name the caller's origin."""
     max_message_bytes: int
     outbox_max_bytes: int
     clock: Callable[[], float]

@@ -29,6 +29,7 @@ from webpubsub.protocol.payload import Payload, media_type
 from webpubsub.protocol.tokens import bearer_token, verify_rest_token
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
+from webpubsub.server.origin import caller_origin, public_base
 
 API_VERSION = "2024-12-01"
 MAX_PAGE_SIZE = 200
@@ -174,7 +175,7 @@ async def generate_token(ops: Operations, call: Call) -> web.StreamResponse:
     minutes = _int_arg(call, "minutesToExpire", low=1)
     token = ops.generate_client_token(
         call.hub,
-        endpoint=_origin(call.request),
+        endpoint=_public_base(call.request),
         user_id=call.arg("userId") or None,
         roles=call.args("role"),
         groups=call.args("group"),
@@ -295,7 +296,7 @@ async def list_group_connections(ops: Operations, call: Call) -> web.StreamRespo
             query.append(("top", str(remaining)))
         query.append(("api-version", call.arg("api-version") or API_VERSION))
         path = _origin_form(call.request.raw_path).partition("?")[0]
-        body["nextLink"] = f"{_origin(call.request)}{path}?{urlencode(query)}"
+        body["nextLink"] = f"{_public_base(call.request)}{path}?{urlencode(query)}"
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -314,16 +315,14 @@ def _continuation(token: str | None) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    """The scheme and host the caller reached the service at.
+    """The origin the caller used (forwarded headers count from trusted proxies only)."""
+    return caller_origin(request, request.app[SERVICE].trusted_proxies)
 
-    For an absolute-form request target the authority is the target's (RFC 9112
-    §3.2.2): aiohttp's ``request.host`` then drops the port.
-    """
-    if not request.raw_path.startswith("/"):
-        authority = urlsplit(request.raw_path).netloc
-        if authority:
-            return f"{request.scheme}://{authority}"
-    return f"{request.scheme}://{request.host}"
+
+def _public_base(request: web.Request) -> str:
+    """The base of URLs handed back to the caller: the public endpoint, else the caller's."""
+    ctx = request.app[SERVICE]
+    return public_base(request, ctx.public_endpoint, ctx.trusted_proxies)
 
 
 async def grant_permission(ops: Operations, call: Call) -> web.StreamResponse:

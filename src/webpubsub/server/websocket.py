@@ -23,6 +23,7 @@ from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_clien
 from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
+from webpubsub.server.origin import caller_origin
 from webpubsub.server.outbox import Outbox
 
 log = logging.getLogger("webpubsub.server")
@@ -222,7 +223,7 @@ def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
     token = request.query.get("access_token") or bearer_token(request.headers.get("Authorization"))
     identity: ClientIdentity | None = None
     if token:
-        endpoints = [*ctx.endpoints, f"{request.scheme}://{request.host}"]
+        endpoints = [*ctx.endpoints, caller_origin(request, ctx.trusted_proxies)]
         identity = verify_client_token(
             token, keys=ctx.access_keys, hub=hub, endpoints=endpoints, now=ctx.clock()
         )
