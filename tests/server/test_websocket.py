@@ -573,3 +573,39 @@ async def test_a_client_gone_during_the_connect_webhook_is_no_error(
     assert record.levelno < logging.WARNING, record.getMessage()
     assert runner.node is not None and runner.node.connection_count() == 0
     assert not [r for r in handler_app.requests if r.event_name == "connected"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "answered"), [(1000, 1000), (1001, 1001), (4000, 4000), (1003, 1003)]
+)
+async def test_a_client_close_is_answered_with_its_own_code(
+    service: ServiceRunner, http: aiohttp.ClientSession, sent: int, answered: int
+) -> None:
+    for protocols in ((), ("json.webpubsub.azure.v1",), ("json.reliable.webpubsub.azure.v1",)):
+        ws = await http.ws_connect(await client_url(service, user_id="u"), protocols=protocols)
+        if protocols:
+            assert (await ws.receive_json(timeout=WAIT))["event"] == "connected"
+        await ws.close(code=sent)
+        assert ws.close_code == answered, protocols
+
+
+async def test_a_close_frame_without_a_code_is_answered_with_1000(
+    service: ServiceRunner,
+) -> None:
+    url = await client_url(service, user_id="u")
+    host_port = url.split("/")[2]
+    path = url.split(host_port, 1)[1]
+    reader, writer = await asyncio.open_connection(*host_port.split(":"))
+    try:
+        head = {"Host": host_port, **upgrade_headers()}
+        lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items()), "", ""]
+        writer.write("\r\n".join(lines).encode())
+        async with asyncio.timeout(WAIT):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            writer.write(b"\x88\x80" + os.urandom(4))  # a masked close frame with no body
+            header = await reader.readexactly(2)
+            assert header[0] == 0x88  # FIN + close
+            body = await reader.readexactly(header[1] & 0x7F)
+    finally:
+        writer.close()
+    assert int.from_bytes(body[:2], "big") == 1000

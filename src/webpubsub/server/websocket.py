@@ -121,6 +121,7 @@ def _websocket(
         max_msg_size=ctx.max_message_bytes,
         heartbeat=float(keepalive_seconds),
         autoping=True,
+        autoclose=False,  # _serve answers a client's close with the client's own code
     )
 
 
@@ -162,6 +163,8 @@ async def _serve(
                 await ctx.node.receive(conn, msg.data)
             elif msg.type is WSMsgType.CLOSE:
                 client_close_code = int(msg.data)
+                if not ws.closed:  # RFC 6455 §5.5.1: echo the status code received
+                    await ws.close(code=_echoed(client_close_code), drain=False)
                 break
             elif msg.type is WSMsgType.ERROR:
                 error = ws.exception()
@@ -194,6 +197,13 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 
 _closing_tasks: set[asyncio.Task[bool]] = set()
+
+
+def _echoed(code: int) -> int:
+    """The code to answer a client's close with: its own, if a peer may send it (RFC 6455
+    §7.4), else 1000 (e.g. a close frame without a code, reported as 1005 or 0)."""
+    sendable = 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    return code if sendable else CloseCode.NORMAL
 
 
 def _close_message(reason: str) -> bytes:
