@@ -449,7 +449,7 @@ def test_config_error_message_joins_the_problems(in_tmp: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(in_tmp, "a = 1\nb = 2\n")
     assert str(info.value) == f"{SRC}: a: unknown key; {SRC}: b: unknown key"
-    assert info.value.code == "InvalidConfiguration"
+    assert info.value.code == "Error.InvalidConfiguration"
 
 
 def test_access_key_values_never_appear_in_problems(in_tmp: Path) -> None:

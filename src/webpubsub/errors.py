@@ -1,7 +1,9 @@
 """The one error tree of webpubsub.
 
 Every error the service can report carries a stable ``code`` (used as the REST
-``x-ms-error-code`` and in logs).  Each boundary maps these errors exactly once:
+``x-ms-error-code`` and in logs), named as Azure names them where a recording of
+live Azure traffic shows the name (docs/compatibility.md lists them).  Each
+boundary maps these errors exactly once:
 
 * REST: :attr:`WebPubSubError.http_status` + a JSON ``ErrorDetail`` body;
 * WebSocket handshake: the HTTP status before the upgrade;
@@ -15,78 +17,116 @@ from __future__ import annotations
 
 
 class WebPubSubError(Exception):
-    """Base class: a failure with a stable code and an HTTP status."""
+    """Base class: a failure with a stable code and an HTTP status.
 
-    code: str = "InternalServerError"
+    ``code`` is the REST ``x-ms-error-code``, in Azure's ``Level.Subject.Reason`` form
+    (``Error.BadRequest``, ``Warning.User.NotExisted``); an instance may carry a more
+    precise code than its class.
+    """
+
+    code: str = "Error.InternalServerError"
     http_status: int = 500
 
-    def __init__(self, message: str, *, target: str | None = None) -> None:
+    def __init__(self, message: str, *, target: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.target = target
+        if code is not None:
+            self.code = code
 
     def to_error_detail(self) -> dict[str, object]:
-        """The REST ``ErrorDetail`` JSON object for this error."""
-        detail: dict[str, object] = {"code": self.code, "message": self.message}
-        if self.target is not None:
-            detail["target"] = self.target
-        return detail
+        """The REST ``ErrorDetail`` JSON object for this error, as Azure writes it."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "target": self.target,
+            "details": None,
+            "inner": None,
+        }
 
 
 class BadRequest(WebPubSubError):
     """The request is malformed: bad name, bad parameter, bad body."""
 
-    code = "BadRequest"
+    code = "Error.BadRequest"
     http_status = 400
+
+
+class InvalidParameter(BadRequest):
+    """A query parameter or body property failed validation (``target`` names it).
+
+    Azure reports these as ASP.NET validation problem details: the ``ErrorDetail``
+    keys plus ``errors`` {target: [message]}, ``title``, ``status`` and the other
+    RFC 9457 members.
+    """
+
+    def __init__(self, message: str, *, target: str) -> None:
+        super().__init__(message, target=target)
+
+    def to_error_detail(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "target": self.target,
+            "errors": {self.target: [self.message]},
+            "type": None,
+            "title": "One or more validation errors occurred.",
+            "status": self.http_status,
+            "detail": None,
+            "instance": None,
+            "extensions": {},
+        }
 
 
 class InvalidName(BadRequest):
     """A hub, group, user, connection or event name breaks its rules."""
 
-    code = "InvalidName"
-
 
 class Unauthorized(WebPubSubError):
     """A token is missing, malformed, expired, for another audience or badly signed."""
 
-    code = "Unauthorized"
+    code = "Error.Unauthorized"
     http_status = 401
 
 
 class Forbidden(WebPubSubError):
     """The caller is authenticated but not allowed to do this."""
 
-    code = "Forbidden"
+    code = "Error.Forbidden"
     http_status = 403
 
 
 class NotFound(WebPubSubError):
     """The addressed connection, user, group or route does not exist."""
 
-    code = "NotFound"
+    code = "Error.NotFound"
     http_status = 404
+
+    @classmethod
+    def of(cls, kind: str, name: str, code: str) -> NotFound:
+        """Azure's answer for a missing ``kind`` (``Connection``, ``User``, ``Group``):
+        ``code`` says how the operation rates it (``Warning.User.NotExisted``, ...)."""
+        return cls(f"{kind} `{name}` is not found.", target=kind, code=code)
 
 
 class MethodNotAllowed(WebPubSubError):
-    code = "MethodNotAllowed"
+    code = "Error.MethodNotAllowed"
     http_status = 405
 
 
 class PayloadTooLarge(WebPubSubError):
-    code = "PayloadTooLarge"
+    code = "Error.PayloadTooLarge"
     http_status = 413
 
 
 class UnsupportedMediaType(BadRequest):
     """The body's Content-Type is not one the operation accepts (answered with 400)."""
 
-    code = "UnsupportedMediaType"
-
 
 class ConfigError(WebPubSubError):
     """The service configuration is invalid; ``problems`` lists every finding."""
 
-    code = "InvalidConfiguration"
+    code = "Error.InvalidConfiguration"
     http_status = 500
 
     def __init__(self, problems: list[str]) -> None:
@@ -100,7 +140,7 @@ class UpstreamError(WebPubSubError):
     ``status`` is the handler's HTTP status when it answered at all.
     """
 
-    code = "UpstreamError"
+    code = "Error.Upstream"
     http_status = 500
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
@@ -119,7 +159,7 @@ class NoEventHandler(UpstreamError):
 class ConnectRejected(WebPubSubError):
     """The ``connect`` handler refused the client; the handshake answers ``status``."""
 
-    code = "ConnectRejected"
+    code = "Error.ConnectRejected"
 
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
@@ -129,10 +169,10 @@ class ConnectRejected(WebPubSubError):
 class SlowClient(WebPubSubError):
     """A connection's outbox overflowed: the client does not read fast enough."""
 
-    code = "SlowClient"
+    code = "Error.SlowClient"
     http_status = 503
 
 
 class ServiceUnavailable(WebPubSubError):
-    code = "ServiceUnavailable"
+    code = "Error.ServiceUnavailable"
     http_status = 503

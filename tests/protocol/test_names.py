@@ -37,7 +37,7 @@ def test_invalid_hubs_raise_invalid_name(hub: str) -> None:
     with pytest.raises(InvalidName) as info:
         validate_hub(hub)
     assert info.value.http_status == 400
-    assert info.value.code == "InvalidName"
+    assert info.value.code == "Error.BadRequest"
 
 
 def test_hub_key_lower_cases_because_hubs_are_case_insensitive() -> None:

@@ -392,7 +392,7 @@ def test_null_semantics(text: str, expected: bool) -> None:
 def test_errors_point_at_the_offending_position(text: str, position: int, detail: str) -> None:
     error = error_of(text)
     assert error.message.startswith(f"Invalid filter at position {position}: {detail}")
-    assert error.code == "BadRequest"
+    assert error.code == "Error.BadRequest"
     assert error.http_status == 400
     assert error.target == "filter"
     assert "Traceback" not in error.message

@@ -600,7 +600,7 @@ async def test_rest_permission_changes_apply_to_the_next_request(
         assert await client.ack(join) == success(1)  # a failed ackId may be retried
         failure(await client.ack({**join, "group": "g2", "ackId": 4}), "Forbidden")
         failure(await client.ack(send), "Forbidden")
-        await service.grant_permission("sendToGroup", client.id)
+        await service.grant_permission("sendToGroup", client.id, target_name="g1")
         echoed, ack = await client.call(send)
         assert (echoed["group"], ack) == ("g1", success(2))
         await service.revoke_permission("joinLeaveGroup", client.id, target_name="g1")

@@ -31,13 +31,23 @@ class Response:
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
 
-    def error(self, status: int, code: str | None = None) -> None:
-        """Assert an ErrorDetail response with ``status`` (and ``code``)."""
+    def error(self, status: int, code: str | None = None, *, problem: bool = False) -> None:
+        """Assert an ErrorDetail response with ``status`` (and ``code``), as Azure shapes it:
+        ``problem`` for a parameter's validation problem details (RFC 9457)."""
         assert self.status == status, self.body
-        assert self.headers["Content-Type"].startswith("application/json")
+        media = "application/problem+json" if problem else "application/json"
+        assert self.headers["Content-Type"] == f"{media}; charset=utf-8"
         detail = orjson.loads(self.body)
         assert isinstance(detail, dict) and isinstance(detail["message"], str)
         assert detail["code"] == self.headers["x-ms-error-code"]
+        if problem:
+            assert detail["errors"] == {detail["target"]: [detail["message"]]}
+            assert (detail["status"], detail["title"]) == (
+                status,
+                "One or more validation errors occurred.",
+            )
+        else:
+            assert {"target", "details", "inner"} <= detail.keys()
         if code is not None:
             assert detail["code"] == code
 
@@ -126,7 +136,7 @@ async def test_bad_tokens_are_401_without_secrets(api: Api) -> None:
     for case, authorization in cases.items():
         headers = {"Authorization": authorization} if authorization else {}
         resp = await api.call("POST", target, token=None, body=b"x", headers=headers)
-        resp.error(401, "Unauthorized")
+        resp.error(401, "Error.Unauthorized")
         text = resp.body.decode()
         for secret in (ACCESS_KEY, SECOND_KEY, WRONG_KEY, authorization or "-"):
             assert secret not in text, case
@@ -137,7 +147,7 @@ async def test_bad_tokens_are_401_without_secrets(api: Api) -> None:
 
     # Unauthenticated existence checks are 401 too, not a "does not exist".
     resp = await api.call("HEAD", "/api/hubs/chat/users/u", token=None, content_type=None)
-    assert (resp.status, resp.headers["x-ms-error-code"]) == (401, "Unauthorized")
+    assert (resp.status, resp.headers["x-ms-error-code"]) == (401, "Error.Unauthorized")
 
 
 async def test_audience_without_query_accepts_any_query(api: Api) -> None:
@@ -175,14 +185,14 @@ async def test_sdk_with_wrong_key_raises_authentication_error(
 
 async def test_unknown_route_is_404_and_wrong_method_405(api: Api) -> None:
     for target in ("/api/nothing", "/api/hubs/chat/:nothing", "/api/hubs/chat/users/u/x/y"):
-        (await api.call("POST", target)).error(404, "NotFound")
+        (await api.call("POST", target)).error(404, "Error.NotFound")
     for method, target, allow in (
         ("GET", SEND, "POST"),
         ("PUT", "/api/hubs/chat/users/u", "HEAD"),
         ("POST", "/api/hubs/chat/groups/g/connections/c", "PUT, DELETE"),
     ):
         resp = await api.call(method, target)
-        resp.error(405, "MethodNotAllowed")
+        resp.error(405, "Error.MethodNotAllowed")
         assert resp.headers["Allow"] == allow
 
 
@@ -212,7 +222,7 @@ async def test_absolute_form_request_target_is_routed(api: Api) -> None:
 
 async def test_invalid_hub_name_is_400(api: Api) -> None:
     resp = await api.call("POST", "/api/hubs/1chat/:send", body=b"x")
-    resp.error(400, "InvalidName")
+    resp.error(400, "Error.BadRequest")
 
 
 # -- bodies and parameters ----------------------------------------------------------------
@@ -220,14 +230,14 @@ async def test_invalid_hub_name_is_400(api: Api) -> None:
 
 async def test_body_over_the_limit_is_413(api: Api) -> None:
     ws = await api.client()
-    (await api.call("POST", SEND, body=b"x" * 2049)).error(413, "PayloadTooLarge")
+    (await api.call("POST", SEND, body=b"x" * 2049)).error(413, "Error.PayloadTooLarge")
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the read is bounded
         for _ in range(3):
             yield b"x" * 1000
 
     resp = await api.call("POST", SEND, body=chunks())  # type: ignore[arg-type]
-    resp.error(413, "PayloadTooLarge")
+    resp.error(413, "Error.PayloadTooLarge")
     # A too large Content-Length is refused up front, without waiting for the body.
     assert (await raw_http(api, SEND, length=10**9, body=b"")).startswith(b"HTTP/1.1 413 ")
     await only_marker(api, ws)
@@ -244,10 +254,10 @@ async def test_body_over_the_limit_is_413(api: Api) -> None:
 async def test_bad_bodies_are_400(api: Api) -> None:
     ws = await api.client()
     for content_type, body, code in (
-        ("text/html", b"<p>hi</p>", "UnsupportedMediaType"),
-        ("application/json", b"{not json", "BadRequest"),
-        ("application/json", b"", "BadRequest"),
-        ("text/plain", b"\xff\xfe", "BadRequest"),
+        ("text/html", b"<p>hi</p>", "Error.BadRequest"),
+        ("application/json", b"{not json", "Error.BadRequest"),
+        ("application/json", b"", "Error.BadRequest"),
+        ("text/plain", b"\xff\xfe", "Error.BadRequest"),
     ):
         resp = await api.call("POST", SEND, body=body, content_type=content_type)
         resp.error(400, code)
@@ -262,7 +272,7 @@ async def test_message_ttl_seconds(api: Api) -> None:
     ws = await api.client()
     for ttl in ("301", "-1", "abc", "1.5"):
         resp = await api.call("POST", f"{SEND}&messageTtlSeconds={ttl}", body=b"x")
-        resp.error(400, "BadRequest")
+        resp.error(400, "Error.BadRequest", problem=True)
     await only_marker(api, ws)
 
     for ttl in ("10", "0", "300"):

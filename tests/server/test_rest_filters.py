@@ -278,14 +278,22 @@ async def test_bad_filters_are_400_pointing_at_the_position(hub: Hub) -> None:
         ):
             status, headers, detail = await hub.raw(target, b"must not arrive")
             assert status == 400, (text, target)
-            assert (detail["code"], headers["x-ms-error-code"]) == ("BadRequest", "BadRequest")
+            # Azure's answer: validation problem details, naming the query parameter.
+            assert headers["Content-Type"] == "application/problem+json; charset=utf-8"
+            assert (detail["code"], headers["x-ms-error-code"]) == (
+                "Error.BadRequest",
+                "Error.BadRequest",
+            )
             assert detail["target"] == "filter"
+            assert detail["errors"] == {"filter": [detail["message"]]}
             assert f"position {position}:" in detail["message"], (text, detail)
         for operation in ("addToGroups", "removeFromGroups"):
             body = orjson.dumps({"groups": ["g1", "new"], "filter": text})
             target = f"/api/hubs/chat/:{operation}"
-            status, _, detail = await hub.raw(target, body, "application/json")
-            assert status == 400 and detail["target"] == "filter", (text, operation)
+            status, headers, detail = await hub.raw(target, body, "application/json")
+            # In a body Azure names the model's property: "Filter".
+            assert status == 400 and detail["target"] == "Filter", (text, operation)
+            assert headers["Content-Type"] == "application/problem+json; charset=utf-8"
             assert f"position {position}:" in detail["message"]
 
         with pytest.raises(HttpResponseError) as raised:

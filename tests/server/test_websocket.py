@@ -150,7 +150,7 @@ async def test_a_plain_get_is_400_with_a_json_error(
         assert resp.status == 400
         assert resp.content_type == "application/json"
         body = await resp.json()
-    assert body["code"] == "BadRequest"
+    assert body["code"] == "Error.BadRequest"
     assert "WebSocket" in body["message"]
 
 
@@ -162,7 +162,7 @@ async def test_an_invalid_hub_is_400(
     assert await refused(http, url) == 400
     status, body = await error_of(http, url)
     assert status == 400
-    assert body["code"] == "InvalidName"
+    assert body["code"] == "Error.BadRequest"
     assert body["target"] == "hub"
 
 
@@ -172,7 +172,7 @@ async def test_no_token_is_401_unless_the_hub_allows_anonymous_clients(
     denying = await start_service(chat_hub())
     assert await refused(http, endpoint(denying)) == 401
     status, body = await error_of(http, endpoint(denying))
-    assert (status, body["code"]) == (401, "Unauthorized")
+    assert (status, body["code"]) == (401, "Error.Unauthorized")
 
     allowing = await start_service(chat_hub(anonymous=True))
     async with await http.ws_connect(endpoint(allowing)) as ws, sdk(allowing) as service:
@@ -228,7 +228,7 @@ async def test_a_bad_token_is_401(
     url = f"{endpoint(runner)}?access_token={BAD_TOKENS[kind](runner)}"
     assert await refused(http, url) == 401
     status, body = await error_of(http, url)
-    assert (status, body["code"]) == (401, "Unauthorized")
+    assert (status, body["code"]) == (401, "Error.Unauthorized")
 
 
 async def test_a_token_signed_with_the_second_key_is_accepted(

@@ -446,17 +446,12 @@ class Node:
         if isinstance(query, Exists):
             if hub is None:
                 return False
-            scope, ident = query.target.scope, query.target.id
-            if scope is Scope.CONNECTION:
-                return hub.get(ident) is not None
-            if scope is Scope.USER:
-                return hub.has_user(ident)
-            if scope is Scope.GROUP:
-                return hub.has_group(ident)
-            return len(hub) > 0
+            # A connection the service is closing is gone already, as on Azure: a REST
+            # close is followed at once by a 404 for it, its user and its groups.
+            return any(not c.closing for c in _targets(hub, query.target))
         if isinstance(query, HasPermission):
             conn = hub.get(query.connection_id) if hub is not None else None
-            if conn is None:
+            if conn is None or conn.closing:
                 return None
             return conn.permissions.has(Permission.parse(query.permission), query.group)
         if isinstance(query, ListGroup):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from webpubsub.backplane.base import Backplane
 from webpubsub.core.permissions import Permission
-from webpubsub.errors import BadRequest, NotFound
+from webpubsub.errors import BadRequest, InvalidParameter, NotFound
 from webpubsub.protocol.backplane import (
     ChangeGroup,
     ChangePermission,
@@ -45,6 +45,17 @@ _CLIENT_PATHS = {
     "mqtt": "/clients/mqtt/hubs/",
     "socketio": "/clients/socketio/hubs/",
 }
+
+
+def _group(name: str | None) -> str:
+    """The ``targetName`` of a permission operation: both permissions are per group, so
+    Azure requires it (400 without one)."""
+    if name is None:
+        raise BadRequest(
+            "Invalid group name. Valid group name should be in between 1 and 1024 characters long.",
+            target="Request",
+        )
+    return validate_group(name)
 
 
 def _checked_filter(text: str) -> str:
@@ -121,7 +132,7 @@ class Operations:
         key, group = hub_key(hub), validate_group(group)
         target = Target.connection(validate_connection_id(connection_id))
         if not await self._exists(key, target):
-            raise NotFound(f"Connection {connection_id!r} does not exist.")
+            raise NotFound.of("Connection", connection_id, "Error.Connection.NotExisted")
         await self._bp.publish(ChangeGroup(key, target, GroupAction.ADD, (group,)))
 
     async def remove_connection_from_group(self, hub: str, group: str, connection_id: str) -> None:
@@ -135,11 +146,15 @@ class Operations:
         await self._bp.publish(ChangeGroup(hub_key(hub), target, GroupAction.REMOVE_ALL))
 
     async def add_user_to_group(self, hub: str, group: str, user_id: str) -> None:
-        """Adds the user's current connections (future ones are not added)."""
+        """Adds the user's current connections (future ones are not added).
+
+        Raises :class:`NotFound` when the user has no connection, as Azure does.
+        """
+        key, group = hub_key(hub), validate_group(group)
         target = Target.user(validate_user_id(user_id))
-        await self._bp.publish(
-            ChangeGroup(hub_key(hub), target, GroupAction.ADD, (validate_group(group),))
-        )
+        if not await self._exists(key, target):
+            raise NotFound.of("User", user_id, "Warning.User.NotExisted")
+        await self._bp.publish(ChangeGroup(key, target, GroupAction.ADD, (group,)))
 
     async def remove_user_from_group(self, hub: str, group: str, user_id: str) -> None:
         target = Target.user(validate_user_id(user_id))
@@ -166,7 +181,7 @@ class Operations:
         self, hub: str, groups: Sequence[str], filter: str, action: GroupAction
     ) -> None:
         if not groups:
-            raise BadRequest("'groups' must list at least one group.", target="groups")
+            raise InvalidParameter("'groups' must list at least one group.", target="groups")
         checked = tuple(dict.fromkeys(validate_group(g) for g in groups))
         await self._bp.publish(
             ChangeGroup(hub_key(hub), Target.all(), action, checked, _checked_filter(filter))
@@ -194,16 +209,19 @@ class Operations:
         groups: Sequence[str] = (),
         minutes_to_expire: int = 60,
         client_type: str = "Default",
+        socket_io: bool = True,
     ) -> str:
-        """A client access token for ``hub``, as the SDKs sign it (auth.md §2.1)."""
+        """A client access token for ``hub``, as the SDKs sign it.
+
+        ``socket_io`` is whether the API version knows the ``SocketIO`` client type
+        (2024-12-01 and later).
+        """
         if minutes_to_expire < 1:
-            raise BadRequest("minutesToExpire must be at least 1.", target="minutesToExpire")
+            raise InvalidParameter("minutesToExpire must be at least 1.", target="minutesToExpire")
         path = _CLIENT_PATHS.get(client_type.lower())
-        if path is None:
-            raise BadRequest(
-                f"clientType must be Default, MQTT or SocketIO, not {client_type!r}.",
-                target="clientType",
-            )
+        if path is None or (client_type.lower() == "socketio" and not socket_io):
+            # ASP.NET's model binding wording, as Azure answers it.
+            raise InvalidParameter(f"The value '{client_type}' is not valid.", target="clientType")
         validate_hub(hub)
         return issue_client_token(
             self._keys[0],
@@ -272,24 +290,22 @@ class Operations:
     async def has_permission(
         self, hub: str, permission: str, connection_id: str, group: str | None = None
     ) -> bool:
+        """Whether the connection exists and holds the permission for the group."""
         perm = Permission.parse(permission)
-        query = HasPermission(
-            hub_key(hub),
-            validate_connection_id(connection_id),
-            perm.value,
-            validate_group(group) if group is not None else None,
-        )
+        key, cid, target_group = hub_key(hub), validate_connection_id(connection_id), _group(group)
+        query = HasPermission(key, cid, perm.value, target_group)
         return any(answer is True for answer in await self._bp.gather(query))
 
     async def _change_permission(
         self, hub: str, permission: str, connection_id: str, group: str | None, *, grant: bool
     ) -> None:
+        """Grant: :class:`NotFound` for an unknown connection. Revoke: nothing to do."""
         perm = Permission.parse(permission)
-        key = hub_key(hub)
-        cid = validate_connection_id(connection_id)
+        key, cid, target_group = hub_key(hub), validate_connection_id(connection_id), _group(group)
         if not await self._exists(key, Target.connection(cid)):
-            raise NotFound(f"Connection {connection_id!r} does not exist.")
-        target_group = validate_group(group) if group is not None else None
+            if not grant:
+                return
+            raise NotFound.of("Connection", connection_id, "Info.Connection.NotExisted")
         await self._bp.publish(ChangePermission(key, cid, perm.value, grant, target_group))
 
     async def _exists(self, key: str, target: Target) -> bool:

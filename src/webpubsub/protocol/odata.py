@@ -27,7 +27,7 @@ types never compare (every operator gives false), and the logic is three-valued
 (``not null`` is null, ``null and false`` is false); a filter that yields null does
 not match.  Strings compare by code point and are case-sensitive.
 
-Every problem raises :class:`~webpubsub.errors.BadRequest` with the 0-based position
+Every problem raises :class:`~webpubsub.errors.InvalidParameter` with the 0-based position
 of the offending character and a short excerpt of the text around it.
 """
 
@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from webpubsub.errors import BadRequest
+from webpubsub.errors import InvalidParameter
 from webpubsub.protocol.odata_ast import (
     COMPARE_WORDS,
     FUNCTIONS,
@@ -146,10 +146,10 @@ def _describe(token: _Token) -> str:
     return _quote(token.text)
 
 
-def _error(text: str, pos: int, detail: str) -> BadRequest:
+def _error(text: str, pos: int, detail: str) -> InvalidParameter:
     start, end = max(pos - 12, 0), min(pos + 12, len(text))
     excerpt = ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
-    return BadRequest(
+    return InvalidParameter(
         f'Invalid filter at position {pos}: {detail} (near "{_printable(excerpt)}")',
         target="filter",
     )
@@ -185,7 +185,7 @@ class _Parser:
         token = self.peek
         return token.kind == "name" and token.text.lower() in words
 
-    def fail(self, pos: int, detail: str) -> BadRequest:
+    def fail(self, pos: int, detail: str) -> InvalidParameter:
         return _error(self.text, pos, detail)
 
     def expect(self, kind: str, what: str) -> _Token:
@@ -378,13 +378,13 @@ class _Parser:
 
 
 def parse_filter(text: str, *, max_clauses: int = MAX_CLAUSES) -> Filter:
-    """Parse and type-check an OData filter; raise ``BadRequest`` if it is invalid.
+    """Parse and type-check an OData filter; raise ``InvalidParameter`` if it is invalid.
 
     An empty filter is invalid here: callers treat an absent or empty ``filter`` as
     "select every connection" before calling this.
     """
     if len(text) > MAX_FILTER_LENGTH:
-        raise BadRequest(
+        raise InvalidParameter(
             f"Invalid filter: longer than {MAX_FILTER_LENGTH} characters", target="filter"
         )
     return Filter(text, _Parser(text, max_clauses).parse())

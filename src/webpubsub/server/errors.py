@@ -13,11 +13,19 @@ from webpubsub.errors import PayloadTooLarge, WebPubSubError
 log = logging.getLogger("webpubsub.server")
 
 
-def error_response(error: WebPubSubError) -> web.Response:
+def error_response(error: WebPubSubError, *, problem: bool = False) -> web.Response:
+    """``error`` as Azure answers it: its status, ``x-ms-error-code`` and JSON body.
+
+    ``problem``: a validation error of a request parameter, which Azure sends as
+    ``application/problem+json`` (RFC 9457) from operations without a JSON result.
+    On a HEAD request aiohttp sends the headers (``Content-Length`` too) without the
+    body, as Azure does.
+    """
     return web.Response(
         status=error.http_status,
         body=orjson.dumps(error.to_error_detail()),
-        content_type="application/json",
+        content_type="application/problem+json" if problem else "application/json",
+        charset="utf-8",
         headers={"x-ms-error-code": error.code},
     )
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from webpubsub.errors import (
     BadRequest,
+    InvalidParameter,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -25,6 +26,7 @@ from webpubsub.errors import (
 )
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.names import validate_hub
+from webpubsub.protocol.odata import parse_filter
 from webpubsub.protocol.payload import Payload, media_type
 from webpubsub.protocol.tokens import bearer_token, verify_rest_token
 from webpubsub.server.context import SERVICE, ServiceContext
@@ -32,6 +34,8 @@ from webpubsub.server.errors import error_response
 from webpubsub.server.origin import caller_origin, public_base
 
 API_VERSION = "2024-12-01"
+SOCKET_IO_API_VERSION = "2024-12-01"
+"""The first API version whose ``:generateToken`` knows ``clientType=SocketIO``."""
 MAX_PAGE_SIZE = 200
 
 
@@ -65,6 +69,9 @@ class Route:
     method: str
     pattern: tuple[str, ...]
     handler: Handler
+    answers_json: bool = False
+    """The success body is JSON: validation errors are then ``application/json`` too,
+    not ``application/problem+json`` (as Azure's ``:generateToken`` answers them)."""
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.pattern):
@@ -82,6 +89,11 @@ class Route:
 
 def _status(code: int) -> web.Response:
     return web.Response(status=code)
+
+
+def _json(value: object) -> web.Response:
+    """A JSON result, typed as Azure types it (``application/json; charset=utf-8``)."""
+    return web.Response(body=orjson.dumps(value), content_type="application/json", charset="utf-8")
 
 
 async def _payload(call: Call) -> Payload:
@@ -105,7 +117,7 @@ def _int_arg(call: Call, name: str, *, low: int, high: int | None = None) -> int
         return None
     if not _is_digits(raw) or int(raw) < low or (high is not None and int(raw) > high):
         bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise BadRequest(f"{name} must be an integer {bounds}.", target=name)
+        raise InvalidParameter(f"{name} must be an integer {bounds}.", target=name)
     return int(raw)
 
 
@@ -152,11 +164,20 @@ async def _groups_body(call: Call) -> tuple[list[str], str]:
         raise BadRequest("The body must be a JSON object.")
     groups = body.get("groups")
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise BadRequest("'groups' must be an array of group names.", target="groups")
+        raise InvalidParameter("'groups' must be an array of group names.", target="groups")
     flt = body.get("filter")
     if flt is not None and not isinstance(flt, str):
-        raise BadRequest("'filter' must be a string.", target="filter")
+        raise InvalidParameter("'filter' must be a string.", target=_BODY_FILTER)
+    if flt:
+        try:
+            parse_filter(flt)
+        except InvalidParameter as exc:  # Azure names the body's property, not the query's
+            raise InvalidParameter(exc.message, target=_BODY_FILTER) from None
     return groups, flt or ""
+
+
+_BODY_FILTER = "Filter"
+"""How Azure names the ``filter`` of a bulk group body in its errors (a C# property)."""
 
 
 async def add_connections_to_groups(ops: Operations, call: Call) -> web.StreamResponse:
@@ -173,6 +194,7 @@ async def remove_connections_from_groups(ops: Operations, call: Call) -> web.Str
 
 async def generate_token(ops: Operations, call: Call) -> web.StreamResponse:
     minutes = _int_arg(call, "minutesToExpire", low=1)
+    version = call.arg("api-version")
     token = ops.generate_client_token(
         call.hub,
         endpoint=_public_base(call.request),
@@ -181,8 +203,9 @@ async def generate_token(ops: Operations, call: Call) -> web.StreamResponse:
         groups=call.args("group"),
         minutes_to_expire=60 if minutes is None else minutes,
         client_type=call.arg("clientType") or "Default",
+        socket_io=version is None or version >= SOCKET_IO_API_VERSION,
     )
-    return web.Response(body=orjson.dumps({"token": token}), content_type="application/json")
+    return _json({"token": token})
 
 
 async def send_to_connection(ops: Operations, call: Call) -> web.StreamResponse:
@@ -223,15 +246,24 @@ async def close_connection(ops: Operations, call: Call) -> web.StreamResponse:
 
 
 async def connection_exists(ops: Operations, call: Call) -> web.StreamResponse:
-    return _status(200 if await ops.connection_exists(call.hub, call.params["connection"]) else 404)
+    connection = call.params["connection"]
+    if not await ops.connection_exists(call.hub, connection):
+        raise NotFound.of("Connection", connection, "Warning.Connection.NotExisted")
+    return _status(200)
 
 
 async def user_exists(ops: Operations, call: Call) -> web.StreamResponse:
-    return _status(200 if await ops.user_exists(call.hub, call.params["user"]) else 404)
+    user = call.params["user"]
+    if not await ops.user_exists(call.hub, user):
+        raise NotFound.of("User", user, "Warning.User.NotExisted")
+    return _status(200)
 
 
 async def group_exists(ops: Operations, call: Call) -> web.StreamResponse:
-    return _status(200 if await ops.group_exists(call.hub, call.params["group"]) else 404)
+    group = call.params["group"]
+    if not await ops.group_exists(call.hub, group):
+        raise NotFound.of("Group", group, "Warning.Group.NotExisted")
+    return _status(200)
 
 
 async def add_connection_to_group(ops: Operations, call: Call) -> web.StreamResponse:
@@ -281,10 +313,8 @@ async def list_group_connections(ops: Operations, call: Call) -> web.StreamRespo
     ]
     take = page_size if top is None else min(page_size, top)
     page, rest = members[:take], members[take:]
-    value = [
-        {"connectionId": m.connection_id, **({"userId": m.user_id} if m.user_id else {})}
-        for m in page
-    ]
+    # Azure lists "userId": null for an anonymous connection rather than omitting it.
+    value = [{"connectionId": m.connection_id, "userId": m.user_id or None} for m in page]
     body: dict[str, object] = {"value": value}
     remaining = None if top is None else top - len(page)
     if rest and page and (remaining is None or remaining > 0):
@@ -297,7 +327,7 @@ async def list_group_connections(ops: Operations, call: Call) -> web.StreamRespo
         query.append(("api-version", call.arg("api-version") or API_VERSION))
         path = _origin_form(call.request.raw_path).partition("?")[0]
         body["nextLink"] = f"{_public_base(call.request)}{path}?{urlencode(query)}"
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return _json(body)
 
 
 def _token_for(connection_id: str) -> str:
@@ -311,7 +341,9 @@ def _continuation(token: str | None) -> str:
         padded = token + "=" * (-len(token) % 4)
         return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("continuationToken is not valid.", target="continuationToken") from None
+        raise InvalidParameter(
+            "continuationToken is not valid.", target="continuationToken"
+        ) from None
 
 
 def _origin(request: web.Request) -> str:
@@ -340,17 +372,20 @@ async def revoke_permission(ops: Operations, call: Call) -> web.StreamResponse:
 
 
 async def has_permission(ops: Operations, call: Call) -> web.StreamResponse:
-    held = await ops.has_permission(
-        call.hub, call.params["permission"], call.params["connection"], call.arg("targetName")
-    )
-    return _status(200 if held else 404)
+    connection = call.params["connection"]
+    if not await ops.has_permission(
+        call.hub, call.params["permission"], connection, call.arg("targetName")
+    ):
+        # Azure's one answer for a connection that is not there or lacks the permission.
+        raise NotFound.of("Connection", connection, "Info.Connection.NotExisted")
+    return _status(200)
 
 
 H = ("hubs", "{hub}")
 ROUTES: tuple[Route, ...] = (
     Route("POST", (*H, ":send"), send_to_all),
     Route("POST", (*H, ":closeConnections"), close_all),
-    Route("POST", (*H, ":generateToken"), generate_token),
+    Route("POST", (*H, ":generateToken"), generate_token, answers_json=True),
     Route("POST", (*H, ":addToGroups"), add_connections_to_groups),
     Route("POST", (*H, ":removeFromGroups"), remove_connections_from_groups),
     Route("DELETE", (*H, "connections", "{connection}"), close_connection),
@@ -362,7 +397,9 @@ ROUTES: tuple[Route, ...] = (
     Route("HEAD", (*H, "groups", "{group}"), group_exists),
     Route("POST", (*H, "groups", "{group}", ":closeConnections"), close_group),
     Route("POST", (*H, "groups", "{group}", ":send"), send_to_group),
-    Route("GET", (*H, "groups", "{group}", "connections"), list_group_connections),
+    Route(
+        "GET", (*H, "groups", "{group}", "connections"), list_group_connections, answers_json=True
+    ),
     Route("PUT", (*H, "groups", "{group}", "connections", "{connection}"), add_connection_to_group),
     Route(
         "DELETE",
@@ -432,7 +469,10 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
     matched, params = found
     params["hub"] = validate_hub(params["hub"])
     call = Call(params, parse_qsl(raw_query, keep_blank_values=True), request)
-    return await matched.handler(ctx.operations, call)
+    try:
+        return await matched.handler(ctx.operations, call)
+    except InvalidParameter as exc:
+        return error_response(exc, problem=not matched.answers_json)
 
 
 def _origin_form(target: str) -> str:
