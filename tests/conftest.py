@@ -13,8 +13,8 @@ from tests.support.handler import EventHandlerApp
 from webpubsub import devcert
 from webpubsub.backplane.base import Backplane
 from webpubsub.config import ServiceConfig, default_config
+from webpubsub.core.settings import HubSettings
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import HubSettings
 
 ACCESS_KEY = "test-access-key-0123456789-abcdefghijklmnop"
 SECOND_KEY = "second-access-key-0123456789-abcdefghijklm"

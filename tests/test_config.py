@@ -18,8 +18,8 @@ from webpubsub.config import (
     parse_access_keys,
     parse_config,
 )
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import ConfigError
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 KEY_A = "A" * 32
 KEY_B = "B" * 32

@@ -18,10 +18,10 @@ import click
 
 from webpubsub import devcert
 from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import BadRequest, ConfigError
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 if TYPE_CHECKING:
     from webpubsub.server.app import ServiceRunner

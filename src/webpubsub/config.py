@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import SplitResult, urlsplit
 
+from webpubsub.core.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.names import EVENT_NAME_PATTERN, HUB_PATTERN
-from webpubsub.upstream.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
 
 DEFAULT_HUB = "_default"
 MIN_ACCESS_KEY_LENGTH = 32

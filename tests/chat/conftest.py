@@ -25,8 +25,8 @@ async def chat_url() -> AsyncIterator[str]:
     """The chat app's base URL (no trailing slash), in front of a running service."""
     # Imported here so that the app-only tests run without the service.
     from webpubsub.config import default_config
+    from webpubsub.core.settings import EventHandlerSettings, HubSettings
     from webpubsub.server.app import ServiceRunner
-    from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
     # The service needs the app's URL and the app needs the service's connection
     # string: bind the app's socket first, start the service, then serve the app.

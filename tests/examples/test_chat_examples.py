@@ -26,8 +26,8 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import StartService
 from tests.sdk.servers import LateWSGIApp, serve_asgi, serve_wsgi
 from tests.support.chat import negotiate, next_text, two_users_chat
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

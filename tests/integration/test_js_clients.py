@@ -25,9 +25,9 @@ from aiohttp import web
 
 from tests.conftest import SECOND_KEY, StartService, tls_files
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.devcert import DevCert
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 pytestmark = pytest.mark.e2e
 

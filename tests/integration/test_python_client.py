@@ -33,8 +33,8 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.proxy import TcpProxy
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 WAIT = 5.0
 """Upper bound for anything that should happen promptly."""

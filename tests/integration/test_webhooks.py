@@ -25,8 +25,8 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 WAIT = 5.0
 """Upper bound for anything that should happen promptly."""

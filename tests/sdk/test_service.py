@@ -19,6 +19,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.sdk.conftest import Serve
 from tests.sdk.servers import Recorder
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.sdk import (
     ConnectedRequest,
     ConnectRequest,
@@ -31,7 +32,6 @@ from webpubsub.sdk import (
     WebPubSubEventHandler,
 )
 from webpubsub.server.app import ServiceRunner
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 HUB = "sdkhub"
 JSON_PROTOCOL = "json.webpubsub.azure.v1"

@@ -32,6 +32,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
 from webpubsub.core.connection import Connection
+from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Close, Send, Target
 from webpubsub.protocol.frames import DataMessage
 from webpubsub.protocol.payload import Payload
@@ -39,7 +40,6 @@ from webpubsub.protocol.wsframe import Opcode, encode_frame
 from webpubsub.server import outbox as outbox_module
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.outbox import Flusher, Outbox
-from webpubsub.upstream.settings import HubSettings
 
 HUB = "h"
 WAIT = 10.0

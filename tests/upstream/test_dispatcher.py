@@ -12,12 +12,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import ConnectRejected, NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply, signature
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 ORIGIN = "pubsub.example.com"

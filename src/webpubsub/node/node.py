@@ -21,6 +21,7 @@ from webpubsub.core.connection import Connection, Sink
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import ReliableBuffer
+from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     BadRequest,
     InvalidName,
@@ -52,7 +53,6 @@ from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.protocol.wsframe import CloseCode
-from webpubsub.upstream.settings import HubSettings
 
 log = logging.getLogger("webpubsub.node")
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from webpubsub.core.settings import HubSettings
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
 from webpubsub.server.outbox import Flusher
-from webpubsub.upstream.settings import HubSettings
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
@@ -36,7 +37,6 @@ from webpubsub.protocol.cloudevents import (
 )
 from webpubsub.protocol.payload import Payload
 from webpubsub.upstream.http import HttpTransport, UpstreamTimeout, safe_url
-from webpubsub.upstream.settings import EventHandlerSettings, HubSettings
 
 _log = logging.getLogger("webpubsub.upstream")
 
