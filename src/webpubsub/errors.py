@@ -26,6 +26,8 @@ class WebPubSubError(Exception):
 
     code: str = "Error.InternalServerError"
     http_status: int = 500
+    ack_name: str = "InternalServerError"
+    """The ``error.name`` of a failed ``ack`` on the JSON subprotocols."""
 
     def __init__(self, message: str, *, target: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -50,6 +52,7 @@ class BadRequest(WebPubSubError):
 
     code = "Error.BadRequest"
     http_status = 400
+    ack_name = "BadRequest"
 
 
 class InvalidParameter(BadRequest):
@@ -94,6 +97,18 @@ class Forbidden(WebPubSubError):
 
     code = "Error.Forbidden"
     http_status = 403
+    ack_name = "Forbidden"
+
+
+class Duplicate(WebPubSubError):
+    """A JSON-subprotocol request repeats the ackId of one that already succeeded."""
+
+    code = "Error.Duplicate"
+    http_status = 409
+    ack_name = "Duplicate"
+
+    def __init__(self, ack_id: int) -> None:
+        super().__init__(f"Message with ack-id: {ack_id} has been processed")
 
 
 class NotFound(WebPubSubError):
@@ -147,6 +162,13 @@ class UpstreamError(WebPubSubError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def client_message(self) -> str:
+        """What a client may be told: no handler URL or internal detail, the status if any."""
+        if self.status is not None:
+            return f"The event handler failed (status {self.status})."
+        return "The event handler failed."
+
 
 class NoEventHandler(UpstreamError):
     """No event handler of the hub subscribes to this user event."""
@@ -154,6 +176,10 @@ class NoEventHandler(UpstreamError):
     def __init__(self, event: str) -> None:
         super().__init__(f"No event handler accepts '{event}' events.")
         self.event = event
+
+    @property
+    def client_message(self) -> str:
+        return self.message
 
 
 class ConnectRejected(WebPubSubError):

@@ -11,6 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from webpubsub.errors import (
+    BadRequest,
+    Duplicate,
+    Forbidden,
+    InvalidName,
+    UpstreamError,
+    WebPubSubError,
+)
 from webpubsub.protocol.json_protocol import (
     PONG,
     JoinGroup,
@@ -143,14 +151,24 @@ def test_server_messages_match_the_observed_frames() -> None:
         "message": "bye",
     }
     assert orjson.loads(encode_ack(1)) == {"type": "ack", "ackId": 1, "success": True}
-    assert orjson.loads(
-        encode_ack(5, ("Duplicate", "Message with ack-id: 5 has been processed"))
-    ) == {
+    assert orjson.loads(encode_ack(5, Duplicate(5))) == {
         "type": "ack",
         "ackId": 5,
         "success": False,
         "error": {"name": "Duplicate", "message": "Message with ack-id: 5 has been processed"},
     }
+    # Every error type maps to its ack name in one place.
+    for error, name in (
+        (BadRequest("b"), "BadRequest"),
+        (InvalidName("n"), "BadRequest"),
+        (Forbidden("f"), "Forbidden"),
+        (UpstreamError("u"), "InternalServerError"),
+        (WebPubSubError("w"), "InternalServerError"),
+    ):
+        assert orjson.loads(encode_ack(2, error))["error"] == {
+            "name": name,
+            "message": error.message,
+        }
     assert orjson.loads(PONG) == {"type": "pong"}
 
 

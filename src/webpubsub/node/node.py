@@ -13,14 +13,15 @@ import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import assert_never
 
 from webpubsub.core.connection import Connection, Sink
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import ReliableBuffer
+from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
 from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     BadRequest,
@@ -28,7 +29,8 @@ from webpubsub.errors import (
     Unauthorized,
     UpstreamError,
 )
-from webpubsub.node.requests import ClientRequests, handler_failed
+from webpubsub.node import ports
+from webpubsub.node.ports import EventHandlerPort
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -45,7 +47,7 @@ from webpubsub.protocol.backplane import (
     Send,
     Target,
 )
-from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
+from webpubsub.protocol.cloudevents import EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import encode_connected
 from webpubsub.protocol.names import validate_group, validate_user_id
@@ -64,33 +66,8 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
 #: How long a dropped reliable connection waits for its client (client-protocols.md §5.3).
 DEFAULT_RECOVERY_WINDOW = 60.0
 
-Publish = Callable[[Command], Awaitable[None]]
-
 #: Parsed OData filters kept per node (the same filter text is often sent repeatedly).
 _FILTER_CACHE_SIZE = 256
-
-
-class EventHandlerPort(Protocol):
-    """What the node needs from the upstream dispatcher (implemented in upstream/)."""
-
-    async def connect(
-        self,
-        hub: HubSettings,
-        ctx: EventContext,
-        *,
-        claims: Mapping[str, Sequence[str]],
-        query: Mapping[str, Sequence[str]],
-        headers: Mapping[str, Sequence[str]],
-        subprotocols: Sequence[str],
-    ) -> ConnectDecision | None: ...
-
-    async def user_event(
-        self, hub: HubSettings, ctx: EventContext, name: str, payload: Payload
-    ) -> EventReply: ...
-
-    def connected(self, hub: HubSettings, ctx: EventContext) -> None: ...
-
-    def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +108,7 @@ class Node:
         hub_settings: Callable[[str], HubSettings],
         upstream: EventHandlerPort,
         origin: str,
-        publish: Publish,
+        publish: ports.Publish,
         node_id: str | None = None,
         id_factory: Callable[[], str] = new_connection_id,
         recovery_window: float = DEFAULT_RECOVERY_WINDOW,
@@ -145,7 +122,7 @@ class Node:
         self._hubs: dict[str, Hub] = {}
         self._idle: asyncio.Event | None = None
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
-        self._requests = ClientRequests(self, publish)
+        self._publish = publish
         self._filters: dict[str, Filter] = {}
 
     # -- transport side --------------------------------------------------------------
@@ -286,7 +263,7 @@ class Node:
         if conn.closing:
             return
         if conn.protocol.is_json:
-            await self._requests.handle(conn, data)
+            await self._request(conn, data)
             return
         if isinstance(data, str):
             payload = Payload(DataType.TEXT, data.encode("utf-8"))
@@ -295,9 +272,41 @@ class Node:
         try:
             reply = await self.user_event(conn, "message", payload)
         except UpstreamError as exc:
-            conn.close(CloseCode.INTERNAL_ERROR, handler_failed(exc))
+            conn.close(CloseCode.INTERNAL_ERROR, exc.client_message)
             return
         self.apply_reply(conn, reply)
+
+    async def _request(self, conn: Connection, data: bytes | str) -> None:
+        """Carry out what the router makes of one JSON-subprotocol frame."""
+        hub = self._hubs.get(conn.hub)
+        if hub is None:  # pragma: no cover - an attached connection always has its hub
+            return
+        effect = route(conn, hub, data)
+        match effect:
+            case None:
+                return
+            case Reply():
+                conn.send_control(effect.frame)
+                return
+            case CloseClient():
+                conn.close(effect.code, effect.reason)
+                return
+            case Publish():
+                await self._publish(effect.command)
+                ack = succeeded(conn, effect.ack_id)
+            case CallEvent():
+                try:
+                    reply = await self.user_event(conn, effect.event, effect.payload)
+                except UpstreamError as exc:
+                    client_error = UpstreamError(exc.client_message, status=exc.status)
+                    ack = failed(effect.ack_id, client_error)
+                else:
+                    self.apply_reply(conn, reply)  # the reply reaches the client before the ack
+                    ack = succeeded(conn, effect.ack_id)
+            case _:
+                assert_never(effect)
+        if ack is not None:
+            conn.send_control(ack)
 
     async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
         """Call the event handler for a user event; failures are logged and re-raised."""

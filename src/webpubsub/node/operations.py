@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from webpubsub.backplane.base import Backplane
 from webpubsub.core.permissions import Permission
 from webpubsub.errors import BadRequest, InvalidParameter, NotFound
+from webpubsub.node.ports import BackplanePort
 from webpubsub.protocol.backplane import (
     ChangeGroup,
     ChangePermission,
@@ -68,7 +68,7 @@ def _checked_filter(text: str) -> str:
 class Operations:
     def __init__(
         self,
-        backplane: Backplane,
+        backplane: BackplanePort,
         *,
         keys: Sequence[str] = (),
         clock: Callable[[], float] = time.time,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from webpubsub.errors import BadRequest, InvalidName
+from webpubsub.errors import BadRequest, InvalidName, WebPubSubError
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
 
@@ -31,8 +31,6 @@ class ProtocolViolation(BadRequest):
     answers with a ``BadRequest`` ack); ``fatal`` means the frame was not a
     request at all (not JSON, not an object, no type), which closes the connection.
     """
-
-    code = "BadRequest"
 
     def __init__(self, message: str, *, ack_id: int | None = None, fatal: bool = False) -> None:
         super().__init__(message)
@@ -198,17 +196,17 @@ def encode_disconnected(reason: str) -> bytes:
     return orjson.dumps({"type": "system", "event": "disconnected", "message": reason})
 
 
-def encode_ack(ack_id: int, error: tuple[str, str] | None = None) -> bytes:
-    """``error`` is ``(name, message)``: Forbidden, InternalServerError, Duplicate, BadRequest."""
+def encode_ack(ack_id: int, error: WebPubSubError | None = None) -> bytes:
+    """The ``ack`` of request ``ack_id``: success, or ``error`` by its ``ack_name``
+    (Forbidden, InternalServerError, Duplicate, BadRequest) and message."""
     if error is None:
         return orjson.dumps({"type": "ack", "ackId": ack_id, "success": True})
-    name, message = error
     return orjson.dumps(
         {
             "type": "ack",
             "ackId": ack_id,
             "success": False,
-            "error": {"name": name, "message": message},
+            "error": {"name": error.ack_name, "message": error.message},
         }
     )
 

@@ -16,7 +16,6 @@ from aiohttp import WebSocketError, WSMsgType, web
 from webpubsub.core.connection import Connection
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
-from webpubsub.node.requests import handler_failed
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
@@ -49,7 +48,7 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
         log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
-        return error_response(UpstreamError(handler_failed(exc), status=exc.status))
+        return error_response(UpstreamError(exc.client_message, status=exc.status))
     except WebPubSubError as exc:
         return error_response(exc)
 

@@ -1,0 +1,154 @@
+"""What a JSON-subprotocol client may ask of the service, as effects (no I/O).
+
+:func:`route` takes one frame of a ``json.webpubsub.azure.v1`` (or reliable)
+connection and its hub, does what needs no I/O at once (join and leave groups,
+acknowledge sequence ids, check permissions and ackIds) and returns what is left
+for the node to carry out: a frame to send back, a close, a command to publish,
+an event to call — each saying which ack follows it. The asyncio side only
+executes effects; every decision is here, testable without a socket.
+
+Requests with an ``ackId`` are answered with an ``ack`` and are idempotent: a
+repeated ackId that succeeded is answered ``Duplicate`` without running again.
+Failures are raised as the error types of :mod:`webpubsub.errors` and mapped to
+an ack in one place (:func:`webpubsub.protocol.json_protocol.encode_ack`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import assert_never
+
+from webpubsub.core.connection import Connection
+from webpubsub.core.hub import Hub
+from webpubsub.core.permissions import Permission
+from webpubsub.errors import BadRequest, Duplicate, Forbidden, WebPubSubError
+from webpubsub.protocol.backplane import Command, Send, Target
+from webpubsub.protocol.frames import DataMessage, Origin
+from webpubsub.protocol.json_protocol import (
+    PONG,
+    JoinGroup,
+    LeaveGroup,
+    Ping,
+    ProtocolViolation,
+    SendEvent,
+    SendToGroup,
+    SequenceAck,
+    Unsupported,
+    decode_client_message,
+    encode_ack,
+)
+from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.wsframe import CloseCode
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``frame`` (an ack or a pong) to the client now."""
+
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient:
+    """Close the connection: the frame was not a request at all."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``command``, then acknowledge ``ack_id`` (when given) as a success."""
+
+    command: Command
+    ack_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Call the event handler with user event ``event``; deliver its reply, then ack."""
+
+    event: str
+    payload: Payload
+    ack_id: int | None
+
+
+Effect = Reply | CloseClient | Publish | CallEvent
+
+
+def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
+    """The effect of one client ``frame`` on ``conn`` of ``hub`` (None: nothing to do)."""
+    try:
+        msg = decode_client_message(frame)
+    except ProtocolViolation as exc:
+        if exc.fatal or exc.ack_id is None:
+            return CloseClient(CloseCode.POLICY_VIOLATION, f"Invalid message: {exc.message}")
+        return Reply(encode_ack(exc.ack_id, exc))
+    match msg:
+        case SequenceAck():
+            if conn.reliable is not None:
+                conn.reliable.ack(msg.sequence_id)
+            return None
+        case Ping():
+            return Reply(PONG)
+        case Unsupported():
+            if msg.ack_id is None:
+                return None
+            error = BadRequest(f"Message type '{msg.type}' is not supported.")
+            return Reply(encode_ack(msg.ack_id, error))
+        case JoinGroup() | LeaveGroup() | SendToGroup() | SendEvent():
+            ack_id = msg.ack_id
+            try:
+                if ack_id is not None and ack_id in conn.ack_ids:
+                    raise Duplicate(ack_id)
+                effect = _request(conn, hub, msg)
+            except WebPubSubError as exc:
+                return Reply(encode_ack(ack_id, exc)) if ack_id is not None else None
+            if effect is None:
+                if ack_id is None:
+                    return None
+                conn.ack_ids.add(ack_id)
+                return Reply(encode_ack(ack_id))
+            return effect
+        case _:
+            assert_never(msg)
+
+
+def succeeded(conn: Connection, ack_id: int | None) -> bytes | None:
+    """The ack of a request whose effect was carried out (recorded against duplicates)."""
+    if ack_id is None:
+        return None
+    conn.ack_ids.add(ack_id)
+    return encode_ack(ack_id)
+
+
+def failed(ack_id: int | None, error: WebPubSubError) -> bytes | None:
+    """The ack of a request whose effect failed (its ackId may be tried again)."""
+    return encode_ack(ack_id, error) if ack_id is not None else None
+
+
+def _request(
+    conn: Connection, hub: Hub, msg: JoinGroup | LeaveGroup | SendToGroup | SendEvent
+) -> Publish | CallEvent | None:
+    """Check and do ``msg``; None when it is done already (join, leave)."""
+    match msg:
+        case JoinGroup() | LeaveGroup():
+            if not conn.permissions.allows(Permission.JOIN_LEAVE_GROUP, msg.group):
+                raise Forbidden(
+                    f"The connection has no permission to join or leave group '{msg.group}'."
+                )
+            if isinstance(msg, JoinGroup):
+                hub.join(conn, msg.group)
+            else:
+                hub.leave(conn, msg.group)
+            return None
+        case SendToGroup():
+            if not conn.permissions.allows(Permission.SEND_TO_GROUP, msg.group):
+                raise Forbidden(f"The connection has no permission to send to group '{msg.group}'.")
+            message = DataMessage(msg.payload, Origin.GROUP, msg.group, conn.user_id)
+            excluded = frozenset({conn.connection_id}) if msg.no_echo else frozenset()
+            return Publish(Send(conn.hub, Target.group(msg.group), message, excluded), msg.ack_id)
+        case SendEvent():
+            return CallEvent(msg.event, msg.payload, msg.ack_id)
+        case _:
+            assert_never(msg)

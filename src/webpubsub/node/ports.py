@@ -1,0 +1,52 @@
+"""The ports the node consumes, declared by the node; the layers above implement them.
+
+``backplane/`` implements :class:`BackplanePort` (how nodes share work) and
+``upstream/`` implements :class:`EventHandlerPort` (the webhook dispatcher). The node
+and the operations depend on these protocols only, never on an implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+from webpubsub.core.settings import HubSettings
+from webpubsub.protocol.backplane import Answer, Command, Query
+from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
+from webpubsub.protocol.payload import Payload
+
+Publish = Callable[[Command], Awaitable[None]]
+"""Deliver a command to every node, this one included, in publish order."""
+
+
+class BackplanePort(Protocol):
+    """What the operations need from the backplane (implemented in backplane/)."""
+
+    async def publish(self, command: Command) -> None:
+        """Deliver ``command`` to every node (this one included), in publish order."""
+
+    async def gather(self, query: Query) -> list[Answer]:
+        """Ask every node (this one included); one answer per node."""
+
+
+class EventHandlerPort(Protocol):
+    """What the node needs from the upstream dispatcher (implemented in upstream/)."""
+
+    async def connect(
+        self,
+        hub: HubSettings,
+        ctx: EventContext,
+        *,
+        claims: Mapping[str, Sequence[str]],
+        query: Mapping[str, Sequence[str]],
+        headers: Mapping[str, Sequence[str]],
+        subprotocols: Sequence[str],
+    ) -> ConnectDecision | None: ...
+
+    async def user_event(
+        self, hub: HubSettings, ctx: EventContext, name: str, payload: Payload
+    ) -> EventReply: ...
+
+    def connected(self, hub: HubSettings, ctx: EventContext) -> None: ...
+
+    def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None: ...
