@@ -199,6 +199,12 @@ class SlowClient(WebPubSubError):
     http_status = 503
 
 
+class CorruptEnvelope(WebPubSubError):
+    """Bytes from the backplane that are not a command, query or answer of this version."""
+
+    code = "Error.CorruptEnvelope"
+
+
 class ServiceUnavailable(WebPubSubError):
     code = "Error.ServiceUnavailable"
     http_status = 503

@@ -11,7 +11,7 @@ import aiohttp
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
-from webpubsub.protocol.backplane import Exists, HasPermission, Target
+from webpubsub.protocol.backplane import Exists, GroupMember, HasPermission, ListGroup, Target
 
 
 async def test_a_closing_connection_no_longer_exists(start_service: StartService) -> None:
@@ -34,11 +34,14 @@ async def test_a_closing_connection_no_longer_exists(start_service: StartService
             Exists("h", Target.group("g")),
         ]
         permission = HasPermission("h", conn.connection_id, "sendToGroup", "g")
+        listed = ListGroup("h", "g")
         assert [runner.node.answer(q) for q in queries] == [True, True, True]
         assert runner.node.answer(permission) is True
+        assert runner.node.answer(listed) == (GroupMember(conn.connection_id, "u"),)
 
         conn.close(1000, "closed by the test")  # no await: the client has not left yet
         assert hub.get(conn.connection_id) is conn
         assert [runner.node.answer(q) for q in queries] == [False, False, False]
         assert runner.node.answer(permission) is None
+        assert runner.node.answer(listed) == ()
         assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE

@@ -404,30 +404,33 @@ class Node:
         if hub is None:
             return
         try:
-            if isinstance(command, Send):
-                targets = self._select(hub, command.target, command.filter)
-                hub.deliver(targets, command.message, excluded=command.excluded)
-            elif isinstance(command, Close):
-                for conn in _targets(hub, command.target):
-                    if conn.connection_id not in command.excluded:
-                        conn.close(CloseCode.NORMAL, command.reason)
-            elif isinstance(command, ChangeGroup):
-                for conn in self._select(hub, command.target, command.filter):
-                    if command.action is GroupAction.REMOVE_ALL:
-                        hub.leave_all(conn)
-                    for group in command.groups:
-                        if command.action is GroupAction.ADD:
-                            hub.join(conn, group)
-                        elif command.action is GroupAction.REMOVE:
-                            hub.leave(conn, group)
-            elif isinstance(command, ChangePermission):
-                found = hub.get(command.connection_id)
-                if found is not None:
-                    perm = Permission.parse(command.permission)
-                    if command.grant:
-                        found.permissions.grant(perm, command.group)
-                    else:
-                        found.permissions.revoke(perm, command.group)
+            match command:
+                case Send():
+                    targets = self._select(hub, command.target, command.filter)
+                    hub.deliver(targets, command.message, excluded=command.excluded)
+                case Close():
+                    for conn in _targets(hub, command.target):
+                        if conn.connection_id not in command.excluded:
+                            conn.close(CloseCode.NORMAL, command.reason)
+                case ChangeGroup():
+                    for conn in self._select(hub, command.target, command.filter):
+                        if command.action is GroupAction.REMOVE_ALL:
+                            hub.leave_all(conn)
+                        for group in command.groups:
+                            if command.action is GroupAction.ADD:
+                                hub.join(conn, group)
+                            elif command.action is GroupAction.REMOVE:
+                                hub.leave(conn, group)
+                case ChangePermission():
+                    found = hub.get(command.connection_id)
+                    if found is not None:
+                        perm = Permission.parse(command.permission)
+                        if command.grant:
+                            found.permissions.grant(perm, command.group)
+                        else:
+                            found.permissions.revoke(perm, command.group)
+                case _:
+                    assert_never(command)
         except Exception:  # a bad command must never take the node down
             log.exception("failed to apply %s", type(command).__name__)
 
@@ -452,24 +455,29 @@ class Node:
 
     def answer(self, query: Query) -> Answer:
         hub = self._hubs.get(query.hub)
-        if isinstance(query, Exists):
-            if hub is None:
-                return False
-            # A connection the service is closing is gone already, as on Azure: a REST
-            # close is followed at once by a 404 for it, its user and its groups.
-            return any(not c.closing for c in _targets(hub, query.target))
-        if isinstance(query, HasPermission):
-            conn = hub.get(query.connection_id) if hub is not None else None
-            if conn is None or conn.closing:
-                return None
-            return conn.permissions.has(Permission.parse(query.permission), query.group)
-        if isinstance(query, ListGroup):
-            if hub is None:
-                return ()
-            return tuple(
-                GroupMember(c.connection_id, c.user_id) for c in hub.group_connections(query.group)
-            )
-        raise AssertionError(f"unknown query {query!r}")  # pragma: no cover
+        match query:
+            case Exists():
+                if hub is None:
+                    return False
+                # A connection the service is closing is gone already, as on Azure: a REST
+                # close is followed at once by a 404 for it, its user and its groups (and
+                # it is no longer listed).
+                return any(not c.closing for c in _targets(hub, query.target))
+            case HasPermission():
+                conn = hub.get(query.connection_id) if hub is not None else None
+                if conn is None or conn.closing:
+                    return None
+                return conn.permissions.has(Permission.parse(query.permission), query.group)
+            case ListGroup():
+                if hub is None:
+                    return ()
+                return tuple(
+                    GroupMember(c.connection_id, c.user_id)
+                    for c in hub.group_connections(query.group)
+                    if not c.closing
+                )
+            case _:
+                assert_never(query)
 
 
 def _targets(hub: Hub, target: Target) -> list[Connection]:

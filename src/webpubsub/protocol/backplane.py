@@ -2,16 +2,25 @@
 
 Every REST operation becomes a :data:`Command` (applied by each node to its own
 connections) or a :data:`Query` (answered by each node from its own connections).
-Messages are frozen dataclasses so that a networked backplane can encode them
-losslessly; the in-memory backplane passes them as they are.
+Messages are frozen dataclasses; a networked backplane carries them with the codec
+at the end of this module (``encode_command`` / ``decode_command`` and the same for
+queries and answers), which the in-memory backplane can run too.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
+from typing import TypeVar, assert_never
 
-from webpubsub.protocol.frames import DataMessage
+import orjson
+
+from webpubsub.errors import CorruptEnvelope
+from webpubsub.protocol.frames import DataMessage, Origin
+from webpubsub.protocol.payload import DataType, Payload
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 class Scope(enum.Enum):
@@ -127,3 +136,245 @@ class ListGroup:
 
 Query = Exists | HasPermission | ListGroup
 Answer = bool | None | tuple[GroupMember, ...]
+
+
+# -- the wire codec ----------------------------------------------------------------------
+#
+# A networked backplane carries commands, queries and answers as bytes:
+#
+#     version (1 byte) | header length (4 bytes, big-endian) | header (JSON) | data
+#
+# ``data`` is a Send's payload, raw (no base64, no copy into the JSON); every other
+# envelope has none. Decoding checks everything and raises only CorruptEnvelope.
+
+WIRE_VERSION = 1
+_HEAD = struct.Struct(">BI")
+MAX_HEADER_BYTES = 1 << 20
+"""Ids, names and filters are bounded far below this; a longer header is corrupt."""
+
+
+def encode_command(command: Command) -> bytes:
+    """``command`` as bytes for another node (:func:`decode_command` reads it back)."""
+    data = b""
+    match command:
+        case Send():
+            message = command.message
+            header: dict[str, object] = {
+                "k": "send",
+                "h": command.hub,
+                "t": _target(command.target),
+                "dt": message.payload.data_type.value,
+                "o": message.origin.value,
+                "g": message.group,
+                "u": message.from_user_id,
+                "x": sorted(command.excluded),
+                "f": command.filter,
+            }
+            data = message.payload.data
+        case Close():
+            header = {
+                "k": "close",
+                "h": command.hub,
+                "t": _target(command.target),
+                "r": command.reason,
+                "x": sorted(command.excluded),
+            }
+        case ChangeGroup():
+            header = {
+                "k": "group",
+                "h": command.hub,
+                "t": _target(command.target),
+                "a": command.action.value,
+                "gs": list(command.groups),
+                "f": command.filter,
+            }
+        case ChangePermission():
+            header = {
+                "k": "perm",
+                "h": command.hub,
+                "c": command.connection_id,
+                "p": command.permission,
+                "y": command.grant,
+                "g": command.group,
+            }
+        case _:
+            assert_never(command)
+    return _pack(header, data)
+
+
+def decode_command(raw: bytes) -> Command:
+    header, data = _unpack(raw)
+    r = _Reader(header)
+    kind = r.text("k")
+    if kind == "send":
+        message = DataMessage(
+            Payload(r.choice("dt", DataType), data),
+            r.choice("o", Origin),
+            r.opt_text("g"),
+            r.opt_text("u"),
+        )
+        return Send(r.text("h"), r.target("t"), message, frozenset(r.texts("x")), r.text("f"))
+    if data:
+        raise CorruptEnvelope(f"a {kind!r} command carries no data")
+    if kind == "close":
+        return Close(r.text("h"), r.target("t"), r.text("r"), frozenset(r.texts("x")))
+    if kind == "group":
+        return ChangeGroup(
+            r.text("h"),
+            r.target("t"),
+            r.choice("a", GroupAction),
+            tuple(r.texts("gs")),
+            r.text("f"),
+        )
+    if kind == "perm":
+        return ChangePermission(r.text("h"), r.text("c"), r.text("p"), r.flag("y"), r.opt_text("g"))
+    raise CorruptEnvelope(f"unknown command {kind!r}")
+
+
+def encode_query(query: Query) -> bytes:
+    match query:
+        case Exists():
+            header: dict[str, object] = {"k": "exists", "h": query.hub, "t": _target(query.target)}
+        case HasPermission():
+            header = {
+                "k": "hasperm",
+                "h": query.hub,
+                "c": query.connection_id,
+                "p": query.permission,
+                "g": query.group,
+            }
+        case ListGroup():
+            header = {"k": "list", "h": query.hub, "g": query.group}
+        case _:
+            assert_never(query)
+    return _pack(header, b"")
+
+
+def decode_query(raw: bytes) -> Query:
+    header, data = _unpack(raw)
+    if data:
+        raise CorruptEnvelope("a query carries no data")
+    r = _Reader(header)
+    kind = r.text("k")
+    if kind == "exists":
+        return Exists(r.text("h"), r.target("t"))
+    if kind == "hasperm":
+        return HasPermission(r.text("h"), r.text("c"), r.text("p"), r.opt_text("g"))
+    if kind == "list":
+        return ListGroup(r.text("h"), r.text("g"))
+    raise CorruptEnvelope(f"unknown query {kind!r}")
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """An answer: ``true``/``false``/``null``, or the members ``[[id, user], ...]``."""
+    if answer is None or isinstance(answer, bool):
+        return _pack({"a": answer}, b"")
+    return _pack({"m": [[m.connection_id, m.user_id] for m in answer]}, b"")
+
+
+def decode_answer(raw: bytes) -> Answer:
+    header, data = _unpack(raw)
+    if data:
+        raise CorruptEnvelope("an answer carries no data")
+    if set(header) == {"a"} and (header["a"] is None or isinstance(header["a"], bool)):
+        value: bool | None = header["a"]
+        return value
+    members = header.get("m")
+    if set(header) != {"m"} or not isinstance(members, list):
+        raise CorruptEnvelope("not an answer")
+    out: list[GroupMember] = []
+    for item in members:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not (item[1] is None or isinstance(item[1], str))
+        ):
+            raise CorruptEnvelope("a group member is [connectionId, userId or null]")
+        out.append(GroupMember(item[0], item[1]))
+    return tuple(out)
+
+
+def _target(target: Target) -> list[str]:
+    return [target.scope.value, target.id]
+
+
+def _pack(header: dict[str, object], data: bytes) -> bytes:
+    head = orjson.dumps(header)
+    return _HEAD.pack(WIRE_VERSION, len(head)) + head + data
+
+
+def _unpack(raw: bytes) -> tuple[dict[str, object], bytes]:
+    if len(raw) < _HEAD.size:
+        raise CorruptEnvelope("too short")
+    version, length = _HEAD.unpack_from(raw)
+    if version != WIRE_VERSION:
+        raise CorruptEnvelope(f"wire version {version}, expected {WIRE_VERSION}")
+    end = _HEAD.size + length
+    if length > MAX_HEADER_BYTES or end > len(raw):
+        raise CorruptEnvelope("the header length is out of range")
+    try:
+        header = orjson.loads(raw[_HEAD.size : end])
+    except orjson.JSONDecodeError:
+        raise CorruptEnvelope("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise CorruptEnvelope("the header is not an object")
+    return header, raw[end:]
+
+
+class _Reader:
+    """Typed access to a decoded header; any mismatch is a CorruptEnvelope."""
+
+    def __init__(self, header: dict[str, object]) -> None:
+        self._h = header
+
+    def _get(self, key: str) -> object:
+        if key not in self._h:
+            raise CorruptEnvelope(f"missing {key!r}")
+        return self._h[key]
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise CorruptEnvelope(f"{key!r} must be a string")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is not None and not isinstance(value, str):
+            raise CorruptEnvelope(f"{key!r} must be a string or null")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise CorruptEnvelope(f"{key!r} must be true or false")
+        return value
+
+    def texts(self, key: str) -> list[str]:
+        value = self._get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CorruptEnvelope(f"{key!r} must be an array of strings")
+        return value
+
+    def choice(self, key: str, kind: type[E]) -> E:
+        value = self._get(key)
+        try:
+            return kind(value)
+        except ValueError:
+            raise CorruptEnvelope(f"{key!r} is not a {kind.__name__}") from None
+
+    def target(self, key: str) -> Target:
+        value = self._get(key)
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], str)
+            and isinstance(value[1], str)
+        ):
+            raise CorruptEnvelope(f"{key!r} must be [scope, id]")
+        try:
+            scope = Scope(value[0])
+        except ValueError:
+            raise CorruptEnvelope(f"unknown scope {value[0]!r}") from None
+        return Target(scope, value[1])
