@@ -30,7 +30,7 @@ from webpubsub.protocol.names import EVENT_NAME_PATTERN, HUB_PATTERN
 
 DEFAULT_HUB = "_default"
 MIN_ACCESS_KEY_LENGTH = 32
-"""auth.md §1.1: HMAC keys under 32 bytes are weak (PyJWT warns about them)."""
+"""Azure docs: REST authentication: HMAC keys under 32 bytes are weak (PyJWT warns about them)."""
 
 _HUB_NAME = HUB_PATTERN
 _EVENT_NAME = EVENT_NAME_PATTERN

@@ -1,4 +1,4 @@
-"""The hub: membership indexes and the synchronous fan-out (DESIGN.md §1: encode once)."""
+"""The hub: membership indexes and the synchronous fan-out (docs/architecture.md: encode once)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Permission model: auth.md §3.1 (roles), §3.2 (runtime grants), §3.3 (wildcard patterns)."""
+"""Permission model: roles, runtime grants and wildcard patterns (Azure's JSON subprotocol
+reference, permissions)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_parse_rejects_unknown_names(text: str) -> None:
         Permission.parse(text)
 
 
-# -- roles (auth.md §3.1) -----------------------------------------------------------------
+# -- roles (Azure docs: JSON subprotocol, permissions) ---------------------------------------------
 
 
 def test_no_roles_grant_nothing() -> None:
@@ -102,7 +103,7 @@ def test_non_string_roles_are_ignored() -> None:
     assert p.roles() == ("webpubsub.sendToGroup",)
 
 
-# -- wildcard patterns (auth.md §3.3 and its examples) ------------------------------------
+# -- wildcard patterns (Azure docs: JSON subprotocol, permissions and its examples) ----------------
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,7 @@ def test_literal_and_pattern_roles_mix() -> None:
     assert not p.allows(SEND, "room.1.x") and not p.allows(SEND, "lobby2")
 
 
-# -- runtime grants (auth.md §3.2) --------------------------------------------------------
+# -- runtime grants (Azure docs: JSON subprotocol, permissions) ------------------------------------
 
 
 def test_grant_and_revoke_a_group() -> None:
@@ -263,7 +264,7 @@ def test_connections_do_not_share_state() -> None:
 
 
 def _reference_match(pattern: str, text: str) -> bool | None:
-    """A slow, obviously-correct matcher for auth.md §3.3; None if the pattern is invalid."""
+    """A slow, obviously-correct matcher of role patterns; None if the pattern is invalid."""
     tokens: list[str] = []  # "?", "*", "**" or "=<literal char>"
     i = 0
     while i < len(pattern):

@@ -1,4 +1,4 @@
-"""The reliable buffer: sequence ids, cumulative acks, bounds (client-protocols.md §5)."""
+"""The reliable buffer: sequence ids, cumulative acks, bounds (reliable JSON subprotocol)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Both subprotocols through the aio client (and one flow with the blocking client):
 groups, every data type, events and their replies, failure acks as the SDK
 reports them, a REST close, and recovery through a proxy that cuts the
-connection mid-stream (client-protocols.md §3, §5; observed/sdk-client-frames.md).
+connection mid-stream (Azure docs: JSON subprotocol; the official SDKs' traffic).
 """
 
 from __future__ import annotations

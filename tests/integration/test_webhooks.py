@@ -1,8 +1,8 @@
-"""The webhooks to the app server, seen by a real event-handler app (event-handler.md).
+"""The webhooks to the app server, seen by a real event-handler app (Azure docs: CloudEvents).
 
-Abuse protection (§2), the common CloudEvents headers (§3) and signature (§4),
-the ``connect``/``connected``/``disconnected`` and ``message`` events (§5), the
-connection state (§6) and the URL template.
+Abuse protection, the common CloudEvents headers and signature,
+the ``connect``/``connected``/``disconnected`` and ``message`` events, the
+connection state and the URL template.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def never() -> AsyncIterator[asyncio.Event]:
     event.set()
 
 
-# -- abuse protection (§2) -----------------------------------------------------------
+# -- abuse protection -----------------------------------------------------------
 
 
 async def test_the_handler_url_is_validated_once_before_the_first_event(
@@ -123,7 +123,7 @@ async def test_a_handler_that_does_not_allow_our_origin_gets_no_events(
     assert [r.method for r in handler_app.requests] == ["OPTIONS"]
 
 
-# -- connect (§5.1) ------------------------------------------------------------------
+# -- connect ------------------------------------------------------------------
 
 
 async def test_the_connect_body_carries_claims_query_headers_and_subprotocols(
@@ -302,7 +302,7 @@ async def test_the_connect_handler_picks_the_subprotocol(
         assert ws.protocol == "chat.v2"
 
 
-# -- common headers (§3, §4) ---------------------------------------------------------
+# -- common headers ---------------------------------------------------------
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -371,7 +371,7 @@ async def test_the_url_template_gets_hub_and_event(
     }
 
 
-# -- connection state (§6) -----------------------------------------------------------
+# -- connection state -----------------------------------------------------------
 
 
 def _stateful(req: Recorded) -> web.StreamResponse:
@@ -424,7 +424,7 @@ async def test_an_empty_state_header_clears_the_state(
     assert "ce-connectionState" not in disconnected.headers
 
 
-# -- connected / disconnected (§5.2, §5.3) -------------------------------------------
+# -- connected / disconnected -------------------------------------------
 
 
 async def test_connected_arrives_after_the_upgrade(

@@ -1,7 +1,7 @@
 """Two nodes joined by the in-memory backplane act as one service.
 
 Operations made over REST on node 1 must reach a client attached to node 2
-(DESIGN.md §2: nodes share work through the backplane interface).
+(docs/architecture.md: nodes share work through the backplane interface).
 """
 
 from __future__ import annotations

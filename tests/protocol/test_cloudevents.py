@@ -1,4 +1,4 @@
-"""CloudEvents requests and handler answers (event-handler.md §2-§7), byte for byte."""
+"""CloudEvents requests and handler answers (Azure docs: CloudEvents), byte for byte."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def common(ce_type: str, event: str, event_id: str) -> list[tuple[str, str]]:
     ]
 
 
-# -- §4 signature, ce-time ------------------------------------------------------
+# -- signature, ce-time ------------------------------------------------------
 
 
 def test_signature_matches_the_spec_example() -> None:
@@ -88,7 +88,7 @@ def test_format_time_is_utc_whole_seconds() -> None:
     assert format_time(0) == "1970-01-01T00:00:00Z"
 
 
-# -- §3, §5 building ------------------------------------------------------------
+# -- building ------------------------------------------------------------
 
 
 def test_connect_request_headers_and_body() -> None:
@@ -189,7 +189,7 @@ def test_validation_request() -> None:
     assert req.headers == (("WebHook-Request-Origin", "h.example"), ("ce-awpsversion", "1.0"))
 
 
-# -- §2 validation answers --------------------------------------------------------
+# -- validation answers --------------------------------------------------------
 
 
 def answer(status: int, *headers: tuple[str, str], body: bytes = b"") -> UpstreamResponse:
@@ -233,7 +233,7 @@ def test_validation_accepts_ipv6_origin_ignoring_port() -> None:
     assert validation_accepted(answer(200, ("WebHook-Allowed-Origin", "[::1]:5000")), "::1")
 
 
-# -- §5.1 connect answers -----------------------------------------------------------
+# -- connect answers -----------------------------------------------------------
 
 
 def test_connect_204_and_empty_200_accept_with_defaults() -> None:
@@ -323,7 +323,7 @@ def test_connection_state_over_8_kib_is_an_upstream_error() -> None:
         parse_user_event_response(answer(200, big))
 
 
-# -- §7 user event answers -------------------------------------------------------------
+# -- user event answers -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Connection strings: auth.md §1 and observed/sdk-rest-requests.md "connection string variants"."""
+"""Connection strings: Azure's REST authentication docs and the variants the SDKs accept."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from webpubsub.protocol.connection_string import (
     parse_connection_string,
 )
 
-# The probe's key (observed/sdk-rest-requests.md, header): base64-looking, ends in "==".
+# The probe's key (the official SDKs' traffic, header): base64-looking, ends in "==".
 KEY = "dGVzdGtleS10ZXN0a2V5LXRlc3RrZXktdGVzdGtleS0xMjM0NTY3OA=="
 
 
@@ -54,7 +54,7 @@ KEY = "dGVzdGtleS10ZXN0a2V5LXRlc3RrZXktdGVzdGtleS0xMjM0NTY3OA=="
             f"Endpoint=https://127.0.0.1;Port=18443;AccessKey={KEY};Version=1.0;",
             "https://127.0.0.1:18443",
         ),
-        # auth.md §1.1 examples
+        # Azure docs: REST authentication examples
         (
             f"Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;",
             "https://contoso.webpubsub.azure.com",
@@ -62,7 +62,7 @@ KEY = "dGVzdGtleS10ZXN0a2V5LXRlc3RrZXktdGVzdGtleS0xMjM0NTY3OA=="
         (f"ENDPOINT=http://localhost:8080;ACCESSKEY={KEY}", "http://localhost:8080"),
         # an empty Port= is ignored, as in the SDK (`if kwargs.get("port")`)
         (f"Endpoint=http://localhost:8080;Port=;AccessKey={KEY}", "http://localhost:8080"),
-        # a path prefix is allowed (auth.md §1.3 "configurable prefix")
+        # a path prefix is allowed (Azure docs: REST authentication "configurable prefix")
         (f"Endpoint=http://localhost:8080/pubsub;AccessKey={KEY}", "http://localhost:8080/pubsub"),
     ],
 )
@@ -71,13 +71,13 @@ def test_parse_like_the_python_sdk(text: str, endpoint: str) -> None:
 
 
 def test_key_is_split_at_first_equals_sign_so_base64_padding_survives() -> None:
-    # auth.md §1.2: split at the *first* '='.
+    # Azure docs: REST authentication: split at the *first* '='.
     cs = parse_connection_string("AccessKey=abc==;Endpoint=http://h")
     assert cs.access_key == "abc=="
 
 
 def test_first_occurrence_wins() -> None:
-    # auth.md §1.2: setdefault semantics, keys case-insensitive.
+    # Azure docs: REST authentication: setdefault semantics, keys case-insensitive.
     cs = parse_connection_string(
         f"Endpoint=http://a;endpoint=http://b;AccessKey={KEY};ACCESSKEY=other"
     )
@@ -125,7 +125,7 @@ def test_repr_hides_the_key() -> None:
 
 
 def test_format_puts_the_port_inside_endpoint_and_no_port_key() -> None:
-    # Brief / auth.md §1.2: the SDK appends Port= to Endpoint; never emit both.
+    # Brief / Azure docs: REST authentication: the SDK appends Port= to Endpoint; never emit both.
     text = format_connection_string("http://localhost:8080", "KEY")
     assert text == "Endpoint=http://localhost:8080;AccessKey=KEY;Version=1.0;"
 
@@ -142,7 +142,9 @@ def test_generated_keys_are_long_url_safe_and_distinct() -> None:
     assert len(keys) == 20
     for key in keys:
         assert len(key) >= 43
-        assert len(key.encode()) >= 32  # PyJWT warns below 32 bytes (auth.md §1.1)
+        assert (
+            len(key.encode()) >= 32
+        )  # PyJWT warns below 32 bytes (Azure docs: REST authentication)
         assert set(key) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
         assert parse_connection_string(format_connection_string("http://h", key)).access_key == key
 

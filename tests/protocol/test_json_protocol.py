@@ -1,5 +1,5 @@
 """The json.webpubsub.azure.v1 codec, against the frames the official SDKs send and
-expect (observed/sdk-client-frames.md, client-protocols.md §3)."""
+expect (the official SDKs' traffic, Azure docs: JSON subprotocol)."""
 
 from __future__ import annotations
 

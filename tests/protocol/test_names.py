@@ -1,4 +1,4 @@
-"""Name rules: rest-api.md §1 (hub, group, userId, connectionId), README §2 (hub case)."""
+"""Name rules: Azure REST API reference (hub, group, userId, connectionId), (hub case)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from webpubsub.protocol.names import (
     ["chat", "Chat_1", "a", "h`,.[]", "A" + "b" * 127, "x.y"],
 )
 def test_valid_hubs_are_returned_unchanged(hub: str) -> None:
-    # rest-api.md §1: ^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$
+    # Azure REST API reference: ^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$
     assert validate_hub(hub) == hub
 
 
@@ -41,7 +41,7 @@ def test_invalid_hubs_raise_invalid_name(hub: str) -> None:
 
 
 def test_hub_key_lower_cases_because_hubs_are_case_insensitive() -> None:
-    # README §2: key hubs by hub.lower().
+    #: key hubs by hub.lower().
     assert hub_key("Chat_1") == "chat_1"
     assert hub_key("CHAT") == hub_key("chat")
     with pytest.raises(InvalidName):
@@ -50,7 +50,7 @@ def test_hub_key_lower_cases_because_hubs_are_case_insensitive() -> None:
 
 @pytest.mark.parametrize("group", ["g1", "my group/ä?#", " x ", "g" * 1024, "."])
 def test_valid_groups(group: str) -> None:
-    # rest-api.md §1: 1..1024 chars, not whitespace-only; case-sensitive.
+    # Azure REST API reference: 1..1024 chars, not whitespace-only; case-sensitive.
     assert validate_group(group) == group
 
 

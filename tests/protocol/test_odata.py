@@ -1,6 +1,6 @@
-"""OData filters: rest-api.md §4 (grammar, identifiers, null semantics, limits).
+"""OData filters: Azure REST API reference (grammar, identifiers, null semantics, limits).
 
-Observed filters come from observed/sdk-rest-requests.md (``excluded + filter``,
+Observed filters come from the official SDKs' traffic (``excluded + filter``,
 ``text + filter``, ``json + excluded + filter``).
 """
 
@@ -56,7 +56,7 @@ def error_of(text: str, **kwargs: int) -> BadRequest:
 @pytest.mark.parametrize(
     ("text", "subject", "expected"),
     [
-        # rest-api.md §4 examples
+        # Azure REST API reference examples
         ("'group1' in groups or 'group2' in groups", USER1, True),
         ("'group1' in groups or 'group2' in groups", USER2_G2, True),
         ("'group1' in groups or 'group2' in groups", ANON, False),
@@ -600,7 +600,7 @@ def _rank(value: Value) -> int:
 
 
 def _reference(expr: Expr, subject: FilterSubject) -> Value:
-    """Direct evaluation written from rest-api.md §4, independent of the module's code."""
+    """Direct evaluation written from Azure REST API reference, independent of the module's code."""
     match expr:
         case Literal(value=literal_value):
             return literal_value

@@ -1,4 +1,4 @@
-"""Payloads from REST bodies and handler replies (rest-api.md §3.3, event-handler.md §7.2)."""
+"""Payloads from REST bodies and handler replies (Azure REST API reference; CloudEvents)."""
 
 from __future__ import annotations
 

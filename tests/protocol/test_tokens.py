@@ -1,6 +1,7 @@
-"""Client and REST JWTs: auth.md §2 (client tokens), §4 (REST tokens), §6 (key rotation).
+"""Client and REST JWTs: Azure docs: client tokens (client tokens) and REST API
+authentication docs (REST tokens, key rotation).
 
-Literal tokens are copied from observed/sdk-rest-requests.md; the probe's AccessKey is
+Literal tokens are copied from the official SDKs' traffic; the probe's AccessKey is
 given in that file's header, so they verify here.  Other tokens are made with PyJWT or
 with the official ``azure-messaging-webpubsubservice`` SDK (no network).
 """
@@ -37,7 +38,7 @@ ENDPOINT = "http://localhost:8080"
 NOW = 1_800_000_000.0
 CLIENT_AUD = f"{ENDPOINT}/client/hubs/chat"
 
-# observed/sdk-rest-requests.md, "get_client_access_token / key credential, all options"
+# the official SDKs' traffic, "get_client_access_token / key credential, all options"
 OBSERVED_CLIENT_TOKEN = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJodHRwOi8vMTI3LjAuMC4xOjE4MDgwL2NsaWVudC9odW"
     "JzL2NoYXQiLCJpYXQiOjE3OTU4MjEyNDEsImV4cCI6MTc5NTgyMTU0MSwic3ViIjoidXNlcjEiLCJyb2xlIjpbIndlYnB1"
@@ -118,7 +119,7 @@ def _unauthorized(token: str, **kw: Any) -> str:
     return message
 
 
-# -- observed SDK tokens (auth.md §2.1, §4.1) ------------------------------------------
+# -- observed SDK tokens (Azure docs: client tokens) ------------------------------------------
 
 
 def test_observed_client_token_verifies_with_the_utf8_key() -> None:
@@ -128,7 +129,7 @@ def test_observed_client_token_verifies_with_the_utf8_key() -> None:
     assert identity.user_id == "user1"
     assert identity.roles == ("webpubsub.joinLeaveGroup.g1", "webpubsub.sendToGroup")
     assert identity.groups == ("g1", "g2")
-    # event-handler.md §5.1: claims as type -> list of strings
+    # Azure docs: CloudEvents: claims as type -> list of strings
     assert identity.claims == {
         "aud": ["http://127.0.0.1:18080/client/hubs/chat"],
         "iat": ["1795821241"],
@@ -152,7 +153,7 @@ def test_observed_client_token_does_not_verify_with_the_base64_decoded_key() -> 
 
 
 def test_observed_client_token_expires_five_minutes_after_exp_plus_leeway() -> None:
-    # exp = 1795821541; default leeway 300 s (auth.md §2.2 step 3)
+    # exp = 1795821541; default leeway 300 s (Azure docs: client tokens step 3)
     args: dict[str, Any] = {"keys": [KEY], "hub": "chat", "endpoints": [OBSERVED_ENDPOINT]}
     verify_client_token(OBSERVED_CLIENT_TOKEN, now=1795821541 + 299, **args)
     with pytest.raises(Unauthorized, match="expired"):
@@ -270,7 +271,7 @@ def test_sdk_client_token_from_mixed_case_host_and_port_key() -> None:
 
 
 def test_issued_client_token_has_the_sdk_claim_layout() -> None:
-    # auth.md §2.1: same header and claim order as the SDK's token.
+    # Azure docs: client tokens: same header and claim order as the SDK's token.
     roles = ["webpubsub.sendToGroup"]
     sdk_token = _sdk(hub="chat").get_client_access_token(user_id="u1", roles=roles, groups=["g"])[
         "token"
@@ -371,7 +372,7 @@ def test_sdk_rest_token_with_mixed_case_host() -> None:
         verify_rest_token(token, keys=[KEY], method_url=received, endpoints=[], now=now)
 
 
-# -- signature, algorithm and format (auth.md §2.2 steps 2-3) -------------------------
+# -- signature, algorithm and format (Azure docs: client tokens steps 2-3) -------------------------
 
 
 def test_wrong_key_is_rejected() -> None:
@@ -379,7 +380,7 @@ def test_wrong_key_is_rejected() -> None:
 
 
 def test_second_of_two_keys_verifies() -> None:
-    # auth.md §6: accept tokens signed by either key
+    # Azure docs: REST authentication: accept tokens signed by either key
     token = _sign(_claims(sub="u"), key=KEY2)
     identity = verify_client_token(
         token, keys=[KEY, KEY2], hub="chat", endpoints=[ENDPOINT], now=NOW
@@ -469,11 +470,11 @@ def test_non_numeric_exp_is_rejected(exp: object) -> None:
 
 
 def test_iat_in_the_future_is_ignored() -> None:
-    # only exp and nbf are checked (auth.md §2.1)
+    # only exp and nbf are checked (Azure docs: client tokens)
     assert _client(_claims(iat=int(NOW) + 10_000)).user_id is None
 
 
-# -- client audience (auth.md §2.2 step 4) ----------------------------------------------
+# -- client audience (Azure docs: client tokens step 4) --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -582,7 +583,7 @@ def test_group_claim_may_be_a_single_string() -> None:
 
 @pytest.mark.parametrize("groups", [["ok", "   "], [""], "g" * 1025, [1], [["g"]]])
 def test_invalid_group_claim_is_a_bad_request(groups: object) -> None:
-    # auth.md §2.3: invalid group in webpubsub.group -> 400, not 401
+    # Azure docs: client tokens: invalid group in webpubsub.group -> 400, not 401
     with pytest.raises(BadRequest) as info:
         _client(_claims(**{"webpubsub.group": groups}))
     assert info.value.http_status == 400
@@ -611,7 +612,7 @@ def test_custom_claims_are_stringified_for_the_connect_event() -> None:
     assert identity.claims["exp"] == [str(int(NOW) + 3600)]
 
 
-# -- REST audience (auth.md §4.2) ---------------------------------------------------------
+# -- REST audience (Azure docs: REST authentication) -----------------------------------------------
 
 REST_URL = "http://localhost:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send?api-version=2024-12-01"
 

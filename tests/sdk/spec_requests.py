@@ -1,18 +1,18 @@
-"""Literal requests of event-handler.md, shared by the SDK tests.
+"""Literal requests of Azure docs: CloudEvents, shared by the SDK tests.
 
-The headers and bodies are the ones the spec shows (§3, §5), with the connection id
-and key of its §4 signature example, and the state the express SDK writes.
+The headers and bodies are the ones the spec shows, with the connection id
+and key of its signature example, and the state the express SDK writes.
 """
 
 from __future__ import annotations
 
-# event-handler.md §4: this key signs connection id ``conn1`` as below.
+# Azure docs: CloudEvents: this key signs connection id ``conn1`` as below.
 SPEC_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 SPEC_SIGNATURE = "sha256=8de7281e588e23b0a30a7180ffa240257b8176e983004c240c9f3f7a7233c993"
 OTHER_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvu"
 EXPRESS_STATE = "eyJrZXkiOiJhIn0="  # base64('{"key":"a"}'), as @azure/web-pubsub-express sets it
 
-# §5.1, with the connection id of the §4 example.
+# The connect event, with the connection id of the signature example.
 CONNECT_HEADERS = {
     "Content-Type": "application/json; charset=utf-8",
     "ce-specversion": "1.0",
@@ -43,7 +43,7 @@ CONNECT_BODY = (
 def event_headers(
     event: str, *, system: bool = False, content_type: str | None = None, **extra: str
 ) -> dict[str, str]:
-    """§3 headers of event ``event`` from connection ``conn1`` of user ``alice``."""
+    """The CloudEvents headers of event ``event`` from connection ``conn1`` of user ``alice``."""
     ce_type = ("azure.webpubsub.sys." if system else "azure.webpubsub.user.") + event
     headers = {
         "Content-Type": content_type

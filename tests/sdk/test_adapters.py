@@ -1,8 +1,8 @@
 """The event handler through both adapters, driven by literal requests.
 
 Every test runs twice (``adapter`` = asgi: Starlette on uvicorn, wsgi: Flask on
-werkzeug). The requests are the ones event-handler.md shows, byte for byte where it
-gives them: headers, bodies, the §4 signature example and the express SDK's state
+werkzeug). The requests are the ones Azure docs: CloudEvents shows, byte for byte where it
+gives them: headers, bodies, the CloudEvents signature example and the express SDK's state
 ``eyJrZXkiOiJhIn0=`` (``{"key":"a"}``).
 """
 
@@ -121,7 +121,7 @@ def handler_for(**options: Any) -> WebPubSubEventHandler:
     return WebPubSubEventHandler("chat", **options)
 
 
-# -- abuse protection (§2) ---------------------------------------------------------------
+# -- abuse protection ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["OPTIONS", "GET"])
@@ -203,7 +203,7 @@ async def test_events_from_a_host_that_is_not_allowed_are_refused(
     assert [e.text for e in seen.items] == ["hi"]
 
 
-# -- connect (§5.1) ------------------------------------------------------------------------
+# -- connect ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -313,7 +313,7 @@ async def test_connect_fields_are_read_as_leniently_as_documented(
     assert (request.headers, request.client_certificates) == ({}, ())
 
 
-# -- connected and disconnected (§5.2, §5.3) ------------------------------------------------
+# -- connected and disconnected ------------------------------------------------
 
 
 async def test_connected_sees_the_state_and_cannot_change_it(
@@ -369,7 +369,7 @@ async def test_unknown_system_events_are_acknowledged(
     assert answer.status == 204
 
 
-# -- user events (§5.4, §5.5, §7) ----------------------------------------------------------
+# -- user events ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -541,7 +541,7 @@ async def test_a_handler_returning_the_wrong_type_answers_500(
     assert answer.status == 500
 
 
-# -- signature (§4) ------------------------------------------------------------------------
+# -- signature ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The JSON subprotocols on the wire, with raw aiohttp WebSocket clients.
 
 ``json.webpubsub.azure.v1`` and ``json.reliable.webpubsub.azure.v1``
-(client-protocols.md §1.2, §3, §5, §7; roles: auth.md §3): negotiation, the
+(Azure docs: client protocols; roles: Azure docs: JSON subprotocol, permissions): negotiation, the
 requests and their acks, data and system messages, cross-protocol delivery,
 malformed input, sequence ids, the unacknowledged buffer and recovery.
 """
@@ -249,7 +249,7 @@ async def marker(service: WebPubSubServiceClient, client: Client, text: str = "m
     assert (msg["type"], msg["from"], msg["data"]) == ("message", "server", text), msg
 
 
-# -- negotiation (§1.2) --------------------------------------------------------------
+# -- negotiation --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -358,7 +358,7 @@ async def test_recovery_echoes_the_connection_subprotocol_among_those_offered(
         assert (await recv(ws))["sequenceId"] == 1
 
 
-# -- requests, acks and data messages (§3) -------------------------------------------
+# -- requests, acks and data messages -------------------------------------------
 
 
 async def test_join_send_to_and_leave_a_group_with_every_data_type(
@@ -525,7 +525,7 @@ async def test_a_reused_ack_id_is_a_duplicate_and_is_not_executed_again(
         assert (await client.recv())["data"] == "still a member"
 
 
-# -- permissions (auth.md §3) --------------------------------------------------------
+# -- permissions (Azure docs: JSON subprotocol, permissions) ---------------------------------------
 
 SCOPED_ROLES = [
     "webpubsub.joinLeaveGroup.g1",
@@ -674,7 +674,7 @@ async def test_rest_messages_map_content_types_to_data_types(
     assert (binary["from"], binary["dataType"], binary["data"]) == ("server", "binary", "AQI=")
 
 
-# -- malformed input (§3.2) ----------------------------------------------------------
+# -- malformed input ----------------------------------------------------------
 
 BAD_REQUESTS: dict[str, dict[str, Any]] = {
     "join without group": {"type": "joinGroup"},
@@ -807,7 +807,7 @@ async def test_an_oversize_frame_ends_a_reliable_connection_at_once(
     assert not await sdk(runner).connection_exists(connection_id)
 
 
-# -- reliable: sequence ids, acks and the buffer (§5.1, §5.2) ------------------------
+# -- reliable: sequence ids, acks and the buffer ------------------------
 
 
 async def test_only_data_messages_carry_sequence_ids(
@@ -927,7 +927,7 @@ async def test_a_full_buffer_ends_the_connection_and_fires_disconnected_once(
         assert len(posts(handler_app, "disconnected", client.id)) == 1
 
 
-# -- reliable: drops and recovery (§5.3, §5.4) ---------------------------------------
+# -- reliable: drops and recovery ---------------------------------------
 
 
 async def test_a_dropped_connection_is_kept_buffered_and_recovered_in_order(

@@ -1,7 +1,7 @@
 """The coalescing outbox against the real service and real clients.
 
 The outbox writes prepared frames straight to the connection's transport,
-next to aiohttp's own writer (DESIGN.md §1).  These tests pin what that relies
+next to aiohttp's own writer (docs/architecture.md).  These tests pin what that relies
 on, so that an aiohttp upgrade that breaks it fails here:
 
 - the bytes on the wire are exactly ``encode_frame(...)`` (read with a raw TCP

@@ -1,4 +1,4 @@
-"""REST failures: authentication, routing, bodies and parameters (rest-api.md §1, auth.md §4).
+"""REST failures: authentication, routing, bodies and parameters (Azure REST API reference).
 
 Raw aiohttp requests carry tokens minted exactly as the SDK mints them, so each
 case differs from a valid call in one respect only.  Every error is a JSON

@@ -1,4 +1,4 @@
-"""OData filters end to end (rest-api.md §4) and the bulk group operations (§3.6).
+"""OData filters end to end (Azure REST API reference) and the bulk group operations.
 
 Real JSON-subprotocol clients with different users and groups are connected; each
 filter is sent with the official Python SDK (aio) and the exact set of clients that

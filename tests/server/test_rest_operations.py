@@ -1,5 +1,5 @@
 """Every public method of the Python ``WebPubSubServiceClient`` (sync and aio), proven on
-JSON-subprotocol clients (rest-api.md §2-§3, client-protocols.md §3).
+JSON-subprotocol clients (Azure REST API reference, Azure docs: JSON subprotocol).
 
 tests/server/test_rest_sdk.py proves the operations on simple WebSocket clients; this
 module adds what only a ``json.webpubsub.azure.v1`` client can show: the message

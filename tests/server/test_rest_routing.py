@@ -1,4 +1,4 @@
-"""Routing on the raw, percent-encoded path (rest-api.md §1)."""
+"""Routing on the raw, percent-encoded path (Azure REST API reference)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The client WebSocket endpoint with real clients and a real event-handler app.
 
-Handshake (auth.md §2, client-protocols.md §1), simple clients (§2), close codes
-(§7) and the blocking ``message`` event (event-handler.md §5.4, §7).
+Handshake (Azure docs: client tokens, Azure docs: client protocols), simple clients, close codes
+and the blocking ``message`` event (Azure docs: CloudEvents).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class Connection:
     """``None`` while a reliable connection is detached, waiting for recovery."""
     permissions: Permissions
     state: str = ""
-    """Opaque connection state set by the event handler (event-handler.md §6)."""
+    """Opaque connection state set by the event handler (Azure docs: CloudEvents)."""
     groups: set[str] = field(default_factory=set)
     closing: bool = False
     close_reason: str = ""

@@ -1,4 +1,6 @@
-"""Per-connection group permissions and the role strings that grant them (auth.md §3).
+"""Per-connection group permissions and the role strings that grant them.
+
+(Azure docs: JSON subprotocol, permissions.)
 
 Roles (case-sensitive; unknown ones are ignored):
 

@@ -1,4 +1,4 @@
-"""The reliable subprotocol's per-connection state (client-protocols.md §5).
+"""The reliable subprotocol's per-connection state (Azure docs: reliable JSON subprotocol).
 
 Every data message sent to a reliable connection gets the next ``sequenceId``
 and stays in the unacknowledged buffer until a cumulative ``sequenceAck``
@@ -63,7 +63,7 @@ class ReliableBuffer:
         """Release every message up to ``sequence_id`` (cumulative).
 
         Acks for older ids are no-ops; so are acks for ids never sent, which would
-        otherwise release messages the client cannot have received (§5.2).
+        otherwise release messages the client cannot have received.
         """
         if sequence_id > self.last_sequence_id:
             return

@@ -1,6 +1,6 @@
 """Event-handler settings of a hub, and which handler an event goes to.
 
-Mirrors the Azure portal's per-hub settings (event-handler.md §1): handlers are
+Mirrors the Azure portal's per-hub settings (Azure docs: CloudEvents): handlers are
 tried in order and the first whose pattern matches an event gets it.
 """
 

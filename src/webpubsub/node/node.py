@@ -63,7 +63,7 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
     {"protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"}
 )
 
-#: How long a dropped reliable connection waits for its client (client-protocols.md §5.3).
+#: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
 
 #: Parsed OData filters kept per node (the same filter text is often sent repeatedly).
@@ -231,7 +231,7 @@ class Node:
     def resume(
         self, hub_key: str, connection_id: str, token: str, subprotocols: Sequence[str], sink: Sink
     ) -> Connection | str:
-        """Recover a reliable connection onto a new transport (client-protocols.md §5.4).
+        """Recover a reliable connection onto a new transport (reliable JSON subprotocol).
 
         Returns the connection, its unacknowledged messages already replayed in order,
         or the reason recovery is impossible (the caller closes with 1008).
@@ -494,7 +494,7 @@ def _targets(hub: Hub, target: Target) -> list[Connection]:
 def _select_protocol(
     offered: Sequence[str], picked: str | None
 ) -> tuple[ClientProtocol, str | None]:
-    """client-protocols.md §1.2: the handler's pick, else the first service value,
+    """Azure docs: client protocols: the handler's pick, else the first service value,
     else a simple client echoing the first offered value (browsers require an echo)."""
     if picked is not None:
         return SUBPROTOCOLS.get(picked.lower(), ClientProtocol.SIMPLE), picked

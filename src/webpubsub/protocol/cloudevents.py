@@ -1,8 +1,8 @@
 """CloudEvents requests to event handlers and the meaning of their answers.
 
 Sans-I/O: this module builds :class:`UpstreamRequest` values (binary content
-mode, attributes in ``ce-*`` headers, event-handler.md §3) and turns
-:class:`UpstreamResponse` values into decisions (§2, §5.1, §6, §7).  Sending them
+mode, attributes in ``ce-*`` headers, Azure docs: CloudEvents) and turns
+:class:`UpstreamResponse` values into decisions.  Sending them
 is the job of ``webpubsub.upstream``.
 """
 
@@ -25,7 +25,7 @@ SYSTEM_TYPE_PREFIX = "azure.webpubsub.sys."
 USER_TYPE_PREFIX = "azure.webpubsub.user."
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 MAX_STATE_BYTES = 8 * 1024
-"""Largest ``ce-connectionState`` a handler may set (event-handler.md §6)."""
+"""Largest ``ce-connectionState`` a handler may set (Azure docs: CloudEvents)."""
 
 _STATE = "ce-connectionstate"
 _ALLOWED_ORIGIN = "webhook-allowed-origin"
@@ -98,7 +98,7 @@ class EventReply:
 
 
 def signature(connection_id: str, keys: Sequence[str]) -> str:
-    """``ce-signature``: ``sha256=<hex>`` per access key, joined with ``,`` (§4)."""
+    """``ce-signature``: ``sha256=<hex>`` per access key, joined with ``,``."""
     message = connection_id.encode("utf-8")
     return ",".join(
         "sha256=" + hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
@@ -179,7 +179,7 @@ def connect_request(
     subprotocols: Sequence[str],
     client_certificates: Sequence[tuple[str, str]] = (),
 ) -> UpstreamRequest:
-    """The blocking ``connect`` event (§5.1); ``client_certificates`` are
+    """The blocking ``connect`` event; ``client_certificates`` are
     ``(thumbprint, pem)`` pairs."""
     body = orjson.dumps(
         {
@@ -199,14 +199,14 @@ def connect_request(
 def connected_request(
     ctx: EventContext, url: str, keys: Sequence[str], now: float
 ) -> UpstreamRequest:
-    """The fire-and-forget ``connected`` event (§5.2)."""
+    """The fire-and-forget ``connected`` event."""
     return _system_request(ctx, url, keys, now, "connected", b"{}")
 
 
 def disconnected_request(
     ctx: EventContext, url: str, keys: Sequence[str], now: float, reason: str
 ) -> UpstreamRequest:
-    """The fire-and-forget ``disconnected`` event (§5.3); ``reason`` is always sent."""
+    """The fire-and-forget ``disconnected`` event; ``reason`` is always sent."""
     body = orjson.dumps({"reason": reason})
     return _system_request(ctx, url, keys, now, "disconnected", body)
 
@@ -219,7 +219,7 @@ def user_event_request(
     event_name: str,
     payload: Payload,
 ) -> UpstreamRequest:
-    """A blocking user event (§5.4, §5.5); the body is the payload's raw bytes."""
+    """A blocking user event; the body is the payload's raw bytes."""
     headers = _headers(
         ctx,
         keys,
@@ -233,7 +233,7 @@ def user_event_request(
 
 
 def validation_request(url: str, origin: str) -> UpstreamRequest:
-    """The abuse-protection probe (§2): ``OPTIONS`` with the request origin."""
+    """The abuse-protection probe: ``OPTIONS`` with the request origin."""
     headers = (("WebHook-Request-Origin", origin), ("ce-awpsversion", AWPS_VERSION))
     return UpstreamRequest("OPTIONS", url, headers, b"")
 
@@ -256,7 +256,7 @@ def host_of(value: str) -> str:
 
 
 def validation_accepted(response: UpstreamResponse, origin: str) -> bool:
-    """Whether a probe's answer lets us deliver events to the handler (§2)."""
+    """Whether a probe's answer lets us deliver events to the handler."""
     if not 200 <= response.status <= 299:
         return False
     ours = host_of(origin)
@@ -298,7 +298,7 @@ def _optional_string(value: object, field: str, status: int) -> str | None:
 
 
 def parse_connect_response(response: UpstreamResponse) -> ConnectDecision:
-    """The verdict of a ``connect`` handler (§5.1).
+    """The verdict of a ``connect`` handler.
 
     Raises :class:`ConnectRejected` for 4xx (same status) and
     :class:`UpstreamError` for any other non-2xx or an unusable 2xx answer.
@@ -332,7 +332,7 @@ def parse_connect_response(response: UpstreamResponse) -> ConnectDecision:
 
 
 def parse_user_event_response(response: UpstreamResponse) -> EventReply:
-    """A user-event handler's answer (§7): data for the client and the new state."""
+    """A user-event handler's answer: data for the client and the new state."""
     status = response.status
     if not 200 <= status <= 299:
         raise UpstreamError(f"the event handler answered {status}", status=status)

@@ -1,6 +1,6 @@
-"""Connection strings: ``Endpoint=...;AccessKey=...;Version=1.0;`` (auth.md §1).
+"""Connection strings: ``Endpoint=...;AccessKey=...;Version=1.0;`` (Azure: REST auth).
 
-Parsing follows the Python service SDK (auth.md §1.2) so that a string accepted
+Parsing follows the Python service SDK (Azure docs: REST authentication) so that a string accepted
 here means the same thing to the app server's SDK: segments split on ``;``, each
 non-empty segment split at its first ``=``, keys case-insensitive, the first
 occurrence of a key wins, and a non-empty ``Port`` is appended to the endpoint as

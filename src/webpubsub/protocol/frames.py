@@ -26,7 +26,7 @@ class ClientProtocol(enum.Enum):
     """How a connection frames messages: chosen at the handshake, never changed."""
 
     SIMPLE = "simple"
-    """No service subprotocol: frames are raw payloads (client-protocols.md §2)."""
+    """No service subprotocol: frames are raw payloads (Azure docs: client protocols)."""
     JSON = JSON_SUBPROTOCOL
     JSON_RELIABLE = JSON_RELIABLE_SUBPROTOCOL
 

@@ -1,7 +1,7 @@
 """The ``json.webpubsub.azure.v1`` subprotocol and its reliable variant (sans-I/O).
 
-Client messages are decoded into frozen dataclasses (client-protocols.md §3.2);
-server messages are encoded to JSON text (§3.4–§3.7).  A data message is encoded
+Client messages are decoded into frozen dataclasses (Azure docs: JSON subprotocol);
+server messages are encoded to JSON text.  A data message is encoded
 once per send as an *envelope body*; the reliable variant splices each
 recipient's ``sequenceId`` in front of that body without re-encoding it.
 """
@@ -220,7 +220,7 @@ def encode_data_body(
     group: str | None = None,
     from_user_id: str | None = None,
 ) -> bytes:
-    """The envelope of a data message (§3.5), ``from: group`` when ``group`` is given.
+    """The envelope of a data message, ``from: group`` when ``group`` is given.
 
     JSON data is spliced in as the JSON text it already is; binary and protobuf
     data are base64 strings.

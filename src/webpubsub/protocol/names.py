@@ -1,4 +1,4 @@
-"""Name rules for hubs, groups, users, connections and events (rest-api.md §1, README §2).
+"""Name rules for hubs, groups, users, connections and events (Azure REST API reference).
 
 Every ``validate_*`` function returns its argument unchanged when it is valid and
 raises :class:`~webpubsub.errors.InvalidName` (a ``BadRequest``, HTTP 400) otherwise.

@@ -1,4 +1,4 @@
-"""The OData ``filter`` of REST sends and bulk group operations (rest-api.md §4).
+"""The OData ``filter`` of REST sends and bulk group operations (Azure REST API reference).
 
 :func:`parse_filter` turns the text into a :class:`Filter`: a tree of frozen nodes, parsed
 and type-checked once, then evaluated per candidate connection with

@@ -92,7 +92,7 @@ class Payload:
 
     @classmethod
     def from_upstream_reply(cls, content_type: str | None, body: bytes) -> Payload:
-        """The payload of an event handler's reply (event-handler.md §7.2).
+        """The payload of an event handler's reply (Azure docs: CloudEvents).
 
         ``text/plain`` is text, ``application/json`` is JSON (text if it does not
         parse), octet-stream or a missing type is binary; any other type is binary.

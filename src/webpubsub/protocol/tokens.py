@@ -1,4 +1,6 @@
-"""Client access tokens and REST bearer tokens: HS256 JWTs over the AccessKey (auth.md §2, §4).
+"""Client access tokens and REST bearer tokens: HS256 JWTs over the AccessKey.
+
+(Azure docs: client tokens; REST authentication.)
 
 The HMAC key is the UTF-8 encoding of the AccessKey *string* (not base64-decoded).
 Only ``HS256`` is accepted.  With several keys (rotation) the first one signs and any
@@ -44,7 +46,7 @@ class ClientIdentity:
     """Who a verified client token says the client is.
 
     ``claims`` holds every claim of the token as claim type → string values, the
-    shape of the ``connect`` webhook body (event-handler.md §5.1).  Numbers become
+    shape of the ``connect`` webhook body (Azure docs: CloudEvents).  Numbers become
     their decimal string, booleans ``true``/``false``, list items are flattened and
     nested objects become compact JSON.  Treat it as read-only.
     """
@@ -78,7 +80,7 @@ def issue_client_token(
     roles: Sequence[str] = (),
     groups: Sequence[str] = (),
 ) -> str:
-    """A client access token with the Python SDK's claim layout (auth.md §2.1).
+    """A client access token with the Python SDK's claim layout (Azure docs: client tokens).
 
     ``aud``, ``iat``, ``exp``, then ``sub``, ``role`` and ``webpubsub.group`` only
     when non-empty.
@@ -95,7 +97,7 @@ def issue_client_token(
 
 
 def issue_rest_token(key: str, *, audience: str, now: float, ttl_seconds: int = 60) -> str:
-    """A REST bearer token ``{"aud", "exp"}`` exactly as the SDK makes it (auth.md §4.1)."""
+    """A REST bearer token ``{"aud", "exp"}`` exactly as the SDK makes it (Azure: REST auth)."""
     payload = {"aud": audience, "exp": math.floor(now) + ttl_seconds}
     return jwt.encode(payload, key.encode(), algorithm=ALGORITHM)
 
@@ -139,7 +141,7 @@ def verify_rest_token(
     now: float,
     leeway: float = 300.0,
 ) -> None:
-    """Verify a REST bearer token for the request at ``method_url`` (auth.md §4.2).
+    """Verify a REST bearer token for the request at ``method_url`` (Azure: REST auth).
 
     ``method_url`` is the absolute request URL with the raw (percent-encoded) path
     and query.  The ``aud`` origin must be the request's or one of ``endpoints``;

@@ -40,7 +40,7 @@ def encode_frame(opcode: Opcode, payload: bytes) -> bytes:
 
 
 class CloseCode(enum.IntEnum):
-    """The close codes the service uses (client-protocols.md §7)."""
+    """The close codes the service uses (Azure docs: client protocols)."""
 
     NORMAL = 1000
     """REST close or normal end; the reason is the REST ``reason``."""

@@ -1,6 +1,6 @@
 """The typed events an app receives and the answers it gives.
 
-One class per CloudEvent the service sends (event-handler.md §5): every event
+One class per CloudEvent the service sends (Azure docs: CloudEvents): every event
 carries a :class:`ConnectionContext`; ``connect`` adds what the client presented,
 user events add their data, ``disconnected`` its reason. A ``connect`` handler
 answers with a :class:`ConnectResponse` (or ``None``), a user-event handler with

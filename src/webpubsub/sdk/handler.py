@@ -329,7 +329,7 @@ class WebPubSubEventHandler:
         return self._any_origin or (bool(origin) and host_of(origin) in self._allowed_hosts)
 
     def _validate(self, headers: Headers) -> HttpResponse:
-        """Abuse protection (event-handler.md §2): opt in for allowed origins only."""
+        """Abuse protection (Azure docs: CloudEvents): opt in for allowed origins only."""
         origin = headers.get(_ORIGIN, "").strip()
         if not origin:
             return _text(400, "missing WebHook-Request-Origin header")
@@ -340,7 +340,7 @@ class WebPubSubEventHandler:
         return _text(403, "origin not allowed")
 
     def _signature_valid(self, connection_id: str, header: str) -> bool:
-        """Any ``sha256=<hex>`` entry made with any key (case-insensitive hex, §4)."""
+        """Any ``sha256=<hex>`` entry made with any key (case-insensitive hex)."""
         expected = [signature(connection_id, (key,)) for key in self._keys]
         for item in header.split(","):
             candidate = item.strip().lower().encode("utf-8", "replace")

@@ -3,7 +3,7 @@
 The service stores one opaque string per connection: it is set by the
 ``ce-connectionState`` response header of a blocking event (``connect``, user
 events) and sent back as the ``ce-connectionState`` request header on every later
-event (event-handler.md §6). Like ``@azure/web-pubsub-express``, the SDK keeps a
+event (Azure docs: CloudEvents). Like ``@azure/web-pubsub-express``, the SDK keeps a
 JSON object there, base64-encoded: ``{"key":"a"}`` is ``eyJrZXkiOiJhIn0=``, so
 apps written with either SDK can share a hub's state.
 """

@@ -1,4 +1,4 @@
-"""The data-plane REST API under ``/api/`` (rest-api.md).
+"""The data-plane REST API under ``/api/`` (Azure REST API reference).
 
 Routing is on the raw, percent-encoded path: it is split on ``/`` first and each
 segment decoded after, so ids containing ``/`` (sent as ``%2F``) survive.  Every
@@ -299,7 +299,7 @@ async def remove_user_from_all_groups(ops: Operations, call: Call) -> web.Stream
 
 
 async def list_group_connections(ops: Operations, call: Call) -> web.StreamResponse:
-    """One page of the group's members (rest-api.md §3.7), ordered by connection id.
+    """One page of the group's members (Azure REST API reference), ordered by connection id.
 
     The continuation token is the last connection id of the previous page, so paging
     stays consistent while members come and go; ``nextLink`` carries it with the page

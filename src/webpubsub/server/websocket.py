@@ -63,7 +63,7 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamResponse:
-    """A reliable client resuming its connection (client-protocols.md §5.4).
+    """A reliable client resuming its connection (Azure docs: reliable JSON subprotocol).
 
     The access token is not checked and no ``connect`` webhook is sent; a failed
     recovery is still upgraded, then closed with 1008 so that the client stops
@@ -179,7 +179,7 @@ async def _serve(
         log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
         conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
     finally:
-        # A reliable client that did not close normally may come back (§5.3); one
+        # A reliable client that did not close normally may come back; one
         # whose message the service refused may not.
         recoverable = client_close_code != CloseCode.NORMAL and not refused
         ctx.node.detach(conn, outbox, reason, recoverable=recoverable)

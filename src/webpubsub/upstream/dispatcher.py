@@ -1,11 +1,11 @@
-"""Delivering events to a hub's event handlers (event-handler.md).
+"""Delivering events to a hub's event handlers (Azure docs: CloudEvents).
 
 * Blocking events (``connect``, user events) are sent once — the client waits
   and a retry could duplicate its message — and their errors propagate.
 * ``connected`` / ``disconnected`` are fire-and-forget background tasks, retried
   on 408/5xx/network errors; failures are only logged.  A connection's
   ``disconnected`` is sent after its ``connected`` has finished.
-* Abuse protection (§2): before the first event to a handler URL the URL is
+* Abuse protection: before the first event to a handler URL the URL is
   probed (``OPTIONS``, ``GET`` after a 404); concurrent first events share one
   probe; success is cached for ``validation_ttl`` seconds, failure with a
   back-off of 1 s doubling to 60 s.
