@@ -40,8 +40,9 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 if [ "${1:-}" = "--dev" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
-  # Headless Chromium for the page tests (Playwright drives Debian's build).
-  apt_install chromium
+  # Headless Chromium for the page tests (Playwright drives Debian's build), and the
+  # Redis server the backplane tests start on a free port of their own.
+  apt_install chromium redis-server
   # Node.js and the pinned JavaScript SDKs (tests/js) for the JS client tests.
   command -v node >/dev/null 2>&1 || apt_install nodejs npm
   if [ ! -e tests/js/node_modules/.package-lock.json ] \

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import pytest
 import uvloop
 
 from tests.support.handler import EventHandlerApp
+from tests.support.redis_server import RedisServer
 from webpubsub import devcert
 from webpubsub.backplane.base import Backplane
 from webpubsub.config import ServiceConfig, default_config
@@ -89,3 +91,18 @@ def dev_cert(tmp_path_factory: pytest.TempPathFactory) -> devcert.DevCert:
 def tls_files(dev: devcert.DevCert) -> dict[str, object]:
     """``start_service`` settings that serve https:// and wss:// with ``dev``'s certificate."""
     return {"tls_cert": str(dev.cert), "tls_key": str(dev.key)}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` per test process, on a free port; tests keep apart by
+    key prefix (``redis_prefix``), so none needs to flush it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own on the shared Redis."""
+    return f"test-{secrets.token_hex(6)}"

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import ACCESS_KEY
+from tests.support.redis_server import RedisServer
 from webpubsub.cli import main
 
 GOOD_CONFIG = """
@@ -306,3 +307,79 @@ async def test_serve_tls_uses_the_dev_cert_and_reloads_it_on_sighup(
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(15):
         assert await proc.wait() == 0
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+
+def test_serve_says_in_one_line_when_redis_cannot_be_reached(unused_socket: socket.socket) -> None:
+    # A port where a socket is bound but nothing answers Redis's protocol: refused at once.
+    port = unused_socket.getsockname()[1]
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--port",
+            "0",
+            "--access-key",
+            ACCESS_KEY,
+            "--redis",
+            f"redis://:pw@127.0.0.1:{port}",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "cannot reach Redis at redis://***@127.0.0.1:" in result.output
+    assert "pw" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.e2e
+async def test_two_serve_processes_over_redis_are_one_service(
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+
+    config = tmp_path / "webpubsub.toml"
+    config.write_text(f'[backplane]\nkey_prefix = "{redis_prefix}"\n')
+    env = {"WEBPUBSUB_REDIS_URL": redis_server.url}
+    ports = []
+    for node in ("first", "second"):
+        proc = await _spawn(
+            "serve",
+            "--port",
+            "0",
+            "--access-key",
+            ACCESS_KEY,
+            "--node-id",
+            node,
+            "--config",
+            str(config),
+            env=env,
+        )
+        processes.append(proc)
+        ports.append(
+            int((await _read_until(proc, r"Listening on http://127\.0\.0\.1:(\d+)")).group(1))
+        )
+        await _read_until(proc, rf"Node {node} joined the Redis backplane")
+    first, second = (
+        f"Endpoint=http://127.0.0.1:{p};AccessKey={ACCESS_KEY};Version=1.0;" for p in ports
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        WebPubSubServiceClient.from_connection_string(first, hub="h") as one,
+        WebPubSubServiceClient.from_connection_string(second, hub="h") as two,
+    ):
+        ws = await http.ws_connect((await two.get_client_access_token(user_id="u"))["url"])
+        assert await one.user_exists("u")
+        await one.send_to_user("u", "across", content_type="text/plain")
+        assert (await ws.receive(timeout=10)).data == "across"
+        async with http.get(f"http://127.0.0.1:{ports[0]}/api/health") as resp:
+            assert (await resp.json())["nodeId"] == "first"
+        # SIGTERM on the second node: its client's presence goes at once.
+        processes[1].send_signal(signal.SIGTERM)
+        assert (await ws.receive(timeout=10)).type is aiohttp.WSMsgType.CLOSE
+        async with asyncio.timeout(15):
+            assert await processes[1].wait() == 0
+        assert not await one.user_exists("u")

@@ -728,3 +728,29 @@ def test_trusted_proxies_are_addresses_networks_or_any(in_tmp: Path) -> None:
         '10.0.0.0/8, or *, got "proxy.local"',
         f"{SRC}: server.trusted_proxies[1]: expected a string, got 7",
     ]
+
+
+def test_the_backplane_table(in_tmp: Path) -> None:
+    cfg = load(
+        in_tmp,
+        "[backplane]\nredis_url = 'rediss://:secret@redis.internal:6380/2'\n"
+        "node_id = 'node-1'\nkey_prefix = 'chat-prod'\n",
+    )
+    assert cfg.backplane.redis_url == "rediss://:secret@redis.internal:6380/2"
+    assert (cfg.backplane.node_id, cfg.backplane.key_prefix) == ("node-1", "chat-prod")
+    assert default_config().backplane.redis_url is None
+    with pytest.raises(ConfigError) as info:
+        load(
+            in_tmp,
+            "[backplane]\nredis_url = 'http://:secret@host'\nnode_id = 'a b'\nport = 1\n",
+        )
+    assert info.value.problems == [
+        f"{SRC}: backplane.port: unknown key",
+        f'{SRC}: backplane.redis_url: expected a redis:// or rediss:// URL, got "http://host"',
+        f'{SRC}: backplane.node_id: expected 1 to 64 letters, digits or _.- characters, got "a b"',
+    ]
+    assert all("secret" not in problem for problem in info.value.problems)
+    over = cfg.with_overrides(redis_url="redis://127.0.0.1:7000/0", node_id="n2")
+    assert over.backplane == dataclasses.replace(
+        cfg.backplane, redis_url="redis://127.0.0.1:7000/0", node_id="n2"
+    )

@@ -19,7 +19,7 @@ import click
 from webpubsub import devcert
 from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
-from webpubsub.errors import BadRequest, ConfigError
+from webpubsub.errors import BadRequest, ConfigError, ServiceUnavailable
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
 
@@ -30,6 +30,7 @@ log = logging.getLogger("webpubsub.cli")
 T = TypeVar("T")
 
 ACCESS_KEY_ENV = "WEBPUBSUB_ACCESS_KEY"
+REDIS_URL_ENV = "WEBPUBSUB_REDIS_URL"
 CONNECTION_STRING_ENV = "WebPubSubConnectionString"
 
 
@@ -176,19 +177,33 @@ def main(log_level: str) -> None:
     help=f"Access key; repeat or comma-separate to rotate (first signs). Env: {ACCESS_KEY_ENV}.",
 )
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar=REDIS_URL_ENV,
+    default=None,
+    help=f"Join other nodes over Redis: redis://[:password@]host:port/db. Env: {REDIS_URL_ENV}.",
+)
+@click.option("--node-id", default=None, help="This node's id (default: generated).")
 @_with_tls_options
 def serve(
     host: str | None,
     port: int | None,
     access_keys: tuple[str, ...],
     config_file: str | None,
+    redis_url: str | None,
+    node_id: str | None,
     tls: bool,
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
     """Run the service."""
     config, generated = _with_keys(_load(config_file), access_keys)
-    config = _checked(lambda: config.with_overrides(host=host, port=port, source="command line"))
+    config = _checked(
+        lambda: config.with_overrides(
+            host=host, port=port, redis_url=redis_url, node_id=node_id, source="command line"
+        )
+    )
     config, dev = _tls_options(config, tls, tls_cert, tls_key)
 
     async def run() -> None:
@@ -201,6 +216,8 @@ def serve(
             if generated:
                 click.echo("No access key given: generated one for this run.")
             click.echo(f"Listening on {runner.scheme}://{config.server.host}:{runner.port}")
+            if config.backplane.redis_url is not None and runner.node is not None:
+                click.echo(f"Node {runner.node.node_id} joined the Redis backplane.")
             click.echo(f"Connection string: {runner.connection_string}")
             _print_trust(dev)
             await _forever()
@@ -211,12 +228,14 @@ def serve(
 
 
 async def _start(runner: ServiceRunner) -> None:
-    """Start ``runner``; a certificate that cannot be loaded is reported, not a traceback."""
+    """Start ``runner``; a certificate that cannot be loaded or a Redis that cannot be
+    reached is reported in one line, not a traceback."""
     try:
         await runner.start()
-    except ConfigError as exc:
+    except (ConfigError, ServiceUnavailable) as exc:
         await runner.stop()
-        for problem in exc.problems:
+        problems = exc.problems if isinstance(exc, ConfigError) else [exc.message]
+        for problem in problems:
             click.echo(problem, err=True)
         raise SystemExit(1) from None
 

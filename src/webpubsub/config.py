@@ -35,6 +35,7 @@ MIN_ACCESS_KEY_LENGTH = 32
 _HUB_NAME = HUB_PATTERN
 _EVENT_NAME = EVENT_NAME_PATTERN
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE_PLACEHOLDERS = ("hub", "event")
 _SYSTEM_EVENTS_TEXT = ", ".join(sorted(SYSTEM_EVENTS))
@@ -64,6 +65,18 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackplaneSettings:
+    """The ``[backplane]`` table: how this node joins the others (none: one process)."""
+
+    redis_url: str | None = None
+    """``redis://[:password@]host:port/db`` or ``rediss://`` (TLS): scale out over Redis."""
+    node_id: str | None = None
+    """This node's id (generated when absent); shown in the log and ``/api/health``."""
+    key_prefix: str = "webpubsub"
+    """The prefix of every Redis key and channel: services sharing a Redis differ here."""
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     """The ``[upstream]`` table: defaults for calls to event handlers."""
 
@@ -81,6 +94,7 @@ class ServiceConfig:
 
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    backplane: BackplaneSettings = field(default_factory=BackplaneSettings)
     hubs: Mapping[str, HubSettings] = field(default_factory=_no_hubs)
 
     def __post_init__(self) -> None:
@@ -106,6 +120,8 @@ class ServiceConfig:
         public_endpoint: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        redis_url: str | None = None,
+        node_id: str | None = None,
         source: str = "<overrides>",
     ) -> ServiceConfig:
         """A copy with the given server settings replaced (``None`` keeps the current value).
@@ -129,9 +145,15 @@ class ServiceConfig:
             changes["tls_cert"], changes["tls_key"] = check.tls_pair(
                 {"tls_cert": tls_cert, "tls_key": tls_key}, "server"
             )
+        plane: dict[str, object] = {}
+        if redis_url is not None:
+            plane["redis_url"] = check.redis_url(redis_url, "backplane.redis_url")
+        if node_id is not None:
+            plane["node_id"] = check.node_id(node_id, "backplane.node_id")
         check.raise_if_any()
         server = dataclasses.replace(self.server, **changes)  # type: ignore[arg-type]
-        return dataclasses.replace(self, server=server)
+        backplane = dataclasses.replace(self.backplane, **plane)  # type: ignore[arg-type]
+        return dataclasses.replace(self, server=server, backplane=backplane)
 
 
 def default_config() -> ServiceConfig:
@@ -170,12 +192,24 @@ def load_config(path: str | os.PathLike[str]) -> ServiceConfig:
 def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> ServiceConfig:
     """Validate a parsed TOML document; raises :class:`ConfigError` listing every problem."""
     check = _Checker(source)
-    root = check.table(data, "", ("server", "upstream", "hubs"))
+    root = check.table(data, "", ("server", "upstream", "backplane", "hubs"))
     server = _parse_server(check, root.get("server"))
     upstream = _parse_upstream(check, root.get("upstream"))
+    backplane = _parse_backplane(check, root.get("backplane"))
     hubs = _parse_hubs(check, root.get("hubs"), upstream.timeout_seconds)
     check.raise_if_any()
-    return ServiceConfig(server=server, upstream=upstream, hubs=hubs)
+    return ServiceConfig(server=server, upstream=upstream, backplane=backplane, hubs=hubs)
+
+
+def _parse_backplane(check: _Checker, value: object) -> BackplaneSettings:
+    d = BackplaneSettings()
+    t = check.table(value, "backplane", tuple(f.name for f in dataclasses.fields(d)))
+    url = check.redis_url(t["redis_url"], "backplane.redis_url") if "redis_url" in t else None
+    node = check.node_id(t["node_id"], "backplane.node_id") if "node_id" in t else None
+    prefix = d.key_prefix
+    if "key_prefix" in t:
+        prefix = check.node_id(t["key_prefix"], "backplane.key_prefix") or d.key_prefix
+    return BackplaneSettings(redis_url=url, node_id=node, key_prefix=prefix)
 
 
 def _parse_server(check: _Checker, value: object) -> ServerSettings:
@@ -383,6 +417,41 @@ class _Checker:
         if None in values:
             return None, None
         return values[0], values[1]
+
+    def redis_url(self, value: object, path: str) -> str | None:
+        """``redis://`` or ``rediss://`` with a host, or ``unix://`` with a path."""
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            parts = urlsplit(text)
+            _ = parts.port
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("redis", "rediss", "unix")
+            or any(c.isspace() for c in text)
+        ):
+            self.add(
+                path, f"expected a redis:// or rediss:// URL, got {_describe(_redacted(text))}"
+            )
+            return None
+        if parts.scheme != "unix" and not parts.hostname:
+            self.add(path, f"the URL has no host, got {_describe(_redacted(text))}")
+            return None
+        return text
+
+    def node_id(self, value: object, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        if not _NODE_ID.fullmatch(text):
+            self.add(
+                path, f"expected 1 to 64 letters, digits or _.- characters, got {_describe(text)}"
+            )
+            return None
+        return text
 
     def networks(self, value: object, path: str) -> tuple[str, ...]:
         """Addresses or networks (``10.0.0.0/8``), or ``"*"`` for any peer."""

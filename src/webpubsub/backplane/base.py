@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
+from webpubsub.core.hub import HubListener
+from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import Answer, Command, Query
 
 
@@ -23,6 +25,9 @@ class NodeEndpoint(Protocol):
 
     def answer(self, query: Query) -> Answer:
         """Answer a query from this node's own connections."""
+
+    def reaped(self, connection: ReapedConnection) -> None:
+        """A connection of a dead node is gone: send its ``disconnected`` event."""
 
 
 class Backplane(abc.ABC):
@@ -40,4 +45,13 @@ class Backplane(abc.ABC):
 
     @abc.abstractmethod
     async def gather(self, query: Query) -> list[Answer]:
-        """Ask every node (this one included); one answer per node."""
+        """The answers to ``query``: one per node, or one from shared presence."""
+
+    def presence(self) -> HubListener | None:
+        """The listener that shares the node's hub changes, if this backplane keeps
+        presence outside the nodes (the memory backplane asks the nodes instead)."""
+        return None
+
+    def health(self) -> dict[str, object]:
+        """What ``/api/health`` reports about the backplane."""
+        return {"backplane": "memory"}

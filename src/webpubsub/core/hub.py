@@ -7,14 +7,31 @@ and offers the same frame bytes to every recipient's sink.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from typing import Protocol
 
 from webpubsub.core.connection import Connection
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
 
 
+class HubListener(Protocol):
+    """Told of every change to a hub's indexes, in order (a networked backplane keeps
+    its view of presence and membership from these). Calls are synchronous and must
+    not raise."""
+
+    def added(self, hub: str, conn: Connection) -> None: ...
+
+    def removed(self, hub: str, conn: Connection, groups: Collection[str]) -> None:
+        """``conn`` left the hub; it was in ``groups`` (no ``left`` call for those)."""
+
+    def joined(self, hub: str, conn: Connection, group: str) -> None: ...
+
+    def left(self, hub: str, conn: Connection, group: str) -> None: ...
+
+
 class Hub:
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, listener: HubListener | None = None) -> None:
         self.key = key
+        self._listener = listener
         self._connections: dict[str, Connection] = {}
         self._users: dict[str, dict[str, Connection]] = {}
         self._groups: dict[str, dict[str, Connection]] = {}
@@ -28,12 +45,18 @@ class Hub:
         self._connections[conn.connection_id] = conn
         if conn.user_id is not None:
             self._users.setdefault(conn.user_id, {})[conn.connection_id] = conn
+        if self._listener is not None:
+            self._listener.added(self.key, conn)
 
     def remove(self, connection_id: str) -> Connection | None:
         conn = self._connections.pop(connection_id, None)
         if conn is None:
             return None
-        self.leave_all(conn)
+        groups = tuple(conn.groups)
+        for group in groups:
+            self._drop_member(conn, group)
+        if self._listener is not None:
+            self._listener.removed(self.key, conn, groups)
         if conn.user_id is not None:
             peers = self._users.get(conn.user_id)
             if peers is not None:
@@ -63,12 +86,21 @@ class Hub:
     # -- groups -----------------------------------------------------------------------
 
     def join(self, conn: Connection, group: str) -> None:
-        if conn.connection_id not in self._connections:
+        if conn.connection_id not in self._connections or group in conn.groups:
             return
         self._groups.setdefault(group, {})[conn.connection_id] = conn
         conn.groups.add(group)
+        if self._listener is not None:
+            self._listener.joined(self.key, conn, group)
 
     def leave(self, conn: Connection, group: str) -> None:
+        if group not in conn.groups:
+            return
+        self._drop_member(conn, group)
+        if self._listener is not None:
+            self._listener.left(self.key, conn, group)
+
+    def _drop_member(self, conn: Connection, group: str) -> None:
         members = self._groups.get(group)
         if members is not None:
             members.pop(conn.connection_id, None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from webpubsub.core.connection import Connection, Sink
-from webpubsub.core.hub import Hub
+from webpubsub.core.hub import Hub, HubListener
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
@@ -28,9 +28,10 @@ from webpubsub.errors import (
     InvalidName,
     Unauthorized,
     UpstreamError,
+    WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.ports import EventHandlerPort
+from webpubsub.node.ports import EventHandlerPort, ReapedConnection
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -62,6 +63,9 @@ log = logging.getLogger("webpubsub.node")
 UNSUPPORTED_SUBPROTOCOLS = frozenset(
     {"protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"}
 )
+
+#: The ``disconnected`` reason of a connection whose node died.
+NODE_LOST = "The connection was lost: its service node stopped."
 
 #: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
@@ -112,8 +116,10 @@ class Node:
         node_id: str | None = None,
         id_factory: Callable[[], str] = new_connection_id,
         recovery_window: float = DEFAULT_RECOVERY_WINDOW,
+        presence: HubListener | None = None,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
+        self._presence = presence
         self._hub_settings = hub_settings
         self._upstream = upstream
         self._origin = origin
@@ -221,7 +227,7 @@ class Node:
             )
         hub = self._hubs.get(adm.hub)
         if hub is None:
-            hub = self._hubs[adm.hub] = Hub(adm.hub)
+            hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
         hub.add(conn)
         for group in adm.groups:
             hub.join(conn, group)
@@ -292,8 +298,12 @@ class Node:
                 conn.close(effect.code, effect.reason)
                 return
             case Publish():
-                await self._publish(effect.command)
-                ack = succeeded(conn, effect.ack_id)
+                try:
+                    await self._publish(effect.command)
+                except WebPubSubError as exc:  # the backplane is down: say so, keep the client
+                    ack = failed(effect.ack_id, exc)
+                else:
+                    ack = succeeded(conn, effect.ack_id)
             case CallEvent():
                 try:
                     reply = await self.user_event(conn, effect.event, effect.payload)
@@ -360,6 +370,25 @@ class Node:
         self._upstream.disconnected(
             self._hub_settings(conn.hub), self.context(conn), conn.close_reason or reason
         )
+
+    def reaped(self, connection: ReapedConnection) -> None:
+        """A connection of a node that died: send its ``disconnected`` event from here."""
+        ctx = EventContext(
+            hub=connection.hub,
+            connection_id=connection.connection_id,
+            user_id=connection.user_id,
+            subprotocol=connection.subprotocol,
+            state=connection.state,
+            event_id=f"reaped-{secrets.token_hex(8)}",
+            origin=self._origin,
+        )
+        log.info(
+            "connection %s of hub %s ended with its node %s",
+            connection.connection_id,
+            connection.hub,
+            connection.node_id,
+        )
+        self._upstream.disconnected(self._hub_settings(connection.hub), ctx, NODE_LOST)
 
     def close_all(self, code: int, reason: str) -> None:
         for hub in list(self._hubs.values()):

@@ -8,6 +8,7 @@ and the operations depend on these protocols only, never on an implementation.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from webpubsub.core.settings import HubSettings
@@ -50,3 +51,16 @@ class EventHandlerPort(Protocol):
     def connected(self, hub: HubSettings, ctx: EventContext) -> None: ...
 
     def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReapedConnection:
+    """A connection whose node died, as a networked backplane recorded it: what its
+    ``disconnected`` event needs, sent by a surviving node (:meth:`Node.reaped`)."""
+
+    hub: str
+    connection_id: str
+    user_id: str | None
+    subprotocol: str | None
+    state: str
+    node_id: str

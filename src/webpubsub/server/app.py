@@ -24,7 +24,7 @@ from webpubsub.node.operations import Operations
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import rest, tls, websocket
-from webpubsub.server.context import SERVICE, ServiceContext
+from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.dispatcher import Upstream
@@ -57,7 +57,7 @@ class ServiceRunner:
         if not config.server.access_keys:
             raise ValueError("the service needs at least one access key")
         self.config = config
-        self.backplane = backplane or MemoryBackplane()
+        self.backplane = backplane or _backplane_for(config)
         self._advertised_host = advertised_host
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -94,6 +94,8 @@ class ServiceRunner:
             origin=origin,
             publish=self.backplane.publish,
             recovery_window=server.recovery_window_seconds,
+            node_id=getattr(self.backplane, "node_id", None) or self.config.backplane.node_id,
+            presence=self.backplane.presence(),
         )
         endpoints: list[str] = []
         ctx = ServiceContext(
@@ -113,6 +115,7 @@ class ServiceRunner:
             middlewares=[error_middleware], client_max_size=server.max_message_bytes
         )
         app[SERVICE] = ctx
+        app[HEALTH] = self.health
         app.router.add_get("/api/health", rest.health)  # answers HEAD too
         app.router.add_route("*", "/api/{tail:.*}", rest.api_endpoint)
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
@@ -131,6 +134,13 @@ class ServiceRunner:
         )
         endpoints.append(self.endpoint)
         log.info("webpubsub listening on %s://%s:%d", self.scheme, server.host, self.port)
+
+    def health(self) -> dict[str, object]:
+        """The body of ``GET /api/health``: this node and its backplane."""
+        plane = self.backplane.health()
+        degraded = plane.get("redis") == "disconnected"
+        node_id = self.node.node_id if self.node is not None else None
+        return {"status": "degraded" if degraded else "ok", "nodeId": node_id, **plane}
 
     @property
     def scheme(self) -> str:
@@ -172,6 +182,15 @@ class ServiceRunner:
         if host in _LOOPBACK_OR_ANY:
             return "localhost"
         return f"[{host}]" if ":" in host else host
+
+
+def _backplane_for(config: ServiceConfig) -> Backplane:
+    plane = config.backplane
+    if plane.redis_url is None:
+        return MemoryBackplane()
+    from webpubsub.backplane.redis import RedisBackplane
+
+    return RedisBackplane(plane.redis_url, node_id=plane.node_id, prefix=plane.key_prefix)
 
 
 def _bound_port(site: web.TCPSite) -> int:

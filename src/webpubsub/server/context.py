@@ -33,3 +33,6 @@ class ServiceContext:
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)
+HealthReport = Callable[[], dict[str, object]]
+HEALTH: web.AppKey[HealthReport] = web.AppKey("webpubsub.health")
+"""What ``/api/health`` reports (the node and its backplane)."""

@@ -29,7 +29,7 @@ from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.odata import parse_filter
 from webpubsub.protocol.payload import Payload, media_type
 from webpubsub.protocol.tokens import bearer_token, verify_rest_token
-from webpubsub.server.context import SERVICE, ServiceContext
+from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
 from webpubsub.server.origin import caller_origin, public_base
 
@@ -427,7 +427,11 @@ ROUTES: tuple[Route, ...] = (
 
 
 async def health(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=200)
+    """200 while the node serves; a GET's body names the node and its backplane's state
+    (a HEAD answers as Azure's does: headers only, no Content-Type)."""
+    if request.method == "HEAD":
+        return _status(200)
+    return _json(request.app[HEALTH]())
 
 
 def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str]:

@@ -1,0 +1,686 @@
+"""The Redis backplane: many nodes, one service (the only module that imports ``redis``).
+
+How the nodes share work (docs/architecture.md, "The Redis backplane"):
+
+* **Commands** (sends, closes, group and permission changes) are published on one
+  channel, ``{prefix}:cmd``, in the wire codec of ``protocol/backplane.py``: one
+  ``PUBLISH`` per REST operation, whatever the number of recipients or nodes. Every
+  node, the publisher included, applies each command to its own connections in the
+  order Redis delivers them, so one sender's commands arrive in order everywhere.
+* **Presence** lives in Redis, written by the node that holds the connection (from
+  the hub's listener calls, pipelined in order): the connection (its node, user,
+  roles), its user, its groups, its permission changes. Queries (exists, check
+  permission, list group members) are one Redis round trip (a Lua script), never a
+  survey of the nodes, and count a connection only while its node's heartbeat key
+  lives.
+* **Read your writes**: operations whose targets Redis already knows (a connection,
+  a user's connections, a group's members) update presence in the same script that
+  publishes the command, so a query right after a REST call sees its effect.
+* **Heartbeats**: each node refreshes ``{prefix}:node:{id}`` (expiring after
+  ``heartbeat_timeout``); a node that stops refreshing drops out of every answer at
+  once. One node at a time (a lock key) reaps the presence a dead node left, and
+  that node reports the dead node's connections to its own node (``reaped``), which
+  sends their ``disconnected`` events: exactly once, since only the reaper that
+  deletes a connection's key reports it.
+* **Faults**: a command that cannot be published, or a query that cannot be
+  answered, raises :class:`ServiceUnavailable` (REST: 503 with a JSON body), never a
+  silent success. The subscription reconnects with a bounded back-off; presence is
+  written again from the node's own connections after every reconnect (Redis may
+  have restarted empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Collection, Sequence
+from typing import Any, assert_never
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from webpubsub.backplane.base import Backplane, NodeEndpoint
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permission, Permissions
+from webpubsub.errors import CorruptEnvelope, ServiceUnavailable
+from webpubsub.node.ports import ReapedConnection
+from webpubsub.protocol.backplane import (
+    Answer,
+    ChangeGroup,
+    ChangePermission,
+    Close,
+    Command,
+    Exists,
+    GroupAction,
+    GroupMember,
+    HasPermission,
+    ListGroup,
+    Query,
+    Scope,
+    Send,
+    decode_command,
+    encode_command,
+)
+
+log = logging.getLogger("webpubsub.backplane")
+
+DEFAULT_PREFIX = "webpubsub"
+DEFAULT_HEARTBEAT_TIMEOUT = 10.0
+"""Seconds after its last heartbeat that a node is taken for dead (documented ≤ 15 s)."""
+PRESENCE_QUEUE_LIMIT = 100_000
+"""Presence writes waiting for Redis; past this the queue is dropped and presence is
+written again from the node's own connections once Redis answers."""
+_RECONNECT_MAX_DELAY = 1.0
+_STOP_TIMEOUT = 5.0
+_SEP = "\x00"
+_STOP: tuple[str, tuple[Any, ...]] = ("stop", ())
+"""Queued last by :meth:`RedisBackplane.stop`: the writer finishes what is before it."""
+
+
+class Keys:
+    """Every key and channel name, in one place (sharded pub/sub later changes only this)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.commands = f"{prefix}:cmd"
+        self.nodes = f"{prefix}:nodes"
+        self.reaper = f"{prefix}:reaper"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}"
+
+    def node_conns(self, node_id: str) -> str:
+        return f"{self.prefix}:conns:{node_id}"
+
+    def conn(self, hub: str, cid: str) -> str:
+        return f"{self.prefix}:conn:{hub}:{cid}"
+
+    def user(self, hub: str, user: str) -> str:
+        return f"{self.prefix}:user:{hub}:{user}"
+
+    def group(self, hub: str, group: str) -> str:
+        return f"{self.prefix}:group:{hub}:{group}"
+
+    def conn_groups(self, hub: str, cid: str) -> str:
+        return f"{self.prefix}:cgroups:{hub}:{cid}"
+
+    def perms(self, hub: str, cid: str) -> str:
+        return f"{self.prefix}:perm:{hub}:{cid}"
+
+
+# -- Lua: every script gets the prefix as ARGV[1] and builds its keys from it --------------
+# (Lua string concatenation mirrors Keys above; a Redis Cluster move would pass KEYS.)
+
+_LUA_COMMON = """
+local p = ARGV[1]
+local function alive(hub, cid)
+  local node = redis.call('HGET', p .. ':conn:' .. hub .. ':' .. cid, 'n')
+  if not node then return false end
+  return redis.call('EXISTS', p .. ':node:' .. node) == 1
+end
+local function drop(hub, cid)
+  local ck = p .. ':conn:' .. hub .. ':' .. cid
+  local info = redis.call('HMGET', ck, 'n', 'u')
+  if not info[1] then return 0 end
+  for _, g in ipairs(redis.call('SMEMBERS', p .. ':cgroups:' .. hub .. ':' .. cid)) do
+    redis.call('SREM', p .. ':group:' .. hub .. ':' .. g, cid)
+  end
+  if info[2] and info[2] ~= '' then
+    redis.call('SREM', p .. ':user:' .. hub .. ':' .. info[2], cid)
+  end
+  redis.call('SREM', p .. ':conns:' .. info[1], hub .. '\\0' .. cid)
+  redis.call('DEL', ck, p .. ':cgroups:' .. hub .. ':' .. cid, p .. ':perm:' .. hub .. ':' .. cid)
+  return 1
+end
+local function members(hub, scope, id)
+  if scope == 'connection' then
+    if redis.call('EXISTS', p .. ':conn:' .. hub .. ':' .. id) == 1 then return {id} end
+    return {}
+  elseif scope == 'user' then
+    return redis.call('SMEMBERS', p .. ':user:' .. hub .. ':' .. id)
+  elseif scope == 'group' then
+    return redis.call('SMEMBERS', p .. ':group:' .. hub .. ':' .. id)
+  end
+  return nil
+end
+"""
+
+# ARGV: prefix, hub, scope, id  ->  1 if a live connection is there
+_EXISTS = (
+    _LUA_COMMON
+    + """
+for _, cid in ipairs(members(ARGV[2], ARGV[3], ARGV[4]) or {}) do
+  if alive(ARGV[2], cid) then return 1 end
+end
+return 0
+"""
+)
+
+# ARGV: prefix, hub, group  ->  {cid, user, cid, user, ...} of live members
+_LIST = (
+    _LUA_COMMON
+    + """
+local out = {}
+for _, cid in ipairs(redis.call('SMEMBERS', p .. ':group:' .. ARGV[2] .. ':' .. ARGV[3])) do
+  if alive(ARGV[2], cid) then
+    out[#out + 1] = cid
+    out[#out + 1] = redis.call('HGET', p .. ':conn:' .. ARGV[2] .. ':' .. cid, 'u') or ''
+  end
+end
+return out
+"""
+)
+
+# ARGV: prefix, hub, cid, field  ->  false (no live connection) or {roles JSON, override}
+_PERMISSION = (
+    _LUA_COMMON
+    + """
+if not alive(ARGV[2], ARGV[3]) then return false end
+local roles = redis.call('HGET', p .. ':conn:' .. ARGV[2] .. ':' .. ARGV[3], 'r')
+local override = redis.call('HGET', p .. ':perm:' .. ARGV[2] .. ':' .. ARGV[3], ARGV[4])
+return {roles or '[]', override or ''}
+"""
+)
+
+# ARGV: prefix, channel, envelope, hub, scope, id, action, excluded JSON, groups JSON
+# Updates what the targets' presence will be once their node applies the command, then
+# publishes it: "group" adds/removes groups, "close" drops the connections.
+_APPLY_AND_PUBLISH = (
+    _LUA_COMMON
+    + """
+local hub, action = ARGV[4], ARGV[7]
+local targets = members(hub, ARGV[5], ARGV[6])
+if targets then
+  local excluded = {}
+  for _, cid in ipairs(cjson.decode(ARGV[8])) do excluded[cid] = true end
+  local groups = cjson.decode(ARGV[9])
+  for _, cid in ipairs(targets) do
+    if not excluded[cid] then
+      local cg = p .. ':cgroups:' .. hub .. ':' .. cid
+      if action == 'close' then
+        drop(hub, cid)
+      elseif action == 'add' then
+        for _, g in ipairs(groups) do
+          redis.call('SADD', p .. ':group:' .. hub .. ':' .. g, cid)
+          redis.call('SADD', cg, g)
+        end
+      elseif action == 'remove' then
+        for _, g in ipairs(groups) do
+          redis.call('SREM', p .. ':group:' .. hub .. ':' .. g, cid)
+          redis.call('SREM', cg, g)
+        end
+      elseif action == 'remove_all' then
+        for _, g in ipairs(redis.call('SMEMBERS', cg)) do
+          redis.call('SREM', p .. ':group:' .. hub .. ':' .. g, cid)
+        end
+        redis.call('DEL', cg)
+      end
+    end
+  end
+end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+"""
+)
+
+# ARGV: prefix, hub, member ("hub\\0cid" of the dead node's set) -> conn info or false
+_REAP_ONE = (
+    _LUA_COMMON
+    + """
+local ck = p .. ':conn:' .. ARGV[2] .. ':' .. ARGV[3]
+local info = redis.call('HMGET', ck, 'n', 'u', 's', 't')
+if not info[1] then return false end
+drop(ARGV[2], ARGV[3])
+return info
+"""
+)
+
+
+class RedisBackplane(Backplane):
+    """Nodes joined through Redis; ``url`` is ``redis://`` or ``rediss://`` (TLS)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.node_id = node_id or secrets.token_hex(4)
+        self.keys = Keys(prefix)
+        self.heartbeat_timeout = heartbeat_timeout
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=5
+        )
+        self._node: NodeEndpoint | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writes: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
+        self._queued = 0
+        self._written = 0
+        self._progress = asyncio.Condition()
+        self._rebuild = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self.connected = False
+        """Whether the subscription to the command channel is up."""
+        self._stopping = False
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in (
+                ("exists", _EXISTS),
+                ("list", _LIST),
+                ("permission", _PERMISSION),
+                ("apply", _APPLY_AND_PUBLISH),
+                ("reap", _REAP_ONE),
+            )
+        }
+        self._local: dict[tuple[str, str], Connection] = {}
+        """This node's connections by (hub, id): what presence is rebuilt from."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, node: NodeEndpoint) -> None:
+        self._node = node
+        try:
+            await self._beat()
+        except RedisError as exc:
+            raise ServiceUnavailable(
+                f"cannot reach Redis at {_redacted(self.url)}: {exc}"
+            ) from None
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="redis-listen"),
+            asyncio.create_task(self._write_presence(), name="redis-presence"),
+            asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
+        ]
+        async with asyncio.timeout(5.0):
+            await self._subscribed.wait()
+        log.info("node %s joined the Redis backplane at %s", self.node_id, _redacted(self.url))
+
+    async def stop(self) -> None:
+        """Leave at once: this node's presence goes now, not after the heartbeat timeout.
+
+        The presence writer is asked to finish (it writes what is queued, the clients
+        closed at shutdown typically) rather than cancelled: redis-py may swallow a
+        cancellation that lands inside a command. Every wait here is bounded.
+        """
+        self._stopping = True  # the loops end even if a cancellation is swallowed
+        writer = next((t for t in self._tasks if t.get_name() == "redis-presence"), None)
+        for task in self._tasks:
+            if task is not writer:
+                task.cancel()
+        if writer is not None:
+            self._writes.put_nowait(_STOP)
+            await asyncio.wait({writer}, timeout=_STOP_TIMEOUT)
+            writer.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT)
+        self._tasks = []
+        with contextlib.suppress(RedisError, OSError):
+            await self._leave()
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+        self._node = None
+
+    def health(self) -> dict[str, object]:
+        return {
+            "backplane": "redis",
+            "redis": "connected" if self.connected else "disconnected",
+        }
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def publish(self, command: Command) -> None:
+        envelope = encode_command(command)
+        try:
+            if isinstance(command, ChangePermission) and command.group is not None:
+                # Record the override where every node's check reads it, then publish:
+                # a check right after the grant sees it.
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.hset(
+                    self.keys.perms(command.hub, command.connection_id),
+                    _perm_field(command.permission, command.group),
+                    "1" if command.grant else "0",
+                )
+                pipe.publish(self.keys.commands, envelope)
+                await pipe.execute()
+                return
+            target = _presence_target(command)
+            if target is None:
+                await self._redis.publish(self.keys.commands, envelope)
+                return
+            scope, ident, action, excluded, groups = target
+            await self._scripts["apply"](
+                args=[
+                    self.keys.prefix,
+                    self.keys.commands,
+                    envelope,
+                    command.hub,
+                    scope,
+                    ident,
+                    action,
+                    orjson.dumps(sorted(excluded)),
+                    orjson.dumps(list(groups)),
+                ]
+            )
+        except RedisError as exc:
+            raise ServiceUnavailable(_unavailable(exc)) from None
+
+    async def gather(self, query: Query) -> list[Answer]:
+        try:
+            return [await self._answer(query)]
+        except RedisError as exc:
+            raise ServiceUnavailable(_unavailable(exc)) from None
+
+    async def _answer(self, query: Query) -> Answer:
+        p = self.keys.prefix
+        match query:
+            case Exists():
+                found = await self._scripts["exists"](
+                    args=[p, query.hub, query.target.scope.value, query.target.id]
+                )
+                return bool(found)  # a hub-wide Exists (no REST operation asks it) is False
+            case ListGroup():
+                flat = await self._scripts["list"](args=[p, query.hub, query.group])
+                pairs = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+                return tuple(GroupMember(cid, user or None) for cid, user in pairs)
+            case HasPermission():
+                if query.group is None:
+                    return None
+                field = _perm_field(query.permission, query.group)
+                found = await self._scripts["permission"](
+                    args=[p, query.hub, query.connection_id, field]
+                )
+                if not found:
+                    return None
+                roles_json, override = _text(found[0]), _text(found[1])
+                if override:
+                    return override == "1"
+                roles = orjson.loads(roles_json)
+                permission = Permission.parse(query.permission)
+                return Permissions.from_roles(roles).allows(permission, query.group)
+            case _:
+                raise AssertionError(f"unknown query {query!r}")
+
+    # -- presence: the hub listener (synchronous; written by a background task) ----------
+
+    def added(self, hub: str, conn: Connection) -> None:
+        self._local[(hub, conn.connection_id)] = conn
+        self._queue("added", hub, conn)
+
+    def removed(self, hub: str, conn: Connection, groups: Collection[str]) -> None:
+        self._local.pop((hub, conn.connection_id), None)
+        self._queue("removed", hub, conn)
+
+    def joined(self, hub: str, conn: Connection, group: str) -> None:
+        self._queue("joined", hub, conn, group)
+
+    def left(self, hub: str, conn: Connection, group: str) -> None:
+        self._queue("left", hub, conn, group)
+
+    def _queue(self, op: str, *args: Any) -> None:
+        if self._rebuild.is_set():
+            return  # everything is written anew from the local connections
+        if self._writes.qsize() >= PRESENCE_QUEUE_LIMIT:
+            log.warning("presence writes backed up; rebuilding presence once Redis answers")
+            self._drain_queue()
+            self._rebuild.set()
+            return
+        self._writes.put_nowait((op, args))
+        self._queued += 1
+
+    def _drain_queue(self) -> None:
+        while not self._writes.empty():
+            self._writes.get_nowait()
+            self._written += 1  # dropped: the rebuild writes the current state instead
+
+    async def _write_presence(self) -> None:
+        """Apply queued presence changes in order, pipelined; rebuild after a fault."""
+        while True:
+            if self._rebuild.is_set():
+                try:
+                    await self._rewrite_all()
+                except RedisError as exc:
+                    log.warning("presence rebuild failed (%s); retrying", exc)
+                    await asyncio.sleep(_RECONNECT_MAX_DELAY)
+                    continue
+                self._rebuild.clear()
+            item = await self._writes.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while not self._writes.empty() and len(batch) < 1000:
+                item = self._writes.get_nowait()
+                if item is _STOP:
+                    self._writes.put_nowait(_STOP)  # write this batch, then stop
+                    break
+                batch.append(item)
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for name, values in batch:
+                    self._stage(pipe, name, *values)
+                await pipe.execute()
+            except RedisError as exc:
+                log.warning("presence write failed (%s); rebuilding once Redis answers", exc)
+                self._drain_queue()
+                self._rebuild.set()
+            async with self._progress:
+                self._written += len(batch)
+                self._progress.notify_all()
+
+    async def flushed(self) -> None:
+        """Return once every presence change made so far has been written (or dropped
+        for a rebuild); bound it with ``asyncio.timeout``."""
+        target = self._queued
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target or self._rebuild.is_set())
+
+    def _stage(self, pipe: Any, op: str, hub: str, conn: Connection, group: str = "") -> None:
+        k, cid = self.keys, conn.connection_id
+        if op == "added":
+            pipe.hset(
+                k.conn(hub, cid),
+                mapping={
+                    "n": self.node_id,
+                    "u": conn.user_id or "",
+                    "r": orjson.dumps(list(conn.permissions.roles())),
+                    "s": conn.subprotocol or "",
+                    "t": conn.state,
+                },
+            )
+            pipe.sadd(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
+            if conn.user_id:
+                pipe.sadd(k.user(hub, conn.user_id), cid)
+        elif op == "removed":
+            for g in conn.groups:
+                pipe.srem(k.group(hub, g), cid)
+            # The groups it had were already cleared locally: clear what Redis holds.
+            pipe.eval(
+                "for _, g in ipairs(redis.call('SMEMBERS', KEYS[1])) do "
+                "redis.call('SREM', ARGV[1] .. g, ARGV[2]) end "
+                "return redis.call('DEL', KEYS[1])",
+                1,
+                k.conn_groups(hub, cid),
+                f"{k.prefix}:group:{hub}:",
+                cid,
+            )
+            if conn.user_id:
+                pipe.srem(k.user(hub, conn.user_id), cid)
+            pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
+            pipe.delete(k.conn(hub, cid), k.perms(hub, cid))
+        elif op == "joined":
+            pipe.sadd(k.group(hub, group), cid)
+            pipe.sadd(k.conn_groups(hub, cid), group)
+        elif op == "left":
+            pipe.srem(k.group(hub, group), cid)
+            pipe.srem(k.conn_groups(hub, cid), group)
+
+    async def _rewrite_all(self) -> None:
+        """Write this node's presence again from its own connections (after a fault)."""
+        self._drain_queue()
+        pipe = self._redis.pipeline(transaction=False)
+        for (hub, _), conn in list(self._local.items()):
+            self._stage(pipe, "added", hub, conn)
+            for group in conn.groups:
+                self._stage(pipe, "joined", hub, conn, group)
+        await pipe.execute()
+        log.info("presence of %d connections written again", len(self._local))
+
+    # -- the subscription ----------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.commands)
+                if self.connected is False and self._subscribed.is_set():
+                    log.warning(
+                        "node %s resubscribed to Redis: commands published meanwhile "
+                        "were not delivered to its clients",
+                        self.node_id,
+                    )
+                    self._rebuild.set()
+                self.connected = True
+                self._subscribed.set()
+                delay = 0.05
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message["data"])
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("node %s lost its Redis subscription: %s", self.node_id, exc)
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(delay)  # a bounded back-off between reconnects
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+    def _deliver(self, raw: bytes) -> None:
+        if self._node is None:
+            return
+        try:
+            command = decode_command(raw)
+        except CorruptEnvelope as exc:
+            log.warning("dropped a corrupt command from Redis: %s", exc.message)
+            return
+        self._node.apply(command)
+
+    # -- heartbeats and the reaper -------------------------------------------------------
+
+    async def _beat(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self.keys.node(self.node_id), "1", px=int(self.heartbeat_timeout * 1000))
+        pipe.sadd(self.keys.nodes, self.node_id)
+        await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        interval = self.heartbeat_timeout / 3
+        while not self._stopping:
+            await asyncio.sleep(interval)  # the beat itself: a period, not a synchronisation
+            try:
+                missing = not await self._redis.exists(self.keys.node(self.node_id))
+                await self._beat()
+                if missing:
+                    # Redis restarted empty (or we were reaped): write presence again.
+                    self._rebuild.set()
+                await self._reap(interval)
+            except RedisError as exc:
+                log.warning("node %s heartbeat failed: %s", self.node_id, exc)
+
+    async def _reap(self, interval: float) -> None:
+        """Clean up after nodes whose heartbeat lapsed, one reaper at a time."""
+        lock = await self._redis.set(
+            self.keys.reaper, self.node_id, nx=True, px=int(interval * 2000)
+        )
+        if not lock:
+            return
+        for raw_id in await self._redis.smembers(self.keys.nodes):
+            dead = _text(raw_id)
+            if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
+                continue
+            for raw_member in await self._redis.smembers(self.keys.node_conns(dead)):
+                hub, _, cid = _text(raw_member).partition(_SEP)
+                info = await self._scripts["reap"](args=[self.keys.prefix, hub, cid])
+                if info:
+                    self._report_reaped(hub, cid, dead, info)
+            await self._redis.delete(self.keys.node_conns(dead))
+            await self._redis.srem(self.keys.nodes, dead)
+            log.warning("node %s reaped the presence of dead node %s", self.node_id, dead)
+
+    def _report_reaped(self, hub: str, cid: str, dead: str, info: Sequence[Any]) -> None:
+        if self._node is None:
+            return
+        user, subprotocol, state = (_text(v) if v is not None else "" for v in info[1:4])
+        self._node.reaped(
+            ReapedConnection(hub, cid, user or None, subprotocol or None, state, dead)
+        )
+
+    def presence(self) -> RedisBackplane:
+        """The hub listener that keeps presence in Redis: this backplane."""
+        return self
+
+    async def _leave(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for hub, cid in list(self._local):
+            await self._scripts["reap"](args=[self.keys.prefix, hub, cid], client=pipe)
+        pipe.delete(self.keys.node(self.node_id), self.keys.node_conns(self.node_id))
+        pipe.srem(self.keys.nodes, self.node_id)
+        await pipe.execute()
+
+
+def _presence_target(
+    command: Command,
+) -> tuple[str, str, str, frozenset[str], tuple[str, ...]] | None:
+    """What a command changes in presence that Redis can resolve by itself, if anything:
+    (scope, id, action, excluded, groups). Filtered and hub-wide changes are written by
+    each owner node when it applies them."""
+    match command:
+        case Close():
+            if command.target.scope is Scope.ALL:
+                return None
+            return (command.target.scope.value, command.target.id, "close", command.excluded, ())
+        case ChangeGroup():
+            if command.filter or command.target.scope is Scope.ALL:
+                return None
+            if command.target.scope is Scope.GROUP and command.action is GroupAction.ADD:
+                return None
+            return (
+                command.target.scope.value,
+                command.target.id,
+                command.action.value,
+                frozenset(),
+                command.groups,
+            )
+        case Send() | ChangePermission():
+            return None
+        case _:
+            assert_never(command)
+
+
+def _perm_field(permission: str, group: str) -> str:
+    return f"{Permission.parse(permission).value}{_SEP}{group}"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def _unavailable(exc: Exception) -> str:
+    log.warning("Redis failed: %s", exc)
+    return "The backplane (Redis) is unavailable: the operation could not reach every node."

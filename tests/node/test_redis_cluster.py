@@ -1,0 +1,145 @@
+"""Nodes joined through a real Redis act as one service: any node serves any client and
+any REST call (the Redis backplane, docs/how-to/scale-out.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+
+from tests.conftest import StartService
+from tests.support.redis_server import RedisServer
+from webpubsub.backplane.redis import RedisBackplane
+from webpubsub.server.app import ServiceRunner
+
+WAIT = 5.0
+JSON = "json.webpubsub.azure.v1"
+
+
+@pytest.fixture
+async def cluster(
+    start_service: StartService, redis_server: RedisServer, redis_prefix: str
+) -> list[ServiceRunner]:
+    """Three nodes over the test's Redis."""
+    return [
+        await start_service(
+            backplane=RedisBackplane(redis_server.url, node_id=f"n{i}", prefix=redis_prefix)
+        )
+        for i in range(3)
+    ]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def sdk(runner: ServiceRunner) -> WebPubSubServiceClient:
+    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub="chat")
+
+
+async def connect(
+    http: aiohttp.ClientSession, runner: ServiceRunner, **claims: object
+) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """A JSON-subprotocol client on ``runner``; its connection id."""
+    async with sdk(runner) as service:
+        url = (await service.get_client_access_token(**claims))["url"]
+    ws = await http.ws_connect(url, protocols=(JSON,))
+    connected = json.loads((await ws.receive(timeout=WAIT)).data)
+    assert connected["event"] == "connected"
+    return ws, connected["connectionId"]
+
+
+async def next_data(ws: aiohttp.ClientWebSocketResponse) -> object:
+    frame = json.loads((await ws.receive(timeout=WAIT)).data)
+    assert frame["type"] == "message", frame
+    return frame["data"]
+
+
+async def test_rest_on_any_node_reaches_and_sees_clients_on_the_others(
+    cluster: list[ServiceRunner], http: aiohttp.ClientSession
+) -> None:
+    a, b, c = cluster
+    alice, alice_id = await connect(http, b, user_id="alice")
+    bob, bob_id = await connect(http, c, user_id="bob", groups=["room"])
+    async with sdk(a) as rest:
+        # Presence: one Redis read, whichever node answers.
+        assert await rest.connection_exists(alice_id) and await rest.user_exists("bob")
+        assert await rest.group_exists("room") and not await rest.group_exists("nobody")
+        await rest.send_to_all("to all", content_type="text/plain")
+        assert await next_data(alice) == "to all" and await next_data(bob) == "to all"
+
+        # Membership changes made through one node are seen at once through another.
+        await rest.add_connection_to_group("room", alice_id)
+        async with sdk(c) as other:
+            listed = [m.connection_id async for m in other.list_connections(group="room")]
+            assert sorted(listed) == sorted([alice_id, bob_id])
+        await rest.send_to_group("room", "to room", content_type="text/plain", excluded=[bob_id])
+        await rest.send_to_user("bob", "to bob", content_type="text/plain")
+        assert await next_data(alice) == "to room"
+        assert await next_data(bob) == "to bob"
+
+        # Permissions: granted through one node, checked through another, used on a third.
+        with pytest.raises(ResourceNotFoundError):
+            await rest.grant_permission("sendToGroup", "nobody", target_name="room")
+        await rest.grant_permission("sendToGroup", alice_id, target_name="room")
+        async with sdk(b) as other:
+            assert await other.has_permission("sendToGroup", alice_id, target_name="room")
+            assert not await other.has_permission("sendToGroup", alice_id, target_name="x")
+        await alice.send_str(
+            json.dumps(
+                {
+                    "type": "sendToGroup",
+                    "group": "room",
+                    "dataType": "text",
+                    "data": "from alice",
+                    "ackId": 1,
+                    "noEcho": True,
+                }
+            )
+        )
+        ack = json.loads((await alice.receive(timeout=WAIT)).data)
+        assert ack == {"type": "ack", "ackId": 1, "success": True}
+        assert await next_data(bob) == "from alice"
+        await rest.revoke_permission("sendToGroup", alice_id, target_name="room")
+        assert not await rest.has_permission("sendToGroup", alice_id, target_name="room")
+
+        # A close through one node: gone everywhere at once.
+        await rest.close_connection(bob_id, reason="bye")
+        assert not await rest.connection_exists(bob_id)
+        assert not await rest.user_exists("bob")
+        await rest.remove_user_from_all_groups("alice")
+        assert not await rest.group_exists("room")
+        with pytest.raises(HttpResponseError) as raised:
+            await rest.add_user_to_group("room", "bob")
+        assert raised.value.status_code == 404
+    await alice.close()
+    await bob.close()
+
+
+async def test_a_client_joining_on_one_node_is_seen_by_the_others(
+    cluster: list[ServiceRunner], http: aiohttp.ClientSession
+) -> None:
+    a, b, _ = cluster
+    carol, carol_id = await connect(http, a, user_id="carol", roles=["webpubsub.joinLeaveGroup"])
+    await carol.send_str(json.dumps({"type": "joinGroup", "group": "g", "ackId": 1}))
+    assert json.loads((await carol.receive(timeout=WAIT)).data)["success"] is True
+    plane = a.backplane
+    assert isinstance(plane, RedisBackplane)
+    async with sdk(b) as rest, asyncio.timeout(WAIT):
+        # The joining node writes presence right after its ack: wait for that write.
+        await plane.flushed()
+        assert await rest.group_exists("g")
+        await carol.close()
+        await a.node.wait_idle()  # type: ignore[union-attr]
+        await plane.flushed()
+        assert not await rest.connection_exists(carol_id)
+        assert not await rest.group_exists("g")
+    health = await (await http.get(f"{b.endpoint}/api/health")).json()
+    assert health == {"status": "ok", "nodeId": "n1", "backplane": "redis", "redis": "connected"}

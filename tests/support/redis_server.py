@@ -1,0 +1,89 @@
+"""A real ``redis-server`` for tests: started on a free loopback port in a temp dir,
+ready when it says so, stopped (or killed) at the end. Nothing is persisted."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+READY = b"Ready to accept connections"
+START_TIMEOUT = 10.0
+
+
+class RedisServer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, port: int | None = None) -> RedisServer:
+        """Start on ``port`` (default: a free one)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is needed for the backplane tests: run scripts/setup.sh --dev "
+                "(or apt-get install redis-server)"
+            )
+        self.port = port or _free_port()
+        self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        seen = b""
+        while READY not in seen:  # bounded: the process ends or the deadline passes
+            line = self._proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start:\n{seen.decode(errors='replace')}")
+            seen += line
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port, empty (a restart without persistence)."""
+        port = self.port
+        self.stop()
+        self.start(port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
