@@ -74,6 +74,9 @@ class BackplaneSettings:
     """This node's id (generated when absent); shown in the log and ``/api/health``."""
     key_prefix: str = "webpubsub"
     """The prefix of every Redis key and channel: services sharing a Redis differ here."""
+    heartbeat_timeout_seconds: float = 10.0
+    """How long after its last heartbeat a node counts as dead (its clients then leave
+    every answer and a survivor sends their ``disconnected`` events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +212,19 @@ def _parse_backplane(check: _Checker, value: object) -> BackplaneSettings:
     prefix = d.key_prefix
     if "key_prefix" in t:
         prefix = check.node_id(t["key_prefix"], "backplane.key_prefix") or d.key_prefix
-    return BackplaneSettings(redis_url=url, node_id=node, key_prefix=prefix)
+    timeout = d.heartbeat_timeout_seconds
+    if "heartbeat_timeout_seconds" in t:
+        timeout = check.positive(
+            t["heartbeat_timeout_seconds"], "backplane.heartbeat_timeout_seconds"
+        )
+        if timeout < 0.3 or timeout > 15:
+            check.add(
+                "backplane.heartbeat_timeout_seconds",
+                f"expected 0.3 to 15 seconds, got {_describe(t['heartbeat_timeout_seconds'])}",
+            )
+    return BackplaneSettings(
+        redis_url=url, node_id=node, key_prefix=prefix, heartbeat_timeout_seconds=timeout
+    )
 
 
 def _parse_server(check: _Checker, value: object) -> ServerSettings:

@@ -40,6 +40,8 @@ from typing import Any, assert_never
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from webpubsub.backplane.base import Backplane, NodeEndpoint
@@ -78,6 +80,8 @@ _STOP_TIMEOUT = 5.0
 _SEP = "\x00"
 _STOP: tuple[str, tuple[Any, ...]] = ("stop", ())
 """Queued last by :meth:`RedisBackplane.stop`: the writer finishes what is before it."""
+_WAKE: tuple[str, tuple[Any, ...]] = ("wake", ())
+"""Queued when presence must be written anew: the writer looks at the rebuild flag."""
 
 
 class Keys:
@@ -253,8 +257,15 @@ class RedisBackplane(Backplane):
         self.node_id = node_id or secrets.token_hex(4)
         self.keys = Keys(prefix)
         self.heartbeat_timeout = heartbeat_timeout
+        # No retries inside redis-py: a failure surfaces at once (a 503 for the caller, a
+        # reconnect with our own bounded back-off for the subscription, which must know
+        # it was down: commands published meanwhile were missed, presence may be gone).
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=5
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=5,
+            retry=Retry(NoBackoff(), 0),
         )
         self._node: NodeEndpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -267,6 +278,12 @@ class RedisBackplane(Backplane):
         self.connected = False
         """Whether the subscription to the command channel is up."""
         self._stopping = False
+        self._rewriting = False
+        self._sync_changed = asyncio.Event()
+        self._reap_after = 0.0
+        """No reaping before this (loop time): after joining or reconnecting, every node
+        gets a full heartbeat timeout to beat again, so an outage of Redis itself, which
+        stops every heartbeat at once, never passes for the death of the nodes."""
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in (
@@ -426,37 +443,55 @@ class RedisBackplane(Backplane):
         if self._writes.qsize() >= PRESENCE_QUEUE_LIMIT:
             log.warning("presence writes backed up; rebuilding presence once Redis answers")
             self._drain_queue()
-            self._rebuild.set()
+            self._need_rebuild()
             return
         self._writes.put_nowait((op, args))
         self._queued += 1
 
     def _drain_queue(self) -> None:
+        """Drop queued changes (a rebuild writes the current state instead); a pending
+        stop stays queued."""
+        stop = False
         while not self._writes.empty():
-            self._writes.get_nowait()
-            self._written += 1  # dropped: the rebuild writes the current state instead
+            item = self._writes.get_nowait()
+            if item is _STOP:
+                stop = True
+            elif item is not _WAKE:
+                self._written += 1
+        if stop:
+            self._writes.put_nowait(_STOP)
 
     async def _write_presence(self) -> None:
         """Apply queued presence changes in order, pipelined; rebuild after a fault."""
         while True:
             if self._rebuild.is_set():
+                # Cleared before the snapshot is taken: changes made while it is being
+                # written are queued as usual and written after it, in order.
+                self._rebuild.clear()
+                self._rewriting = True
                 try:
                     await self._rewrite_all()
                 except RedisError as exc:
                     log.warning("presence rebuild failed (%s); retrying", exc)
-                    await asyncio.sleep(_RECONNECT_MAX_DELAY)
+                    self._rebuild.set()
+                    await asyncio.sleep(_RECONNECT_MAX_DELAY)  # a bounded back-off
                     continue
-                self._rebuild.clear()
+                finally:
+                    self._rewriting = False
+                self._sync_changed.set()
             item = await self._writes.get()
             if item is _STOP:
                 return
+            if item is _WAKE:
+                continue
             batch = [item]
             while not self._writes.empty() and len(batch) < 1000:
                 item = self._writes.get_nowait()
                 if item is _STOP:
                     self._writes.put_nowait(_STOP)  # write this batch, then stop
                     break
-                batch.append(item)
+                if item is not _WAKE:
+                    batch.append(item)
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for name, values in batch:
@@ -465,10 +500,38 @@ class RedisBackplane(Backplane):
             except RedisError as exc:
                 log.warning("presence write failed (%s); rebuilding once Redis answers", exc)
                 self._drain_queue()
-                self._rebuild.set()
+                self._need_rebuild()
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
+
+    async def synced(self) -> None:
+        """Return once subscribed with this node's presence written (after start or a
+        reconnect to Redis); bound it with ``asyncio.timeout``."""
+        while True:
+            self._sync_changed.clear()
+            if self.connected and not self._rebuild.is_set() and not self._rewriting:
+                return
+            await self._sync_changed.wait()
+
+    async def lost(self) -> None:
+        """Return once the subscription to Redis is down (bound it with ``asyncio.timeout``)."""
+        while True:
+            self._sync_changed.clear()
+            if not self.connected:
+                return
+            await self._sync_changed.wait()
+
+    def _set_connected(self, up: bool) -> None:
+        if up and not self.connected:
+            self._reap_after = asyncio.get_running_loop().time() + self.heartbeat_timeout
+        self.connected = up
+        self._sync_changed.set()
+
+    def _need_rebuild(self) -> None:
+        self._rebuild.set()
+        self._sync_changed.set()
+        self._writes.put_nowait(_WAKE)  # the writer may be waiting for a write
 
     async def flushed(self) -> None:
         """Return once every presence change made so far has been written (or dropped
@@ -542,8 +605,8 @@ class RedisBackplane(Backplane):
                         "were not delivered to its clients",
                         self.node_id,
                     )
-                    self._rebuild.set()
-                self.connected = True
+                    self._need_rebuild()
+                self._set_connected(True)
                 self._subscribed.set()
                 delay = 0.05
                 while not self._stopping:
@@ -557,7 +620,7 @@ class RedisBackplane(Backplane):
             except (RedisError, OSError) as exc:
                 if self.connected:
                     log.warning("node %s lost its Redis subscription: %s", self.node_id, exc)
-                self.connected = False
+                self._set_connected(False)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(delay)  # a bounded back-off between reconnects
@@ -590,13 +653,15 @@ class RedisBackplane(Backplane):
                 await self._beat()
                 if missing:
                     # Redis restarted empty (or we were reaped): write presence again.
-                    self._rebuild.set()
+                    self._need_rebuild()
                 await self._reap(interval)
             except RedisError as exc:
                 log.warning("node %s heartbeat failed: %s", self.node_id, exc)
 
     async def _reap(self, interval: float) -> None:
         """Clean up after nodes whose heartbeat lapsed, one reaper at a time."""
+        if asyncio.get_running_loop().time() < self._reap_after:
+            return
         lock = await self._redis.set(
             self.keys.reaper, self.node_id, nx=True, px=int(interval * 2000)
         )

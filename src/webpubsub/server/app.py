@@ -190,7 +190,12 @@ def _backplane_for(config: ServiceConfig) -> Backplane:
         return MemoryBackplane()
     from webpubsub.backplane.redis import RedisBackplane
 
-    return RedisBackplane(plane.redis_url, node_id=plane.node_id, prefix=plane.key_prefix)
+    return RedisBackplane(
+        plane.redis_url,
+        node_id=plane.node_id,
+        prefix=plane.key_prefix,
+        heartbeat_timeout=plane.heartbeat_timeout_seconds,
+    )
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -1,0 +1,219 @@
+"""Faults of a Redis cluster: a node killed, Redis stopped and restarted empty.
+
+Nodes are real: in-process services, and a ``webpubsub serve`` subprocess where a node
+must die by SIGKILL. Each test that stops Redis has a ``redis-server`` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from azure.core.exceptions import HttpResponseError
+from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+
+from tests.conftest import ACCESS_KEY, StartService
+from tests.support.handler import EventHandlerApp
+from tests.support.redis_server import RedisServer
+from webpubsub.backplane.redis import RedisBackplane
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from webpubsub.server.app import ServiceRunner
+
+pytestmark = pytest.mark.e2e
+
+WAIT = 10.0
+HEARTBEAT = 1.0
+"""A short heartbeat timeout, so that a dead node is noticed within the test's time."""
+
+
+def sdk(runner_or_endpoint: ServiceRunner | str) -> WebPubSubServiceClient:
+    if isinstance(runner_or_endpoint, ServiceRunner):
+        cs = runner_or_endpoint.connection_string
+    else:
+        cs = f"Endpoint={runner_or_endpoint};AccessKey={ACCESS_KEY};Version=1.0;"
+    return WebPubSubServiceClient.from_connection_string(cs, hub="chat", retry_total=0)
+
+
+def plane(server: RedisServer, prefix: str, node_id: str) -> RedisBackplane:
+    return RedisBackplane(server.url, prefix=prefix, node_id=node_id, heartbeat_timeout=HEARTBEAT)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server this test may stop and restart."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+async def spawn_node(
+    tmp_path: Path, server: RedisServer, prefix: str, handler_url: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``webpubsub serve`` node in its own process; its endpoint."""
+    config = tmp_path / "victim.toml"
+    config.write_text(
+        f'[backplane]\nredis_url = "{server.url}"\nkey_prefix = "{prefix}"\n'
+        f'node_id = "victim"\nheartbeat_timeout_seconds = {HEARTBEAT}\n'
+        f'[hubs.chat]\n[[hubs.chat.event_handlers]]\nurl_template = "{handler_url}"\n'
+        'system_events = ["disconnected"]\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webpubsub.cli",
+        "serve",
+        "--port",
+        "0",
+        "--access-key",
+        ACCESS_KEY,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(WAIT):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "the node ended before it listened"
+            if match := re.search(r"Listening on http://127\.0\.0\.1:(\d+)", line):
+                return proc, f"http://127.0.0.1:{match.group(1)}"
+
+
+async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnected(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    handler = EventHandlerSettings(
+        url_template=handler_app.url, system_events=frozenset({"disconnected"})
+    )
+    survivor = await start_service(
+        HubSettings(name="chat", event_handlers=(handler,)),
+        backplane=plane(redis_server, redis_prefix, "survivor"),
+    )
+    proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
+    try:
+        async with sdk(endpoint) as on_victim, sdk(survivor) as rest:
+            url = (await on_victim.get_client_access_token(user_id="doomed", groups=["g"]))["url"]
+            ws = await http.ws_connect(url)
+            assert await rest.user_exists("doomed") and await rest.group_exists("g")
+
+            proc.send_signal(signal.SIGKILL)  # no goodbye: only the heartbeat tells
+            await proc.wait()
+            event = await handler_app.next_event(".disconnected", timeout=WAIT)
+            assert event.headers["ce-userId"] == "doomed"
+            assert event.headers["ce-hub"] == "chat"
+            assert not await rest.user_exists("doomed")
+            assert not await rest.group_exists("g")
+            # Traffic goes on for the survivor's own clients.
+            local = await http.ws_connect((await rest.get_client_access_token(user_id="ok"))["url"])
+            await rest.send_to_all("still here", content_type="text/plain")
+            assert (await local.receive(timeout=WAIT)).data == "still here"
+            await local.close()
+            await ws.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    disconnected = [r for r in handler_app.requests if r.ce_type.endswith(".disconnected")]
+    assert [r.headers["ce-userId"] for r in disconnected] == ["doomed", "ok"]
+
+
+async def test_a_dead_nodes_connection_is_reported_once_however_many_reap(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Two survivors reaping the same dead node: the connection is reported by one."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    p = redis_prefix
+    await client.hset(f"{p}:conn:chat:c1", mapping={"n": "ghost", "u": "u1", "s": "", "t": ""})
+    await client.sadd(f"{p}:conns:ghost", "chat\x00c1")
+    await client.sadd(f"{p}:nodes", "ghost")
+    reports: list[str] = []
+
+    class Recorder:
+        node_id = "x"
+
+        def apply(self, command: object) -> None:
+            pass
+
+        def answer(self, query: object) -> None:
+            return None
+
+        def reaped(self, connection: object) -> None:
+            reports.append(connection.connection_id)  # type: ignore[attr-defined]
+
+    planes = [plane(redis_server, p, f"reaper{i}") for i in range(2)]
+    for each in planes:
+        await each.start(Recorder())
+        each._reap_after = 0.0  # no grace after joining: reap now
+    try:
+        await asyncio.gather(*(each._reap(HEARTBEAT / 3) for each in planes))
+        await client.delete(f"{p}:reaper")  # the lock, so the second reaper runs too
+        await asyncio.gather(*(each._reap(HEARTBEAT / 3) for each in planes))
+    finally:
+        for each in planes:
+            await each.stop()
+        await client.aclose()
+    assert reports == ["c1"]
+
+
+async def test_redis_stopped_and_restarted_empty(
+    start_service: StartService,
+    own_redis: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    a_plane, b_plane = plane(own_redis, redis_prefix, "a"), plane(own_redis, redis_prefix, "b")
+    a = await start_service(backplane=a_plane)
+    b = await start_service(backplane=b_plane)
+    async with sdk(a) as rest, sdk(b) as on_b:
+        ws = await http.ws_connect((await on_b.get_client_access_token(user_id="u"))["url"])
+        assert await rest.user_exists("u")
+
+        own_redis.stop()
+        # No silent success: a send that cannot reach the other nodes is a 503 with a body.
+        with pytest.raises(HttpResponseError) as raised:
+            await rest.send_to_all("lost?", content_type="text/plain")
+        assert raised.value.status_code == 503
+        assert raised.value.error is not None
+        assert raised.value.error.code == "Error.ServiceUnavailable"
+        with pytest.raises(HttpResponseError) as raised:
+            await rest.user_exists("u")
+        assert raised.value.status_code == 503
+        # The local client keeps its connection, and health says what is wrong.
+        async with asyncio.timeout(WAIT):
+            await a_plane.lost()
+        health = await (await http.get(f"{a.endpoint}/api/health")).json()
+        assert (health["status"], health["redis"]) == ("degraded", "disconnected")
+        assert not ws.closed
+
+        own_redis.restart()  # empty: nothing was persisted
+        async with asyncio.timeout(WAIT):
+            await a_plane.synced()
+            await b_plane.synced()
+        # The nodes wrote their presence again, and commands flow again.
+        assert await rest.user_exists("u")
+        await rest.send_to_user("u", "back", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "back"
+        health = await (await http.get(f"{a.endpoint}/api/health")).json()
+        assert (health["status"], health["redis"]) == ("ok", "connected")
+        await ws.close()
