@@ -383,3 +383,51 @@ async def test_two_serve_processes_over_redis_are_one_service(
         async with asyncio.timeout(15):
             assert await processes[1].wait() == 0
         assert not await one.user_exists("u")
+
+
+def test_workers_need_redis() -> None:
+    result = CliRunner().invoke(main, ["serve", "--workers", "2", "--access-key", ACCESS_KEY])
+    assert result.exit_code == 2
+    assert "--workers needs the Redis backplane" in result.output
+
+
+@pytest.mark.e2e
+async def test_serve_workers_share_one_port_as_nodes_of_one_service(
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "webpubsub.toml"
+    config.write_text(f'[backplane]\nkey_prefix = "{redis_prefix}"\n')
+    proc = await _spawn(
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--access-key",
+        ACCESS_KEY,
+        "--redis",
+        redis_server.url,
+        "--node-id",
+        "w",
+        "--config",
+        str(config),
+    )
+    processes.append(proc)
+    port = int((await _read_until(proc, r"Starting 2 workers on port (\d+)")).group(1))
+    for _ in range(2):
+        await _read_until(proc, r"Node w-\d joined the Redis backplane")
+    seen: set[str] = set()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(40):  # bounded: new connections are spread over the workers
+            headers = {"Connection": "close"}
+            async with http.get(f"http://127.0.0.1:{port}/api/health", headers=headers) as resp:
+                seen.add((await resp.json())["nodeId"])
+            if len(seen) == 2:
+                break
+    assert seen == {"w-1", "w-2"}
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 0

@@ -185,6 +185,13 @@ def main(log_level: str) -> None:
     help=f"Join other nodes over Redis: redis://[:password@]host:port/db. Env: {REDIS_URL_ENV}.",
 )
 @click.option("--node-id", default=None, help="This node's id (default: generated).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT), each a node; needs --redis.",
+)
 @_with_tls_options
 def serve(
     host: str | None,
@@ -193,11 +200,19 @@ def serve(
     config_file: str | None,
     redis_url: str | None,
     node_id: str | None,
+    workers: int,
     tls: bool,
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
     """Run the service."""
+    worker = os.environ.get(WORKER_ENV)
+    if workers > 1 and worker is None:
+        _supervise(workers, redis_url or _load(config_file).backplane.redis_url, port, node_id)
+        return
+    if worker is not None:  # one of the supervisor's processes: its port, its own node id
+        port = int(os.environ[WORKER_PORT_ENV])
+        node_id = f"{node_id or os.environ[WORKER_BASE_ENV]}-{worker}"
     config, generated = _with_keys(_load(config_file), access_keys)
     config = _checked(
         lambda: config.with_overrides(
@@ -209,7 +224,7 @@ def serve(
     async def run() -> None:
         from webpubsub.server.app import ServiceRunner
 
-        runner = ServiceRunner(config)
+        runner = ServiceRunner(config, reuse_port=worker is not None)
         await _start(runner)
         try:
             _reload_on_hangup(runner)
@@ -225,6 +240,59 @@ def serve(
             await runner.stop()
 
     _run(run)
+
+
+WORKER_ENV = "WEBPUBSUB_WORKER"
+WORKER_PORT_ENV = "WEBPUBSUB_WORKER_PORT"
+WORKER_BASE_ENV = "WEBPUBSUB_WORKER_BASE"
+
+
+def _supervise(workers: int, redis_url: str | None, port: int | None, node_id: str | None) -> None:
+    """Run ``workers`` processes of this same command on one port, each a node of the
+    Redis backplane; SIGINT/SIGTERM stop them all. Exits with the worst exit status."""
+    import subprocess
+
+    if redis_url is None:
+        click.echo(
+            "--workers needs the Redis backplane (--redis URL or [backplane] redis_url): "
+            "separate processes share nothing else.",
+            err=True,
+        )
+        raise SystemExit(2)
+    if not port:  # every worker must bind the same port: pick one now
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    base = node_id or socket.gethostname().split(".")[0] or "node"
+    env = {**os.environ, WORKER_PORT_ENV: str(port), WORKER_BASE_ENV: base}
+    click.echo(f"Starting {workers} workers on port {port}.")
+    children = [
+        subprocess.Popen(  # noqa: S603 - this very command, with the worker's environment
+            [sys.executable, "-m", "webpubsub.cli", *sys.argv[1:]],
+            env={**env, WORKER_ENV: str(i)},
+            preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+        )
+        for i in range(1, workers + 1)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    raise SystemExit(max(codes, key=abs))
+
+
+def _end_with_parent() -> None:
+    """In a worker (Linux): get SIGTERM when the supervisor dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _start(runner: ServiceRunner) -> None:

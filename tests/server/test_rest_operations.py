@@ -33,6 +33,8 @@ from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClien
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, StartService
+from tests.support.redis_server import RedisServer
+from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.node.operations import DEFAULT_CLOSE_REASON
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
@@ -164,11 +166,22 @@ async def got(client: Client, expected: dict[str, Any]) -> None:
 
 
 class Clients:
-    """Connects JSON clients with tokens from the SDK under test (or signed locally)."""
+    """Connects JSON clients with tokens from the SDK under test (or signed locally).
 
-    def __init__(self, runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk | None):
+    In a cluster the REST calls go to the first node and the clients are spread over
+    the others, so that every operation crosses nodes.
+    """
+
+    def __init__(
+        self,
+        runner: ServiceRunner,
+        http: aiohttp.ClientSession,
+        sdk: Sdk | None,
+        nodes: Sequence[ServiceRunner] = (),
+    ):
         self.runner, self.http, self.sdk = runner, http, sdk
         self.markers = itertools.count()
+        self._client_nodes = itertools.cycle(list(nodes[1:]) or [runner])
 
     async def connect(
         self, user: str | None, groups: Sequence[str] = (), roles: Sequence[str] = ()
@@ -187,11 +200,14 @@ class Clients:
         return await self.open(url)
 
     async def open(self, url: str) -> Client:
+        node = next(self._client_nodes)
+        url = url.replace(f"//127.0.0.1:{self.runner.port}/", f"//127.0.0.1:{node.port}/")
         ws = await self.http.ws_connect(url, protocols=[JSON_PROTOCOL])
         assert ws.protocol == JSON_PROTOCOL
         msg = await ws.receive(timeout=5)
         connected = json.loads(msg.data)
         assert connected["type"] == "system" and connected["event"] == "connected", connected
+        await presence_written(node)  # another node's query sees the new client
         return Client(ws, connected)
 
     async def quiet(self, *clients: Client) -> None:
@@ -203,9 +219,36 @@ class Clients:
             assert await client.recv() == server_message("text", marker)
 
 
+async def presence_written(node: ServiceRunner) -> None:
+    """Wait (bounded) until ``node`` has written its presence where the others read it."""
+    if isinstance(node.backplane, RedisBackplane):
+        async with asyncio.timeout(5):
+            await node.backplane.flushed()
+
+
+@pytest.fixture(params=["one node", "three nodes over Redis"])
+async def nodes(request: pytest.FixtureRequest, start_service: StartService) -> list[ServiceRunner]:
+    """The service: one node, or three joined through Redis (REST goes to the first)."""
+    if request.param == "one node":
+        return [await start_service()]
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    first = await start_service(backplane=RedisBackplane(server.url, prefix=prefix, node_id="rest"))
+    others = [
+        # Behind one load balancer every node has the same public endpoint: here, the first's.
+        await start_service(
+            backplane=RedisBackplane(server.url, prefix=prefix, node_id=f"clients{i}"),
+            public_endpoint=first.endpoint,
+        )
+        for i in (1, 2)
+    ]
+    return [first, *others]
+
+
 @pytest.fixture
-async def runner(start_service: StartService) -> ServiceRunner:
-    return await start_service()
+async def runner(nodes: list[ServiceRunner]) -> ServiceRunner:
+    """The node every REST call of these tests goes to."""
+    return nodes[0]
 
 
 @pytest.fixture
@@ -223,8 +266,10 @@ async def sdk(request: pytest.FixtureRequest, runner: ServiceRunner) -> AsyncIte
 
 
 @pytest.fixture
-def clients(runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk) -> Clients:
-    return Clients(runner, http, sdk)
+def clients(
+    runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk, nodes: list[ServiceRunner]
+) -> Clients:
+    return Clients(runner, http, sdk, nodes)
 
 
 # -- sends ----------------------------------------------------------------------------
@@ -566,8 +611,10 @@ def api(runner: ServiceRunner, http: aiohttp.ClientSession) -> Api:
 
 
 @pytest.fixture
-def raw_clients(runner: ServiceRunner, http: aiohttp.ClientSession) -> Clients:
-    return Clients(runner, http, None)
+def raw_clients(
+    runner: ServiceRunner, http: aiohttp.ClientSession, nodes: list[ServiceRunner]
+) -> Clients:
+    return Clients(runner, http, None, nodes)
 
 
 async def test_next_link_is_absolute_and_carries_the_paging_state(

@@ -10,8 +10,7 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
-from webpubsub.core.hub import HubListener
-from webpubsub.node.ports import ReapedConnection
+from webpubsub.node.ports import PresencePort, ReapedConnection
 from webpubsub.protocol.backplane import Answer, Command, Query
 
 
@@ -47,7 +46,7 @@ class Backplane(abc.ABC):
     async def gather(self, query: Query) -> list[Answer]:
         """The answers to ``query``: one per node, or one from shared presence."""
 
-    def presence(self) -> HubListener | None:
+    def presence(self) -> PresencePort | None:
         """The listener that shares the node's hub changes, if this backplane keeps
         presence outside the nodes (the memory backplane asks the nodes instead)."""
         return None

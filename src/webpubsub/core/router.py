@@ -43,9 +43,12 @@ from webpubsub.protocol.wsframe import CloseCode
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send ``frame`` (an ack or a pong) to the client now."""
+    """Send ``frame`` (an ack or a pong) to the client now; ``after_presence``: once the
+    node's presence is written where other nodes read it (the ack of a join or leave,
+    so that a query the client's app server makes next sees the change)."""
 
     frame: bytes
+    after_presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +107,11 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
                 effect = _request(conn, hub, msg)
             except WebPubSubError as exc:
                 return Reply(encode_ack(ack_id, exc)) if ack_id is not None else None
-            if effect is None:
+            if effect is None:  # a join or leave, done
                 if ack_id is None:
                     return None
                 conn.ack_ids.add(ack_id)
-                return Reply(encode_ack(ack_id))
+                return Reply(encode_ack(ack_id), after_presence=True)
             return effect
         case _:
             assert_never(msg)

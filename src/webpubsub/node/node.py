@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from webpubsub.core.connection import Connection, Sink
-from webpubsub.core.hub import Hub, HubListener
+from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
@@ -31,7 +31,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.ports import EventHandlerPort, ReapedConnection
+from webpubsub.node.ports import EventHandlerPort, PresencePort, ReapedConnection
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -116,10 +116,11 @@ class Node:
         node_id: str | None = None,
         id_factory: Callable[[], str] = new_connection_id,
         recovery_window: float = DEFAULT_RECOVERY_WINDOW,
-        presence: HubListener | None = None,
+        presence: PresencePort | None = None,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
         self._presence = presence
+
         self._hub_settings = hub_settings
         self._upstream = upstream
         self._origin = origin
@@ -292,6 +293,8 @@ class Node:
             case None:
                 return
             case Reply():
+                if effect.after_presence and self._presence is not None:
+                    await self._presence.flushed()
                 conn.send_control(effect.frame)
                 return
             case CloseClient():

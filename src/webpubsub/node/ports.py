@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from webpubsub.core.hub import HubListener
 from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Answer, Command, Query
 from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
@@ -28,6 +29,14 @@ class BackplanePort(Protocol):
 
     async def gather(self, query: Query) -> list[Answer]:
         """Ask every node (this one included); one answer per node."""
+
+
+class PresencePort(HubListener, Protocol):
+    """Where a networked backplane keeps the presence other nodes query: told of every
+    hub change (synchronously), written in the background, in order."""
+
+    async def flushed(self) -> None:
+        """Return once every change reported so far is written (or will be rewritten)."""
 
 
 class EventHandlerPort(Protocol):

@@ -53,12 +53,15 @@ class ServiceRunner:
         backplane: Backplane | None = None,
         advertised_host: str | None = None,
         clock: Callable[[], float] = time.time,
+        reuse_port: bool = False,
     ) -> None:
         if not config.server.access_keys:
             raise ValueError("the service needs at least one access key")
         self.config = config
         self.backplane = backplane or _backplane_for(config)
         self._advertised_host = advertised_host
+        self._reuse_port = reuse_port
+        """Share the port with other processes (``SO_REUSEPORT``: ``serve --workers``)."""
         self._clock = clock
         self._runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -126,7 +129,13 @@ class ServiceRunner:
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._ssl)
+        site = web.TCPSite(
+            self._runner,
+            server.host,
+            server.port,
+            ssl_context=self._ssl,
+            reuse_port=self._reuse_port or None,
+        )
         await site.start()
         self.port = _bound_port(site)
         self.endpoint = (
