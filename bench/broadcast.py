@@ -99,7 +99,13 @@ def own_cpu_seconds() -> float:
 # -- the service process ---------------------------------------------------------------
 
 
-def serve(pipe: Pipe, gc_threshold: int) -> None:
+def serve(
+    pipe: Pipe,
+    gc_threshold: int,
+    redis_url: str | None = None,
+    node_id: str | None = None,
+    public_endpoint: str | None = None,
+) -> None:
     raise_fd_limit()
     if gc_threshold:
         import gc
@@ -107,14 +113,23 @@ def serve(pipe: Pipe, gc_threshold: int) -> None:
         gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     import uvloop
 
-    uvloop.run(_serve(pipe))
+    uvloop.run(_serve(pipe, redis_url, node_id, public_endpoint))
 
 
-async def _serve(pipe: Pipe) -> None:
+async def _serve(
+    pipe: Pipe, redis_url: str | None, node_id: str | None, public_endpoint: str | None
+) -> None:
     from webpubsub.config import default_config
     from webpubsub.server.app import ServiceRunner
 
-    config = default_config().with_overrides(host="127.0.0.1", port=0, access_keys=ACCESS_KEY)
+    config = default_config().with_overrides(
+        host="127.0.0.1",
+        port=0,
+        access_keys=ACCESS_KEY,
+        redis_url=redis_url,
+        node_id=node_id,
+        public_endpoint=public_endpoint,
+    )
     runner = ServiceRunner(config, advertised_host="127.0.0.1")
     await runner.start()
     pipe.send((os.getpid(), runner.connection_string))
@@ -254,9 +269,56 @@ def percentile(sorted_values: array[int], q: float) -> float:
     return float(sorted_values[index])
 
 
+class RedisProcess:
+    """A ``redis-server`` of the benchmark's own on a free loopback port (no persistence)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import tempfile
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("--nodes needs redis-server (apt-get install redis-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._dir = tempfile.TemporaryDirectory()
+        self.proc = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        for _ in range(200):  # bounded: the server says when it is ready
+            line = self.proc.stdout.readline()
+            if not line or b"Ready to accept connections" in line:
+                break
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self._dir.cleanup()
+
+
 @dataclass
 class Report:
     command: str
+    nodes: int
     clients: int
     messages: int
     size: int
@@ -300,7 +362,8 @@ class Report:
         return "\n".join(
             [
                 f"command: {self.command}",
-                f"setup: {self.clients} clients in {self.client_procs} process(es), "
+                f"setup: {self.nodes} node(s){' over Redis' if self.nodes > 1 else ''}, "
+                f"{self.clients} clients in {self.client_procs} process(es), "
                 f"{self.messages} messages of {self.size} B, {pacing}, "
                 f"{self.concurrency} REST send(s) in flight",
                 f"delivered: {self.delivered}/{self.expected} "
@@ -308,7 +371,8 @@ class Report:
                 f"sending took {self.send_seconds:.3f} s; first send to last delivery "
                 f"{self.wall_seconds:.3f} s",
                 f"delivered msgs/s: {self.msgs_per_second:,.0f}",
-                f"server CPU: {self.server_cpu_seconds:.2f} s "
+                f"server CPU{' (nodes + Redis)' if self.nodes > 1 else ''}: "
+                f"{self.server_cpu_seconds:.2f} s "
                 f"= {self.cpu_per_million:.2f} CPU-s per 1M deliveries "
                 f"({self.server_kernel_seconds / max(self.server_cpu_seconds, 1e-9):.0%} kernel)",
                 f"server write syscalls per delivery: {writes}",
@@ -329,7 +393,9 @@ class Report:
         )
 
 
-async def run(args: argparse.Namespace) -> Report:
+async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
+    """One run: ``nodes`` service processes (more than one: joined through a Redis of the
+    benchmark's own); server CPU is summed over them and Redis."""
     from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
     ctx = mp.get_context("spawn")
@@ -338,28 +404,58 @@ async def run(args: argparse.Namespace) -> Report:
     def left() -> float:
         return max(1.0, deadline - time.monotonic())
 
-    server_pipe, child_pipe = ctx.Pipe()
-    server = ctx.Process(target=serve, args=(child_pipe, args.gc_threshold), daemon=True)
-    server.start()
-    procs: list[mp.process.BaseProcess] = [server]
+    redis = RedisProcess() if nodes > 1 else None
+    server_pipes: list[Pipe] = []
+    procs: list[mp.process.BaseProcess] = []
     pipes: list[Pipe] = []
+    pids: list[int] = []
+    endpoints: list[str] = []
+
+    def start_node(i: int, public_endpoint: str | None) -> Pipe:
+        server_pipe, child_pipe = ctx.Pipe()
+        redis_url = redis.url if redis is not None else None
+        server = ctx.Process(
+            target=serve,
+            args=(child_pipe, args.gc_threshold, redis_url, f"bench{i}", public_endpoint),
+            daemon=True,
+        )
+        server.start()
+        procs.append(server)
+        server_pipes.append(server_pipe)
+        return server_pipe
+
     try:
-        pid, connection_string = await recv(server_pipe, left())
+        first = start_node(0, None)
+        pid, connection_string = await recv(first, left())
+        pids.append(pid)
+        endpoints.append(connection_string.split(";")[0].removeprefix("Endpoint="))
+        # Behind a load balancer every node has one public endpoint: here, the first's.
+        others = [start_node(i, endpoints[0]) for i in range(1, nodes)]
+        for pipe in others:
+            other_pid, other_cs = await recv(pipe, left())
+            pids.append(other_pid)
+            endpoints.append(other_cs.split(";")[0].removeprefix("Endpoint="))
+        watched = [*pids, *([redis.proc.pid] if redis is not None else [])]
         sdk = WebPubSubServiceClient.from_connection_string(connection_string, hub=HUB)
         async with sdk:
             token = await sdk.get_client_access_token(minutes_to_expire=120)
             url = token["url"]
-            rss0 = rss_bytes(pid)
+            rss0 = sum(rss_bytes(p) for p in pids)
 
             shares = [
                 args.clients // args.client_procs + (i < args.clients % args.client_procs)
                 for i in range(args.client_procs)
             ]
-            for share in shares:
+            for i, share in enumerate(shares):
                 parent, child = ctx.Pipe()
+                # Client process i connects to node i % nodes; REST goes to the first node.
+                node_url = url.replace(
+                    endpoints[0].removeprefix("http://"),
+                    endpoints[i % nodes].removeprefix("http://"),
+                )
                 client_proc = ctx.Process(
                     target=clients,
-                    args=(child, url, share, args.messages, args.warmup, left()),
+                    args=(child, node_url, share, args.messages, args.warmup, left()),
                     daemon=True,
                 )
                 client_proc.start()
@@ -367,7 +463,7 @@ async def run(args: argparse.Namespace) -> Report:
                 pipes.append(parent)
             for pipe in pipes:
                 assert (await recv(pipe, left()))[0] == "ready"
-            rss1 = rss_bytes(pid)
+            rss1 = sum(rss_bytes(p) for p in pids)
 
             payload_pad = b"x" * (args.size - HEADER.size)
 
@@ -380,7 +476,7 @@ async def run(args: argparse.Namespace) -> Report:
             for pipe in pipes:
                 assert (await recv(pipe, left()))[0] == "warm"
 
-            user0, sys0 = cpu_seconds(pid)
+            user0, sys0 = map(sum, zip(*(cpu_seconds(p) for p in watched), strict=True))
             writes0 = write_syscalls(pid)
             sender0 = own_cpu_seconds()
             busy0, total0 = machine_cpu()
@@ -408,12 +504,12 @@ async def run(args: argparse.Namespace) -> Report:
                 kind, result = await recv(pipe, left())
                 assert kind == "done"
                 results.append(result)
-            user1, sys1 = cpu_seconds(pid)
+            user1, sys1 = map(sum, zip(*(cpu_seconds(p) for p in watched), strict=True))
             writes1 = write_syscalls(pid)
             sender1 = own_cpu_seconds()
             busy1, total1 = machine_cpu()
     finally:
-        for pipe in [server_pipe, *pipes]:
+        for pipe in [*server_pipes, *pipes]:
             with contextlib.suppress(OSError):
                 pipe.send(("stop",))
         for proc in procs:
@@ -421,6 +517,8 @@ async def run(args: argparse.Namespace) -> Report:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
+        if redis is not None:
+            redis.stop()
 
     latencies = array("q")
     for r in results:
@@ -437,6 +535,7 @@ async def run(args: argparse.Namespace) -> Report:
     )
     return Report(
         command=args.command,
+        nodes=nodes,
         clients=args.clients,
         messages=args.messages,
         size=args.size,
@@ -503,6 +602,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=5, help="uncounted warm-up messages (5)")
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="service processes joined through Redis, clients spread over them; with more "
+        "than 1, a single-node run goes first, as the baseline of the same invocation (1)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300.0, help="upper bound for the whole run, s (300)"
     )
     args = parser.parse_args(argv)
@@ -514,6 +620,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--messages must be within 1..1000000")
     if not 1 <= args.client_procs <= min(args.clients, 8):
         parser.error("--client-procs must be within 1..min(clients, 8)")
+    if not 1 <= args.nodes <= min(args.clients, 8):
+        parser.error("--nodes must be within 1..min(clients, 8)")
     if args.concurrency < 1 or args.rate < 0 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--concurrency >= 1, --rate >= 0, --warmup >= 0, --timeout > 0")
     if args.gc_threshold < 0:
@@ -528,8 +636,19 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     import uvloop
 
-    report = uvloop.run(run(args))
-    print(report.text())
+    if args.nodes == 1:
+        print(uvloop.run(run(args)).text())
+        return
+    args.client_procs = max(args.client_procs, args.nodes)
+    single = uvloop.run(run(args, 1))
+    print(single.text())
+    cluster = uvloop.run(run(args, args.nodes))
+    print(cluster.text())
+    print(
+        f"cross-node CPU per delivery: {cluster.cpu_per_million / single.cpu_per_million:.2f}x "
+        f"the single node's ({cluster.cpu_per_million:.2f} vs {single.cpu_per_million:.2f} "
+        "CPU-s per 1M deliveries)"
+    )
 
 
 if __name__ == "__main__":
