@@ -143,3 +143,33 @@ async def test_a_client_joining_on_one_node_is_seen_by_the_others(
         assert not await rest.group_exists("g")
     health = await (await http.get(f"{b.endpoint}/api/health")).json()
     assert health == {"status": "ok", "nodeId": "n1", "backplane": "redis", "redis": "connected"}
+
+
+async def test_one_senders_messages_arrive_in_order_on_every_node(
+    cluster: list[ServiceRunner], http: aiohttp.ClientSession
+) -> None:
+    a, b, _ = cluster
+    receivers = [
+        await connect(http, node, user_id=f"r{i}", groups=["room"])
+        for i, node in enumerate(cluster)
+    ]
+    publisher, _ = await connect(http, b, user_id="pub", roles=["webpubsub.sendToGroup"])
+    for node in cluster:
+        assert isinstance(node.backplane, RedisBackplane)
+        await node.backplane.flushed()
+    count = 100
+    async with sdk(a) as rest:
+        for i in range(count):  # one REST client, sequential sends through node a
+            await rest.send_to_group("room", f"rest {i}", content_type="text/plain")
+    for i in range(count):  # one connection publishing through node b, acks not awaited
+        await publisher.send_str(
+            json.dumps(
+                {"type": "sendToGroup", "group": "room", "dataType": "text", "data": f"ws {i}"}
+            )
+        )
+    for ws, _ in receivers:
+        got = [await next_data(ws) for _ in range(2 * count)]
+        assert got == [f"rest {i}" for i in range(count)] + [f"ws {i}" for i in range(count)]
+    await publisher.close()
+    for ws, _ in receivers:
+        await ws.close()
