@@ -1,0 +1,273 @@
+"""The node below the socket layer: a recording sink per connection, a recording event
+handler, no network. Admit, attach, resume (each refusal), detach within and after the
+recovery window, apply, answer, and the disconnected event of a reaped connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import orjson
+import pytest
+
+from webpubsub.core.settings import HubSettings
+from webpubsub.errors import BadRequest, Unauthorized, UpstreamError
+from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
+from webpubsub.node.ports import ReapedConnection
+from webpubsub.protocol.backplane import (
+    ChangeGroup,
+    Close,
+    Exists,
+    GroupAction,
+    GroupMember,
+    ListGroup,
+    Send,
+    Target,
+)
+from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
+from webpubsub.protocol.frames import ClientProtocol, DataMessage
+from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.tokens import ClientIdentity
+
+RELIABLE = "json.reliable.webpubsub.azure.v1"
+JSON = "json.webpubsub.azure.v1"
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.closed: list[tuple[int, str]] = []
+
+    def offer(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+    def texts(self) -> list[dict[str, object]]:
+        """The JSON text frames (unmasked server frames: a 2-byte header for < 126 B)."""
+        out = []
+        for frame in self.frames:
+            length = frame[1] & 0x7F
+            start = 2 if length < 126 else 4
+            out.append(orjson.loads(frame[start:]))
+        return out
+
+
+class RecordingUpstream:
+    """The event-handler port: answers ``connect`` with ``decision``, records the rest."""
+
+    def __init__(self, decision: ConnectDecision | None = None) -> None:
+        self.decision = decision
+        self.connects: list[Mapping[str, Sequence[str]]] = []
+        self.connected_ids: list[str] = []
+        self.ends: list[tuple[EventContext, str]] = []
+        self.ended = asyncio.Event()
+
+    async def connect(
+        self, hub: HubSettings, ctx: EventContext, **request: object
+    ) -> ConnectDecision | None:
+        self.connects.append(request)  # type: ignore[arg-type]
+        return self.decision
+
+    async def user_event(
+        self, hub: HubSettings, ctx: EventContext, name: str, payload: Payload
+    ) -> EventReply:
+        return EventReply(payload=None, state=None)
+
+    def connected(self, hub: HubSettings, ctx: EventContext) -> None:
+        self.connected_ids.append(ctx.connection_id)
+
+    def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None:
+        self.ends.append((ctx, reason))
+        self.ended.set()
+
+
+def make_node(
+    upstream: RecordingUpstream | None = None, *, anonymous: bool = False, window: float = 60.0
+) -> tuple[Node, RecordingUpstream]:
+    up = upstream or RecordingUpstream()
+    published: list[object] = []
+
+    async def publish(command: object) -> None:
+        published.append(command)
+
+    ids = iter(f"c{i}" for i in range(1, 100))
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name, anonymous_connect=anonymous),
+        upstream=up,  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: next(ids),
+        recovery_window=window,
+    )
+    return node, up
+
+
+def identity(
+    user: str | None = "alice", roles: Sequence[str] = (), groups: Sequence[str] = ()
+) -> ClientIdentity:
+    return ClientIdentity(user_id=user, roles=tuple(roles), groups=tuple(groups), claims={})
+
+
+def admission(protocol: ClientProtocol = ClientProtocol.JSON, **kw: object) -> Admission:
+    values: dict[str, object] = {
+        "hub": "chat",
+        "connection_id": "c1",
+        "user_id": "alice",
+        "groups": (),
+        "roles": (),
+        "protocol": protocol,
+        "subprotocol": protocol.value if protocol.is_json else None,
+        "state": "",
+    }
+    values.update(kw)
+    return Admission(**values)  # type: ignore[arg-type]
+
+
+# -- admit -----------------------------------------------------------------------------
+
+
+async def test_admit_refuses_anonymous_clients_unless_the_hub_allows_them() -> None:
+    node, _ = make_node()
+    with pytest.raises(Unauthorized):
+        await node.admit(Handshake("Chat", None))
+    open_node, _ = make_node(anonymous=True)
+    adm = await open_node.admit(Handshake("Chat", None))
+    assert (adm.hub, adm.user_id, adm.protocol) == ("chat", None, ClientProtocol.SIMPLE)
+
+
+async def test_admit_refuses_the_protobuf_subprotocols_alone() -> None:
+    node, _ = make_node()
+    with pytest.raises(BadRequest, match="not supported"):
+        await node.admit(
+            Handshake("chat", identity(), subprotocols=("protobuf.webpubsub.azure.v1",))
+        )
+    adm = await node.admit(
+        Handshake("chat", identity(), subprotocols=("protobuf.webpubsub.azure.v1", JSON))
+    )
+    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.JSON, JSON)
+
+
+async def test_admit_applies_the_connect_handlers_answer() -> None:
+    decision = ConnectDecision(
+        user_id="bob",
+        user_id_set=True,
+        groups=("g2",),
+        roles=("webpubsub.sendToGroup",),
+        subprotocol=RELIABLE,
+        state="s1",
+    )
+    node, up = make_node(RecordingUpstream(decision))
+    hs = Handshake(
+        "chat",
+        identity(groups=["g1"], roles=["webpubsub.joinLeaveGroup"]),
+        query={"q": ["1"]},
+        subprotocols=(JSON, RELIABLE),
+    )
+    adm = await node.admit(hs)
+    assert adm.user_id == "bob"
+    assert set(adm.groups) == {"g1", "g2"}  # added to the token's
+    assert adm.roles == ("webpubsub.sendToGroup",)  # replacing the token's
+    assert (adm.protocol, adm.subprotocol, adm.state) == (
+        ClientProtocol.JSON_RELIABLE,
+        RELIABLE,
+        "s1",
+    )
+    assert up.connects[0]["query"] == {"q": ["1"]}
+    up.decision = ConnectDecision(subprotocol="not-offered")
+    with pytest.raises(UpstreamError, match="did not offer"):
+        await node.admit(hs)
+
+
+# -- attach and detach -----------------------------------------------------------------
+
+
+async def test_attach_sends_connected_first_joins_groups_and_fires_connected() -> None:
+    node, up = make_node()
+    sink = RecordingSink()
+    conn = node.attach(admission(groups=("g",)), sink)
+    assert sink.texts()[0] == {
+        "type": "system",
+        "event": "connected",
+        "connectionId": "c1",
+        "userId": "alice",
+    }
+    assert conn.groups == {"g"} and node.answer(Exists("chat", Target.group("g"))) is True
+    assert up.connected_ids == ["c1"]
+
+
+async def test_detach_of_a_plain_connection_ends_it_at_once() -> None:
+    node, up = make_node()
+    sink = RecordingSink()
+    conn = node.attach(admission(), sink)
+    node.detach(conn, sink, "The client closed the connection.", recoverable=True)
+    assert node.answer(Exists("chat", Target.connection("c1"))) is False
+    [(ctx, reason)] = up.ends
+    assert (ctx.connection_id, reason) == ("c1", "The client closed the connection.")
+
+
+async def test_a_reliable_connection_waits_for_recovery_then_ends() -> None:
+    node, up = make_node(window=0.05)
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE), sink)
+    node.detach(conn, sink, "The connection was lost.", recoverable=True)
+    assert node.answer(Exists("chat", Target.connection("c1"))) is True  # in its window
+    assert up.ends == []
+    async with asyncio.timeout(5):
+        await up.ended.wait()
+    assert up.ends[0][1] == "The client did not reconnect in time."
+    assert node.answer(Exists("chat", Target.connection("c1"))) is False
+
+
+async def test_resume_refuses_with_a_reason_then_recovers_and_replays() -> None:
+    node, _ = make_node()
+    plain = node.attach(admission(connection_id="p1"), RecordingSink())
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    token = conn.reconnection_token or ""
+    node.apply(Send("chat", Target.connection("r1"), DataMessage(Payload.text("m1"))))
+    assert node.resume("chat", "nope", token, (RELIABLE,), RecordingSink()) == (
+        "The connection does not exist or has ended."
+    )
+    assert node.resume("chat", plain.connection_id, "x", (JSON,), RecordingSink()) == (
+        "The connection is not reliable and cannot be recovered."
+    )
+    assert node.resume("chat", "r1", token + "x", (RELIABLE,), RecordingSink()) == (
+        "The reconnection token is not valid."
+    )
+    assert node.resume("chat", "r1", token, (JSON,), RecordingSink()) == (
+        "Recovery must use the connection's subprotocol."
+    )
+    fresh = RecordingSink()
+    assert node.resume("chat", "r1", token, (RELIABLE,), fresh) is conn
+    # The old transport is closed, the unacknowledged message replayed on the new one.
+    assert sink.closed == [(1008, "The connection was recovered elsewhere.")]
+    [replayed] = fresh.frames
+    assert b'"m1"' in replayed and b'"sequenceId":1' in replayed
+
+
+# -- apply and answer ------------------------------------------------------------------
+
+
+async def test_apply_and_answer_on_the_nodes_own_connections() -> None:
+    node, _ = make_node()
+    sinks = {name: RecordingSink() for name in ("a", "b")}
+    node.attach(admission(ClientProtocol.SIMPLE, connection_id="a", user_id="u1"), sinks["a"])
+    node.attach(admission(ClientProtocol.SIMPLE, connection_id="b", user_id="u2"), sinks["b"])
+    node.apply(ChangeGroup("chat", Target.all(), GroupAction.ADD, ("g",), "userId eq 'u2'"))
+    assert node.answer(ListGroup("chat", "g")) == (GroupMember("b", "u2"),)
+    node.apply(Send("chat", Target.group("g"), DataMessage(Payload.text("hi"))))
+    assert sinks["b"].frames and not sinks["a"].frames
+    node.apply(Close("chat", Target.user("u1"), "bye"))
+    assert sinks["a"].closed == [(1000, "bye")]
+    assert node.answer(Exists("chat", Target.user("u1"))) is False  # closing: gone already
+    node.apply(Send("other hub", Target.all(), DataMessage(Payload.text("x"))))  # ignored
+    assert len(sinks["b"].frames) == 1
+
+
+async def test_a_reaped_connection_gets_its_disconnected_event_from_this_node() -> None:
+    node, up = make_node()
+    node.reaped(ReapedConnection("chat", "dead1", "zoe", JSON, "st", "node-x"))
+    [(ctx, reason)] = up.ends
+    assert (ctx.connection_id, ctx.user_id, ctx.state, reason) == ("dead1", "zoe", "st", NODE_LOST)
