@@ -5,7 +5,7 @@ recovery window, apply, answer, and the disconnected event of a reaped connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -24,7 +24,12 @@ from webpubsub.protocol.backplane import (
     Send,
     Target,
 )
-from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
+from webpubsub.protocol.cloudevents import (
+    ConnectDecision,
+    ConnectRequest,
+    EventContext,
+    EventReply,
+)
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import ClientIdentity
@@ -59,15 +64,15 @@ class RecordingUpstream:
 
     def __init__(self, decision: ConnectDecision | None = None) -> None:
         self.decision = decision
-        self.connects: list[Mapping[str, Sequence[str]]] = []
+        self.connects: list[ConnectRequest] = []
         self.connected_ids: list[str] = []
         self.ends: list[tuple[EventContext, str]] = []
         self.ended = asyncio.Event()
 
     async def connect(
-        self, hub: HubSettings, ctx: EventContext, **request: object
+        self, hub: HubSettings, ctx: EventContext, request: ConnectRequest
     ) -> ConnectDecision | None:
-        self.connects.append(request)  # type: ignore[arg-type]
+        self.connects.append(request)
         return self.decision
 
     async def user_event(
@@ -110,6 +115,10 @@ def identity(
     return ClientIdentity(user_id=user, roles=tuple(roles), groups=tuple(groups), claims={})
 
 
+def offering(*subprotocols: str) -> ConnectRequest:
+    return ConnectRequest(subprotocols=subprotocols)
+
+
 def admission(protocol: ClientProtocol = ClientProtocol.JSON, **kw: object) -> Admission:
     values: dict[str, object] = {
         "hub": "chat",
@@ -140,11 +149,9 @@ async def test_admit_refuses_anonymous_clients_unless_the_hub_allows_them() -> N
 async def test_admit_refuses_the_protobuf_subprotocols_alone() -> None:
     node, _ = make_node()
     with pytest.raises(BadRequest, match="not supported"):
-        await node.admit(
-            Handshake("chat", identity(), subprotocols=("protobuf.webpubsub.azure.v1",))
-        )
+        await node.admit(Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1")))
     adm = await node.admit(
-        Handshake("chat", identity(), subprotocols=("protobuf.webpubsub.azure.v1", JSON))
+        Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1", JSON))
     )
     assert (adm.protocol, adm.subprotocol) == (ClientProtocol.JSON, JSON)
 
@@ -162,8 +169,7 @@ async def test_admit_applies_the_connect_handlers_answer() -> None:
     hs = Handshake(
         "chat",
         identity(groups=["g1"], roles=["webpubsub.joinLeaveGroup"]),
-        query={"q": ["1"]},
-        subprotocols=(JSON, RELIABLE),
+        ConnectRequest(query={"q": ["1"]}, subprotocols=(JSON, RELIABLE)),
     )
     adm = await node.admit(hs)
     assert adm.user_id == "bob"
@@ -174,7 +180,7 @@ async def test_admit_applies_the_connect_handlers_answer() -> None:
         RELIABLE,
         "s1",
     )
-    assert up.connects[0]["query"] == {"q": ["1"]}
+    assert up.connects[0].query == {"q": ["1"]}
     up.decision = ConnectDecision(subprotocol="not-offered")
     with pytest.raises(UpstreamError, match="did not offer"):
         await node.admit(hs)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from webpubsub.errors import ConnectRejected, UpstreamError
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
+    ConnectRequest,
     EventContext,
     EventReply,
     UpstreamResponse,
@@ -92,17 +93,14 @@ def test_format_time_is_utc_whole_seconds() -> None:
 
 
 def test_connect_request_headers_and_body() -> None:
-    req = connect_request(
-        CTX,
-        URL,
-        [KEY],
-        NOW,
+    request = ConnectRequest(
         claims={"sub": ["alice"], "role": ["webpubsub.joinLeaveGroup"]},
         query={"id": ["alice"]},
         headers={"User-Agent": ["test"]},
-        subprotocols=["json.reliable.webpubsub.azure.v1"],
-        client_certificates=[("ab12", "-----BEGIN CERTIFICATE-----")],
+        subprotocols=("json.reliable.webpubsub.azure.v1",),
+        client_certificates=(("ab12", "-----BEGIN CERTIFICATE-----"),),
     )
+    req = connect_request(CTX, URL, [KEY], NOW, request)
     assert req.method == "POST"
     assert req.url == URL
     assert list(req.headers) == [
@@ -123,7 +121,7 @@ def test_connect_request_headers_and_body() -> None:
 
 
 def test_connect_request_always_has_all_five_body_fields() -> None:
-    req = connect_request(BARE, URL, [KEY], NOW, claims={}, query={}, headers={}, subprotocols=[])
+    req = connect_request(BARE, URL, [KEY], NOW, ConnectRequest())
     assert req.body == (
         b'{"claims":{},"query":{},"headers":{},"subprotocols":[],"clientCertificates":[]}'
     )

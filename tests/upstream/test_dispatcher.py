@@ -14,7 +14,13 @@ from aiohttp import web
 
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import ConnectRejected, NoEventHandler, UpstreamError
-from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply, signature
+from webpubsub.protocol.cloudevents import (
+    ConnectDecision,
+    ConnectRequest,
+    EventContext,
+    EventReply,
+    signature,
+)
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
@@ -184,14 +190,12 @@ def ctx(connection_id: str = "conn1", hub: str = "chat") -> EventContext:
 
 
 async def connect(upstream: Upstream, hub: HubSettings) -> ConnectDecision | None:
-    return await upstream.connect(
-        hub,
-        ctx(),
+    request = ConnectRequest(
         claims={"sub": ["alice"]},
         query={"id": ["alice"]},
-        headers={},
-        subprotocols=["json.webpubsub.azure.v1"],
+        subprotocols=("json.webpubsub.azure.v1",),
     )
+    return await upstream.connect(hub, ctx(), request)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -48,7 +48,7 @@ from webpubsub.protocol.backplane import (
     Send,
     Target,
 )
-from webpubsub.protocol.cloudevents import EventContext, EventReply
+from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import encode_connected
 from webpubsub.protocol.names import validate_group, validate_user_id
@@ -81,9 +81,12 @@ class Handshake:
     hub: str
     identity: ClientIdentity | None
     """``None`` for an anonymous client (no token)."""
-    query: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    subprotocols: tuple[str, ...] = ()
+    request: ConnectRequest = field(default_factory=ConnectRequest)
+    """What the ``connect`` handler is told (claims, query, headers, subprotocols)."""
+
+    @property
+    def subprotocols(self) -> tuple[str, ...]:
+        return self.request.subprotocols
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +167,7 @@ class Node:
             event_id="0",
             origin=self._origin,
         )
-        decision = await self._upstream.connect(
-            settings,
-            ctx,
-            claims=identity.claims,
-            query=hs.query,
-            headers=hs.headers,
-            subprotocols=hs.subprotocols,
-        )
+        decision = await self._upstream.connect(settings, ctx, hs.request)
         user_id, groups, roles = identity.user_id, identity.groups, identity.roles
         picked: str | None = None
         state = ""

@@ -7,14 +7,19 @@ and the operations depend on these protocols only, never on an implementation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from webpubsub.core.hub import HubListener
 from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Answer, Command, Query
-from webpubsub.protocol.cloudevents import ConnectDecision, EventContext, EventReply
+from webpubsub.protocol.cloudevents import (
+    ConnectDecision,
+    ConnectRequest,
+    EventContext,
+    EventReply,
+)
 from webpubsub.protocol.payload import Payload
 
 Publish = Callable[[Command], Awaitable[None]]
@@ -46,11 +51,7 @@ class EventHandlerPort(Protocol):
         self,
         hub: HubSettings,
         ctx: EventContext,
-        *,
-        claims: Mapping[str, Sequence[str]],
-        query: Mapping[str, Sequence[str]],
-        headers: Mapping[str, Sequence[str]],
-        subprotocols: Sequence[str],
+        request: ConnectRequest,
     ) -> ConnectDecision | None: ...
 
     async def user_event(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -167,29 +167,33 @@ def _multi(values: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     return {k: list(v) for k, v in values.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """What a client's handshake tells the ``connect`` handler: one value, built at the
+    handshake and carried unchanged to the webhook."""
+
+    claims: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """The access token's claims, each as a list of strings."""
+    query: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    subprotocols: tuple[str, ...] = ()
+    client_certificates: tuple[tuple[str, str], ...] = ()
+    """``(thumbprint, pem)`` pairs (none while the service has no mutual TLS)."""
+
+
 def connect_request(
-    ctx: EventContext,
-    url: str,
-    keys: Sequence[str],
-    now: float,
-    *,
-    claims: Mapping[str, Sequence[str]],
-    query: Mapping[str, Sequence[str]],
-    headers: Mapping[str, Sequence[str]],
-    subprotocols: Sequence[str],
-    client_certificates: Sequence[tuple[str, str]] = (),
+    ctx: EventContext, url: str, keys: Sequence[str], now: float, request: ConnectRequest
 ) -> UpstreamRequest:
-    """The blocking ``connect`` event; ``client_certificates`` are
-    ``(thumbprint, pem)`` pairs."""
+    """The blocking ``connect`` event."""
     body = orjson.dumps(
         {
-            "claims": _multi(claims),
-            "query": _multi(query),
-            "headers": _multi(headers),
-            "subprotocols": list(subprotocols),
+            "claims": _multi(request.claims),
+            "query": _multi(request.query),
+            "headers": _multi(request.headers),
+            "subprotocols": list(request.subprotocols),
             "clientCertificates": [
                 {"thumbprint": thumbprint, "content": content}
-                for thumbprint, content in client_certificates
+                for thumbprint, content in request.client_certificates
             ],
         }
     )

@@ -16,6 +16,7 @@ from aiohttp import WebSocketError, WSMsgType, web
 from webpubsub.core.connection import Connection
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
+from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
@@ -236,15 +237,15 @@ def _handshake(request: web.Request, ctx: ServiceContext) -> Handshake:
         identity = verify_client_token(
             token, keys=ctx.access_keys, hub=hub, endpoints=endpoints, now=ctx.clock()
         )
-    return Handshake(
-        hub=hub,
-        identity=identity,
+    connect = ConnectRequest(
+        claims=identity.claims if identity is not None else {},
         query=_grouped((k, v) for k, v in request.query.items() if k not in _RESERVED_QUERY),
         headers=_grouped(
             (k, v) for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS
         ),
         subprotocols=_subprotocols(request),
     )
+    return Handshake(hub=hub, identity=identity, request=connect)
 
 
 def _grouped(pairs: Iterable[tuple[str, str]]) -> Mapping[str, Sequence[str]]:

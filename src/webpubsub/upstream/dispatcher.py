@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
+    ConnectRequest,
     EventContext,
     EventReply,
     UpstreamRequest,
@@ -99,12 +100,7 @@ class Upstream:
         self,
         hub: HubSettings,
         ctx: EventContext,
-        *,
-        claims: Mapping[str, Sequence[str]],
-        query: Mapping[str, Sequence[str]],
-        headers: Mapping[str, Sequence[str]],
-        subprotocols: Sequence[str],
-        client_certificates: Sequence[tuple[str, str]] = (),
+        request: ConnectRequest,
     ) -> ConnectDecision | None:
         """Ask the ``connect`` handler; ``None`` when no handler subscribes.
 
@@ -115,18 +111,8 @@ class Upstream:
             return None
         await self._ensure_validated(handler, ctx.hub)
         url = handler.url_for(ctx.hub, "connect")
-        request = connect_request(
-            ctx,
-            url,
-            self._keys,
-            self._clock(),
-            claims=claims,
-            query=query,
-            headers=headers,
-            subprotocols=subprotocols,
-            client_certificates=client_certificates,
-        )
-        response = await self._transport.send(request, timeout=handler.timeout_seconds)
+        upstream_request = connect_request(ctx, url, self._keys, self._clock(), request)
+        response = await self._transport.send(upstream_request, timeout=handler.timeout_seconds)
         decision = parse_connect_response(response)
         if decision.body_ignored:
             _log.warning(
