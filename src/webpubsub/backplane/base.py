@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
-from webpubsub.node.ports import PresencePort, ReapedConnection
+from webpubsub.node.ports import HandoverPort, PresencePort, ReapedConnection
 from webpubsub.protocol.backplane import Answer, Command, Query
 
 
@@ -49,6 +49,10 @@ class Backplane(abc.ABC):
     def presence(self) -> PresencePort | None:
         """The listener that shares the node's hub changes, if this backplane keeps
         presence outside the nodes (the memory backplane asks the nodes instead)."""
+        return None
+
+    def handover(self) -> HandoverPort | None:
+        """How reliable connections move between nodes, if they can (not in one process)."""
         return None
 
     def health(self) -> dict[str, object]:

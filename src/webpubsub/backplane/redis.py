@@ -35,7 +35,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 import orjson
@@ -58,13 +59,17 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    Handover,
     HasPermission,
     ListGroup,
     Query,
     Scope,
     Send,
+    SessionState,
     decode_command,
+    decode_session,
     encode_command,
+    encode_session,
 )
 
 log = logging.getLogger("webpubsub.backplane")
@@ -80,6 +85,10 @@ _STOP_TIMEOUT = 5.0
 _SEP = "\x00"
 _STOP: tuple[str, tuple[Any, ...]] = ("stop", ())
 """Queued last by :meth:`RedisBackplane.stop`: the writer finishes what is before it."""
+HANDOVER_TIMEOUT = 3.0
+"""How long a node waits for the state of a connection another node holds."""
+HELD_LIMIT = 100_000
+"""Commands held back for pending handovers; past this they are applied at once."""
 _WAKE: tuple[str, tuple[Any, ...]] = ("wake", ())
 """Queued when presence must be written anew: the writer looks at the rebuild flag."""
 
@@ -95,6 +104,10 @@ class Keys:
 
     def node(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
+
+    def direct(self, node_id: str) -> str:
+        """The channel of messages for one node only (handed-over connections)."""
+        return f"{self.prefix}:direct:{node_id}"
 
     def node_conns(self, node_id: str) -> str:
         return f"{self.prefix}:conns:{node_id}"
@@ -295,6 +308,11 @@ class RedisBackplane(Backplane):
             )
         }
         self._local: dict[tuple[str, str], Connection] = {}
+        self._pending: dict[str, _Pending] = {}
+        """Handovers this node asked for, by request id."""
+        self._held: list[Command] = []
+        """Commands that came after a pending Handover, applied once it is settled."""
+        self._sends: set[asyncio.Task[None]] = set()
         """This node's connections by (hub, id): what presence is rebuilt from."""
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -429,6 +447,9 @@ class RedisBackplane(Backplane):
 
     def removed(self, hub: str, conn: Connection, groups: Collection[str]) -> None:
         self._local.pop((hub, conn.connection_id), None)
+        if conn.moved_to is not None:  # it lives on, on another node: that node owns it now
+            self._queue("moved", hub, conn)
+            return
         self._queue("removed", hub, conn)
 
     def joined(self, hub: str, conn: Connection, group: str) -> None:
@@ -573,6 +594,8 @@ class RedisBackplane(Backplane):
                 pipe.srem(k.user(hub, conn.user_id), cid)
             pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
             pipe.delete(k.conn(hub, cid), k.perms(hub, cid))
+        elif op == "moved":
+            pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
         elif op == "joined":
             pipe.sadd(k.group(hub, group), cid)
             pipe.sadd(k.conn_groups(hub, cid), group)
@@ -598,7 +621,7 @@ class RedisBackplane(Backplane):
         while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.commands)
+                await pubsub.subscribe(self.keys.commands, self.keys.direct(self.node_id))
                 if self.connected is False and self._subscribed.is_set():
                     log.warning(
                         "node %s resubscribed to Redis: commands published meanwhile "
@@ -612,7 +635,10 @@ class RedisBackplane(Backplane):
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._deliver(message["data"])
+                        if _text(message["channel"]) == self.keys.commands:
+                            self._deliver(message["data"])
+                        else:
+                            self._deliver_direct(message["data"])
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -634,7 +660,102 @@ class RedisBackplane(Backplane):
         except CorruptEnvelope as exc:
             log.warning("dropped a corrupt command from Redis: %s", exc.message)
             return
+        self._accept(command)
+
+    def _accept(self, command: Command) -> None:
+        """Apply ``command``, or hold it while a connection is on its way here."""
+        if self._node is None:
+            return
+        if any(p.started for p in self._pending.values()):
+            # What follows a pending Handover in the stream waits for its connection.
+            if len(self._held) < HELD_LIMIT:
+                self._held.append(command)
+                return
+            log.warning("too many commands held for a handover; applying them now")
+            for each in self._pending.values():
+                each.started = False
+            self._release_held()
+        if isinstance(command, Handover) and command.to_node == self.node_id:
+            mine = self._pending.get(command.request_id)
+            if mine is not None:
+                mine.started = True
         self._node.apply(command)
+
+    def _deliver_direct(self, raw: bytes) -> None:
+        try:
+            request_id, session = decode_session(raw)
+        except CorruptEnvelope as exc:
+            log.warning("dropped a corrupt handover message: %s", exc.message)
+            return
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return  # it came too late: the request timed out
+        if isinstance(session, SessionState):
+            pending.adopt(session)  # before any command held back is applied
+            result = None
+        else:
+            result = session
+        if not pending.future.done():
+            pending.future.set_result(result)
+        if not any(p.started for p in self._pending.values()):
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Apply the held commands in order (held again from another pending Handover on)."""
+        held, self._held = self._held, []
+        for command in held:
+            self._accept(command)
+
+    # -- handover of reliable connections ------------------------------------------------
+
+    async def take_over(
+        self,
+        hub: str,
+        connection_id: str,
+        token: str,
+        subprotocols: tuple[str, ...],
+        adopt: Callable[[SessionState], None],
+    ) -> str | None:
+        try:
+            owner_raw = await self._redis.hget(self.keys.conn(hub, connection_id), "n")
+            if owner_raw is None or _text(owner_raw) == self.node_id:
+                return None
+            owner = _text(owner_raw)
+            if not await self._redis.exists(self.keys.node(owner)):
+                return "The service node that held the connection is gone."
+            request_id = secrets.token_hex(8)
+            future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = _Pending(adopt, future)
+            command = Handover(hub, connection_id, token, subprotocols, self.node_id, request_id)
+            await self._redis.publish(self.keys.commands, encode_command(command))
+        except RedisError as exc:
+            return f"The connection cannot be recovered now: {_unavailable(exc)}"
+        try:
+            return await asyncio.wait_for(future, HANDOVER_TIMEOUT)
+        except TimeoutError:
+            return "The service node that held the connection did not answer."
+        finally:
+            if self._pending.pop(request_id, None) is not None and not any(
+                p.started for p in self._pending.values()
+            ):
+                self._release_held()
+
+    def hand_over(self, to_node: str, request_id: str, session: SessionState | str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._send_direct(to_node, encode_session(request_id, session))
+        )
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send_direct(self, to_node: str, payload: bytes) -> None:
+        try:
+            await self._redis.publish(self.keys.direct(to_node), payload)
+        except RedisError as exc:
+            log.warning("could not hand a connection over to node %s: %s", to_node, exc)
+
+    def handover(self) -> RedisBackplane:
+        """The handover port of reliable connections: this backplane."""
+        return self
 
     # -- heartbeats and the reaper -------------------------------------------------------
 
@@ -701,6 +822,14 @@ class RedisBackplane(Backplane):
         await pipe.execute()
 
 
+@dataclass(slots=True)
+class _Pending:
+    adopt: Callable[[SessionState], None]
+    future: asyncio.Future[str | None]
+    started: bool = False
+    """The Handover came by on the command stream: later commands wait."""
+
+
 def _presence_target(
     command: Command,
 ) -> tuple[str, str, str, frozenset[str], tuple[str, ...]] | None:
@@ -724,7 +853,7 @@ def _presence_target(
                 frozenset(),
                 command.groups,
             )
-        case Send() | ChangePermission():
+        case Send() | ChangePermission() | Handover():
             return None
         case _:
             assert_never(command)

@@ -9,7 +9,7 @@ sent meanwhile waits in its :class:`ReliableBuffer`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +43,10 @@ class AckIds:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __iter__(self) -> Iterator[int]:
+        """Oldest first."""
+        return iter(self._seen)
+
     def add(self, ack_id: int) -> None:
         self._seen[ack_id] = None
         self._seen.move_to_end(ack_id)
@@ -65,6 +69,8 @@ class Connection:
     """Opaque connection state set by the event handler (Azure docs: CloudEvents)."""
     groups: set[str] = field(default_factory=set)
     closing: bool = False
+    moved_to: str | None = None
+    """The node this connection was handed over to (it left this node, but did not end)."""
     close_reason: str = ""
     """Why the service closed this connection (reported in ``disconnected``)."""
     reliable: ReliableBuffer | None = None

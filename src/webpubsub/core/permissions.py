@@ -225,6 +225,38 @@ class Permissions:
             return grants.all_groups and not grants.excluded
         return grants.allows(target)
 
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Everything held, exclusions included, as JSON-ready data (:meth:`restore`)."""
+        return {
+            permission.value: {
+                "all": grants.all_groups,
+                "groups": sorted(grants.groups),
+                "patterns": sorted(grants.patterns),
+                "excluded": sorted(grants.excluded),
+            }
+            for permission, grants in self._grants.items()
+        }
+
+    @classmethod
+    def restore(cls, data: object) -> Permissions:
+        """The permissions of a :meth:`snapshot`; malformed parts are ignored."""
+        permissions = cls()
+        if not isinstance(data, dict):
+            return permissions
+        for permission in Permission:
+            item = data.get(permission.value)
+            if not isinstance(item, dict):
+                continue
+            grants = permissions._grants[permission]
+            grants.all_groups = item.get("all") is True
+            grants.groups = {g for g in item.get("groups", ()) if isinstance(g, str)}
+            grants.excluded = {g for g in item.get("excluded", ()) if isinstance(g, str)}
+            for pattern in item.get("patterns", ()):
+                compiled = compile_group_pattern(pattern) if isinstance(pattern, str) else None
+                if compiled is not None:
+                    grants.patterns[pattern] = compiled
+        return permissions
+
     def roles(self) -> tuple[str, ...]:
         """The grants as role strings (exclusions are not expressible and are left out)."""
         result: list[str] = []

@@ -74,3 +74,16 @@ class ReliableBuffer:
     def unacknowledged(self) -> list[bytes]:
         """The buffered frames in sequence order, for replay after recovery."""
         return [frame for _, frame in self._frames]
+
+    def snapshot(self) -> tuple[int, list[tuple[int, bytes]]]:
+        """(next sequence id, the unacknowledged (sequence id, frame) pairs): what another
+        node needs to continue this buffer (:meth:`restore`)."""
+        return self._next, list(self._frames)
+
+    @classmethod
+    def restore(cls, next_sequence_id: int, frames: list[tuple[int, bytes]]) -> ReliableBuffer:
+        buffer = cls()
+        buffer._next = next_sequence_id
+        buffer._frames = deque(frames)
+        buffer._bytes = sum(len(frame) for _, frame in frames)
+        return buffer

@@ -31,7 +31,12 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.ports import EventHandlerPort, PresencePort, ReapedConnection
+from webpubsub.node.ports import (
+    EventHandlerPort,
+    HandoverPort,
+    PresencePort,
+    ReapedConnection,
+)
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -41,11 +46,13 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    Handover,
     HasPermission,
     ListGroup,
     Query,
     Scope,
     Send,
+    SessionState,
     Target,
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
@@ -66,6 +73,7 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
 
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
+NO_CONNECTION = "The connection does not exist or has ended."
 
 #: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
@@ -120,9 +128,11 @@ class Node:
         id_factory: Callable[[], str] = new_connection_id,
         recovery_window: float = DEFAULT_RECOVERY_WINDOW,
         presence: PresencePort | None = None,
+        handover: HandoverPort | None = None,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
         self._presence = presence
+        self._handover = handover
 
         self._hub_settings = hub_settings
         self._upstream = upstream
@@ -241,16 +251,9 @@ class Node:
         """
         hub = self._hubs.get(hub_key)
         conn = hub.get(connection_id) if hub is not None else None
-        if conn is None or conn.closing:
-            return "The connection does not exist or has ended."
-        if conn.reliable is None or conn.reconnection_token is None:
-            return "The connection is not reliable and cannot be recovered."
-        if not hmac.compare_digest(conn.reconnection_token.encode(), token.encode()):
-            return "The reconnection token is not valid."
-        if conn.subprotocol is None or conn.subprotocol.lower() not in (
-            p.lower() for p in subprotocols
-        ):
-            return "Recovery must use the connection's subprotocol."
+        refusal = _recovery_refusal(conn, token, subprotocols)
+        if refusal is not None or conn is None or conn.reliable is None:
+            return refusal or NO_CONNECTION
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
@@ -260,6 +263,102 @@ class Node:
         for frame in conn.reliable.unacknowledged():
             sink.offer(frame)
         return conn
+
+    async def recover(
+        self, hub_key: str, connection_id: str, token: str, subprotocols: Sequence[str], sink: Sink
+    ) -> Connection | str:
+        """:meth:`resume` here, or take the connection over from the node that holds it
+        (its client reconnected through another node of the cluster)."""
+        result = self.resume(hub_key, connection_id, token, subprotocols, sink)
+        if not (result == NO_CONNECTION and self._handover is not None):
+            return result
+        adopted: list[Connection] = []
+
+        def adopt(session: SessionState) -> None:
+            adopted.append(self._adopt(session))
+
+        refusal = await self._handover.take_over(
+            hub_key, connection_id, token, tuple(subprotocols), adopt
+        )
+        if refusal is not None:
+            return refusal
+        if not adopted:
+            return NO_CONNECTION
+        return self.resume(hub_key, connection_id, token, subprotocols, sink)
+
+    def _adopt(self, session: SessionState) -> Connection:
+        """A reliable connection handed over by another node, detached until resumed."""
+        conn = Connection(
+            connection_id=session.connection_id,
+            hub=session.hub,
+            user_id=session.user_id,
+            protocol=ClientProtocol.JSON_RELIABLE,
+            subprotocol=session.subprotocol,
+            sink=None,
+            permissions=Permissions.restore(session.permissions),
+            state=session.state,
+            reliable=ReliableBuffer.restore(session.next_sequence_id, list(session.frames)),
+            reconnection_token=session.reconnection_token,
+            on_detached_close=self._end_detached,
+        )
+        for ack_id in session.ack_ids:
+            conn.ack_ids.add(ack_id)
+        hub = self._hubs.get(session.hub)
+        if hub is None:
+            hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
+        hub.add(conn)
+        for group in session.groups:
+            hub.join(conn, group)
+        self._expiry[conn] = asyncio.get_running_loop().call_later(
+            self._recovery_window, self._end, conn, "The client did not reconnect in time."
+        )
+        log.info("connection %s of hub %s moved here", conn.connection_id, conn.hub)
+        return conn
+
+    def _hand_over(self, command: Handover) -> None:
+        """Another node asks for a reliable connection of this one: send its state as of
+        this point in the command stream, and let it go (it does not end)."""
+        if self._handover is None:
+            return
+        hub = self._hubs.get(command.hub)
+        conn = hub.get(command.connection_id) if hub is not None else None
+        if hub is None or conn is None:
+            return  # not this node's: the owner answers
+        refusal = _recovery_refusal(conn, command.token, command.subprotocols)
+        if refusal is not None or conn.reliable is None:
+            self._handover.hand_over(command.to_node, command.request_id, refusal or NO_CONNECTION)
+            return
+        next_id, frames = conn.reliable.snapshot()
+        session = SessionState(
+            hub=conn.hub,
+            connection_id=conn.connection_id,
+            user_id=conn.user_id,
+            subprotocol=conn.subprotocol or "",
+            state=conn.state,
+            groups=tuple(conn.groups),
+            permissions=conn.permissions.snapshot(),
+            reconnection_token=conn.reconnection_token or "",
+            ack_ids=tuple(conn.ack_ids),
+            next_sequence_id=next_id,
+            frames=tuple(frames),
+        )
+        timer = self._expiry.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        conn.moved_to = command.to_node
+        old, conn.sink = conn.sink, None
+        conn.closing = True  # nothing more is delivered here
+        hub.remove(conn.connection_id)  # no disconnected event: it lives on elsewhere
+        if not len(hub):
+            del self._hubs[conn.hub]
+            if not self._hubs and self._idle is not None:
+                self._idle.set()
+        self._handover.hand_over(command.to_node, command.request_id, session)
+        if old is not None:  # the old transport is still open: the client moved on
+            old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
+        log.info(
+            "connection %s of hub %s moved to %s", conn.connection_id, conn.hub, command.to_node
+        )
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
         """Handle one client message; the transport awaits it before reading the next."""
@@ -449,6 +548,8 @@ class Node:
                                 hub.join(conn, group)
                             elif command.action is GroupAction.REMOVE:
                                 hub.leave(conn, group)
+                case Handover():
+                    self._hand_over(command)
                 case ChangePermission():
                     found = hub.get(command.connection_id)
                     if found is not None:
@@ -517,6 +618,23 @@ def _targets(hub: Hub, target: Target) -> list[Connection]:
         return hub.group_connections(target.id)
     conn = hub.get(target.id)
     return [conn] if conn is not None else []
+
+
+def _recovery_refusal(
+    conn: Connection | None, token: str, subprotocols: Sequence[str]
+) -> str | None:
+    """Why ``conn`` cannot be recovered with ``token`` over ``subprotocols``, if it cannot."""
+    if conn is None or conn.closing:
+        return NO_CONNECTION
+    if conn.reliable is None or conn.reconnection_token is None:
+        return "The connection is not reliable and cannot be recovered."
+    if not hmac.compare_digest(conn.reconnection_token.encode(), token.encode()):
+        return "The reconnection token is not valid."
+    if conn.subprotocol is None or conn.subprotocol.lower() not in (
+        p.lower() for p in subprotocols
+    ):
+        return "Recovery must use the connection's subprotocol."
+    return None
 
 
 def _select_protocol(

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from webpubsub.core.hub import HubListener
 from webpubsub.core.settings import HubSettings
-from webpubsub.protocol.backplane import Answer, Command, Query
+from webpubsub.protocol.backplane import Answer, Command, Query, SessionState
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
     ConnectRequest,
@@ -61,6 +61,25 @@ class EventHandlerPort(Protocol):
     def connected(self, hub: HubSettings, ctx: EventContext) -> None: ...
 
     def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None: ...
+
+
+class HandoverPort(Protocol):
+    """How a reliable connection moves to the node its client reconnected to."""
+
+    async def take_over(
+        self,
+        hub: str,
+        connection_id: str,
+        token: str,
+        subprotocols: tuple[str, ...],
+        adopt: Callable[[SessionState], None],
+    ) -> str | None:
+        """Get a connection this node does not hold from the node that does. ``adopt``
+        is called with its state, before any command published later is applied here.
+        Returns None when done (or when no node holds it), else why it cannot be had."""
+
+    def hand_over(self, to_node: str, request_id: str, session: SessionState | str) -> None:
+        """Send a connection's state (or the reason it cannot move) to ``to_node``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar, assert_never
 
@@ -103,7 +104,22 @@ class ChangePermission:
     group: str | None = None
 
 
-Command = Send | Close | ChangeGroup | ChangePermission
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Node ``to_node`` asks for reliable connection ``connection_id``: its client
+    reconnected there. Published on the command stream, so every node sees it at the
+    same place among the other commands: the owner sends the connection's state as of
+    this point, the new node holds back later commands until that state has arrived."""
+
+    hub: str
+    connection_id: str
+    token: str
+    subprotocols: tuple[str, ...]
+    to_node: str
+    request_id: str
+
+
+Command = Send | Close | ChangeGroup | ChangePermission | Handover
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +213,16 @@ def encode_command(command: Command) -> bytes:
                 "y": command.grant,
                 "g": command.group,
             }
+        case Handover():
+            header = {
+                "k": "handover",
+                "h": command.hub,
+                "c": command.connection_id,
+                "tk": command.token,
+                "sp": list(command.subprotocols),
+                "to": command.to_node,
+                "rq": command.request_id,
+            }
         case _:
             assert_never(command)
     return _pack(header, data)
@@ -228,7 +254,98 @@ def decode_command(raw: bytes) -> Command:
         )
     if kind == "perm":
         return ChangePermission(r.text("h"), r.text("c"), r.text("p"), r.flag("y"), r.opt_text("g"))
+    if kind == "handover":
+        return Handover(
+            r.text("h"), r.text("c"), r.text("tk"), tuple(r.texts("sp")), r.text("to"), r.text("rq")
+        )
     raise CorruptEnvelope(f"unknown command {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """A reliable connection, as its owner hands it to the node its client moved to."""
+
+    hub: str
+    connection_id: str
+    user_id: str | None
+    subprotocol: str
+    state: str
+    groups: tuple[str, ...]
+    permissions: Mapping[str, object]
+    """``Permissions.snapshot()``."""
+    reconnection_token: str
+    ack_ids: tuple[int, ...]
+    next_sequence_id: int
+    frames: tuple[tuple[int, bytes], ...]
+    """The unacknowledged frames with their sequence ids, in order."""
+
+
+def encode_session(request_id: str, session: SessionState | str) -> bytes:
+    """The owner's answer to a :class:`Handover`: the state, or why it cannot be had."""
+    if isinstance(session, str):
+        return _pack({"k": "refused", "rq": request_id, "why": session}, b"")
+    header: dict[str, object] = {
+        "k": "session",
+        "rq": request_id,
+        "h": session.hub,
+        "c": session.connection_id,
+        "u": session.user_id,
+        "sp": session.subprotocol,
+        "st": session.state,
+        "gs": list(session.groups),
+        "pm": session.permissions,
+        "tk": session.reconnection_token,
+        "ak": list(session.ack_ids),
+        "nx": session.next_sequence_id,
+        "fr": [[seq, len(frame)] for seq, frame in session.frames],
+    }
+    return _pack(header, b"".join(frame for _, frame in session.frames))
+
+
+def decode_session(raw: bytes) -> tuple[str, SessionState | str]:
+    """(request id, the state or the refusal's reason); :class:`CorruptEnvelope` else."""
+    header, data = _unpack(raw)
+    r = _Reader(header)
+    kind, request_id = r.text("k"), r.text("rq")
+    if kind == "refused":
+        return request_id, r.text("why")
+    if kind != "session":
+        raise CorruptEnvelope(f"not a session: {kind!r}")
+    sizes, acks, permissions = header.get("fr"), header.get("ak"), header.get("pm")
+    if (
+        not isinstance(sizes, list)
+        or not isinstance(acks, list)
+        or not isinstance(permissions, dict)
+    ):
+        raise CorruptEnvelope("a session needs frames, ack ids and permissions")
+    frames: list[tuple[int, bytes]] = []
+    offset = 0
+    for item in sizes:
+        if not (isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)):
+            raise CorruptEnvelope("a frame is [sequence id, length]")
+        seq, length = item
+        if length < 0 or offset + length > len(data):
+            raise CorruptEnvelope("the frames run past the data")
+        frames.append((seq, data[offset : offset + length]))
+        offset += length
+    if offset != len(data) or not all(type(a) is int for a in acks):
+        raise CorruptEnvelope("a session's data and ack ids do not match its header")
+    next_id = header.get("nx")
+    if type(next_id) is not int:
+        raise CorruptEnvelope("'nx' must be an integer")
+    return request_id, SessionState(
+        hub=r.text("h"),
+        connection_id=r.text("c"),
+        user_id=r.opt_text("u"),
+        subprotocol=r.text("sp"),
+        state=r.text("st"),
+        groups=tuple(r.texts("gs")),
+        permissions=permissions,
+        reconnection_token=r.text("tk"),
+        ack_ids=tuple(acks),
+        next_sequence_id=next_id,
+        frames=tuple(frames),
+    )
 
 
 def encode_query(query: Query) -> bytes:

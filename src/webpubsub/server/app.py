@@ -99,6 +99,7 @@ class ServiceRunner:
             recovery_window=server.recovery_window_seconds,
             node_id=getattr(self.backplane, "node_id", None) or self.config.backplane.node_id,
             presence=self.backplane.presence(),
+            handover=self.backplane.handover(),
         )
         endpoints: list[str] = []
         ctx = ServiceContext(

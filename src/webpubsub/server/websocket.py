@@ -82,7 +82,7 @@ async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamRespo
     outbox = await _upgrade(ws, request, ctx)
     if outbox is None:
         return ws
-    result = ctx.node.resume(
+    result = await ctx.node.recover(
         hub.lower(),
         connection_id,
         request.query.get(RECOVERY_TOKEN, ""),
