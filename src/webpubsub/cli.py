@@ -208,7 +208,7 @@ def serve(
     """Run the service."""
     worker = os.environ.get(WORKER_ENV)
     if workers > 1 and worker is None:
-        _supervise(workers, redis_url or _load(config_file).backplane.redis_url, port, node_id)
+        _supervise(workers, _load(config_file), redis_url, port, node_id, access_keys, tls)
         return
     if worker is not None:  # one of the supervisor's processes: its port, its own node id
         port = int(os.environ[WORKER_PORT_ENV])
@@ -247,29 +247,50 @@ WORKER_PORT_ENV = "WEBPUBSUB_WORKER_PORT"
 WORKER_BASE_ENV = "WEBPUBSUB_WORKER_BASE"
 
 
-def _supervise(workers: int, redis_url: str | None, port: int | None, node_id: str | None) -> None:
+def _supervise(
+    workers: int,
+    config: ServiceConfig,
+    redis_url: str | None,
+    port: int | None,
+    node_id: str | None,
+    access_keys: tuple[str, ...],
+    tls: bool,
+) -> None:
     """Run ``workers`` processes of this same command on one port, each a node of the
-    Redis backplane; SIGINT/SIGTERM stop them all. Exits with the worst exit status."""
+    Redis backplane; SIGINT/SIGTERM stop them all. Exits with the worst exit status.
+
+    What every worker must share is settled here once: the port, the access key when
+    none is given (a generated one), the development certificate."""
     import subprocess
 
-    if redis_url is None:
+    if (redis_url or config.backplane.redis_url) is None:
         click.echo(
             "--workers needs the Redis backplane (--redis URL or [backplane] redis_url): "
             "separate processes share nothing else.",
             err=True,
         )
         raise SystemExit(2)
+    port = config.server.port if port is None else port
     if not port:  # every worker must bind the same port: pick one now
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-    base = node_id or socket.gethostname().split(".")[0] or "node"
+    base = node_id or config.backplane.node_id or socket.gethostname().split(".")[0] or "node"
     env = {**os.environ, WORKER_PORT_ENV: str(port), WORKER_BASE_ENV: base}
+    keys = parse_access_keys(access_keys) or parse_access_keys(os.environ.get(ACCESS_KEY_ENV, ""))
+    if not keys and not config.server.access_keys:
+        env[ACCESS_KEY_ENV] = generate_access_key()  # one key for all: tokens work on any
+        click.echo("No access key given: generated one for this run.")
+    if tls and not config.server.tls:
+        devcert.ensure()  # made once, before the workers read it
     click.echo(f"Starting {workers} workers on port {port}.")
     children = [
         subprocess.Popen(  # noqa: S603 - this very command, with the worker's environment
             [sys.executable, "-m", "webpubsub.cli", *sys.argv[1:]],
             env={**env, WORKER_ENV: str(i)},
+            # Their own session: a terminal's Ctrl-C reaches the supervisor alone, which
+            # passes it on once (a second SIGINT would cut a worker's shutdown short).
+            start_new_session=True,
             preexec_fn=_end_with_parent if sys.platform == "linux" else None,
         )
         for i in range(1, workers + 1)

@@ -19,10 +19,12 @@ clock, which the layers below do not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,14 +281,19 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (a temp file renamed over it), with ``mode``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        if hasattr(os, "fchmod"):
-            os.fchmod(f.fileno(), mode)  # a stale temp file may have had other bits
-        f.write(data)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically (a temp file of its own, renamed over it),
+    with ``mode``: processes running this at once each write whole files."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _user_and_host() -> str:

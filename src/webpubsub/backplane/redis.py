@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import secrets
+import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
@@ -242,15 +246,32 @@ return redis.call('PUBLISH', ARGV[2], ARGV[3])
 """
 )
 
-# ARGV: prefix, hub, member ("hub\\0cid" of the dead node's set) -> conn info or false
+# ARGV: prefix, hub, cid, node  ->  the connection's info if it was ``node``'s (now dropped)
 _REAP_ONE = (
     _LUA_COMMON
     + """
 local ck = p .. ':conn:' .. ARGV[2] .. ':' .. ARGV[3]
 local info = redis.call('HMGET', ck, 'n', 'u', 's', 't')
 if not info[1] then return false end
+if info[1] ~= ARGV[4] then
+  -- it moved to another node meanwhile: only the stale membership goes
+  redis.call('SREM', p .. ':conns:' .. ARGV[4], ARGV[2] .. '\\0' .. ARGV[3])
+  return false
+end
 drop(ARGV[2], ARGV[3])
 return info
+"""
+)
+
+# ARGV: prefix, hub, cid  ->  the connection's group memberships are gone (rewritten next)
+_RESET_GROUPS = (
+    _LUA_COMMON
+    + """
+local cg = p .. ':cgroups:' .. ARGV[2] .. ':' .. ARGV[3]
+for _, g in ipairs(redis.call('SMEMBERS', cg)) do
+  redis.call('SREM', p .. ':group:' .. ARGV[2] .. ':' .. g, ARGV[3])
+end
+return redis.call('DEL', cg)
 """
 )
 
@@ -285,7 +306,8 @@ class RedisBackplane(Backplane):
         self._writes: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
         self._queued = 0
         self._written = 0
-        self._progress = asyncio.Condition()
+        self._progress = asyncio.Event()
+        """Set whenever ``_written`` or the rebuild flag changes (waiters re-check)."""
         self._rebuild = asyncio.Event()
         self._subscribed = asyncio.Event()
         self.connected = False
@@ -305,14 +327,18 @@ class RedisBackplane(Backplane):
                 ("permission", _PERMISSION),
                 ("apply", _APPLY_AND_PUBLISH),
                 ("reap", _REAP_ONE),
+                ("reset_groups", _RESET_GROUPS),
             )
         }
         self._local: dict[tuple[str, str], Connection] = {}
         self._pending: dict[str, _Pending] = {}
         """Handovers this node asked for, by request id."""
-        self._held: list[Command] = []
-        """Commands that came after a pending Handover, applied once it is settled."""
+        self._waiting_on: str | None = None
+        """The request whose Handover came by on the stream and whose state has not: the
+        commands after it wait in ``_held``, in order."""
+        self._held: deque[Command] = deque()
         self._sends: set[asyncio.Task[None]] = set()
+        self._reaping: asyncio.Task[None] | None = None
         """This node's connections by (hub, id): what presence is rebuilt from."""
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -320,6 +346,10 @@ class RedisBackplane(Backplane):
     async def start(self, node: NodeEndpoint) -> None:
         self._node = node
         try:
+            # A previous run with this node id that died left its connections behind (a
+            # restart comes before any survivor could reap them): they end now.
+            if left := await self._reap_node(self.node_id):
+                log.warning("node %s ended %d connections of its previous run", self.node_id, left)
             await self._beat()
         except RedisError as exc:
             raise ServiceUnavailable(
@@ -330,8 +360,13 @@ class RedisBackplane(Backplane):
             asyncio.create_task(self._write_presence(), name="redis-presence"),
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
         ]
-        async with asyncio.timeout(5.0):
-            await self._subscribed.wait()
+        try:
+            async with asyncio.timeout(5.0):
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"cannot subscribe to Redis at {_redacted(self.url)} within 5 s"
+            ) from None
         log.info("node %s joined the Redis backplane at %s", self.node_id, _redacted(self.url))
 
     async def stop(self) -> None:
@@ -479,6 +514,7 @@ class RedisBackplane(Backplane):
                 stop = True
             elif item is not _WAKE:
                 self._written += 1
+        self._progress.set()
         if stop:
             self._writes.put_nowait(_STOP)
 
@@ -522,9 +558,8 @@ class RedisBackplane(Backplane):
                 log.warning("presence write failed (%s); rebuilding once Redis answers", exc)
                 self._drain_queue()
                 self._need_rebuild()
-            async with self._progress:
-                self._written += len(batch)
-                self._progress.notify_all()
+            self._written += len(batch)
+            self._progress.set()
 
     async def synced(self) -> None:
         """Return once subscribed with this node's presence written (after start or a
@@ -552,14 +587,18 @@ class RedisBackplane(Backplane):
     def _need_rebuild(self) -> None:
         self._rebuild.set()
         self._sync_changed.set()
+        self._progress.set()
         self._writes.put_nowait(_WAKE)  # the writer may be waiting for a write
 
     async def flushed(self) -> None:
         """Return once every presence change made so far has been written (or dropped
         for a rebuild); bound it with ``asyncio.timeout``."""
         target = self._queued
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._written >= target or self._rebuild.is_set())
+        while True:
+            self._progress.clear()
+            if self._written >= target or self._rebuild.is_set():
+                return
+            await self._progress.wait()
 
     def _stage(self, pipe: Any, op: str, hub: str, conn: Connection, group: str = "") -> None:
         k, cid = self.keys, conn.connection_id
@@ -572,6 +611,7 @@ class RedisBackplane(Backplane):
                     "r": orjson.dumps(list(conn.permissions.roles())),
                     "s": conn.subprotocol or "",
                     "t": conn.state,
+                    "k": _token_hash(conn.reconnection_token) if conn.reconnection_token else "",
                 },
             )
             pipe.sadd(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
@@ -604,15 +644,26 @@ class RedisBackplane(Backplane):
             pipe.srem(k.conn_groups(hub, cid), group)
 
     async def _rewrite_all(self) -> None:
-        """Write this node's presence again from its own connections (after a fault)."""
+        """Write this node's presence again from its own connections (after a fault):
+        what Redis still holds of connections that ended, or of groups they left, while
+        the writes could not reach it goes; what the node holds now is written."""
         self._drain_queue()
+        local = dict(self._local)  # the snapshot: later changes are queued as usual
+        recorded = await self._redis.smembers(self.keys.node_conns(self.node_id))
         pipe = self._redis.pipeline(transaction=False)
-        for (hub, _), conn in list(self._local.items()):
+        for raw in recorded:
+            hub, _, cid = _text(raw).partition(_SEP)
+            if (hub, cid) not in local:  # ended here meanwhile (its event was sent then)
+                await self._scripts["reap"](
+                    args=[self.keys.prefix, hub, cid, self.node_id], client=pipe
+                )
+        for (hub, cid), conn in local.items():
+            await self._scripts["reset_groups"](args=[self.keys.prefix, hub, cid], client=pipe)
             self._stage(pipe, "added", hub, conn)
             for group in conn.groups:
                 self._stage(pipe, "joined", hub, conn, group)
         await pipe.execute()
-        log.info("presence of %d connections written again", len(self._local))
+        log.info("presence of %d connections written again", len(local))
 
     # -- the subscription ----------------------------------------------------------------
 
@@ -635,10 +686,13 @@ class RedisBackplane(Backplane):
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        if _text(message["channel"]) == self.keys.commands:
-                            self._deliver(message["data"])
-                        else:
-                            self._deliver_direct(message["data"])
+                        try:
+                            if _text(message["channel"]) == self.keys.commands:
+                                self._deliver(message["data"])
+                            else:
+                                self._deliver_direct(message["data"])
+                        except Exception:  # one bad message must not stop the stream
+                            log.exception("node %s failed on a message from Redis", self.node_id)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -664,22 +718,63 @@ class RedisBackplane(Backplane):
 
     def _accept(self, command: Command) -> None:
         """Apply ``command``, or hold it while a connection is on its way here."""
+        if self._waiting_on is None:
+            self._step(command)
+            return
+        if len(self._held) >= HELD_LIMIT:
+            log.warning("too many commands held for a handover; giving the handovers up")
+            for pending in self._pending.values():
+                pending.gave_up = True
+                if not pending.future.done():
+                    pending.future.set_result("The service is too busy to recover the connection.")
+            self._resume()
+            self._step(command)
+            return
+        self._held.append(command)
+
+    def _step(self, command: Command) -> None:
+        """Apply one command of the stream; this node's own Handover waits for its state."""
         if self._node is None:
             return
-        if any(p.started for p in self._pending.values()):
-            # What follows a pending Handover in the stream waits for its connection.
-            if len(self._held) < HELD_LIMIT:
-                self._held.append(command)
-                return
-            log.warning("too many commands held for a handover; applying them now")
-            for each in self._pending.values():
-                each.started = False
-            self._release_held()
         if isinstance(command, Handover) and command.to_node == self.node_id:
-            mine = self._pending.get(command.request_id)
-            if mine is not None:
-                mine.started = True
+            pending = self._pending.get(command.request_id)
+            if pending is None or (pending.gave_up and not pending.arrived):
+                return
+            if pending.arrived:
+                self._settle(command.request_id)
+            else:
+                self._waiting_on = command.request_id  # later commands wait for the state
+            return
         self._node.apply(command)
+
+    def _resume(self) -> None:
+        """Apply the held commands in order, until another Handover has to wait."""
+        self._waiting_on = None
+        while self._held and self._waiting_on is None:
+            self._step(self._held.popleft())
+
+    def _settle(self, request_id: str) -> None:
+        """The state of a requested connection is here: adopt it, wake the requester."""
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return
+        outcome = pending.outcome
+        if isinstance(outcome, SessionState):
+            try:
+                pending.adopt(outcome)
+            except Exception:  # a state this node cannot use must not stop its stream
+                log.exception("could not adopt connection %s", outcome.connection_id)
+                outcome = "The connection's state could not be used here."
+            else:
+                outcome = None
+                if pending.gave_up:
+                    log.warning(
+                        "connection %s arrived after its recovery gave up; messages sent "
+                        "meanwhile may be missing from it",
+                        pending.connection_id,
+                    )
+        if not pending.future.done():
+            pending.future.set_result(outcome)
 
     def _deliver_direct(self, raw: bytes) -> None:
         try:
@@ -687,24 +782,20 @@ class RedisBackplane(Backplane):
         except CorruptEnvelope as exc:
             log.warning("dropped a corrupt handover message: %s", exc.message)
             return
-        pending = self._pending.pop(request_id, None)
-        if pending is None:
-            return  # it came too late: the request timed out
-        if isinstance(session, SessionState):
-            pending.adopt(session)  # before any command held back is applied
-            result = None
-        else:
-            result = session
-        if not pending.future.done():
-            pending.future.set_result(result)
-        if not any(p.started for p in self._pending.values()):
-            self._release_held()
-
-    def _release_held(self) -> None:
-        """Apply the held commands in order (held again from another pending Handover on)."""
-        held, self._held = self._held, []
-        for command in held:
-            self._accept(command)
+        pending = self._pending.get(request_id)
+        if pending is None or pending.arrived:
+            return
+        if isinstance(session, SessionState) and (
+            session.hub != pending.hub or session.connection_id != pending.connection_id
+        ):
+            session = "The handed-over state is not the requested connection's."
+        pending.outcome, pending.arrived = session, True
+        if self._waiting_on == request_id:
+            self._settle(request_id)
+            self._resume()
+        elif pending.gave_up:
+            self._settle(request_id)  # late: adopt it anyway, so that it ends normally
+        # else its Handover is still held behind another one: settled when replayed
 
     # -- handover of reliable connections ------------------------------------------------
 
@@ -716,42 +807,72 @@ class RedisBackplane(Backplane):
         subprotocols: tuple[str, ...],
         adopt: Callable[[SessionState], None],
     ) -> str | None:
+        self._prune_pending()
         try:
-            owner_raw = await self._redis.hget(self.keys.conn(hub, connection_id), "n")
+            owner_raw, token_hash = await self._redis.hmget(
+                self.keys.conn(hub, connection_id), ["n", "k"]
+            )
             if owner_raw is None or _text(owner_raw) == self.node_id:
                 return None
+            if token_hash is None or not hmac.compare_digest(_text(token_hash), _token_hash(token)):
+                return "The reconnection token is not valid."  # asked of no other node
             owner = _text(owner_raw)
             if not await self._redis.exists(self.keys.node(owner)):
                 return "The service node that held the connection is gone."
-            request_id = secrets.token_hex(8)
-            future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = _Pending(adopt, future)
-            command = Handover(hub, connection_id, token, subprotocols, self.node_id, request_id)
-            await self._redis.publish(self.keys.commands, encode_command(command))
         except RedisError as exc:
             return f"The connection cannot be recovered now: {_unavailable(exc)}"
+        request_id = secrets.token_hex(8)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        pending = _Pending(adopt, future, hub, connection_id, time.monotonic())
+        self._pending[request_id] = pending
+        published = False
         try:
-            return await asyncio.wait_for(future, HANDOVER_TIMEOUT)
+            command = Handover(hub, connection_id, token, subprotocols, self.node_id, request_id)
+            await self._redis.publish(self.keys.commands, encode_command(command))
+            published = True
+            return await asyncio.wait_for(asyncio.shield(future), HANDOVER_TIMEOUT)
+        except RedisError as exc:
+            return f"The connection cannot be recovered now: {_unavailable(exc)}"
         except TimeoutError:
             return "The service node that held the connection did not answer."
         finally:
-            if self._pending.pop(request_id, None) is not None and not any(
-                p.started for p in self._pending.values()
-            ):
-                self._release_held()
+            if not future.done():
+                pending.gave_up = True
+                if not published:
+                    self._pending.pop(request_id, None)
+                if self._waiting_on == request_id:
+                    self._resume()
 
-    def hand_over(self, to_node: str, request_id: str, session: SessionState | str) -> None:
+    def _prune_pending(self) -> None:
+        """Forget requests given up long ago whose state never came."""
+        stale = time.monotonic() - 10 * HANDOVER_TIMEOUT
+        for request_id, pending in list(self._pending.items()):
+            if pending.gave_up and pending.created < stale:
+                del self._pending[request_id]
+
+    def hand_over(
+        self,
+        to_node: str,
+        request_id: str,
+        session: SessionState | str,
+        undelivered: Callable[[], None] | None = None,
+    ) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._send_direct(to_node, encode_session(request_id, session))
+            self._send_direct(to_node, encode_session(request_id, session), undelivered)
         )
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _send_direct(self, to_node: str, payload: bytes) -> None:
+    async def _send_direct(
+        self, to_node: str, payload: bytes, undelivered: Callable[[], None] | None
+    ) -> None:
         try:
-            await self._redis.publish(self.keys.direct(to_node), payload)
+            receivers = await self._redis.publish(self.keys.direct(to_node), payload)
         except RedisError as exc:
             log.warning("could not hand a connection over to node %s: %s", to_node, exc)
+            receivers = 0
+        if not receivers and undelivered is not None:
+            undelivered()  # nobody took it: the connection stays here
 
     def handover(self) -> RedisBackplane:
         """The handover port of reliable connections: this backplane."""
@@ -775,9 +896,21 @@ class RedisBackplane(Backplane):
                 if missing:
                     # Redis restarted empty (or we were reaped): write presence again.
                     self._need_rebuild()
-                await self._reap(interval)
+                if self._reaping is None or self._reaping.done():
+                    # Apart from the beat: a long reap must not let this node's key lapse.
+                    self._reaping = asyncio.create_task(self._reap_quietly(interval))
             except RedisError as exc:
                 log.warning("node %s heartbeat failed: %s", self.node_id, exc)
+            except Exception:  # the beat must go on, or this node is taken for dead
+                log.exception("node %s heartbeat failed", self.node_id)
+
+    async def _reap_quietly(self, interval: float) -> None:
+        try:
+            await self._reap(interval)
+        except RedisError as exc:
+            log.warning("node %s could not reap: %s", self.node_id, exc)
+        except Exception:
+            log.exception("node %s failed while reaping", self.node_id)
 
     async def _reap(self, interval: float) -> None:
         """Clean up after nodes whose heartbeat lapsed, one reaper at a time."""
@@ -792,14 +925,25 @@ class RedisBackplane(Backplane):
             dead = _text(raw_id)
             if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
                 continue
-            for raw_member in await self._redis.smembers(self.keys.node_conns(dead)):
-                hub, _, cid = _text(raw_member).partition(_SEP)
-                info = await self._scripts["reap"](args=[self.keys.prefix, hub, cid])
-                if info:
-                    self._report_reaped(hub, cid, dead, info)
-            await self._redis.delete(self.keys.node_conns(dead))
-            await self._redis.srem(self.keys.nodes, dead)
+            await self._reap_node(dead)
             log.warning("node %s reaped the presence of dead node %s", self.node_id, dead)
+
+    async def _reap_node(self, dead: str) -> int:
+        """Drop what node ``dead`` left in Redis, reporting each of its connections once
+        (the script only reports a connection it deleted); how many were reported."""
+        reported = 0
+        for raw_member in await self._redis.smembers(self.keys.node_conns(dead)):
+            hub, _, cid = _text(raw_member).partition(_SEP)
+            info = await self._scripts["reap"](args=[self.keys.prefix, hub, cid, dead])
+            if info:
+                reported += 1
+                try:
+                    self._report_reaped(hub, cid, dead, info)
+                except Exception:  # one bad report must not stop the reaping
+                    log.exception("could not report connection %s of node %s", cid, dead)
+        await self._redis.delete(self.keys.node_conns(dead))
+        await self._redis.srem(self.keys.nodes, dead)
+        return reported
 
     def _report_reaped(self, hub: str, cid: str, dead: str, info: Sequence[Any]) -> None:
         if self._node is None:
@@ -816,7 +960,9 @@ class RedisBackplane(Backplane):
     async def _leave(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for hub, cid in list(self._local):
-            await self._scripts["reap"](args=[self.keys.prefix, hub, cid], client=pipe)
+            await self._scripts["reap"](
+                args=[self.keys.prefix, hub, cid, self.node_id], client=pipe
+            )
         pipe.delete(self.keys.node(self.node_id), self.keys.node_conns(self.node_id))
         pipe.srem(self.keys.nodes, self.node_id)
         await pipe.execute()
@@ -824,10 +970,23 @@ class RedisBackplane(Backplane):
 
 @dataclass(slots=True)
 class _Pending:
+    """A handover this node asked for."""
+
     adopt: Callable[[SessionState], None]
     future: asyncio.Future[str | None]
-    started: bool = False
-    """The Handover came by on the command stream: later commands wait."""
+    hub: str
+    connection_id: str
+    created: float
+    outcome: SessionState | str | None = None
+    arrived: bool = False
+    """The owner's answer came (``outcome``)."""
+    gave_up: bool = False
+    """The requester stopped waiting (a late state is still adopted)."""
+
+
+def _token_hash(token: str) -> str:
+    """What presence keeps of a reconnection token: enough to check one, not to use it."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _presence_target(
@@ -868,11 +1027,12 @@ def _text(value: Any) -> str:
 
 
 def _redacted(url: str) -> str:
-    """A Redis URL without its password, for logs and errors."""
+    """A Redis URL without its password (user info or query), for logs and errors."""
+    url, question, _ = url.partition("?")
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    if sep and "@" in rest:
+        url = f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url + ("?..." if question else "")
 
 
 def _unavailable(exc: Exception) -> str:

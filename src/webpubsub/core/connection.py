@@ -78,12 +78,13 @@ class Connection:
     ack_ids: AckIds = field(default_factory=AckIds)
     on_detached_close: Callable[[Connection], None] | None = None
     """Ends a detached connection the service closes (set by the node)."""
-    _event_counter: int = 0
+    events_sent: int = 0
+    """Events sent for this connection so far (``connect`` is ``0``, not counted)."""
 
     def next_event_id(self) -> str:
         """The ``ce-id`` of this connection's next event: ``0`` is ``connect``."""
-        self._event_counter += 1
-        return str(self._event_counter)
+        self.events_sent += 1
+        return str(self.events_sent)
 
     def send_data(self, encoded: bytes) -> None:
         """Deliver a data message encoded by ``frames.encode_for`` for this protocol."""

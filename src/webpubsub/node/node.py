@@ -10,6 +10,7 @@ order) and :meth:`Node.detach`.  The backplane calls :meth:`Node.apply` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
@@ -74,6 +75,8 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
 NO_CONNECTION = "The connection does not exist or has ended."
+PRESENCE_WAIT = 2.0
+"""How long the ack of a join or leave waits for the node's presence write at most."""
 
 #: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
@@ -303,6 +306,7 @@ class Node:
         )
         for ack_id in session.ack_ids:
             conn.ack_ids.add(ack_id)
+        conn.events_sent = session.events_sent
         hub = self._hubs.get(session.hub)
         if hub is None:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
@@ -318,8 +322,8 @@ class Node:
     def _hand_over(self, command: Handover) -> None:
         """Another node asks for a reliable connection of this one: send its state as of
         this point in the command stream, and let it go (it does not end)."""
-        if self._handover is None:
-            return
+        if self._handover is None or command.to_node == self.node_id:
+            return  # a Handover this node asked for: its backplane settles it
         hub = self._hubs.get(command.hub)
         conn = hub.get(command.connection_id) if hub is not None else None
         if hub is None or conn is None:
@@ -341,6 +345,7 @@ class Node:
             ack_ids=tuple(conn.ack_ids),
             next_sequence_id=next_id,
             frames=tuple(frames),
+            events_sent=conn.events_sent,
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:
@@ -353,7 +358,14 @@ class Node:
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
                 self._idle.set()
-        self._handover.hand_over(command.to_node, command.request_id, session)
+
+        def undelivered() -> None:
+            log.warning(
+                "connection %s could not move to %s; it stays", conn.connection_id, command.to_node
+            )
+            self._adopt(session)
+
+        self._handover.hand_over(command.to_node, command.request_id, session, undelivered)
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         log.info(
@@ -389,7 +401,10 @@ class Node:
                 return
             case Reply():
                 if effect.after_presence and self._presence is not None:
-                    await self._presence.flushed()
+                    # Bounded: if Redis is slow or down the ack goes out anyway.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(PRESENCE_WAIT):
+                            await self._presence.flushed()
                 conn.send_control(effect.frame)
                 return
             case CloseClient():

@@ -78,8 +78,15 @@ class HandoverPort(Protocol):
         is called with its state, before any command published later is applied here.
         Returns None when done (or when no node holds it), else why it cannot be had."""
 
-    def hand_over(self, to_node: str, request_id: str, session: SessionState | str) -> None:
-        """Send a connection's state (or the reason it cannot move) to ``to_node``."""
+    def hand_over(
+        self,
+        to_node: str,
+        request_id: str,
+        session: SessionState | str,
+        undelivered: Callable[[], None] | None = None,
+    ) -> None:
+        """Send a connection's state (or the reason it cannot move) to ``to_node``;
+        ``undelivered`` is called when no node took it (the connection then stays)."""
 
 
 @dataclass(frozen=True, slots=True)

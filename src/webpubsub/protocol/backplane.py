@@ -278,6 +278,8 @@ class SessionState:
     next_sequence_id: int
     frames: tuple[tuple[int, bytes], ...]
     """The unacknowledged frames with their sequence ids, in order."""
+    events_sent: int = 0
+    """How many events were sent for it (its next ``ce-id`` follows)."""
 
 
 def encode_session(request_id: str, session: SessionState | str) -> bytes:
@@ -298,6 +300,7 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
         "ak": list(session.ack_ids),
         "nx": session.next_sequence_id,
         "fr": [[seq, len(frame)] for seq, frame in session.frames],
+        "ev": session.events_sent,
     }
     return _pack(header, b"".join(frame for _, frame in session.frames))
 
@@ -330,9 +333,9 @@ def decode_session(raw: bytes) -> tuple[str, SessionState | str]:
         offset += length
     if offset != len(data) or not all(type(a) is int for a in acks):
         raise CorruptEnvelope("a session's data and ack ids do not match its header")
-    next_id = header.get("nx")
-    if type(next_id) is not int:
-        raise CorruptEnvelope("'nx' must be an integer")
+    next_id, events = header.get("nx"), header.get("ev", 0)
+    if type(next_id) is not int or type(events) is not int:
+        raise CorruptEnvelope("'nx' and 'ev' must be integers")
     return request_id, SessionState(
         hub=r.text("h"),
         connection_id=r.text("c"),
@@ -345,6 +348,7 @@ def decode_session(raw: bytes) -> tuple[str, SessionState | str]:
         ack_ids=tuple(acks),
         next_sequence_id=next_id,
         frames=tuple(frames),
+        events_sent=events,
     )
 
 

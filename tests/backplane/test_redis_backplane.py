@@ -1,0 +1,147 @@
+"""The Redis backplane's own bookkeeping, against a real redis-server: the order of a
+handover among the commands, presence rewritten after a fault, the reaper's care for
+connections that moved, and a restart with the node id of a run that died."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support.redis_server import RedisServer
+from webpubsub.backplane.redis import RedisBackplane, _Pending
+from webpubsub.node.ports import ReapedConnection
+from webpubsub.protocol.backplane import (
+    Command,
+    Handover,
+    Send,
+    SessionState,
+    Target,
+    encode_session,
+)
+from webpubsub.protocol.frames import DataMessage
+from webpubsub.protocol.payload import Payload
+
+
+class Recorder:
+    """A node stand-in: what it is given, in order."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.log: list[str] = []
+        self.reaps: list[ReapedConnection] = []
+
+    def apply(self, command: Command) -> None:
+        if isinstance(command, Send):
+            self.log.append(f"send {command.message.payload.data.decode()}")
+
+    def answer(self, query: object) -> None:
+        return None
+
+    def reaped(self, connection: ReapedConnection) -> None:
+        self.reaps.append(connection)
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    redis_client = aioredis.Redis.from_url(redis_server.url)
+    yield redis_client
+    await redis_client.aclose()
+
+
+def session(cid: str) -> SessionState:
+    return SessionState(
+        "hub", cid, "u", "json.reliable.webpubsub.azure.v1", "", (), {}, "t", (), 1, ()
+    )
+
+
+def send(text: str) -> Send:
+    return Send("hub", Target.all(), DataMessage(Payload.text(text)))
+
+
+async def test_each_handed_over_connection_joins_the_stream_at_its_own_handover(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    plane = RedisBackplane(redis_server.url, prefix=redis_prefix, node_id="b")
+    node = Recorder("b")
+    await plane.start(node)
+    try:
+        loop = asyncio.get_running_loop()
+        for rq, cid in (("rx", "x"), ("ry", "y")):
+
+            def adopt(state: SessionState, name: str = cid) -> None:
+                node.log.append(f"adopt {name}")
+
+            plane._pending[rq] = _Pending(adopt, loop.create_future(), "hub", cid, loop.time())
+        handover = lambda rq, cid: Handover("hub", cid, "t", (), "b", rq)  # noqa: E731
+        for command in (handover("rx", "x"), send("1"), handover("ry", "y"), send("2")):
+            plane._accept(command)
+        plane._deliver_direct(encode_session("ry", session("y")))  # y's state comes first
+        assert node.log == []  # everything waits behind x
+        plane._deliver_direct(encode_session("rx", session("x")))
+        # x before "1", y after "1": each state was taken at its own Handover.
+        assert node.log == ["adopt x", "send 1", "adopt y", "send 2"]
+        plane._accept(send("3"))
+        assert node.log[-1] == "send 3"
+    finally:
+        await plane.stop()
+
+
+async def test_a_rebuild_drops_what_ended_while_redis_was_out_of_reach(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    plane = RedisBackplane(redis_server.url, prefix=redis_prefix, node_id="r")
+    await plane.start(Recorder("r"))
+    try:
+        p = redis_prefix
+        # What the writes that failed would have removed: an ended connection, a left group.
+        await client.hset(f"{p}:conn:hub:gone", mapping={"n": "r", "u": "", "s": "", "t": ""})
+        await client.sadd(f"{p}:conns:r", "hub\x00gone")
+        await client.sadd(f"{p}:group:hub:g", "gone")
+        await client.sadd(f"{p}:cgroups:hub:gone", "g")
+        await plane._rewrite_all()
+        assert not await client.exists(f"{p}:conn:hub:gone")
+        assert not await client.sismember(f"{p}:group:hub:g", "gone")
+        assert not await client.sismember(f"{p}:conns:r", "hub\x00gone")
+    finally:
+        await plane.stop()
+
+
+async def test_the_reaper_leaves_a_connection_that_moved_to_a_live_node(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    p = redis_prefix
+    # Node "dead" handed c1 over to "alive" but died before forgetting it in its own set.
+    await client.hset(f"{p}:conn:hub:c1", mapping={"n": "alive", "u": "", "s": "", "t": ""})
+    await client.sadd(f"{p}:conns:dead", "hub\x00c1")
+    await client.sadd(f"{p}:nodes", "dead")
+    node = Recorder("reaper")
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="reaper", heartbeat_timeout=1.0)
+    await plane.start(node)
+    try:
+        plane._reap_after = 0.0
+        await plane._reap(0.3)
+        assert node.reaps == []
+        assert await client.hget(f"{p}:conn:hub:c1", "n") == b"alive"
+        assert not await client.exists(f"{p}:conns:dead")
+    finally:
+        await plane.stop()
+
+
+async def test_a_restart_with_the_same_node_id_ends_what_the_last_run_left(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    p = redis_prefix
+    await client.hset(f"{p}:conn:hub:old", mapping={"n": "same", "u": "zoe", "s": "", "t": ""})
+    await client.sadd(f"{p}:conns:same", "hub\x00old")
+    await client.sadd(f"{p}:user:hub:zoe", "old")
+    node = Recorder("same")
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="same")
+    await plane.start(node)
+    try:
+        assert [(r.connection_id, r.user_id) for r in node.reaps] == [("old", "zoe")]
+        assert not await client.exists(f"{p}:conn:hub:old", f"{p}:user:hub:zoe")
+    finally:
+        await plane.stop()
