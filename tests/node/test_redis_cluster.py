@@ -173,3 +173,45 @@ async def test_one_senders_messages_arrive_in_order_on_every_node(
     await publisher.close()
     for ws, _ in receivers:
         await ws.close()
+
+
+async def test_filtered_and_hub_wide_operations_are_seen_at_once_through_another_node(
+    cluster: list[ServiceRunner], http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publishing node resolves filtered and hub-wide targets itself: a query right
+    after sees the change even while the owning node's own presence writes lag (here:
+    never come, a fault injected into the owner's writer)."""
+    import time
+
+    from tests.conftest import ACCESS_KEY
+    from webpubsub.protocol.tokens import issue_rest_token
+
+    a, b, c = cluster
+    alice, alice_id = await connect(http, b, user_id="alice")
+    bob, bob_id = await connect(http, c, user_id="bob", groups=["room"])
+    for node in cluster:
+        assert isinstance(node.backplane, RedisBackplane)
+        await node.backplane.flushed()
+
+    async def rest(target: str, body: bytes | None = None) -> int:
+        url = f"{a.endpoint}/api/hubs/chat/{target}"
+        token = issue_rest_token(ACCESS_KEY, audience=url, now=time.time())
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with http.post(url, headers=headers, data=body) as resp:
+            return resp.status
+
+    assert isinstance(c.backplane, RedisBackplane)
+    monkeypatch.setattr(c.backplane, "_queue", lambda *args: None)  # bob's node writes nothing
+    async with sdk(c) as other:
+        body = b'{"groups": ["vip", "gold"], "filter": "userId eq \'bob\' and \'room\' in groups"}'
+        assert await rest(":addToGroups", body) == 200
+        assert await other.group_exists("vip")  # no wait: resolved by the publishing node
+        assert [m.connection_id async for m in other.list_connections(group="gold")] == [bob_id]
+        assert await rest(":removeFromGroups", b'{"groups": ["gold"], "filter": "true"}') == 200
+        assert not await other.group_exists("gold")
+        assert await rest(f":closeConnections?excluded={alice_id}") == 204
+        assert not await other.connection_exists(bob_id)
+        assert not await other.group_exists("vip")
+        assert await other.connection_exists(alice_id)
+    await alice.close()
+    await bob.close()

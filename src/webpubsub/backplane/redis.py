@@ -75,6 +75,7 @@ from webpubsub.protocol.backplane import (
     encode_command,
     encode_session,
 )
+from webpubsub.protocol.odata import FilterSubject, parse_filter
 
 log = logging.getLogger("webpubsub.backplane")
 
@@ -125,6 +126,10 @@ class Keys:
     def group(self, hub: str, group: str) -> str:
         return f"{self.prefix}:group:{hub}:{group}"
 
+    def hub(self, hub: str) -> str:
+        """The ids of the hub's connections (for filters and hub-wide operations)."""
+        return f"{self.prefix}:hub:{hub}"
+
     def conn_groups(self, hub: str, cid: str) -> str:
         return f"{self.prefix}:cgroups:{hub}:{cid}"
 
@@ -153,6 +158,7 @@ local function drop(hub, cid)
     redis.call('SREM', p .. ':user:' .. hub .. ':' .. info[2], cid)
   end
   redis.call('SREM', p .. ':conns:' .. info[1], hub .. '\\0' .. cid)
+  redis.call('SREM', p .. ':hub:' .. hub, cid)
   redis.call('DEL', ck, p .. ':cgroups:' .. hub .. ':' .. cid, p .. ':perm:' .. hub .. ':' .. cid)
   return 1
 end
@@ -164,6 +170,8 @@ local function members(hub, scope, id)
     return redis.call('SMEMBERS', p .. ':user:' .. hub .. ':' .. id)
   elseif scope == 'group' then
     return redis.call('SMEMBERS', p .. ':group:' .. hub .. ':' .. id)
+  elseif scope == 'list' then
+    return cjson.decode(id)
   end
   return nil
 end
@@ -422,6 +430,13 @@ class RedisBackplane(Backplane):
                 await self._redis.publish(self.keys.commands, envelope)
                 return
             scope, ident, action, excluded, groups = target
+            if isinstance(command, ChangeGroup | Close) and (
+                scope == "all" or (isinstance(command, ChangeGroup) and command.filter)
+            ):
+                # Redis cannot list or filter these targets by itself: resolve them here
+                # from presence, so that a query right after sees the change too.
+                ids = await self._resolve(command)
+                scope, ident = "list", orjson.dumps(ids).decode()
             await self._scripts["apply"](
                 args=[
                     self.keys.prefix,
@@ -615,6 +630,7 @@ class RedisBackplane(Backplane):
                 },
             )
             pipe.sadd(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
+            pipe.sadd(k.hub(hub), cid)
             if conn.user_id:
                 pipe.sadd(k.user(hub, conn.user_id), cid)
         elif op == "removed":
@@ -633,6 +649,7 @@ class RedisBackplane(Backplane):
             if conn.user_id:
                 pipe.srem(k.user(hub, conn.user_id), cid)
             pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
+            pipe.srem(k.hub(hub), cid)
             pipe.delete(k.conn(hub, cid), k.perms(hub, cid))
         elif op == "moved":
             pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
@@ -843,6 +860,39 @@ class RedisBackplane(Backplane):
                 if self._waiting_on == request_id:
                     self._resume()
 
+    async def _resolve(self, command: ChangeGroup | Close) -> list[str]:
+        """The ids of the connections ``command`` targets, as presence knows them."""
+        target, hub = command.target, command.hub
+        if target.scope is Scope.ALL:
+            ids = [_text(v) for v in await self._redis.smembers(self.keys.hub(hub))]
+        elif target.scope is Scope.USER:
+            ids = [_text(v) for v in await self._redis.smembers(self.keys.user(hub, target.id))]
+        elif target.scope is Scope.GROUP:
+            ids = [_text(v) for v in await self._redis.smembers(self.keys.group(hub, target.id))]
+        else:
+            ids = [target.id]
+        text = command.filter if isinstance(command, ChangeGroup) else ""
+        if not text or not ids:
+            return ids
+        compiled = parse_filter(text)  # validated by the REST layer already
+        pipe = self._redis.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hmget(self.keys.conn(hub, cid), ["u", "s"])
+            pipe.smembers(self.keys.conn_groups(hub, cid))
+        replies = await pipe.execute()
+        matched = []
+        for i, cid in enumerate(ids):
+            (user, subprotocol), groups = replies[2 * i], replies[2 * i + 1]
+            subject = FilterSubject(
+                cid,
+                _text(user) or None if user is not None else None,
+                frozenset(_text(g) for g in groups),
+                _text(subprotocol) or None if subprotocol is not None else None,
+            )
+            if compiled.matches(subject):
+                matched.append(cid)
+        return matched
+
     def _prune_pending(self) -> None:
         """Forget requests given up long ago whose state never came."""
         stale = time.monotonic() - 10 * HANDOVER_TIMEOUT
@@ -992,19 +1042,14 @@ def _token_hash(token: str) -> str:
 def _presence_target(
     command: Command,
 ) -> tuple[str, str, str, frozenset[str], tuple[str, ...]] | None:
-    """What a command changes in presence that Redis can resolve by itself, if anything:
-    (scope, id, action, excluded, groups). Filtered and hub-wide changes are written by
-    each owner node when it applies them."""
+    """What a command changes in presence, if anything: (scope, id, action, excluded,
+    groups). Filtered and hub-wide targets are then resolved by :meth:`_resolve`."""
     match command:
         case Close():
-            if command.target.scope is Scope.ALL:
-                return None
             return (command.target.scope.value, command.target.id, "close", command.excluded, ())
         case ChangeGroup():
-            if command.filter or command.target.scope is Scope.ALL:
-                return None
             if command.target.scope is Scope.GROUP and command.action is GroupAction.ADD:
-                return None
+                return None  # no REST operation adds a group's members to groups
             return (
                 command.target.scope.value,
                 command.target.id,
