@@ -339,6 +339,7 @@ class RedisBackplane(Backplane):
             )
         }
         self._local: dict[tuple[str, str], Connection] = {}
+        """This node's connections by (hub, id): what presence is rebuilt from."""
         self._pending: dict[str, _Pending] = {}
         """Handovers this node asked for, by request id."""
         self._waiting_on: str | None = None
@@ -347,7 +348,6 @@ class RedisBackplane(Backplane):
         self._held: deque[Command] = deque()
         self._sends: set[asyncio.Task[None]] = set()
         self._reaping: asyncio.Task[None] | None = None
-        """This node's connections by (hub, id): what presence is rebuilt from."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -386,6 +386,8 @@ class RedisBackplane(Backplane):
         """
         self._stopping = True  # the loops end even if a cancellation is swallowed
         writer = next((t for t in self._tasks if t.get_name() == "redis-presence"), None)
+        if self._reaping is not None:
+            self._tasks.append(self._reaping)
         for task in self._tasks:
             if task is not writer:
                 task.cancel()
@@ -393,8 +395,8 @@ class RedisBackplane(Backplane):
             self._writes.put_nowait(_STOP)
             await asyncio.wait({writer}, timeout=_STOP_TIMEOUT)
             writer.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT)
+        if self._tasks or self._sends:
+            await asyncio.wait([*self._tasks, *self._sends], timeout=_STOP_TIMEOUT)
         self._tasks = []
         with contextlib.suppress(RedisError, OSError):
             await self._leave()
@@ -545,7 +547,7 @@ class RedisBackplane(Backplane):
                     await self._rewrite_all()
                 except RedisError as exc:
                     log.warning("presence rebuild failed (%s); retrying", exc)
-                    self._rebuild.set()
+                    self._need_rebuild()
                     await asyncio.sleep(_RECONNECT_MAX_DELAY)  # a bounded back-off
                     continue
                 finally:
