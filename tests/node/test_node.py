@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from tests.core.test_hub import RecordingSink as HubSink
 from webpubsub.core.settings import HubSettings
 from webpubsub.errors import BadRequest, Unauthorized, UpstreamError
 from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
@@ -38,16 +39,8 @@ RELIABLE = "json.reliable.webpubsub.azure.v1"
 JSON = "json.webpubsub.azure.v1"
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.closed: list[tuple[int, str]] = []
-
-    def offer(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append((code, reason))
+class RecordingSink(HubSink):
+    """The hub tests' recording sink, reading back the JSON frames it got."""
 
     def texts(self) -> list[dict[str, object]]:
         """The JSON text frames (unmasked server frames: a 2-byte header for < 126 B)."""
