@@ -33,8 +33,7 @@ from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClien
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, StartService
-from tests.support.redis_server import RedisServer
-from webpubsub.backplane.redis import RedisBackplane
+from tests.support.cluster import TOPOLOGIES, on_node, presence_written, start_nodes
 from webpubsub.node.operations import DEFAULT_CLOSE_REASON
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
@@ -201,7 +200,7 @@ class Clients:
 
     async def open(self, url: str) -> Client:
         node = next(self._client_nodes)
-        url = url.replace(f"//127.0.0.1:{self.runner.port}/", f"//127.0.0.1:{node.port}/")
+        url = on_node(url, self.runner, node)
         ws = await self.http.ws_connect(url, protocols=[JSON_PROTOCOL])
         assert ws.protocol == JSON_PROTOCOL
         msg = await ws.receive(timeout=5)
@@ -219,30 +218,10 @@ class Clients:
             assert await client.recv() == server_message("text", marker)
 
 
-async def presence_written(node: ServiceRunner) -> None:
-    """Wait (bounded) until ``node`` has written its presence where the others read it."""
-    if isinstance(node.backplane, RedisBackplane):
-        async with asyncio.timeout(5):
-            await node.backplane.flushed()
-
-
-@pytest.fixture(params=["one node", "three nodes over Redis"])
+@pytest.fixture(params=TOPOLOGIES)
 async def nodes(request: pytest.FixtureRequest, start_service: StartService) -> list[ServiceRunner]:
     """The service: one node, or three joined through Redis (REST goes to the first)."""
-    if request.param == "one node":
-        return [await start_service()]
-    server: RedisServer = request.getfixturevalue("redis_server")
-    prefix: str = request.getfixturevalue("redis_prefix")
-    first = await start_service(backplane=RedisBackplane(server.url, prefix=prefix, node_id="rest"))
-    others = [
-        # Behind one load balancer every node has the same public endpoint: here, the first's.
-        await start_service(
-            backplane=RedisBackplane(server.url, prefix=prefix, node_id=f"clients{i}"),
-            public_endpoint=first.endpoint,
-        )
-        for i in (1, 2)
-    ]
-    return [first, *others]
+    return await start_nodes(request, start_service)
 
 
 @pytest.fixture

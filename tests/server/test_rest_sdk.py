@@ -9,6 +9,7 @@ client.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClien
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
+from tests.support.cluster import TOPOLOGIES, on_node, presence_written, start_nodes
 from webpubsub.node.operations import DEFAULT_CLOSE_REASON
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.server.app import ServiceRunner
@@ -72,9 +74,15 @@ async def make_sdk(request: pytest.FixtureRequest) -> AsyncIterator[MakeSdk]:
         await sdk.aclose()
 
 
+@pytest.fixture(params=TOPOLOGIES)
+async def nodes(request: pytest.FixtureRequest, start_service: StartService) -> list[ServiceRunner]:
+    """One node, or three over Redis: REST goes to the first, clients to the others."""
+    return await start_nodes(request, start_service, keys=(ACCESS_KEY, SECOND_KEY))
+
+
 @pytest.fixture
-async def runner(start_service: StartService) -> ServiceRunner:
-    return await start_service(keys=(ACCESS_KEY, SECOND_KEY))
+async def runner(nodes: list[ServiceRunner]) -> ServiceRunner:
+    return nodes[0]
 
 
 @pytest.fixture
@@ -92,28 +100,40 @@ def sdk(runner: ServiceRunner, make_sdk: MakeSdk) -> Sdk:
 class Clients:
     """Connects raw WebSocket clients and learns their connection ids."""
 
-    def __init__(self, runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk) -> None:
+    def __init__(
+        self,
+        runner: ServiceRunner,
+        http: aiohttp.ClientSession,
+        sdk: Sdk,
+        nodes: Sequence[ServiceRunner] = (),
+    ) -> None:
         self.runner, self.http, self.sdk = runner, http, sdk
+        self._client_nodes = itertools.cycle(list(nodes[1:]) or [runner])
 
     async def connect(
         self, user: str, groups: Sequence[str] = (), *, sdk: Sdk | None = None
     ) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         issuer = sdk or self.sdk
-        before = self._ids(user)
+        node = next(self._client_nodes)
+        before = self._ids(node, user)
         token = await issuer.get_client_access_token(user_id=user, groups=list(groups))
-        ws = await self.http.ws_connect(token["url"])
-        (new_id,) = self._ids(user) - before
+        ws = await self.http.ws_connect(on_node(token["url"], self.runner, node))
+        (new_id,) = self._ids(node, user) - before
+        await presence_written(node)  # another node's query sees the new client
         return ws, new_id
 
-    def _ids(self, user: str) -> set[str]:
-        assert self.runner.node is not None
-        hub = self.runner.node.hub("chat")
+    @staticmethod
+    def _ids(node: ServiceRunner, user: str) -> set[str]:
+        assert node.node is not None
+        hub = node.node.hub("chat")
         return {c.connection_id for c in hub.user_connections(user)} if hub else set()
 
 
 @pytest.fixture
-def clients(runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk) -> Clients:
-    return Clients(runner, http, sdk)
+def clients(
+    runner: ServiceRunner, http: aiohttp.ClientSession, sdk: Sdk, nodes: list[ServiceRunner]
+) -> Clients:
+    return Clients(runner, http, sdk, nodes)
 
 
 async def received(ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
