@@ -17,7 +17,9 @@ import pytest
 
 from tests.conftest import StartService, tls_files
 from tests.integration.test_js_clients import node, of, run_node
+from tests.support.cluster import TOPOLOGIES, start_nodes
 from webpubsub.devcert import DevCert
+from webpubsub.server.app import ServiceRunner
 
 __all__ = ["node"]  # the session fixture, shared with test_js_clients
 
@@ -46,13 +48,22 @@ def received(obs: list[dict[str, Any]], client: str) -> list[tuple[Any, ...]]:
     return result
 
 
-async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
-    node: str, start_service: StartService, dev_cert: DevCert
-) -> None:
-    runner = await start_service(**tls_files(dev_cert))
+@pytest.fixture(params=TOPOLOGIES)
+async def nodes(
+    request: pytest.FixtureRequest, start_service: StartService, dev_cert: DevCert
+) -> list[ServiceRunner]:
+    """One node, or three over Redis (REST to the first, the clients to the others)."""
+    return await start_nodes(request, start_service, **tls_files(dev_cert))
 
+
+async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
+    node: str, nodes: list[ServiceRunner], dev_cert: DevCert
+) -> None:
+    runner = nodes[0]
+    hosts = ",".join(f"127.0.0.1:{n.port}" for n in nodes[1:])
+    args = (hosts,) if hosts else ()
     obs = await run_node(
-        node, "rest_ops.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
+        node, "rest_ops.mjs", runner.connection_string, "chat", *args, trust=dev_cert.ca_cert
     )
 
     ids = {o["client"]: o["connectionId"] for o in of(obs, "connected")}

@@ -3,7 +3,10 @@
 // filter), messageTtlSeconds on every send, listConnections with maxPageSize
 // (the SDK follows nextLink verbatim), plus sendToAll with a filter.
 //
-//   node rest_ops.mjs <connection string> <hub>
+//   node rest_ops.mjs <connection string> <hub> [client host:port,...]
+//
+// With the third argument the clients connect, in turn, to those nodes of a cluster
+// instead of the connection string's (REST calls still go to the connection string's).
 //
 // Clients are raw `ws` connections on json.webpubsub.azure.v1: alice1, alice2
 // (user alice) and bob.  After each step a marker is sent to every client and
@@ -19,6 +22,8 @@ import { Recorder, arg, emit, run, withTimeout } from "./common.mjs";
 
 const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
+const clientHosts = (process.argv[4] ?? "").split(",").filter((h) => h);
+let nextHost = 0;
 const WAIT = 5000;
 const PROTOCOL = "json.webpubsub.azure.v1";
 const TEXT = { contentType: "text/plain" };
@@ -26,7 +31,12 @@ const TEXT = { contentType: "text/plain" };
 const service = new WebPubSubServiceClient(connectionString, hub);
 
 async function connect(name, userId) {
-  const { url } = await service.getClientAccessToken({ userId });
+  let { url } = await service.getClientAccessToken({ userId });
+  if (clientHosts.length) {
+    const target = new URL(url);
+    target.host = clientHosts[nextHost++ % clientHosts.length];
+    url = target.toString();
+  }
   const ws = new WebSocket(url, PROTOCOL);
   const frames = new Recorder();
   ws.on("message", (data) => {

@@ -16,14 +16,17 @@ TOPOLOGIES = ["one node", "three nodes over Redis"]
 
 
 async def start_nodes(
-    request: pytest.FixtureRequest, start_service: StartService, keys: Sequence[str] | None = None
+    request: pytest.FixtureRequest,
+    start_service: StartService,
+    keys: Sequence[str] | None = None,
+    **server: object,
 ) -> list[ServiceRunner]:
     """``request.param`` of :data:`TOPOLOGIES`: the nodes, the one REST calls go to first.
 
     Behind one load balancer every node has the same public endpoint: here, the first's,
     so that tokens issued for it are good on every node.
     """
-    extra = {"keys": tuple(keys)} if keys else {}
+    extra: dict[str, object] = {**server, **({"keys": tuple(keys)} if keys else {})}
     if request.param == TOPOLOGIES[0]:
         return [await start_service(**extra)]
     server: RedisServer = request.getfixturevalue("redis_server")

@@ -63,7 +63,7 @@ from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
-from webpubsub.protocol.wsframe import CloseCode
+from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
 
 log = logging.getLogger("webpubsub.node")
 
@@ -136,6 +136,7 @@ class Node:
         self.node_id = node_id or secrets.token_hex(4)
         self._presence = presence
         self._handover = handover
+        self._welcomes: set[asyncio.Task[None]] = set()
 
         self._hub_settings = hub_settings
         self._upstream = upstream
@@ -215,7 +216,9 @@ class Node:
     def attach(self, adm: Admission, sink: Sink) -> Connection:
         """Register an upgraded connection, join its groups, fire ``connected``.
 
-        Subprotocol clients get the ``connected`` system message before anything else.
+        Subprotocol clients get the ``connected`` system message before anything else;
+        with a networked backplane only once the node's presence write has landed, so
+        that once a client knows it is connected, every node's queries know it too.
         """
         reliable = adm.protocol.is_reliable
         conn = Connection(
@@ -231,10 +234,14 @@ class Node:
             reconnection_token=secrets.token_urlsafe(24) if reliable else None,
             on_detached_close=self._end_detached,
         )
+        held: _Held | None = None
         if conn.protocol.is_json:
-            conn.send_control(
-                encode_connected(conn.connection_id, conn.user_id, conn.reconnection_token)
-            )
+            connected = encode_connected(conn.connection_id, conn.user_id, conn.reconnection_token)
+            if self._presence is None:
+                conn.send_control(connected)
+            else:
+                held = _Held(sink, connected)
+                conn.sink = held
         hub = self._hubs.get(adm.hub)
         if hub is None:
             hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
@@ -242,7 +249,21 @@ class Node:
         for group in adm.groups:
             hub.join(conn, group)
         self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
+        if held is not None:
+            task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
+            self._welcomes.add(task)
+            task.add_done_callback(self._welcomes.discard)
         return conn
+
+    async def _welcome(self, conn: Connection, held: _Held) -> None:
+        """Send ``connected`` (and what waited behind it) once presence is written."""
+        if self._presence is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRESENCE_WAIT):
+                    await self._presence.flushed()
+        held.release()
+        if conn.sink is held:
+            conn.sink = held.target
 
     def resume(
         self, hub_key: str, connection_id: str, token: str, subprotocols: Sequence[str], sink: Sink
@@ -453,7 +474,8 @@ class Node:
         A reliable connection that was not closed on purpose stays, detached, for the
         recovery window; any other connection ends now and ``disconnected`` fires once.
         """
-        if conn.sink is not sink:
+        current = conn.sink.target if isinstance(conn.sink, _Held) else conn.sink
+        if current is not sink:
             return  # an older transport of a recovered connection
         conn.sink = None
         if recoverable and conn.reliable is not None and not conn.closing:
@@ -633,6 +655,44 @@ def _targets(hub: Hub, target: Target) -> list[Connection]:
         return hub.group_connections(target.id)
     conn = hub.get(target.id)
     return [conn] if conn is not None else []
+
+
+class _Held:
+    """A new connection's sink until its ``connected`` message may go: what is sent
+    meanwhile waits behind that message, in order (a close too)."""
+
+    LIMIT = 10_000
+    """Frames held at most; past that they go out at once (the outbox bounds them)."""
+
+    def __init__(self, target: Sink, connected: bytes) -> None:
+        self.target = target
+        self._frames: list[bytes] = [encode_frame(Opcode.TEXT, connected)]
+        self._close: tuple[int, str] | None = None
+        self._released = False
+
+    def offer(self, frame: bytes) -> None:
+        if self._released:
+            self.target.offer(frame)
+            return
+        self._frames.append(frame)
+        if len(self._frames) > self.LIMIT:
+            self.release()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._released:
+            self.target.close(code, reason)
+        elif self._close is None:
+            self._close = (code, reason)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        frames, self._frames = self._frames, []
+        for frame in frames:
+            self.target.offer(frame)
+        if self._close is not None:
+            self.target.close(*self._close)
 
 
 def _recovery_refusal(
