@@ -25,6 +25,9 @@ from aiohttp import web
 
 from tests.conftest import SECOND_KEY, StartService, tls_files
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.proxy import TcpProxy
+from tests.support.redis_server import RedisServer
+from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.devcert import DevCert
 from webpubsub.server.app import ServiceRunner
@@ -241,14 +244,46 @@ async def test_client_sdk_keepalive_pings_are_answered_with_pongs(
     }
 
 
+@pytest.mark.parametrize("topology", ["one node", "two nodes over Redis"])
 async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
-    node: str, start_service: StartService, dev_cert: DevCert
+    node: str,
+    start_service: StartService,
+    dev_cert: DevCert,
+    topology: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """With two nodes the client reaches them through a proxy that sends each new
+    connection to the other node: its recovery lands on the node that did not hold it."""
     runner = await start_service(**tls_files(dev_cert))
-
-    obs = await run_node(
-        node, "recovery.mjs", runner.connection_string, "chat", trust=dev_cert.ca_cert
-    )
+    args: tuple[str, ...] = ()
+    proxy: TcpProxy | None = None
+    if topology != "one node":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        await runner.stop()
+        runner = await start_service(
+            backplane=RedisBackplane(server.url, prefix=prefix, node_id="first"),
+            **tls_files(dev_cert),
+        )
+        second = await start_service(
+            backplane=RedisBackplane(server.url, prefix=prefix, node_id="second"),
+            public_endpoint=runner.endpoint,
+            **tls_files(dev_cert),
+        )
+        proxy = await TcpProxy(runner.port).start()
+        proxy.alternate(runner.port, second.port)
+        args = (f"127.0.0.1:{proxy.port}",)
+    try:
+        obs = await run_node(
+            node, "recovery.mjs", runner.connection_string, "chat", *args, trust=dev_cert.ca_cert
+        )
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+    if proxy is not None:
+        assert proxy.accepted == 2  # the connection, then its recovery on the other node
+        # The first node handed it over (it holds nothing), with no disconnected event.
+        assert runner.node is not None and runner.node.connection_count() == 0
 
     # m1, m2 reached the dropped socket but not the SDK: only a replay can deliver them.
     assert of(obs, "dropped") == [{"kind": "dropped", "closeCode": 1006, "lost": ["m1", "m2"]}]

@@ -2,7 +2,10 @@
 // subprotocol: the client recovers its connection, and every message sent
 // while it was away arrives exactly once, in order.
 //
-//   node recovery.mjs <connection string> <hub>
+//   node recovery.mjs <connection string> <hub> [client host:port]
+//
+// With the third argument the client connects (and reconnects) to that host, e.g. a
+// proxy that sends the reconnection to another node of a cluster.
 //
 // The drop: the SDK's message handler is detached from its `ws` socket
 // (private field `_wsClient._socket`), so group messages m1, m2 reach the
@@ -19,6 +22,7 @@ import { Recorder, arg, emit, run, withTimeout } from "./common.mjs";
 
 const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
+const clientHost = process.argv[4];
 const WAIT = 10000;
 
 const service = new WebPubSubServiceClient(connectionString, hub);
@@ -26,8 +30,12 @@ const group = service.group("g1");
 
 run(async () => {
   const client = new WebPubSubClient({
-    getClientAccessUrl: async () =>
-      (await service.getClientAccessToken({ userId: "rita", roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"] })).url,
+    getClientAccessUrl: async () => {
+      const roles = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"];
+      const url = new URL((await service.getClientAccessToken({ userId: "rita", roles })).url);
+      if (clientHost) url.host = clientHost;
+      return url.toString();
+    },
   });
   const rec = new Recorder();
   client.on("connected", (e) => {

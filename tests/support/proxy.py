@@ -28,6 +28,7 @@ class TcpProxy:
     ) -> None:
         self._target = (target_host, target_port)
         self._ssl = ssl
+        self._rotation: tuple[int, ...] = ()
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._accepted = 0
@@ -51,6 +52,12 @@ class TcpProxy:
     def retarget(self, port: int) -> None:
         """Forward new connections to ``port`` (for a target that needs the proxy's port first)."""
         self._target = (self._target[0], port)
+        self._rotation = ()
+
+    def alternate(self, *ports: int) -> None:
+        """Forward each new connection to the next of ``ports`` in turn (a load balancer
+        that never sends a reconnection where the connection was)."""
+        self._rotation = ports
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -81,8 +88,11 @@ class TcpProxy:
             await self._changed.wait_for(lambda: self._accepted >= count)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = self._target
+        if self._rotation:
+            target = (target[0], self._rotation[self._accepted % len(self._rotation)])
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await asyncio.open_connection(*target)
         except OSError:
             _reset(writer)
             return
