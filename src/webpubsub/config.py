@@ -43,21 +43,21 @@ _SYSTEM_EVENTS_TEXT = ", ".join(sorted(SYSTEM_EVENTS))
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """The ``[server]`` table."""
+    """The ``[server]`` table (its keys in the order docs/reference/config.md lists them)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     access_keys: tuple[str, ...] = ()
     public_endpoint: str | None = None
-    max_message_bytes: int = 1_048_576
-    outbox_max_bytes: int = 4_194_304
-    recovery_window_seconds: float = 60.0
-    """How long a dropped reliable connection is kept for its client to recover it."""
     tls_cert: str | None = None
     """PEM certificate chain: with ``tls_key``, the port serves ``https://`` and ``wss://``."""
     tls_key: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     """Peers (addresses or networks, or ``*``) whose ``X-Forwarded-Proto``/``-Host`` count."""
+    max_message_bytes: int = 1_048_576
+    outbox_max_bytes: int = 4_194_304
+    recovery_window_seconds: float = 60.0
+    """How long a dropped reliable connection is kept for its client to recover it."""
 
     @property
     def tls(self) -> bool:
@@ -159,6 +159,25 @@ class ServiceConfig:
         return dataclasses.replace(self, server=server, backplane=backplane)
 
 
+SECTIONS: Mapping[str, type] = MappingProxyType(
+    {
+        "server": ServerSettings,
+        "backplane": BackplaneSettings,
+        "upstream": UpstreamSettings,
+        "hubs.NAME": HubSettings,
+        "hubs.NAME.event_handlers": EventHandlerSettings,
+    }
+)
+"""Each table of the file and the dataclass that declares its keys (one field, one key)."""
+
+_NOT_KEYS = frozenset({"name"})  # a hub's name is its table's name, not a key in it
+
+
+def config_keys(cls: type) -> tuple[str, ...]:
+    """The keys of a table: the fields of the dataclass that holds it, in order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_KEYS)
+
+
 def default_config() -> ServiceConfig:
     """The configuration used when no file is given."""
     return ServiceConfig()
@@ -195,7 +214,7 @@ def load_config(path: str | os.PathLike[str]) -> ServiceConfig:
 def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> ServiceConfig:
     """Validate a parsed TOML document; raises :class:`ConfigError` listing every problem."""
     check = _Checker(source)
-    root = check.table(data, "", ("server", "upstream", "backplane", "hubs"))
+    root = check.table(data, "", config_keys(ServiceConfig))
     server = _parse_server(check, root.get("server"))
     upstream = _parse_upstream(check, root.get("upstream"))
     backplane = _parse_backplane(check, root.get("backplane"))
@@ -206,7 +225,7 @@ def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Ser
 
 def _parse_backplane(check: _Checker, value: object) -> BackplaneSettings:
     d = BackplaneSettings()
-    t = check.table(value, "backplane", tuple(f.name for f in dataclasses.fields(d)))
+    t = check.table(value, "backplane", config_keys(BackplaneSettings))
     url = check.redis_url(t["redis_url"], "backplane.redis_url") if "redis_url" in t else None
     node = check.node_id(t["node_id"], "backplane.node_id") if "node_id" in t else None
     prefix = d.key_prefix
@@ -229,7 +248,7 @@ def _parse_backplane(check: _Checker, value: object) -> BackplaneSettings:
 
 def _parse_server(check: _Checker, value: object) -> ServerSettings:
     d = ServerSettings()
-    t = check.table(value, "server", tuple(f.name for f in dataclasses.fields(ServerSettings)))
+    t = check.table(value, "server", config_keys(ServerSettings))
     host = check.host(t["host"], "server.host") if "host" in t else d.host
     port = check.integer(t.get("port", d.port), "server.port", 0, 65535)
     keys: tuple[str, ...] = d.access_keys
@@ -262,7 +281,7 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
 
 def _parse_upstream(check: _Checker, value: object) -> UpstreamSettings:
     d = UpstreamSettings()
-    t = check.table(value, "upstream", ("timeout_seconds", "validation"))
+    t = check.table(value, "upstream", config_keys(UpstreamSettings))
     return UpstreamSettings(
         timeout_seconds=check.positive(
             t.get("timeout_seconds", d.timeout_seconds), "upstream.timeout_seconds"
@@ -303,7 +322,7 @@ def _parse_hub(
     check: _Checker, value: object, path: str, name: str, default_timeout: float
 ) -> HubSettings:
     d = HubSettings(name=name)
-    t = check.table(value, path, ("anonymous_connect", "keepalive_seconds", "event_handlers"))
+    t = check.table(value, path, config_keys(HubSettings))
     handlers: list[EventHandlerSettings] = []
     raw = t.get("event_handlers", [])
     hpath = f"{path}.event_handlers"
@@ -329,11 +348,10 @@ def _parse_hub(
 def _parse_handler(
     check: _Checker, value: object, path: str, default_timeout: float
 ) -> EventHandlerSettings | None:
-    keys = ("url_template", "user_event_pattern", "system_events", "timeout_seconds")
     if not isinstance(value, Mapping):
         check.add(path, f"expected a table, got {_describe(value)}")
         return None
-    t = check.table(value, path, keys)
+    t = check.table(value, path, config_keys(EventHandlerSettings))
     if "url_template" in t:
         url = check.url_template(t["url_template"], f"{path}.url_template")
     else:
