@@ -28,12 +28,11 @@ from azure.messaging.webpubsubclient.models import (
     WebPubSubDataType,
     WebPubSubProtocolType,
 )
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.proxy import TcpProxy
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from tests.support.service import ALL_SYSTEM_EVENTS, chat_hub, sdk
 from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
@@ -41,15 +40,6 @@ WAIT = 5.0
 
 ROLES = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"]
 SYSTEM = frozenset({"connect", "connected", "disconnected"})
-
-
-def chat_hub(url: str) -> HubSettings:
-    handler = EventHandlerSettings(url_template=url, user_event_pattern="*", system_events=SYSTEM)
-    return HubSettings(name="chat", event_handlers=(handler,))
-
-
-def sdk(runner: ServiceRunner) -> WebPubSubServiceClient:
-    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub="chat")
 
 
 def url_provider(
@@ -70,10 +60,6 @@ def url_provider(
         return url
 
     return provide
-
-
-def posts(app: EventHandlerApp, event: str) -> list[Recorded]:
-    return [r for r in app.requests if r.method == "POST" and r.event_name == event]
 
 
 def replying(req: Recorded) -> web.StreamResponse:
@@ -164,7 +150,7 @@ async def test_the_aio_client_uses_groups_events_and_rest_messages(
     protocol: WebPubSubProtocolType,
 ) -> None:
     handler_app.responder = replying
-    runner = await start_service(chat_hub(handler_app.url))
+    runner = await start_service(chat_hub(handler_app.url, system=ALL_SYSTEM_EVENTS))
     credential = WebPubSubClientCredential(url_provider(runner, user_id="alice", roles=ROLES))
     client, seen = await observed(credential, protocol_type=protocol, message_retry_total=0)
     connected = await asyncio.wait_for(seen.connected.get(), WAIT)
@@ -228,7 +214,7 @@ async def test_failure_acks_reach_the_aio_client_as_errors(
     handler_app: EventHandlerApp, start_service: StartService, observed: Observed
 ) -> None:
     handler_app.responder = replying
-    runner = await start_service(chat_hub(handler_app.url))
+    runner = await start_service(chat_hub(handler_app.url, system=ALL_SYSTEM_EVENTS))
     roles = ["webpubsub.joinLeaveGroup.g1", "webpubsub.sendToGroup.g1"]
     credential = WebPubSubClientCredential(url_provider(runner, roles=roles))
     client, seen = await observed(credential, message_retry_total=0)
@@ -253,7 +239,7 @@ async def test_failure_acks_reach_the_aio_client_as_errors(
 async def test_a_rest_close_reaches_the_aio_client_which_then_reconnects(
     handler_app: EventHandlerApp, start_service: StartService, observed: Observed
 ) -> None:
-    runner = await start_service(chat_hub(handler_app.url))
+    runner = await start_service(chat_hub(handler_app.url, system=ALL_SYSTEM_EVENTS))
     credential = WebPubSubClientCredential(url_provider(runner, user_id="bob", roles=ROLES))
     client, seen = await observed(credential)
     first = await asyncio.wait_for(seen.connected.get(), WAIT)
@@ -282,7 +268,7 @@ CUTS = (150, 300, 450)
 async def test_the_aio_client_recovers_every_cut_and_misses_nothing(
     handler_app: EventHandlerApp, start_service: StartService, observed: Observed
 ) -> None:
-    runner = await start_service(chat_hub(handler_app.url))
+    runner = await start_service(chat_hub(handler_app.url, system=ALL_SYSTEM_EVENTS))
     received: list[tuple[str, int | None]] = []
     arrived = asyncio.Condition()
 
@@ -330,7 +316,7 @@ async def test_the_sync_client_recovers_and_talks_to_the_service(
     handler_app: EventHandlerApp, start_service: StartService
 ) -> None:
     handler_app.responder = replying
-    runner = await start_service(chat_hub(handler_app.url))
+    runner = await start_service(chat_hub(handler_app.url, system=ALL_SYSTEM_EVENTS))
     async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
         url = await url_provider(runner, proxy.port, user_id="carol", roles=ROLES)()
         # The blocking client signals "opened" and "acked" on condition variables it

@@ -21,12 +21,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType, web
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
+from tests.support.service import client_url, sdk
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
-from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
 """Upper bound for anything that should happen promptly."""
@@ -47,17 +46,6 @@ def hub_settings(
     return HubSettings(name=name, event_handlers=(handler,))
 
 
-def sdk(runner: ServiceRunner, hub: str = "chat") -> WebPubSubServiceClient:
-    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=hub)
-
-
-async def client_url(runner: ServiceRunner, hub: str = "chat", **claims: Any) -> str:
-    async with sdk(runner, hub) as service:
-        token = await service.get_client_access_token(**claims)
-    url: str = token["url"]
-    return url
-
-
 def free_port() -> int:
     """A port on 127.0.0.1 where nothing listens."""
     with socket.socket() as sock:
@@ -68,10 +56,6 @@ def free_port() -> int:
 
 def sign(connection_id: str, key: str) -> str:
     return "sha256=" + hmac.new(key.encode(), connection_id.encode(), hashlib.sha256).hexdigest()
-
-
-def posts(app: EventHandlerApp, event: str) -> list[Recorded]:
-    return [r for r in app.requests if r.method == "POST" and r.event_name == event]
 
 
 @pytest.fixture

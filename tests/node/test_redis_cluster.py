@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
 from tests.support.redis_server import RedisServer
+from tests.support.service import sdk
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
 
@@ -38,10 +38,6 @@ async def cluster(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def sdk(runner: ServiceRunner) -> WebPubSubServiceClient:
-    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub="chat")
 
 
 async def connect(

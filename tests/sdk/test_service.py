@@ -19,6 +19,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.sdk.conftest import Serve
 from tests.sdk.servers import Recorder
+from tests.support.service import client_url
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.sdk import (
     ConnectedRequest,
@@ -31,7 +32,6 @@ from webpubsub.sdk import (
     UserEventResponse,
     WebPubSubEventHandler,
 )
-from webpubsub.server.app import ServiceRunner
 
 HUB = "sdkhub"
 JSON_PROTOCOL = "json.webpubsub.azure.v1"
@@ -46,14 +46,6 @@ def hub_settings(url_template: str) -> HubSettings:
         timeout_seconds=WAIT,
     )
     return HubSettings(name=HUB, event_handlers=(handler,))
-
-
-async def client_url(runner: ServiceRunner, **claims: Any) -> str:
-    async with WebPubSubServiceClient.from_connection_string(
-        runner.connection_string, hub=HUB
-    ) as service:
-        token = await service.get_client_access_token(**claims)
-    return str(token["url"])
 
 
 def flavoured(flavour: str, func: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -126,7 +118,7 @@ async def test_every_event_reaches_the_app_and_state_round_trips(
     )
     base = await serve(handler)
     runner = await start_service(hub_settings(f"{base}/eventhandler/{{hub}}/{{event}}"))
-    url = await client_url(runner, roles=["webpubsub.joinLeaveGroup"])
+    url = await client_url(runner, HUB, roles=["webpubsub.joinLeaveGroup"])
 
     async with http.ws_connect(f"{url}&id=bob&room=r1", protocols=[JSON_PROTOCOL, "other"]) as ws:
         assert ws.protocol == JSON_PROTOCOL
@@ -217,7 +209,7 @@ async def test_a_reply_to_a_simple_client_message_goes_back_to_the_sender(
 
     base = await serve(WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_event=event))
     runner = await start_service(hub_settings(f"{base}/eventhandler"))
-    async with http.ws_connect(await client_url(runner, user_id="zoë")) as ws:
+    async with http.ws_connect(await client_url(runner, HUB, user_id="zoë")) as ws:
         await ws.send_str("hi ✓")
         msg = await asyncio.wait_for(ws.receive(), WAIT)
         assert (msg.type, msg.data) == (frame_type, data)
@@ -241,9 +233,9 @@ async def test_a_rejected_connect_refuses_the_client(
     base = await serve(handler)
     runner = await start_service(hub_settings(f"{base}/eventhandler"))
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await http.ws_connect(await client_url(runner, user_id="mallory"))
+        await http.ws_connect(await client_url(runner, HUB, user_id="mallory"))
     assert refused.value.status == status
-    async with http.ws_connect(await client_url(runner, user_id="alice")):
+    async with http.ws_connect(await client_url(runner, HUB, user_id="alice")):
         # Only the accepted client is ever reported connected.
         assert (await connecteds.next()).context.user_id == "alice"
     assert [c.context.user_id for c in connecteds.items] == ["alice"]
@@ -259,7 +251,7 @@ async def test_a_failed_user_event_is_an_error_ack(
 
     base = await serve(WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_event=event))
     runner = await start_service(hub_settings(f"{base}/eventhandler"))
-    url = await client_url(runner, user_id="alice")
+    url = await client_url(runner, HUB, user_id="alice")
     async with http.ws_connect(url, protocols=[JSON_PROTOCOL]) as ws:
         assert (await receive_json(ws))["event"] == "connected"
         await ws.send_json(
@@ -292,7 +284,7 @@ async def test_events_signed_with_another_key_are_refused(
     connects: Recorder[ConnectRequest] = Recorder()
     base = await serve(WebPubSubEventHandler(HUB, keys=handler_keys, on_connect=connects))
     runner = await start_service(hub_settings(f"{base}/eventhandler"), keys=service_keys)
-    url = await client_url(runner, user_id="alice")
+    url = await client_url(runner, HUB, user_id="alice")
     if accepted:
         async with http.ws_connect(url):
             assert (await connects.next()).context.user_id == "alice"
@@ -320,7 +312,7 @@ async def test_a_service_from_an_origin_that_is_not_allowed_is_never_validated(
     )
     base = await serve(handler)
     runner = await start_service(hub_settings(f"{base}/eventhandler"))
-    url = await client_url(runner, user_id="alice")
+    url = await client_url(runner, HUB, user_id="alice")
     if accepted:
         async with http.ws_connect(url):
             assert (await connects.next()).context.origin == "127.0.0.1"

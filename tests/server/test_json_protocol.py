@@ -23,9 +23,9 @@ from aiohttp import WSMsgType, web
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, StartService
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.proxy import TcpProxy
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from tests.support.service import chat_hub, sdk
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
 
@@ -42,25 +42,6 @@ SYSTEM = frozenset({"connect", "connected", "disconnected"})
 # -- helpers -------------------------------------------------------------------------
 
 
-def chat_hub(
-    url: str | None = None,
-    *,
-    pattern: str = "*",
-    system: frozenset[str] = frozenset(),
-    anonymous: bool = False,
-) -> HubSettings:
-    handlers = (
-        (EventHandlerSettings(url_template=url, user_event_pattern=pattern, system_events=system),)
-        if url is not None
-        else ()
-    )
-    return HubSettings(name="chat", anonymous_connect=anonymous, event_handlers=handlers)
-
-
-def sdk(runner: ServiceRunner) -> WebPubSubServiceClient:
-    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub="chat")
-
-
 def endpoint(runner: ServiceRunner, port: int | None = None) -> str:
     return f"ws://127.0.0.1:{port or runner.port}/client/hubs/chat"
 
@@ -74,7 +55,7 @@ def token(runner: ServiceRunner, *, now: float | None = None, **claims: Any) -> 
     )
 
 
-def client_url(runner: ServiceRunner, port: int | None = None, **claims: Any) -> str:
+def minted_url(runner: ServiceRunner, port: int | None = None, **claims: Any) -> str:
     return f"{endpoint(runner, port)}?access_token={token(runner, **claims)}"
 
 
@@ -85,16 +66,6 @@ def recovery_url(runner: ServiceRunner, connection_id: str, reconnection_token: 
         f"{endpoint(runner)}?access_token={expired}"
         f"&awps_connection_id={connection_id}&awps_reconnection_token={reconnection_token}"
     )
-
-
-def posts(app: EventHandlerApp, event: str, connection_id: str | None = None) -> list[Recorded]:
-    return [
-        r
-        for r in app.requests
-        if r.method == "POST"
-        and r.event_name == event
-        and (connection_id is None or r.headers.get("ce-connectionId") == connection_id)
-    ]
 
 
 async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -257,7 +228,7 @@ async def test_the_offered_subprotocol_selects_the_codec_and_is_echoed(
     start_service: StartService, connect: Connect, protocol: str
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, user_id="alice"), protocol)
+    client = await connect(minted_url(runner, user_id="alice"), protocol)
     assert client.ws.protocol == protocol
     expected = {"type", "event", "connectionId", "userId"}
     if protocol == RELIABLE:
@@ -285,7 +256,7 @@ async def test_the_first_service_subprotocol_offered_wins(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner), protocols=["chat.v1", JSON, RELIABLE])
+    client = await connect(minted_url(runner), protocols=["chat.v1", JSON, RELIABLE])
     assert client.ws.protocol == JSON
     assert "reconnectionToken" not in client.connected
 
@@ -301,7 +272,7 @@ async def test_a_connect_handler_picks_among_the_offered_subprotocols(
 
     handler_app.responder = responder
     runner = await start_service(chat_hub(handler_app.url, system=frozenset({"connect"})))
-    client = await connect(client_url(runner), protocols=[JSON, RELIABLE])
+    client = await connect(minted_url(runner), protocols=[JSON, RELIABLE])
     assert client.ws.protocol == pick
     assert ("reconnectionToken" in client.connected) is (pick == RELIABLE)
     (event,) = posts(handler_app, "connect")
@@ -319,7 +290,7 @@ async def test_a_connect_handler_may_make_a_plain_client_of_a_json_offer(
     handler_app.responder = responder
     runner = await start_service(chat_hub(handler_app.url, system=frozenset({"connect"})))
     async with (
-        await http.ws_connect(client_url(runner), protocols=[JSON, "chat.v1"]) as ws,
+        await http.ws_connect(minted_url(runner), protocols=[JSON, "chat.v1"]) as ws,
         sdk(runner) as service,
     ):
         assert ws.protocol == "chat.v1"
@@ -332,7 +303,7 @@ async def test_recovery_with_another_subprotocol_is_closed_with_1008(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, user_id="alice"))
+    client = await connect(minted_url(runner, user_id="alice"))
     await client.ws.close(code=4000)  # not 1000: the connection waits for recovery
     url = recovery_url(runner, client.id, client.reconnection_token)
     async with await http.ws_connect(url, protocols=[JSON]) as wrong:
@@ -349,7 +320,7 @@ async def test_recovery_echoes_the_connection_subprotocol_among_those_offered(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     await client.ws.close(code=4000)
     url = recovery_url(runner, client.id, client.reconnection_token)
     async with await http.ws_connect(url, protocols=[JSON, RELIABLE]) as ws, sdk(runner) as service:
@@ -365,8 +336,8 @@ async def test_join_send_to_and_leave_a_group_with_every_data_type(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    alice = await connect(client_url(runner, user_id="alice", roles=ALL_ROLES), JSON)
-    bob = await connect(client_url(runner, user_id="bob", roles=ALL_ROLES), RELIABLE)
+    alice = await connect(minted_url(runner, user_id="alice", roles=ALL_ROLES), JSON)
+    bob = await connect(minted_url(runner, user_id="bob", roles=ALL_ROLES), RELIABLE)
     assert await alice.ack({"type": "joinGroup", "group": "g1", "ackId": 1}) == success(1)
     assert await alice.ack({"type": "joinGroup", "group": "g1", "ackId": 2}) == success(2)
     assert await bob.ack({"type": "joinGroup", "group": "g1", "ackId": 1}) == success(1)
@@ -435,7 +406,7 @@ async def test_an_event_reaches_the_handler_and_its_reply_precedes_the_ack(
 
     handler_app.responder = responder
     runner = await start_service(chat_hub(handler_app.url))
-    client = await connect(client_url(runner, user_id="alice"), RELIABLE)  # no role needed
+    client = await connect(minted_url(runner, user_id="alice"), RELIABLE)  # no role needed
     event = {"type": "event", "event": "myEvent", "ackId": 5, "dataType": data_type, "data": data}
     reply, ack = await client.call(event)
     assert ack == success(5)
@@ -459,7 +430,7 @@ async def test_an_event_without_a_reply_body_is_only_acked(
     handler_app: EventHandlerApp, start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url))  # the default answer is 204
-    client = await connect(client_url(runner), JSON)
+    client = await connect(minted_url(runner), JSON)
     event = {"type": "event", "event": "quiet", "dataType": "text", "data": "x"}
     assert await client.ack({**event, "ackId": 1}) == success(1)
     await client.send(event)  # no ackId: no ack
@@ -483,7 +454,7 @@ async def test_a_failed_event_is_acked_internal_server_error_and_may_be_retried(
     handler_app.responder = responder
     pattern = "*" if failure_kind == "500" else "other"
     runner = await start_service(chat_hub(handler_app.url, pattern=pattern))
-    client = await connect(client_url(runner), JSON)
+    client = await connect(minted_url(runner), JSON)
     event = {"type": "event", "event": "chat", "ackId": 3, "dataType": "text", "data": "hi"}
     message = failure(await client.ack(event), "InternalServerError")
     assert "http" not in message  # no handler URL leaks to the client
@@ -501,7 +472,7 @@ async def test_ping_is_answered_with_pong(
     start_service: StartService, connect: Connect, protocol: str
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner), protocol)
+    client = await connect(minted_url(runner), protocol)
     await client.expect_pong()
     await client.ws.send_bytes(b'{"type":"ping"}')  # UTF-8 JSON in a binary frame is accepted
     assert await client.recv() == {"type": "pong"}
@@ -511,7 +482,7 @@ async def test_a_reused_ack_id_is_a_duplicate_and_is_not_executed_again(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, roles=ALL_ROLES), RELIABLE)
+    client = await connect(minted_url(runner, roles=ALL_ROLES), RELIABLE)
     assert await client.ack({"type": "joinGroup", "group": "g1", "ackId": 7}) == success(7)
     send = {"type": "sendToGroup", "group": "g1", "ackId": 8, "dataType": "text", "data": "once"}
     echoed, ack = await client.call(send)
@@ -546,10 +517,10 @@ async def test_group_permissions_come_from_the_roles(
     handler_app.responder = responder
     if source == "token":
         runner = await start_service(chat_hub())
-        url = client_url(runner, roles=SCOPED_ROLES)
+        url = minted_url(runner, roles=SCOPED_ROLES)
     else:
         runner = await start_service(chat_hub(handler_app.url, system=frozenset({"connect"})))
-        url = client_url(runner, roles=ALL_ROLES)
+        url = minted_url(runner, roles=ALL_ROLES)
     client = await connect(url, JSON)
     allowed = [
         {"type": "joinGroup", "group": "g1"},
@@ -577,7 +548,7 @@ async def test_a_client_without_roles_may_only_send_events(
     handler_app: EventHandlerApp, start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url))
-    client = await connect(client_url(runner, user_id="nobody"), RELIABLE)
+    client = await connect(minted_url(runner, user_id="nobody"), RELIABLE)
     join = {"type": "joinGroup", "group": "g1", "ackId": 1}
     failure(await client.ack(join), "Forbidden")
     send = {"type": "sendToGroup", "group": "g1", "ackId": 2, "dataType": "text", "data": "x"}
@@ -590,7 +561,7 @@ async def test_rest_permission_changes_apply_to_the_next_request(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner), JSON)
+    client = await connect(minted_url(runner), JSON)
     join = {"type": "joinGroup", "group": "g1", "ackId": 1}
     send = {"type": "sendToGroup", "group": "g1", "ackId": 2, "dataType": "text", "data": "hi"}
     leave = {"type": "leaveGroup", "group": "g1", "ackId": 3}
@@ -615,7 +586,7 @@ async def test_a_rest_close_sends_disconnected_then_closes_with_1000(
     handler_app: EventHandlerApp, start_service: StartService, connect: Connect, protocol: str
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
-    client = await connect(client_url(runner), protocol)
+    client = await connect(minted_url(runner), protocol)
     async with sdk(runner) as service:
         await service.close_connection(client.id, reason="Closed by the moderator.")
         assert await client.recv() == {
@@ -633,9 +604,9 @@ async def test_one_group_message_reaches_each_protocol_in_its_own_form(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    sender = await connect(client_url(runner, user_id="alice", roles=ALL_ROLES), JSON)
-    receiver = await connect(client_url(runner, groups=["g1"]), RELIABLE)
-    async with await http.ws_connect(client_url(runner, groups=["g1"])) as plain:
+    sender = await connect(minted_url(runner, user_id="alice", roles=ALL_ROLES), JSON)
+    receiver = await connect(minted_url(runner, groups=["g1"]), RELIABLE)
+    async with await http.ws_connect(minted_url(runner, groups=["g1"])) as plain:
         sent = [
             ("text", "plain text", WSMsgType.TEXT, "plain text"),
             ("json", {"x": [1]}, WSMsgType.TEXT, '{"x":[1]}'),
@@ -656,7 +627,7 @@ async def test_rest_messages_map_content_types_to_data_types(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, groups=["g1"]), JSON)
+    client = await connect(minted_url(runner, groups=["g1"]), JSON)
     async with sdk(runner) as service:
         await service.send_to_group("g1", "text", content_type="text/plain")
         await service.send_to_group("g1", {"j": 1})
@@ -713,8 +684,8 @@ async def test_a_malformed_request_with_an_ack_id_gets_a_bad_request_ack(
     start_service: StartService, connect: Connect, kind: str
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, roles=ALL_ROLES), RELIABLE)
-    other = await connect(client_url(runner, roles=ALL_ROLES), JSON)
+    client = await connect(minted_url(runner, roles=ALL_ROLES), RELIABLE)
+    other = await connect(minted_url(runner, roles=ALL_ROLES), JSON)
     failure(await client.ack({**BAD_REQUESTS[kind], "ackId": 9}), "BadRequest")
     await client.expect_pong()
     await other.expect_pong()
@@ -746,8 +717,8 @@ async def test_a_frame_that_is_not_a_request_closes_with_1008(
     handler_app: EventHandlerApp, start_service: StartService, connect: Connect, kind: str
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
-    client = await connect(client_url(runner), RELIABLE)
-    other = await connect(client_url(runner), RELIABLE)
+    client = await connect(minted_url(runner), RELIABLE)
+    other = await connect(minted_url(runner), RELIABLE)
     frame = NOT_REQUESTS[kind]
     if isinstance(frame, bytes):
         await client.ws.send_bytes(frame)
@@ -765,8 +736,8 @@ async def test_an_unknown_type_without_an_ack_id_is_ignored(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner), JSON)
-    other = await connect(client_url(runner), RELIABLE)
+    client = await connect(minted_url(runner), JSON)
+    other = await connect(minted_url(runner), RELIABLE)
     await client.send({"type": "invoke", "invocationId": "1", "target": "x"})
     await client.send({"type": "streamData", "streamId": "s"})
     await client.expect_pong()
@@ -777,8 +748,8 @@ async def test_an_oversize_frame_closes_with_1009_and_spares_the_others(
     start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub(), max_message_bytes=4096)
-    big = await connect(client_url(runner, roles=ALL_ROLES), RELIABLE)
-    other = await connect(client_url(runner, roles=ALL_ROLES), JSON)
+    big = await connect(minted_url(runner, roles=ALL_ROLES), RELIABLE)
+    other = await connect(minted_url(runner, roles=ALL_ROLES), JSON)
     fits = {"type": "sendToGroup", "group": "g", "ackId": 1, "dataType": "text", "data": "x" * 3900}
     assert await big.ack(fits) == success(1)
     await big.send({**fits, "ackId": 2, "data": "x" * 5000})
@@ -796,7 +767,7 @@ async def test_an_oversize_frame_ends_a_reliable_connection_at_once(
         max_message_bytes=4096,
         recovery_window_seconds=600.0,
     )
-    big = await connect(client_url(runner), RELIABLE)
+    big = await connect(minted_url(runner), RELIABLE)
     connection_id = big.connected["connectionId"]
     await big.send({"type": "event", "event": "e", "dataType": "text", "data": "x" * 5000})
     code, _ = await closed_with(big.ws)
@@ -820,7 +791,7 @@ async def test_only_data_messages_carry_sequence_ids(
 
     handler_app.responder = responder
     runner = await start_service(chat_hub(handler_app.url))
-    client = await connect(client_url(runner, roles=ALL_ROLES), RELIABLE)
+    client = await connect(minted_url(runner, roles=ALL_ROLES), RELIABLE)
     assert "sequenceId" not in client.connected
     assert await client.ack({"type": "joinGroup", "group": "g1", "ackId": 1}) == success(1)
     await client.expect_pong()
@@ -842,7 +813,7 @@ async def test_sequence_acks_are_cumulative_and_release_only_what_they_cover(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     async with sdk(runner) as service:
         for n in range(1, 6):
             await service.send_to_connection(client.id, f"m{n}", content_type="text/plain")
@@ -901,7 +872,7 @@ async def test_a_full_buffer_ends_the_connection_and_fires_disconnected_once(
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
     detached = watch_detach(runner)
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     reader = asyncio.create_task(_read_all(client.ws)) if attached else None
     if reader is None:
         await client.ws.close(code=4000)
@@ -920,7 +891,7 @@ async def test_a_full_buffer_ends_the_connection_and_fires_disconnected_once(
         assert event.headers["ce-connectionId"] == client.id
         assert not await service.connection_exists(client.id)
         # exactly once: another connection's disconnected event comes next
-        other = await connect(client_url(runner))
+        other = await connect(minted_url(runner))
         await other.ws.close()
         event = await handler_app.next_event("sys.disconnected")
         assert event.headers["ce-connectionId"] == other.id
@@ -940,7 +911,7 @@ async def test_a_dropped_connection_is_kept_buffered_and_recovered_in_order(
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
     detached = watch_detach(runner)
     async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
-        client = await connect(client_url(runner, proxy.port, user_id="alice", groups=["g1"]))
+        client = await connect(minted_url(runner, proxy.port, user_id="alice", groups=["g1"]))
         for n in range(1, 4):
             await service.send_to_group("g1", f"m{n}", content_type="text/plain")
             assert (await client.recv())["sequenceId"] == n
@@ -975,7 +946,7 @@ async def test_recovery_keeps_ack_ids_and_groups(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner, roles=ALL_ROLES))
+    client = await connect(minted_url(runner, roles=ALL_ROLES))
     assert await client.ack({"type": "joinGroup", "group": "g1", "ackId": 1}) == success(1)
     await client.ws.close(code=4002)
     url = recovery_url(runner, client.id, client.reconnection_token)
@@ -991,7 +962,7 @@ async def test_recovering_an_attached_connection_takes_it_over(
     start_service: StartService, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(chat_hub())
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     async with sdk(runner) as service:
         await service.send_to_connection(client.id, "first", content_type="text/plain")
         assert (await client.recv())["sequenceId"] == 1
@@ -1015,7 +986,7 @@ async def test_a_failed_recovery_upgrades_then_closes_with_1008(
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
     protocol = JSON if case == "not reliable" else RELIABLE
-    client = await connect(client_url(runner), protocol)
+    client = await connect(minted_url(runner), protocol)
     reconnection_token = client.connected.get("reconnectionToken", "whatever")
     connection_id = client.id
     if case == "bad token":
@@ -1047,7 +1018,7 @@ async def test_a_rest_close_ends_a_detached_connection_at_once(
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
     detached = watch_detach(runner)
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     await client.ws.close(code=4000)
     assert await asyncio.wait_for(detached.get(), WAIT) == client.id
     async with sdk(runner) as service:
@@ -1066,7 +1037,7 @@ async def test_a_normal_close_ends_a_reliable_connection_at_once(
     handler_app: EventHandlerApp, start_service: StartService, connect: Connect
 ) -> None:
     runner = await start_service(chat_hub(handler_app.url, system=SYSTEM))
-    client = await connect(client_url(runner))
+    client = await connect(minted_url(runner))
     await client.ws.close()  # 1000
     event = await handler_app.next_event("sys.disconnected")
     assert event.headers["ce-connectionId"] == client.id
@@ -1084,7 +1055,7 @@ async def test_the_recovery_window_expiry_ends_the_connection_once(
         chat_hub(handler_app.url, system=SYSTEM), recovery_window_seconds=1.0
     )
     async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
-        client = await connect(client_url(runner, proxy.port))
+        client = await connect(minted_url(runner, proxy.port))
         started = time.monotonic()
         await proxy.cut()
         event = await handler_app.next_event("sys.disconnected")
@@ -1094,7 +1065,7 @@ async def test_the_recovery_window_expiry_ends_the_connection_once(
         url = recovery_url(runner, client.id, client.reconnection_token)
         async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
             await refused_recovery(ws)
-        other = await connect(client_url(runner))
+        other = await connect(minted_url(runner))
         await other.ws.close()
         event = await handler_app.next_event("sys.disconnected")
         assert event.headers["ce-connectionId"] == other.id

@@ -31,6 +31,7 @@ import pytest
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
+from tests.support.service import client_url
 from webpubsub.core.connection import Connection
 from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Close, Send, Target
@@ -47,15 +48,6 @@ WAIT = 10.0
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-async def client_url(runner: ServiceRunner) -> str:
-    """A client URL with an access token minted by the official SDK."""
-    sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
-    async with sdk:
-        token = await sdk.get_client_access_token()
-    url: str = token["url"]
-    return url
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -163,7 +155,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def test_frames_are_byte_exact_on_the_wire(start_service: StartService) -> None:
     runner = await start_service()
-    raw = await RawClient.connect(await client_url(runner))
+    raw = await RawClient.connect(await client_url(runner, HUB))
     await attached(runner, 1)
     sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
     try:
@@ -195,7 +187,7 @@ async def test_frame_larger_than_the_bound_reaches_an_idle_client(
     send above 64 KiB closed every client of a service configured at 64 KiB.
     """
     runner = await start_service(outbox_max_bytes=65536)
-    ws = await http.ws_connect(await client_url(runner))
+    ws = await http.ws_connect(await client_url(runner, HUB))
     await attached(runner, 1)
     big = bytes(range(256)) * 400  # 102,400 bytes
     assert runner.node is not None
@@ -215,7 +207,7 @@ async def test_sends_in_one_loop_turn_leave_in_one_write(
     start_service: StartService, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service()
-    url = await client_url(runner)
+    url = await client_url(runner, HUB)
     clients = [await http.ws_connect(url) for _ in range(5)]
     outboxes = [outbox_of(c) for c in await attached(runner, 5)]
     before = [(o.writes, o.frames_written) for o in outboxes]
@@ -251,7 +243,7 @@ async def test_sends_in_one_loop_turn_leave_in_one_write(
 
 async def test_coalesced_write_is_the_concatenated_frames(start_service: StartService) -> None:
     runner = await start_service()
-    raw = await RawClient.connect(await client_url(runner))
+    raw = await RawClient.connect(await client_url(runner, HUB))
     (conn,) = await attached(runner, 1)
     outbox = outbox_of(conn)
     writes = outbox.writes
@@ -275,7 +267,7 @@ async def test_slow_client_is_closed_and_others_get_everything_in_order(
 ) -> None:
     monkeypatch.setattr(outbox_module, "SLOW_CLIENT_GRACE_SECONDS", 0.5)
     runner = await start_service(outbox_max_bytes=65536)
-    url = await client_url(runner)
+    url = await client_url(runner, HUB)
     loop = asyncio.get_running_loop()
 
     # The slow client: handshake by hand, a small receive buffer, then it never reads.
@@ -353,7 +345,7 @@ async def test_client_ping_gets_its_pong(
     start_service: StartService, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service()
-    ws = await http.ws_connect(await client_url(runner), autoping=False)
+    ws = await http.ws_connect(await client_url(runner, HUB), autoping=False)
     await attached(runner, 1)
     assert runner.node is not None
     runner.node.apply(send_command("before"))
@@ -371,7 +363,7 @@ async def test_heartbeat_client_stays_connected_and_receives(
 ) -> None:
     """aiohttp's heartbeat closes the connection if a pong goes missing."""
     runner = await start_service()
-    ws = await http.ws_connect(await client_url(runner), heartbeat=0.2)
+    ws = await http.ws_connect(await client_url(runner, HUB), heartbeat=0.2)
     (conn,) = await attached(runner, 1)
     assert runner.node is not None
     for i in range(10):  # ~1 s of traffic: several heartbeats, each answered by a pong
@@ -387,7 +379,7 @@ async def test_raw_ping_pong_frames_are_whole_among_data_frames(
     start_service: StartService,
 ) -> None:
     runner = await start_service()
-    raw = await RawClient.connect(await client_url(runner))
+    raw = await RawClient.connect(await client_url(runner, HUB))
     await attached(runner, 1)
     assert runner.node is not None
     try:
@@ -407,7 +399,7 @@ async def test_server_heartbeat_pings_reach_the_client(
     start_service: StartService, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service(HubSettings(name=HUB, keepalive_seconds=1))
-    ws = await http.ws_connect(await client_url(runner), autoping=False)
+    ws = await http.ws_connect(await client_url(runner, HUB), autoping=False)
     await attached(runner, 1)
     assert runner.node is not None
     runner.node.apply(send_command("data"))
@@ -423,7 +415,7 @@ async def test_server_heartbeat_pings_reach_the_client(
 
 async def test_rest_close_comes_after_queued_messages(start_service: StartService) -> None:
     runner = await start_service()
-    raw = await RawClient.connect(await client_url(runner))
+    raw = await RawClient.connect(await client_url(runner, HUB))
     (conn,) = await attached(runner, 1)
     assert runner.node is not None
     try:
@@ -446,7 +438,7 @@ async def test_sdk_close_after_sends_with_aiohttp_client(
     start_service: StartService, http: aiohttp.ClientSession
 ) -> None:
     runner = await start_service()
-    ws = await http.ws_connect(await client_url(runner))
+    ws = await http.ws_connect(await client_url(runner, HUB))
     (conn,) = await attached(runner, 1)
     sdk = WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=HUB)
     async with sdk:

@@ -19,7 +19,7 @@ import base64
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -29,71 +29,16 @@ import orjson
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
-from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClient
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.cluster import TOPOLOGIES, on_node, presence_written, start_nodes
+from tests.support.service import Sdk
 from webpubsub.node.operations import DEFAULT_CLOSE_REASON
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
 
 JSON_PROTOCOL = "json.webpubsub.azure.v1"
 WEIRD_GROUP = "page group/ä?#"
-
-Member = tuple[str, str | None]
-"""(connectionId, userId) of a listed group member."""
-
-
-class Sdk:
-    """One SDK client, sync or aio, whose every method is awaited the same way."""
-
-    def __init__(self, kind: str, runner: ServiceRunner, hub: str = "chat") -> None:
-        self.kind = kind
-        cls = SyncClient if kind == "sync" else AioClient
-        self.client: Any = cls.from_connection_string(runner.connection_string, hub=hub)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.kind == "sync":
-                return await asyncio.to_thread(method, *args, **kwargs)
-            return await method(*args, **kwargs)
-
-        return call
-
-    async def pages(self, group: str, **kwargs: Any) -> list[list[Member]]:
-        """``list_connections(group=...).by_page()``, every page, as (id, user) pairs."""
-        if self.kind == "sync":
-
-            def collect() -> list[list[Member]]:
-                paged = self.client.list_connections(group=group, **kwargs)
-                return [[(m.connection_id, m.user_id) for m in page] for page in paged.by_page()]
-
-            return await asyncio.to_thread(collect)
-        paged = self.client.list_connections(group=group, **kwargs)
-        return [
-            [(m.connection_id, m.user_id) async for m in page] async for page in paged.by_page()
-        ]
-
-    async def members(self, group: str, **kwargs: Any) -> list[Member]:
-        """``list_connections`` iterated item by item."""
-        if self.kind == "sync":
-
-            def collect() -> list[Member]:
-                paged = self.client.list_connections(group=group, **kwargs)
-                return [(m.connection_id, m.user_id) for m in paged]
-
-            return await asyncio.to_thread(collect)
-        paged = self.client.list_connections(group=group, **kwargs)
-        return [(m.connection_id, m.user_id) async for m in paged]
-
-    async def aclose(self) -> None:
-        if self.kind == "sync":
-            self.client.close()
-        else:
-            await self.client.close()
 
 
 class Client:
@@ -239,7 +184,7 @@ async def http(runner: ServiceRunner) -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(params=["sync", "aio"])
 async def sdk(request: pytest.FixtureRequest, runner: ServiceRunner) -> AsyncIterator[Sdk]:
-    client = Sdk(request.param, runner)
+    client = Sdk(request.param, runner.connection_string)
     yield client
     await client.aclose()
 

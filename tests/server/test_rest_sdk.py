@@ -8,7 +8,6 @@ client.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -17,42 +16,16 @@ from typing import Any
 import aiohttp
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
-from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClient
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.support.cluster import TOPOLOGIES, on_node, presence_written, start_nodes
+from tests.support.service import Sdk
 from webpubsub.node.operations import DEFAULT_CLOSE_REASON
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.server.app import ServiceRunner
 
 WEIRD_USER = "user@example.com/x y"
 WEIRD_GROUP = "my group/ä?#"
-
-
-class Sdk:
-    """One SDK client, sync or aio, whose every method is awaited the same way."""
-
-    def __init__(self, kind: str, connection_string: str, hub: str, **kwargs: Any) -> None:
-        self.kind = kind
-        cls = SyncClient if kind == "sync" else AioClient
-        self.client: Any = cls.from_connection_string(connection_string, hub=hub, **kwargs)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.kind == "sync":
-                return await asyncio.to_thread(method, *args, **kwargs)
-            return await method(*args, **kwargs)
-
-        return call
-
-    async def aclose(self) -> None:
-        if self.kind == "sync":
-            self.client.close()
-        else:
-            await self.client.close()
 
 
 MakeSdk = Callable[..., Sdk]

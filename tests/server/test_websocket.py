@@ -20,11 +20,10 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType, web
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from tests.support.service import chat_hub, client_url, sdk
 from webpubsub.protocol.tokens import issue_client_token
 from webpubsub.server.app import ServiceRunner
 
@@ -33,41 +32,6 @@ WAIT = 5.0
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def chat_hub(
-    url: str | None = None,
-    *,
-    anonymous: bool = False,
-    pattern: str = "*",
-    system: frozenset[str] = frozenset(),
-    timeout: float = 5.0,
-) -> HubSettings:
-    handlers = (
-        (
-            EventHandlerSettings(
-                url_template=url,
-                user_event_pattern=pattern,
-                system_events=system,
-                timeout_seconds=timeout,
-            ),
-        )
-        if url is not None
-        else ()
-    )
-    return HubSettings(name="chat", anonymous_connect=anonymous, event_handlers=handlers)
-
-
-def sdk(runner: ServiceRunner, hub: str = "chat") -> WebPubSubServiceClient:
-    return WebPubSubServiceClient.from_connection_string(runner.connection_string, hub=hub)
-
-
-async def client_url(runner: ServiceRunner, **claims: Any) -> str:
-    """The SDK's client URL (``.../client/hubs/chat?access_token=...``)."""
-    async with sdk(runner) as service:
-        token = await service.get_client_access_token(**claims)
-    url: str = token["url"]
-    return url
 
 
 def endpoint(runner: ServiceRunner, hub: str = "chat") -> str:

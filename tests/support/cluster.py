@@ -29,14 +29,14 @@ async def start_nodes(
     extra: dict[str, object] = {**server, **({"keys": tuple(keys)} if keys else {})}
     if request.param == TOPOLOGIES[0]:
         return [await start_service(**extra)]
-    server: RedisServer = request.getfixturevalue("redis_server")
+    redis: RedisServer = request.getfixturevalue("redis_server")
     prefix: str = request.getfixturevalue("redis_prefix")
     first = await start_service(
-        backplane=RedisBackplane(server.url, prefix=prefix, node_id="rest"), **extra
+        backplane=RedisBackplane(redis.url, prefix=prefix, node_id="rest"), **extra
     )
     others = [
         await start_service(
-            backplane=RedisBackplane(server.url, prefix=prefix, node_id=f"clients{i}"),
+            backplane=RedisBackplane(redis.url, prefix=prefix, node_id=f"clients{i}"),
             public_endpoint=first.endpoint,
             **extra,
         )

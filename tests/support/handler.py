@@ -95,3 +95,14 @@ class EventHandlerApp:
         return await self.next_request(
             lambda r: r.method == "POST" and r.ce_type.endswith(ce_type_suffix), timeout
         )
+
+
+def posts(app: EventHandlerApp, event: str, connection_id: str | None = None) -> list[Recorded]:
+    """The events named ``event`` that ``app`` received (of one connection, if given)."""
+    return [
+        r
+        for r in app.requests
+        if r.method == "POST"
+        and r.event_name == event
+        and (connection_id is None or r.headers.get("ce-connectionId") == connection_id)
+    ]
