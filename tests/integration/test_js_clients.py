@@ -82,7 +82,7 @@ def node() -> Iterator[str]:
 
 
 async def run_node(
-    node: str, script: str, *args: str, trust: Path | None = None
+    node: str, script: str, *args: str, trust: Path | None = None, timeout: float = NODE_TIMEOUT
 ) -> list[Observation]:
     """Run ``tests/js/<script>``; its observations, asserting it succeeded.
 
@@ -103,12 +103,12 @@ async def run_node(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(NODE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
-        pytest.fail(f"{script} did not finish in {NODE_TIMEOUT} s:\n{out.decode()}\n{err.decode()}")
+        pytest.fail(f"{script} did not finish in {timeout} s:\n{out.decode()}\n{err.decode()}")
     report = f"{script} exited with {proc.returncode}:\n{out.decode()}\nstderr:\n{err.decode()}"
     try:
         observations = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
@@ -244,18 +244,21 @@ async def test_client_sdk_keepalive_pings_are_answered_with_pongs(
     }
 
 
-@pytest.mark.parametrize("topology", ["one node", "two nodes over Redis"])
+@pytest.mark.parametrize(
+    ("topology", "hops"), [("one node", 1), ("one node", 5), ("two nodes over Redis", 50)]
+)
 async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
     node: str,
     start_service: StartService,
     dev_cert: DevCert,
     topology: str,
+    hops: int,
     request: pytest.FixtureRequest,
 ) -> None:
     """With two nodes the client reaches them through a proxy that sends each new
-    connection to the other node: its recovery lands on the node that did not hold it."""
+    connection to the other node: every recovery lands on the node that did not hold it."""
     runner = await start_service(**tls_files(dev_cert))
-    args: tuple[str, ...] = ()
+    host = ""
     proxy: TcpProxy | None = None
     if topology != "one node":
         server: RedisServer = request.getfixturevalue("redis_server")
@@ -272,21 +275,31 @@ async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
         )
         proxy = await TcpProxy(runner.port).start()
         proxy.alternate(runner.port, second.port)
-        args = (f"127.0.0.1:{proxy.port}",)
+        host = f"127.0.0.1:{proxy.port}"
     try:
         obs = await run_node(
-            node, "recovery.mjs", runner.connection_string, "chat", *args, trust=dev_cert.ca_cert
+            node,
+            "recovery.mjs",
+            runner.connection_string,
+            "chat",
+            host,
+            str(hops),
+            trust=dev_cert.ca_cert,
+            timeout=NODE_TIMEOUT + hops,
         )
     finally:
         if proxy is not None:
             await proxy.stop()
     if proxy is not None:
-        assert proxy.accepted == 2  # the connection, then its recovery on the other node
-        # The first node handed it over (it holds nothing), with no disconnected event.
-        assert runner.node is not None and runner.node.connection_count() == 0
+        # The connection, then each recovery, alternately on the other node.
+        assert proxy.accepted == hops + 1
 
-    # m1, m2 reached the dropped socket but not the SDK: only a replay can deliver them.
-    assert of(obs, "dropped") == [{"kind": "dropped", "closeCode": 1006, "lost": ["m1", "m2"]}]
+    # Each time two messages reached the dropped socket but not the SDK: only a replay
+    # can deliver them.
+    assert of(obs, "dropped") == [
+        {"kind": "dropped", "hop": hop, "closeCode": 1006, "lost": [f"m{n}", f"m{n + 1}"]}
+        for hop, n in zip(range(1, hops + 1), range(1, 5 * hops, 5), strict=True)
+    ]
     recovered = index(obs, "recovered")
     assert obs[recovered] == {
         "kind": "recovered",
@@ -297,7 +310,7 @@ async def test_client_sdk_recovers_a_dropped_socket_without_loss_or_duplicates(
     assert len(of(obs, "connected")) == 1
     assert of(obs[:recovered], "disconnected") == []
     received = of(obs, "group-message")
-    assert [o["data"] for o in received] == [f"m{i}" for i in range(7)]
+    assert [o["data"] for o in received] == [f"m{i}" for i in range(5 * hops + 2)]
     assert_sequenced(received)
 
 
