@@ -102,6 +102,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def secure_redis(
+    tmp_path_factory: pytest.TempPathFactory, dev_cert: devcert.DevCert
+) -> Iterator[RedisServer]:
+    """A ``redis-server`` that serves TLS only (``rediss://``, the development CA) and asks
+    for a password, as a managed Redis does."""
+    server = RedisServer(
+        tmp_path_factory.mktemp("secure-redis"), tls=dev_cert, password="s3cret/pa ss"
+    ).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key prefix of this test's own on the shared Redis."""

@@ -5,13 +5,15 @@ connections that moved, and a restart with the node id of a run that died."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.support.redis_server import RedisServer
 from webpubsub.backplane.redis import RedisBackplane, _Pending
+from webpubsub.errors import ServiceUnavailable
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
     Command,
@@ -145,3 +147,27 @@ async def test_a_restart_with_the_same_node_id_ends_what_the_last_run_left(
         assert not await client.exists(f"{p}:conn:hub:old", f"{p}:user:hub:zoe")
     finally:
         await plane.stop()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda url: url.replace("s3cret%2Fpa%20ss", "wrong"), "invalid username-password"),
+        (lambda url: url.partition("?")[0], "certificate verify failed"),
+        (lambda url: url.replace("rediss://", "redis://").partition("?")[0], "Connection"),
+    ],
+    ids=["wrong password", "CA not trusted", "plain text to a TLS port"],
+)
+async def test_a_node_that_cannot_join_says_why_and_never_shows_the_password(
+    secure_redis: RedisServer, redis_prefix: str, change: Callable[[str], str], reason: str
+) -> None:
+    plane = RedisBackplane(change(secure_redis.url), node_id="lost", prefix=redis_prefix)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await plane.start(Recorder("lost"))
+    await plane.stop()
+    assert re.match(
+        r"cannot reach Redis at rediss?://\*\*\*@127\.0\.0\.1:\d+/0(\?\.\.\.)?: ",
+        str(refused.value),
+    )
+    assert reason.lower() in str(refused.value).lower()
+    assert "s3cret" not in str(refused.value) and "wrong" not in str(refused.value)

@@ -211,3 +211,23 @@ async def test_filtered_and_hub_wide_operations_are_seen_at_once_through_another
         assert await other.connection_exists(alice_id)
     await alice.close()
     await bob.close()
+
+
+async def test_nodes_join_over_rediss_with_a_password(
+    start_service: StartService,
+    secure_redis: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    url = secure_redis.url
+    assert url.startswith("rediss://:s3cret%2Fpa%20ss@127.0.0.1:")
+    first, second = [
+        await start_service(backplane=RedisBackplane(url, node_id=f"s{i}", prefix=redis_prefix))
+        for i in range(2)
+    ]
+    ws, connection_id = await connect(http, second, user_id="ann")
+    async with sdk(first) as service:
+        assert await service.connection_exists(connection_id)
+        await service.send_to_user("ann", "over TLS", content_type="text/plain")
+    assert await next_data(ws) == "over TLS"
+    await ws.close()

@@ -1,5 +1,6 @@
 """A real ``redis-server`` for tests: started on a free loopback port in a temp dir,
-ready when it says so, stopped (or killed) at the end. Nothing is persisted."""
+ready when it says so, stopped (or killed) at the end. Nothing is persisted. It may
+serve TLS only (``rediss://``) and ask for a password, as a managed Redis does."""
 
 from __future__ import annotations
 
@@ -8,20 +9,40 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+from webpubsub.devcert import DevCert
 
 READY = b"Ready to accept connections"
 START_TIMEOUT = 10.0
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, tls: DevCert | None = None, password: str | None = None
+    ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.password = password
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL a client needs: with TLS, ``rediss://`` and the CA to trust."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca_cert}"
+
+    def _listen_arguments(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)),
+            *("--tls-ca-cert-file", str(self.tls.ca_cert), "--tls-auth-clients", "no"),
+        ]
 
     def start(self, port: int | None = None) -> RedisServer:
         """Start on ``port`` (default: a free one)."""
@@ -35,8 +56,8 @@ class RedisServer:
         self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
             [
                 binary,
-                "--port",
-                str(self.port),
+                *self._listen_arguments(),
+                *(("--requirepass", self.password) if self.password else ()),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
