@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
 import pytest
@@ -243,3 +243,47 @@ def test_group_fan_out_reaches_members_only() -> None:
     assert hub.deliver(hub.group_connections("room"), TEXT) == 1
     assert member_sink.frames == [TEXT_FRAME]
     assert other_sink.frames == []
+
+
+class RecordingListener:
+    """What a networked backplane is told of a hub's changes, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def added(self, hub: str, conn: Connection) -> None:
+        self.calls.append(("added", hub, conn.connection_id))
+
+    def removed(self, hub: str, conn: Connection, groups: Collection[str]) -> None:
+        self.calls.append(("removed", hub, conn.connection_id, *sorted(groups)))
+
+    def joined(self, hub: str, conn: Connection, group: str) -> None:
+        self.calls.append(("joined", hub, conn.connection_id, group))
+
+    def left(self, hub: str, conn: Connection, group: str) -> None:
+        self.calls.append(("left", hub, conn.connection_id, group))
+
+    def state_changed(self, hub: str, conn: Connection) -> None:
+        self.calls.append(("state", hub, conn.connection_id, conn.state))
+
+
+def test_the_listener_hears_every_change_in_order_and_no_state_after_removal() -> None:
+    listener = RecordingListener()
+    hub = Hub("h", listener)
+    conn, _ = make_conn("c1", user="u")
+    hub.add(conn)
+    hub.join(conn, "g")
+    hub.set_state(conn, "s1")
+    hub.leave(conn, "g")
+    hub.join(conn, "g2")
+    hub.remove("c1")
+    hub.set_state(conn, "late")  # a reply that came after the connection ended
+    assert listener.calls == [
+        ("added", "h", "c1"),
+        ("joined", "h", "c1", "g"),
+        ("state", "h", "c1", "s1"),
+        ("left", "h", "c1", "g"),
+        ("joined", "h", "c1", "g2"),
+        ("removed", "h", "c1", "g2"),
+    ]
+    assert conn.state == "late"

@@ -17,11 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from azure.core.exceptions import HttpResponseError
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, StartService
-from tests.support.handler import EventHandlerApp
+from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.redis_server import RedisServer
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
@@ -69,7 +70,7 @@ async def spawn_node(
         f'[backplane]\nredis_url = "{server.url}"\nkey_prefix = "{prefix}"\n'
         f'node_id = "victim"\nheartbeat_timeout_seconds = {HEARTBEAT}\n'
         f'[hubs.chat]\n[[hubs.chat.event_handlers]]\nurl_template = "{handler_url}"\n'
-        'system_events = ["disconnected"]\n'
+        'system_events = ["disconnected"]\nuser_event_pattern = "*"\n'
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -106,6 +107,13 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
     handler = EventHandlerSettings(
         url_template=handler_app.url, system_events=frozenset({"disconnected"})
     )
+
+    def set_state(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "set":
+            return web.Response(status=204, headers={"ce-connectionState": "after-set"})
+        return default_responder(req)
+
+    handler_app.responder = set_state
     survivor = await start_service(
         HubSettings(name="chat", event_handlers=(handler,)),
         backplane=plane(redis_server, redis_prefix, "survivor"),
@@ -113,14 +121,30 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
     proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
     try:
         async with sdk(endpoint) as on_victim, sdk(survivor) as rest:
-            url = (await on_victim.get_client_access_token(user_id="doomed", groups=["g"]))["url"]
-            ws = await http.ws_connect(url)
+            url = (
+                await on_victim.get_client_access_token(
+                    user_id="doomed", groups=["g"], roles=["webpubsub.joinLeaveGroup"]
+                )
+            )["url"]
+            ws = await http.ws_connect(url, protocols=("json.webpubsub.azure.v1",))
+            assert (await ws.receive_json(timeout=WAIT))["event"] == "connected"
+            # The handler gives the connection a new state after it connected ...
+            await ws.send_json(
+                {"type": "event", "event": "set", "dataType": "text", "data": "x", "ackId": 1}
+            )
+            assert (await ws.receive_json(timeout=WAIT))["success"] is True
+            # ... and a join is acknowledged once the node's presence writes before it
+            # (that state among them) are in Redis.
+            await ws.send_json({"type": "joinGroup", "group": "g2", "ackId": 2})
+            assert (await ws.receive_json(timeout=WAIT))["success"] is True
             assert await rest.user_exists("doomed") and await rest.group_exists("g")
 
             proc.send_signal(signal.SIGKILL)  # no goodbye: only the heartbeat tells
             await proc.wait()
             event = await handler_app.next_event(".disconnected", timeout=WAIT)
             assert event.headers["ce-userId"] == "doomed"
+            # The state as it was when the node died, not as it was at connect.
+            assert event.headers["ce-connectionState"] == "after-set"
             assert event.headers["ce-hub"] == "chat"
             assert not await rest.user_exists("doomed")
             assert not await rest.group_exists("g")

@@ -510,6 +510,9 @@ class RedisBackplane(Backplane):
     def left(self, hub: str, conn: Connection, group: str) -> None:
         self._queue("left", hub, conn, group)
 
+    def state_changed(self, hub: str, conn: Connection) -> None:
+        self._queue("state", hub, conn)
+
     def _queue(self, op: str, *args: Any) -> None:
         if self._rebuild.is_set():
             return  # everything is written anew from the local connections
@@ -655,6 +658,16 @@ class RedisBackplane(Backplane):
             pipe.delete(k.conn(hub, cid), k.perms(hub, cid))
         elif op == "moved":
             pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
+        elif op == "state":
+            # Only into a record that is still there (a reaper may have ended it): the
+            # state a survivor sends with the connection's disconnected event.
+            pipe.eval(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then "
+                "redis.call('HSET', KEYS[1], 't', ARGV[1]) end",
+                1,
+                k.conn(hub, cid),
+                conn.state,
+            )
         elif op == "joined":
             pipe.sadd(k.group(hub, group), cid)
             pipe.sadd(k.conn_groups(hub, cid), group)

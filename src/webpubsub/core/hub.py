@@ -27,6 +27,9 @@ class HubListener(Protocol):
 
     def left(self, hub: str, conn: Connection, group: str) -> None: ...
 
+    def state_changed(self, hub: str, conn: Connection) -> None:
+        """An event handler gave ``conn`` a new connection state (``conn.state``)."""
+
 
 class Hub:
     def __init__(self, key: str, listener: HubListener | None = None) -> None:
@@ -64,6 +67,12 @@ class Hub:
                 if not peers:
                     del self._users[conn.user_id]
         return conn
+
+    def set_state(self, conn: Connection, state: str) -> None:
+        """Give ``conn`` a new connection state (told to the listener while it is here)."""
+        conn.state = state
+        if self._listener is not None and self._connections.get(conn.connection_id) is conn:
+            self._listener.state_changed(self.key, conn)
 
     def get(self, connection_id: str) -> Connection | None:
         return self._connections.get(connection_id)

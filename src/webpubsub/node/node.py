@@ -543,7 +543,11 @@ class Node:
     def apply_reply(self, conn: Connection, reply: EventReply) -> None:
         """Apply an event handler's answer: new state, and its body to that connection."""
         if reply.state is not None:
-            conn.state = reply.state
+            hub = self._hubs.get(conn.hub)
+            if hub is not None:
+                hub.set_state(conn, reply.state)  # kept where other nodes read it, too
+            else:
+                conn.state = reply.state
         if reply.payload is not None:
             conn.send_data(encode_for(conn.protocol, DataMessage(reply.payload)))
 
