@@ -3,7 +3,10 @@
 Processes (all on 127.0.0.1):
 
 - the service: a real ``ServiceRunner`` on uvloop, in its own process, so that its CPU
-  time can be read from ``/proc/<pid>/stat`` (utime + stime) before and after;
+  time can be read from ``/proc/<pid>/stat`` (utime + stime) before and after; with
+  ``--nodes N`` N of them joined through a Redis of the benchmark's own; with
+  ``--workers N`` the real ``webpubsub serve --workers N --redis URL`` (its supervisor and
+  workers all counted), whose workers share one port;
 - one or more client processes (``--client-procs``), each holding a share of the N
   aiohttp WebSocket clients on uvloop;
 - this process: it mints the client token and sends each message with the official
@@ -26,8 +29,10 @@ import contextlib
 import io
 import multiprocessing as mp
 import os
+import re
 import resource
 import shlex
+import signal
 import struct
 import sys
 import time
@@ -74,6 +79,11 @@ def write_syscalls(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -137,6 +147,54 @@ async def _serve(
     asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)  # any message, or EOF
     await stop.wait()
     await runner.stop()
+
+
+async def start_cli(
+    workers: int, redis_url: str | None, within: float
+) -> tuple[asyncio.subprocess.Process, str, list[int], asyncio.Task[None]]:
+    """``webpubsub serve`` (``--workers``, when more than one): the process, its connection
+    string, the pids of the supervisor and every worker, and the task that drains its
+    output. Returns once every worker listens."""
+    command = [sys.executable, "-m", "webpubsub.cli", "serve", "--host", "127.0.0.1"]
+    command += ["--port", "0", "--access-key", ACCESS_KEY]
+    if workers > 1:
+        assert redis_url is not None
+        command += ["--workers", str(workers), "--redis", redis_url]
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    ports: list[int] = []
+    seen: list[str] = []
+    async with asyncio.timeout(within):
+        while len(ports) < workers:  # bounded: by the timeout, or the output's end
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise SystemExit("webpubsub serve ended:\n" + "".join(seen))
+            seen.append(line)
+            if match := re.search(r"Listening on http://127\.0\.0\.1:(\d+)", line):
+                ports.append(int(match.group(1)))
+    assert len(set(ports)) == 1, f"the workers listen on different ports: {ports}"
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        while await stream.readline():  # the log must not fill the pipe and stall it
+            pass
+
+    drainer = asyncio.create_task(drain(proc.stdout))
+    pids = [proc.pid, *children_of(proc.pid)] if workers > 1 else [proc.pid]
+    connection_string = f"Endpoint=http://127.0.0.1:{ports[0]};AccessKey={ACCESS_KEY};Version=1.0;"
+    return proc, connection_string, pids, drainer
+
+
+async def stop_cli(proc: asyncio.subprocess.Process, drainer: asyncio.Task[None]) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)  # the supervisor passes it on to its workers
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    drainer.cancel()
 
 
 # -- the client processes --------------------------------------------------------------
@@ -319,6 +377,8 @@ class RedisProcess:
 class Report:
     command: str
     nodes: int
+    workers: bool
+    """The nodes are ``webpubsub serve --workers`` on one port (else one port each)."""
     clients: int
     messages: int
     size: int
@@ -359,10 +419,16 @@ class Report:
             if self.server_writes_per_delivery is not None
             else "n/a"
         )
+        how = ""
+        if self.workers:
+            how = " (webpubsub serve --workers)" if self.nodes > 1 else " (webpubsub serve)"
+        counted = ""
+        if self.nodes > 1:
+            counted = " (supervisor + workers + Redis)" if self.workers else " (nodes + Redis)"
         return "\n".join(
             [
                 f"command: {self.command}",
-                f"setup: {self.nodes} node(s){' over Redis' if self.nodes > 1 else ''}, "
+                f"setup: {self.nodes} node(s){' over Redis' if self.nodes > 1 else ''}{how}, "
                 f"{self.clients} clients in {self.client_procs} process(es), "
                 f"{self.messages} messages of {self.size} B, {pacing}, "
                 f"{self.concurrency} REST send(s) in flight",
@@ -371,7 +437,7 @@ class Report:
                 f"sending took {self.send_seconds:.3f} s; first send to last delivery "
                 f"{self.wall_seconds:.3f} s",
                 f"delivered msgs/s: {self.msgs_per_second:,.0f}",
-                f"server CPU{' (nodes + Redis)' if self.nodes > 1 else ''}: "
+                f"server CPU{counted}: "
                 f"{self.server_cpu_seconds:.2f} s "
                 f"= {self.cpu_per_million:.2f} CPU-s per 1M deliveries "
                 f"({self.server_kernel_seconds / max(self.server_cpu_seconds, 1e-9):.0%} kernel)",
@@ -405,6 +471,7 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
         return max(1.0, deadline - time.monotonic())
 
     redis = RedisProcess() if nodes > 1 else None
+    cli: tuple[asyncio.subprocess.Process, asyncio.Task[None]] | None = None
     server_pipes: list[Pipe] = []
     procs: list[mp.process.BaseProcess] = []
     pipes: list[Pipe] = []
@@ -425,16 +492,26 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
         return server_pipe
 
     try:
-        first = start_node(0, None)
-        pid, connection_string = await recv(first, left())
-        pids.append(pid)
-        endpoints.append(connection_string.split(";")[0].removeprefix("Endpoint="))
-        # Behind a load balancer every node has one public endpoint: here, the first's.
-        others = [start_node(i, endpoints[0]) for i in range(1, nodes)]
-        for pipe in others:
-            other_pid, other_cs = await recv(pipe, left())
-            pids.append(other_pid)
-            endpoints.append(other_cs.split(";")[0].removeprefix("Endpoint="))
+        if args.workers:
+            proc, connection_string, pids, drainer = await start_cli(
+                nodes, redis.url if redis is not None else None, left()
+            )
+            cli = (proc, drainer)
+            # One port: the kernel spreads the connections (and REST calls) over the workers.
+            endpoints = [connection_string.split(";")[0].removeprefix("Endpoint=")] * nodes
+        else:
+            first = start_node(0, None)
+            pid, connection_string = await recv(first, left())
+            pids.append(pid)
+            endpoints.append(connection_string.split(";")[0].removeprefix("Endpoint="))
+            # Behind a load balancer every node has one public endpoint: here, the first's.
+            others = [start_node(i, endpoints[0]) for i in range(1, nodes)]
+            for pipe in others:
+                other_pid, other_cs = await recv(pipe, left())
+                pids.append(other_pid)
+                endpoints.append(other_cs.split(";")[0].removeprefix("Endpoint="))
+        # Write syscalls are read of one node process (none for the workers).
+        syscall_pid = None if args.workers else pids[0]
         watched = [*pids, *([redis.proc.pid] if redis is not None else [])]
         sdk = WebPubSubServiceClient.from_connection_string(connection_string, hub=HUB)
         async with sdk:
@@ -477,7 +554,7 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
                 assert (await recv(pipe, left()))[0] == "warm"
 
             user0, sys0 = map(sum, zip(*(cpu_seconds(p) for p in watched), strict=True))
-            writes0 = write_syscalls(pid)
+            writes0 = write_syscalls(syscall_pid) if syscall_pid else None
             sender0 = own_cpu_seconds()
             busy0, total0 = machine_cpu()
             gate = asyncio.Semaphore(args.concurrency)
@@ -505,7 +582,7 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
                 assert kind == "done"
                 results.append(result)
             user1, sys1 = map(sum, zip(*(cpu_seconds(p) for p in watched), strict=True))
-            writes1 = write_syscalls(pid)
+            writes1 = write_syscalls(syscall_pid) if syscall_pid else None
             sender1 = own_cpu_seconds()
             busy1, total1 = machine_cpu()
     finally:
@@ -517,6 +594,8 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
+        if cli is not None:
+            await stop_cli(*cli)
         if redis is not None:
             redis.stop()
 
@@ -536,6 +615,7 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
     return Report(
         command=args.command,
         nodes=nodes,
+        workers=bool(args.workers),
         clients=args.clients,
         messages=args.messages,
         size=args.size,
@@ -609,6 +689,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "than 1, a single-node run goes first, as the baseline of the same invocation (1)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run `webpubsub serve --workers N --redis URL` (one port), after a single "
+        "`webpubsub serve` as the baseline of the same invocation; instead of --nodes (0)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300.0, help="upper bound for the whole run, s (300)"
     )
     args = parser.parse_args(argv)
@@ -622,6 +709,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--client-procs must be within 1..min(clients, 8)")
     if not 1 <= args.nodes <= min(args.clients, 8):
         parser.error("--nodes must be within 1..min(clients, 8)")
+    if args.workers and (args.nodes > 1 or not 2 <= args.workers <= min(args.clients, 8)):
+        parser.error("--workers must be within 2..min(clients, 8), and not with --nodes")
     if args.concurrency < 1 or args.rate < 0 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--concurrency >= 1, --rate >= 0, --warmup >= 0, --timeout > 0")
     if args.gc_threshold < 0:
@@ -636,13 +725,14 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     import uvloop
 
-    if args.nodes == 1:
+    nodes = args.workers or args.nodes
+    if nodes == 1:
         print(uvloop.run(run(args)).text())
         return
-    args.client_procs = max(args.client_procs, args.nodes)
+    args.client_procs = max(args.client_procs, nodes)
     single = uvloop.run(run(args, 1))
     print(single.text())
-    cluster = uvloop.run(run(args, args.nodes))
+    cluster = uvloop.run(run(args, nodes))
     print(cluster.text())
     print(
         f"cross-node CPU per delivery: {cluster.cpu_per_million / single.cpu_per_million:.2f}x "
