@@ -162,6 +162,72 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
     assert [r.headers["ce-userId"] for r in disconnected] == ["doomed", "ok"]
 
 
+async def test_one_of_three_nodes_killed_while_messages_flow(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Two survivors and a victim: a stream of REST sends through one survivor to a client
+    of the other never misses a message while the victim dies, both survivors answer for
+    its connection within the heartbeat timeout, and its disconnected event comes once."""
+    handler = EventHandlerSettings(
+        url_template=handler_app.url, system_events=frozenset({"disconnected"})
+    )
+    hub = HubSettings(name="chat", event_handlers=(handler,))
+    rest_node = await start_service(hub, backplane=plane(redis_server, redis_prefix, "s1"))
+    client_node = await start_service(hub, backplane=plane(redis_server, redis_prefix, "s2"))
+    proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
+    sent: list[str] = []
+    try:
+        async with sdk(endpoint) as on_victim, sdk(rest_node) as rest, sdk(client_node) as other:
+            token = await on_victim.get_client_access_token(user_id="doomed", groups=["g"])
+            doomed = await http.ws_connect(token["url"])
+            keep = await http.ws_connect(
+                (await other.get_client_access_token(user_id="keep"))["url"]
+            )
+            assert await rest.user_exists("doomed") and await other.group_exists("g")
+            killed = asyncio.Event()
+
+            async def stream() -> None:
+                # Bounded: it ends at a fixed count, and at least 20 sends after the kill.
+                after = 0
+                for i in range(5000):
+                    await rest.send_to_user("keep", f"m{i}", content_type="text/plain")
+                    sent.append(f"m{i}")
+                    if i == 20:
+                        proc.send_signal(signal.SIGKILL)  # no goodbye: only the heartbeat tells
+                        killed.set()
+                    if killed.is_set():
+                        after += 1
+                        if after > 20 and disconnected.done():
+                            return
+
+            disconnected = asyncio.ensure_future(
+                handler_app.next_event(".disconnected", timeout=WAIT)
+            )
+            await asyncio.wait_for(stream(), 3 * WAIT)
+            event = await disconnected
+            assert event.headers["ce-userId"] == "doomed"
+            for node in (rest, other):
+                assert not await node.user_exists("doomed")
+                assert not await node.group_exists("g")
+            received = [(await keep.receive(timeout=WAIT)).data for _ in sent]
+            assert received == sent  # every message, once, in order
+            await keep.close()
+            await doomed.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    ends = [
+        r.headers["ce-userId"] for r in handler_app.requests if r.ce_type.endswith(".disconnected")
+    ]
+    assert ends.count("doomed") == 1
+
+
 async def test_a_dead_nodes_connection_is_reported_once_however_many_reap(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
