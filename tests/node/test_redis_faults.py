@@ -24,8 +24,8 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.redis_server import RedisServer
+from tests.support.service import chat_hub
 from webpubsub.backplane.redis import RedisBackplane
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.server.app import ServiceRunner
 
 pytestmark = pytest.mark.e2e
@@ -104,9 +104,6 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    handler = EventHandlerSettings(
-        url_template=handler_app.url, system_events=frozenset({"disconnected"})
-    )
 
     def set_state(req: Recorded) -> web.StreamResponse:
         if req.event_name == "set":
@@ -115,7 +112,7 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
 
     handler_app.responder = set_state
     survivor = await start_service(
-        HubSettings(name="chat", event_handlers=(handler,)),
+        chat_hub(handler_app.url, system=frozenset({"disconnected"})),
         backplane=plane(redis_server, redis_prefix, "survivor"),
     )
     proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
@@ -173,10 +170,7 @@ async def test_one_of_three_nodes_killed_while_messages_flow(
     """Two survivors and a victim: a stream of REST sends through one survivor to a client
     of the other never misses a message while the victim dies, both survivors answer for
     its connection within the heartbeat timeout, and its disconnected event comes once."""
-    handler = EventHandlerSettings(
-        url_template=handler_app.url, system_events=frozenset({"disconnected"})
-    )
-    hub = HubSettings(name="chat", event_handlers=(handler,))
+    hub = chat_hub(handler_app.url, system=frozenset({"disconnected"}))
     rest_node = await start_service(hub, backplane=plane(redis_server, redis_prefix, "s1"))
     client_node = await start_service(hub, backplane=plane(redis_server, redis_prefix, "s2"))
     proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
