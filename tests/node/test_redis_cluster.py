@@ -13,7 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from tests.conftest import StartService
 from tests.support.redis_server import RedisServer
-from tests.support.service import sdk
+from tests.support.service import json_client, next_data, sdk
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
 
@@ -46,16 +46,7 @@ async def connect(
     """A JSON-subprotocol client on ``runner``; its connection id."""
     async with sdk(runner) as service:
         url = (await service.get_client_access_token(**claims))["url"]
-    ws = await http.ws_connect(url, protocols=(JSON,))
-    connected = json.loads((await ws.receive(timeout=WAIT)).data)
-    assert connected["event"] == "connected"
-    return ws, connected["connectionId"]
-
-
-async def next_data(ws: aiohttp.ClientWebSocketResponse) -> object:
-    frame = json.loads((await ws.receive(timeout=WAIT)).data)
-    assert frame["type"] == "message", frame
-    return frame["data"]
+    return await json_client(http, url, WAIT)
 
 
 async def test_rest_on_any_node_reaches_and_sees_clients_on_the_others(

@@ -24,7 +24,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.redis_server import RedisServer
-from tests.support.service import chat_hub
+from tests.support.service import chat_hub, json_client, next_data
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
 
@@ -178,10 +178,9 @@ async def test_one_of_three_nodes_killed_while_messages_flow(
     try:
         async with sdk(endpoint) as on_victim, sdk(rest_node) as rest, sdk(client_node) as other:
             token = await on_victim.get_client_access_token(user_id="doomed", groups=["g"])
-            doomed = await http.ws_connect(token["url"])
-            keep = await http.ws_connect(
-                (await other.get_client_access_token(user_id="keep"))["url"]
-            )
+            doomed, _ = await json_client(http, token["url"], WAIT)
+            token = await other.get_client_access_token(user_id="keep")
+            keep, _ = await json_client(http, token["url"], WAIT)
             assert await rest.user_exists("doomed") and await other.group_exists("g")
             killed = asyncio.Event()
 
@@ -208,7 +207,7 @@ async def test_one_of_three_nodes_killed_while_messages_flow(
             for node in (rest, other):
                 assert not await node.user_exists("doomed")
                 assert not await node.group_exists("g")
-            received = [(await keep.receive(timeout=WAIT)).data for _ in sent]
+            received = [await next_data(keep, WAIT) for _ in sent]
             assert received == sent  # every message, once, in order
             await keep.close()
             await doomed.close()
@@ -270,7 +269,7 @@ async def test_redis_stopped_and_restarted_empty(
     a = await start_service(backplane=a_plane)
     b = await start_service(backplane=b_plane)
     async with sdk(a) as rest, sdk(b) as on_b:
-        ws = await http.ws_connect((await on_b.get_client_access_token(user_id="u"))["url"])
+        ws, _ = await json_client(http, (await on_b.get_client_access_token(user_id="u"))["url"])
         assert await rest.user_exists("u")
 
         own_redis.stop()
@@ -297,7 +296,7 @@ async def test_redis_stopped_and_restarted_empty(
         # The nodes wrote their presence again, and commands flow again.
         assert await rest.user_exists("u")
         await rest.send_to_user("u", "back", content_type="text/plain")
-        assert (await ws.receive(timeout=WAIT)).data == "back"
+        assert await next_data(ws, WAIT) == "back"
         health = await (await http.get(f"{a.endpoint}/api/health")).json()
         assert (health["status"], health["redis"]) == ("ok", "connected")
         await ws.close()

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClient
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
@@ -108,3 +109,25 @@ class Sdk:
             self.client.close()
         else:
             await self.client.close()
+
+
+JSON_SUBPROTOCOL = "json.webpubsub.azure.v1"
+
+
+async def json_client(
+    http: aiohttp.ClientSession, url: str, timeout: float = 5.0
+) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """A ``json.webpubsub.azure.v1`` client at ``url`` and its connection id, once its
+    ``connected`` message came: from then on every node's queries know it (a new simple
+    client is known to other nodes only eventually, docs/how-to/scale-out.md)."""
+    ws = await http.ws_connect(url, protocols=(JSON_SUBPROTOCOL,))
+    connected = await ws.receive_json(timeout=timeout)
+    assert connected["event"] == "connected", connected
+    return ws, str(connected["connectionId"])
+
+
+async def next_data(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> object:
+    """The ``data`` of the next message a JSON-subprotocol client gets."""
+    frame = await ws.receive_json(timeout=timeout)
+    assert frame["type"] == "message", frame
+    return frame["data"]
