@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from tests.conftest import ACCESS_KEY
 from tests.support.redis_server import RedisServer
+from tests.support.service import json_client, next_data
 from webpubsub.cli import main
 
 GOOD_CONFIG = """
@@ -371,14 +372,16 @@ async def test_two_serve_processes_over_redis_are_one_service(
         WebPubSubServiceClient.from_connection_string(first, hub="h") as one,
         WebPubSubServiceClient.from_connection_string(second, hub="h") as two,
     ):
-        ws = await http.ws_connect((await two.get_client_access_token(user_id="u"))["url"])
+        ws, _ = await json_client(http, (await two.get_client_access_token(user_id="u"))["url"])
         assert await one.user_exists("u")
         await one.send_to_user("u", "across", content_type="text/plain")
-        assert (await ws.receive(timeout=10)).data == "across"
+        assert await next_data(ws, 10) == "across"
         async with http.get(f"http://127.0.0.1:{ports[0]}/api/health") as resp:
             assert (await resp.json())["nodeId"] == "first"
         # SIGTERM on the second node: its client's presence goes at once.
         processes[1].send_signal(signal.SIGTERM)
+        disconnected = await ws.receive_json(timeout=10)
+        assert (disconnected["type"], disconnected["event"]) == ("system", "disconnected")
         assert (await ws.receive(timeout=10)).type is aiohttp.WSMsgType.CLOSE
         async with asyncio.timeout(15):
             assert await processes[1].wait() == 0

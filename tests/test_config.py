@@ -271,7 +271,7 @@ CASES: list[tuple[str, str]] = [
     ),
     (
         "[server]\npublic_endpoint = 'https://u:p@h'\n",
-        f'{SRC}: server.public_endpoint: the URL must not contain user info, got "https://h"',
+        f'{SRC}: server.public_endpoint: the URL must not contain user info, got "https://***@h"',
     ),
     (
         "[server]\npublic_endpoint = 'https://h:99999'\n",
@@ -746,7 +746,7 @@ def test_the_backplane_table(in_tmp: Path) -> None:
         )
     assert info.value.problems == [
         f"{SRC}: backplane.port: unknown key",
-        f'{SRC}: backplane.redis_url: expected a redis:// or rediss:// URL, got "http://host"',
+        f'{SRC}: backplane.redis_url: expected a redis:// or rediss:// URL, got "http://***@host"',
         f'{SRC}: backplane.node_id: expected 1 to 64 letters, digits or _.- characters, got "a b"',
     ]
     assert all("secret" not in problem for problem in info.value.problems)

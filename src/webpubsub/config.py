@@ -27,6 +27,7 @@ from urllib.parse import SplitResult, urlsplit
 from webpubsub.core.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.names import EVENT_NAME_PATTERN, HUB_PATTERN
+from webpubsub.protocol.urls import redacted as _redacted
 
 DEFAULT_HUB = "_default"
 MIN_ACCESS_KEY_LENGTH = 32
@@ -647,16 +648,6 @@ def _single(text: str) -> str:
     """``text`` in single quotes, shortened and with control characters escaped."""
     short = text if len(text) <= 40 else text[:37] + "..."
     return "'" + json.dumps(short, ensure_ascii=False)[1:-1] + "'"
-
-
-def _redacted(url: str) -> str:
-    """A URL for a problem report: no user info, no query (both may hold secrets)."""
-    before, sep, after = url.partition("://")
-    if sep:
-        netloc, slash, rest = after.partition("/")
-        url = before + sep + netloc.rpartition("@")[2] + slash + rest
-    base, question, _ = url.partition("?")
-    return base + ("?..." if question else "")
 
 
 def _describe(value: object) -> str:

@@ -76,6 +76,7 @@ from webpubsub.protocol.backplane import (
     encode_session,
 )
 from webpubsub.protocol.odata import FilterSubject, parse_filter
+from webpubsub.protocol.urls import redacted as _redacted
 
 log = logging.getLogger("webpubsub.backplane")
 
@@ -659,14 +660,16 @@ class RedisBackplane(Backplane):
         elif op == "moved":
             pipe.srem(k.node_conns(self.node_id), f"{hub}{_SEP}{cid}")
         elif op == "state":
-            # Only into a record that is still there (a reaper may have ended it): the
-            # state a survivor sends with the connection's disconnected event.
+            # Only into a record that is still there and still this node's (a reaper may
+            # have ended it, another node taken it over): the state a survivor sends with
+            # the connection's disconnected event.
             pipe.eval(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then "
+                "if redis.call('HGET', KEYS[1], 'n') == ARGV[2] then "
                 "redis.call('HSET', KEYS[1], 't', ARGV[1]) end",
                 1,
                 k.conn(hub, cid),
                 conn.state,
+                self.node_id,
             )
         elif op == "joined":
             pipe.sadd(k.group(hub, group), cid)
@@ -961,7 +964,7 @@ class RedisBackplane(Backplane):
                 if missing:
                     # Redis restarted empty (or we were reaped): write presence again.
                     self._need_rebuild()
-                if self._reaping is None or self._reaping.done():
+                if not self._stopping and (self._reaping is None or self._reaping.done()):
                     # Apart from the beat: a long reap must not let this node's key lapse.
                     self._reaping = asyncio.create_task(self._reap_quietly(interval))
             except RedisError as exc:
@@ -1084,15 +1087,6 @@ def _perm_field(permission: str, group: str) -> str:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _redacted(url: str) -> str:
-    """A Redis URL without its password (user info or query), for logs and errors."""
-    url, question, _ = url.partition("?")
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        url = f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return url + ("?..." if question else "")
 
 
 def _unavailable(exc: Exception) -> str:

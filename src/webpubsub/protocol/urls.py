@@ -1,0 +1,20 @@
+"""Redaction of URLs for logs and error messages."""
+
+from __future__ import annotations
+
+
+def redacted(url: str) -> str:
+    """``url`` without what may hold a secret: its user info (a password may contain
+    ``/``, ``?``, ``#`` or ``@`` when it is not percent-encoded, so everything up to the
+    last ``@`` goes), its query and its fragment (``?...`` says one was there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    for mark in ("?", "#"):
+        rest, cut, _ = rest.partition(mark)
+        if cut:
+            rest += "?..."
+            break
+    return f"{scheme}{sep}{rest}"
