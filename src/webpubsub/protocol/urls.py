@@ -12,9 +12,7 @@ def redacted(url: str) -> str:
         scheme, rest = "", url
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest, cut, _ = rest.partition(mark)
-        if cut:
-            rest += "?..."
-            break
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        rest = rest[:cut] + "?..."
     return f"{scheme}{sep}{rest}"
