@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, next_data
 from webpubsub.backplane.redis import RedisBackplane
@@ -300,3 +302,55 @@ async def test_redis_stopped_and_restarted_empty(
         health = await (await http.get(f"{a.endpoint}/api/health")).json()
         assert (health["status"], health["redis"]) == ("ok", "connected")
         await ws.close()
+
+
+async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_a_second_event(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Only node a loses Redis (its link goes through a proxy), for longer than the
+    heartbeat timeout: b takes it for dead and reports its client's end. When a's link
+    comes back it closes that client instead of writing it into Redis again, so the
+    client's end is reported once, and no node answers for it any more."""
+    hub = chat_hub(handler_app.url, system=frozenset({"disconnected"}))
+    link = await TcpProxy(redis_server.port).start()
+    cut_off = RedisBackplane(
+        f"redis://127.0.0.1:{link.port}/0",
+        prefix=redis_prefix,
+        node_id="a",
+        heartbeat_timeout=HEARTBEAT,
+    )
+    a = await start_service(hub, backplane=cut_off)
+    b = await start_service(hub, backplane=plane(redis_server, redis_prefix, "b"))
+    try:
+        async with sdk(a) as on_a, sdk(b) as on_b:
+            ws, _ = await json_client(
+                http, (await on_a.get_client_access_token(user_id="cut"))["url"]
+            )
+            assert await on_b.user_exists("cut")
+
+            with socket.socket() as probe:  # a port where nothing listens
+                probe.bind(("127.0.0.1", 0))
+                link.retarget(probe.getsockname()[1])
+                await link.cut()
+                event = await handler_app.next_event(".disconnected", timeout=WAIT)
+            assert event.headers["ce-userId"] == "cut"
+            assert not await on_b.user_exists("cut")
+
+            link.retarget(redis_server.port)  # a reaches Redis again, learns it was reaped
+            frame = await ws.receive_json(timeout=WAIT)
+            assert (frame["type"], frame["event"]) == ("system", "disconnected")
+            assert "cut off" in frame["message"]
+            assert (await ws.receive(timeout=WAIT)).type is aiohttp.WSMsgType.CLOSE
+            async with asyncio.timeout(WAIT):
+                await cut_off.synced()
+            assert not await on_b.user_exists("cut")
+            assert not await on_a.user_exists("cut")
+    finally:
+        await link.stop()
+    await a.stop()  # its pending events are delivered before it stops
+    ends = [r for r in handler_app.requests if r.ce_type.endswith(".disconnected")]
+    assert [r.headers["ce-userId"] for r in ends] == ["cut"]

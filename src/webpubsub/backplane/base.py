@@ -28,6 +28,10 @@ class NodeEndpoint(Protocol):
     def reaped(self, connection: ReapedConnection) -> None:
         """A connection of a dead node is gone: send its ``disconnected`` event."""
 
+    def abandon(self, hub: str, connection_id: str) -> None:
+        """This node was taken for dead and another sent the ``disconnected`` event of
+        this connection of its own: close it without sending the event again."""
+
 
 class Backplane(abc.ABC):
     @abc.abstractmethod

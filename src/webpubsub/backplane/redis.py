@@ -91,6 +91,9 @@ _STOP_TIMEOUT = 5.0
 _SEP = "\x00"
 _STOP: tuple[str, tuple[Any, ...]] = ("stop", ())
 """Queued last by :meth:`RedisBackplane.stop`: the writer finishes what is before it."""
+REAPED_MARK_SECONDS = 3600
+"""How long a reaped node's mark stays: a node cut off longer than this that comes back
+writes its connections again (their ends were reported; a second event follows)."""
 HANDOVER_TIMEOUT = 3.0
 """How long a node waits for the state of a connection another node holds."""
 HELD_LIMIT = 100_000
@@ -117,6 +120,11 @@ class Keys:
 
     def node_conns(self, node_id: str) -> str:
         return f"{self.prefix}:conns:{node_id}"
+
+    def reaped(self, node_id: str) -> str:
+        """Set when a survivor reaped the node: if it is alive after all, it learns from
+        this that its connections' ends were already reported."""
+        return f"{self.prefix}:reaped:{node_id}"
 
     def conn(self, hub: str, cid: str) -> str:
         return f"{self.prefix}:conn:{hub}:{cid}"
@@ -359,6 +367,7 @@ class RedisBackplane(Backplane):
             # restart comes before any survivor could reap them): they end now.
             if left := await self._reap_node(self.node_id):
                 log.warning("node %s ended %d connections of its previous run", self.node_id, left)
+            await self._redis.delete(self.keys.reaped(self.node_id))  # that run's mark
             await self._beat()
         except RedisError as exc:
             raise ServiceUnavailable(
@@ -683,6 +692,19 @@ class RedisBackplane(Backplane):
         what Redis still holds of connections that ended, or of groups they left, while
         the writes could not reach it goes; what the node holds now is written."""
         self._drain_queue()
+        if await self._redis.delete(self.keys.reaped(self.node_id)) and self._node is not None:
+            # Taken for dead while cut off alone: a survivor sent every connection's
+            # disconnected event. They end here without another; clients reconnect.
+            ended = list(self._local)
+            log.warning(
+                "node %s was taken for dead while cut off from Redis: closing its %d "
+                "connections, whose ends were reported",
+                self.node_id,
+                len(ended),
+            )
+            for hub, cid in ended:
+                self._local.pop((hub, cid), None)
+                self._node.abandon(hub, cid)
         local = dict(self._local)  # the snapshot: later changes are queued as usual
         recorded = await self._redis.smembers(self.keys.node_conns(self.node_id))
         pipe = self._redis.pipeline(transaction=False)
@@ -960,9 +982,11 @@ class RedisBackplane(Backplane):
             await asyncio.sleep(interval)  # the beat itself: a period, not a synchronisation
             try:
                 missing = not await self._redis.exists(self.keys.node(self.node_id))
+                reaped = await self._redis.exists(self.keys.reaped(self.node_id))
                 await self._beat()
-                if missing:
-                    # Redis restarted empty (or we were reaped): write presence again.
+                if missing or reaped:
+                    # Redis restarted empty, or we were reaped: write presence again (after
+                    # a reaping, without the connections whose end was reported).
                     self._need_rebuild()
                 if not self._stopping and (self._reaping is None or self._reaping.done()):
                     # Apart from the beat: a long reap must not let this node's key lapse.
@@ -994,6 +1018,7 @@ class RedisBackplane(Backplane):
             if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
                 continue
             await self._reap_node(dead)
+            await self._redis.set(self.keys.reaped(dead), self.node_id, ex=REAPED_MARK_SECONDS)
             log.warning("node %s reaped the presence of dead node %s", self.node_id, dead)
 
     async def _reap_node(self, dead: str) -> int:

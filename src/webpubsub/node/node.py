@@ -74,6 +74,7 @@ UNSUPPORTED_SUBPROTOCOLS = frozenset(
 
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
+CUT_OFF = "The connection was lost: its service node was cut off from the others."
 NO_CONNECTION = "The connection does not exist or has ended."
 PRESENCE_WAIT = 2.0
 """How long the ack of a join or leave waits for the node's presence write at most."""
@@ -146,6 +147,8 @@ class Node:
         self._hubs: dict[str, Hub] = {}
         self._idle: asyncio.Event | None = None
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
+        self._reported: set[Connection] = set()
+        """Connections closing whose ``disconnected`` event another node already sent."""
         self._publish = publish
         self._filters: dict[str, Filter] = {}
 
@@ -502,6 +505,9 @@ class Node:
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
                 self._idle.set()
+        if conn in self._reported:
+            self._reported.discard(conn)
+            return
         self._upstream.disconnected(
             self._hub_settings(conn.hub), self.context(conn), conn.close_reason or reason
         )
@@ -524,6 +530,16 @@ class Node:
             connection.node_id,
         )
         self._upstream.disconnected(self._hub_settings(connection.hub), ctx, NODE_LOST)
+
+    def abandon(self, hub: str, connection_id: str) -> None:
+        """Close a connection whose ``disconnected`` event a survivor sent when it took
+        this node for dead (it was cut off from Redis alone): no second event."""
+        found = self._hubs.get(hub)
+        conn = found.get(connection_id) if found is not None else None
+        if conn is None:
+            return
+        self._reported.add(conn)
+        conn.close(CloseCode.GOING_AWAY, CUT_OFF)
 
     def close_all(self, code: int, reason: str) -> None:
         for hub in list(self._hubs.values()):
