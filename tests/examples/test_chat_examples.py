@@ -26,7 +26,8 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import StartService
 from tests.sdk.servers import LateWSGIApp, serve_asgi, serve_wsgi
 from tests.support.chat import negotiate, next_text, two_users_chat
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from tests.support.service import chat_hub
+from webpubsub.core.settings import HubSettings
 from webpubsub.server.app import ServiceRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,14 +46,10 @@ def load_example(name: str, path: Path | None = None) -> ModuleType:
     return module
 
 
-def chat_hub(app_port: int) -> HubSettings:
-    handler = EventHandlerSettings(
-        url_template=f"http://127.0.0.1:{app_port}/eventhandler",
-        user_event_pattern="*",
-        system_events=frozenset({"connected"}),
-        timeout_seconds=WAIT,
-    )
-    return HubSettings(name=HUB, event_handlers=(handler,))
+def example_hub(app_port: int) -> HubSettings:
+    """The hub as the tutorial configures it, pointing at the example app on ``app_port``."""
+    url = f"http://127.0.0.1:{app_port}/eventhandler"
+    return chat_hub(url, name=HUB, system=frozenset({"connected"}), timeout=WAIT)
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ async def fastapi_chat(start_service: StartService, **_: Any) -> AsyncIterator[C
     # bind the app's socket first.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        runner = await start_service(chat_hub(sock.getsockname()[1]))
+        runner = await start_service(example_hub(sock.getsockname()[1]))
         app = load_example("chat_fastapi").create_app(runner.connection_string, hub=HUB)
         async with serve_asgi(app, sock) as url:
             yield Chat(url, runner.connection_string)
@@ -85,7 +82,7 @@ async def fastapi_chat(start_service: StartService, **_: Any) -> AsyncIterator[C
 async def flask_chat(start_service: StartService, **_: Any) -> AsyncIterator[Chat]:
     late = LateWSGIApp()
     async with serve_wsgi(late) as url:
-        runner: ServiceRunner = await start_service(chat_hub(int(url.rsplit(":", 1)[1])))
+        runner: ServiceRunner = await start_service(example_hub(int(url.rsplit(":", 1)[1])))
         app = load_example("chat_flask").create_app(runner.connection_string, hub=HUB)
         late.target = app
         try:
@@ -100,7 +97,7 @@ async def tutorial_chat(
 ) -> AsyncIterator[Chat]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        runner = await start_service(chat_hub(sock.getsockname()[1]))
+        runner = await start_service(example_hub(sock.getsockname()[1]))
         monkeypatch.setenv("WebPubSubConnectionString", runner.connection_string)
         path = tmp_path / "server.py"
         path.write_text(tutorial_server_py(), "utf-8")

@@ -37,7 +37,8 @@ HEARTBEAT = 1.0
 """A short heartbeat timeout, so that a dead node is noticed within the test's time."""
 
 
-def sdk(runner_or_endpoint: ServiceRunner | str) -> WebPubSubServiceClient:
+def service_at(runner_or_endpoint: ServiceRunner | str) -> WebPubSubServiceClient:
+    """The service SDK without retries (a failure must show), for a runner or an endpoint."""
     if isinstance(runner_or_endpoint, ServiceRunner):
         cs = runner_or_endpoint.connection_string
     else:
@@ -119,7 +120,7 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
     )
     proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
     try:
-        async with sdk(endpoint) as on_victim, sdk(survivor) as rest:
+        async with service_at(endpoint) as on_victim, service_at(survivor) as rest:
             url = (
                 await on_victim.get_client_access_token(
                     user_id="doomed", groups=["g"], roles=["webpubsub.joinLeaveGroup"]
@@ -178,7 +179,11 @@ async def test_one_of_three_nodes_killed_while_messages_flow(
     proc, endpoint = await spawn_node(tmp_path, redis_server, redis_prefix, handler_app.url)
     sent: list[str] = []
     try:
-        async with sdk(endpoint) as on_victim, sdk(rest_node) as rest, sdk(client_node) as other:
+        async with (
+            service_at(endpoint) as on_victim,
+            service_at(rest_node) as rest,
+            service_at(client_node) as other,
+        ):
             token = await on_victim.get_client_access_token(user_id="doomed", groups=["g"])
             doomed, _ = await json_client(http, token["url"], WAIT)
             token = await other.get_client_access_token(user_id="keep")
@@ -270,7 +275,7 @@ async def test_redis_stopped_and_restarted_empty(
     a_plane, b_plane = plane(own_redis, redis_prefix, "a"), plane(own_redis, redis_prefix, "b")
     a = await start_service(backplane=a_plane)
     b = await start_service(backplane=b_plane)
-    async with sdk(a) as rest, sdk(b) as on_b:
+    async with service_at(a) as rest, service_at(b) as on_b:
         ws, _ = await json_client(http, (await on_b.get_client_access_token(user_id="u"))["url"])
         assert await rest.user_exists("u")
 
@@ -326,7 +331,7 @@ async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_
     a = await start_service(hub, backplane=cut_off)
     b = await start_service(hub, backplane=plane(redis_server, redis_prefix, "b"))
     try:
-        async with sdk(a) as on_a, sdk(b) as on_b:
+        async with service_at(a) as on_a, service_at(b) as on_b:
             ws, _ = await json_client(
                 http, (await on_a.get_client_access_token(user_id="cut"))["url"]
             )
