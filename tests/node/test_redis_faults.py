@@ -359,3 +359,35 @@ async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_
     await a.stop()  # its pending events are delivered before it stops
     ends = [r for r in handler_app.requests if r.ce_type.endswith(".disconnected")]
     assert [r.headers["ce-userId"] for r in ends] == ["cut"]
+
+
+async def test_redis_paused_longer_than_the_heartbeat_timeout_reaps_no_one(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    own_redis: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Redis frozen (SIGSTOP) for three heartbeat timeouts: every node's key lapses at once,
+    which must not pass for the death of the nodes. Nobody is reaped, and the client keeps
+    its connection and gets messages sent through another node afterwards."""
+    hub = chat_hub(handler_app.url, system=frozenset({"disconnected"}))
+    a = await start_service(hub, backplane=plane(own_redis, redis_prefix, "a"))
+    b_plane = plane(own_redis, redis_prefix, "b")
+    b = await start_service(hub, backplane=b_plane)
+    async with service_at(a) as on_a, service_at(b) as on_b:
+        ws, _ = await json_client(http, (await on_b.get_client_access_token(user_id="u"))["url"])
+        own_redis.pause()
+        try:
+            await asyncio.sleep(3 * HEARTBEAT)  # the length of the outage, not a synchronisation
+        finally:
+            own_redis.resume()
+        async with asyncio.timeout(WAIT):
+            await b_plane.synced()
+        await on_a.send_to_user("u", "after the pause", content_type="text/plain")
+        assert await next_data(ws, WAIT) == "after the pause"
+        assert await on_a.user_exists("u")
+        await ws.close()
+    await b.stop()  # its pending events are delivered before it stops
+    ends = [r for r in handler_app.requests if r.ce_type.endswith(".disconnected")]
+    assert [r.headers["ce-userId"] for r in ends] == ["u"]  # once: when it closed

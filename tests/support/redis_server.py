@@ -5,6 +5,7 @@ serve TLS only (``rediss://``) and ask for a password, as a managed Redis does."
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -95,6 +96,15 @@ class RedisServer:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop, then start again on the same port, empty (a restart without persistence)."""
