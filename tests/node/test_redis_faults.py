@@ -319,7 +319,8 @@ async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_
     """Only node a loses Redis (its link goes through a proxy), for longer than the
     heartbeat timeout: b takes it for dead and reports its client's end. When a's link
     comes back it closes that client instead of writing it into Redis again, so the
-    client's end is reported once, and no node answers for it any more."""
+    client's end is reported once, and no node answers for it any more; a client that
+    connected to a while it was cut off is written and stays."""
     hub = chat_hub(handler_app.url, system=frozenset({"disconnected"}))
     link = await TcpProxy(redis_server.port).start()
     cut_off = RedisBackplane(
@@ -344,6 +345,10 @@ async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_
                 event = await handler_app.next_event(".disconnected", timeout=WAIT)
             assert event.headers["ce-userId"] == "cut"
             assert not await on_b.user_exists("cut")
+            # A client that connects to a meanwhile was never reported: it stays.
+            late = await http.ws_connect(
+                (await on_a.get_client_access_token(user_id="late"))["url"]
+            )
 
             link.retarget(redis_server.port)  # a reaches Redis again, learns it was reaped
             frame = await ws.receive_json(timeout=WAIT)
@@ -354,11 +359,13 @@ async def test_a_node_cut_off_alone_and_taken_for_dead_ends_its_clients_without_
                 await cut_off.synced()
             assert not await on_b.user_exists("cut")
             assert not await on_a.user_exists("cut")
+            assert await on_b.user_exists("late") and not late.closed
+            await late.close()
+        await a.stop()  # while it reaches Redis; its pending events are delivered first
     finally:
         await link.stop()
-    await a.stop()  # its pending events are delivered before it stops
     ends = [r for r in handler_app.requests if r.ce_type.endswith(".disconnected")]
-    assert [r.headers["ce-userId"] for r in ends] == ["cut"]
+    assert sorted(r.headers["ce-userId"] for r in ends) == ["cut", "late"]  # once each
 
 
 async def test_redis_paused_longer_than_the_heartbeat_timeout_reaps_no_one(

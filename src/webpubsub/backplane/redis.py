@@ -122,8 +122,8 @@ class Keys:
         return f"{self.prefix}:conns:{node_id}"
 
     def reaped(self, node_id: str) -> str:
-        """Set when a survivor reaped the node: if it is alive after all, it learns from
-        this that its connections' ends were already reported."""
+        """The connections (``hub\0id``) whose end a survivor reported when it reaped the
+        node: if the node is alive after all, it learns from this which to close."""
         return f"{self.prefix}:reaped:{node_id}"
 
     def conn(self, hub: str, cid: str) -> str:
@@ -692,13 +692,17 @@ class RedisBackplane(Backplane):
         what Redis still holds of connections that ended, or of groups they left, while
         the writes could not reach it goes; what the node holds now is written."""
         self._drain_queue()
-        if await self._redis.delete(self.keys.reaped(self.node_id)) and self._node is not None:
-            # Taken for dead while cut off alone: a survivor sent every connection's
-            # disconnected event. They end here without another; clients reconnect.
-            ended = list(self._local)
+        mark = self.keys.reaped(self.node_id)
+        reported = await self._redis.smembers(mark)
+        if reported:
+            await self._redis.delete(mark)
+        ended = [key for raw in reported if (key := _text(raw).partition(_SEP)[::2]) in self._local]
+        if ended and self._node is not None:
+            # Taken for dead while cut off alone: a survivor sent these connections'
+            # disconnected events. They end here without another; clients reconnect.
             log.warning(
-                "node %s was taken for dead while cut off from Redis: closing its %d "
-                "connections, whose ends were reported",
+                "node %s was taken for dead while cut off from Redis: closing %d "
+                "connections whose ends were reported",
                 self.node_id,
                 len(ended),
             )
@@ -1017,19 +1021,22 @@ class RedisBackplane(Backplane):
             dead = _text(raw_id)
             if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
                 continue
-            await self._reap_node(dead)
-            await self._redis.set(self.keys.reaped(dead), self.node_id, ex=REAPED_MARK_SECONDS)
+            await self._reap_node(dead, mark=True)
             log.warning("node %s reaped the presence of dead node %s", self.node_id, dead)
 
-    async def _reap_node(self, dead: str) -> int:
+    async def _reap_node(self, dead: str, *, mark: bool = False) -> int:
         """Drop what node ``dead`` left in Redis, reporting each of its connections once
-        (the script only reports a connection it deleted); how many were reported."""
+        (the script only reports a connection it deleted); how many were reported. With
+        ``mark``, the reported connections are noted for the node, should it be alive."""
         reported = 0
         for raw_member in await self._redis.smembers(self.keys.node_conns(dead)):
             hub, _, cid = _text(raw_member).partition(_SEP)
             info = await self._scripts["reap"](args=[self.keys.prefix, hub, cid, dead])
             if info:
                 reported += 1
+                if mark:
+                    await self._redis.sadd(self.keys.reaped(dead), raw_member)
+                    await self._redis.expire(self.keys.reaped(dead), REAPED_MARK_SECONDS)
                 try:
                     self._report_reaped(hub, cid, dead, info)
                 except Exception:  # one bad report must not stop the reaping
