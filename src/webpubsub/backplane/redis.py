@@ -122,8 +122,8 @@ class Keys:
         return f"{self.prefix}:conns:{node_id}"
 
     def reaped(self, node_id: str) -> str:
-        """The connections (``hub\0id``) whose end a survivor reported when it reaped the
-        node: if the node is alive after all, it learns from this which to close."""
+        """The connections (members as in ``conns:``) whose end a survivor reported when
+        it reaped the node: if the node is alive after all, it learns which to close."""
         return f"{self.prefix}:reaped:{node_id}"
 
     def conn(self, hub: str, cid: str) -> str:
