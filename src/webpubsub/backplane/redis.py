@@ -985,8 +985,11 @@ class RedisBackplane(Backplane):
         while not self._stopping:
             await asyncio.sleep(interval)  # the beat itself: a period, not a synchronisation
             try:
-                missing = not await self._redis.exists(self.keys.node(self.node_id))
-                reaped = await self._redis.exists(self.keys.reaped(self.node_id))
+                check = self._redis.pipeline(transaction=False)
+                check.exists(self.keys.node(self.node_id))
+                check.exists(self.keys.reaped(self.node_id))
+                present, reaped = await check.execute()
+                missing = not present
                 await self._beat()
                 if missing or reaped:
                     # Redis restarted empty, or we were reaped: write presence again (after
