@@ -126,8 +126,7 @@ async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnect
                     user_id="doomed", groups=["g"], roles=["webpubsub.joinLeaveGroup"]
                 )
             )["url"]
-            ws = await http.ws_connect(url, protocols=("json.webpubsub.azure.v1",))
-            assert (await ws.receive_json(timeout=WAIT))["event"] == "connected"
+            ws, _ = await json_client(http, url, WAIT)
             # The handler gives the connection a new state after it connected ...
             await ws.send_json(
                 {"type": "event", "event": "set", "dataType": "text", "data": "x", "ackId": 1}

@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from tests.conftest import ACCESS_KEY
+from tests.support.service import json_client
 from webpubsub.protocol.tokens import issue_rest_token
 from webpubsub.server.app import ServiceRunner
 
@@ -462,10 +463,7 @@ async def test_the_live_coverage_flow_gets_azures_answers(
             )
         )
         url = f"ws://127.0.0.1:{service.port}/client/hubs/hub?access_token={body['token']}"
-        ws = await http.ws_connect(url, protocols=("json.webpubsub.azure.v1",))
-        connected = json.loads((await ws.receive(timeout=5)).data)
-        assert connected["event"] == "connected"
-        return ws, connected["connectionId"]
+        return await json_client(http, url)
 
     ws, conn = await connect()
     await replayer.replay(Recorded(LIVE, "HEAD", f"/api/health?{V}", Answer(200)))
