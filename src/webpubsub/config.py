@@ -59,6 +59,10 @@ class ServerSettings:
     outbox_max_bytes: int = 4_194_304
     recovery_window_seconds: float = 60.0
     """How long a dropped reliable connection is kept for its client to recover it."""
+    data_dir: str | None = None
+    """Where the event queue lives (None: the user data directory; ``:memory:``: nowhere)."""
+    shutdown_timeout_seconds: float = 10.0
+    """How long shutdown flushes queued ``connected``/``disconnected`` events."""
 
     @property
     def tls(self) -> bool:
@@ -86,6 +90,19 @@ class UpstreamSettings:
 
     timeout_seconds: float = 20.0
     validation: bool = True
+    max_connections_per_origin: int = 100
+    """HTTP connections to one handler origin for events (user and asynchronous)."""
+    connect_connections_per_origin: int = 100
+    """A separate budget for ``connect`` calls and abuse-protection probes."""
+    max_inflight_events_per_connection: int = 16
+    """User events one client connection may have waiting on handlers at once."""
+    retry_delays_seconds: tuple[float, ...] = (1.0, 3.0, 5.0)
+    """The first retries of an asynchronous event (Azure's schedule), then doubling."""
+    retry_max_delay_seconds: float = 300.0
+    retry_horizon_seconds: float = 86400.0
+    """How long an asynchronous event is retried before it goes to the dead letters."""
+    max_queued_events: int = 100_000
+    max_dead_events: int = 100_000
 
 
 def _no_hubs() -> Mapping[str, HubSettings]:
@@ -274,6 +291,11 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
             t.get("recovery_window_seconds", d.recovery_window_seconds),
             "server.recovery_window_seconds",
         ),
+        data_dir=check.directory(t["data_dir"], "server.data_dir") if "data_dir" in t else None,
+        shutdown_timeout_seconds=check.positive(
+            t.get("shutdown_timeout_seconds", d.shutdown_timeout_seconds),
+            "server.shutdown_timeout_seconds",
+        ),
         tls_cert=tls_cert,
         tls_key=tls_key,
         trusted_proxies=check.networks(t.get("trusted_proxies", []), "server.trusted_proxies"),
@@ -283,11 +305,27 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
 def _parse_upstream(check: _Checker, value: object) -> UpstreamSettings:
     d = UpstreamSettings()
     t = check.table(value, "upstream", config_keys(UpstreamSettings))
+
+    def count(key: str) -> int:
+        return check.integer(t.get(key, getattr(d, key)), f"upstream.{key}", 1)
+
+    def seconds(key: str) -> float:
+        return check.positive(t.get(key, getattr(d, key)), f"upstream.{key}")
+
     return UpstreamSettings(
-        timeout_seconds=check.positive(
-            t.get("timeout_seconds", d.timeout_seconds), "upstream.timeout_seconds"
-        ),
+        timeout_seconds=seconds("timeout_seconds"),
         validation=check.boolean(t.get("validation", d.validation), "upstream.validation"),
+        max_connections_per_origin=count("max_connections_per_origin"),
+        connect_connections_per_origin=count("connect_connections_per_origin"),
+        max_inflight_events_per_connection=count("max_inflight_events_per_connection"),
+        retry_delays_seconds=check.delays(
+            t.get("retry_delays_seconds", list(d.retry_delays_seconds)),
+            "upstream.retry_delays_seconds",
+        ),
+        retry_max_delay_seconds=seconds("retry_max_delay_seconds"),
+        retry_horizon_seconds=seconds("retry_horizon_seconds"),
+        max_queued_events=count("max_queued_events"),
+        max_dead_events=count("max_dead_events"),
     )
 
 
@@ -486,6 +524,33 @@ class _Checker:
             )
             return None
         return text
+
+    def directory(self, value: object, path: str) -> str | None:
+        """A directory path (created at start if missing), or ``:memory:``."""
+        text = self.string(value, path)
+        if text is not None and not text.strip():
+            self.add(path, "expected a directory path or :memory:, got an empty string")
+            return None
+        return text
+
+    def delays(self, value: object, path: str) -> tuple[float, ...]:
+        """A non-empty array of at most 16 numbers of seconds >= 0."""
+        if not isinstance(value, list | tuple) or not 1 <= len(value) <= 16:
+            self.add(path, f"expected an array of 1 to 16 numbers, got {_describe(value)}")
+            return (1.0,)
+        out: list[float] = []
+        for i, item in enumerate(value):
+            if (
+                isinstance(item, int | float)
+                and not isinstance(item, bool)
+                and math.isfinite(item)
+                and item >= 0
+            ):
+                out.append(float(item))
+            else:
+                reason = f"expected a number of seconds >= 0, got {_describe(item)}"
+                self.add(f"{path}[{i}]", reason)
+        return tuple(out) or (1.0,)
 
     def networks(self, value: object, path: str) -> tuple[str, ...]:
         """Addresses or networks (``10.0.0.0/8``), or ``"*"`` for any peer."""

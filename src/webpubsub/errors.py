@@ -170,6 +170,17 @@ class UpstreamError(WebPubSubError):
         return "The event handler failed."
 
 
+class TooManyEvents(UpstreamError):
+    """A connection already has its limit of user events waiting on event handlers."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Too many events in flight for this connection (limit {limit}).")
+
+    @property
+    def client_message(self) -> str:
+        return self.message
+
+
 class NoEventHandler(UpstreamError):
     """No event handler of the hub subscribes to this user event."""
 

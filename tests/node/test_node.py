@@ -270,3 +270,53 @@ async def test_a_reaped_connection_gets_its_disconnected_event_from_this_node() 
     node.reaped(ReapedConnection("chat", "dead1", "zoe", JSON, "st", "node-x"))
     [(ctx, reason)] = up.ends
     assert (ctx.connection_id, ctx.user_id, ctx.state, reason) == ("dead1", "zoe", "st", NODE_LOST)
+
+
+# -- user events in flight ---------------------------------------------------------------
+
+
+class HangingUpstream(RecordingUpstream):
+    """User events hang until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.called = asyncio.Event()
+
+    async def user_event(
+        self, hub: HubSettings, ctx: EventContext, name: str, payload: Payload
+    ) -> EventReply:
+        self.calls += 1
+        self.called.set()
+        await self.release.wait()
+        return EventReply(payload=None, state=None)
+
+
+async def test_user_events_in_flight_per_connection_are_bounded() -> None:
+    up = HangingUpstream()
+    node, _ = make_node(up)
+    node.max_inflight_events = 2
+    sink = RecordingSink()
+    conn = node.attach(admission(), sink)
+
+    def event(ack_id: int) -> bytes:
+        message = {"type": "event", "event": "e", "dataType": "text", "data": "x", "ackId": ack_id}
+        return orjson.dumps(message)
+
+    hanging = [asyncio.create_task(node.receive(conn, event(i))) for i in (1, 2)]
+    async with asyncio.timeout(5.0):
+        while up.calls < 2:
+            up.called.clear()
+            await up.called.wait()
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, event(3))  # answered at once, not queued behind the others
+    assert up.calls == 2
+    ack = sink.texts()[-1]
+    assert ack["ackId"] == 3 and ack["success"] is False
+    assert "in flight" in str(ack["error"])
+    up.release.set()
+    await asyncio.gather(*hanging)
+    assert [t["ackId"] for t in sink.texts()[-2:]] == [1, 2]
+    await node.receive(conn, event(4))  # room again
+    assert sink.texts()[-1] == {"type": "ack", "ackId": 4, "success": True}

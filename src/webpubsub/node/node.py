@@ -27,6 +27,7 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     BadRequest,
     InvalidName,
+    TooManyEvents,
     Unauthorized,
     UpstreamError,
     WebPubSubError,
@@ -82,6 +83,9 @@ PRESENCE_WAIT = 2.0
 #: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
 
+#: User events one connection may have waiting on event handlers; the next is refused.
+DEFAULT_MAX_INFLIGHT_EVENTS = 16
+
 #: Parsed OData filters kept per node (the same filter text is often sent repeatedly).
 _FILTER_CACHE_SIZE = 256
 
@@ -133,8 +137,12 @@ class Node:
         recovery_window: float = DEFAULT_RECOVERY_WINDOW,
         presence: PresencePort | None = None,
         handover: HandoverPort | None = None,
+        max_inflight_events: int = DEFAULT_MAX_INFLIGHT_EVENTS,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
+        self.max_inflight_events = max_inflight_events
+        """User events one connection may have waiting on handlers at once."""
+        self._inflight: dict[Connection, int] = {}
         self._presence = presence
         self._handover = handover
         self._welcomes: set[asyncio.Task[None]] = set()
@@ -456,7 +464,14 @@ class Node:
             conn.send_control(ack)
 
     async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
-        """Call the event handler for a user event; failures are logged and re-raised."""
+        """Call the event handler for a user event; failures are logged and re-raised.
+
+        Past ``max_inflight_events`` of this connection waiting on handlers, the
+        event is refused at once (:class:`TooManyEvents`) rather than queued."""
+        inflight = self._inflight.get(conn, 0)
+        if inflight >= self.max_inflight_events:
+            raise TooManyEvents(self.max_inflight_events)
+        self._inflight[conn] = inflight + 1
         try:
             return await self._upstream.user_event(
                 self._hub_settings(conn.hub), self.context(conn), name, payload
@@ -470,6 +485,10 @@ class Node:
                 exc.message,
             )
             raise
+        finally:
+            left = self._inflight.pop(conn) - 1
+            if left:
+                self._inflight[conn] = left
 
     def detach(self, conn: Connection, sink: Sink, reason: str, *, recoverable: bool) -> None:
         """The transport ``sink`` of ``conn`` is gone.

@@ -84,8 +84,12 @@ class ServiceRunner:
             urlsplit(server.public_endpoint).hostname if server.public_endpoint else None
         )
         origin = upstream_origin or self._host_for_urls()
+        up = self.config.upstream
         self.upstream = Upstream(
-            HttpTransport(),
+            HttpTransport(
+                max_connections=up.max_connections_per_origin,
+                connect_connections=up.connect_connections_per_origin,
+            ),
             keys=server.access_keys,
             origin=origin,
             validate=self.config.upstream.validation,
@@ -100,6 +104,7 @@ class ServiceRunner:
             node_id=getattr(self.backplane, "node_id", None) or self.config.backplane.node_id,
             presence=self.backplane.presence(),
             handover=self.backplane.handover(),
+            max_inflight_events=up.max_inflight_events_per_connection,
         )
         endpoints: list[str] = []
         ctx = ServiceContext(

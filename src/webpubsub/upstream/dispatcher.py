@@ -37,7 +37,7 @@ from webpubsub.protocol.cloudevents import (
     validation_request,
 )
 from webpubsub.protocol.payload import Payload
-from webpubsub.upstream.http import HttpTransport, UpstreamTimeout, safe_url
+from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout, safe_url
 
 _log = logging.getLogger("webpubsub.upstream")
 
@@ -112,7 +112,9 @@ class Upstream:
         await self._ensure_validated(handler, ctx.hub)
         url = handler.url_for(ctx.hub, "connect")
         upstream_request = connect_request(ctx, url, self._keys, self._clock(), request)
-        response = await self._transport.send(upstream_request, timeout=handler.timeout_seconds)
+        response = await self._transport.send(
+            upstream_request, timeout=handler.timeout_seconds, pool=Pool.CONNECT
+        )
         decision = parse_connect_response(response)
         if decision.body_ignored:
             _log.warning(
@@ -285,10 +287,14 @@ class Upstream:
         request = validation_request(url, self._origin)
         try:
             try:
-                response = await self._transport.send(request, timeout=self._probe_timeout)
+                response = await self._transport.send(
+                    request, timeout=self._probe_timeout, pool=Pool.CONNECT
+                )
                 if response.status == 404:
                     request = replace(request, method="GET")
-                    response = await self._transport.send(request, timeout=self._probe_timeout)
+                    response = await self._transport.send(
+                        request, timeout=self._probe_timeout, pool=Pool.CONNECT
+                    )
             except UpstreamError as exc:
                 problem = exc.message
             else:

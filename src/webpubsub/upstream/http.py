@@ -7,6 +7,7 @@ by ``scheme://host/path`` only: a URL's query may carry a secret (``?code=``).
 from __future__ import annotations
 
 import asyncio
+import enum
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -15,6 +16,17 @@ from webpubsub.errors import UpstreamError
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
+DEFAULT_CONNECTIONS_PER_ORIGIN = 100
+
+
+class Pool(enum.Enum):
+    """Which connection budget a request draws on: each has its own pool per origin."""
+
+    EVENTS = "events"
+    """User events and ``connected``/``disconnected``."""
+    CONNECT = "connect"
+    """``connect`` calls and abuse-protection probes: a handshake never waits behind
+    user events hanging on the same handler."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -36,9 +48,15 @@ def safe_url(url: str) -> str:
 
 
 class HttpTransport:
-    """One pooled HTTP client for all event handlers.
+    """Pooled HTTP clients for all event handlers.
 
-    The session is created on first use, inside the running event loop.
+    Each :class:`Pool` is bounded per handler origin (scheme, host, port):
+    ``max_connections`` for events, ``connect_connections`` for ``connect`` calls
+    and probes, so one slow endpoint stalls neither handshakes nor the handlers of
+    another origin (origins come from the configuration, so the total is bounded
+    too). A request's timeout covers the wait for a free connection as well.
+
+    Sessions are created on first use, inside the running event loop.
     Redirects are not followed (a 3xx is returned as the answer) and cookies are
     not kept, so nothing leaks from one connection's events to another's.
     """
@@ -47,37 +65,41 @@ class HttpTransport:
         self,
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_connections: int = 100,
+        max_connections: int = DEFAULT_CONNECTIONS_PER_ORIGIN,
+        connect_connections: int = DEFAULT_CONNECTIONS_PER_ORIGIN,
     ) -> None:
         self._max_response_bytes = max_response_bytes
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._limits = {Pool.EVENTS: max_connections, Pool.CONNECT: connect_connections}
+        self._sessions: dict[Pool, aiohttp.ClientSession] = {}
         self._closed = False
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _get_session(self, pool: Pool) -> aiohttp.ClientSession:
         if self._closed:
             raise UpstreamError("the upstream transport is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+        session = self._sessions.get(pool)
+        if session is None:
+            session = self._sessions[pool] = aiohttp.ClientSession(
+                # limit=0: no cap across origins; limit_per_host: per (host, port, TLS).
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._limits[pool]),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
                 # send() bounds each call with the handler's own timeout; aiohttp's
                 # default 300 s total would silently cap longer ones.
                 timeout=aiohttp.ClientTimeout(total=None),
             )
-        return self._session
+        return session
 
     async def send(
         self,
         request: UpstreamRequest,
         *,
         timeout: float,  # noqa: ASYNC109 (each event handler has its own timeout)
+        pool: Pool = Pool.EVENTS,
     ) -> UpstreamResponse:
-        """Send ``request``; the whole exchange (connect to last body byte) is
-        bounded by ``timeout`` seconds."""
+        """Send ``request`` on ``pool``; the whole exchange (waiting for a free
+        connection, connecting, to the last body byte) is bounded by ``timeout``."""
         where = f"{request.method} {safe_url(request.url)}"
-        session = self._get_session()
+        session = self._get_session(pool)
         try:
             async with asyncio.timeout(timeout):
                 return await self._exchange(session, request, where)
@@ -120,8 +142,8 @@ class HttpTransport:
             )
 
     async def close(self) -> None:
-        """Close the pool; later sends fail."""
+        """Close the pools; later sends fail."""
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
