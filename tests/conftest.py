@@ -26,6 +26,7 @@ def make_config(
     *hubs: HubSettings, keys: Sequence[str] = (ACCESS_KEY,), **server: object
 ) -> ServiceConfig:
     config = default_config().with_overrides(host="127.0.0.1", port=0, access_keys=tuple(keys))
+    server.setdefault("data_dir", ":memory:")  # the event queue: nothing on disk
     if server:
         config = dataclasses.replace(
             config,
@@ -65,6 +66,16 @@ async def start_service() -> AsyncIterator[StartService]:
     yield start
     for runner in reversed(runners):
         await runner.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Services started without a ``data_dir`` (``webpubsub serve`` in a subprocess) keep
+    their event queue in a directory of this run, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture

@@ -22,8 +22,10 @@ from webpubsub.protocol.cloudevents import (
     signature,
 )
 from webpubsub.protocol.payload import DataType, Payload
+from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
+from webpubsub.upstream.queue import SqliteEventQueue
 
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 ORIGIN = "pubsub.example.com"
@@ -152,7 +154,7 @@ async def make_upstream(monotonic: FakeMonotonic) -> AsyncIterator[MakeUpstream]
             "origin": ORIGIN,
             "clock": lambda: 1714557600.0,
             "monotonic": monotonic,
-            "async_retry_delays": (0.0, 0.0),
+            "retry": RetryPolicy(delays=(0.0, 0.0), max_delay=0.02, horizon=0.5),
         }
         options.update(kwargs)
         upstream = Upstream(transport or HttpTransport(), **options)  # type: ignore[arg-type]
@@ -550,15 +552,21 @@ async def test_disconnected_is_sent_after_connected(
 
 
 @pytest.mark.parametrize(
-    ("statuses", "attempts"),
-    [([503, 503, 503, 503], 3), ([503, 204], 2), ([500, 503, 200], 3), ([400, 204], 1)],
+    ("statuses", "attempts", "dead"),
+    [
+        ([503, 503, 503, 503, 204], 5, False),  # past Azure's three retries: at least once
+        ([503, 204], 2, False),
+        ([500, 408, 429, 200], 4, False),
+        ([400, 204], 1, True),  # refused for good
+    ],
 )
-async def test_async_events_are_retried_on_5xx(
+async def test_async_events_are_retried_until_delivered(
     handler: HandlerApp,
     make_upstream: MakeUpstream,
     caplog: pytest.LogCaptureFixture,
     statuses: list[int],
     attempts: int,
+    dead: bool,
 ) -> None:
     answers = iter(statuses)
 
@@ -572,25 +580,29 @@ async def test_async_events_are_retried_on_5xx(
     caplog.set_level(logging.WARNING, "webpubsub.upstream")
     upstream.connected(hub_with(handler.url()), ctx("conn7"))
     await upstream.aclose(timeout=WAIT)
-    assert len(handler.posts()) == attempts
-    final = statuses[attempts - 1]
-    if final >= 300:
-        warning = caplog.records[-1]
-        assert warning.levelno == logging.WARNING
-        text = warning.getMessage()
+    posts = handler.posts()
+    assert len(posts) == attempts
+    assert {p.header("ce-id") for p in posts} == {"1"}  # the same event every time
+    assert upstream.stats.dead_lettered == int(dead)
+    if dead:
+        text = caplog.records[-1].getMessage()
         assert "connected" in text and "conn7" in text and "hub=chat" in text
-        assert str(final) in text
+        assert "400" in text and "dead-lettered" in text
 
 
-async def test_pending_async_events_are_bounded(
+async def test_a_full_queue_dead_letters_new_events_and_says_so(
     handler: HandlerApp, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler.hold_posts()
-    upstream = make_upstream(max_pending_async=1)
+    queue = SqliteEventQueue(":memory:")
+    upstream = make_upstream(max_queued_events=1, queue=queue)
     hub = hub_with(handler.url())
     upstream.connected(hub, ctx("c1"))
     upstream.connected(hub, ctx("c2"))
-    assert "dropped" in caplog.text and "c2" in caplog.text
+    assert "queue is full" in caplog.text and "c2" in caplog.text
+    assert upstream.stats.queue_full == 1
+    [dead] = queue.dead()
+    assert dead.event.chain.endswith("connection=c2") and "full" in dead.reason
     await handler.wait_until(lambda seen: len(seen) == 2)
     handler.release.set()
     await upstream.aclose(timeout=WAIT)

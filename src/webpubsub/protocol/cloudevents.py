@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import orjson
 
@@ -346,3 +347,47 @@ def parse_user_event_response(response: UpstreamResponse) -> EventReply:
     content_types = response.header_values("content-type")
     content_type = content_types[0] if content_types else None
     return EventReply(Payload.from_upstream_reply(content_type, response.body), state)
+
+
+MAX_RETRY_AFTER = 86400.0
+"""The longest ``Retry-After`` honoured, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncOutcome:
+    """What an answer to ``connected``/``disconnected`` means for its delivery.
+
+    ``retry``: try again (408, 429, 5xx); ``retry_after`` is the handler's
+    ``Retry-After`` in seconds when it sent a usable one. Neither ``delivered`` nor
+    ``retry``: the handler refused it for good (another status)."""
+
+    delivered: bool
+    retry: bool = False
+    retry_after: float | None = None
+
+
+def async_outcome(response: UpstreamResponse, now: float) -> AsyncOutcome:
+    """Classify an answer to an asynchronous event (``now``: wall-clock seconds)."""
+    status = response.status
+    if 200 <= status <= 299:
+        return AsyncOutcome(delivered=True)
+    if status in (408, 429) or 500 <= status <= 599:
+        values = response.header_values("retry-after")
+        after = parse_retry_after(values[0], now) if values else None
+        return AsyncOutcome(delivered=False, retry=True, retry_after=after)
+    return AsyncOutcome(delivered=False)
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """``Retry-After`` (RFC 9110 §10.2.3) as seconds from ``now``: delay-seconds or an
+    HTTP-date, clamped to 0..:data:`MAX_RETRY_AFTER`; None when unusable."""
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return min(float(int(text[:12])), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -27,8 +29,10 @@ from webpubsub.server import rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.outbox import Flusher
+from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
+from webpubsub.upstream.queue import SqliteEventQueue, queue_file
 
 log = logging.getLogger("webpubsub.server")
 
@@ -77,6 +81,15 @@ class ServiceRunner:
         return format_connection_string(self.endpoint, self.config.server.access_keys[0])
 
     async def start(self) -> None:
+        """Start serving; on any failure what was started is stopped again (the event
+        queue's lock released) before the error propagates."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         server = self.config.server
         if server.tls_cert is not None and server.tls_key is not None:
             self._ssl = tls.server_context(server.tls_cert, server.tls_key)  # fails first
@@ -85,6 +98,7 @@ class ServiceRunner:
         )
         origin = upstream_origin or self._host_for_urls()
         up = self.config.upstream
+        queue = SqliteEventQueue(self.queue_path)  # fails first: in use elsewhere
         self.upstream = Upstream(
             HttpTransport(
                 max_connections=up.max_connections_per_origin,
@@ -94,7 +108,17 @@ class ServiceRunner:
             origin=origin,
             validate=self.config.upstream.validation,
             clock=self._clock,
+            queue=queue,
+            retry=RetryPolicy(
+                delays=up.retry_delays_seconds,
+                max_delay=up.retry_max_delay_seconds,
+                horizon=up.retry_horizon_seconds,
+            ),
+            max_queued_events=up.max_queued_events,
+            max_dead_events=up.max_dead_events,
+            per_origin=up.max_connections_per_origin,
         )
+        self.upstream.start()
         self.node = Node(
             hub_settings=self.config.hub,
             upstream=self.upstream,
@@ -150,6 +174,11 @@ class ServiceRunner:
         endpoints.append(self.endpoint)
         log.info("webpubsub listening on %s://%s:%d", self.scheme, server.host, self.port)
 
+    @property
+    def queue_path(self) -> str:
+        """The event queue's file (``:memory:`` when ``data_dir`` says so)."""
+        return queue_file(data_dir(self.config), self.config.backplane.node_id)
+
     def health(self) -> dict[str, object]:
         """The body of ``GET /api/health``: this node and its backplane."""
         plane = self.backplane.health()
@@ -188,7 +217,7 @@ class ServiceRunner:
             self._runner = None
         await self.backplane.stop()
         if self.upstream is not None:
-            await self.upstream.aclose()
+            await self.upstream.aclose(self.config.server.shutdown_timeout_seconds)
 
     def _host_for_urls(self) -> str:
         if self._advertised_host:
@@ -197,6 +226,15 @@ class ServiceRunner:
         if host in _LOOPBACK_OR_ANY:
             return "localhost"
         return f"[{host}]" if ":" in host else host
+
+
+def data_dir(config: ServiceConfig) -> str:
+    """``[server] data_dir``, else the user data directory (``$XDG_DATA_HOME`` or
+    ``~/.local/share``, then ``webpubsub``)."""
+    if config.server.data_dir is not None:
+        return config.server.data_dir
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "webpubsub")
 
 
 def _backplane_for(config: ServiceConfig) -> Backplane:

@@ -2,13 +2,14 @@
 
 * Blocking events (``connect``, user events) are sent once — the client waits
   and a retry could duplicate its message — and their errors propagate.
-* ``connected`` / ``disconnected`` are fire-and-forget background tasks, retried
-  on 408/5xx/network errors; failures are only logged.  A connection's
-  ``disconnected`` is sent after its ``connected`` has finished.
+* ``connected`` / ``disconnected`` are queued durably when they happen and
+  delivered at least once (``upstream/delivery.py``): retried on 408/429/5xx,
+  timeouts and network errors (a failed probe too) up to a horizon, then
+  dead-lettered.  A connection's ``disconnected`` goes after its ``connected``.
 * Abuse protection: before the first event to a handler URL the URL is
   probed (``OPTIONS``, ``GET`` after a 404); concurrent first events share one
   probe; success is cached for ``validation_ttl`` seconds, failure with a
-  back-off of 1 s doubling to 60 s.
+  short back-off (1 s, then 2 s at most) before the next event probes again.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ from webpubsub.protocol.cloudevents import (
     validation_request,
 )
 from webpubsub.protocol.payload import Payload
-from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout, safe_url
+from webpubsub.upstream.delivery import Delivery, DeliveryStats, RetryPolicy
+from webpubsub.upstream.http import HttpTransport, Pool, safe_url
+from webpubsub.upstream.queue import MEMORY, EventQueue, QueuedEvent, SqliteEventQueue
 
 _log = logging.getLogger("webpubsub.upstream")
 
 PROBE_TIMEOUT = 10.0
-ASYNC_RETRY_DELAYS = (1.0, 3.0, 5.0)
+VALIDATION_BACKOFF = (1.0, 2.0)
+"""A failed probe is tried again on the next event after 1 s, then every 2 s at most:
+a handler coming back is noticed within a second or two."""
 MAX_VALIDATION_ENTRIES = 4096
 
 
@@ -60,7 +65,8 @@ class Upstream:
     """Sends a hub's events to its configured event handlers.
 
     ``clock`` (wall time) stamps ``ce-time``; ``monotonic`` drives the validation
-    cache and back-off.  ``keys`` sign every event and are never logged.
+    cache and back-off; ``queue_clock`` (wall time: it is stored) the retries of
+    queued events.  ``keys`` sign every event and are never logged.
     """
 
     def __init__(
@@ -72,27 +78,47 @@ class Upstream:
         validate: bool = True,
         clock: Callable[[], float] = time.time,
         validation_ttl: float = 300.0,
-        max_pending_async: int = 10_000,
         monotonic: Callable[[], float] = time.monotonic,
         probe_timeout: float = PROBE_TIMEOUT,
-        async_retry_delays: Sequence[float] = ASYNC_RETRY_DELAYS,
-        validation_backoff: tuple[float, float] = (1.0, 60.0),
+        validation_backoff: tuple[float, float] = VALIDATION_BACKOFF,
+        queue: EventQueue | None = None,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen)
+        max_queued_events: int = 100_000,
+        max_dead_events: int = 100_000,
+        per_origin: int = 100,
+        queue_clock: Callable[[], float] = time.time,
     ) -> None:
         self._transport = transport
         self._keys = tuple(keys)
         self._origin = origin
         self._validate = validate
         self._clock = clock
+        self._queue_clock = queue_clock
         self._monotonic = monotonic
         self._validation_ttl = validation_ttl
-        self._max_pending = max_pending_async
         self._probe_timeout = probe_timeout
-        self._retry_delays = tuple(async_retry_delays)
         self._backoff_initial, self._backoff_max = validation_backoff
         self._validations: dict[str, _Validation] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._connected_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._closed = False
+        self._delivery = Delivery(
+            queue or SqliteEventQueue(MEMORY),
+            transport,
+            self._ensure_url_validated,
+            clock=queue_clock,
+            retry=retry,
+            max_queued=max_queued_events,
+            max_dead=max_dead_events,
+            per_origin=per_origin,
+        )
+
+    @property
+    def stats(self) -> DeliveryStats:
+        """Counters of the asynchronous events' delivery."""
+        return self._delivery.stats
+
+    def queued(self) -> int:
+        """Asynchronous events waiting or being delivered."""
+        return len(self._delivery)
 
     # -- blocking events ------------------------------------------------------
 
@@ -143,114 +169,63 @@ class Upstream:
         response = await self._transport.send(request, timeout=handler.timeout_seconds)
         return parse_user_event_response(response)
 
-    # -- fire-and-forget events -------------------------------------------------
+    # -- asynchronous events ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start delivering what the queue holds (call inside the running loop)."""
+        self._delivery.start()
 
     def connected(self, hub: HubSettings, ctx: EventContext) -> None:
-        """Schedule the ``connected`` event, if a handler subscribes to it."""
+        """Queue the ``connected`` event, if a handler subscribes to it."""
         handler = hub.handler_for_system_event("connected")
         if handler is None:
             return
         url = handler.url_for(ctx.hub, "connected")
         request = connected_request(ctx, url, self._keys, self._clock())
-        task = self._spawn(handler, ctx, "connected", request, after=None)
-        if task is None:
-            return
-        key = (ctx.hub, ctx.connection_id)
-        self._connected_tasks[key] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._connected_tasks.get(key) is done:
-                del self._connected_tasks[key]
-
-        task.add_done_callback(forget)
+        self._queue_event(handler, ctx, "connected", request)
 
     def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None:
-        """Schedule the ``disconnected`` event, after the connection's ``connected``."""
-        after = self._connected_tasks.pop((ctx.hub, ctx.connection_id), None)
+        """Queue the ``disconnected`` event: delivered after the connection's ``connected``."""
         handler = hub.handler_for_system_event("disconnected")
         if handler is None:
             return
         url = handler.url_for(ctx.hub, "disconnected")
         request = disconnected_request(ctx, url, self._keys, self._clock(), reason)
-        self._spawn(handler, ctx, "disconnected", request, after=after)
+        self._queue_event(handler, ctx, "disconnected", request)
 
-    def _spawn(
+    def _queue_event(
         self,
         handler: EventHandlerSettings,
         ctx: EventContext,
         event: str,
         request: UpstreamRequest,
-        *,
-        after: asyncio.Task[None] | None,
-    ) -> asyncio.Task[None] | None:
-        if self._closed:
-            _log.warning(
-                "upstream is closed; %s event not sent (hub=%s connection=%s)",
-                event,
-                ctx.hub,
-                ctx.connection_id,
-            )
-            return None
-        if len(self._pending) >= self._max_pending:
-            _log.warning(
-                "%d upstream events pending; %s event dropped (hub=%s connection=%s)",
-                len(self._pending),
-                event,
-                ctx.hub,
-                ctx.connection_id,
-            )
-            return None
-        task = asyncio.create_task(self._deliver(handler, ctx, event, request, after))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return task
-
-    async def _deliver(
-        self,
-        handler: EventHandlerSettings,
-        ctx: EventContext,
-        event: str,
-        request: UpstreamRequest,
-        after: asyncio.Task[None] | None,
     ) -> None:
-        where = (
-            f"{event} event to {safe_url(request.url)} "
-            f"(hub={ctx.hub} connection={ctx.connection_id})"
+        if self._closed:
+            _log.info(
+                "%s event queued during shutdown, for the next start (hub=%s connection=%s)",
+                event,
+                ctx.hub,
+                ctx.connection_id,
+            )
+        validate_url = handler.url_for(ctx.hub, "validate") if self._validate else ""
+        self._delivery.add(
+            QueuedEvent(
+                chain=f"hub={ctx.hub} connection={ctx.connection_id}",
+                event=event,
+                request=request,
+                validate_url=validate_url,
+                timeout=handler.timeout_seconds,
+                created=self._queue_clock(),
+            )
         )
-        try:
-            if after is not None:
-                await asyncio.wait([after])
-            await self._ensure_validated(handler, ctx.hub)
-            attempts = len(self._retry_delays) + 1
-            for attempt in range(1, attempts + 1):
-                try:
-                    response = await self._transport.send(request, timeout=handler.timeout_seconds)
-                except UpstreamTimeout as exc:
-                    _log.warning("%s failed: %s", where, exc.message)
-                    return
-                except UpstreamError as exc:
-                    failure, retry = exc.message, True
-                else:
-                    if 200 <= response.status <= 299:
-                        return
-                    failure = f"status {response.status}"
-                    retry = response.status == 408 or response.status >= 500
-                if not retry or attempt == attempts:
-                    _log.warning("%s failed after %d attempt(s): %s", where, attempt, failure)
-                    return
-                _log.info("%s attempt %d failed (%s); retrying", where, attempt, failure)
-                await asyncio.sleep(self._retry_delays[attempt - 1])
-        except UpstreamError as exc:
-            _log.warning("%s not sent: %s", where, exc.message)
-        except Exception:
-            _log.exception("%s: unexpected error", where)
 
     # -- abuse protection ---------------------------------------------------------
 
     async def _ensure_validated(self, handler: EventHandlerSettings, hub: str) -> None:
-        if not self._validate:
-            return
-        url = handler.url_for(hub, "validate")
+        if self._validate:
+            await self._ensure_url_validated(handler.url_for(hub, "validate"))
+
+    async def _ensure_url_validated(self, url: str) -> None:
         now = self._monotonic()
         entry = self._validations.get(url)
         if entry is None:
@@ -322,19 +297,28 @@ class Upstream:
     # -- shutdown -------------------------------------------------------------------
 
     async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a grace period)
-        """Wait up to ``timeout`` seconds for pending async events, then close."""
+        """Deliver queued events for up to ``timeout`` seconds, then close; what is
+        left stays queued for the next start (a queue in memory loses it), logged."""
+        if self._closed:
+            return
         self._closed = True
-        pending = set(self._pending)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        left = await self._delivery.aclose(timeout)
         probes = [e.probe for e in self._validations.values() if e.probe is not None]
         for probe in probes:
             probe.cancel()
         await asyncio.gather(*probes, return_exceptions=True)
         await self._transport.close()
+        queue = self._delivery.queue
+        if left and getattr(queue, "path", MEMORY) == MEMORY:
+            _log.warning("%d queued event(s) lost: the event queue is in memory", left)
+        elif left:
+            _log.warning(
+                "%d queued event(s) not delivered within %g s: kept in %s for the next start",
+                left,
+                timeout,
+                getattr(queue, "path", "the queue"),
+            )
+        queue.close()
 
 
 def _validation_failed(url: str) -> UpstreamError:

@@ -1,0 +1,355 @@
+"""At-least-once delivery of ``connected``/``disconnected`` from an :class:`EventQueue`.
+
+* An event is stored when it is created and leaves the queue once its handler
+  answered 2xx; it is sent again, with the same request and ``ce-id``, after a
+  408, 429, 5xx, a timeout or a network error: first after Azure's 1 s / 3 s / 5 s,
+  then after doubling delays up to ``max_delay`` (a 429 or 503 waits its
+  ``Retry-After`` instead), until ``horizon`` seconds after it was created; then it
+  goes to the dead letters. Another status sends it there at once.
+* Events of one chain (one connection) go one at a time, in the order created:
+  a connection's ``connected`` before its ``disconnected``.
+* Bounded: at most ``max_queued`` events wait (a new one beyond goes to the dead
+  letters, logged and counted), ``max_dead`` dead letters are kept (the oldest go,
+  logged and counted), at most ``per_origin`` deliveries run to one handler origin
+  and :data:`MAX_RUNNING` in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from webpubsub.errors import UpstreamError
+from webpubsub.protocol.cloudevents import async_outcome
+from webpubsub.upstream.http import HttpTransport, safe_url
+from webpubsub.upstream.queue import EventQueue, QueuedEvent
+
+_log = logging.getLogger("webpubsub.upstream")
+
+MAX_RUNNING = 256
+POLL_SECONDS = 1.0
+"""How often the queue is read for events another process put there (``events replay``)."""
+_MIN_BACKOFF = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    delays: tuple[float, ...] = (1.0, 3.0, 5.0)
+    """Azure's schedule for the first retries."""
+    max_delay: float = 300.0
+    horizon: float = 86400.0
+
+    def delay(self, failures: int) -> float:
+        """The wait after the ``failures``-th failed attempt (1-based)."""
+        if failures <= len(self.delays):
+            return self.delays[failures - 1]
+        base = max(self.delays[-1] if self.delays else 0.0, _MIN_BACKOFF)
+        steps = failures - len(self.delays)
+        return min(base * 2.0 ** min(steps, 64), self.max_delay)
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters since start (also the answer to "was anything dropped?")."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    queue_full: int = 0
+    dead_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Item:
+    """A queued event as the scheduler sees it (the request stays in the queue)."""
+
+    seq: int
+    chain: str
+    origin: str
+    created: float
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Chain:
+    items: deque[_Item] = field(default_factory=deque)
+    running: bool = False
+
+
+Validate = Callable[[str], Awaitable[None]]
+"""Raise :class:`UpstreamError` unless the abuse-protection URL lets us deliver."""
+
+
+class Delivery:
+    """Delivers the queued events; ``clock`` is wall time (times are stored)."""
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        transport: HttpTransport,
+        validate: Validate,
+        *,
+        clock: Callable[[], float],
+        retry: RetryPolicy,
+        max_queued: int = 100_000,
+        max_dead: int = 100_000,
+        per_origin: int = 100,
+    ) -> None:
+        self.queue = queue
+        self.stats = DeliveryStats()
+        self._transport = transport
+        self._validate = validate
+        self._clock = clock
+        self._retry = retry
+        self._max_queued = max_queued
+        self._max_dead = max_dead
+        self._per_origin = per_origin
+        self._chains: dict[str, _Chain] = {}
+        self._count = 0
+        self._heap: list[tuple[float, int, str]] = []
+        self._blocked: dict[str, deque[str]] = {}
+        self._origins: Counter[str] = Counter()
+        self._running: set[asyncio.Task[None]] = set()
+        self._last_seq = 0
+        self._wake: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        """Events waiting or being delivered."""
+        return self._count
+
+    # -- in ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what the queue holds (from an earlier run) and start delivering."""
+        for event in self.queue.pending():
+            self._track(event)
+        if self._count:
+            _log.info("%d queued event(s) from an earlier run to deliver", self._count)
+        self._ensure_pump()
+
+    def add(self, event: QueuedEvent) -> None:
+        """Queue ``event`` durably (synchronously), or dead-letter it if the queue is full."""
+        if self._count >= self._max_queued:
+            self.stats.queue_full += 1
+            if self.stats.queue_full == 1 or self.stats.queue_full % 1000 == 0:
+                _log.warning(
+                    "the event queue is full (%d events): %s event of %s dead-lettered "
+                    "(%d so far; see `webpubsub events dead`)",
+                    self._count,
+                    event.event,
+                    event.chain,
+                    self.stats.queue_full,
+                )
+            self._bury(event, "the event queue was full")
+            return
+        self._track(self.queue.add(event))
+        self._ensure_pump()
+
+    def _track(self, event: QueuedEvent) -> None:
+        self._last_seq = max(self._last_seq, event.seq)
+        item = _Item(
+            seq=event.seq,
+            chain=event.chain,
+            origin=_origin(event.request.url),
+            created=event.created,
+            attempts=event.attempts,
+            next_at=event.next_at,
+        )
+        chain = self._chains.get(event.chain)
+        if chain is None:
+            chain = self._chains[event.chain] = _Chain()
+        chain.items.append(item)
+        self._count += 1
+        if len(chain.items) == 1 and not chain.running:
+            self._schedule(item)
+
+    def _schedule(self, item: _Item) -> None:
+        heapq.heappush(self._heap, (item.next_at, item.seq, item.chain))
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- the pump -----------------------------------------------------------------------
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._wake = asyncio.Event()
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        next_poll = self._clock() + POLL_SECONDS
+        while True:
+            now = self._clock()
+            if now >= next_poll:
+                next_poll = now + POLL_SECONDS
+                for event in self.queue.pending(after=self._last_seq, limit=10_000):
+                    self._track(event)  # put there by `webpubsub events replay`
+            self._start_due(now)
+            wait = next_poll - now
+            if self._heap and len(self._running) < MAX_RUNNING:
+                wait = min(wait, self._heap[0][0] - now)
+            if wait > 0:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(0)
+
+    def _start_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now and len(self._running) < MAX_RUNNING:
+            _, seq, name = heapq.heappop(self._heap)
+            chain = self._chains.get(name)
+            if chain is None or chain.running or not chain.items or chain.items[0].seq != seq:
+                continue  # stale
+            item = chain.items[0]
+            if self._origins[item.origin] >= self._per_origin:
+                self._blocked.setdefault(item.origin, deque()).append(name)
+                continue
+            chain.running = True
+            self._origins[item.origin] += 1
+            task = asyncio.get_running_loop().create_task(self._attempt(item))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _attempt(self, item: _Item) -> None:
+        try:
+            await self._deliver(item)
+        except Exception:  # never lose the chain to a bug: retry it
+            _log.exception("delivering queued event %d: unexpected error", item.seq)
+            self._failed(item, "unexpected error", None, f"queued event {item.seq}")
+        finally:
+            self._origins[item.origin] -= 1
+            if not self._origins[item.origin]:
+                del self._origins[item.origin]
+            blocked = self._blocked.get(item.origin)
+            if blocked:
+                name = blocked.popleft()
+                if not blocked:
+                    del self._blocked[item.origin]
+                chain = self._chains.get(name)
+                if chain is not None and chain.items and not chain.running:
+                    self._schedule(chain.items[0])
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _deliver(self, item: _Item) -> None:
+        event = self.queue.get(item.seq)
+        if event is None:  # purged meanwhile
+            self._finish(item)
+            return
+        where = f"{event.event} event to {safe_url(event.request.url)} ({event.chain})"
+        try:
+            if event.validate_url:
+                await self._validate(event.validate_url)
+            response = await self._transport.send(event.request, timeout=event.timeout)
+        except UpstreamError as exc:
+            self._failed(item, exc.message, None, where)
+            return
+        outcome = async_outcome(response, self._clock())
+        if outcome.delivered:
+            self.queue.remove(item.seq)
+            self.stats.delivered += 1
+            if item.attempts:
+                _log.info("%s delivered after %d attempt(s)", where, item.attempts + 1)
+            self._finish(item)
+        elif outcome.retry:
+            self._failed(item, f"status {response.status}", outcome.retry_after, where)
+        else:
+            _log.warning("%s refused with status %d: dead-lettered", where, response.status)
+            self._bury(event, f"status {response.status}")
+            self._finish(item)
+
+    def _failed(self, item: _Item, error: str, retry_after: float | None, where: str) -> None:
+        chain = self._chains.get(item.chain)
+        if chain is None or not chain.items or chain.items[0] is not item:
+            return  # settled already
+        item.attempts += 1
+        now = self._clock()
+        delay = retry_after if retry_after is not None else self._retry.delay(item.attempts)
+        if now + delay > item.created + self._retry.horizon:
+            event = self.queue.get(item.seq)
+            _log.warning(
+                "%s failed %d time(s) over %.0f s (%s): dead-lettered",
+                where,
+                item.attempts,
+                now - item.created,
+                error,
+            )
+            if event is not None:
+                self._bury(event, error)
+            self._finish(item)
+            return
+        self.stats.retried += 1
+        item.next_at = now + delay
+        self.queue.retry_later(item.seq, item.attempts, item.next_at, error)
+        level = logging.INFO if item.attempts <= len(self._retry.delays) else logging.WARNING
+        _log.log(
+            level, "%s attempt %d failed (%s); next in %g s", where, item.attempts, error, delay
+        )
+        chain.running = False
+        self._schedule(item)
+
+    def _finish(self, item: _Item) -> None:
+        chain = self._chains[item.chain]
+        chain.items.popleft()
+        chain.running = False
+        self._count -= 1
+        if chain.items:
+            self._schedule(chain.items[0])
+        else:
+            del self._chains[item.chain]
+            if not self._chains and self._drained is not None:
+                self._drained.set()
+
+    def _bury(self, event: QueuedEvent, reason: str) -> None:
+        self.queue.bury(event, self._clock(), reason)
+        self.stats.dead_lettered += 1
+        dropped = self.queue.trim_dead(self._max_dead)
+        if dropped:
+            self.stats.dead_dropped += dropped
+            _log.warning(
+                "%d dead letter(s) deleted: more than %d are kept (%d so far)",
+                dropped,
+                self._max_dead,
+                self.stats.dead_dropped,
+            )
+
+    # -- out ----------------------------------------------------------------------------
+
+    async def aclose(self, timeout: float) -> int:  # noqa: ASYNC109 (a grace period)
+        """Deliver for up to ``timeout`` seconds, then stop; returns how many events
+        are left in the queue (for the next start)."""
+        if self._chains and timeout > 0:
+            self._drained = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        tasks: list[asyncio.Task[None]] = [*self._running]
+        if self._pump is not None:
+            tasks.append(self._pump)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pump = None
+        return self._count
+
+
+def _origin(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url

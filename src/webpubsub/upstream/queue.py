@@ -1,0 +1,299 @@
+"""Where ``connected``/``disconnected`` events wait for delivery: an interface and its
+SQLite implementation (stdlib ``sqlite3``, WAL).
+
+An event is written when it is created (:meth:`EventQueue.add` is durable when it
+returns), so neither a crash nor a second signal loses it; it leaves the queue when
+its handler took it, or moves to the dead letters when it cannot be delivered.
+Each event keeps the request it was built as, ``ce-id`` included, so a redelivery
+after a restart is recognisably the same event.
+
+Blocking I/O on the event loop, on purpose: each call is one small statement and a
+commit in WAL mode with ``synchronous=NORMAL`` (no fsync per commit; a commit
+survives a process crash, the last ones may not survive a power cut). See
+``bench/event_queue.py`` for its cost per event.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from webpubsub.errors import ConfigError
+from webpubsub.protocol.cloudevents import UpstreamRequest
+
+MEMORY = ":memory:"
+Table = Literal["pending", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    """One asynchronous event and how far its delivery got.
+
+    ``chain`` orders delivery (``hub/connectionId``: a connection's ``connected``
+    goes before its ``disconnected``); ``validate_url`` is the abuse-protection URL
+    to check first (``""``: none); times are wall-clock seconds."""
+
+    chain: str
+    event: str
+    request: UpstreamRequest
+    validate_url: str
+    timeout: float
+    created: float
+    seq: int = 0
+    attempts: int = 0
+    next_at: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEvent:
+    event: QueuedEvent
+    died: float
+    reason: str
+
+
+class EventQueue(Protocol):
+    """The persistent queue the dispatcher delivers from (one process at a time)."""
+
+    def add(self, event: QueuedEvent) -> QueuedEvent:
+        """Store ``event``; durable on return. Returns it with its ``seq``."""
+
+    def get(self, seq: int) -> QueuedEvent | None:
+        """A pending event (None if it was delivered, buried or purged meanwhile)."""
+
+    def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
+
+    def remove(self, seq: int) -> None:
+        """The event was delivered."""
+
+    def bury(self, event: QueuedEvent, died: float, reason: str) -> None:
+        """Move ``event`` (pending or not yet stored) to the dead letters."""
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[QueuedEvent]:
+        """Pending events with ``seq > after``, in ``seq`` order."""
+
+    def dead(self, limit: int | None = None) -> list[DeadEvent]:
+        """Dead letters, oldest first."""
+
+    def count(self, table: Table) -> int: ...
+
+    def trim_dead(self, keep: int) -> int:
+        """Delete the oldest dead letters beyond ``keep``; how many went."""
+
+    def replay(self, seqs: Sequence[int] | None, now: float) -> int:
+        """Move dead letters (all, or those ``seqs``) back to the queue, as new."""
+
+    def purge(self, table: Table, seqs: Sequence[int] | None) -> int:
+        """Delete events of ``table`` (all, or those ``seqs``); how many went."""
+
+    def close(self) -> None: ...
+
+
+_COLUMNS = (
+    "chain, event, method, url, headers, body, validate_url, timeout, created, "
+    "attempts, next_at, last_error"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    chain TEXT NOT NULL, event TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL,
+    headers BLOB NOT NULL, body BLOB NOT NULL, validate_url TEXT NOT NULL,
+    timeout REAL NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL,
+    next_at REAL NOT NULL, last_error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead (
+    seq INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL, event TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL,
+    headers BLOB NOT NULL, body BLOB NOT NULL, validate_url TEXT NOT NULL,
+    timeout REAL NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL,
+    next_at REAL NOT NULL, last_error TEXT NOT NULL,
+    died REAL NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
+"""
+# Built from the constant column list only (no value is ever formatted into SQL).
+_INSERT = f"INSERT INTO pending (seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_GET = f"SELECT {_COLUMNS} FROM pending WHERE seq = ?"  # noqa: S608
+_PENDING = f"SELECT seq, {_COLUMNS} FROM pending WHERE seq > ? ORDER BY seq LIMIT ?"  # noqa: S608
+_BURY = (
+    f"INSERT OR REPLACE INTO dead (seq, {_COLUMNS}, died, reason) "  # noqa: S608
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_DEAD = f"SELECT seq, {_COLUMNS}, died, reason FROM dead ORDER BY seq LIMIT ?"  # noqa: S608
+_Row = tuple[str, str, str, str, bytes, bytes, str, float, float, int, float, str]
+
+
+def _values(event: QueuedEvent) -> _Row:
+    r = event.request
+    headers = orjson.dumps([list(h) for h in r.headers])
+    return (
+        event.chain,
+        event.event,
+        r.method,
+        r.url,
+        headers,
+        r.body,
+        event.validate_url,
+        event.timeout,
+        event.created,
+        event.attempts,
+        event.next_at,
+        event.last_error,
+    )
+
+
+def _event(seq: int, row: Sequence[Any]) -> QueuedEvent:
+    chain, event, method, url, headers, body, validate_url, timeout, created = row[:9]
+    attempts, next_at, last_error = row[9:12]
+    pairs = tuple((str(k), str(v)) for k, v in orjson.loads(headers))
+    request = UpstreamRequest(str(method), str(url), pairs, bytes(body))
+    return QueuedEvent(
+        chain=str(chain),
+        event=str(event),
+        request=request,
+        validate_url=str(validate_url),
+        timeout=float(timeout),
+        created=float(created),
+        seq=seq,
+        attempts=int(attempts),
+        next_at=float(next_at),
+        last_error=str(last_error),
+    )
+
+
+def queue_file(data_dir: str, node_id: str | None) -> str:
+    """The queue file in ``data_dir`` (``:memory:`` stays so): one per node id."""
+    if data_dir == MEMORY:
+        return MEMORY
+    name = f"events-{node_id}.sqlite3" if node_id else "events.sqlite3"
+    return str(Path(data_dir) / name)
+
+
+class SqliteEventQueue:
+    """:class:`EventQueue` in one SQLite file (or ``:memory:``).
+
+    ``exclusive`` (the service) takes a lock beside the file so that two processes
+    never deliver the same queue; the CLI opens it without, next to a running service.
+    """
+
+    def __init__(self, path: str, *, exclusive: bool = True) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+        if path != MEMORY:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._lock_fd = _lock(path + ".lock")
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        if path != MEMORY:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def _next_seq(self) -> int:
+        """Sequence numbers never reused, pending or dead (replay keeps ``ce-id``)."""
+        (seq,) = self._db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'next_seq' RETURNING value - 1"
+        ).fetchone()
+        return int(seq)
+
+    def add(self, event: QueuedEvent) -> QueuedEvent:
+        with self._db:
+            self._db.execute("BEGIN")
+            seq = self._next_seq()
+            self._db.execute(_INSERT, (seq, *_values(event)))
+        return replace(event, seq=seq)
+
+    def get(self, seq: int) -> QueuedEvent | None:
+        row = self._db.execute(_GET, (seq,)).fetchone()
+        return None if row is None else _event(seq, row)
+
+    def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        self._db.execute(
+            "UPDATE pending SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
+            (attempts, next_at, error, seq),
+        )
+
+    def remove(self, seq: int) -> None:
+        self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+
+    def bury(self, event: QueuedEvent, died: float, reason: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            seq = event.seq or self._next_seq()
+            self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+            self._db.execute(_BURY, (seq, *_values(event), died, reason))
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[QueuedEvent]:
+        rows = self._db.execute(_PENDING, (after, -1 if limit is None else limit)).fetchall()
+        return [_event(row[0], row[1:]) for row in rows]
+
+    def dead(self, limit: int | None = None) -> list[DeadEvent]:
+        rows = self._db.execute(_DEAD, (-1 if limit is None else limit,)).fetchall()
+        return [DeadEvent(_event(row[0], row[1:13]), row[13], row[14]) for row in rows]
+
+    def count(self, table: Table) -> int:
+        sql = "SELECT count(*) FROM pending" if table == "pending" else "SELECT count(*) FROM dead"
+        (n,) = self._db.execute(sql).fetchone()
+        return int(n)
+
+    def trim_dead(self, keep: int) -> int:
+        cursor = self._db.execute(
+            "DELETE FROM dead WHERE seq IN "
+            "(SELECT seq FROM dead ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+            (keep,),
+        )
+        return cursor.rowcount
+
+    def replay(self, seqs: Sequence[int] | None, now: float) -> int:
+        moved = 0
+        with self._db:
+            self._db.execute("BEGIN")
+            for dead in self._select_dead(seqs):
+                again = replace(dead.event, attempts=0, next_at=0.0, created=now, last_error="")
+                self._db.execute(_INSERT, (self._next_seq(), *_values(again)))
+                self._db.execute("DELETE FROM dead WHERE seq = ?", (dead.event.seq,))
+                moved += 1
+        return moved
+
+    def _select_dead(self, seqs: Sequence[int] | None) -> list[DeadEvent]:
+        if seqs is None:
+            return self.dead()
+        wanted = set(seqs)
+        return [d for d in self.dead() if d.event.seq in wanted]
+
+    def purge(self, table: Table, seqs: Sequence[int] | None) -> int:
+        name = "pending" if table == "pending" else "dead"
+        with self._db:
+            self._db.execute("BEGIN")
+            if seqs is None:
+                return self._db.execute(f"DELETE FROM {name}").rowcount  # noqa: S608
+            return sum(
+                self._db.execute(f"DELETE FROM {name} WHERE seq = ?", (s,)).rowcount  # noqa: S608
+                for s in seqs
+            )
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            [f"the event queue {path.removesuffix('.lock')} is in use by another process"]
+        ) from None
+    return fd
