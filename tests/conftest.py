@@ -27,6 +27,7 @@ def make_config(
 ) -> ServiceConfig:
     config = default_config().with_overrides(host="127.0.0.1", port=0, access_keys=tuple(keys))
     server.setdefault("data_dir", ":memory:")  # the event queue: nothing on disk
+    server.setdefault("shutdown_timeout_seconds", 1.0)  # a handler that never answers
     if server:
         config = dataclasses.replace(
             config,

@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import click
 
@@ -25,6 +25,7 @@ from webpubsub.protocol.tokens import issue_client_token
 
 if TYPE_CHECKING:
     from webpubsub.server.app import ServiceRunner
+    from webpubsub.upstream.queue import EventQueue, QueuedEvent
 
 log = logging.getLogger("webpubsub.cli")
 T = TypeVar("T")
@@ -34,15 +35,34 @@ REDIS_URL_ENV = "WEBPUBSUB_REDIS_URL"
 CONNECTION_STRING_ENV = "WebPubSubConnectionString"
 
 
-def _run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` on uvloop when available, until it returns or Ctrl-C / SIGTERM."""
+def _run(
+    main: Callable[[], Awaitable[None]], *, left_behind: Callable[[], str] | None = None
+) -> None:
+    """Run ``main`` on uvloop when available, until it returns or Ctrl-C / SIGTERM.
+
+    The first signal cancels ``main`` (a graceful stop); a second one exits at once
+    with status 128 + its number, after logging ``left_behind()`` (what it leaves)."""
 
     async def guarded() -> None:
         task = asyncio.ensure_future(main())
         loop = asyncio.get_running_loop()
+        stopping = False
+
+        def stop(sig: signal.Signals) -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                task.cancel()
+                return
+            what = left_behind() if left_behind is not None else ""
+            log.warning("second %s: exiting now%s", sig.name, f"; {what}" if what else "")
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(128 + sig)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop, sig)
         with contextlib.suppress(asyncio.CancelledError):
             try:
                 await task
@@ -221,10 +241,22 @@ def serve(
     )
     config, dev = _tls_options(config, tls, tls_cert, tls_key)
 
+    started: list[ServiceRunner] = []
+
+    def left_behind() -> str:
+        upstream = started[0].upstream if started else None
+        if upstream is None:
+            return ""
+        path = started[0].queue_path
+        if path == ":memory:":
+            return f"{upstream.queued()} queued event(s) lost: the event queue is in memory"
+        return f"{upstream.queued()} event(s) stay queued in {path}"
+
     async def run() -> None:
         from webpubsub.server.app import ServiceRunner
 
         runner = ServiceRunner(config, reuse_port=worker is not None)
+        started.append(runner)
         await _start(runner)
         try:
             _reload_on_hangup(runner)
@@ -239,7 +271,7 @@ def serve(
         finally:
             await runner.stop()
 
-    _run(run)
+    _run(run, left_behind=left_behind)
 
 
 WORKER_ENV = "WEBPUBSUB_WORKER"
@@ -493,6 +525,106 @@ def token(
     )
     ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
     click.echo(f"{ws}/client/hubs/{hub}?access_token={jwt}")
+
+
+# -- events: the queue of connected/disconnected events ----------------------------------
+
+
+@main.group()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--data-dir", default=None, help="The service's data_dir (default: the config's).")
+@click.option("--node-id", default=None, help="The node whose queue (with the Redis backplane).")
+@click.pass_context
+def events(
+    ctx: click.Context, config_file: str | None, data_dir: str | None, node_id: str | None
+) -> None:
+    """See and replay the queued connected/disconnected events (also next to a running
+    service)."""
+    from webpubsub.server.app import data_dir as configured_dir
+    from webpubsub.upstream.queue import MEMORY, SqliteEventQueue, queue_file
+
+    config = _load(config_file)
+    directory = data_dir or configured_dir(config)
+    path = queue_file(directory, node_id or config.backplane.node_id)
+    if path == MEMORY or not os.path.exists(path):
+        click.echo(f"No event queue at {path}.", err=True)
+        raise SystemExit(1)
+    queue = SqliteEventQueue(path, exclusive=False)
+    ctx.call_on_close(queue.close)
+    ctx.obj = queue
+
+
+def _queue(ctx: click.Context) -> EventQueue:
+    queue: EventQueue = ctx.obj
+    return queue
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _describe_event(event: QueuedEvent) -> str:
+    from webpubsub.upstream.http import safe_url
+
+    ce_id = next((v for k, v in event.request.headers if k.lower() == "ce-id"), "")
+    return (
+        f"{event.seq}\t{event.event}\t{event.chain}\tce-id={ce_id}\t"
+        f"attempts={event.attempts}\t{safe_url(event.request.url)}"
+    )
+
+
+@events.command("pending")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.pass_context
+def events_pending(ctx: click.Context, limit: int) -> None:
+    """List the events waiting for delivery, oldest first."""
+    queue = _queue(ctx)
+    for event in queue.pending(limit=limit):
+        due = f"next={_when(event.next_at)}" if event.next_at else "next=now"
+        error = f"\tlast error: {event.last_error}" if event.last_error else ""
+        click.echo(f"{_describe_event(event)}\t{due}{error}")
+    click.echo(f"{queue.count('pending')} pending, {queue.count('dead')} dead")
+
+
+@events.command("dead")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.pass_context
+def events_dead(ctx: click.Context, limit: int) -> None:
+    """List the dead letters (events given up on), oldest first."""
+    queue = _queue(ctx)
+    for dead in queue.dead(limit=limit):
+        click.echo(f"{_describe_event(dead.event)}\tdied={_when(dead.died)}\t{dead.reason}")
+    click.echo(f"{queue.count('dead')} dead")
+
+
+def _selection(seqs: tuple[int, ...], every: bool) -> list[int] | None:
+    if every == bool(seqs):
+        click.echo("Give event numbers (SEQ ...) or --all, not both.", err=True)
+        raise SystemExit(2)
+    return None if every else list(seqs)
+
+
+@events.command("replay")
+@click.argument("seqs", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every dead letter.")
+@click.pass_context
+def events_replay(ctx: click.Context, seqs: tuple[int, ...], every: bool) -> None:
+    """Queue dead letters again (same ce-id; a new retry horizon). A running service
+    picks them up within a second."""
+    moved = _queue(ctx).replay(_selection(seqs, every), time.time())
+    click.echo(f"{moved} event(s) queued again")
+
+
+@events.command("purge")
+@click.argument("table", type=click.Choice(["pending", "dead"]))
+@click.argument("seqs", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every event of TABLE.")
+@click.pass_context
+def events_purge(ctx: click.Context, table: str, seqs: tuple[int, ...], every: bool) -> None:
+    """Delete pending events or dead letters for good."""
+    which: Literal["pending", "dead"] = "pending" if table == "pending" else "dead"
+    gone = _queue(ctx).purge(which, _selection(seqs, every))
+    click.echo(f"{gone} {table} event(s) deleted")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,11 +53,13 @@ class EventHandlerApp:
         return f"http://127.0.0.1:{self.port}/eventhandler"
 
     async def start(self) -> None:
+        """Start serving: on a free port the first time, on the same port after :meth:`stop`
+        (a handler that went down and came back)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -65,6 +67,7 @@ class EventHandlerApp:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec = Recorded(

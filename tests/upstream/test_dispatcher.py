@@ -668,3 +668,18 @@ async def test_query_secret_and_keys_are_never_logged(
         assert "secret" not in text
         assert KEY not in text
     assert f"127.0.0.1:{closed_port}/down/connect" in errors[-1]
+
+
+async def test_a_burst_of_10500_disconnects_is_delivered_without_a_drop(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    upstream = make_upstream()
+    hub = hub_with(handler.url(), system=frozenset({"disconnected"}))
+    count = 10_500
+    for i in range(count):
+        upstream.disconnected(hub, ctx(f"c{i}"), "bye")
+    assert upstream.queued() == count  # every one queued: no cap at 10,000
+    await upstream.aclose(timeout=120.0)
+    delivered = {s.header("ce-connectionId") for s in handler.posts()}
+    assert len(delivered) == count
+    assert upstream.stats.delivered == count and upstream.stats.queue_full == 0

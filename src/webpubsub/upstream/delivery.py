@@ -120,6 +120,7 @@ class Delivery:
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._progress: asyncio.Event | None = None
 
     def __len__(self) -> int:
         """Events waiting or being delivered."""
@@ -242,6 +243,16 @@ class Delivery:
                     self._schedule(chain.items[0])
             if self._wake is not None:
                 self._wake.set()
+            if self._progress is not None:
+                self._progress.set()
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once ``done()`` holds, checked after each delivery attempt (bound it
+        with ``asyncio.timeout``)."""
+        while not done():
+            self._progress = progress = self._progress or asyncio.Event()
+            progress.clear()
+            await progress.wait()
 
     async def _deliver(self, item: _Item) -> None:
         event = self.queue.get(item.seq)

@@ -116,6 +116,10 @@ class Upstream:
         """Counters of the asynchronous events' delivery."""
         return self._delivery.stats
 
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once ``done()`` holds, checked after each asynchronous delivery attempt."""
+        await self._delivery.wait_until(done)
+
     def queued(self) -> int:
         """Asynchronous events waiting or being delivered."""
         return len(self._delivery)
