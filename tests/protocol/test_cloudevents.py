@@ -9,16 +9,20 @@ from hypothesis import strategies as st
 
 from webpubsub.errors import ConnectRejected, UpstreamError
 from webpubsub.protocol.cloudevents import (
+    MAX_RETRY_AFTER,
+    AsyncOutcome,
     ConnectDecision,
     ConnectRequest,
     EventContext,
     EventReply,
     UpstreamResponse,
+    async_outcome,
     connect_request,
     connected_request,
     disconnected_request,
     format_time,
     parse_connect_response,
+    parse_retry_after,
     parse_user_event_response,
     signature,
     user_event_request,
@@ -401,3 +405,57 @@ def test_parse_user_event_response_raises_only_our_errors(response: UpstreamResp
 @given(responses, st.text(max_size=30))
 def test_validation_accepted_never_raises(response: UpstreamResponse, origin: str) -> None:
     assert validation_accepted(response, origin) in (True, False)
+
+
+# -- asynchronous events: outcome and Retry-After -----------------------------------------
+
+NOW = 1_714_557_600.0  # 2024-05-01T10:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "outcome"),
+    [
+        (200, (), AsyncOutcome(delivered=True)),
+        (204, (), AsyncOutcome(delivered=True)),
+        (400, (), AsyncOutcome(delivered=False)),
+        (404, (("Retry-After", "5"),), AsyncOutcome(delivered=False)),  # refused for good
+        (408, (), AsyncOutcome(delivered=False, retry=True)),
+        (429, (("retry-after", "120"),), AsyncOutcome(False, True, 120.0)),
+        (503, (("Retry-After", "Wed, 01 May 2024 10:00:30 GMT"),), AsyncOutcome(False, True, 30.0)),
+        (500, (("Retry-After", "soon"),), AsyncOutcome(delivered=False, retry=True)),
+    ],
+)
+def test_async_outcome(
+    status: int, headers: tuple[tuple[str, str], ...], outcome: AsyncOutcome
+) -> None:
+    assert async_outcome(UpstreamResponse(status, headers, b""), NOW) == outcome
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("99999999999999999999", MAX_RETRY_AFTER),
+        ("Wed, 01 May 2024 09:00:00 GMT", 0.0),  # in the past: now
+        ("Thu, 01 May 2025 10:00:00 GMT", MAX_RETRY_AFTER),
+        ("-1", None),
+        ("1.5", None),
+        ("", None),
+        ("Wed, 01 May 2024 10:00:30", None),  # no zone
+        ("٣", None),  # a digit, not ASCII
+    ],
+)
+def test_parse_retry_after(value: str, seconds: float | None) -> None:
+    assert parse_retry_after(value, NOW) == seconds
+
+
+@given(st.text(max_size=40), st.floats(0, 4e9))
+def test_parse_retry_after_is_none_or_within_bounds(value: str, now: float) -> None:
+    seconds = parse_retry_after(value, now)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
+
+
+@given(st.integers(0, 10**30))
+def test_parse_retry_after_reads_every_delay_seconds(delay: int) -> None:
+    assert parse_retry_after(str(delay), NOW) == min(float(delay), MAX_RETRY_AFTER)

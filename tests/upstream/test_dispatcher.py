@@ -683,3 +683,66 @@ async def test_a_burst_of_10500_disconnects_is_delivered_without_a_drop(
     delivered = {s.header("ce-connectionId") for s in handler.posts()}
     assert len(delivered) == count
     assert upstream.stats.delivered == count and upstream.stats.queue_full == 0
+
+
+async def test_a_429_waits_its_retry_after_instead_of_azures_schedule(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    async def respond(seen: Seen) -> web.StreamResponse:
+        if seen.method == "OPTIONS":
+            return await default_respond(seen)
+        return web.Response(status=429, headers={"Retry-After": "3600"})
+
+    handler.respond = respond
+    queue = SqliteEventQueue(":memory:")
+    upstream = make_upstream(queue=queue, retry=RetryPolicy(delays=(0.0,), horizon=86400.0))
+    upstream.connected(hub_with(handler.url()), ctx())
+    await upstream.wait_until(lambda: upstream.stats.retried == 1)
+    [waiting] = queue.pending()
+    assert waiting.attempts == 1 and waiting.last_error == "status 429"
+    assert waiting.next_at - waiting.created >= 3599.0  # not the 0 s of the schedule
+    assert len(handler.posts()) == 1
+
+
+async def test_past_the_horizon_an_event_is_dead_lettered(
+    handler: HandlerApp, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def respond(seen: Seen) -> web.StreamResponse:
+        if seen.method == "OPTIONS":
+            return await default_respond(seen)
+        return web.Response(status=503)
+
+    handler.respond = respond
+    queue = SqliteEventQueue(":memory:")
+    upstream = make_upstream(queue=queue)  # retried every 20 ms for 0.5 s
+    upstream.disconnected(hub_with(handler.url()), ctx("c5"), "bye")
+    await upstream.wait_until(lambda: upstream.stats.dead_lettered == 1)
+    [dead] = queue.dead()
+    assert dead.reason == "status 503" and dead.event.chain.endswith("connection=c5")
+    assert len(handler.posts()) > 3  # past Azure's three retries
+    assert "dead-lettered" in caplog.text
+
+
+async def test_a_failed_probe_is_retried_and_its_back_off_stays_short(
+    handler: HandlerApp, make_upstream: MakeUpstream, monotonic: FakeMonotonic
+) -> None:
+    allowed = False
+
+    async def respond(seen: Seen) -> web.StreamResponse:
+        if seen.method == "OPTIONS" and not allowed:
+            return web.Response(status=503)
+        return await default_respond(seen)
+
+    handler.respond = respond
+    upstream = make_upstream()
+    hub = hub_with(handler.url())
+    for _ in range(6):  # the handler stays down a while: back-off 1 s, then 2 s, 2 s ...
+        with pytest.raises(UpstreamError):
+            await connect(upstream, hub)
+        monotonic.now += 2.0
+    probes = handler.methods().count("OPTIONS")
+    assert probes == 6  # each event after the capped back-off probed again
+    allowed = True
+    upstream.connected(hub, ctx("c1"))  # queued: its probe is retried, then delivered
+    await upstream.aclose(timeout=WAIT)
+    assert [p.event for p in handler.posts()] == ["connected"]

@@ -1,0 +1,238 @@
+"""``connected``/``disconnected`` survive the service stopping (issue 10.6): SIGTERM with a
+slow handler, a second signal, SIGKILL. The service runs as ``webpubsub serve`` in a
+subprocess with a queue in ``data_dir``; the event handler is a real app in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import ACCESS_KEY
+from tests.integration.test_webhook_delivery import assert_once_each, received
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
+
+pytestmark = pytest.mark.e2e
+WAIT = 20.0
+
+
+class Served:
+    """``webpubsub serve --config FILE`` as a subprocess; its output kept line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, config: Path) -> None:
+        self.proc = proc
+        self.config = config
+        self.lines: list[str] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        self.port = 0
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := (await self.proc.stdout.readline()).decode():
+            self.lines.append(line)
+            self._new.set()
+        self._new.set()
+
+    async def line(self, pattern: str) -> re.Match[str]:
+        """The first output line matching ``pattern`` (waiting for it)."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                for line in self.lines:
+                    if found := re.search(pattern, line):
+                        return found
+                if self._reader.done():
+                    raise AssertionError("no line matches; output:\n" + "".join(self.lines))
+                self._new.clear()
+                await self._new.wait()
+
+    async def exit_code(self) -> int:
+        async with asyncio.timeout(WAIT):
+            code = await self.proc.wait()
+            await self._reader
+        return code
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[object]:
+    started: list[Served] = []
+
+    async def run(handler: EventHandlerApp) -> Served:
+        config = tmp_path / "webpubsub.toml"
+        config.write_text(
+            f"""
+[server]
+access_keys = ["{ACCESS_KEY}"]
+data_dir = "{tmp_path / "data"}"
+shutdown_timeout_seconds = 1.0
+
+[upstream]
+max_connections_per_origin = 2
+retry_delays_seconds = [0.1]
+retry_max_delay_seconds = 0.5
+
+[hubs.chat]
+anonymous_connect = true
+
+[[hubs.chat.event_handlers]]
+url_template = "{handler.url}"
+system_events = ["connected", "disconnected"]
+""",
+            encoding="utf-8",
+        )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("WEBPUBSUB_ACCESS_KEY", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "webpubsub.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        served = Served(proc, config)
+        started.append(served)
+        served.port = int((await served.line(r"Listening on http://127\.0\.0\.1:(\d+)")).group(1))
+        return served
+
+    yield run
+    for served in started:
+        if served.proc.returncode is None:
+            served.proc.kill()
+            await served.proc.wait()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def slow(handler: EventHandlerApp, seconds: float) -> None:
+    """Every event takes the handler ``seconds`` to answer (the scenario, not a wait)."""
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST":
+            await asyncio.sleep(seconds)
+        return default_responder(req)
+
+    handler.responder = responder
+
+
+async def clients(
+    http: aiohttp.ClientSession, served: Served, count: int
+) -> list[aiohttp.ClientWebSocketResponse]:
+    url = f"ws://127.0.0.1:{served.port}/client/hubs/chat"
+    return [await http.ws_connect(url) for _ in range(count)]
+
+
+async def pending(config: Path) -> list[str]:
+    """The event names ``webpubsub events pending`` lists (next to the running service)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webpubsub.cli",
+        "events",
+        "--config",
+        str(config),
+        "pending",
+        "--limit",
+        "1000",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    return [line.split("\t")[1] for line in out.decode().splitlines() if "\t" in line]
+
+
+async def all_disconnected_queued(config: Path, handler: EventHandlerApp, count: int) -> None:
+    """Wait until ``count`` disconnected events are queued or delivered."""
+    async with asyncio.timeout(WAIT):
+        while (await pending(config)).count("disconnected") + len(
+            posts(handler, "disconnected")
+        ) < count:
+            pass  # each look runs the CLI: a bounded poll, no sleep
+
+
+async def closed_by_service(ws: aiohttp.ClientWebSocketResponse) -> None:
+    msg = await ws.receive(timeout=WAIT)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+
+
+async def test_sigterm_with_a_slow_handler_keeps_what_it_could_not_deliver(
+    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
+) -> None:
+    slow(handler_app, 1.0)
+    served = await serve(handler_app)  # type: ignore[operator]
+    connected = await clients(http, served, 20)
+    await handler_app.next_event("sys.connected", timeout=WAIT)
+    served.proc.send_signal(signal.SIGTERM)
+    for ws in connected:
+        await closed_by_service(ws)
+    assert await served.exit_code() == 0
+    kept = int((await served.line(r"(\d+) queued event\(s\) not delivered within 1 s")).group(1))
+    assert kept > 0
+
+    handler_app.responder = default_responder
+    again = await serve(handler_app)  # type: ignore[operator]
+    await again.line(rf"{kept} queued event\(s\) from an earlier run")
+    assert len(await received(handler_app, "connected", 20)) == 20
+    assert len(await received(handler_app, "disconnected", 20)) == 20
+    assert_once_each(handler_app)
+
+
+async def test_a_second_signal_exits_at_once_and_loses_nothing(
+    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
+) -> None:
+    slow(handler_app, 1.0)
+    served = await serve(handler_app)  # type: ignore[operator]
+    connected = await clients(http, served, 20)
+    await handler_app.next_event("sys.connected", timeout=WAIT)
+    served.proc.send_signal(signal.SIGTERM)
+    for ws in connected:
+        await closed_by_service(ws)
+    await all_disconnected_queued(served.config, handler_app, 20)
+    served.proc.send_signal(signal.SIGTERM)
+    assert await served.exit_code() == 128 + signal.SIGTERM
+    left = await served.line(r"second SIGTERM: exiting now; (\d+) event\(s\) stay queued in")
+    assert int(left.group(1)) > 0
+
+    handler_app.responder = default_responder
+    await serve(handler_app)  # type: ignore[operator]
+    assert len(await received(handler_app, "connected", 20)) == 20
+    assert len(await received(handler_app, "disconnected", 20)) == 20
+    assert_once_each(handler_app)
+
+
+async def test_after_sigkill_a_restart_delivers_every_event_with_its_ce_id(
+    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
+) -> None:
+    slow(handler_app, 1.0)
+    served = await serve(handler_app)  # type: ignore[operator]
+    connected = await clients(http, served, 20)
+    for ws in connected[:10]:
+        await ws.close()  # their disconnected events queue behind their connected
+    await all_disconnected_queued(served.config, handler_app, 10)
+    served.proc.kill()
+    assert await served.exit_code() == -signal.SIGKILL
+    seen = {r.headers["ce-connectionId"] for r in posts(handler_app, "connected")}
+    assert len(seen) < 20  # the kill came in the middle of the delivery
+
+    handler_app.responder = default_responder
+    await serve(handler_app)  # type: ignore[operator]
+    assert len(await received(handler_app, "connected", 20)) == 20
+    assert len(await received(handler_app, "disconnected", 10)) == 10
+    assert_once_each(handler_app)

@@ -1,0 +1,124 @@
+"""The SQLite event queue: durable across a reopen, ordered, bounded by its owner, one
+process at a time; and the ``webpubsub events`` commands that look into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from webpubsub.cli import main
+from webpubsub.errors import ConfigError
+from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.upstream.queue import MEMORY, QueuedEvent, SqliteEventQueue, queue_file
+
+
+def event(connection: str, name: str = "connected", ce_id: str = "1") -> QueuedEvent:
+    request = UpstreamRequest(
+        "POST",
+        f"http://127.0.0.1:9/api/{name}?code=secret",
+        (("ce-id", ce_id), ("ce-connectionId", connection)),
+        b'{"reason":"bye"}' if name == "disconnected" else b"",
+    )
+    return QueuedEvent(
+        chain=f"hub=chat connection={connection}",
+        event=name,
+        request=request,
+        validate_url="http://127.0.0.1:9/api/validate",
+        timeout=5.0,
+        created=1000.0,
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return queue_file(str(tmp_path / "data"), None)
+
+
+def test_events_survive_a_reopen_in_order_with_their_request(path: str) -> None:
+    queue = SqliteEventQueue(path)
+    first = queue.add(event("c1"))
+    second = queue.add(event("c1", "disconnected", "2"))
+    queue.retry_later(first.seq, 3, 2000.0, "status 503")
+    queue.close()
+    again = SqliteEventQueue(path)
+    loaded = again.pending()
+    assert [e.seq for e in loaded] == [first.seq, second.seq]
+    assert loaded[1] == second
+    assert (loaded[0].attempts, loaded[0].next_at, loaded[0].last_error) == (
+        3,
+        2000.0,
+        "status 503",
+    )
+    assert again.pending(after=first.seq) == [second]
+    again.remove(first.seq)
+    assert again.get(first.seq) is None and again.count("pending") == 1
+    again.close()
+
+
+def test_dead_letters_are_kept_bounded_and_replayed_with_their_ce_id() -> None:
+    queue = SqliteEventQueue(MEMORY)
+    stored = queue.add(event("c1"))
+    queue.bury(stored, 1500.0, "status 400")
+    queue.bury(event("c2"), 1501.0, "the event queue was full")  # never queued
+    queue.bury(event("c3"), 1502.0, "status 410")
+    assert queue.count("pending") == 0
+    assert queue.trim_dead(2) == 1  # the oldest goes
+    assert [d.reason for d in queue.dead()] == ["the event queue was full", "status 410"]
+    assert queue.replay(None, now=3000.0) == 2
+    replayed = queue.pending()
+    assert [e.chain.rsplit("=", 1)[1] for e in replayed] == ["c2", "c3"]
+    assert all(e.created == 3000.0 and e.attempts == 0 for e in replayed)
+    assert replayed[0].request == event("c2").request  # same headers: same ce-id
+    assert replayed[0].seq > stored.seq  # sequence numbers are never reused
+    assert queue.purge("pending", [replayed[0].seq]) == 1
+    assert queue.purge("pending", None) == 1 and queue.count("dead") == 0
+
+
+def test_one_process_at_a_time_owns_a_queue_file(path: str) -> None:
+    owner = SqliteEventQueue(path)
+    with pytest.raises(ConfigError, match="in use by another process"):
+        SqliteEventQueue(path)
+    beside = SqliteEventQueue(path, exclusive=False)  # the CLI, next to the service
+    beside.add(event("c9"))
+    assert [e.chain for e in owner.pending()] == ["hub=chat connection=c9"]
+    beside.close()
+    owner.close()
+    SqliteEventQueue(path).close()  # free again
+
+
+def test_queue_files_are_per_node_id() -> None:
+    assert queue_file("/d", None) == "/d/events.sqlite3"
+    assert queue_file("/d", "host-a-1") == "/d/events-host-a-1.sqlite3"
+    assert queue_file(MEMORY, "x") == MEMORY
+
+
+def test_the_events_command_lists_replays_and_purges(tmp_path: Path, path: str) -> None:
+    queue = SqliteEventQueue(path)
+    queue.add(event("c1"))
+    queue.bury(event("c2", "disconnected", "7"), 1500.0, "status 400")
+    queue.close()
+    cli = CliRunner()
+    base = ["events", "--data-dir", str(tmp_path / "data")]
+
+    listed = cli.invoke(main, [*base, "pending"])
+    assert listed.exit_code == 0, listed.output
+    assert "connected\thub=chat connection=c1\tce-id=1" in listed.output
+    assert "1 pending, 1 dead" in listed.output
+    assert "secret" not in listed.output  # a handler URL's query is never shown
+
+    dead = cli.invoke(main, [*base, "dead"])
+    assert "disconnected\thub=chat connection=c2\tce-id=7" in dead.output
+    assert "status 400" in dead.output and "1 dead" in dead.output
+
+    assert cli.invoke(main, [*base, "replay"]).exit_code == 2  # SEQ... or --all
+    replayed = cli.invoke(main, [*base, "replay", "--all"])
+    assert "1 event(s) queued again" in replayed.output
+    assert "2 pending, 0 dead" in cli.invoke(main, [*base, "pending"]).output
+
+    purged = cli.invoke(main, [*base, "purge", "pending", "--all"])
+    assert "2 pending event(s) deleted" in purged.output
+
+    missing = cli.invoke(main, ["events", "--data-dir", str(tmp_path / "none"), "pending"])
+    assert missing.exit_code == 1 and "No event queue" in missing.output
