@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -62,7 +62,7 @@ class Served:
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[object]:
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[[EventHandlerApp], Awaitable[Served]]]:
     started: list[Served] = []
 
     async def run(handler: EventHandlerApp) -> Served:
@@ -172,35 +172,51 @@ async def closed_by_service(ws: aiohttp.ClientWebSocketResponse) -> None:
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
 
 
-async def test_sigterm_with_a_slow_handler_keeps_what_it_could_not_deliver(
-    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
-) -> None:
-    slow(handler_app, 1.0)
-    served = await serve(handler_app)  # type: ignore[operator]
+Serve = Callable[[EventHandlerApp], Awaitable[Served]]
+
+
+async def busy(
+    handler: EventHandlerApp, serve: Serve, http: aiohttp.ClientSession
+) -> tuple[Served, list[aiohttp.ClientWebSocketResponse]]:
+    """A service with 20 clients whose events a slow handler (1 s each) is receiving."""
+    slow(handler, 1.0)
+    served = await serve(handler)
     connected = await clients(http, served, 20)
-    await handler_app.next_event("sys.connected", timeout=WAIT)
+    await handler.next_event("sys.connected", timeout=WAIT)
+    return served, connected
+
+
+async def restart_delivers_all(
+    handler: EventHandlerApp, serve: Serve, disconnected: int, kept: int | None = None
+) -> None:
+    """A restart with the same data_dir and a quick handler delivers every event left:
+    20 connected, ``disconnected`` disconnected, none twice with a new ce-id."""
+    handler.responder = default_responder
+    again = await serve(handler)
+    if kept is not None:
+        await again.line(rf"{kept} queued event\(s\) from an earlier run")
+    assert len(await received(handler, "connected", 20)) == 20
+    assert len(await received(handler, "disconnected", disconnected)) == disconnected
+    assert_once_each(handler)
+
+
+async def test_sigterm_with_a_slow_handler_keeps_what_it_could_not_deliver(
+    handler_app: EventHandlerApp, serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    served, connected = await busy(handler_app, serve, http)
     served.proc.send_signal(signal.SIGTERM)
     for ws in connected:
         await closed_by_service(ws)
     assert await served.exit_code() == 0
     kept = int((await served.line(r"(\d+) queued event\(s\) not delivered within 1 s")).group(1))
     assert kept > 0
-
-    handler_app.responder = default_responder
-    again = await serve(handler_app)  # type: ignore[operator]
-    await again.line(rf"{kept} queued event\(s\) from an earlier run")
-    assert len(await received(handler_app, "connected", 20)) == 20
-    assert len(await received(handler_app, "disconnected", 20)) == 20
-    assert_once_each(handler_app)
+    await restart_delivers_all(handler_app, serve, 20, kept)
 
 
 async def test_a_second_signal_exits_at_once_and_loses_nothing(
-    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
+    handler_app: EventHandlerApp, serve: Serve, http: aiohttp.ClientSession
 ) -> None:
-    slow(handler_app, 1.0)
-    served = await serve(handler_app)  # type: ignore[operator]
-    connected = await clients(http, served, 20)
-    await handler_app.next_event("sys.connected", timeout=WAIT)
+    served, connected = await busy(handler_app, serve, http)
     served.proc.send_signal(signal.SIGTERM)
     for ws in connected:
         await closed_by_service(ws)
@@ -209,20 +225,13 @@ async def test_a_second_signal_exits_at_once_and_loses_nothing(
     assert await served.exit_code() == 128 + signal.SIGTERM
     left = await served.line(r"second SIGTERM: exiting now; (\d+) event\(s\) stay queued in")
     assert int(left.group(1)) > 0
-
-    handler_app.responder = default_responder
-    await serve(handler_app)  # type: ignore[operator]
-    assert len(await received(handler_app, "connected", 20)) == 20
-    assert len(await received(handler_app, "disconnected", 20)) == 20
-    assert_once_each(handler_app)
+    await restart_delivers_all(handler_app, serve, 20)
 
 
 async def test_after_sigkill_a_restart_delivers_every_event_with_its_ce_id(
-    handler_app: EventHandlerApp, serve: object, http: aiohttp.ClientSession
+    handler_app: EventHandlerApp, serve: Serve, http: aiohttp.ClientSession
 ) -> None:
-    slow(handler_app, 1.0)
-    served = await serve(handler_app)  # type: ignore[operator]
-    connected = await clients(http, served, 20)
+    served, connected = await busy(handler_app, serve, http)
     for ws in connected[:10]:
         await ws.close()  # their disconnected events queue behind their connected
     await all_disconnected_queued(served.config, handler_app, 10)
@@ -230,9 +239,4 @@ async def test_after_sigkill_a_restart_delivers_every_event_with_its_ce_id(
     assert await served.exit_code() == -signal.SIGKILL
     seen = {r.headers["ce-connectionId"] for r in posts(handler_app, "connected")}
     assert len(seen) < 20  # the kill came in the middle of the delivery
-
-    handler_app.responder = default_responder
-    await serve(handler_app)  # type: ignore[operator]
-    assert len(await received(handler_app, "connected", 20)) == 20
-    assert len(await received(handler_app, "disconnected", 10)) == 10
-    assert_once_each(handler_app)
+    await restart_delivers_all(handler_app, serve, 10)
