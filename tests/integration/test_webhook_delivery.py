@@ -107,6 +107,9 @@ async def test_a_handler_down_longer_than_azures_retries_gets_every_event(
     # every event failed more often than Azure would have tried
     await upstream.wait_until(lambda: upstream.stats.retried >= 10 * (len(delays) + 2))
     assert upstream.queued() == 10
+    async with http.get(f"http://127.0.0.1:{runner.port}/api/health") as resp:
+        events = (await resp.json())["events"]
+    assert events["queued"] == 10 and events["deadLettered"] == 0 and events["retried"] >= 50
     await handler_app.start()
     assert len(await received(handler_app, "disconnected", 10)) == 10
     assert_once_each(handler_app)

@@ -184,7 +184,22 @@ class ServiceRunner:
         plane = self.backplane.health()
         degraded = plane.get("redis") == "disconnected"
         node_id = self.node.node_id if self.node is not None else None
-        return {"status": "degraded" if degraded else "ok", "nodeId": node_id, **plane}
+        body: dict[str, object] = {
+            "status": "degraded" if degraded else "ok",
+            "nodeId": node_id,
+            **plane,
+        }
+        if self.upstream is not None:
+            stats = self.upstream.stats
+            body["events"] = {
+                "queued": self.upstream.queued(),
+                "delivered": stats.delivered,
+                "retried": stats.retried,
+                "deadLettered": stats.dead_lettered,
+                "queueFull": stats.queue_full,
+                "deadDropped": stats.dead_dropped,
+            }
+        return body
 
     @property
     def scheme(self) -> str:
