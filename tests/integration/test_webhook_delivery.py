@@ -140,3 +140,20 @@ async def test_a_flapping_handler_gets_every_event_in_order(
     assert len(await received(handler_app, "disconnected", 15)) == 15
     assert_once_each(handler_app)
     assert_connected_first(handler_app)
+
+
+async def test_a_handler_coming_back_is_noticed_within_seconds_not_its_back_off(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    # Every event waits 60 s after a failure: only the one event that keeps trying the
+    # handler every second notices it is back, and the others follow at once.
+    runner = await start(start_service, handler_app, retry_delays_seconds=(60.0,))
+    assert runner.upstream is not None
+    upstream = runner.upstream
+    await handler_app.stop()
+    clients = await connections(http, runner, 10)
+    await upstream.wait_until(lambda: upstream.stats.retried >= 10)
+    await handler_app.start()
+    assert len(await received(handler_app, "connected", 10)) == 10  # within WAIT, not 60 s
+    for ws in clients:
+        await ws.close()

@@ -746,3 +746,13 @@ async def test_a_failed_probe_is_retried_and_its_back_off_stays_short(
     upstream.connected(hub, ctx("c1"))  # queued: its probe is retried, then delivered
     await upstream.aclose(timeout=WAIT)
     assert [p.event for p in handler.posts()] == ["connected"]
+
+
+async def test_an_event_after_close_is_logged_and_counted_not_lost_silently(
+    handler: HandlerApp, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = make_upstream()
+    await upstream.aclose(timeout=WAIT)
+    upstream.disconnected(hub_with(handler.url()), ctx("late"), "bye")
+    assert upstream.stats.not_queued == 1
+    assert "not queued" in caplog.text and "late" in caplog.text

@@ -198,6 +198,7 @@ class ServiceRunner:
                 "deadLettered": stats.dead_lettered,
                 "queueFull": stats.queue_full,
                 "deadDropped": stats.dead_dropped,
+                "notQueued": stats.not_queued,
             }
         return body
 

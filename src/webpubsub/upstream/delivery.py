@@ -8,6 +8,9 @@
   goes to the dead letters. Another status sends it there at once.
 * Events of one chain (one connection) go one at a time, in the order created:
   a connection's ``connected`` before its ``disconnected``.
+* While an origin fails, one of its waiting events tries again every
+  :data:`CANARY_SECONDS`; once one event to an origin is delivered, that origin's
+  waiting events are tried again at once.
 * Bounded: at most ``max_queued`` events wait (a new one beyond goes to the dead
   letters, logged and counted), ``max_dead`` dead letters are kept (the oldest go,
   logged and counted), at most ``per_origin`` deliveries run to one handler origin
@@ -21,7 +24,7 @@ import heapq
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from webpubsub.errors import UpstreamError
@@ -32,6 +35,10 @@ from webpubsub.upstream.queue import EventQueue, QueuedEvent
 _log = logging.getLogger("webpubsub.upstream")
 
 MAX_RUNNING = 256
+CANARY_SECONDS = 1.0
+"""While events to an origin wait out their back-off, one of them (the canary) tries again
+this often; when it gets through, the others of that origin go at once: a handler that
+comes back is noticed within a second or two, not after the longest back-off."""
 POLL_SECONDS = 1.0
 """How often the queue is read for events another process put there (``events replay``)."""
 _MIN_BACKOFF = 0.05
@@ -62,6 +69,8 @@ class DeliveryStats:
     dead_lettered: int = 0
     queue_full: int = 0
     dead_dropped: int = 0
+    not_queued: int = 0
+    """Events that happened after the queue was closed (at the very end of a shutdown)."""
 
 
 @dataclass(slots=True)
@@ -115,12 +124,17 @@ class Delivery:
         self._heap: list[tuple[float, int, str]] = []
         self._blocked: dict[str, deque[str]] = {}
         self._origins: Counter[str] = Counter()
+        self._waiting: dict[str, dict[str, None]] = {}
+        """Per origin, the chains whose head waits out a back-off (in insertion order)."""
+        self._canary: dict[str, str] = {}
+        """Per origin, the chain whose head retries every CANARY_SECONDS."""
         self._running: set[asyncio.Task[None]] = set()
         self._last_seq = 0
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self._pump: asyncio.Task[None] | None = None
         self._progress: asyncio.Event | None = None
+        self._closed = False
 
     def __len__(self) -> int:
         """Events waiting or being delivered."""
@@ -130,14 +144,23 @@ class Delivery:
 
     def start(self) -> None:
         """Load what the queue holds (from an earlier run) and start delivering."""
-        for event in self.queue.pending():
-            self._track(event)
+        while batch := self.queue.pending(after=self._last_seq, limit=1000):
+            for event in batch:
+                self._track(replace(event, next_at=0.0))  # a restart is a new chance
         if self._count:
             _log.info("%d queued event(s) from an earlier run to deliver", self._count)
         self._ensure_pump()
 
     def add(self, event: QueuedEvent) -> None:
         """Queue ``event`` durably (synchronously), or dead-letter it if the queue is full."""
+        if self._closed:
+            self.stats.not_queued += 1
+            _log.warning(
+                "the event queue is closed (the service stopped): %s event of %s not queued",
+                event.event,
+                event.chain,
+            )
+            return
         if self._count >= self._max_queued:
             self.stats.queue_full += 1
             if self.stats.queue_full == 1 or self.stats.queue_full % 1000 == 0:
@@ -214,6 +237,13 @@ class Delivery:
             if chain is None or chain.running or not chain.items or chain.items[0].seq != seq:
                 continue  # stale
             item = chain.items[0]
+            if item.next_at > now:
+                continue  # an entry from before a later reschedule: the later one stays
+            waiting = self._waiting.get(item.origin)
+            if waiting is not None:
+                waiting.pop(name, None)
+                if not waiting:
+                    del self._waiting[item.origin]
             if self._origins[item.origin] >= self._per_origin:
                 self._blocked.setdefault(item.origin, deque()).append(name)
                 continue
@@ -271,6 +301,7 @@ class Delivery:
         if outcome.delivered:
             self.queue.remove(item.seq)
             self.stats.delivered += 1
+            self._origin_back(item.origin)
             if item.attempts:
                 _log.info("%s delivered after %d attempt(s)", where, item.attempts + 1)
             self._finish(item)
@@ -302,6 +333,11 @@ class Delivery:
             self._finish(item)
             return
         self.stats.retried += 1
+        canary = self._canary.setdefault(item.origin, item.chain)
+        if canary == item.chain and retry_after is None:
+            delay = min(delay, CANARY_SECONDS)
+        else:
+            self._waiting.setdefault(item.origin, {})[item.chain] = None
         item.next_at = now + delay
         self.queue.retry_later(item.seq, item.attempts, item.next_at, error)
         level = logging.INFO if item.attempts <= len(self._retry.delays) else logging.WARNING
@@ -311,7 +347,23 @@ class Delivery:
         chain.running = False
         self._schedule(item)
 
+    def _origin_back(self, origin: str) -> None:
+        """An event to ``origin`` got through: its waiting events go now."""
+        self._canary.pop(origin, None)
+        waiting = self._waiting.pop(origin, None)
+        if not waiting:
+            return
+        now = self._clock()
+        for name in waiting:
+            chain = self._chains.get(name)
+            if chain is not None and chain.items and not chain.running:
+                head = chain.items[0]
+                head.next_at = min(head.next_at, now)
+                self._schedule(head)
+
     def _finish(self, item: _Item) -> None:
+        if self._canary.get(item.origin) == item.chain:
+            del self._canary[item.origin]  # the next failure of that origin takes over
         chain = self._chains[item.chain]
         chain.items.popleft()
         chain.running = False
@@ -348,6 +400,7 @@ class Delivery:
                     await self._drained.wait()
             except TimeoutError:
                 pass
+        self._closed = True
         tasks: list[asyncio.Task[None]] = [*self._running]
         if self._pump is not None:
             tasks.append(self._pump)
