@@ -8,6 +8,7 @@ connection state and the URL template.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -22,9 +23,9 @@ import jwt
 import pytest
 from aiohttp import WSMsgType, web
 
-from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
+from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService, make_config
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
-from tests.support.service import client_url, sdk
+from tests.support.service import client_url, json_client, sdk
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 
 WAIT = 5.0
@@ -502,3 +503,40 @@ async def test_connected_and_disconnected_do_not_block_the_client(
     async with await http.ws_connect(url) as ws:
         await ws.send_str("three")
         assert (await ws.receive(timeout=WAIT)).data == "reply:three"
+
+
+async def test_user_events_hanging_on_a_handler_do_not_delay_handshakes(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    never: asyncio.Event,
+) -> None:
+    # Issue 10.5: every pooled connection to the handler held by a hanging user event
+    # made a new client's connect wait for a free one.
+    hanging = 0
+    held = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        nonlocal hanging
+        if req.event_name == "slow":
+            hanging += 1
+            held.set()
+            await never.wait()
+        return default_responder(req)
+
+    handler_app.responder = responder
+    config = make_config(hub_settings(handler_app.url, system=frozenset({"connect"})))
+    upstream = dataclasses.replace(config.upstream, max_connections_per_origin=4)
+    runner = await start_service(config=dataclasses.replace(config, upstream=upstream))
+    for i in range(4):  # the whole events pool of that handler
+        ws, _ = await json_client(http, await client_url(runner))
+        event = {"type": "event", "event": "slow", "dataType": "text", "data": "x", "ackId": i}
+        await ws.send_json(event)
+    async with asyncio.timeout(WAIT):
+        while hanging < 4:
+            held.clear()
+            await held.wait()
+    started = time.monotonic()
+    ws, _ = await json_client(http, await client_url(runner))  # connect: its own budget
+    assert time.monotonic() - started < 2.0
+    await ws.close()

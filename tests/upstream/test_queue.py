@@ -3,10 +3,13 @@ process at a time; and the ``webpubsub events`` commands that look into it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webpubsub.cli import main
 from webpubsub.errors import ConfigError
@@ -122,3 +125,34 @@ def test_the_events_command_lists_replays_and_purges(tmp_path: Path, path: str) 
 
     missing = cli.invoke(main, ["events", "--data-dir", str(tmp_path / "none"), "pending"])
     assert missing.exit_code == 1 and "No event queue" in missing.output
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_events = st.builds(
+    QueuedEvent,
+    chain=_text,
+    event=st.sampled_from(["connected", "disconnected"]),
+    request=st.builds(
+        UpstreamRequest,
+        method=st.sampled_from(["POST", "GET"]),
+        url=_text,
+        headers=st.lists(st.tuples(_text, st.text(max_size=20)), max_size=5).map(tuple),
+        body=st.binary(max_size=200),
+    ),
+    validate_url=_text,
+    timeout=st.floats(0.001, 1e6),
+    created=st.floats(0, 4e9),
+    attempts=st.integers(0, 10**6),
+    next_at=st.floats(0, 4e9),
+    last_error=_text,
+)
+
+
+@given(st.lists(_events, min_size=1, max_size=5))  # header values: any text, surrogates too
+def test_an_event_reads_back_as_it_was_stored(events: list[QueuedEvent]) -> None:
+    queue = SqliteEventQueue(MEMORY)
+    stored = [queue.add(e) for e in events]
+    assert [queue.get(s.seq) for s in stored] == stored
+    assert queue.pending() == stored
+    assert [dataclasses.replace(s, seq=0) for s in stored] == events
+    queue.close()

@@ -16,14 +16,13 @@ survives a process crash, the last ones may not survive a power cut). See
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
-
-import orjson
 
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.cloudevents import UpstreamRequest
@@ -133,7 +132,8 @@ _Row = tuple[str, str, str, str, bytes, bytes, str, float, float, int, float, st
 
 def _values(event: QueuedEvent) -> _Row:
     r = event.request
-    headers = orjson.dumps([list(h) for h in r.headers])
+    # The stdlib's json: it escapes a lone surrogate (a token's claim may hold one), orjson refuses.
+    headers = json.dumps([list(h) for h in r.headers]).encode("ascii")
     return (
         event.chain,
         event.event,
@@ -153,7 +153,7 @@ def _values(event: QueuedEvent) -> _Row:
 def _event(seq: int, row: Sequence[Any]) -> QueuedEvent:
     chain, event, method, url, headers, body, validate_url, timeout, created = row[:9]
     attempts, next_at, last_error = row[9:12]
-    pairs = tuple((str(k), str(v)) for k, v in orjson.loads(headers))
+    pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
     request = UpstreamRequest(str(method), str(url), pairs, bytes(body))
     return QueuedEvent(
         chain=str(chain),
