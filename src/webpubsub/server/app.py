@@ -116,7 +116,9 @@ class ServiceRunner:
             ),
             max_queued_events=up.max_queued_events,
             max_dead_events=up.max_dead_events,
-            per_origin=up.max_connections_per_origin,
+            # Background deliveries take at most half an origin's pool: user events
+            # (a client waiting) always find connections free.
+            per_origin=max(1, up.max_connections_per_origin // 2),
         )
         self.upstream.start()
         self.node = Node(
