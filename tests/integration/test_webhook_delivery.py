@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from click.testing import CliRunner
 
 from tests.conftest import StartService, make_config
-from tests.support.handler import EventHandlerApp, posts
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.service import chat_hub
+from webpubsub.cli import main
 from webpubsub.config import UpstreamSettings
 from webpubsub.server.app import ServiceRunner
 
@@ -157,3 +161,36 @@ async def test_a_handler_coming_back_is_noticed_within_seconds_not_its_back_off(
     assert len(await received(handler_app, "connected", 10)) == 10  # within WAIT, not 60 s
     for ws in clients:
         await ws.close()
+
+
+async def test_dead_letters_replayed_next_to_the_running_service_are_delivered(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    def refuse(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST":
+            return web.Response(status=400)  # "never": dead-lettered at once
+        return default_responder(req)
+
+    handler_app.responder = refuse
+    config = make_config(
+        chat_hub(handler_app.url, anonymous=True, system=SYSTEM), data_dir=str(tmp_path)
+    )
+    runner = await start_service(config=config)
+    assert runner.upstream is not None
+    upstream = runner.upstream
+    clients = await connections(http, runner, 3)
+    await upstream.wait_until(lambda: upstream.stats.dead_lettered == 3)
+    assert len(posts(handler_app, "connected")) == 3  # one attempt each: 400 is final
+    handler_app.requests.clear()
+    handler_app.responder = default_responder
+    cli = CliRunner()
+    replayed = cli.invoke(main, ["events", "--data-dir", str(tmp_path), "replay", "--all"])
+    assert "3 event(s) queued again" in replayed.output, replayed.output
+    assert len(await received(handler_app, "connected", 3)) == 3  # picked up within a second
+    assert {r.headers["ce-id"] for r in posts(handler_app, "connected")} == {"1"}
+    for ws in clients:
+        await ws.close()
+    assert len(await received(handler_app, "disconnected", 3)) == 3

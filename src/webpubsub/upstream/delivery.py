@@ -130,6 +130,10 @@ class Delivery:
         """Per origin, the chain whose head retries every CANARY_SECONDS."""
         self._running: set[asyncio.Task[None]] = set()
         self._last_seq = 0
+        self._seqs: set[int] = set()
+        """The events tracked here (so a look for other processes' events skips them)."""
+        self._polled = 0
+        """Every pending event up to this ``seq`` is tracked."""
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -147,6 +151,7 @@ class Delivery:
         while batch := self.queue.pending(after=self._last_seq, limit=1000):
             for event in batch:
                 self._track(replace(event, next_at=0.0))  # a restart is a new chance
+        self._polled = self._last_seq
         if self._count:
             _log.info("%d queued event(s) from an earlier run to deliver", self._count)
         self._ensure_pump()
@@ -179,6 +184,7 @@ class Delivery:
 
     def _track(self, event: QueuedEvent) -> None:
         self._last_seq = max(self._last_seq, event.seq)
+        self._seqs.add(event.seq)
         item = _Item(
             seq=event.seq,
             chain=event.chain,
@@ -214,8 +220,7 @@ class Delivery:
             now = self._clock()
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
-                for event in self.queue.pending(after=self._last_seq, limit=10_000):
-                    self._track(event)  # put there by `webpubsub events replay`
+                self._poll()
             self._start_due(now)
             wait = next_poll - now
             if self._heap and len(self._running) < MAX_RUNNING:
@@ -229,6 +234,20 @@ class Delivery:
                     pass
             else:
                 await asyncio.sleep(0)
+
+    def _poll(self) -> None:
+        """Track the events another process (``webpubsub events replay``) put in the queue.
+
+        Writers are serialised and a ``seq`` is taken in the transaction that stores its
+        event, so once ``seq`` N is seen every lower one is visible too."""
+        for seq in self.queue.pending_seqs(after=self._polled):
+            if seq not in self._seqs:
+                if self._count >= self._max_queued:
+                    return  # full: looked at again once there is room
+                event = self.queue.get(seq)
+                if event is not None:
+                    self._track(event)
+            self._polled = seq
 
     def _start_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now and len(self._running) < MAX_RUNNING:
@@ -368,6 +387,7 @@ class Delivery:
         chain.items.popleft()
         chain.running = False
         self._count -= 1
+        self._seqs.discard(item.seq)
         if chain.items:
             self._schedule(chain.items[0])
         else:

@@ -78,6 +78,9 @@ class EventQueue(Protocol):
     def pending(self, after: int = 0, limit: int | None = None) -> list[QueuedEvent]:
         """Pending events with ``seq > after``, in ``seq`` order."""
 
+    def pending_seqs(self, after: int) -> list[int]:
+        """The ``seq`` of every pending event with ``seq > after``, in order."""
+
     def dead(self, limit: int | None = None) -> list[DeadEvent]:
         """Dead letters, oldest first."""
 
@@ -234,6 +237,10 @@ class SqliteEventQueue:
     def pending(self, after: int = 0, limit: int | None = None) -> list[QueuedEvent]:
         rows = self._db.execute(_PENDING, (after, -1 if limit is None else limit)).fetchall()
         return [_event(row[0], row[1:]) for row in rows]
+
+    def pending_seqs(self, after: int) -> list[int]:
+        rows = self._db.execute("SELECT seq FROM pending WHERE seq > ? ORDER BY seq", (after,))
+        return [int(seq) for (seq,) in rows.fetchall()]
 
     def dead(self, limit: int | None = None) -> list[DeadEvent]:
         rows = self._db.execute(_DEAD, (-1 if limit is None else limit,)).fetchall()
