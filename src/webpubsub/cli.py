@@ -419,7 +419,9 @@ def chat(connection_string: str, host: str, port: int) -> None:
 
 
 def demo_config(config: ServiceConfig, chat_port: int) -> ServiceConfig:
-    """``config`` with hub ``chat`` wired to the chat app's event handler."""
+    """``config`` with hub ``chat`` wired to the chat app's event handler; the event queue
+    in memory unless the file names a ``data_dir`` (a demo's leftover ``connected`` events
+    would greet the next demo's chat with users long gone)."""
     handler = EventHandlerSettings(
         url_template=f"http://127.0.0.1:{chat_port}/eventhandler",
         user_event_pattern="*",
@@ -428,7 +430,10 @@ def demo_config(config: ServiceConfig, chat_port: int) -> ServiceConfig:
     )
     hubs = dict(config.hubs)
     hubs["chat"] = HubSettings(name="chat", event_handlers=(handler,))
-    return dataclasses.replace(config, hubs=hubs)
+    server = config.server
+    if server.data_dir is None:
+        server = dataclasses.replace(server, data_dir=":memory:")
+    return dataclasses.replace(config, hubs=hubs, server=server)
 
 
 @main.command()
