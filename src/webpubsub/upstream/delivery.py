@@ -275,9 +275,17 @@ class Delivery:
     async def _attempt(self, item: _Item) -> None:
         try:
             await self._deliver(item)
-        except Exception:  # never lose the chain to a bug: retry it
+        except Exception:  # a bug or a failing disk: the chain must not stay stuck
             _log.exception("delivering queued event %d: unexpected error", item.seq)
-            self._failed(item, "unexpected error", None, f"queued event {item.seq}")
+            try:
+                self._failed(item, "unexpected error", None, f"queued event {item.seq}")
+            except Exception:
+                _log.exception("queued event %d: cannot record the failure", item.seq)
+                chain = self._chains.get(item.chain)
+                if chain is not None and chain.items and chain.items[0] is item:
+                    chain.running = False
+                    item.next_at = self._clock() + self._retry.max_delay
+                    self._schedule(item)
         finally:
             self._origins[item.origin] -= 1
             if not self._origins[item.origin]:
