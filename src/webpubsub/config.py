@@ -342,6 +342,12 @@ def _parse_hub(
         keepalive_seconds=check.integer(
             t.get("keepalive_seconds", d.keepalive_seconds), f"{path}.keepalive_seconds", 1, 120
         ),
+        max_groups_per_connection=check.integer(
+            t.get("max_groups_per_connection", d.max_groups_per_connection),
+            f"{path}.max_groups_per_connection",
+            1,
+            1_000_000,
+        ),
         event_handlers=tuple(handlers),
     )
 

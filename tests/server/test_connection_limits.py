@@ -4,6 +4,7 @@ WebSocket library makes, on the wire with raw aiohttp clients."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,10 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import StartService
 from tests.server.test_json_protocol import WAIT, disconnected_then_closed, recv
-from tests.support.service import chat_hub, client_url, json_client
+from tests.support.service import chat_hub, client_url, json_client, sdk
 from webpubsub.server.app import ServiceRunner
 
 ROLES = ("webpubsub.joinLeaveGroup", "webpubsub.sendToGroup")
@@ -87,3 +89,51 @@ async def test_big_integers_in_client_json_arrive_exactly(
     msg = await receiver.receive(timeout=WAIT)
     assert msg.type is WSMsgType.TEXT
     assert '"data":{"n":' + big + "}" in msg.data
+
+
+# -- issue 10.1: groups per connection ----------------------------------------------------
+
+
+@pytest.fixture
+async def few_groups(start_service: StartService) -> ServiceRunner:
+    return await start_service(dataclasses.replace(chat_hub(), max_groups_per_connection=3))
+
+
+async def test_a_join_past_the_group_limit_gets_a_bad_request_ack(
+    few_groups: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    ws, _ = await json_client(http, await client_url(few_groups, roles=ROLES))
+    for i in range(3):
+        ack = await call(ws, {"type": "joinGroup", "group": f"g{i}", "ackId": i + 1})
+        assert ack["success"], ack
+    ack = await call(ws, {"type": "joinGroup", "group": "one-too-many", "ackId": 9})
+    assert ack["success"] is False and ack["error"]["name"] == "BadRequest"
+    assert "3 groups" in ack["error"]["message"]
+    async with sdk(few_groups) as service:
+        assert not await service.group_exists("one-too-many")
+        assert await service.group_exists("g2")
+
+
+async def test_a_rest_add_past_the_group_limit_is_a_400_with_a_json_error(
+    few_groups: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    ws, cid = await json_client(http, await client_url(few_groups))
+    async with sdk(few_groups) as service:
+        for i in range(3):
+            await service.add_connection_to_group(f"g{i}", cid)
+        await service.add_connection_to_group("g0", cid)  # a member already: fine
+        with pytest.raises(HttpResponseError) as caught:
+            await service.add_connection_to_group("one-too-many", cid)
+        assert caught.value.status_code == 400
+        assert caught.value.response.json()["code"] == "Error.BadRequest"
+        assert "3 groups" in caught.value.response.json()["message"]
+        assert not await service.group_exists("one-too-many")
+        # Adds that cannot answer per connection skip the full one.
+        await few_groups.operations.add_connections_to_groups(
+            "chat", ["by-filter"], filter=f"connectionId eq '{cid}'"
+        )
+        assert not await service.group_exists("by-filter")
+        await service.remove_connection_from_group("g0", cid)
+        await service.add_connection_to_group("one-too-many", cid)
+        assert await service.group_exists("one-too-many")
+    await pong(ws)

@@ -68,6 +68,8 @@ class Connection:
     state: str = ""
     """Opaque connection state set by the event handler (Azure docs: CloudEvents)."""
     groups: set[str] = field(default_factory=set)
+    max_groups: int | None = None
+    """How many groups the connection may be in at once (None: no limit)."""
     closing: bool = False
     moved_to: str | None = None
     """The node this connection was handed over to (it left this node, but did not end)."""

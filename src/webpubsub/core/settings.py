@@ -48,6 +48,8 @@ class HubSettings:
     name: str
     anonymous_connect: bool = False
     keepalive_seconds: int = 20
+    max_groups_per_connection: int = 1000
+    """Groups one connection may be in at once: a join past it is refused."""
     event_handlers: tuple[EventHandlerSettings, ...] = ()
 
     def handler_for_system_event(self, name: str) -> EventHandlerSettings | None:

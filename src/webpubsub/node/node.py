@@ -47,6 +47,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     Handover,
     HasPermission,
     ListGroup,
@@ -236,6 +237,7 @@ class Node:
             reliable=ReliableBuffer() if reliable else None,
             reconnection_token=secrets.token_urlsafe(24) if reliable else None,
             on_detached_close=self._end_detached,
+            max_groups=self._hub_settings(adm.hub).max_groups_per_connection,
         )
         held: _Held | None = None
         if conn.protocol.is_json:
@@ -249,8 +251,7 @@ class Node:
         if hub is None:
             hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
         hub.add(conn)
-        for group in adm.groups:
-            hub.join(conn, group)
+        _join_all(hub, conn, adm.groups, "its token or connect handler")
         self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
         if held is not None:
             task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
@@ -327,6 +328,7 @@ class Node:
             reliable=ReliableBuffer.restore(session.next_sequence_id, list(session.frames)),
             reconnection_token=session.reconnection_token,
             on_detached_close=self._end_detached,
+            max_groups=self._hub_settings(session.hub).max_groups_per_connection,
         )
         for ack_id in session.ack_ids:
             conn.ack_ids.add(ack_id)
@@ -335,8 +337,7 @@ class Node:
         if hub is None:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
         hub.add(conn)
-        for group in session.groups:
-            hub.join(conn, group)
+        _join_all(hub, conn, session.groups, "the node it moved from")
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
@@ -600,10 +601,10 @@ class Node:
                     for conn in self._select(hub, command.target, command.filter):
                         if command.action is GroupAction.REMOVE_ALL:
                             hub.leave_all(conn)
-                        for group in command.groups:
-                            if command.action is GroupAction.ADD:
-                                hub.join(conn, group)
-                            elif command.action is GroupAction.REMOVE:
+                        elif command.action is GroupAction.ADD:
+                            _join_all(hub, conn, command.groups, "a REST call")
+                        else:
+                            for group in command.groups:
                                 hub.leave(conn, group)
                 case Handover():
                     self._hand_over(command)
@@ -662,8 +663,28 @@ class Node:
                     for c in hub.group_connections(query.group)
                     if not c.closing
                 )
+            case GroupRoom():
+                conn = hub.get(query.connection_id) if hub is not None else None
+                if conn is None or conn.closing:
+                    return None
+                return query.group in conn.groups or len(conn.groups) < query.limit
             case _:
                 assert_never(query)
+
+
+def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> None:
+    """Join ``groups`` up to the connection's group limit (one warning if that cut some)."""
+    refused = sum(not hub.join(conn, group) for group in groups)
+    if refused:
+        log.warning(
+            "connection %s of hub %s is in %d groups, its limit: %d more groups from %s "
+            "were not joined",
+            conn.connection_id,
+            conn.hub,
+            len(conn.groups),
+            refused,
+            source,
+        )
 
 
 def _targets(hub: Hub, target: Target) -> list[Connection]:

@@ -69,7 +69,9 @@ class ServiceRunner:
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
-        self.operations = Operations(self.backplane, keys=config.server.access_keys, clock=clock)
+        self.operations = Operations(
+            self.backplane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
+        )
         """The data-plane operations, acting on every node of the backplane."""
 
     @property
