@@ -348,6 +348,16 @@ def _parse_hub(
             1,
             1_000_000,
         ),
+        client_messages_per_second=check.integer(
+            t.get("client_messages_per_second", d.client_messages_per_second),
+            f"{path}.client_messages_per_second",
+            1,
+        ),
+        client_bytes_per_second=check.integer(
+            t.get("client_bytes_per_second", d.client_bytes_per_second),
+            f"{path}.client_bytes_per_second",
+            1,
+        ),
         event_handlers=tuple(handlers),
     )
 

@@ -192,6 +192,14 @@ class ConnectRejected(WebPubSubError):
         self.http_status = status
 
 
+class TooManyRequests(WebPubSubError):
+    """A client sent more than its hub allows per second (``hubs.NAME.client_*``)."""
+
+    code = "Error.TooManyRequests"
+    http_status = 429
+    ack_name = "TooManyRequests"
+
+
 class SlowClient(WebPubSubError):
     """A connection's outbox overflowed: the client does not read fast enough."""
 

@@ -4,11 +4,20 @@ WebSocket library makes, on the wire with raw aiohttp clients."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import dataclasses
 import json
 import logging
+import secrets
+import socket
+import statistics
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -17,7 +26,7 @@ from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import StartService
 from tests.server.test_json_protocol import WAIT, disconnected_then_closed, recv
-from tests.support.service import chat_hub, client_url, json_client, sdk
+from tests.support.service import JSON_SUBPROTOCOL, chat_hub, client_url, json_client, sdk
 from webpubsub.server.app import ServiceRunner
 
 ROLES = ("webpubsub.joinLeaveGroup", "webpubsub.sendToGroup")
@@ -137,3 +146,176 @@ async def test_a_rest_add_past_the_group_limit_is_a_400_with_a_json_error(
         await service.add_connection_to_group("one-too-many", cid)
         assert await service.group_exists("one-too-many")
     await pong(ws)
+
+
+# -- issue 10.7: inbound rate and fairness -------------------------------------------------
+
+
+def client_frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """One final client frame (RFC 6455 §5.2), masked unless told otherwise."""
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head = bytes((0x80 | opcode, mask_bit | length))
+    elif length < 1 << 16:
+        head = bytes((0x80 | opcode, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, mask_bit | 127)) + length.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = secrets.token_bytes(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class RawClient:
+    """A WebSocket client on a plain socket, driven from a thread (make it with
+    ``asyncio.to_thread``): it writes frames as fast as the kernel takes them, unlike a
+    client on the service's own event loop."""
+
+    def __init__(self, url: str, protocol: str = "json.webpubsub.azure.v1") -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=WAIT)
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.received = head.split(b"\r\n\r\n", 1)[1]
+        self.stop = threading.Event()
+
+    def flood(self, blob: bytes, seconds: float) -> threading.Thread:
+        """Write ``blob`` again and again for up to ``seconds`` (until told to stop)."""
+
+        def run() -> None:
+            deadline = time.monotonic() + seconds
+            with contextlib.suppress(OSError):
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    self.sock.sendall(blob)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def read_all(self) -> bytes:
+        """What the service sent until it closed the socket."""
+        data = self.received
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        return data
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each unmasked server frame in ``data``."""
+    frames = []
+    while len(data) >= 2:
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        frames.append((data[0] & 0x0F, data[start : start + length]))
+        data = data[start + length :]
+    return frames
+
+
+UNLIMITED = {"client_messages_per_second": 10**9, "client_bytes_per_second": 10**12}
+
+
+async def test_one_flooding_client_does_not_slow_the_others(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """A client writing sends to an empty group as fast as it can (no role needed: each
+    is refused, silently) while another measures its ping round trips: the flooder's
+    backlog is read in slices, so the other's latency stays small (issue 10: p50 went
+    from 0.6 to 117 ms)."""
+    runner = await start_service(dataclasses.replace(chat_hub(), **UNLIMITED))
+    frame = client_frame(0x1, b'{"type":"sendToGroup","group":"empty","data":"x"}')
+    flooder = await asyncio.to_thread(RawClient, await client_url(runner))
+    other, _ = await json_client(http, await client_url(runner))
+    thread = flooder.flood(frame * 20_000, seconds=10)
+    try:
+        await pong(other)
+        latencies = []
+        for _ in range(30):
+            start = time.perf_counter()
+            await pong(other)
+            latencies.append(time.perf_counter() - start)
+        assert thread.is_alive()  # measured while the flood went on
+    finally:
+        flooder.close()
+        thread.join(WAIT)
+    assert statistics.median(latencies) < 0.02, sorted(latencies)
+
+
+async def test_a_client_over_the_message_rate_gets_a_failed_ack_then_a_close(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(dataclasses.replace(chat_hub(), client_messages_per_second=20))
+    ws, _ = await json_client(http, await client_url(runner, roles=ROLES))
+    for i in range(1, 41):
+        await ws.send_str(
+            json.dumps(
+                {"type": "sendToGroup", "group": "g", "ackId": i, "dataType": "text", "data": "x"}
+            )
+        )
+    acks = []
+    while (msg := await recv(ws))["type"] == "ack":
+        acks.append(msg)
+    assert 20 <= len(acks) < 40
+    assert all(a["success"] for a in acks[:-1])
+    assert acks[-1]["success"] is False
+    assert acks[-1]["error"]["name"] == "TooManyRequests"
+    assert msg["event"] == "disconnected" and msg["message"].startswith("TooManyRequests")
+    close = await ws.receive(timeout=WAIT)
+    assert (close.type, close.data) == (WSMsgType.CLOSE, 1008)
+    assert close.extra == msg["message"][:123]
+
+
+async def test_websocket_pings_count_against_the_message_rate(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(dataclasses.replace(chat_hub(), client_messages_per_second=20))
+    ws, _ = await json_client(http, await client_url(runner))
+    for _ in range(40):
+        await ws.ping(b"p")
+    reason, code = await disconnected_then_closed(ws)
+    assert code == 1008 and reason.startswith("TooManyRequests")
+
+
+async def test_a_client_over_the_byte_rate_is_closed(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """The byte bucket holds a second's worth, and at least one largest message."""
+    runner = await start_service(dataclasses.replace(chat_hub(), client_bytes_per_second=1000))
+    ws, _ = await json_client(http, await client_url(runner))
+    big = json.dumps({"type": "event", "event": "e", "dataType": "text", "data": "x" * 400_000})
+    for _ in range(3):
+        await ws.send_str(big)
+    reason, code = await disconnected_then_closed(ws)
+    assert code == 1008 and reason.startswith("TooManyRequests") and "bytes" in reason
+
+
+async def test_a_websocket_ping_is_answered_with_its_payload(
+    runner: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    url = await client_url(runner)
+    async with http.ws_connect(url, protocols=(JSON_SUBPROTOCOL,), autoping=False) as ws:
+        assert (await recv(ws))["event"] == "connected"
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=WAIT)
+        assert (msg.type, msg.data) == (WSMsgType.PONG, b"are you there")

@@ -27,6 +27,7 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     BadRequest,
     InvalidName,
+    TooManyRequests,
     Unauthorized,
     UpstreamError,
     WebPubSubError,
@@ -59,7 +60,7 @@ from webpubsub.protocol.backplane import (
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
-from webpubsub.protocol.json_protocol import encode_connected
+from webpubsub.protocol.json_protocol import ack_id_of, encode_ack, encode_connected
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
@@ -414,6 +415,19 @@ class Node:
             conn.close(CloseCode.INTERNAL_ERROR, exc.client_message)
             return
         self.apply_reply(conn, reply)
+
+    def throttle(self, conn: Connection, data: bytes | str | None, reason: str) -> None:
+        """``conn`` sent more than its hub allows: the request in ``data`` (None: a
+        WebSocket ping) gets a failed ack when it has an ackId, then the connection is
+        closed with 1008 and ``reason``."""
+        if conn.closing:
+            return
+        log.info("closing connection %s of hub %s: %s", conn.connection_id, conn.hub, reason)
+        if conn.protocol.is_json and data is not None:
+            ack_id = ack_id_of(data)
+            if ack_id is not None:
+                conn.send_control(encode_ack(ack_id, TooManyRequests(reason)))
+        conn.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _request(self, conn: Connection, data: bytes | str) -> None:
         """Carry out what the router makes of one JSON-subprotocol frame."""

@@ -141,6 +141,15 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     return Unsupported(kind, ack_id)
 
 
+def ack_id_of(frame: str | bytes) -> int | None:
+    """The ackId of a client frame, if it has a valid one (whatever else is wrong)."""
+    try:
+        msg = decode_client_message(frame)
+    except ProtocolViolation as exc:
+        return exc.ack_id
+    return getattr(msg, "ack_id", None)
+
+
 def _ack_id(obj: dict[str, object]) -> int | None:
     if "ackId" not in obj or obj["ackId"] is None:
         return None

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from aiohttp import WebSocketError, WSMsgType, web
 
 from webpubsub.core.connection import Connection
+from webpubsub.core.limits import InboundLimit
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
-from webpubsub.protocol.wsframe import CloseCode
+from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
 from webpubsub.server.origin import caller_origin
@@ -34,6 +35,9 @@ RECOVERY_TOKEN = "awps_reconnection_token"  # noqa: S105 - a parameter name
 #: Query parameters that are the service's own, not application data.
 _RESERVED_QUERY = frozenset({"access_token", "hub", RECOVERY_ID, RECOVERY_TOKEN})
 _HIDDEN_HEADERS = frozenset({"authorization"})
+
+#: Frames read from one connection before the loop runs the others.
+FAIR_SLICE = 16
 
 CLIENT_CLOSED = "The client closed the connection."
 TOO_BIG = "The client sent a message larger than the service accepts."
@@ -120,7 +124,7 @@ def _websocket(
         compress=False,
         max_msg_size=ctx.max_message_bytes,
         heartbeat=float(keepalive_seconds),
-        autoping=True,
+        autoping=False,  # _serve counts a client's pings against its rate, then answers them
         autoclose=False,  # _serve answers a client's close with the client's own code
     )
 
@@ -156,11 +160,32 @@ async def _serve(
     reason = CLIENT_CLOSED
     client_close_code: int | None = None
     refused = False  # the service refused what the client sent (an over-size message)
+    clock = asyncio.get_running_loop().time
+    limit = InboundLimit(ctx.hub_settings(conn.hub), ctx.max_message_bytes, clock())
+    unyielded = 0
     try:
         while True:
             msg = await ws.receive()
+            # A backlog of buffered frames is read without suspending: let the other
+            # connections run between slices of it.
+            unyielded += 1
+            if unyielded >= FAIR_SLICE:
+                unyielded = 0
+                await asyncio.sleep(0)
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                await ctx.node.receive(conn, msg.data)
+                over = limit.admit(len(msg.data), clock())
+                if over is None:
+                    await ctx.node.receive(conn, msg.data)
+                else:
+                    ctx.node.throttle(conn, msg.data, over)
+            elif msg.type is WSMsgType.PING:
+                over = limit.admit(len(msg.data), clock())
+                if over is None:
+                    outbox.offer(encode_frame(Opcode.PONG, msg.data))
+                else:
+                    ctx.node.throttle(conn, None, over)
+            elif msg.type is WSMsgType.PONG:
+                pass  # any frame counts as a keep-alive answer (aiohttp's reader resets it)
             elif msg.type is WSMsgType.CLOSE:
                 client_close_code = int(msg.data)
                 if not ws.closed:  # RFC 6455 §5.5.1: echo the status code received
