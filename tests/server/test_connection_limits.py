@@ -26,6 +26,7 @@ from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import StartService
 from tests.server.test_json_protocol import WAIT, disconnected_then_closed, recv
+from tests.support.handler import EventHandlerApp
 from tests.support.service import JSON_SUBPROTOCOL, chat_hub, client_url, json_client, sdk
 from webpubsub.server.app import ServiceRunner
 
@@ -319,3 +320,62 @@ async def test_a_websocket_ping_is_answered_with_its_payload(
         await ws.ping(b"are you there")
         msg = await ws.receive(timeout=WAIT)
         assert (msg.type, msg.data) == (WSMsgType.PONG, b"are you there")
+
+
+# -- issue 10.14: the closes the WebSocket library makes -----------------------------------
+
+
+def read_until_close(client: RawClient) -> list[tuple[int, bytes]]:
+    """The frames the service sends until its close frame, which is answered."""
+    data = client.received
+    while not any(op == 0x8 for op, _ in server_frames(data)):
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    frames = server_frames(data)
+    with contextlib.suppress(OSError):
+        client.sock.sendall(client_frame(0x8, frames[-1][1][:2]))
+    return frames
+
+
+BROKEN = [
+    # (what the client sends, the close code, words of the reason)
+    (client_frame(0x1, b"\xff\xfe not UTF-8"), 1007, "UTF-8"),
+    (bytes((0xC1,)) + client_frame(0x1, b"{}")[1:], 1002, "WebSocket protocol"),  # RSV1
+    (client_frame(0x1, b"x" * 5000), 1009, "larger than"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code", "words"), BROKEN)
+async def test_a_protocol_error_close_says_why_and_ends_a_reliable_connection(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    frame: bytes,
+    code: int,
+    words: str,
+) -> None:
+    runner = await start_service(
+        chat_hub(handler_app.url, system=frozenset({"disconnected"})),
+        max_message_bytes=4096,
+        recovery_window_seconds=600.0,
+    )
+    url = await client_url(runner)
+    client = await asyncio.to_thread(RawClient, url, "json.reliable.webpubsub.azure.v1")
+    try:
+        await asyncio.to_thread(client.sock.sendall, frame)
+        frames = await asyncio.to_thread(read_until_close, client)
+    finally:
+        client.close()
+    texts = [json.loads(payload) for op, payload in frames if op == 0x1]
+    assert texts[0]["event"] == "connected"
+    disconnected = texts[-1]
+    assert disconnected["event"] == "disconnected" and words in disconnected["message"]
+    op, payload = frames[-1]
+    assert op == 0x8
+    assert int.from_bytes(payload[:2], "big") == code
+    assert payload[2:].decode() == disconnected["message"][:123]
+    # Not kept for recovery: ended now.
+    event = await handler_app.next_event("sys.disconnected")
+    assert event.headers["ce-connectionId"] == texts[0]["connectionId"]
+    assert words in event.body.decode()

@@ -753,8 +753,8 @@ async def test_an_oversize_frame_closes_with_1009_and_spares_the_others(
     fits = {"type": "sendToGroup", "group": "g", "ackId": 1, "dataType": "text", "data": "x" * 3900}
     assert await big.ack(fits) == success(1)
     await big.send({**fits, "ackId": 2, "data": "x" * 5000})
-    code, _ = await closed_with(big.ws)
-    assert code == 1009
+    reason, code = await disconnected_then_closed(big.ws)
+    assert code == 1009 and "larger than the service accepts" in reason
     await other.expect_pong()
 
 
@@ -770,7 +770,7 @@ async def test_an_oversize_frame_ends_a_reliable_connection_at_once(
     big = await connect(minted_url(runner), RELIABLE)
     connection_id = big.connected["connectionId"]
     await big.send({"type": "event", "event": "e", "dataType": "text", "data": "x" * 5000})
-    code, _ = await closed_with(big.ws)
+    _, code = await disconnected_then_closed(big.ws)
     assert code == 1009
     event = await handler_app.next_event("sys.disconnected")
     assert event.headers["ce-connectionId"] == connection_id

@@ -281,8 +281,8 @@ async def test_a_message_over_the_limit_closes_with_1009_and_spares_the_others(
     ):
         await assert_echoes(big, "x" * 4000)  # under the limit
         await big.send_bytes(b"x" * 5000)
-        code, _ = await closed_with(big)
-        assert code == 1009
+        code, reason = await closed_with(big)
+        assert code == 1009 and "larger than the service accepts" in reason
         await assert_echoes(other)
 
 

@@ -46,6 +46,10 @@ class CloseCode(enum.IntEnum):
     """REST close or normal end; the reason is the REST ``reason``."""
     GOING_AWAY = 1001
     """The service is shutting down."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (an unmasked or malformed frame)."""
+    INVALID_DATA = 1007
+    """A text message that is not UTF-8."""
     POLICY_VIOLATION = 1008
     """Unrecoverable: protocol violation, failed recovery, slow client."""
     MESSAGE_TOO_BIG = 1009

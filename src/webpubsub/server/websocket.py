@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiohttp import WebSocketError, WSMsgType, web
 
@@ -41,6 +41,31 @@ FAIR_SLICE = 16
 
 CLIENT_CLOSED = "The client closed the connection."
 TOO_BIG = "The client sent a message larger than the service accepts."
+
+#: Why aiohttp's reader closes a connection (RFC 6455 §7.4.1 codes), said to the client.
+REFUSALS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "The client broke the WebSocket protocol (RFC 6455).",
+    CloseCode.INVALID_DATA: "The client sent a text message that is not valid UTF-8.",
+    CloseCode.MESSAGE_TOO_BIG: TOO_BIG,
+}
+
+
+class ClientSocket(web.WebSocketResponse):
+    """A client's WebSocket. When a client breaks the protocol, aiohttp's ``receive()``
+    closes the connection itself, with no reason: :attr:`on_refusal` is told first (and
+    sends a JSON client its ``disconnected`` message), and its reason goes in the close."""
+
+    on_refusal: Callable[[int, str], None] | None = None
+
+    async def close(
+        self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        reason = REFUSALS.get(code)
+        if reason is not None and not message and not self.closed:
+            message = _close_message(reason)
+            if self.on_refusal is not None:
+                self.on_refusal(code, reason)
+        return await super().close(code=code, message=message, drain=drain)
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
@@ -118,8 +143,8 @@ def _recovery_echo(
 
 def _websocket(
     ctx: ServiceContext, subprotocol: str | None, keepalive_seconds: int
-) -> web.WebSocketResponse:
-    return web.WebSocketResponse(
+) -> ClientSocket:
+    return ClientSocket(
         protocols=(subprotocol,) if subprotocol else (),
         compress=False,
         max_msg_size=ctx.max_message_bytes,
@@ -152,11 +177,10 @@ async def _upgrade(
     return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer, flusher=ctx.flusher)
 
 
-async def _serve(
-    ws: web.WebSocketResponse, ctx: ServiceContext, conn: Connection, outbox: Outbox
-) -> None:
+async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
     """Hand each client frame to the node, in order, until the transport ends."""
     outbox.on_overflow = lambda: conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
+    ws.on_refusal = conn.close  # the outbox sends what it holds, then ``disconnected``
     reason = CLIENT_CLOSED
     client_close_code: int | None = None
     refused = False  # the service refused what the client sent (an over-size message)
@@ -192,11 +216,10 @@ async def _serve(
                     await ws.close(code=_echoed(client_close_code), drain=False)
                 break
             elif msg.type is WSMsgType.ERROR:
-                error = ws.exception()
-                refused = (
-                    isinstance(error, WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG
-                )
-                reason = TOO_BIG if refused else f"The connection failed: {error or 'transport'}."
+                error = msg.data
+                refusal = REFUSALS.get(error.code) if isinstance(error, WebSocketError) else None
+                refused = refusal is not None
+                reason = refusal or f"The connection failed: {error or 'transport'}."
                 break
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."
