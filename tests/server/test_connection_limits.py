@@ -344,6 +344,7 @@ BROKEN = [
     (client_frame(0x1, b"\xff\xfe not UTF-8"), 1007, "UTF-8"),
     (bytes((0xC1,)) + client_frame(0x1, b"{}")[1:], 1002, "WebSocket protocol"),  # RSV1
     (client_frame(0x1, b"x" * 5000), 1009, "larger than"),
+    (client_frame(0x1, b'{"type":"ping"}', masked=False), 1002, "unmasked"),
 ]
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp.web_request import BaseRequest
 
 from webpubsub.core.connection import Connection
 from webpubsub.core.limits import InboundLimit
@@ -21,7 +23,7 @@ from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
-from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
+from webpubsub.protocol.wsframe import CloseCode, MaskCheck, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
 from webpubsub.server.origin import caller_origin
@@ -50,22 +52,69 @@ REFUSALS: dict[int, str] = {
 }
 
 
+UNMASKED = "The client sent an unmasked frame (RFC 6455 section 5.1)."
+
+
 class ClientSocket(web.WebSocketResponse):
     """A client's WebSocket. When a client breaks the protocol, aiohttp's ``receive()``
     closes the connection itself, with no reason: :attr:`on_refusal` is told first (and
-    sends a JSON client its ``disconnected`` message), and its reason goes in the close."""
+    sends a JSON client its ``disconnected`` message), and its reason goes in the close.
+
+    aiohttp's reader accepts unmasked client frames; a :class:`MaskCheck` in front of
+    it refuses them (RFC 6455 §5.1) with 1002.
+    """
 
     on_refusal: Callable[[int, str], None] | None = None
+    refusal: str | None = None
+    """Why the service refused what the client sent, once it did."""
 
     async def close(
         self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
     ) -> bool:
-        reason = REFUSALS.get(code)
+        reason = self.refusal or REFUSALS.get(code)
         if reason is not None and not message and not self.closed:
+            self.refusal = reason
             message = _close_message(reason)
             if self.on_refusal is not None:
                 self.on_refusal(code, reason)
         return await super().close(code=code, message=message, drain=drain)
+
+    def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler = request.protocol
+        early = bytes(handler._message_tail)  # what came behind the upgrade request
+        super()._post_start(request, protocol, writer)
+        check = MaskCheck()
+        reader = self._reader
+
+        def unmasked() -> None:
+            self.refusal = UNMASKED
+            if reader is not None:
+                reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
+
+        handler._payload_parser = _MaskGuard(handler._payload_parser, check, unmasked)
+        if early and not check.feed(early):
+            unmasked()
+
+
+class _MaskGuard:
+    """Feeds aiohttp's WebSocket reader only what :class:`MaskCheck` lets through."""
+
+    __slots__ = ("_check", "_parser", "_refuse")
+
+    def __init__(self, parser: Any, check: MaskCheck, refuse: Callable[[], None]) -> None:
+        self._parser = parser
+        self._check = check
+        self._refuse = refuse
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._check.feed(data):
+            result: tuple[bool, bytes] = self._parser.feed_data(data)
+            return result
+        self._refuse()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._parser.feed_eof()
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
@@ -216,10 +265,8 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
                     await ws.close(code=_echoed(client_close_code), drain=False)
                 break
             elif msg.type is WSMsgType.ERROR:
-                error = msg.data
-                refusal = REFUSALS.get(error.code) if isinstance(error, WebSocketError) else None
-                refused = refusal is not None
-                reason = refusal or f"The connection failed: {error or 'transport'}."
+                refused = ws.refusal is not None
+                reason = ws.refusal or f"The connection failed: {msg.data or 'transport'}."
                 break
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."
