@@ -389,3 +389,15 @@ async def test_a_protocol_error_close_says_why_and_ends_a_reliable_connection(
     event = await handler_app.next_event("sys.disconnected")
     assert event.headers["ce-connectionId"] == texts[0]["connectionId"]
     assert words in event.body.decode()
+
+
+async def test_a_client_closing_with_1002_is_echoed_not_refused(runner: ServiceRunner) -> None:
+    """The echo of a client's own close code is not a refusal of the service's."""
+    client = await asyncio.to_thread(RawClient, await client_url(runner))
+    try:
+        await asyncio.to_thread(client.sock.sendall, client_frame(0x8, b"\x03\xea"))
+        frames = await asyncio.to_thread(read_until_close, client)
+    finally:
+        client.close()
+    assert [op for op, _ in frames] == [0x1, 0x8]  # connected, then the echo
+    assert frames[-1][1] == b"\x03\xea"

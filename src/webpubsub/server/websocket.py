@@ -71,13 +71,17 @@ class ClientSocket(web.WebSocketResponse):
     async def close(
         self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
     ) -> bool:
-        reason = self.refusal or REFUSALS.get(code)
+        reason = (self.refusal or REFUSALS[code]) if code in REFUSALS else None
         if reason is not None and not message and not self.closed:
             self.refusal = reason
             message = _close_message(reason)
             if self.on_refusal is not None:
                 self.on_refusal(code, reason)
         return await super().close(code=code, message=message, drain=drain)
+
+    async def echo_close(self, code: int) -> None:
+        """Answer a client's close frame with ``code`` (its own, maybe 1002): no refusal."""
+        await super().close(code=code, drain=False)
 
     def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
         handler = request.protocol
@@ -262,7 +266,7 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
             elif msg.type is WSMsgType.CLOSE:
                 client_close_code = int(msg.data)
                 if not ws.closed:  # RFC 6455 §5.5.1: echo the status code received
-                    await ws.close(code=_echoed(client_close_code), drain=False)
+                    await ws.echo_close(_echoed(client_close_code))
                 break
             elif msg.type is WSMsgType.ERROR:
                 refused = ws.refusal is not None
