@@ -357,7 +357,11 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize(("frame", "code", "words"), BROKEN)
+@pytest.mark.parametrize(
+    ("frame", "code", "words"),
+    BROKEN,
+    ids=["invalid-utf8", "reserved-bit", "too-big", "unmasked"],  # frames carry random masks
+)
 async def test_a_protocol_error_close_says_why_and_ends_a_reliable_connection(
     start_service: StartService,
     handler_app: EventHandlerApp,
