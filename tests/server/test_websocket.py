@@ -20,6 +20,7 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType, web
+from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
@@ -284,6 +285,28 @@ async def test_a_message_over_the_limit_closes_with_1009_and_spares_the_others(
         code, reason = await closed_with(big)
         assert code == 1009 and "larger than the service accepts" in reason
         await assert_echoes(other)
+
+
+async def test_the_limit_is_the_largest_message_accepted_as_for_a_rest_body(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """``max_message_bytes`` itself is accepted on both paths; one byte more is refused."""
+    handler_app.responder = echo
+    limit = 4096
+    runner = await start_service(chat_hub(handler_app.url, anonymous=True), max_message_bytes=limit)
+    async with await http.ws_connect(endpoint(runner)) as ws:
+        await ws.send_bytes(b"x" * limit)
+        msg = await ws.receive(timeout=WAIT)
+        assert msg.type is WSMsgType.TEXT, msg
+        assert len(msg.data) == len("echo:") + limit
+        await ws.send_bytes(b"x" * (limit + 1))
+        code, _ = await closed_with(ws)
+        assert code == 1009
+    async with sdk(runner) as service:
+        await service.send_to_all("y" * limit, content_type="text/plain")  # accepted
+        with pytest.raises(HttpResponseError) as raised:
+            await service.send_to_all("y" * (limit + 1), content_type="text/plain")
+    assert raised.value.status_code == 413
 
 
 async def test_text_and_binary_frames_become_message_events(

@@ -200,7 +200,8 @@ def _websocket(
     return ClientSocket(
         protocols=(subprotocol,) if subprotocol else (),
         compress=False,
-        max_msg_size=ctx.max_message_bytes,
+        # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
+        max_msg_size=ctx.max_message_bytes + 1,
         heartbeat=float(keepalive_seconds),
         autoping=False,  # _serve counts a client's pings against its rate, then answers them
         autoclose=False,  # _serve answers a client's close with the client's own code
