@@ -6,9 +6,10 @@ import logging
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.typedefs import Handler
 
-from webpubsub.errors import PayloadTooLarge, WebPubSubError
+from webpubsub.errors import BadRequest, PayloadTooLarge, WebPubSubError
 
 log = logging.getLogger("webpubsub.server")
 
@@ -38,8 +39,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("The request body is too large."))
+    except web.RequestPayloadError as exc:  # a body that does not decode (client input)
+        response = error_response(BadRequest(_unreadable(exc)))
+        response.force_close()  # where the body ends is unknown: no next request on it
+        request.content.feed_eof()  # nor lingering reads of the rest (another error, logged)
+        return response
     except web.HTTPException:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(WebPubSubError("An internal error occurred."))
+
+
+def _unreadable(exc: web.RequestPayloadError) -> str:
+    if isinstance(exc.__cause__, ContentEncodingError):
+        return "The request body does not decode as its Content-Encoding says."
+    return "The request body is malformed (its framing or encoding)."
