@@ -24,8 +24,10 @@ from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.rawws import RawClient, client_frame
 from tests.support.service import chat_hub, client_url, sdk
 from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.protocol.wsframe import Opcode
 from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
@@ -560,6 +562,22 @@ async def test_a_client_gone_during_the_connect_webhook_is_no_error(
     assert record.levelno < logging.WARNING, record.getMessage()
     assert runner.node is not None and runner.node.connection_count() == 0
     assert not [r for r in handler_app.requests if r.event_name == "connected"]
+
+
+async def test_a_client_reset_while_its_pings_are_answered_is_no_error(
+    handler_app: EventHandlerApp, start_service: StartService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two pings and a reset in one go: the first pong's write meets the reset, the second
+    finds the transport closing.  That is the client leaving, not a failure to log."""
+    runner = await start_service(chat_hub(handler_app.url, system=frozenset({"disconnected"})))
+    for _ in range(3):
+        raw = await RawClient.connect(await client_url(runner))
+        raw.writer.write(client_frame(Opcode.PING, b"a") + client_frame(Opcode.PING, b"b"))
+        raw.reset()
+        event = await handler_app.next_event("sys.disconnected")
+        assert b"lost" in event.body, event.body
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 @pytest.mark.parametrize(

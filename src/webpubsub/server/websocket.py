@@ -276,6 +276,8 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."
                 break
+    except ConnectionError:  # e.g. a pong written to a client that reset meanwhile
+        reason = "The connection was lost."
     except Exception:  # never let one connection's failure become an HTTP response
         log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
         conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
