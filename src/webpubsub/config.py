@@ -59,6 +59,10 @@ class ServerSettings:
     outbox_max_bytes: int = 4_194_304
     recovery_window_seconds: float = 60.0
     """How long a dropped reliable connection is kept for its client to recover it."""
+    header_timeout_seconds: float = 10.0
+    """How long a connection may wait for a complete request head (first or keep-alive)."""
+    max_pending_handshakes: int = 1000
+    """WebSocket handshakes being admitted at once (token check, ``connect`` handler)."""
 
     @property
     def tls(self) -> bool:
@@ -277,6 +281,15 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
         tls_cert=tls_cert,
         tls_key=tls_key,
         trusted_proxies=check.networks(t.get("trusted_proxies", []), "server.trusted_proxies"),
+        header_timeout_seconds=check.positive(
+            t.get("header_timeout_seconds", d.header_timeout_seconds),
+            "server.header_timeout_seconds",
+        ),
+        max_pending_handshakes=check.integer(
+            t.get("max_pending_handshakes", d.max_pending_handshakes),
+            "server.max_pending_handshakes",
+            1,
+        ),
     )
 
 

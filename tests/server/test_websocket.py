@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, held_until
 from tests.support.rawws import RawClient, client_frame
 from tests.support.service import chat_hub, client_url, sdk
 from webpubsub.protocol.tokens import issue_client_token
@@ -536,12 +536,7 @@ async def test_a_client_gone_during_the_connect_webhook_is_no_error(
         def emit(self, record: logging.LogRecord) -> None:
             records.put_nowait(record)
 
-    async def responder(req: Recorded) -> web.StreamResponse:
-        if req.event_name == "connect":
-            await release.wait()
-        return default_responder(req)
-
-    handler_app.responder = responder
+    handler_app.responder = held_until(release)
     runner = await start_service(
         chat_hub(handler_app.url, anonymous=True, system=frozenset({"connect", "connected"}))
     )

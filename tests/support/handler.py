@@ -40,6 +40,17 @@ def default_responder(req: Recorded) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def held_until(release: asyncio.Event, event: str = "connect") -> Responder:
+    """Answers as :func:`default_responder`, holding each ``event`` until ``release`` is set."""
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.event_name == event:
+            await release.wait()
+        return default_responder(req)
+
+    return responder
+
+
 class EventHandlerApp:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
+from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
@@ -64,6 +66,8 @@ class ServiceRunner:
         """Share the port with other processes (``SO_REUSEPORT``: ``serve --workers``)."""
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self.site: GuardedSite | None = None
+        """The listening site, once started (its guard: connections waiting for a request)."""
         self._ssl: ssl.SSLContext | None = None
         self.port = 0
         self.endpoint = ""
@@ -116,9 +120,11 @@ class ServiceRunner:
             outbox_max_bytes=server.outbox_max_bytes,
             clock=self._clock,
             flusher=Flusher(),
+            handshakes=HandshakeGate(server.max_pending_handshakes),
         )
         app = web.Application(
-            middlewares=[error_middleware], client_max_size=server.max_message_bytes
+            middlewares=[request_started, error_middleware],
+            client_max_size=server.max_message_bytes,
         )
         app[SERVICE] = ctx
         app[HEALTH] = self.health
@@ -128,19 +134,27 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
         await self.backplane.start(self.node)
+        handler_options: dict[str, Any] = {
+            "access_log": None,
+            # A backstop only: the site's guard closes waiting connections first.
+            "keepalive_timeout": 2 * server.header_timeout_seconds + 1,
+        }
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
         await self._runner.setup()
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner,
             server.host,
             server.port,
+            header_timeout=server.header_timeout_seconds,
+            handler_options=handler_options,
             ssl_context=self._ssl,
-            reuse_port=self._reuse_port or None,
+            reuse_port=self._reuse_port,
         )
         await site.start()
-        self.port = _bound_port(site)
+        self.site = site
+        self.port = site.port
         self.endpoint = (
             server.public_endpoint or f"{self.scheme}://{self._host_for_urls()}:{self.port}"
         )
@@ -208,12 +222,3 @@ def _backplane_for(config: ServiceConfig) -> Backplane:
         prefix=plane.key_prefix,
         heartbeat_timeout=plane.heartbeat_timeout_seconds,
     )
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here
-    sockets = getattr(server, "sockets", None)
-    if not sockets:
-        raise RuntimeError("the server did not bind")
-    port: int = sockets[0].getsockname()[1]
-    return port

@@ -10,6 +10,7 @@ from aiohttp import web
 from webpubsub.core.settings import HubSettings
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
+from webpubsub.server.guard import HandshakeGate
 from webpubsub.server.outbox import Flusher
 
 
@@ -30,6 +31,8 @@ class ServiceContext:
     clock: Callable[[], float]
     flusher: Flusher
     """Schedules every connection's outbox flush: one loop callback per turn."""
+    handshakes: HandshakeGate
+    """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)

@@ -26,6 +26,7 @@ from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_clien
 from webpubsub.protocol.wsframe import CloseCode, MaskCheck, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
+from webpubsub.server.guard import peer_of
 from webpubsub.server.origin import caller_origin
 from webpubsub.server.outbox import Outbox
 
@@ -125,9 +126,11 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[SERVICE]
     if RECOVERY_ID in request.query:
         return await _recover(request, ctx)
+    transport = request.transport
     try:
-        handshake = _handshake(request, ctx)
-        admission = await ctx.node.admit(handshake)
+        with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
+            handshake = _handshake(request, ctx)
+            admission = await ctx.node.admit(handshake)
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
         log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
