@@ -60,7 +60,8 @@ class ServerSettings:
     recovery_window_seconds: float = 60.0
     """How long a dropped reliable connection is kept for its client to recover it."""
     header_timeout_seconds: float = 10.0
-    """How long a connection may wait for a complete request head (first or keep-alive)."""
+    """How long a connection may wait for a complete request head (first or keep-alive),
+    and a REST body for the rest of it."""
     max_pending_handshakes: int = 1000
     """WebSocket handshakes being admitted at once (token check, ``connect`` handler)."""
 

@@ -129,6 +129,13 @@ class MethodNotAllowed(WebPubSubError):
     http_status = 405
 
 
+class RequestTimeout(WebPubSubError):
+    """A request did not arrive in full within ``server.header_timeout_seconds``."""
+
+    code = "Error.RequestTimeout"
+    http_status = 408
+
+
 class PayloadTooLarge(WebPubSubError):
     code = "Error.PayloadTooLarge"
     http_status = 413

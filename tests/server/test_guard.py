@@ -22,7 +22,7 @@ from tests.support.handler import EventHandlerApp, held_until
 from tests.support.rawws import handshake_request
 from tests.support.service import chat_hub, client_url, json_client
 from webpubsub import devcert
-from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.guard import FdBudget, Throttle, fd_reserve
 
@@ -288,4 +288,24 @@ async def test_a_tls_handshake_has_the_same_deadline(
     runner = await start_service(header_timeout_seconds=DEADLINE, **tls_files(dev_cert))
     raw = await Raw.open(runner, b"\x16\x03\x01")  # the start of a ClientHello, no more
     assert DEADLINE * 0.9 <= await raw.closed_after() < WAIT
+    assert_no_tracebacks(caplog)
+
+
+async def test_a_rest_body_that_stops_coming_is_408_at_the_deadline(
+    start_service: StartService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The head arrived, the body stalls: the request is still not complete."""
+    runner = await start_service(header_timeout_seconds=DEADLINE)
+    target = "/api/hubs/chat/:send"
+    token = issue_rest_token(ACCESS_KEY, audience=runner.endpoint + target, now=time.time())
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{runner.port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        "Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
+    )
+    raw = await Raw.open(runner, head.encode() + b"x" * 10)
+    status, body = await raw.answer()
+    assert b" 408 " in status, status
+    assert orjson.loads(body)["code"] == "Error.RequestTimeout"
+    assert DEADLINE * 0.9 <= await raw.closed_after() < WAIT  # and the connection ends
     assert_no_tracebacks(caplog)

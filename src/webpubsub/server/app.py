@@ -121,6 +121,7 @@ class ServiceRunner:
             clock=self._clock,
             flusher=Flusher(),
             handshakes=HandshakeGate(server.max_pending_handshakes),
+            request_timeout=server.header_timeout_seconds,
         )
         app = web.Application(
             middlewares=[request_started, error_middleware],

@@ -32,6 +32,8 @@ class ServiceContext:
     flusher: Flusher
     """Schedules every connection's outbox flush: one loop callback per turn."""
     handshakes: HandshakeGate
+    request_timeout: float
+    """``server.header_timeout_seconds``: how long a REST body may take to arrive."""
     """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
 
 

@@ -7,6 +7,7 @@ request but the health check carries a JWT signed as the official SDKs sign it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from webpubsub.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -103,9 +105,20 @@ async def _payload(call: Call) -> Payload:
     length = call.request.content_length
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
-    body = await call.request.read()  # bounded by the app's client_max_size
+    body = await _body(call)
     _int_arg(call, "messageTtlSeconds", low=0, high=300)  # validated; delivery is immediate
     return Payload.from_rest_body(call.request.headers.get("Content-Type"), body)
+
+
+async def _body(call: Call) -> bytes:
+    """The whole body: bounded in size by the app's ``client_max_size``, in time by
+    ``server.header_timeout_seconds`` (a body that stops coming holds a connection)."""
+    timeout = call.request.app[SERVICE].request_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await call.request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The body did not arrive within {timeout:g} s.") from None
 
 
 def _is_digits(text: str) -> bool:
@@ -164,7 +177,7 @@ async def _groups_body(call: Call) -> tuple[list[str], str]:
     if media_type(call.request.headers.get("Content-Type")) != "application/json":
         raise UnsupportedMediaType("The body must be application/json.")
     try:
-        body = orjson.loads(await call.request.read())
+        body = orjson.loads(await _body(call))
     except orjson.JSONDecodeError:
         raise BadRequest("The body is not valid JSON.") from None
     if not isinstance(body, dict):
