@@ -302,10 +302,10 @@ class GuardedHandler(RequestHandler):
         self._guard.request_started(self)
 
     def log_access(
-        self, request: web.BaseRequest, response: web.StreamResponse, time: float | None
+        self, request: web.BaseRequest, response: web.StreamResponse, started: float | None
     ) -> None:
         """Called once a response is written: the connection waits for the next request."""
-        super().log_access(request, response, time)
+        super().log_access(request, response, started)
         if self._taken and response.keep_alive:
             self._guard.wait_for_request(self)
 
