@@ -60,8 +60,10 @@ class ServerSettings:
     recovery_window_seconds: float = 60.0
     """How long a dropped reliable connection is kept for its client to recover it."""
     header_timeout_seconds: float = 10.0
-    """How long a connection may wait for a complete request head (first or keep-alive),
-    and a REST body for the rest of it."""
+    """How long a connection may wait for its first request head, and a REST body for the
+    rest of its request."""
+    keepalive_timeout_seconds: float = 75.0
+    """How long a keep-alive connection may wait for its next request after an answer."""
     max_pending_handshakes: int = 1000
     """WebSocket handshakes being admitted at once (token check, ``connect`` handler)."""
 
@@ -285,6 +287,10 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
         header_timeout_seconds=check.positive(
             t.get("header_timeout_seconds", d.header_timeout_seconds),
             "server.header_timeout_seconds",
+        ),
+        keepalive_timeout_seconds=check.positive(
+            t.get("keepalive_timeout_seconds", d.keepalive_timeout_seconds),
+            "server.keepalive_timeout_seconds",
         ),
         max_pending_handshakes=check.integer(
             t.get("max_pending_handshakes", d.max_pending_handshakes),

@@ -135,10 +135,10 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
         await self.backplane.start(self.node)
+        waits = max(server.header_timeout_seconds, server.keepalive_timeout_seconds)
         handler_options: dict[str, Any] = {
             "access_log": None,
-            # A backstop only: the site's guard closes waiting connections first.
-            "keepalive_timeout": 2 * server.header_timeout_seconds + 1,
+            "keepalive_timeout": 2 * waits + 1,  # a backstop: the site's guard closes first
         }
         self._runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
@@ -149,6 +149,7 @@ class ServiceRunner:
             server.host,
             server.port,
             header_timeout=server.header_timeout_seconds,
+            keepalive_timeout=server.keepalive_timeout_seconds,
             handler_options=handler_options,
             ssl_context=self._ssl,
             reuse_port=self._reuse_port,

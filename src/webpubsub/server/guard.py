@@ -9,7 +9,8 @@ included).  Here:
 
 - :class:`GuardedHandler` is aiohttp's protocol with four additions: it asks the
   :class:`ConnectionGuard` whether to take a socket at all, it waits at most
-  ``server.header_timeout_seconds`` for each request head, it answers a malformed request
+  ``server.header_timeout_seconds`` for the first request head and
+  ``server.keepalive_timeout_seconds`` for each next one, it answers a malformed request
   with the JSON error body of every other 400, and it logs client-caused failures as one
   line without their text.
 - :class:`ConnectionGuard` holds the connections waiting for a request head, oldest
@@ -163,11 +164,13 @@ class ConnectionGuard:
         self,
         *,
         header_timeout: float,
+        keepalive_timeout: float,
         fds: FdBudget,
         loop: asyncio.AbstractEventLoop,
         clock: Clock = time.monotonic,
     ) -> None:
         self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
         self._fds = fds
         self._loop = loop
         self.connections = 0
@@ -177,10 +180,6 @@ class ConnectionGuard:
         self.refused = Throttle(clock=clock)
         self.reaped = Throttle(clock=clock)
         self.malformed = Throttle(clock=clock)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     def admit(self, peer: str) -> bool:
         """Whether to take a new socket from ``peer``; near the descriptor limit the
@@ -208,9 +207,11 @@ class ConnectionGuard:
         return True
 
     def wait_for_request(self, handler: GuardedHandler) -> None:
-        """``handler`` waits for a request head from now on, at most ``header_timeout``."""
+        """``handler`` waits for a request head from now on: its first for at most
+        ``header_timeout``, a next one (after an answer) for ``keepalive_timeout``."""
         self._unwait(handler)
-        self._waiting[handler] = self._loop.call_later(self.header_timeout, self._reap, handler)
+        timeout = self.keepalive_timeout if handler.requests else self.header_timeout
+        self._waiting[handler] = self._loop.call_later(timeout, self._reap, handler)
 
     def request_started(self, handler: GuardedHandler) -> None:
         self._unwait(handler)
@@ -239,7 +240,11 @@ class ConnectionGuard:
                 self.header_timeout,
             )
         else:  # an idle keep-alive connection: routine
-            log.debug("closed an idle keep-alive connection from %s", handler.peer)
+            log.debug(
+                "closed a keep-alive connection from %s: no next request within %g s",
+                handler.peer,
+                self.keepalive_timeout,
+            )
         self._close(handler)
 
     def _close(self, handler: GuardedHandler) -> None:
@@ -359,6 +364,7 @@ class GuardedSite(web.BaseSite):
         port: int,
         *,
         header_timeout: float,
+        keepalive_timeout: float,
         handler_options: dict[str, Any],
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
@@ -368,6 +374,7 @@ class GuardedSite(web.BaseSite):
         self._host = host
         self._port = port
         self._header_timeout = header_timeout
+        self._keepalive_timeout = keepalive_timeout
         self._handler_options = handler_options
         self._reuse_port = reuse_port
         self._fds = fds
@@ -387,6 +394,7 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         guard = ConnectionGuard(
             header_timeout=self._header_timeout,
+            keepalive_timeout=self._keepalive_timeout,
             fds=self._fds or FdBudget.of_process(),
             loop=loop,
         )
