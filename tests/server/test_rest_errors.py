@@ -310,6 +310,10 @@ async def test_a_body_that_is_not_the_content_encoding_it_claims_is_400(
         )
         resp.error(400, "Error.BadRequest")
         assert "Content-Encoding" in orjson.loads(resp.body)["message"]
+    for encoding in ("deflate", "br", "zstd"):  # whether or not its decoder is installed
+        resp = await api.call("POST", SEND, body=b"plain", headers={"Content-Encoding": encoding})
+        resp.error(400, "Error.BadRequest")
+        assert "Content-Encoding" in orjson.loads(resp.body)["message"]
     await only_marker(api, ws)
     # A body that is what it claims still arrives decoded.
     resp = await api.call("POST", SEND, body=zlib_gzip(b"zipped"), headers=gzip)

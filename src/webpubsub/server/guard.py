@@ -36,7 +36,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    ContentEncodingError,
+    HttpProcessingError,
+    LineTooLong,
+)
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
@@ -265,6 +270,8 @@ def _what(exc: BaseException) -> str:
     """What was wrong with a request, without any of its text (which may hold a token)."""
     if isinstance(exc, LineTooLong):
         return "a request line or header field is too long"
+    if isinstance(exc, ContentEncodingError):
+        return "its body cannot be decoded as its Content-Encoding says"
     if isinstance(exc, BadHttpMethod):
         return "it is not an HTTP/1.1 request (TLS to a plain-HTTP port?)"
     return f"it is not valid HTTP/1.1 ({type(exc).__name__})"
