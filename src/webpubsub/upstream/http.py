@@ -15,6 +15,10 @@ from webpubsub.errors import UpstreamError
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
+MAX_HEADER_LINE_BYTES = 128 * 1024
+"""Header lines read from a handler's answer: far past an 8 KiB ``ce-connectionState``
+(aiohttp's default, 8190 bytes, cut it short), so that a larger state is refused by
+``protocol.cloudevents`` with its limit named, not by the HTTP parser."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -62,6 +66,7 @@ class HttpTransport:
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
+                max_field_size=MAX_HEADER_LINE_BYTES,
                 # send() bounds each call with the handler's own timeout; aiohttp's
                 # default 300 s total would silently cap longer ones.
                 timeout=aiohttp.ClientTimeout(total=None),
