@@ -99,6 +99,11 @@ class Sink:
     def close(self, code: int, reason: str) -> None:
         pass
 
+    buffered_bytes = 0
+
+    async def drained(self) -> None:
+        return None
+
 
 Cluster = Callable[[int], Awaitable[list[Backplane]]]
 _ids = itertools.count(1)

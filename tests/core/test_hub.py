@@ -31,6 +31,11 @@ class RecordingSink:
     def close(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
 
+    buffered_bytes = 0
+
+    async def drained(self) -> None:
+        return None
+
 
 def make_conn(
     cid: str, *, user: str | None = None, protocol: ClientProtocol = ClientProtocol.SIMPLE

@@ -20,6 +20,7 @@ from aiohttp import web
 from webpubsub.backplane.base import Backplane
 from webpubsub.backplane.memory import MemoryBackplane
 from webpubsub.config import ServiceConfig
+from webpubsub.core.detached import DetachedSessions
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.connection_string import format_connection_string
@@ -103,6 +104,10 @@ class ServiceRunner:
             origin=origin,
             publish=self.backplane.publish,
             recovery_window=server.recovery_window_seconds,
+            reliable_max_bytes=server.reliable_max_bytes,
+            detached=DetachedSessions(
+                max_bytes=server.detached_max_bytes, user_max_bytes=server.detached_user_max_bytes
+            ),
             node_id=getattr(self.backplane, "node_id", None) or self.config.backplane.node_id,
             presence=self.backplane.presence(),
             handover=self.backplane.handover(),

@@ -231,7 +231,13 @@ async def _upgrade(
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
 
-    return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer, flusher=ctx.flusher)
+    return Outbox(
+        transport,
+        limit=ctx.outbox_max_bytes,
+        closer=closer,
+        flusher=ctx.flusher,
+        drain=request.writer.drain,
+    )
 
 
 async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
