@@ -88,6 +88,7 @@ def make_node(
     anonymous: bool = False,
     window: float = 60.0,
     detached: DetachedSessions | None = None,
+    reliable_max_bytes: int = 16 * 1024 * 1024,
 ) -> tuple[Node, RecordingUpstream]:
     up = upstream or RecordingUpstream()
     published: list[object] = []
@@ -104,6 +105,7 @@ def make_node(
         id_factory=lambda: next(ids),
         recovery_window=window,
         detached=detached,
+        reliable_max_bytes=reliable_max_bytes,
     )
     return node, up
 
@@ -371,3 +373,16 @@ async def test_detached_connections_over_the_service_bound_end_oldest_first() ->
     assert node.answer(Exists("chat", Target.connection("r1"))) is False
     assert all(node.answer(Exists("chat", Target.connection(c))) for c in ("r2", "r3", "r4"))
     assert live.reliable is not None and len(live.reliable) == 2  # live ones do not count
+
+
+async def test_one_budget_covers_the_unacknowledged_frames_and_what_the_transport_holds() -> None:
+    node, _ = make_node(reliable_max_bytes=200_000)
+    sink = RecordingSink()
+    node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    send(node, "a" * 60_000)
+    send(node, "b" * 60_000)  # 120 kB unacknowledged: within the budget
+    sink.buffered_bytes = 70_000  # the client reads slowly: copies wait in the transport
+    send(node, "c" * 60_000)  # 180 kB + 70 kB held > 200 kB
+    assert sink.closed == [(1008, sink.closed[0][1])]
+    assert "Too many unacknowledged messages" in sink.closed[0][1]
+    assert [t.get("sequenceId") for t in sink.texts()[1:]] == [1, 2, None]  # then disconnected

@@ -32,7 +32,8 @@ class Sink(Protocol):
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes of offered frames written to the transport and not yet sent (copies)."""
+        """Bytes offered and not yet sent: what the transport holds (or is about to
+        hold) as copies of the offered frames."""
 
     async def drained(self) -> None:
         """Return once the frames offered so far are written and the transport's buffer

@@ -110,8 +110,9 @@ class Outbox:
 
     @property
     def buffered_bytes(self) -> int:
-        """What the transport holds of the frames written (copies, until sent)."""
-        return self._transport.get_write_buffer_size()
+        """Offered bytes not sent yet: queued (each flush copies them into one write)
+        and in the transport's buffer (that copy, until the kernel takes it)."""
+        return self._size + self._transport.get_write_buffer_size()
 
     async def drained(self) -> None:
         """Write what is queued now, then return once the transport's buffer is below
