@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -307,6 +308,43 @@ async def test_the_aio_client_recovers_every_cut_and_misses_nothing(
         await client.send_to_group("numbers", "after", WebPubSubDataType.TEXT)
         await wait_received(TOTAL + 1)
         assert received[-1] == ("after", TOTAL + 1)
+
+
+async def test_the_aio_client_recovers_10_mib_sent_while_it_was_away(
+    start_service: StartService, observed: Observed
+) -> None:
+    """More than twice the outbox bound, unacknowledged: the replay brings all of it."""
+    runner = await start_service(chat_hub())
+    received: list[tuple[str, int | None]] = []
+    arrived = asyncio.Condition()
+
+    async def on_group(args: OnGroupDataMessageArgs) -> None:
+        async with arrived:
+            received.append((args.data, args.sequence_id))
+            arrived.notify_all()
+
+    with socket.socket() as closed:  # a port where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        nowhere = closed.getsockname()[1]
+    bodies = [f"{n:050000d}" for n in range(200)]
+    async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
+        provider = url_provider(runner, proxy.port, user_id="receiver", roles=ROLES)
+        client, seen = await observed(WebPubSubClientCredential(provider))
+        await client.subscribe(CallbackType.GROUP_MESSAGE, on_group)
+        connected = await asyncio.wait_for(seen.connected.get(), WAIT)
+        await client.join_group("big")
+        proxy.retarget(nowhere)  # the client's recovery attempts fail until it is back
+        assert await proxy.cut() == 1
+        for body in bodies:
+            await service.send_to_group("big", body, content_type="text/plain")
+        proxy.retarget(runner.port)
+        async with asyncio.timeout(30), arrived:
+            await arrived.wait_for(lambda: len(received) >= len(bodies))
+        assert [data for data, _ in received] == bodies
+        assert [seq for _, seq in received] == list(range(1, len(bodies) + 1))
+        assert proxy.accepted == 2  # recovered, not a new connection
+        assert seen.connected.empty()
+        assert await service.connection_exists(connected.connection_id)
 
 
 # -- the blocking client -------------------------------------------------------------
