@@ -9,6 +9,8 @@ on, so that an aiohttp upgrade that breaks it fails here:
 - frames offered in one loop turn leave in one transport write;
 - a client that stops reading is closed (``SlowClient``) without stalling or
   dropping messages for the others;
+- ``drained()`` (the pace of a replay) waits on aiohttp's ``request.writer.drain()``
+  while the transport's buffer is full and returns once the client has read it down;
 - aiohttp's pings, pongs and close frames still work, whole and in order.
 """
 
@@ -270,6 +272,53 @@ async def test_slow_client_is_closed_and_others_get_everything_in_order(
     finally:
         sock.close()
         await reader.close()
+
+
+async def test_drained_waits_for_a_client_that_does_not_read_and_returns_as_it_reads(
+    start_service: StartService,
+) -> None:
+    """The pace of a replay: ``drained()`` returns only once the transport's buffer is
+    under its low-water mark (aiohttp's ``request.writer.drain()`` on the transport's
+    flow control), so a replay never piles up more than a chunk in the outbox."""
+    runner = await start_service()
+    url = await client_url(runner, HUB)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", runner.port))
+        await loop.sock_sendall(sock, handshake_request(url))
+        head = b""
+        async with asyncio.timeout(WAIT):
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 1)
+                assert chunk, "the service closed during the handshake"
+                head += chunk
+        (conn,) = await attached(runner, 1)
+        outbox = outbox_of(conn)
+        frame = encode_frame(Opcode.BINARY, b"x" * (1 << 20))
+
+        async def drained() -> int:
+            """What the outbox holds when ``drained()`` returns."""
+            await outbox.drained()
+            return outbox.buffered_bytes
+
+        for _ in range(64):  # until the kernel's buffers are full: 64 MiB at most
+            outbox.offer(frame)
+            task = asyncio.create_task(drained())
+            # drained() returns in its first step unless it has to wait for the transport
+            await asyncio.sleep(0)
+            if not task.done():
+                break
+        assert not task.done(), "64 MiB written and the transport never filled up"
+        assert outbox.buffered_bytes > 64 * 1024
+        async with asyncio.timeout(WAIT):
+            while not task.done():  # bounded: by the timeout (a few MiB to read)
+                await loop.sock_recv(sock, 65536)
+        assert task.result() <= 64 * 1024  # back under the transport's marks
+    finally:
+        sock.close()
 
 
 # -- (d) aiohttp's ping, pong and close next to the raw write path ---------------------
