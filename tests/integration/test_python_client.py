@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -33,7 +32,7 @@ from azure.messaging.webpubsubclient.models import (
 from tests.conftest import StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.proxy import TcpProxy
-from tests.support.service import ALL_SYSTEM_EVENTS, chat_hub, sdk
+from tests.support.service import ALL_SYSTEM_EVENTS, GroupInbox, chat_hub, sdk
 from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
@@ -315,33 +314,22 @@ async def test_the_aio_client_recovers_10_mib_sent_while_it_was_away(
 ) -> None:
     """More than twice the outbox bound, unacknowledged: the replay brings all of it."""
     runner = await start_service(chat_hub())
-    received: list[tuple[str, int | None]] = []
-    arrived = asyncio.Condition()
-
-    async def on_group(args: OnGroupDataMessageArgs) -> None:
-        async with arrived:
-            received.append((args.data, args.sequence_id))
-            arrived.notify_all()
-
-    with socket.socket() as closed:  # a port where nothing listens
-        closed.bind(("127.0.0.1", 0))
-        nowhere = closed.getsockname()[1]
+    inbox = GroupInbox()
     bodies = [f"{n:050000d}" for n in range(200)]
     async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
         provider = url_provider(runner, proxy.port, user_id="receiver", roles=ROLES)
         client, seen = await observed(WebPubSubClientCredential(provider))
-        await client.subscribe(CallbackType.GROUP_MESSAGE, on_group)
+        await client.subscribe(CallbackType.GROUP_MESSAGE, inbox.on_group)
         connected = await asyncio.wait_for(seen.connected.get(), WAIT)
         await client.join_group("big")
-        proxy.retarget(nowhere)  # the client's recovery attempts fail until it is back
-        assert await proxy.cut() == 1
-        for body in bodies:
-            await service.send_to_group("big", body, content_type="text/plain")
-        proxy.retarget(runner.port)
-        async with asyncio.timeout(30), arrived:
-            await arrived.wait_for(lambda: len(received) >= len(bodies))
-        assert [data for data, _ in received] == bodies
-        assert [seq for _, seq in received] == list(range(1, len(bodies) + 1))
+
+        async def send_all() -> None:
+            for body in bodies:
+                await service.send_to_group("big", body, content_type="text/plain")
+
+        await proxy.cut_and_hold(send_all, then=runner.port)
+        await inbox.wait_for(len(bodies))
+        assert inbox.received == [(body, n) for n, body in enumerate(bodies, start=1)]
         assert proxy.accepted == 2  # recovered, not a new connection
         assert seen.connected.empty()
         assert await service.connection_exists(connected.connection_id)
