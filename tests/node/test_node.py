@@ -308,7 +308,7 @@ class PacedSink(RecordingSink):
                 await self._offered.wait()
 
     def sequence_ids(self) -> list[object]:
-        return [t["sequenceId"] for t in self.texts()]
+        return [t.get("sequenceId") for t in self.texts()]
 
 
 def send(node: Node, text: str, target: Target | None = None) -> None:
@@ -386,3 +386,23 @@ async def test_one_budget_covers_the_unacknowledged_frames_and_what_the_transpor
     assert sink.closed == [(1008, sink.closed[0][1])]
     assert "Too many unacknowledged messages" in sink.closed[0][1]
     assert [t.get("sequenceId") for t in sink.texts()[1:]] == [1, 2, None]  # then disconnected
+
+
+async def test_data_queued_behind_a_replay_is_bounded_by_the_same_budget() -> None:
+    node, _ = make_node(reliable_max_bytes=210_000)
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    for n in range(1, 4):
+        send(node, f"{n}" * 40_000)
+    node.detach(conn, sink, "lost", recoverable=True)
+    fresh = PacedSink()  # a client that does not read: the replay stalls after a chunk
+    node.resume("chat", "r1", conn.reconnection_token or "", (RELIABLE,), fresh)
+    send(node, "4" * 40_000)  # 160 kB held
+    assert not fresh.closed
+    send(node, "5" * 40_000)  # 200 kB: within the budget
+    assert not fresh.closed
+    send(node, "6" * 40_000)
+    [(code, reason)] = fresh.closed
+    assert code == 1008 and "210000 bytes" in reason
+    assert fresh.sequence_ids() == [1, 2, None]  # then disconnected: the rest never goes
+    assert fresh.texts()[-1]["event"] == "disconnected"

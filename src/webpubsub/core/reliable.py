@@ -63,8 +63,11 @@ class ReliableBuffer:
             len(self._frames) + 1 > self._max_messages
             or self._bytes + held + len(frame) > self._max_bytes
         ):
+            waiting = f", {held} more waiting to be sent" if held else ""
             raise BufferOverflow(
-                f"{len(self._frames)} messages ({self._bytes} bytes) are not acknowledged"
+                f"{len(self._frames)} messages ({self._bytes} bytes{waiting}) are not "
+                f"acknowledged; a connection may hold {self._max_messages} messages or "
+                f"{self._max_bytes} bytes"
             )
         self._next += 1
         self._frames.append((sequence_id, frame))
