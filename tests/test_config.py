@@ -82,6 +82,9 @@ validation = false
 [hubs.Chat]
 anonymous_connect = true
 keepalive_seconds = 120
+max_groups_per_connection = 50
+client_messages_per_second = 30
+client_bytes_per_second = 100000
 
 [[hubs.Chat.event_handlers]]
 url_template = "http://localhost:5000/eventhandler/{{hub}}/{{event}}?code=abc"
@@ -110,6 +113,9 @@ timeout_seconds = 2.5
         name="Chat",
         anonymous_connect=True,
         keepalive_seconds=120,
+        max_groups_per_connection=50,
+        client_messages_per_second=30,
+        client_bytes_per_second=100_000,
         event_handlers=(
             EventHandlerSettings(
                 url_template="http://localhost:5000/eventhandler/{hub}/{event}?code=abc",
@@ -313,6 +319,18 @@ CASES: list[tuple[str, str]] = [
     (
         "[hubs.chat]\nkeepalive_seconds = 121\n",
         f"{SRC}: hubs.chat.keepalive_seconds: expected an integer 1..120, got 121",
+    ),
+    (
+        "[hubs.chat]\nmax_groups_per_connection = 0\n",
+        f"{SRC}: hubs.chat.max_groups_per_connection: expected an integer 1..1000000, got 0",
+    ),
+    (
+        "[hubs.chat]\nclient_messages_per_second = 0\n",
+        f"{SRC}: hubs.chat.client_messages_per_second: expected an integer >= 1, got 0",
+    ),
+    (
+        "[hubs.chat]\nclient_bytes_per_second = 1.5\n",
+        f"{SRC}: hubs.chat.client_bytes_per_second: expected an integer >= 1, got 1.5",
     ),
     (
         "[hubs.1chat]\n",

@@ -63,6 +63,20 @@ class ServerSettings:
     """Where the event queue lives (None: the user data directory; ``:memory:``: nowhere)."""
     shutdown_timeout_seconds: float = 10.0
     """How long shutdown flushes queued ``connected``/``disconnected`` events."""
+    header_timeout_seconds: float = 10.0
+    """How long a connection may wait for its first request head, and a REST body for the
+    rest of its request."""
+    keepalive_timeout_seconds: float = 75.0
+    """How long a keep-alive connection may wait for its next request after an answer."""
+    max_pending_handshakes: int = 1000
+    """WebSocket handshakes being admitted at once (token check, ``connect`` handler)."""
+    reliable_max_bytes: int = 16_777_216
+    """A reliable connection's budget: its unacknowledged messages and what its
+    transport still holds of them, together."""
+    detached_max_bytes: int = 268_435_456
+    """What all detached reliable connections may hold together (the oldest end first)."""
+    detached_user_max_bytes: int = 67_108_864
+    """What the detached reliable connections of one user may hold together."""
 
     @property
     def tls(self) -> bool:
@@ -276,17 +290,18 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
     if "public_endpoint" in t:
         endpoint = check.endpoint(t["public_endpoint"], "server.public_endpoint")
     tls_cert, tls_key = check.tls_pair(t, "server")
+
+    def size(key: str, lo: int) -> int:
+        """A byte count of at least ``lo`` (the declared default when absent)."""
+        return check.integer(t.get(key, getattr(d, key)), f"server.{key}", lo)
+
     return ServerSettings(
         host=host,
         port=port,
         access_keys=keys,
         public_endpoint=endpoint,
-        max_message_bytes=check.integer(
-            t.get("max_message_bytes", d.max_message_bytes), "server.max_message_bytes", 1024
-        ),
-        outbox_max_bytes=check.integer(
-            t.get("outbox_max_bytes", d.outbox_max_bytes), "server.outbox_max_bytes", 65536
-        ),
+        max_message_bytes=size("max_message_bytes", 1024),
+        outbox_max_bytes=size("outbox_max_bytes", 65536),
         recovery_window_seconds=check.positive(
             t.get("recovery_window_seconds", d.recovery_window_seconds),
             "server.recovery_window_seconds",
@@ -296,9 +311,25 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
             t.get("shutdown_timeout_seconds", d.shutdown_timeout_seconds),
             "server.shutdown_timeout_seconds",
         ),
+        reliable_max_bytes=size("reliable_max_bytes", 65536),
+        detached_max_bytes=size("detached_max_bytes", 0),
+        detached_user_max_bytes=size("detached_user_max_bytes", 0),
         tls_cert=tls_cert,
         tls_key=tls_key,
         trusted_proxies=check.networks(t.get("trusted_proxies", []), "server.trusted_proxies"),
+        header_timeout_seconds=check.positive(
+            t.get("header_timeout_seconds", d.header_timeout_seconds),
+            "server.header_timeout_seconds",
+        ),
+        keepalive_timeout_seconds=check.positive(
+            t.get("keepalive_timeout_seconds", d.keepalive_timeout_seconds),
+            "server.keepalive_timeout_seconds",
+        ),
+        max_pending_handshakes=check.integer(
+            t.get("max_pending_handshakes", d.max_pending_handshakes),
+            "server.max_pending_handshakes",
+            1,
+        ),
     )
 
 
@@ -379,6 +410,22 @@ def _parse_hub(
         ),
         keepalive_seconds=check.integer(
             t.get("keepalive_seconds", d.keepalive_seconds), f"{path}.keepalive_seconds", 1, 120
+        ),
+        max_groups_per_connection=check.integer(
+            t.get("max_groups_per_connection", d.max_groups_per_connection),
+            f"{path}.max_groups_per_connection",
+            1,
+            1_000_000,
+        ),
+        client_messages_per_second=check.integer(
+            t.get("client_messages_per_second", d.client_messages_per_second),
+            f"{path}.client_messages_per_second",
+            1,
+        ),
+        client_bytes_per_second=check.integer(
+            t.get("client_bytes_per_second", d.client_bytes_per_second),
+            f"{path}.client_bytes_per_second",
+            1,
         ),
         event_handlers=tuple(handlers),
     )

@@ -129,6 +129,13 @@ class MethodNotAllowed(WebPubSubError):
     http_status = 405
 
 
+class RequestTimeout(WebPubSubError):
+    """A request did not arrive in full within ``server.header_timeout_seconds``."""
+
+    code = "Error.RequestTimeout"
+    http_status = 408
+
+
 class PayloadTooLarge(WebPubSubError):
     code = "Error.PayloadTooLarge"
     http_status = 413
@@ -201,6 +208,14 @@ class ConnectRejected(WebPubSubError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.http_status = status
+
+
+class TooManyRequests(WebPubSubError):
+    """A client sent more than its hub allows per second (``hubs.NAME.client_*``)."""
+
+    code = "Error.TooManyRequests"
+    http_status = 429
+    ack_name = "TooManyRequests"
 
 
 class SlowClient(WebPubSubError):

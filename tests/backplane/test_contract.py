@@ -30,6 +30,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     HasPermission,
     ListGroup,
     Query,
@@ -97,6 +98,11 @@ class Sink:
 
     def close(self, code: int, reason: str) -> None:
         pass
+
+    buffered_bytes = 0
+
+    async def drained(self) -> None:
+        return None
 
 
 Cluster = Callable[[int], Awaitable[list[Backplane]]]
@@ -232,6 +238,12 @@ async def test_queries_see_the_connections_of_every_node(cluster: Cluster) -> No
         assert not any(
             a is True for a in await plane.gather(HasPermission("hub", "c2", "sendToGroup", "g"))
         )
+        # c2 is in two groups: room for a third under a limit of 3, not of 2, unless it
+        # is a member already; an unknown connection is nobody's.
+        assert True in await plane.gather(GroupRoom("hub", "c2", "x", 3))
+        assert False in await plane.gather(GroupRoom("hub", "c2", "x", 2))
+        assert True in await plane.gather(GroupRoom("hub", "c2", "h", 2))
+        assert set(await plane.gather(GroupRoom("hub", "nobody", "x", 2))) <= {None}
 
 
 async def test_changes_made_through_one_node_are_seen_through_another_at_once(

@@ -73,3 +73,37 @@ def test_matches_a_model(ops: list[int | None]) -> None:
             if op <= sent:
                 model = [s for s in model if s > op]
     assert sequence_ids(buf.unacknowledged()) == model
+
+
+def test_what_the_transport_holds_shares_the_byte_bound() -> None:
+    buf = ReliableBuffer(max_bytes=1000)
+    size = len(buf.stamp(BODY))  # ids 1 to 3 make frames of one size
+    buf.stamp(BODY, held=1000 - 2 * size)  # exactly the bound
+    with pytest.raises(BufferOverflow):
+        buf.stamp(BODY, held=1000 - 2 * size)
+    buf.stamp(BODY, held=0)  # the transport sent its copies: room again
+    assert buf.last_sequence_id == 3
+
+
+@given(
+    st.integers(0, 30),
+    st.integers(0, 40),
+    st.integers(1, 200),
+    st.lists(st.integers(1, 120), max_size=30),
+)
+def test_replay_chunks_cover_the_buffer_in_order(
+    acked: int, cursor: int, chunk: int, sizes: list[int]
+) -> None:
+    """Chunk after chunk from any cursor: every frame after it exactly once, in order,
+    each chunk at least one frame and not more than needed to reach ``chunk`` bytes."""
+    buf = ReliableBuffer()
+    for size in sizes:
+        buf.stamp(encode_data_body(Payload.text("z" * size)))
+    buf.ack(acked)
+    expected = [(i, f) for i, f in buf.snapshot()[1] if i > cursor]
+    replayed: list[tuple[int, bytes]] = []
+    while part := buf.frames_after(cursor, chunk):
+        assert sum(len(f) for _, f in part[:-1]) < chunk
+        replayed += part
+        cursor = part[-1][0]
+    assert replayed == expected

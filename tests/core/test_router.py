@@ -135,3 +135,25 @@ def test_ping_and_sequence_acks() -> None:
     conn, hub = client()
     assert route(conn, hub, frame({"type": "ping"})) == Reply(b'{"type":"pong"}')
     assert route(conn, hub, frame({"type": "sequenceAck", "sequenceId": 1})) is None
+
+
+def test_a_join_past_the_group_limit_is_a_bad_request() -> None:
+    conn, hub = client(("webpubsub.joinLeaveGroup",))
+    conn.max_groups = 3
+    for i in range(3):
+        assert ack(route(conn, hub, frame({"type": "joinGroup", "group": f"g{i}", "ackId": i})))[
+            "success"
+        ]
+    refused = ack(route(conn, hub, frame({"type": "joinGroup", "group": "g9", "ackId": 9})))
+    assert refused["success"] is False
+    assert refused["error"]["name"] == "BadRequest"  # type: ignore[index]
+    assert "3 groups" in refused["error"]["message"]  # type: ignore[index]
+    assert conn.groups == {"g0", "g1", "g2"} and not hub.has_group("g9")
+    # A group it is in already is fine; leaving one makes room.
+    assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g1", "ackId": 10})))[
+        "success"
+    ]
+    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g0"})) is None
+    assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g9", "ackId": 11})))[
+        "success"
+    ]

@@ -32,7 +32,7 @@ from azure.messaging.webpubsubclient.models import (
 from tests.conftest import StartService
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.proxy import TcpProxy
-from tests.support.service import ALL_SYSTEM_EVENTS, chat_hub, sdk
+from tests.support.service import ALL_SYSTEM_EVENTS, GroupInbox, chat_hub, sdk
 from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
@@ -307,6 +307,32 @@ async def test_the_aio_client_recovers_every_cut_and_misses_nothing(
         await client.send_to_group("numbers", "after", WebPubSubDataType.TEXT)
         await wait_received(TOTAL + 1)
         assert received[-1] == ("after", TOTAL + 1)
+
+
+async def test_the_aio_client_recovers_10_mib_sent_while_it_was_away(
+    start_service: StartService, observed: Observed
+) -> None:
+    """More than twice the outbox bound, unacknowledged: the replay brings all of it."""
+    runner = await start_service(chat_hub())
+    inbox = GroupInbox()
+    bodies = [f"{n:050000d}" for n in range(200)]
+    async with TcpProxy(runner.port) as proxy, sdk(runner) as service:
+        provider = url_provider(runner, proxy.port, user_id="receiver", roles=ROLES)
+        client, seen = await observed(WebPubSubClientCredential(provider))
+        await client.subscribe(CallbackType.GROUP_MESSAGE, inbox.on_group)
+        connected = await asyncio.wait_for(seen.connected.get(), WAIT)
+        await client.join_group("big")
+
+        async def send_all() -> None:
+            for body in bodies:
+                await service.send_to_group("big", body, content_type="text/plain")
+
+        await proxy.cut_and_hold(send_all, then=runner.port)
+        await inbox.wait_for(len(bodies))
+        assert inbox.received == [(body, n) for n, body in enumerate(bodies, start=1)]
+        assert proxy.accepted == 2  # recovered, not a new connection
+        assert seen.connected.empty()
+        assert await service.connection_exists(connected.connection_id)
 
 
 # -- the blocking client -------------------------------------------------------------

@@ -15,7 +15,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,7 @@ from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService, make_config
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.service import client_url, json_client, sdk
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from webpubsub.protocol.cloudevents import MAX_STATE_BYTES
 
 WAIT = 5.0
 """Upper bound for anything that should happen promptly."""
@@ -407,6 +408,44 @@ async def test_an_empty_state_header_clears_the_state(
     assert clear.headers["ce-connectionState"] == "s1"
     assert "ce-connectionState" not in after.headers
     assert "ce-connectionState" not in disconnected.headers
+
+
+def _sized_state(size: int) -> Callable[[Recorded], web.StreamResponse]:
+    """connect sets a state of ``size`` bytes."""
+
+    def respond(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "connect":
+            return web.Response(status=204, headers={"ce-connectionState": "s" * size})
+        return default_responder(req)
+
+    return respond
+
+
+async def test_a_state_of_exactly_8_kib_round_trips(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    handler_app.responder = _sized_state(MAX_STATE_BYTES)
+    runner = await start_service(hub_settings(handler_app.url))
+    async with await http.ws_connect(await client_url(runner)) as ws:
+        await ws.send_str("hi")
+        message = await handler_app.next_event("user.message")
+    assert message.headers["ce-connectionState"] == "s" * MAX_STATE_BYTES
+
+
+@pytest.mark.parametrize("size", [MAX_STATE_BYTES + 1, 8 * MAX_STATE_BYTES])
+async def test_a_larger_state_is_refused_with_an_error_naming_the_limit(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    size: int,
+) -> None:
+    handler_app.responder = _sized_state(size)
+    runner = await start_service(hub_settings(handler_app.url))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(await client_url(runner))
+    assert refused.value.status >= 500
+    assert f"connection state over {MAX_STATE_BYTES} bytes" in caplog.text
 
 
 # -- connected / disconnected -------------------------------------------

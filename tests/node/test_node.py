@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.core.test_hub import RecordingSink as HubSink
+from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.settings import HubSettings
 from webpubsub.errors import BadRequest, Unauthorized, UpstreamError
 from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
@@ -82,7 +83,12 @@ class RecordingUpstream:
 
 
 def make_node(
-    upstream: RecordingUpstream | None = None, *, anonymous: bool = False, window: float = 60.0
+    upstream: RecordingUpstream | None = None,
+    *,
+    anonymous: bool = False,
+    window: float = 60.0,
+    detached: DetachedSessions | None = None,
+    reliable_max_bytes: int = 16 * 1024 * 1024,
 ) -> tuple[Node, RecordingUpstream]:
     up = upstream or RecordingUpstream()
     published: list[object] = []
@@ -98,6 +104,8 @@ def make_node(
         publish=publish,  # type: ignore[arg-type]
         id_factory=lambda: next(ids),
         recovery_window=window,
+        detached=detached,
+        reliable_max_bytes=reliable_max_bytes,
     )
     return node, up
 
@@ -320,3 +328,131 @@ async def test_user_events_in_flight_per_connection_are_bounded() -> None:
     assert [t["ackId"] for t in sink.texts()[-2:]] == [1, 2]
     await node.receive(conn, event(4))  # room again
     assert sink.texts()[-1] == {"type": "ack", "ackId": 4, "success": True}
+
+
+# -- recovery: paced replay and the bounds of detached connections ---------------------
+
+
+class PacedSink(RecordingSink):
+    """A sink whose transport drains only when the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._drain = asyncio.Event()
+        self._offered = asyncio.Event()
+
+    def offer(self, frame: bytes) -> None:
+        super().offer(frame)
+        self._offered.set()
+
+    async def drained(self) -> None:
+        await self._drain.wait()
+        self._drain.clear()
+
+    async def let_drain_until(self, count: int) -> None:
+        """Let the transport drain until ``count`` frames were offered (bounded)."""
+        async with asyncio.timeout(5):
+            while len(self.frames) < count:
+                self._offered.clear()
+                self._drain.set()
+                await self._offered.wait()
+
+    def sequence_ids(self) -> list[object]:
+        return [t.get("sequenceId") for t in self.texts()]
+
+
+def send(node: Node, text: str, target: Target | None = None) -> None:
+    node.apply(Send("chat", target or Target.connection("r1"), DataMessage(Payload.text(text))))
+
+
+async def test_a_replay_goes_a_chunk_per_drain_and_new_data_queues_behind_it() -> None:
+    node, _ = make_node()
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    for n in range(1, 4):
+        send(node, f"{n}" * 40_000)  # 40 kB each: two fill a 64 KiB chunk
+    node.detach(conn, sink, "lost", recoverable=True)
+    fresh = PacedSink()
+    assert node.resume("chat", "r1", conn.reconnection_token or "", (RELIABLE,), fresh) is conn
+    assert fresh.sequence_ids() == [1, 2]  # the first chunk at once
+    send(node, "during")  # behind the replay, not before its rest
+    assert fresh.sequence_ids() == [1, 2]
+    await fresh.let_drain_until(4)
+    assert fresh.sequence_ids() == [1, 2, 3, 4]
+    assert fresh.texts()[-1]["data"] == "during"
+    send(node, "after")  # caught up: straight to the sink
+    assert fresh.sequence_ids() == [1, 2, 3, 4, 5]
+
+
+async def test_a_replay_skips_what_is_acknowledged_meanwhile_and_stops_on_a_new_recovery() -> None:
+    node, _ = make_node()
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    for n in range(1, 6):
+        send(node, f"{n}" * 40_000)
+    node.detach(conn, sink, "lost", recoverable=True)
+    token = conn.reconnection_token or ""
+    first = PacedSink()
+    node.resume("chat", "r1", token, (RELIABLE,), first)
+    assert first.sequence_ids() == [1, 2]
+    assert conn.reliable is not None
+    conn.reliable.ack(3)  # the client had 3 already
+    await first.let_drain_until(4)
+    assert first.sequence_ids() == [1, 2, 4, 5]
+    second = PacedSink()  # the client recovers again: all unacknowledged, from the start
+    node.resume("chat", "r1", token, (RELIABLE,), second)
+    assert second.sequence_ids() == [4, 5]
+    assert first.closed == [(1008, "The connection was recovered elsewhere.")]
+
+
+async def test_detached_connections_over_the_service_bound_end_oldest_first() -> None:
+    node, up = make_node(detached=DetachedSessions(max_bytes=250_000, user_max_bytes=10**9))
+    sinks = {}
+    for cid, user in (("r1", "u1"), ("r2", "u2"), ("r3", None)):
+        sinks[cid] = RecordingSink()
+        conn = node.attach(
+            admission(ClientProtocol.JSON_RELIABLE, connection_id=cid, user_id=user), sinks[cid]
+        )
+        node.detach(conn, sinks[cid], "lost", recoverable=True)
+    live = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r4"), RecordingSink())
+    send(node, "x" * 50_000, Target.all())  # 150 kB held: fits
+    assert up.ends == []
+    send(node, "y" * 50_000, Target.all())  # 300 kB: the oldest (r1) ends
+    [(ctx, reason)] = up.ends
+    assert ctx.connection_id == "r1" and "all detached connections" in reason
+    assert node.answer(Exists("chat", Target.connection("r1"))) is False
+    assert all(node.answer(Exists("chat", Target.connection(c))) for c in ("r2", "r3", "r4"))
+    assert live.reliable is not None and len(live.reliable) == 2  # live ones do not count
+
+
+async def test_one_budget_covers_the_unacknowledged_frames_and_what_the_transport_holds() -> None:
+    node, _ = make_node(reliable_max_bytes=200_000)
+    sink = RecordingSink()
+    node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    send(node, "a" * 60_000)
+    send(node, "b" * 60_000)  # 120 kB unacknowledged: within the budget
+    sink.buffered_bytes = 70_000  # the client reads slowly: copies wait in the transport
+    send(node, "c" * 60_000)  # 180 kB + 70 kB held > 200 kB
+    assert sink.closed == [(1008, sink.closed[0][1])]
+    assert "Too many unacknowledged messages" in sink.closed[0][1]
+    assert [t.get("sequenceId") for t in sink.texts()[1:]] == [1, 2, None]  # then disconnected
+
+
+async def test_data_queued_behind_a_replay_is_bounded_by_the_same_budget() -> None:
+    node, _ = make_node(reliable_max_bytes=210_000)
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    for n in range(1, 4):
+        send(node, f"{n}" * 40_000)
+    node.detach(conn, sink, "lost", recoverable=True)
+    fresh = PacedSink()  # a client that does not read: the replay stalls after a chunk
+    node.resume("chat", "r1", conn.reconnection_token or "", (RELIABLE,), fresh)
+    send(node, "4" * 40_000)  # 160 kB held
+    assert not fresh.closed
+    send(node, "5" * 40_000)  # 200 kB: within the budget
+    assert not fresh.closed
+    send(node, "6" * 40_000)
+    [(code, reason)] = fresh.closed
+    assert code == 1008 and "210000 bytes" in reason
+    assert fresh.sequence_ids() == [1, 2, None]  # then disconnected: the rest never goes
+    assert fresh.texts()[-1]["event"] == "disconnected"

@@ -21,6 +21,7 @@ from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 from tests.conftest import StartService
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
+from tests.support.service import GroupInbox
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
 
@@ -153,3 +154,41 @@ async def test_recovery_fails_with_1008_when_the_owner_is_gone(
         closed = await again.receive(timeout=WAIT)
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1008)
         assert closed.extra == "The connection does not exist or has ended."
+
+
+async def test_a_10_mib_buffer_moves_to_the_other_node_and_is_replayed_in_full(
+    two_nodes: list[ServiceRunner], proxy: TcpProxy
+) -> None:
+    """Sent while the client was away, more than twice the outbox bound: handed over
+    with the session, then replayed at the client's pace on the node it reached."""
+    a, b = two_nodes
+    inbox = GroupInbox()
+    rest = WebPubSubServiceClient.from_connection_string(a.connection_string, hub="chat")
+
+    async def provide() -> str:
+        token = await rest.get_client_access_token(
+            user_id="away", roles=["webpubsub.joinLeaveGroup"]
+        )
+        url: str = token["url"]
+        return url.replace(f"//127.0.0.1:{a.port}/", f"//127.0.0.1:{proxy.port}/")
+
+    bodies = [f"{n:050000d}" for n in range(200)]
+
+    async def send_all() -> None:
+        for body in bodies:
+            await rest.send_to_group("big", body, content_type="text/plain")
+
+    client = WebPubSubClient(WebPubSubClientCredential(provide))
+    await client.subscribe(CallbackType.GROUP_MESSAGE, inbox.on_group)
+    async with rest:
+        await client.open()
+        try:
+            await client.join_group("big")
+            await proxy.cut_and_hold(send_all, then=b.port)
+            await inbox.wait_for(len(bodies))
+            assert inbox.received == [(body, n) for n, body in enumerate(bodies, start=1)]
+            assert proxy.accepted == 2
+            assert b.node is not None and b.node.connection_count() == 1
+            assert a.node is not None and a.node.connection_count() == 0
+        finally:
+            await client.close()

@@ -21,6 +21,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     HasPermission,
     ListGroup,
     Query,
@@ -60,6 +61,7 @@ queries: st.SearchStrategy[Query] = st.one_of(
     st.builds(Exists, names, targets),
     st.builds(HasPermission, names, names, names, opt_names),
     st.builds(ListGroup, names, names),
+    st.builds(GroupRoom, names, names, names, st.integers(0, 2**53)),
 )
 answers: st.SearchStrategy[Answer] = st.one_of(
     st.none(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 
 import orjson
 import pytest
@@ -20,6 +21,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.protocol.json_protocol import (
+    MAX_DATA_DEPTH,
     PONG,
     JoinGroup,
     LeaveGroup,
@@ -258,3 +260,86 @@ def test_arbitrary_input_raises_only_protocol_violation(frame: bytes | str) -> N
 def test_arbitrary_objects_raise_only_protocol_violation(obj: dict[str, object]) -> None:
     with contextlib.suppress(ProtocolViolation):
         decode_client_message(orjson.dumps(obj))
+
+
+# -- nesting depth and big integers (issue 10) ------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_DATA_DEPTH + 1, 255, 300, 1023])
+def test_data_nested_too_deeply_is_a_bad_request(depth: int) -> None:
+    frame = '{"type":"sendToGroup","group":"g","ackId":5,"data":' + _nested(depth) + "}"
+    with pytest.raises(ProtocolViolation) as caught:
+        decode_client_message(frame)
+    assert caught.value.ack_id == 5 and not caught.value.fatal
+    assert "nested" in caught.value.message
+
+
+def test_data_nested_to_the_limit_passes_through() -> None:
+    frame = '{"type":"event","event":"e","data":' + _nested(MAX_DATA_DEPTH) + "}"
+    msg = decode_client_message(frame)
+    assert isinstance(msg, SendEvent)
+    assert msg.payload.data == _nested(MAX_DATA_DEPTH).encode()
+
+
+def test_a_frame_past_the_parser_depth_is_fatal() -> None:
+    with pytest.raises(ProtocolViolation) as caught:
+        decode_client_message('{"type":"ping","x":' + _nested(2000) + "}")
+    assert caught.value.fatal and caught.value.message == "The message nests too deeply."
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "123456789012345678901234567890",
+        "-123456789012345678901234567890",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "18446744073709551615",
+    ],
+)
+def test_big_integers_in_json_data_pass_through_exactly(number: str) -> None:
+    frame = '{"type":"sendToGroup","group":"g","data":{"n":' + number + ',"s":"x"}}'
+    msg = decode_client_message(frame)
+    assert isinstance(msg, SendToGroup)
+    assert msg.payload.data == b'{"n":' + number.encode() + b',"s":"x"}'
+
+
+@given(
+    st.recursive(
+        st.integers()
+        | st.integers(min_value=2**64)
+        | st.text(max_size=10)
+        | st.booleans()
+        | st.floats(allow_nan=False, allow_infinity=False),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=20,
+    )
+)
+def test_json_data_values_pass_through_exactly(value: object) -> None:
+    """Any JSON value (integers of any size included) arrives as the value sent."""
+    text = json.dumps(value)
+    frame = '{"type":"event","event":"e","dataType":"json","data":' + text + "}"
+    msg = decode_client_message(frame)
+    assert isinstance(msg, SendEvent)
+    assert json.loads(msg.payload.data) == value
+
+
+@given(st.integers(1, 1100), st.sampled_from(["[", '{"a":']))
+def test_any_depth_raises_only_protocol_violation(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    data = opener * depth + "1" + closer * depth
+    frame = '{"type":"event","event":"e","ackId":1,"data":' + data + "}"
+    try:
+        msg = decode_client_message(frame)
+    except ProtocolViolation as exc:  # past orjson's 1024 levels the frame is not read
+        assert depth > MAX_DATA_DEPTH
+        assert exc.ack_id == 1 or (exc.fatal and depth >= 1024 and "deep" in exc.message)
+    else:
+        assert depth <= MAX_DATA_DEPTH
+        assert isinstance(msg, SendEvent) and msg.payload.data == data.encode()

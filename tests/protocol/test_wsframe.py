@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame, frame_header
+from webpubsub.protocol.wsframe import CloseCode, MaskCheck, Opcode, encode_frame, frame_header
 
 # -- literal headers: FIN=1, RSV=0, MASK=0 (§5.1: server frames are never masked) ------------
 
@@ -70,6 +70,8 @@ def test_close_codes_are_the_rfc_values() -> None:
     assert {c.name: int(c) for c in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
+        "INVALID_DATA": 1007,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
@@ -140,3 +142,40 @@ def test_header_length_field_round_trip(length: int) -> None:
     else:
         assert (len(header), size) == (10, 127)
         assert struct.unpack("!Q", header[2:])[0] == length
+
+
+# -- the MASK bit of client frames (RFC 6455 §5.1) ---------------------------------------
+
+
+def client_frame(payload: bytes, *, masked: bool = True, opcode: int = 0x1) -> bytes:
+    head = frame_header(Opcode(opcode), len(payload))
+    head = bytes((head[0], head[1] | (0x80 if masked else 0))) + head[2:]
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
+
+
+payloads = st.binary(max_size=300) | st.integers(0, 70_000).map(lambda n: b"x" * n)
+
+
+@given(st.lists(payloads, max_size=6), st.data())
+def test_masked_frames_in_any_chunks_pass(frames: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(client_frame(p) for p in frames)
+    check = MaskCheck()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert all(check.feed(piece) for piece in pieces)
+
+
+@given(st.lists(payloads, max_size=4), payloads, st.lists(payloads, max_size=2), st.data())
+def test_an_unmasked_frame_is_found_wherever_the_chunks_cut(
+    before: list[bytes], bad: bytes, after: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(
+        [*(client_frame(p) for p in before), client_frame(bad, masked=False)]
+        + [client_frame(p) for p in after]
+    )
+    check = MaskCheck()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    results = [check.feed(piece) for piece in pieces]
+    assert results[-1] is False  # refused, and stays refused
+    assert check.feed(client_frame(b"late")) is False

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import base64
 
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webpubsub.protocol.cloudevents import MAX_STATE_BYTES
 from webpubsub.sdk import ConnectionState, decode_state, encode_state
 
 
@@ -32,6 +38,26 @@ def test_decoding_is_lenient(header: str) -> None:
 def test_unserialisable_values_raise_type_error() -> None:
     with pytest.raises(TypeError, match="JSON"):
         encode_state({"o": object()})
+
+
+def test_a_state_over_the_services_limit_raises_naming_it() -> None:
+    """8 KiB of header is what the service keeps: the app server learns it at once,
+    not from a refused event."""
+    fits = encode_state({"k": "x" * 6136})  # 6,144 bytes of JSON: 8,192 of base64
+    assert len(fits) == MAX_STATE_BYTES
+    with pytest.raises(ValueError, match=f"at most {MAX_STATE_BYTES} bytes"):
+        encode_state({"k": "x" * 6137})
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=3000), max_size=5))
+def test_a_state_round_trips_or_is_refused_exactly_when_too_large(values: dict[str, str]) -> None:
+    try:
+        header = encode_state(values)
+    except ValueError:
+        assert len(base64.b64encode(orjson.dumps(values))) > MAX_STATE_BYTES
+    else:
+        assert len(header) <= MAX_STATE_BYTES
+        assert decode_state(header) == values
 
 
 def test_changes_are_tracked() -> None:

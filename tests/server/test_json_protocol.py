@@ -753,8 +753,8 @@ async def test_an_oversize_frame_closes_with_1009_and_spares_the_others(
     fits = {"type": "sendToGroup", "group": "g", "ackId": 1, "dataType": "text", "data": "x" * 3900}
     assert await big.ack(fits) == success(1)
     await big.send({**fits, "ackId": 2, "data": "x" * 5000})
-    code, _ = await closed_with(big.ws)
-    assert code == 1009
+    reason, code = await disconnected_then_closed(big.ws)
+    assert code == 1009 and "larger than the service accepts" in reason
     await other.expect_pong()
 
 
@@ -770,7 +770,7 @@ async def test_an_oversize_frame_ends_a_reliable_connection_at_once(
     big = await connect(minted_url(runner), RELIABLE)
     connection_id = big.connected["connectionId"]
     await big.send({"type": "event", "event": "e", "dataType": "text", "data": "x" * 5000})
-    code, _ = await closed_with(big.ws)
+    _, code = await disconnected_then_closed(big.ws)
     assert code == 1009
     event = await handler_app.next_event("sys.disconnected")
     assert event.headers["ce-connectionId"] == connection_id
@@ -940,6 +940,70 @@ async def test_a_dropped_connection_is_kept_buffered_and_recovered_in_order(
             event = await handler_app.next_event("sys.disconnected")
             assert event.headers["ce-connectionId"] == client.id
             assert not await service.connection_exists(client.id)
+
+
+async def test_a_recovery_replays_10_mib_in_full_and_later_messages_queue_behind_it(
+    start_service: StartService,
+    connect: Connect,
+    http: aiohttp.ClientSession,
+    watch_detach: WatchDetach,
+) -> None:
+    """The whole buffer comes back, paced by the transport, not offered at once to an
+    outbox less than half its size; messages sent meanwhile follow it in order."""
+    runner = await start_service(chat_hub())
+    detached = watch_detach(runner)
+    client = await connect(minted_url(runner))
+    await client.ws.close(code=4000)
+    assert await asyncio.wait_for(detached.get(), WAIT) == client.id
+    bodies = [f"{n:050000d}" for n in range(200)]  # 10 MB, 2.5 times the outbox bound
+    await rest_sends(http, runner, client.id, bodies)
+    url = recovery_url(runner, client.id, client.reconnection_token)
+    async with await http.ws_connect(url, protocols=[RELIABLE], max_msg_size=0) as ws:
+        later = [f"later {n}" for n in range(20)]
+        await rest_sends(http, runner, client.id, later)  # the replay has not been read yet
+        received = [await recv(ws) for _ in range(len(bodies) + len(later))]
+        assert [m["sequenceId"] for m in received] == list(range(1, len(bodies) + len(later) + 1))
+        assert [m["data"] for m in received] == bodies + later
+
+
+async def test_one_users_abandoned_connections_hold_at_most_its_cap_oldest_ended_first(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    connect: Connect,
+    http: aiohttp.ClientSession,
+    watch_detach: WatchDetach,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 1_000_000
+    runner = await start_service(
+        chat_hub(handler_app.url, system=SYSTEM), detached_user_max_bytes=cap
+    )
+    detached = watch_detach(runner)
+    abandoned: list[Client] = []
+    for _ in range(5):
+        client = await connect(minted_url(runner, user_id="mallory"))
+        await client.ws.close(code=4000)
+        assert await asyncio.wait_for(detached.get(), WAIT) == client.id
+        abandoned.append(client)
+    live = await connect(minted_url(runner, user_id="bob"))  # attached: not counted
+    async with sdk(runner) as service:
+        for n in range(8):  # 100 kB to each: 4 MB for mallory's connections without a cap
+            await service.send_to_all(f"{n:0100000d}", content_type="text/plain")
+            assert (await live.recv())["sequenceId"] == n + 1
+        ended = [await handler_app.next_event("sys.disconnected") for _ in range(4)]
+        assert [e.headers["ce-connectionId"] for e in ended] == [c.id for c in abandoned[:4]]
+        for event in ended:
+            reason = json.loads(event.body)["reason"]
+            assert "one user" in reason and f"{cap} bytes" in reason
+        assert caplog.text.count("ending detached connection") == 4
+        assert await service.connection_exists(abandoned[4].id)
+    survivor = abandoned[4]
+    url = recovery_url(runner, survivor.id, survivor.reconnection_token)
+    async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+        assert [(await recv(ws))["sequenceId"] for _ in range(8)] == list(range(1, 9))
+    url = recovery_url(runner, abandoned[0].id, abandoned[0].reconnection_token)
+    async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+        await refused_recovery(ws)
 
 
 async def test_recovery_keeps_ack_ids_and_groups(

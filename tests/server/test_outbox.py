@@ -9,28 +9,27 @@ on, so that an aiohttp upgrade that breaks it fails here:
 - frames offered in one loop turn leave in one transport write;
 - a client that stops reading is closed (``SlowClient``) without stalling or
   dropping messages for the others;
+- ``drained()`` (the pace of a replay) waits on aiohttp's ``request.writer.drain()``
+  while the transport's buffer is full and returns once the client has read it down;
 - aiohttp's pings, pongs and close frames still work, whole and in order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import errno
 import io
-import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import StartService
+from tests.support.rawws import RawClient, client_frame, handshake_request
 from tests.support.service import client_url
 from webpubsub.core.connection import Connection
 from webpubsub.core.settings import HubSettings
@@ -79,69 +78,6 @@ async def attached(runner: ServiceRunner, count: int) -> list[Connection]:
 def send_command(text: str | bytes) -> Send:
     payload = Payload.text(text) if isinstance(text, str) else Payload.binary(text)
     return Send(HUB, Target.all(), DataMessage(payload))
-
-
-def handshake_request(url: str) -> bytes:
-    parts = urlsplit(url)
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET {parts.path}?{parts.query} HTTP/1.1\r\n"
-        f"Host: {parts.netloc}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        "\r\n"
-    ).encode()
-
-
-def client_frame(opcode: Opcode, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.3: clients must mask); payload < 126 bytes."""
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
-
-
-class RawClient:
-    """A WebSocket client over a plain asyncio TCP stream: the handshake by hand, raw reads."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, url: str) -> RawClient:
-        parts = urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 << 20)
-        writer.write(handshake_request(url))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(reader, writer)
-
-    async def read(self, n: int) -> bytes:
-        return await asyncio.wait_for(self.reader.readexactly(n), WAIT)
-
-    async def read_frame(self) -> tuple[int, bytes]:
-        """One server frame as (first byte, payload); asserts it is unmasked."""
-        first, second = await self.read(2)
-        assert second & 0x80 == 0
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.read(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.read(8))
-        return first, await self.read(length)
-
-    async def send(self, frame: bytes) -> None:
-        self.writer.write(frame)
-        await self.writer.drain()
-
-    async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 @pytest.fixture
@@ -336,6 +272,53 @@ async def test_slow_client_is_closed_and_others_get_everything_in_order(
     finally:
         sock.close()
         await reader.close()
+
+
+async def test_drained_waits_for_a_client_that_does_not_read_and_returns_as_it_reads(
+    start_service: StartService,
+) -> None:
+    """The pace of a replay: ``drained()`` returns only once the transport's buffer is
+    under its low-water mark (aiohttp's ``request.writer.drain()`` on the transport's
+    flow control), so a replay never piles up more than a chunk in the outbox."""
+    runner = await start_service()
+    url = await client_url(runner, HUB)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", runner.port))
+        await loop.sock_sendall(sock, handshake_request(url))
+        head = b""
+        async with asyncio.timeout(WAIT):
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 1)
+                assert chunk, "the service closed during the handshake"
+                head += chunk
+        (conn,) = await attached(runner, 1)
+        outbox = outbox_of(conn)
+        frame = encode_frame(Opcode.BINARY, b"x" * (1 << 20))
+
+        async def drained() -> int:
+            """What the outbox holds when ``drained()`` returns."""
+            await outbox.drained()
+            return outbox.buffered_bytes
+
+        for _ in range(64):  # until the kernel's buffers are full: 64 MiB at most
+            outbox.offer(frame)
+            task = asyncio.create_task(drained())
+            # drained() returns in its first step unless it has to wait for the transport
+            await asyncio.sleep(0)
+            if not task.done():
+                break
+        assert not task.done(), "64 MiB written and the transport never filled up"
+        assert outbox.buffered_bytes > 64 * 1024
+        async with asyncio.timeout(WAIT):
+            while not task.done():  # bounded: by the timeout (a few MiB to read)
+                await loop.sock_recv(sock, 65536)
+        assert task.result() <= 64 * 1024  # back under the transport's marks
+    finally:
+        sock.close()
 
 
 # -- (d) aiohttp's ping, pong and close next to the raw write path ---------------------

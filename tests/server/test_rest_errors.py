@@ -8,6 +8,8 @@ case differs from a valid call in one respect only.  Every error is a JSON
 from __future__ import annotations
 
 import asyncio
+import gzip as gzip_module
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -286,3 +288,62 @@ async def test_any_or_no_api_version_is_accepted(api: Api) -> None:
     for target in ("/api/hubs/chat/:send", "/api/hubs/chat/:send?api-version=whatever"):
         assert (await api.call("POST", target, body=target.encode())).status == 202
         assert (await ws.receive(timeout=5)).data == target
+
+
+def assert_no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Client-caused input: nothing at ERROR, no traceback."""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+async def test_a_body_that_is_not_the_content_encoding_it_claims_is_400(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = await api.client()
+    gzip = {"Content-Encoding": "gzip"}
+    for target, content_type in (
+        (SEND, "text/plain"),
+        ("/api/hubs/chat/:addToGroups", "application/json"),
+    ):
+        resp = await api.call(
+            "POST", target, body=b'{"groups": ["g"]}', content_type=content_type, headers=gzip
+        )
+        resp.error(400, "Error.BadRequest")
+        assert "Content-Encoding" in orjson.loads(resp.body)["message"]
+    for encoding in ("deflate", "br", "zstd"):  # whether or not its decoder is installed
+        resp = await api.call("POST", SEND, body=b"plain", headers={"Content-Encoding": encoding})
+        resp.error(400, "Error.BadRequest")
+        assert "Content-Encoding" in orjson.loads(resp.body)["message"]
+    await only_marker(api, ws)
+    # A body that is what it claims still arrives decoded.
+    resp = await api.call("POST", SEND, body=zlib_gzip(b"zipped"), headers=gzip)
+    assert resp.status == 202
+    assert (await ws.receive(timeout=5)).data == "zipped"
+    assert_no_errors_logged(caplog)
+
+
+def zlib_gzip(data: bytes) -> bytes:
+    return gzip_module.compress(data)
+
+
+async def test_integers_too_long_to_convert_are_400(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = "9" * 5000
+    ws = await api.client()
+    resp = await api.call("POST", f"{SEND}&messageTtlSeconds={huge}", body=b"x")
+    resp.error(400, "Error.BadRequest", problem=True)
+    token = "/api/hubs/chat/:generateToken?api-version=2024-12-01"
+    resp = await api.call("POST", f"{token}&minutesToExpire={huge}", content_type=None)
+    assert resp.status == 400
+    assert orjson.loads(resp.body)["target"] == "minutesToExpire"
+    listing = "/api/hubs/chat/groups/g/connections?api-version=2024-12-01"
+    for name in ("maxpagesize", "top"):
+        resp = await api.call("GET", f"{listing}&{name}={huge}", content_type=None)
+        assert resp.status == 400
+        assert orjson.loads(resp.body)["target"] == name
+    # Leading zeros do not make a small value large.
+    resp = await api.call("POST", f"{SEND}&messageTtlSeconds={'0' * 5000}7", body=b"kept")
+    assert resp.status == 202
+    assert (await ws.receive(timeout=5)).data == "kept"
+    assert_no_errors_logged(caplog)

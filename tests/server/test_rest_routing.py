@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from webpubsub.errors import InvalidParameter
 from webpubsub.server.rest import (
+    INT32_MAX,
     add_user_to_group,
+    int_param,
     remove_connection_from_group,
     route,
     send_to_user,
@@ -49,3 +53,26 @@ def test_unknown_shapes_and_wrong_methods() -> None:
 def test_arbitrary_paths_route_or_not_without_raising(path: str) -> None:
     found = route("POST", "/api/" + path)
     assert isinstance(found, list | tuple)
+
+
+@given(raw=st.text(max_size=30) | st.from_regex(r"\A[0-9]{1,6000}\Z"), low=st.integers(0, 5))
+def test_an_integer_parameter_is_its_value_in_range_or_a_400(raw: str, low: int) -> None:
+    """Any text, however long: the value when it is ASCII digits in range, else the
+    parameter's own validation error (never int()'s ValueError)."""
+    digits = raw.lstrip("0") or "0"
+    in_range = raw.isascii() and raw.isdigit() and len(digits) <= 10
+    in_range = in_range and low <= int(digits) <= INT32_MAX
+    try:
+        value = int_param("top", raw, low=low)
+    except InvalidParameter as exc:
+        assert exc.target == "top"
+        assert not in_range
+    else:
+        assert in_range and value == int(digits)
+
+
+def test_integer_parameters_are_int32_as_the_rest_reference_declares() -> None:
+    assert int_param("top", "0" * 5000 + str(INT32_MAX), low=1) == INT32_MAX
+    for raw in (str(INT32_MAX + 1), "9" * 5000, "1" + "0" * 4400, "١", "²", "+1", " 1"):
+        with pytest.raises(InvalidParameter, match="from 1 to 2147483647"):
+            int_param("top", raw, low=1)

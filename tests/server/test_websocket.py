@@ -20,11 +20,14 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType, web
+from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, held_until
+from tests.support.rawws import RawClient, client_frame
 from tests.support.service import chat_hub, client_url, sdk
 from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.protocol.wsframe import Opcode
 from webpubsub.server.app import ServiceRunner
 
 WAIT = 5.0
@@ -281,9 +284,31 @@ async def test_a_message_over_the_limit_closes_with_1009_and_spares_the_others(
     ):
         await assert_echoes(big, "x" * 4000)  # under the limit
         await big.send_bytes(b"x" * 5000)
-        code, _ = await closed_with(big)
-        assert code == 1009
+        code, reason = await closed_with(big)
+        assert code == 1009 and "larger than the service accepts" in reason
         await assert_echoes(other)
+
+
+async def test_the_limit_is_the_largest_message_accepted_as_for_a_rest_body(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """``max_message_bytes`` itself is accepted on both paths; one byte more is refused."""
+    handler_app.responder = echo
+    limit = 4096
+    runner = await start_service(chat_hub(handler_app.url, anonymous=True), max_message_bytes=limit)
+    async with await http.ws_connect(endpoint(runner)) as ws:
+        await ws.send_bytes(b"x" * limit)
+        msg = await ws.receive(timeout=WAIT)
+        assert msg.type is WSMsgType.TEXT, msg
+        assert len(msg.data) == len("echo:") + limit
+        await ws.send_bytes(b"x" * (limit + 1))
+        code, _ = await closed_with(ws)
+        assert code == 1009
+    async with sdk(runner) as service:
+        await service.send_to_all("y" * limit, content_type="text/plain")  # accepted
+        with pytest.raises(HttpResponseError) as raised:
+            await service.send_to_all("y" * (limit + 1), content_type="text/plain")
+    assert raised.value.status_code == 413
 
 
 async def test_text_and_binary_frames_become_message_events(
@@ -511,12 +536,7 @@ async def test_a_client_gone_during_the_connect_webhook_is_no_error(
         def emit(self, record: logging.LogRecord) -> None:
             records.put_nowait(record)
 
-    async def responder(req: Recorded) -> web.StreamResponse:
-        if req.event_name == "connect":
-            await release.wait()
-        return default_responder(req)
-
-    handler_app.responder = responder
+    handler_app.responder = held_until(release)
     runner = await start_service(
         chat_hub(handler_app.url, anonymous=True, system=frozenset({"connect", "connected"}))
     )
@@ -537,6 +557,22 @@ async def test_a_client_gone_during_the_connect_webhook_is_no_error(
     assert record.levelno < logging.WARNING, record.getMessage()
     assert runner.node is not None and runner.node.connection_count() == 0
     assert not [r for r in handler_app.requests if r.event_name == "connected"]
+
+
+async def test_a_client_reset_while_its_pings_are_answered_is_no_error(
+    handler_app: EventHandlerApp, start_service: StartService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two pings and a reset in one go: the first pong's write meets the reset, the second
+    finds the transport closing.  That is the client leaving, not a failure to log."""
+    runner = await start_service(chat_hub(handler_app.url, system=frozenset({"disconnected"})))
+    for _ in range(3):
+        raw = await RawClient.connect(await client_url(runner))
+        raw.writer.write(client_frame(Opcode.PING, b"a") + client_frame(Opcode.PING, b"b"))
+        raw.reset()
+        event = await handler_app.next_event("sys.disconnected")
+        assert b"lost" in event.body, event.body
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,17 @@ def default_responder(req: Recorded) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def held_until(release: asyncio.Event, event: str = "connect") -> Responder:
+    """Answers as :func:`default_responder`, holding each ``event`` until ``release`` is set."""
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.event_name == event:
+            await release.wait()
+        return default_responder(req)
+
+    return responder
+
+
 class EventHandlerApp:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
@@ -57,7 +68,11 @@ class EventHandlerApp:
         (a handler that went down and came back)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        # An app server must accept header lines a little over 8 KiB to receive an 8 KiB
+        # ce-connectionState (aiohttp refuses lines over 8190 bytes by default).
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.5, max_field_size=16 * 1024
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from ssl import SSLContext
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -81,6 +82,14 @@ class TcpProxy:
         for link in links:
             await link.done()
         return len(links)
+
+    async def cut_and_hold(self, meanwhile: Callable[[], Awaitable[object]], then: int) -> None:
+        """Cut the current connections, refuse every reconnection while ``meanwhile``
+        runs (a client that is away for a while), then forward them to port ``then``."""
+        self.retarget(closed_port())
+        assert await self.cut() >= 1
+        await meanwhile()
+        self.retarget(then)
 
     async def wait_accepted(self, count: int, timeout: float = 5.0) -> None:
         """Wait until ``count`` connections have been accepted (bounded)."""
@@ -155,3 +164,11 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     writer.transport.abort()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

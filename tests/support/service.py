@@ -131,3 +131,21 @@ async def next_data(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -
     frame = await ws.receive_json(timeout=timeout)
     assert frame["type"] == "message", frame
     return frame["data"]
+
+
+class GroupInbox:
+    """What a client SDK's group-message callback got, as (data, sequenceId) in order."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[Any, int | None]] = []
+        self._arrived = asyncio.Condition()
+
+    async def on_group(self, args: Any) -> None:
+        """Subscribe this to ``CallbackType.GROUP_MESSAGE``."""
+        async with self._arrived:
+            self.received.append((args.data, args.sequence_id))
+            self._arrived.notify_all()
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)

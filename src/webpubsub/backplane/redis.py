@@ -63,6 +63,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     Handover,
     HasPermission,
     ListGroup,
@@ -498,6 +499,19 @@ class RedisBackplane(Backplane):
                 roles = orjson.loads(roles_json)
                 permission = Permission.parse(query.permission)
                 return Permissions.from_roles(roles).allows(permission, query.group)
+            case GroupRoom():
+                key = self.keys.conn_groups(query.hub, query.connection_id)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    await self._scripts["exists"](
+                        args=[p, query.hub, Scope.CONNECTION.value, query.connection_id],
+                        client=pipe,
+                    )
+                    pipe.sismember(key, query.group)
+                    pipe.scard(key)
+                    found, member, count = await pipe.execute()
+                if not found:
+                    return None
+                return bool(member) or int(count) < query.limit
             case _:
                 raise AssertionError(f"unknown query {query!r}")
 

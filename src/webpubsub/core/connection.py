@@ -3,7 +3,8 @@
 The core never touches a socket: a connection writes through its :class:`Sink`
 (the transport's outbox), which accepts pre-encoded frames and never blocks.  A
 reliable connection may be *detached* (no sink) while its client recovers; data
-sent meanwhile waits in its :class:`ReliableBuffer`.
+sent meanwhile waits in its :class:`ReliableBuffer`, and so does data sent while
+a recovered connection's buffer is *replaying* (it follows the replay, in order).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ class Sink(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection (asynchronously); later offers are dropped."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes offered and not yet sent: what the transport holds (or is about to
+        hold) as copies of the offered frames."""
+
+    async def drained(self) -> None:
+        """Return once the frames offered so far are written and the transport's buffer
+        has drained (at once if the connection is closed): the pace of a replay."""
 
 
 class AckIds:
@@ -68,6 +78,8 @@ class Connection:
     state: str = ""
     """Opaque connection state set by the event handler (Azure docs: CloudEvents)."""
     groups: set[str] = field(default_factory=set)
+    max_groups: int | None = None
+    """How many groups the connection may be in at once (None: no limit)."""
     closing: bool = False
     moved_to: str | None = None
     """The node this connection was handed over to (it left this node, but did not end)."""
@@ -80,6 +92,10 @@ class Connection:
     """Ends a detached connection the service closes (set by the node)."""
     events_sent: int = 0
     """Events sent for this connection so far (``connect`` is ``0``, not counted)."""
+    replaying: bool = False
+    """The unacknowledged buffer is being replayed to a new sink: data waits behind it."""
+    on_buffered: Callable[[Connection, int], None] | None = None
+    """Told of the size of each data frame buffered while detached (set by the node)."""
 
     def next_event_id(self) -> str:
         """The ``ce-id`` of this connection's next event: ``0`` is ``connect``."""
@@ -90,14 +106,22 @@ class Connection:
         """Deliver a data message encoded by ``frames.encode_for`` for this protocol."""
         if self.closing:
             return
+        sink = self.sink
         if self.reliable is not None:
+            held = sink.buffered_bytes if sink is not None else 0
             try:
-                encoded = self.reliable.stamp(encoded)
+                encoded = self.reliable.stamp(encoded, held=held)
             except BufferOverflow as exc:
                 self.close(CloseCode.POLICY_VIOLATION, f"Too many unacknowledged messages: {exc}.")
                 return
-        if self.sink is not None:
-            self.sink.offer(encoded)
+            if sink is None:
+                if self.on_buffered is not None:
+                    self.on_buffered(self, len(encoded))
+                return
+            if self.replaying:
+                return
+        if sink is not None:
+            sink.offer(encoded)
 
     def send_control(self, message: bytes) -> None:
         """Send a JSON system message, ack or pong (never sequenced, never buffered)."""

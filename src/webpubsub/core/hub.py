@@ -94,13 +94,18 @@ class Hub:
 
     # -- groups -----------------------------------------------------------------------
 
-    def join(self, conn: Connection, group: str) -> None:
+    def join(self, conn: Connection, group: str) -> bool:
+        """Add ``conn`` to ``group``; False if it may be in no more groups (it is in
+        ``conn.max_groups`` already and not in this one)."""
         if conn.connection_id not in self._connections or group in conn.groups:
-            return
+            return True
+        if conn.max_groups is not None and len(conn.groups) >= conn.max_groups:
+            return False
         self._groups.setdefault(group, {})[conn.connection_id] = conn
         conn.groups.add(group)
         if self._listener is not None:
             self._listener.joined(self.key, conn, group)
+        return True
 
     def leave(self, conn: Connection, group: str) -> None:
         if group not in conn.groups:

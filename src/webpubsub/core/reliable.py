@@ -2,14 +2,17 @@
 
 Every data message sent to a reliable connection gets the next ``sequenceId``
 and stays in the unacknowledged buffer until a cumulative ``sequenceAck``
-releases it; on recovery the buffer is replayed with the original ids.  The
-buffer is bounded (1,000 messages or 16 MB by default): overflowing it ends the
-logical connection, as the protocol prescribes.
+releases it; on recovery the buffer is replayed with the original ids, a chunk
+at a time (:meth:`ReliableBuffer.frames_after`).  The buffer is bounded (1,000
+messages or 16 MiB by default): overflowing it ends the logical connection, as
+the protocol prescribes.  The byte bound is the connection's whole budget: what
+its transport still holds of the frames counts against it too (``held``).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from webpubsub.protocol.json_protocol import with_sequence_id
 from webpubsub.protocol.wsframe import Opcode, encode_frame
@@ -43,16 +46,28 @@ class ReliableBuffer:
     def buffered_bytes(self) -> int:
         return self._bytes
 
-    def stamp(self, body: bytes) -> bytes:
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    def stamp(self, body: bytes, *, held: int = 0) -> bytes:
         """The frame for the next data message, kept until acknowledged.
 
-        Raises :class:`BufferOverflow` when the buffer would exceed its bounds.
+        ``held`` is what the connection's transport holds besides (copies of frames
+        written but not yet sent): it shares the byte bound.  Raises
+        :class:`BufferOverflow` when the buffer would exceed its bounds.
         """
         sequence_id = self._next
         frame = encode_frame(Opcode.TEXT, with_sequence_id(body, sequence_id))
-        if len(self._frames) + 1 > self._max_messages or self._bytes + len(frame) > self._max_bytes:
+        if (
+            len(self._frames) + 1 > self._max_messages
+            or self._bytes + held + len(frame) > self._max_bytes
+        ):
+            waiting = f", {held} more waiting to be sent" if held else ""
             raise BufferOverflow(
-                f"{len(self._frames)} messages ({self._bytes} bytes) are not acknowledged"
+                f"{len(self._frames)} messages ({self._bytes} bytes{waiting}) are not "
+                f"acknowledged; a connection may hold {self._max_messages} messages or "
+                f"{self._max_bytes} bytes"
             )
         self._next += 1
         self._frames.append((sequence_id, frame))
@@ -72,8 +87,27 @@ class ReliableBuffer:
             self._bytes -= len(frames.popleft()[1])
 
     def unacknowledged(self) -> list[bytes]:
-        """The buffered frames in sequence order, for replay after recovery."""
+        """The buffered frames in sequence order."""
         return [frame for _, frame in self._frames]
+
+    def frames_after(self, sequence_id: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """The next frames to replay after ``sequence_id``, in order: at least one (if
+        any is left), and no more once they reach ``max_bytes`` together."""
+        frames = self._frames
+        start = sequence_id + 1 - frames[0][0] if frames else 0
+        chunk: list[tuple[int, bytes]] = []
+        size = 0
+        for item in islice(frames, max(start, 0), None):
+            if chunk and size >= max_bytes:
+                break
+            chunk.append(item)
+            size += len(item[1])
+        return chunk
+
+    def clear(self) -> None:
+        """Drop every frame (the connection has ended: free its memory at once)."""
+        self._frames.clear()
+        self._bytes = 0
 
     def snapshot(self) -> tuple[int, list[tuple[int, bytes]]]:
         """(next sequence id, the unacknowledged (sequence id, frame) pairs): what another
@@ -81,8 +115,14 @@ class ReliableBuffer:
         return self._next, list(self._frames)
 
     @classmethod
-    def restore(cls, next_sequence_id: int, frames: list[tuple[int, bytes]]) -> ReliableBuffer:
-        buffer = cls()
+    def restore(
+        cls,
+        next_sequence_id: int,
+        frames: list[tuple[int, bytes]],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> ReliableBuffer:
+        buffer = cls(max_bytes=max_bytes)
         buffer._next = next_sequence_id
         buffer._frames = deque(frames)
         buffer._bytes = sum(len(frame) for _, frame in frames)

@@ -141,7 +141,11 @@ def _request(
                     f"The connection has no permission to join or leave group '{msg.group}'."
                 )
             if isinstance(msg, JoinGroup):
-                hub.join(conn, msg.group)
+                if not hub.join(conn, msg.group):
+                    raise BadRequest(
+                        f"The connection is in {conn.max_groups} groups, the most a connection"
+                        " may join; leave one first."
+                    )
             else:
                 hub.leave(conn, msg.group)
             return None

@@ -48,6 +48,14 @@ class HubSettings:
     name: str
     anonymous_connect: bool = False
     keepalive_seconds: int = 20
+    max_groups_per_connection: int = 1000
+    """Groups one connection may be in at once: a join past it is refused."""
+    client_messages_per_second: int = 1000
+    """Messages (data, WebSocket pings) one connection may send per second, with a burst
+    of one second's worth: past it the connection is closed (``TooManyRequests``)."""
+    client_bytes_per_second: int = 4_194_304
+    """Bytes one connection may send per second, with a burst of one second's worth (at
+    least one message of ``server.max_message_bytes``)."""
     event_handlers: tuple[EventHandlerSettings, ...] = ()
 
     def handler_for_system_event(self, name: str) -> EventHandlerSettings | None:

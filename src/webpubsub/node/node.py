@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from webpubsub.core.connection import Connection, Sink
+from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
+from webpubsub.core.reliable import DEFAULT_MAX_BYTES as RELIABLE_MAX_BYTES
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
 from webpubsub.core.settings import HubSettings
@@ -28,6 +30,7 @@ from webpubsub.errors import (
     BadRequest,
     InvalidName,
     TooManyEvents,
+    TooManyRequests,
     Unauthorized,
     UpstreamError,
     WebPubSubError,
@@ -48,6 +51,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     Handover,
     HasPermission,
     ListGroup,
@@ -59,7 +63,7 @@ from webpubsub.protocol.backplane import (
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
-from webpubsub.protocol.json_protocol import encode_connected
+from webpubsub.protocol.json_protocol import ack_id_of, encode_ack, encode_connected
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
@@ -85,6 +89,9 @@ DEFAULT_RECOVERY_WINDOW = 60.0
 
 #: User events one connection may have waiting on event handlers; the next is refused.
 DEFAULT_MAX_INFLIGHT_EVENTS = 16
+#: Bytes of a recovered connection's buffer written at a time: the next chunk waits
+#: until the transport has drained (so any buffer fits through any outbox).
+REPLAY_CHUNK_BYTES = 64 * 1024
 
 #: Parsed OData filters kept per node (the same filter text is often sent repeatedly).
 _FILTER_CACHE_SIZE = 256
@@ -138,6 +145,8 @@ class Node:
         presence: PresencePort | None = None,
         handover: HandoverPort | None = None,
         max_inflight_events: int = DEFAULT_MAX_INFLIGHT_EVENTS,
+        reliable_max_bytes: int = RELIABLE_MAX_BYTES,
+        detached: DetachedSessions | None = None,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
         self.max_inflight_events = max_inflight_events
@@ -152,6 +161,9 @@ class Node:
         self._origin = origin
         self._new_id = id_factory
         self._recovery_window = recovery_window
+        self._reliable_max_bytes = reliable_max_bytes
+        self._detached = DetachedSessions() if detached is None else detached
+        self._replays: set[asyncio.Task[None]] = set()
         self._hubs: dict[str, Hub] = {}
         self._idle: asyncio.Event | None = None
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
@@ -241,9 +253,10 @@ class Node:
             sink=sink,
             permissions=Permissions.from_roles(adm.roles),
             state=adm.state,
-            reliable=ReliableBuffer() if reliable else None,
+            reliable=ReliableBuffer(max_bytes=self._reliable_max_bytes) if reliable else None,
             reconnection_token=secrets.token_urlsafe(24) if reliable else None,
             on_detached_close=self._end_detached,
+            max_groups=self._hub_settings(adm.hub).max_groups_per_connection,
         )
         held: _Held | None = None
         if conn.protocol.is_json:
@@ -257,8 +270,7 @@ class Node:
         if hub is None:
             hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
         hub.add(conn)
-        for group in adm.groups:
-            hub.join(conn, group)
+        _join_all(hub, conn, adm.groups, "its token or connect handler")
         self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
         if held is not None:
             task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
@@ -281,8 +293,9 @@ class Node:
     ) -> Connection | str:
         """Recover a reliable connection onto a new transport (reliable JSON subprotocol).
 
-        Returns the connection, its unacknowledged messages already replayed in order,
-        or the reason recovery is impossible (the caller closes with 1008).
+        Returns the connection, or the reason recovery is impossible (the caller closes
+        with 1008).  Its unacknowledged messages are replayed in order, the first chunk
+        at once and the rest as the transport drains; data sent meanwhile follows them.
         """
         hub = self._hubs.get(hub_key)
         conn = hub.get(connection_id) if hub is not None else None
@@ -292,12 +305,54 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        self._attached(conn)
         old, conn.sink = conn.sink, sink
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
-        for frame in conn.reliable.unacknowledged():
-            sink.offer(frame)
+        conn.replaying = True
+        cursor = _replay_chunk(conn, sink, 0)
+        if cursor is not None:
+            task = asyncio.get_running_loop().create_task(self._replay(conn, sink, cursor))
+            self._replays.add(task)
+            task.add_done_callback(self._replays.discard)
         return conn
+
+    async def _replay(self, conn: Connection, sink: Sink, cursor: int) -> None:
+        """Replay the rest of ``conn``'s buffer to ``sink``, a chunk each time it has
+        drained; stops if the connection moves to another sink or ends."""
+        next_cursor: int | None = cursor
+        try:
+            while next_cursor is not None:
+                await sink.drained()
+                if conn.sink is not sink or conn.closing:
+                    return
+                next_cursor = _replay_chunk(conn, sink, next_cursor)
+        except Exception:  # pragma: no cover - a broken transport ends only this replay
+            log.exception("replaying connection %s failed", conn.connection_id)
+            conn.close(CloseCode.INTERNAL_ERROR, "The service failed to replay the messages.")
+
+    def _attached(self, conn: Connection) -> None:
+        """``conn`` is no longer detached (recovered, moved or ended)."""
+        self._detached.remove(conn)
+        conn.on_buffered = None
+
+    def _detached_now(self, conn: Connection) -> None:
+        """Count ``conn``, detached, against the bounds of detached connections."""
+        conn.on_buffered = self._buffered
+        self._end_oldest(self._detached.add(conn))
+
+    def _buffered(self, conn: Connection, size: int) -> None:
+        self._end_oldest(self._detached.grew(conn, size))
+
+    def _end_oldest(self, ended: list[tuple[Connection, str]]) -> None:
+        for conn, reason in ended:
+            log.warning(
+                "ending detached connection %s of hub %s: %s", conn.connection_id, conn.hub, reason
+            )
+            conn.close_reason = reason
+            self._end(conn, reason)
+            if conn.reliable is not None:
+                conn.reliable.clear()
 
     async def recover(
         self, hub_key: str, connection_id: str, token: str, subprotocols: Sequence[str], sink: Sink
@@ -332,9 +387,12 @@ class Node:
             sink=None,
             permissions=Permissions.restore(session.permissions),
             state=session.state,
-            reliable=ReliableBuffer.restore(session.next_sequence_id, list(session.frames)),
+            reliable=ReliableBuffer.restore(
+                session.next_sequence_id, list(session.frames), max_bytes=self._reliable_max_bytes
+            ),
             reconnection_token=session.reconnection_token,
             on_detached_close=self._end_detached,
+            max_groups=self._hub_settings(session.hub).max_groups_per_connection,
         )
         for ack_id in session.ack_ids:
             conn.ack_ids.add(ack_id)
@@ -343,12 +401,12 @@ class Node:
         if hub is None:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
         hub.add(conn)
-        for group in session.groups:
-            hub.join(conn, group)
+        _join_all(hub, conn, session.groups, "the node it moved from")
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
         log.info("connection %s of hub %s moved here", conn.connection_id, conn.hub)
+        self._detached_now(conn)
         return conn
 
     def _hand_over(self, command: Handover) -> None:
@@ -382,6 +440,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
         conn.closing = True  # nothing more is delivered here
@@ -421,6 +480,19 @@ class Node:
             conn.close(CloseCode.INTERNAL_ERROR, exc.client_message)
             return
         self.apply_reply(conn, reply)
+
+    def throttle(self, conn: Connection, data: bytes | str | None, reason: str) -> None:
+        """``conn`` sent more than its hub allows: the request in ``data`` (None: a
+        WebSocket ping) gets a failed ack when it has an ackId, then the connection is
+        closed with 1008 and ``reason``."""
+        if conn.closing:
+            return
+        log.info("closing connection %s of hub %s: %s", conn.connection_id, conn.hub, reason)
+        if conn.protocol.is_json and data is not None:
+            ack_id = ack_id_of(data)
+            if ack_id is not None:
+                conn.send_control(encode_ack(ack_id, TooManyRequests(reason)))
+        conn.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _request(self, conn: Connection, data: bytes | str) -> None:
         """Carry out what the router makes of one JSON-subprotocol frame."""
@@ -505,6 +577,7 @@ class Node:
             self._expiry[conn] = loop.call_later(
                 self._recovery_window, self._end, conn, "The client did not reconnect in time."
             )
+            self._detached_now(conn)
             return
         self._end(conn, reason)
 
@@ -516,6 +589,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        self._attached(conn)
         conn.closing = True
         hub = self._hubs.get(conn.hub)
         if hub is None or hub.remove(conn.connection_id) is None:
@@ -619,10 +693,10 @@ class Node:
                     for conn in self._select(hub, command.target, command.filter):
                         if command.action is GroupAction.REMOVE_ALL:
                             hub.leave_all(conn)
-                        for group in command.groups:
-                            if command.action is GroupAction.ADD:
-                                hub.join(conn, group)
-                            elif command.action is GroupAction.REMOVE:
+                        elif command.action is GroupAction.ADD:
+                            _join_all(hub, conn, command.groups, "a REST call")
+                        else:
+                            for group in command.groups:
                                 hub.leave(conn, group)
                 case Handover():
                     self._hand_over(command)
@@ -681,8 +755,28 @@ class Node:
                     for c in hub.group_connections(query.group)
                     if not c.closing
                 )
+            case GroupRoom():
+                conn = hub.get(query.connection_id) if hub is not None else None
+                if conn is None or conn.closing:
+                    return None
+                return query.group in conn.groups or len(conn.groups) < query.limit
             case _:
                 assert_never(query)
+
+
+def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> None:
+    """Join ``groups`` up to the connection's group limit (one warning if that cut some)."""
+    refused = sum(not hub.join(conn, group) for group in groups)
+    if refused:
+        log.warning(
+            "connection %s of hub %s is in %d groups, its limit: %d more groups from %s "
+            "were not joined",
+            conn.connection_id,
+            conn.hub,
+            len(conn.groups),
+            refused,
+            source,
+        )
 
 
 def _targets(hub: Hub, target: Target) -> list[Connection]:
@@ -723,6 +817,13 @@ class _Held:
         elif self._close is None:
             self._close = (code, reason)
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self.target.buffered_bytes
+
+    async def drained(self) -> None:
+        await self.target.drained()
+
     def release(self) -> None:
         if self._released:
             return
@@ -732,6 +833,22 @@ class _Held:
             self.target.offer(frame)
         if self._close is not None:
             self.target.close(*self._close)
+
+
+def _replay_chunk(conn: Connection, sink: Sink, cursor: int) -> int | None:
+    """Offer ``sink`` the next chunk of ``conn``'s buffer after sequence id ``cursor``;
+    returns the new cursor, or ``None`` once the replay has caught up (from then on data
+    goes straight to the sink: nothing can slip in between)."""
+    assert conn.reliable is not None
+    chunk = conn.reliable.frames_after(cursor, REPLAY_CHUNK_BYTES)
+    for _, frame in chunk:
+        sink.offer(frame)
+    if chunk:
+        cursor = chunk[-1][0]
+    if cursor >= conn.reliable.last_sequence_id or not chunk:
+        conn.replaying = False
+        return None
+    return cursor
 
 
 def _recovery_refusal(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from webpubsub.core.permissions import Permission
+from webpubsub.core.settings import HubSettings
 from webpubsub.errors import BadRequest, InvalidParameter, NotFound
 from webpubsub.node.ports import BackplanePort
 from webpubsub.protocol.backplane import (
@@ -20,6 +21,7 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    GroupRoom,
     HasPermission,
     ListGroup,
     Send,
@@ -72,10 +74,12 @@ class Operations:
         *,
         keys: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
+        hub_settings: Callable[[str], HubSettings] = HubSettings,
     ) -> None:
         self._bp = backplane
         self._keys = tuple(keys)
         self._clock = clock
+        self._hub_settings = hub_settings
 
     # -- sends (202: fire-and-forget, also when nobody is there) ----------------------
 
@@ -128,10 +132,19 @@ class Operations:
     # -- groups -----------------------------------------------------------------------
 
     async def add_connection_to_group(self, hub: str, group: str, connection_id: str) -> None:
-        """Raises :class:`NotFound` when the connection does not exist."""
+        """Raises :class:`NotFound` when the connection does not exist, :class:`BadRequest`
+        when it is in as many groups as a connection may be (and not in this one)."""
         key, group = hub_key(hub), validate_group(group)
         target = Target.connection(validate_connection_id(connection_id))
-        if not await self._exists(key, target):
+        limit = self._hub_settings(hub).max_groups_per_connection
+        answers = await self._bp.gather(GroupRoom(key, connection_id, group, limit))
+        if False in answers:
+            raise BadRequest(
+                f"Connection `{connection_id}` is in {limit} groups, the most a connection "
+                "may join.",
+                target="Connection",
+            )
+        if True not in answers:
             raise NotFound.of("Connection", connection_id, "Error.Connection.NotExisted")
         await self._bp.publish(ChangeGroup(key, target, GroupAction.ADD, (group,)))
 

@@ -150,7 +150,20 @@ class ListGroup:
     group: str
 
 
-Query = Exists | HasPermission | ListGroup
+@dataclass(frozen=True, slots=True)
+class GroupRoom:
+    """May connection ``connection_id`` join ``group`` under a limit of ``limit`` groups?
+    ``None``: not a live connection here; ``True``: it is a member, or in fewer groups;
+    ``False``: it is in ``limit`` groups or more (the asking node's setting: the nodes of
+    a cluster share one configuration)."""
+
+    hub: str
+    connection_id: str
+    group: str
+    limit: int
+
+
+Query = Exists | HasPermission | ListGroup | GroupRoom
 Answer = bool | None | tuple[GroupMember, ...]
 
 
@@ -366,6 +379,14 @@ def encode_query(query: Query) -> bytes:
             }
         case ListGroup():
             header = {"k": "list", "h": query.hub, "g": query.group}
+        case GroupRoom():
+            header = {
+                "k": "room",
+                "h": query.hub,
+                "c": query.connection_id,
+                "g": query.group,
+                "n": query.limit,
+            }
         case _:
             assert_never(query)
     return _pack(header, b"")
@@ -383,6 +404,8 @@ def decode_query(raw: bytes) -> Query:
         return HasPermission(r.text("h"), r.text("c"), r.text("p"), r.opt_text("g"))
     if kind == "list":
         return ListGroup(r.text("h"), r.text("g"))
+    if kind == "room":
+        return GroupRoom(r.text("h"), r.text("c"), r.text("g"), r.count("n"))
     raise CorruptEnvelope(f"unknown query {kind!r}")
 
 
@@ -470,6 +493,12 @@ class _Reader:
         value = self._get(key)
         if not isinstance(value, bool):
             raise CorruptEnvelope(f"{key!r} must be true or false")
+        return value
+
+    def count(self, key: str) -> int:
+        value = self._get(key)
+        if type(value) is not int or value < 0:
+            raise CorruptEnvelope(f"{key!r} must be a non-negative integer")
         return value
 
     def texts(self, key: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 
 import orjson
@@ -22,6 +23,15 @@ JSON_SUBPROTOCOL = "json.webpubsub.azure.v1"
 JSON_RELIABLE_SUBPROTOCOL = "json.reliable.webpubsub.azure.v1"
 
 MAX_ACK_ID = 2**64 - 1
+MAX_DATA_DEPTH = 128
+"""How deeply JSON ``data`` may nest (arrays and objects); deeper is a ``BadRequest``."""
+
+#: Digits as ``0``, everything else as itself: a frame so translated holds
+#: :data:`_LONG_DIGITS` where the frame holds 19 digits in a row, which a number orjson
+#: may not hold exactly needs (it reads an integer outside 64 bits as a float).  Two
+#: C-speed passes; a regular expression costs three times as much.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 
 
 class ProtocolViolation(BadRequest):
@@ -93,7 +103,9 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     """Decode one client frame (JSON text; UTF-8 JSON in a binary frame is accepted)."""
     try:
         obj = orjson.loads(frame)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson parses 1024 levels at most
+            raise ProtocolViolation("The message nests too deeply.", fatal=True) from None
         raise ProtocolViolation("The message is not valid JSON.", fatal=True) from None
     if not isinstance(obj, dict):
         raise ProtocolViolation("The message is not a JSON object.", fatal=True)
@@ -111,12 +123,12 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             no_echo = obj.get("noEcho", False)
             if not isinstance(no_echo, bool):
                 raise ProtocolViolation("'noEcho' must be a boolean.", ack_id=ack_id)
-            return SendToGroup(_group(obj), _payload(obj, ack_id), no_echo, ack_id)
+            return SendToGroup(_group(obj), _payload(obj, ack_id, frame), no_echo, ack_id)
         if kind_lower == "event":
             name = obj.get("event")
             if not isinstance(name, str):
                 raise ProtocolViolation("'event' must be a string.", ack_id=ack_id)
-            return SendEvent(validate_event_name(name), _payload(obj, ack_id), ack_id)
+            return SendEvent(validate_event_name(name), _payload(obj, ack_id, frame), ack_id)
         if kind_lower == "sequenceack":
             seq = obj.get("sequenceId")
             if not _is_uint64(seq):
@@ -127,6 +139,15 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     except InvalidName as exc:
         raise ProtocolViolation(exc.message, ack_id=ack_id) from None
     return Unsupported(kind, ack_id)
+
+
+def ack_id_of(frame: str | bytes) -> int | None:
+    """The ackId of a client frame, if it has a valid one (whatever else is wrong)."""
+    try:
+        msg = decode_client_message(frame)
+    except ProtocolViolation as exc:
+        return exc.ack_id
+    return getattr(msg, "ack_id", None)
 
 
 def _ack_id(obj: dict[str, object]) -> int | None:
@@ -149,7 +170,7 @@ def _group(obj: dict[str, object]) -> str:
     return validate_group(group)
 
 
-def _payload(obj: dict[str, object], ack_id: int | None) -> Payload:
+def _payload(obj: dict[str, object], ack_id: int | None, frame: str | bytes) -> Payload:
     raw_type = obj.get("dataType", "json")
     try:
         data_type = DataType(raw_type.lower() if isinstance(raw_type, str) else "")
@@ -163,7 +184,7 @@ def _payload(obj: dict[str, object], ack_id: int | None) -> Payload:
     if data_type is DataType.JSON:
         if data is None:
             raise ProtocolViolation("JSON 'data' must not be null.", ack_id=ack_id)
-        return Payload(DataType.JSON, orjson.dumps(data))
+        return Payload(DataType.JSON, _json_text(data, frame, ack_id))
     if not isinstance(data, str):
         raise ProtocolViolation(f"'{data_type}' data must be a string.", ack_id=ack_id)
     if data_type is DataType.TEXT:
@@ -173,6 +194,48 @@ def _payload(obj: dict[str, object], ack_id: int | None) -> Payload:
     except (binascii.Error, ValueError):
         raise ProtocolViolation(f"'{data_type}' data must be base64.", ack_id=ack_id) from None
     return Payload(data_type, raw)
+
+
+def _json_text(data: object, frame: str | bytes, ack_id: int | None) -> bytes:
+    """The JSON text of ``data`` (parsed from ``frame``), with every number exact.
+
+    The common path re-encodes orjson's value.  A frame holding a run of 19 or more
+    digits may hold an integer outside 64 bits, which orjson reads as a float: that
+    frame is parsed again by the standard library, whose integers are exact.
+    """
+    if _too_deep(data, frame):
+        raise ProtocolViolation(
+            f"JSON 'data' is nested more than {MAX_DATA_DEPTH} levels deep.", ack_id=ack_id
+        )
+    raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+    if _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZERO):
+        return orjson.dumps(data)
+    try:
+        exact = json.loads(frame)["data"]
+    except RecursionError:  # another member nests deeper than the stdlib parser goes
+        raise ProtocolViolation("The message is nested too deeply.", ack_id=ack_id) from None
+    return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _too_deep(data: object, frame: str | bytes) -> bool:
+    """Whether ``data`` nests deeper than :data:`MAX_DATA_DEPTH` (``[1]`` is 1 deep)."""
+    if isinstance(frame, str):
+        brackets = frame.count("[") + frame.count("{")
+    else:
+        brackets = frame.count(b"[") + frame.count(b"{")
+    if brackets <= MAX_DATA_DEPTH:  # cannot be deeper than it has brackets: no walk
+        return False
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > MAX_DATA_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in value)
+    return False
 
 
 # -- service → client ------------------------------------------------------------------

@@ -17,19 +17,29 @@ from typing import Any
 
 import orjson
 
+from webpubsub.protocol.cloudevents import MAX_STATE_BYTES
+
 STATE_HEADER = "ce-connectionState"
 
 
 def encode_state(values: Mapping[str, Any]) -> str:
     """The header value for ``values``: base64 of their compact UTF-8 JSON.
 
-    Raises :class:`TypeError` if a value cannot be serialised to JSON.
+    Raises :class:`TypeError` if a value cannot be serialised to JSON, and
+    :class:`ValueError` if the header would be longer than the service keeps
+    (``MAX_STATE_BYTES``, 8 KiB: the event would fail there).
     """
     try:
         raw = orjson.dumps(dict(values))
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"connection state is not JSON-serialisable: {exc}") from None
-    return base64.b64encode(raw).decode("ascii")
+    header = base64.b64encode(raw).decode("ascii")
+    if len(header) > MAX_STATE_BYTES:
+        raise ValueError(
+            f"connection state is {len(header)} bytes encoded; the service keeps at most "
+            f"{MAX_STATE_BYTES} bytes ({STATE_HEADER})"
+        )
+    return header
 
 
 def decode_state(header: str) -> dict[str, Any]:

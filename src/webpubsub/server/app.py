@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from aiohttp import web
 from webpubsub.backplane.base import Backplane
 from webpubsub.backplane.memory import MemoryBackplane
 from webpubsub.config import ServiceConfig
+from webpubsub.core.detached import DetachedSessions
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.connection_string import format_connection_string
@@ -28,6 +30,7 @@ from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
+from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
@@ -68,12 +71,16 @@ class ServiceRunner:
         """Share the port with other processes (``SO_REUSEPORT``: ``serve --workers``)."""
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self.site: GuardedSite | None = None
+        """The listening site, once started (its guard: connections waiting for a request)."""
         self._ssl: ssl.SSLContext | None = None
         self.port = 0
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
-        self.operations = Operations(self.backplane, keys=config.server.access_keys, clock=clock)
+        self.operations = Operations(
+            self.backplane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
+        )
         """The data-plane operations, acting on every node of the backplane."""
 
     @property
@@ -127,6 +134,10 @@ class ServiceRunner:
             origin=origin,
             publish=self.backplane.publish,
             recovery_window=server.recovery_window_seconds,
+            reliable_max_bytes=server.reliable_max_bytes,
+            detached=DetachedSessions(
+                max_bytes=server.detached_max_bytes, user_max_bytes=server.detached_user_max_bytes
+            ),
             node_id=getattr(self.backplane, "node_id", None) or self.config.backplane.node_id,
             presence=self.backplane.presence(),
             handover=self.backplane.handover(),
@@ -145,9 +156,12 @@ class ServiceRunner:
             outbox_max_bytes=server.outbox_max_bytes,
             clock=self._clock,
             flusher=Flusher(),
+            handshakes=HandshakeGate(server.max_pending_handshakes),
+            request_timeout=server.header_timeout_seconds,
         )
         app = web.Application(
-            middlewares=[error_middleware], client_max_size=server.max_message_bytes
+            middlewares=[request_started, error_middleware],
+            client_max_size=server.max_message_bytes,
         )
         app[SERVICE] = ctx
         app[HEALTH] = self.health
@@ -157,19 +171,28 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
         await self.backplane.start(self.node)
+        waits = max(server.header_timeout_seconds, server.keepalive_timeout_seconds)
+        handler_options: dict[str, Any] = {
+            "access_log": None,
+            "keepalive_timeout": 2 * waits + 1,  # a backstop: the site's guard closes first
+        }
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
         await self._runner.setup()
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner,
             server.host,
             server.port,
+            header_timeout=server.header_timeout_seconds,
+            keepalive_timeout=server.keepalive_timeout_seconds,
+            handler_options=handler_options,
             ssl_context=self._ssl,
-            reuse_port=self._reuse_port or None,
+            reuse_port=self._reuse_port,
         )
         await site.start()
-        self.port = _bound_port(site)
+        self.site = site
+        self.port = site.port
         self.endpoint = (
             server.public_endpoint or f"{self.scheme}://{self._host_for_urls()}:{self.port}"
         )
@@ -267,12 +290,3 @@ def _backplane_for(config: ServiceConfig) -> Backplane:
         prefix=plane.key_prefix,
         heartbeat_timeout=plane.heartbeat_timeout_seconds,
     )
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here
-    sockets = getattr(server, "sockets", None)
-    if not sockets:
-        raise RuntimeError("the server did not bind")
-    port: int = sockets[0].getsockname()[1]
-    return port

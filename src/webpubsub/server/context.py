@@ -10,6 +10,7 @@ from aiohttp import web
 from webpubsub.core.settings import HubSettings
 from webpubsub.node.node import Node
 from webpubsub.node.operations import Operations
+from webpubsub.server.guard import HandshakeGate
 from webpubsub.server.outbox import Flusher
 
 
@@ -30,6 +31,10 @@ class ServiceContext:
     clock: Callable[[], float]
     flusher: Flusher
     """Schedules every connection's outbox flush: one loop callback per turn."""
+    handshakes: HandshakeGate
+    request_timeout: float
+    """``server.header_timeout_seconds``: how long a REST body may take to arrive."""
+    """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)

@@ -12,6 +12,10 @@ The outbox is bounded: when a frame would take the backlog (queued bytes plus
 the transport's own buffer) past ``limit``, the client is too slow and is
 closed.  A frame offered to a connection with no backlog is always accepted,
 so one message larger than ``limit`` does not close a client that keeps up.
+
+A replay (a recovered reliable connection's buffer, possibly larger than
+``limit``) is paced with :meth:`Outbox.drained`: write a chunk, wait for the
+transport to drain, continue.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("webpubsub.outbox")
@@ -81,8 +85,12 @@ class Outbox:
         closer: Callable[[int, str], None],
         flusher: Flusher | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``drain`` waits while the transport's buffer is over its high-water mark
+        (aiohttp's ``request.writer.drain``); without it :meth:`drained` only flushes."""
         self._transport = transport
+        self._drain = drain
         self._limit = limit
         self._closer = closer
         self._loop = loop or asyncio.get_running_loop()
@@ -99,6 +107,21 @@ class Outbox:
     @property
     def pending_bytes(self) -> int:
         return self._size
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Offered bytes not sent yet: queued (each flush copies them into one write)
+        and in the transport's buffer (that copy, until the kernel takes it)."""
+        return self._size + self._transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        """Write what is queued now, then return once the transport's buffer is below
+        its low-water mark (at once if it is not over its high-water mark, or closed)."""
+        self._flush()
+        if self._drain is None or self._closed or self._transport.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):  # gone: nothing more to wait for
+            await self._drain()
 
     def offer(self, frame: bytes) -> None:
         if self._closed:

@@ -7,6 +7,7 @@ request but the health check carries a JWT signed as the official SDKs sign it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from webpubsub.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -37,6 +39,8 @@ API_VERSION = "2024-12-01"
 SOCKET_IO_API_VERSION = "2024-12-01"
 """The first API version whose ``:generateToken`` knows ``clientType=SocketIO``."""
 MAX_PAGE_SIZE = 200
+INT32_MAX = 2**31 - 1
+"""The REST API reference declares the integer query parameters ``int32``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +105,20 @@ async def _payload(call: Call) -> Payload:
     length = call.request.content_length
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
-    body = await call.request.read()  # bounded by the app's client_max_size
+    body = await _body(call)
     _int_arg(call, "messageTtlSeconds", low=0, high=300)  # validated; delivery is immediate
     return Payload.from_rest_body(call.request.headers.get("Content-Type"), body)
+
+
+async def _body(call: Call) -> bytes:
+    """The whole body: bounded in size by the app's ``client_max_size``, in time by
+    ``server.header_timeout_seconds`` (a body that stops coming holds a connection)."""
+    timeout = call.request.app[SERVICE].request_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await call.request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The body did not arrive within {timeout:g} s.") from None
 
 
 def _is_digits(text: str) -> bool:
@@ -111,14 +126,19 @@ def _is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _int_arg(call: Call, name: str, *, low: int, high: int | None = None) -> int | None:
+def _int_arg(call: Call, name: str, *, low: int, high: int = INT32_MAX) -> int | None:
     raw = call.arg(name)
-    if raw is None:
-        return None
-    if not _is_digits(raw) or int(raw) < low or (high is not None and int(raw) > high):
-        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise InvalidParameter(f"{name} must be an integer {bounds}.", target=name)
-    return int(raw)
+    return None if raw is None else int_param(name, raw, low=low, high=high)
+
+
+def int_param(name: str, raw: str, *, low: int, high: int = INT32_MAX) -> int:
+    """Query parameter ``name``'s ASCII decimal ``raw`` in ``low..high``, else InvalidParameter."""
+    # Length first: int() refuses strings of over 4300 digits (and is slow well before).
+    digits = raw.lstrip("0") or "0"
+    value = int(digits) if _is_digits(raw) and len(digits) <= len(str(high)) else None
+    if value is None or not low <= value <= high:
+        raise InvalidParameter(f"{name} must be an integer from {low} to {high}.", target=name)
+    return value
 
 
 # -- handlers ------------------------------------------------------------------------
@@ -157,7 +177,7 @@ async def _groups_body(call: Call) -> tuple[list[str], str]:
     if media_type(call.request.headers.get("Content-Type")) != "application/json":
         raise UnsupportedMediaType("The body must be application/json.")
     try:
-        body = orjson.loads(await call.request.read())
+        body = orjson.loads(await _body(call))
     except orjson.JSONDecodeError:
         raise BadRequest("The body is not valid JSON.") from None
     if not isinstance(body, dict):

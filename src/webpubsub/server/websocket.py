@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp.web_request import BaseRequest
 
 from webpubsub.core.connection import Connection
+from webpubsub.core.limits import InboundLimit
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
-from webpubsub.protocol.wsframe import CloseCode
+from webpubsub.protocol.wsframe import CloseCode, MaskCheck, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.errors import error_response
+from webpubsub.server.guard import peer_of
 from webpubsub.server.origin import caller_origin
 from webpubsub.server.outbox import Outbox
 
@@ -35,17 +39,98 @@ RECOVERY_TOKEN = "awps_reconnection_token"  # noqa: S105 - a parameter name
 _RESERVED_QUERY = frozenset({"access_token", "hub", RECOVERY_ID, RECOVERY_TOKEN})
 _HIDDEN_HEADERS = frozenset({"authorization"})
 
+#: Frames read from one connection before the loop runs the others.
+FAIR_SLICE = 16
+
 CLIENT_CLOSED = "The client closed the connection."
 TOO_BIG = "The client sent a message larger than the service accepts."
+
+#: Why aiohttp's reader closes a connection (RFC 6455 §7.4.1 codes), said to the client.
+REFUSALS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "The client broke the WebSocket protocol (RFC 6455).",
+    CloseCode.INVALID_DATA: "The client sent a text message that is not valid UTF-8.",
+    CloseCode.MESSAGE_TOO_BIG: TOO_BIG,
+}
+
+
+UNMASKED = "The client sent an unmasked frame (RFC 6455 section 5.1)."
+
+
+class ClientSocket(web.WebSocketResponse):
+    """A client's WebSocket. When a client breaks the protocol, aiohttp's ``receive()``
+    closes the connection itself, with no reason: :attr:`on_refusal` is told first (and
+    sends a JSON client its ``disconnected`` message), and its reason goes in the close.
+
+    aiohttp's reader accepts unmasked client frames; a :class:`MaskCheck` in front of
+    it refuses them (RFC 6455 §5.1) with 1002.
+    """
+
+    on_refusal: Callable[[int, str], None] | None = None
+    refusal: str | None = None
+    """Why the service refused what the client sent, once it did."""
+
+    async def close(
+        self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        reason = (self.refusal or REFUSALS[code]) if code in REFUSALS else None
+        if reason is not None and not message and not self.closed:
+            self.refusal = reason
+            message = _close_message(reason)
+            if self.on_refusal is not None:
+                self.on_refusal(code, reason)
+        return await super().close(code=code, message=message, drain=drain)
+
+    async def echo_close(self, code: int) -> None:
+        """Answer a client's close frame with ``code`` (its own, maybe 1002): no refusal."""
+        await super().close(code=code, drain=False)
+
+    def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler = request.protocol
+        early = bytes(handler._message_tail)  # what came behind the upgrade request
+        super()._post_start(request, protocol, writer)
+        check = MaskCheck()
+        reader = self._reader
+
+        def unmasked() -> None:
+            self.refusal = UNMASKED
+            if reader is not None:
+                reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
+
+        handler._payload_parser = _MaskGuard(handler._payload_parser, check, unmasked)
+        if early and not check.feed(early):
+            unmasked()
+
+
+class _MaskGuard:
+    """Feeds aiohttp's WebSocket reader only what :class:`MaskCheck` lets through."""
+
+    __slots__ = ("_check", "_parser", "_refuse")
+
+    def __init__(self, parser: Any, check: MaskCheck, refuse: Callable[[], None]) -> None:
+        self._parser = parser
+        self._check = check
+        self._refuse = refuse
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._check.feed(data):
+            result: tuple[bool, bytes] = self._parser.feed_data(data)
+            return result
+        self._refuse()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._parser.feed_eof()
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[SERVICE]
     if RECOVERY_ID in request.query:
         return await _recover(request, ctx)
+    transport = request.transport
     try:
-        handshake = _handshake(request, ctx)
-        admission = await ctx.node.admit(handshake)
+        with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
+            handshake = _handshake(request, ctx)
+            admission = await ctx.node.admit(handshake)
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
         log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
@@ -114,13 +199,14 @@ def _recovery_echo(
 
 def _websocket(
     ctx: ServiceContext, subprotocol: str | None, keepalive_seconds: int
-) -> web.WebSocketResponse:
-    return web.WebSocketResponse(
+) -> ClientSocket:
+    return ClientSocket(
         protocols=(subprotocol,) if subprotocol else (),
         compress=False,
-        max_msg_size=ctx.max_message_bytes,
+        # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
+        max_msg_size=ctx.max_message_bytes + 1,
         heartbeat=float(keepalive_seconds),
-        autoping=True,
+        autoping=False,  # _serve counts a client's pings against its rate, then answers them
         autoclose=False,  # _serve answers a client's close with the client's own code
     )
 
@@ -145,37 +231,62 @@ async def _upgrade(
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
 
-    return Outbox(transport, limit=ctx.outbox_max_bytes, closer=closer, flusher=ctx.flusher)
+    return Outbox(
+        transport,
+        limit=ctx.outbox_max_bytes,
+        closer=closer,
+        flusher=ctx.flusher,
+        drain=request.writer.drain,
+    )
 
 
-async def _serve(
-    ws: web.WebSocketResponse, ctx: ServiceContext, conn: Connection, outbox: Outbox
-) -> None:
+async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
     """Hand each client frame to the node, in order, until the transport ends."""
     outbox.on_overflow = lambda: conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
+    ws.on_refusal = conn.close  # the outbox sends what it holds, then ``disconnected``
     reason = CLIENT_CLOSED
     client_close_code: int | None = None
     refused = False  # the service refused what the client sent (an over-size message)
+    clock = asyncio.get_running_loop().time
+    limit = InboundLimit(ctx.hub_settings(conn.hub), ctx.max_message_bytes, clock())
+    unyielded = 0
     try:
         while True:
             msg = await ws.receive()
+            # A backlog of buffered frames is read without suspending: let the other
+            # connections run between slices of it.
+            unyielded += 1
+            if unyielded >= FAIR_SLICE:
+                unyielded = 0
+                await asyncio.sleep(0)
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                await ctx.node.receive(conn, msg.data)
+                over = limit.admit(len(msg.data), clock())
+                if over is None:
+                    await ctx.node.receive(conn, msg.data)
+                else:
+                    ctx.node.throttle(conn, msg.data, over)
+            elif msg.type is WSMsgType.PING:
+                over = limit.admit(len(msg.data), clock())
+                if over is None:
+                    outbox.offer(encode_frame(Opcode.PONG, msg.data))
+                else:
+                    ctx.node.throttle(conn, None, over)
+            elif msg.type is WSMsgType.PONG:
+                pass  # any frame counts as a keep-alive answer (aiohttp's reader resets it)
             elif msg.type is WSMsgType.CLOSE:
                 client_close_code = int(msg.data)
                 if not ws.closed:  # RFC 6455 §5.5.1: echo the status code received
-                    await ws.close(code=_echoed(client_close_code), drain=False)
+                    await ws.echo_close(_echoed(client_close_code))
                 break
             elif msg.type is WSMsgType.ERROR:
-                error = ws.exception()
-                refused = (
-                    isinstance(error, WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG
-                )
-                reason = TOO_BIG if refused else f"The connection failed: {error or 'transport'}."
+                refused = ws.refusal is not None
+                reason = ws.refusal or f"The connection failed: {msg.data or 'transport'}."
                 break
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 reason = "The connection was lost."
                 break
+    except ConnectionError:  # e.g. a pong written to a client that reset meanwhile
+        reason = "The connection was lost."
     except Exception:  # never let one connection's failure become an HTTP response
         log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
         conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")

@@ -29,6 +29,12 @@ class Pool(enum.Enum):
     user events hanging on the same handler."""
 
 
+MAX_HEADER_LINE_BYTES = 128 * 1024
+"""Header lines read from a handler's answer: far past an 8 KiB ``ce-connectionState``
+(aiohttp's default, 8190 bytes, cut it short), so that a larger state is refused by
+``protocol.cloudevents`` with its limit named, not by the HTTP parser."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The handler did not answer in time (it may still have processed the event)."""
 
@@ -83,6 +89,7 @@ class HttpTransport:
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._limits[pool]),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
+                max_field_size=MAX_HEADER_LINE_BYTES,
                 # send() bounds each call with the handler's own timeout; aiohttp's
                 # default 300 s total would silently cap longer ones.
                 timeout=aiohttp.ClientTimeout(total=None),
