@@ -9,10 +9,11 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from tests.support.redis_server import RedisServer
-from webpubsub.backplane.redis import RedisBackplane, _Pending
+from webpubsub.backplane.redis import TAKEN_MARK_SECONDS, RedisBackplane, _Pending
 from webpubsub.errors import ServiceUnavailable
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
@@ -171,3 +172,112 @@ async def test_a_node_that_cannot_join_says_why_and_never_shows_the_password(
     )
     assert reason.lower() in str(refused.value).lower()
     assert "s3cret" not in str(refused.value) and "wrong" not in str(refused.value)
+
+
+class RecordingStore:
+    """An event queue stand-in for the mirror: what it adopts and drops, in order."""
+
+    def __init__(self, timeline: list[str], on_adopt: Callable[[], object] | None = None) -> None:
+        self.timeline = timeline
+        self.adopted: list[bytes] = []
+        self.dropped: list[tuple[int, bool]] = []
+        self._on_adopt = on_adopt
+
+    def pending_seqs(self) -> list[int]:
+        return []
+
+    def records(self, seqs: object) -> list[tuple[int, bytes]]:
+        return []
+
+    def adopt(self, records: list[bytes]) -> list[int]:
+        first = len(self.adopted) + 1
+        self.adopted.extend(records)
+        self.timeline.append(f"adopt {len(records)}")
+        if self._on_adopt is not None:
+            self._on_adopt()
+        return list(range(first, first + len(records)))
+
+    def drop(self, seqs: list[int], *, handed_back: bool = False) -> int:
+        self.dropped.extend((s, handed_back) for s in seqs)
+        return len(seqs)
+
+
+class TimedRecorder(Recorder):
+    def __init__(self, node_id: str, timeline: list[str]) -> None:
+        super().__init__(node_id)
+        self.timeline = timeline
+
+    def reaped(self, connection: ReapedConnection) -> None:
+        super().reaped(connection)
+        self.timeline.append(f"reaped {connection.connection_id}")
+
+
+async def ghost(client: aioredis.Redis, p: str, events: int) -> list[bytes]:
+    """A dead node "ghost" with one connection and ``events`` mirrored events (seqs 1..n,
+    written out of order); their records in seq order."""
+    await client.hset(f"{p}:conn:hub:c1", mapping={"n": "ghost", "u": "", "s": "", "t": ""})
+    await client.sadd(f"{p}:conns:ghost", "hub\x00c1")
+    await client.sadd(f"{p}:nodes", "ghost")
+    records = [f"record {seq}".encode() for seq in range(1, events + 1)]
+    mapping = {str(seq): records[seq - 1] for seq in reversed(range(1, events + 1))}
+    await client.hset(f"{p}:events:ghost", mapping=mapping)  # type: ignore[arg-type]
+    return records
+
+
+async def test_a_dead_nodes_events_are_taken_once_in_order_before_its_connections_end(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Two survivors reap at once: the lock lets one take the events, in seq order across
+    batches, before it reports the connection; a second round finds nothing left."""
+    p = redis_prefix
+    records = await ghost(client, p, 450)  # three batches
+    timeline: list[str] = []
+    stores = [RecordingStore(timeline) for _ in range(2)]
+    planes = [
+        RedisBackplane(redis_server.url, prefix=p, node_id=f"s{i}", heartbeat_timeout=1.0)
+        for i in range(2)
+    ]
+    for plane, store in zip(planes, stores, strict=True):
+        await plane.attach(store)  # type: ignore[arg-type]
+        await plane.start(TimedRecorder(plane.node_id, timeline))
+        plane._reap_after = 0.0
+    try:
+        await asyncio.gather(*(plane._reap(0.3) for plane in planes))
+        await client.delete(f"{p}:reaper")
+        await asyncio.gather(*(plane._reap(0.3) for plane in planes))
+    finally:
+        for plane in planes:
+            await plane.stop()
+    assert [s.adopted for s in stores if s.adopted] == [records]  # one survivor, in order
+    assert timeline == ["adopt 200", "adopt 200", "adopt 50", "reaped c1"]
+    assert not await client.exists(f"{p}:events:ghost")
+    taken = await client.smembers(f"{p}:taken:ghost")  # type: ignore[misc]
+    assert sorted(int(s) for s in taken) == list(range(1, 451))
+    assert 0 < await client.ttl(f"{p}:taken:ghost") <= TAKEN_MARK_SECONDS
+
+
+async def test_a_node_that_beats_again_mid_takeover_keeps_the_rest_of_its_events(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """The dead node's heartbeat comes back while the survivor queues a batch: that batch
+    is handed back (dropped at the survivor, left in the node's mirror, not marked), the
+    rest is not read, and the node's connection is not reported."""
+    p = redis_prefix
+    await ghost(client, p, 250)
+    timeline: list[str] = []
+    beat = sync_redis.Redis.from_url(redis_server.url)
+    # Blocking, inside adopt: the beat is in Redis before the batch would be marked taken.
+    store = RecordingStore(timeline, on_adopt=lambda: beat.set(f"{p}:node:ghost", "1", px=5000))
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="s", heartbeat_timeout=1.0)
+    await plane.attach(store)  # type: ignore[arg-type]
+    await plane.start(TimedRecorder("s", timeline))
+    plane._reap_after = 0.0
+    try:
+        await plane._reap(0.3)
+    finally:
+        await plane.stop()
+        beat.close()
+    assert timeline == ["adopt 200"]
+    assert store.dropped == [(s, True) for s in range(1, 201)]
+    assert await client.hlen(f"{p}:events:ghost") == 250  # type: ignore[misc]
+    assert not await client.exists(f"{p}:taken:ghost")

@@ -7,11 +7,8 @@ must die by SIGKILL. Each test that stops Redis has a ``redis-server`` of its ow
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,30 +17,20 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from azure.core.exceptions import HttpResponseError
-from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
-from tests.conftest import ACCESS_KEY, StartService
+from tests.conftest import StartService
+from tests.support.cluster import service_at, spawn_node
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, next_data
 from webpubsub.backplane.redis import RedisBackplane
-from webpubsub.server.app import ServiceRunner
 
 pytestmark = pytest.mark.e2e
 
 WAIT = 10.0
 HEARTBEAT = 1.0
 """A short heartbeat timeout, so that a dead node is noticed within the test's time."""
-
-
-def service_at(runner_or_endpoint: ServiceRunner | str) -> WebPubSubServiceClient:
-    """The service SDK without retries (a failure must show), for a runner or an endpoint."""
-    if isinstance(runner_or_endpoint, ServiceRunner):
-        cs = runner_or_endpoint.connection_string
-    else:
-        cs = f"Endpoint={runner_or_endpoint};AccessKey={ACCESS_KEY};Version=1.0;"
-    return WebPubSubServiceClient.from_connection_string(cs, hub="chat", retry_total=0)
 
 
 def plane(server: RedisServer, prefix: str, node_id: str) -> RedisBackplane:
@@ -62,41 +49,6 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
-
-
-async def spawn_node(
-    tmp_path: Path, server: RedisServer, prefix: str, handler_url: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    """A ``webpubsub serve`` node in its own process; its endpoint."""
-    config = tmp_path / "victim.toml"
-    config.write_text(
-        f'[backplane]\nredis_url = "{server.url}"\nkey_prefix = "{prefix}"\n'
-        f'node_id = "victim"\nheartbeat_timeout_seconds = {HEARTBEAT}\n'
-        f'[hubs.chat]\n[[hubs.chat.event_handlers]]\nurl_template = "{handler_url}"\n'
-        'system_events = ["disconnected"]\nuser_event_pattern = "*"\n'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webpubsub.cli",
-        "serve",
-        "--port",
-        "0",
-        "--access-key",
-        ACCESS_KEY,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(WAIT):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            assert line, "the node ended before it listened"
-            if match := re.search(r"Listening on http://127\.0\.0\.1:(\d+)", line):
-                return proc, f"http://127.0.0.1:{match.group(1)}"
 
 
 async def test_a_killed_node_leaves_every_answer_and_a_survivor_sends_disconnected(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
-from tests.conftest import StartService
+from tests.conftest import ACCESS_KEY, StartService
 from tests.support.redis_server import RedisServer
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
@@ -52,6 +57,60 @@ async def presence_written(node: ServiceRunner) -> None:
             await node.backplane.flushed()
 
 
+def service_at(runner_or_endpoint: ServiceRunner | str) -> WebPubSubServiceClient:
+    """The service SDK without retries (a failure must show), for a runner or an endpoint."""
+    if isinstance(runner_or_endpoint, ServiceRunner):
+        cs = runner_or_endpoint.connection_string
+    else:
+        cs = f"Endpoint={runner_or_endpoint};AccessKey={ACCESS_KEY};Version=1.0;"
+    return WebPubSubServiceClient.from_connection_string(cs, hub="chat", retry_total=0)
+
+
 def on_node(url: str, first: ServiceRunner, node: ServiceRunner) -> str:
     """``url`` (issued by ``first``) pointed at ``node``."""
     return url.replace(f"//127.0.0.1:{first.port}/", f"//127.0.0.1:{node.port}/")
+
+
+async def spawn_node(
+    tmp_path: Path,
+    server: RedisServer,
+    prefix: str,
+    handler_url: str,
+    *,
+    heartbeat: float = 1.0,
+    system_events: Sequence[str] = ("disconnected",),
+    wait: float = 10.0,
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``webpubsub serve`` node ``victim`` in its own process (to be SIGKILLed), its
+    event queue in ``tmp_path``; its endpoint."""
+    config = tmp_path / "victim.toml"
+    events = ", ".join(f'"{e}"' for e in system_events)
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "victim-data"}"\n'
+        f'[backplane]\nredis_url = "{server.url}"\nkey_prefix = "{prefix}"\n'
+        f'node_id = "victim"\nheartbeat_timeout_seconds = {heartbeat}\n'
+        f'[hubs.chat]\n[[hubs.chat.event_handlers]]\nurl_template = "{handler_url}"\n'
+        f'system_events = [{events}]\nuser_event_pattern = "*"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webpubsub.cli",
+        "serve",
+        "--port",
+        "0",
+        "--access-key",
+        ACCESS_KEY,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(wait):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "the node ended before it listened"
+            if match := re.search(r"Listening on http://127\.0\.0\.1:(\d+)", line):
+                return proc, f"http://127.0.0.1:{match.group(1)}"

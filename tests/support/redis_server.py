@@ -4,6 +4,7 @@ serve TLS only (``rediss://``) and ask for a password, as a managed Redis does."
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote
+
+import redis.asyncio as aioredis
 
 from webpubsub.devcert import DevCert
 
@@ -118,3 +121,20 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def wait_for_hash_size(
+    client: aioredis.Redis, key: str, size: int, timeout: float = 10.0
+) -> None:
+    """Wait until hash ``key`` has ``size`` fields, woken by Redis's keyspace
+    notifications (switched on for hashes and generic commands here), bounded."""
+    await client.config_set("notify-keyspace-events", "Khg")
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"__keyspace@{db}__:{key}")
+    try:
+        async with asyncio.timeout(timeout):
+            while await client.hlen(key) != size:  # type: ignore[misc]
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -756,3 +756,80 @@ async def test_an_event_after_close_is_logged_and_counted_not_lost_silently(
     upstream.disconnected(hub_with(handler.url()), ctx("late"), "bye")
     assert upstream.stats.not_queued == 1
     assert "not queued" in caplog.text and "late" in caplog.text
+
+
+# -- the event mirror's view of the queue (node/ports.EventStore) ---------------------------
+
+
+class RecordingMirror:
+    """An event mirror that only records what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, int]] = []
+
+    async def attach(self, store: object) -> None:
+        pass
+
+    def queued(self, seq: int, record: bytes) -> None:
+        self.told.append(("queued", seq))
+
+    def settled(self, seq: int) -> None:
+        self.told.append(("settled", seq))
+
+
+async def test_the_mirror_hears_of_every_event_queued_delivered_or_dead_lettered(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    async def respond(seen: Seen) -> web.StreamResponse:
+        if seen.method == "POST" and seen.header("ce-connectionId") == "refused":
+            return web.Response(status=400)
+        return await default_respond(seen)
+
+    handler.respond = respond
+    mirror = RecordingMirror()
+    upstream = make_upstream(mirror=mirror)
+    hub = hub_with(handler.url())
+    upstream.connected(hub, ctx("taken"))
+    upstream.connected(hub, ctx("refused"))
+    async with asyncio.timeout(WAIT):
+        await upstream.wait_until(lambda: upstream.queued() == 0)
+    assert sorted(mirror.told) == [("queued", 1), ("queued", 2), ("settled", 1), ("settled", 2)]
+    assert upstream.stats.delivered == 1 and upstream.stats.dead_lettered == 1
+
+
+async def test_adopted_events_go_in_their_order_with_their_ce_id_and_dropped_ones_never(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    """Records of another node's queue are delivered here as they were built; events
+    another node took over leave this queue and its schedule, even mid back-off."""
+    refusing = True
+
+    async def respond(seen: Seen) -> web.StreamResponse:
+        if seen.method == "POST" and refusing:
+            return web.Response(status=503)
+        return await default_respond(seen)
+
+    handler.respond = respond
+    other = SqliteEventQueue(":memory:")
+    elsewhere = make_upstream(queue=other, retry=RetryPolicy(delays=(60.0,), horizon=600.0))
+    hub = hub_with(handler.url())
+    elsewhere.connected(hub, ctx("moved"))
+    elsewhere.disconnected(hub, ctx("moved"), "The client closed the connection.")
+    await handler.wait_until(lambda seen: len(handler.posts()) == 1)  # then 60 s of back-off
+    store = elsewhere.store
+    records = [record for _, record in store.records(store.pending_seqs())]
+    assert len(records) == 2
+
+    here = make_upstream()
+    refusing = False
+    assert here.store.adopt([b"not a record", *records]) == [0, 1, 2]
+    async with asyncio.timeout(WAIT):
+        await here.wait_until(lambda: here.stats.delivered == 2)
+    posts = handler.posts()
+    assert [p.event for p in posts] == ["connected", "connected", "disconnected"]
+    assert posts[0].headers == posts[1].headers  # the same request: ce-id, signature
+    assert here.stats.taken_over == 2
+
+    assert elsewhere.store.drop(elsewhere.store.pending_seqs()) == 2
+    assert elsewhere.queued() == 0 and other.count("pending") == 0
+    assert elsewhere.stats.taken_by_others == 2

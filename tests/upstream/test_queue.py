@@ -3,6 +3,7 @@ process at a time; and the ``webpubsub events`` commands that look into it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from hypothesis import strategies as st
 from webpubsub.cli import main
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.cloudevents import UpstreamRequest
-from webpubsub.upstream.queue import MEMORY, QueuedEvent, SqliteEventQueue, queue_file
+from webpubsub.upstream.queue import (
+    MEMORY,
+    RECORD_VERSION,
+    CorruptRecord,
+    QueuedEvent,
+    SqliteEventQueue,
+    decode_record,
+    encode_record,
+    queue_file,
+)
 
 
 def event(connection: str, name: str = "connected", ce_id: str = "1") -> QueuedEvent:
@@ -156,3 +166,53 @@ def test_an_event_reads_back_as_it_was_stored(events: list[QueuedEvent]) -> None
     assert queue.pending() == stored
     assert [dataclasses.replace(s, seq=0) for s in stored] == events
     queue.close()
+
+
+@given(_events)  # header values: any text, surrogates too; bodies: any bytes
+def test_a_record_for_another_node_decodes_to_the_event_due_now(event: QueuedEvent) -> None:
+    back = decode_record(encode_record(dataclasses.replace(event, seq=7)))
+    assert back == dataclasses.replace(event, seq=0, next_at=0.0)
+    assert back.request == event.request  # byte for byte: the same ce-id and signature
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_arbitrary_bytes_are_a_corrupt_record_and_nothing_else(data: bytes, framed: bool) -> None:
+    if framed:  # past the version and length checks, into the header
+        data = bytes([RECORD_VERSION]) + len(data).to_bytes(4, "big") + data
+    with contextlib.suppress(CorruptRecord):
+        decode_record(data)
+
+
+@given(_events, st.binary(max_size=40), st.integers(0, 200))
+def test_a_damaged_record_is_a_corrupt_record_or_still_well_typed(
+    event: QueuedEvent, noise: bytes, at: int
+) -> None:
+    raw = encode_record(event)
+    at = min(at, len(raw))
+    try:
+        back = decode_record(raw[:at] + noise + raw[at + len(noise) :])
+    except CorruptRecord:
+        return
+    assert isinstance(back.request.body, bytes) and isinstance(back.attempts, int)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[]",
+        b'{"chain": 1}',
+        b"{not json",
+        b'{"chain":"c","event":"e","method":"POST","url":"u","headers":[["a"]],'
+        b'"validate_url":"","timeout":1,"created":1,"attempts":0,"last_error":""}',
+        b'{"chain":"c","event":"e","method":"POST","url":"u","headers":[],'
+        b'"validate_url":"","timeout":NaN,"created":1,"attempts":0,"last_error":""}',
+        b'{"chain":"c","event":"e","method":"POST","url":"u","headers":[],'
+        b'"validate_url":"","timeout":1,"created":1,"attempts":-1,"last_error":""}',
+    ],
+)
+def test_a_record_with_a_wrong_header_is_named_corrupt(header: bytes) -> None:
+    raw = bytes([RECORD_VERSION]) + len(header).to_bytes(4, "big") + header
+    with pytest.raises(CorruptRecord):
+        decode_record(raw)
+    with pytest.raises(CorruptRecord, match="version 2"):
+        decode_record(bytes([2]) + raw[1:])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
-from webpubsub.node.ports import HandoverPort, PresencePort, ReapedConnection
+from webpubsub.node.ports import EventMirrorPort, HandoverPort, PresencePort, ReapedConnection
 from webpubsub.protocol.backplane import Answer, Command, Query
 
 
@@ -57,6 +57,11 @@ class Backplane(abc.ABC):
 
     def handover(self) -> HandoverPort | None:
         """How reliable connections move between nodes, if they can (not in one process)."""
+        return None
+
+    def event_mirror(self) -> EventMirrorPort | None:
+        """Where the node's queued events are copied for the others to take over should
+        it die, if this backplane spans processes (one process has nobody to take them)."""
         return None
 
     def health(self) -> dict[str, object]:

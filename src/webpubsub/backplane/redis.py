@@ -22,6 +22,11 @@ How the nodes share work (docs/architecture.md, "The Redis backplane"):
   that node reports the dead node's connections to its own node (``reaped``), which
   sends their ``disconnected`` events: exactly once, since only the reaper that
   deletes a connection's key reports it.
+* **Queued events** (``connected``/``disconnected`` waiting for their handler): each
+  node mirrors its local queue into ``{prefix}:events:{id}`` (a hash, seq → record),
+  in the background, after the local write. The reaper takes a dead node's mirrored
+  events over into its own queue before it reaps that node's connections, and marks
+  what it took in ``{prefix}:taken:{id}``; a node that comes back drops those.
 * **Faults**: a command that cannot be published, or a query that cannot be
   answered, raises :class:`ServiceUnavailable` (REST: 503 with a JSON body), never a
   silent success. The subscription reconnects with a bounded back-off; presence is
@@ -39,7 +44,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -53,7 +58,7 @@ from webpubsub.backplane.base import Backplane, NodeEndpoint
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.errors import CorruptEnvelope, ServiceUnavailable
-from webpubsub.node.ports import ReapedConnection
+from webpubsub.node.ports import EventStore, ReapedConnection
 from webpubsub.protocol.backplane import (
     Answer,
     ChangeGroup,
@@ -88,6 +93,9 @@ PRESENCE_QUEUE_LIMIT = 100_000
 """Presence writes waiting for Redis; past this the queue is dropped and presence is
 written again from the node's own connections once Redis answers."""
 _RECONNECT_MAX_DELAY = 1.0
+_WRITE_FAULTS = (RedisError, OSError, RuntimeError)
+"""What a background writer survives: Redis errors, and a connection whose transport
+closed under it (uvloop raises RuntimeError for a write to a closed transport)."""
 _STOP_TIMEOUT = 5.0
 _SEP = "\x00"
 _STOP: tuple[str, tuple[Any, ...]] = ("stop", ())
@@ -101,6 +109,16 @@ HELD_LIMIT = 100_000
 """Commands held back for pending handovers; past this they are applied at once."""
 _WAKE: tuple[str, tuple[Any, ...]] = ("wake", ())
 """Queued when presence must be written anew: the writer looks at the rebuild flag."""
+MIRROR_QUEUE_LIMIT = 10_000
+MIRROR_QUEUE_BYTES = 64 * 1024 * 1024
+"""Mirror writes (of queued events) waiting for Redis, by count and by bytes; past
+either the writes are dropped and the mirror made to match the local queue again."""
+TAKEOVER_BATCH = 200
+"""Events of a dead node taken over per step: read, queued here durably, then removed
+from the dead node's mirror in one script."""
+TAKEN_MARK_SECONDS = 7 * 86400
+"""How long a node's ``taken:`` mark stays: a node that comes back later than this
+with its old queue file sends the events that were taken over again (same ``ce-id``)."""
 
 
 class Keys:
@@ -145,6 +163,14 @@ class Keys:
 
     def perms(self, hub: str, cid: str) -> str:
         return f"{self.prefix}:perm:{hub}:{cid}"
+
+    def events(self, node_id: str) -> str:
+        """The mirror of a node's queued events: a hash, its local ``seq`` → the record."""
+        return f"{self.prefix}:events:{node_id}"
+
+    def taken(self, node_id: str) -> str:
+        """The ``seq`` of the node's events a survivor took over (the node drops them)."""
+        return f"{self.prefix}:taken:{node_id}"
 
 
 # -- Lua: every script gets the prefix as ARGV[1] and builds its keys from it --------------
@@ -294,6 +320,34 @@ return redis.call('DEL', cg)
 )
 
 
+# KEYS: reaper lock, the dead node's heartbeat; ARGV: this node, lock ms
+#   ->  1 if this node still holds the lock and the node is still dead (lock extended)
+_STILL_REAPING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: the dead node's mirror, its taken mark, its heartbeat; ARGV: mark seconds, seqs...
+#   ->  -1 if the node came back (nothing taken), else those of seqs still there (taken)
+# Removes the events a survivor has queued from the mirror and marks them taken, in one
+# step: an event is taken by one survivor only, and only while its node is dead.
+_TAKE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local taken = {}
+for i = 2, #ARGV do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('SADD', KEYS[2], ARGV[i])
+    taken[#taken + 1] = ARGV[i]
+  end
+end
+if #taken > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return taken
+"""
+
+
 class RedisBackplane(Backplane):
     """Nodes joined through Redis; ``url`` is ``redis://`` or ``rediss://`` (TLS)."""
 
@@ -346,8 +400,20 @@ class RedisBackplane(Backplane):
                 ("apply", _APPLY_AND_PUBLISH),
                 ("reap", _REAP_ONE),
                 ("reset_groups", _RESET_GROUPS),
+                ("still_reaping", _STILL_REAPING),
+                ("take", _TAKE),
             )
         }
+        self._store: EventStore | None = None
+        """This node's event queue, once attached: what the mirror copies."""
+        self._mirror_ops: deque[tuple[int, bytes | None]] = deque()
+        """Mirror writes waiting, in order: (seq, record), or (seq, None) to remove."""
+        self._mirror_bytes = 0
+        self._mirror_resync = True
+        """The mirror must be made to match the local queue (at start, after a fault)."""
+        self._mirror_wake = asyncio.Event()
+        self._mirror_progress = asyncio.Event()
+        self._mirror_busy = False
         self._local: dict[tuple[str, str], Connection] = {}
         """This node's connections by (hub, id): what presence is rebuilt from."""
         self._pending: dict[str, _Pending] = {}
@@ -379,6 +445,8 @@ class RedisBackplane(Backplane):
             asyncio.create_task(self._write_presence(), name="redis-presence"),
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
         ]
+        if self._store is not None:
+            self._tasks.append(asyncio.create_task(self._write_mirror(), name="redis-events"))
         try:
             async with asyncio.timeout(5.0):
                 await self._subscribed.wait()
@@ -396,16 +464,18 @@ class RedisBackplane(Backplane):
         cancellation that lands inside a command. Every wait here is bounded.
         """
         self._stopping = True  # the loops end even if a cancellation is swallowed
-        writer = next((t for t in self._tasks if t.get_name() == "redis-presence"), None)
+        writers = [t for t in self._tasks if t.get_name() in ("redis-presence", "redis-events")]
         if self._reaping is not None:
             self._tasks.append(self._reaping)
         for task in self._tasks:
-            if task is not writer:
+            if task not in writers:
                 task.cancel()
-        if writer is not None:
+        if writers:
             self._writes.put_nowait(_STOP)
-            await asyncio.wait({writer}, timeout=_STOP_TIMEOUT)
-            writer.cancel()
+            self._mirror_wake.set()
+            await asyncio.wait(writers, timeout=_STOP_TIMEOUT)
+            for writer in writers:
+                writer.cancel()
         if self._tasks or self._sends:
             await asyncio.wait([*self._tasks, *self._sends], timeout=_STOP_TIMEOUT)
         self._tasks = []
@@ -572,7 +642,7 @@ class RedisBackplane(Backplane):
                 self._rewriting = True
                 try:
                     await self._rewrite_all()
-                except RedisError as exc:
+                except _WRITE_FAULTS as exc:
                     log.warning("presence rebuild failed (%s); retrying", exc)
                     self._need_rebuild()
                     await asyncio.sleep(_RECONNECT_MAX_DELAY)  # a bounded back-off
@@ -598,7 +668,7 @@ class RedisBackplane(Backplane):
                 for name, values in batch:
                     self._stage(pipe, name, *values)
                 await pipe.execute()
-            except RedisError as exc:
+            except _WRITE_FAULTS as exc:
                 log.warning("presence write failed (%s); rebuilding once Redis answers", exc)
                 self._drain_queue()
                 self._need_rebuild()
@@ -629,6 +699,7 @@ class RedisBackplane(Backplane):
         self._sync_changed.set()
 
     def _need_rebuild(self) -> None:
+        self._need_mirror_resync()
         self._rebuild.set()
         self._sync_changed.set()
         self._progress.set()
@@ -1002,9 +1073,12 @@ class RedisBackplane(Backplane):
                 check = self._redis.pipeline(transaction=False)
                 check.exists(self.keys.node(self.node_id))
                 check.exists(self.keys.reaped(self.node_id))
-                present, reaped = await check.execute()
+                check.exists(self.keys.taken(self.node_id))
+                present, reaped, taken = await check.execute()
                 missing = not present
                 await self._beat()
+                if taken:
+                    self._need_mirror_resync()  # which drops what was taken first
                 if missing or reaped:
                     # Redis restarted empty, or we were reaped: write presence again (after
                     # a reaping, without the connections whose end was reported).
@@ -1012,7 +1086,7 @@ class RedisBackplane(Backplane):
                 if not self._stopping and (self._reaping is None or self._reaping.done()):
                     # Apart from the beat: a long reap must not let this node's key lapse.
                     self._reaping = asyncio.create_task(self._reap_quietly(interval))
-            except RedisError as exc:
+            except _WRITE_FAULTS as exc:
                 log.warning("node %s heartbeat failed: %s", self.node_id, exc)
             except Exception:  # the beat must go on, or this node is taken for dead
                 log.exception("node %s heartbeat failed", self.node_id)
@@ -1038,6 +1112,8 @@ class RedisBackplane(Backplane):
             dead = _text(raw_id)
             if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
                 continue
+            if not await self._take_events(dead, int(interval * 2000)):
+                return  # it came back, or the lock went to another reaper
             await self._reap_node(dead, mark=True)
             log.warning("node %s reaped the presence of dead node %s", self.node_id, dead)
 
@@ -1081,8 +1157,203 @@ class RedisBackplane(Backplane):
                 args=[self.keys.prefix, hub, cid, self.node_id], client=pipe
             )
         pipe.delete(self.keys.node(self.node_id), self.keys.node_conns(self.node_id))
-        pipe.srem(self.keys.nodes, self.node_id)
         await pipe.execute()
+        if not await self._redis.hlen(self.keys.events(self.node_id)):
+            await self._redis.srem(self.keys.nodes, self.node_id)
+        # else it stays listed without a heartbeat: a survivor takes its events over
+
+    # -- the mirror of queued events (node/ports.EventMirrorPort) --------------------------
+
+    def event_mirror(self) -> RedisBackplane:
+        """The mirror of this node's queued events: this backplane."""
+        return self
+
+    async def attach(self, store: EventStore) -> None:
+        """Beat (a survivor taking this node's events over stops), drop what was taken
+        while this node was away, and mirror ``store`` from :meth:`start` on."""
+        self._store = store
+        try:
+            await self._beat()
+            await self._drop_taken()
+        except RedisError as exc:
+            raise ServiceUnavailable(
+                f"cannot reach Redis at {_redacted(self.url)}: {exc}"
+            ) from None
+
+    def queued(self, seq: int, record: bytes) -> None:
+        self._mirror_op(seq, record)
+
+    def settled(self, seq: int) -> None:
+        self._mirror_op(seq, None)
+
+    def _mirror_op(self, seq: int, record: bytes | None) -> None:
+        if self._mirror_resync:
+            return  # the whole queue is copied anew
+        size = len(record) if record is not None else 0
+        if (
+            len(self._mirror_ops) >= MIRROR_QUEUE_LIMIT
+            or self._mirror_bytes + size > MIRROR_QUEUE_BYTES
+        ):
+            log.warning("event mirror writes backed up; copying the queue once Redis answers")
+            self._need_mirror_resync()
+            return
+        self._mirror_ops.append((seq, record))
+        self._mirror_bytes += size
+        self._mirror_wake.set()
+
+    def _need_mirror_resync(self) -> None:
+        self._mirror_resync = True
+        self._mirror_ops.clear()
+        self._mirror_bytes = 0
+        self._mirror_wake.set()
+        self._mirror_progress.set()
+
+    async def mirror_flushed(self) -> None:
+        """Return once the mirror matches every change of the local queue so far (bound
+        it with ``asyncio.timeout``)."""
+        while True:
+            self._mirror_progress.clear()
+            if not (self._mirror_resync or self._mirror_ops or self._mirror_busy):
+                return
+            await self._mirror_progress.wait()
+
+    async def _write_mirror(self) -> None:
+        """Write mirror changes in order, pipelined; after a fault copy the queue anew."""
+        delay = 0.05
+        while True:
+            if self._mirror_resync and not self._stopping:
+                self._mirror_resync = False
+                self._mirror_busy = True
+                try:
+                    await self._resync_mirror()
+                    delay = 0.05
+                except Exception as exc:  # Redis, or the queue closing at shutdown
+                    log.warning("event mirror not written (%s); retrying", exc)
+                    self._need_mirror_resync()
+                    await asyncio.sleep(delay)  # a bounded back-off
+                    delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+                    continue
+                finally:
+                    self._mirror_busy = False
+                    self._mirror_progress.set()
+            if not self._mirror_ops:
+                if self._stopping:
+                    return
+                self._mirror_wake.clear()
+                await self._mirror_wake.wait()
+                continue
+            batch = [self._mirror_ops.popleft() for _ in range(min(500, len(self._mirror_ops)))]
+            self._mirror_bytes -= sum(len(r) for _, r in batch if r is not None)
+            self._mirror_busy = True
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                key = self.keys.events(self.node_id)
+                for seq, record in batch:
+                    if record is None:
+                        pipe.hdel(key, str(seq))
+                    else:
+                        pipe.hset(key, str(seq), record)
+                await pipe.execute()
+            except _WRITE_FAULTS as exc:
+                log.warning("event mirror write failed (%s); copying the queue anew", exc)
+                self._need_mirror_resync()
+            finally:
+                self._mirror_busy = False
+                self._mirror_progress.set()
+
+    async def _drop_taken(self) -> int:
+        """Drop from the local queue the events a survivor took over; how many. The mark
+        loses only what was dropped (a survivor may be adding to it meanwhile)."""
+        if self._store is None:
+            return 0
+        mark = self.keys.taken(self.node_id)
+        members = await self._redis.smembers(mark)
+        if not members:
+            return 0
+        seqs = sorted(int(_text(m)) for m in members)
+        dropped = self._store.drop(seqs)
+        for batch in _chunks(seqs, 1000):
+            await self._redis.srem(mark, *(str(s) for s in batch))
+        log.warning(
+            "node %s was taken for dead: %d of its queued events were taken over by another "
+            "node and are not sent from here",
+            self.node_id,
+            dropped,
+        )
+        return dropped
+
+    async def _resync_mirror(self) -> None:
+        """Make the mirror match the local queue: what was taken over goes from the
+        queue, what the mirror holds that the queue does not goes from the mirror, what
+        the queue holds that the mirror lacks is written."""
+        assert self._store is not None
+        await self._drop_taken()
+        self._mirror_ops.clear()  # the snapshot below replaces them; later ones follow it
+        self._mirror_bytes = 0
+        local = self._store.pending_seqs()
+        key = self.keys.events(self.node_id)
+        recorded = {int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit()}
+        wanted = set(local)
+        extra = sorted(recorded - wanted)
+        for batch in _chunks(extra, 1000):
+            await self._redis.hdel(key, *(str(s) for s in batch))
+        missing = [s for s in local if s not in recorded]
+        for batch in _chunks(missing, 500):
+            records = self._store.records(batch)
+            if records:
+                await self._redis.hset(key, mapping={str(s): r for s, r in records})
+        if extra or missing:
+            log.info(
+                "event mirror of node %s: %d written, %d removed",
+                self.node_id,
+                len(missing),
+                len(extra),
+            )
+
+    async def _take_events(self, dead: str, lock_ms: int) -> bool:
+        """Queue here, in their order, the events dead node ``dead`` left in its mirror;
+        False if it came back or the reaper lock was lost meanwhile (the rest stay)."""
+        if self._store is None:
+            return True  # nowhere to put them: they stay for a node that can
+        key, mark, beat = self.keys.events(dead), self.keys.taken(dead), self.keys.node(dead)
+        seqs = sorted(int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit())
+        taken = 0
+        for batch in _chunks(seqs, TAKEOVER_BATCH):
+            still = await self._scripts["still_reaping"](
+                keys=[self.keys.reaper, beat], args=[self.node_id, lock_ms]
+            )
+            if not still:
+                log.warning("node %s stopped taking over the events of node %s", self.node_id, dead)
+                return False
+            values = await self._redis.hmget(key, [str(s) for s in batch])
+            found = [(s, v) for s, v in zip(batch, values, strict=True) if v is not None]
+            if not found:
+                continue
+            adopted = self._store.adopt([_raw(v) for _, v in found])  # durable here first
+            took = await self._scripts["take"](
+                keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
+            )
+            done = {int(_text(s)) for s in took} if isinstance(took, list) else set()
+            # Those not taken (it came back, or they went meanwhile) are not ours to send.
+            undo = [mine for (s, _), mine in zip(found, adopted, strict=True) if s not in done]
+            self._store.drop([mine for mine in undo if mine], handed_back=True)
+            taken += len(done)
+            if not isinstance(took, list):
+                return False
+        if taken:
+            log.warning(
+                "node %s took over %d queued events of dead node %s", self.node_id, taken, dead
+            )
+        return True
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ and the operations depend on these protocols only, never on an implementation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,44 @@ class HandoverPort(Protocol):
     ) -> None:
         """Send a connection's state (or the reason it cannot move) to ``to_node``;
         ``undelivered`` is called when no node took it (the connection then stays)."""
+
+
+class EventStore(Protocol):
+    """A node's own queue of ``connected``/``disconnected`` events as an event mirror
+    sees it (implemented in upstream/): events are opaque records keyed by ``seq``."""
+
+    def pending_seqs(self) -> list[int]:
+        """The ``seq`` of every event waiting here, in order."""
+
+    def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
+        """The records of those of ``seqs`` still waiting, in order."""
+
+    def adopt(self, records: Sequence[bytes]) -> list[int]:
+        """Queue events another node left, in the order given, durably on return (each
+        mirrored as one of this node's own); for each record its ``seq`` here (0: not
+        queued, unreadable or dead-lettered). Raises if this queue is closed."""
+
+    def drop(self, seqs: Collection[int], *, handed_back: bool = False) -> int:
+        """Another node took these events over (``handed_back``: their node took them
+        back before this one could claim them): never deliver them here; how many went."""
+
+
+class EventMirrorPort(Protocol):
+    """Where a networked backplane keeps a copy of each node's queued events, so that a
+    survivor can take over those of a node that died (implemented in backplane/).
+
+    The local queue stays the write-ahead: :meth:`queued` and :meth:`settled` are told
+    after the local write, never block and never fail (written in the background,
+    bounded; after a fault the copy is made to match the store again)."""
+
+    async def attach(self, store: EventStore) -> None:
+        """Before the store delivers anything: drop from it what other nodes took over
+        while this node was taken for dead, then keep the copy in step with it."""
+
+    def queued(self, seq: int, record: bytes) -> None: ...
+
+    def settled(self, seq: int) -> None:
+        """Delivered, buried or purged."""
 
 
 @dataclass(frozen=True, slots=True)

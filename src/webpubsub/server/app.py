@@ -106,6 +106,7 @@ class ServiceRunner:
         origin = upstream_origin or self._host_for_urls()
         up = self.config.upstream
         queue = SqliteEventQueue(self.queue_path)  # fails first: in use elsewhere
+        mirror = self.backplane.event_mirror()
         self.upstream = Upstream(
             HttpTransport(
                 max_connections=up.max_connections_per_origin,
@@ -126,7 +127,10 @@ class ServiceRunner:
             # Background deliveries take at most half an origin's pool: user events
             # (a client waiting) always find connections free.
             per_origin=max(1, up.max_connections_per_origin // 2),
+            mirror=mirror,
         )
+        if mirror is not None:  # before any delivery: what others took over is not sent
+            await mirror.attach(self.upstream.store)
         self.upstream.start()
         self.node = Node(
             hub_settings=self.config.hub,
@@ -224,6 +228,8 @@ class ServiceRunner:
                 "queueFull": stats.queue_full,
                 "deadDropped": stats.dead_dropped,
                 "notQueued": stats.not_queued,
+                "takenOver": stats.taken_over,
+                "takenByOthers": stats.taken_by_others,
             }
         return body
 
@@ -256,9 +262,11 @@ class ServiceRunner:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.backplane.stop()
+        # Deliver first, then leave: deliveries still reach the event mirror, and what is
+        # left stays there, for a survivor to take over if this node does not come back.
         if self.upstream is not None:
             await self.upstream.aclose(self.config.server.shutdown_timeout_seconds)
+        await self.backplane.stop()
 
     def _host_for_urls(self) -> str:
         if self._advertised_host:

@@ -15,6 +15,9 @@
   letters, logged and counted), ``max_dead`` dead letters are kept (the oldest go,
   logged and counted), at most ``per_origin`` deliveries run to one handler origin
   and :data:`MAX_RUNNING` in all.
+* With an event mirror (the Redis backplane), each queued event is also copied where
+  the other nodes can take it over should this node die (:class:`EventStore` is how
+  the mirror sees this queue): the local queue stays the write-ahead, the copy follows.
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ import asyncio
 import heapq
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from webpubsub.errors import UpstreamError
+from webpubsub.node.ports import EventMirrorPort
 from webpubsub.protocol.cloudevents import async_outcome
 from webpubsub.upstream.http import HttpTransport, safe_url
-from webpubsub.upstream.queue import EventQueue, QueuedEvent
+from webpubsub.upstream.queue import (
+    CorruptRecord,
+    EventQueue,
+    QueuedEvent,
+    decode_record,
+    encode_record,
+)
 
 _log = logging.getLogger("webpubsub.upstream")
 
@@ -71,6 +81,10 @@ class DeliveryStats:
     dead_dropped: int = 0
     not_queued: int = 0
     """Events that happened after the queue was closed (at the very end of a shutdown)."""
+    taken_over: int = 0
+    """Events of a dead node this node took over (queued here, with their ``ce-id``)."""
+    taken_by_others: int = 0
+    """Events of this node another took over while it was taken for dead (not sent here)."""
 
 
 @dataclass(slots=True)
@@ -109,8 +123,10 @@ class Delivery:
         max_queued: int = 100_000,
         max_dead: int = 100_000,
         per_origin: int = 100,
+        mirror: EventMirrorPort | None = None,
     ) -> None:
         self.queue = queue
+        self._mirror = mirror
         self.stats = DeliveryStats()
         self._transport = transport
         self._validate = validate
@@ -179,8 +195,18 @@ class Delivery:
                 )
             self._bury(event, "the event queue was full")
             return
-        self._track(self.queue.add(event))
+        stored = self.queue.add(event)
+        self._track(stored)
+        self._mirrored(stored)
         self._ensure_pump()
+
+    def _mirrored(self, event: QueuedEvent) -> None:
+        if self._mirror is not None:
+            self._mirror.queued(event.seq, encode_record(event))
+
+    def _unmirrored(self, seq: int) -> None:
+        if self._mirror is not None:
+            self._mirror.settled(seq)
 
     def _track(self, event: QueuedEvent) -> None:
         self._last_seq = max(self._last_seq, event.seq)
@@ -247,6 +273,7 @@ class Delivery:
                 event = self.queue.get(seq)
                 if event is not None:
                     self._track(event)
+                    self._mirrored(event)
             self._polled = seq
 
     def _start_due(self, now: float) -> None:
@@ -314,6 +341,7 @@ class Delivery:
     async def _deliver(self, item: _Item) -> None:
         event = self.queue.get(item.seq)
         if event is None:  # purged meanwhile
+            self._unmirrored(item.seq)
             self._finish(item)
             return
         where = f"{event.event} event to {safe_url(event.request.url)} ({event.chain})"
@@ -327,6 +355,7 @@ class Delivery:
         outcome = async_outcome(response, self._clock())
         if outcome.delivered:
             self.queue.remove(item.seq)
+            self._unmirrored(item.seq)
             self.stats.delivered += 1
             self._origin_back(item.origin)
             if item.attempts:
@@ -405,6 +434,8 @@ class Delivery:
 
     def _bury(self, event: QueuedEvent, reason: str) -> None:
         self.queue.bury(event, self._clock(), reason)
+        if event.seq:
+            self._unmirrored(event.seq)
         self.stats.dead_lettered += 1
         dropped = self.queue.trim_dead(self._max_dead)
         if dropped:
@@ -415,6 +446,86 @@ class Delivery:
                 self._max_dead,
                 self.stats.dead_dropped,
             )
+
+    # -- the queue as an event mirror sees it (node/ports.EventStore) ---------------------
+
+    def _open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the event queue is closed")
+
+    def pending_seqs(self) -> list[int]:
+        self._open()
+        return self.queue.pending_seqs(after=0)
+
+    def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
+        self._open()
+        found = (self.queue.get(seq) for seq in seqs)
+        return [(event.seq, encode_record(event)) for event in found if event is not None]
+
+    def adopt(self, records: Sequence[bytes]) -> list[int]:
+        """Queue the events a dead node left, in their order, with their request and
+        ``ce-id`` (attempts and ``created`` kept: the horizon counts from the event);
+        each is then this node's own, mirrored as such. Returns, per record, its ``seq``
+        here (0: unreadable, or dead-lettered by a full queue)."""
+        self._open()
+        adopted: list[int] = []
+        for record in records:
+            try:
+                event = decode_record(record)
+            except CorruptRecord as exc:
+                _log.warning("an event taken over from another node is unreadable: %s", exc)
+                adopted.append(0)
+                continue
+            before = self._last_seq
+            self.add(event)
+            self.stats.taken_over += 1
+            adopted.append(self._last_seq if self._last_seq > before else 0)
+        return adopted
+
+    def drop(self, seqs: Collection[int], *, handed_back: bool = False) -> int:
+        """Another node took these events over (this one was taken for dead), or with
+        ``handed_back`` their node kept them after all: they go from the queue, and from
+        the schedule unless their attempt is under way."""
+        wanted = set(seqs)
+        if not wanted:
+            return 0
+        self._open()
+        gone = self.queue.purge("pending", sorted(wanted))
+        if handed_back:
+            self.stats.taken_over -= gone
+        else:
+            self.stats.taken_by_others += gone
+        for name, chain in list(self._chains.items()):
+            keep = deque(
+                i
+                for n, i in enumerate(chain.items)
+                if i.seq not in wanted or (n == 0 and chain.running)
+            )
+            if len(keep) == len(chain.items):
+                continue
+            head, kept = chain.items[0], {id(i) for i in keep}
+            for item in chain.items:
+                if id(item) not in kept:
+                    self._count -= 1
+                    self._seqs.discard(item.seq)
+                    self._unmirrored(item.seq)
+            chain.items = keep
+            if keep and keep[0] is head:
+                continue
+            if self._canary.get(head.origin) == name:
+                del self._canary[head.origin]
+            waiting = self._waiting.get(head.origin)
+            if waiting is not None:
+                waiting.pop(name, None)
+                if not waiting:
+                    del self._waiting[head.origin]
+            if keep:
+                self._schedule(keep[0])
+            else:
+                del self._chains[name]
+        if not self._chains and self._drained is not None:
+            self._drained.set()
+        return gone
 
     # -- out ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import NoEventHandler, UpstreamError
+from webpubsub.node.ports import EventMirrorPort, EventStore
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
     ConnectRequest,
@@ -87,6 +88,7 @@ class Upstream:
         max_dead_events: int = 100_000,
         per_origin: int = 100,
         queue_clock: Callable[[], float] = time.time,
+        mirror: EventMirrorPort | None = None,
     ) -> None:
         self._transport = transport
         self._keys = tuple(keys)
@@ -109,7 +111,13 @@ class Upstream:
             max_queued=max_queued_events,
             max_dead=max_dead_events,
             per_origin=per_origin,
+            mirror=mirror,
         )
+
+    @property
+    def store(self) -> EventStore:
+        """The queue of asynchronous events as an event mirror sees it."""
+        return self._delivery
 
     @property
     def stats(self) -> DeliveryStats:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -170,6 +172,89 @@ def _event(seq: int, row: Sequence[Any]) -> QueuedEvent:
         next_at=float(next_at),
         last_error=str(last_error),
     )
+
+
+RECORD_VERSION = 1
+_RECORD_HEAD = struct.Struct(">BI")
+"""A record: a version byte, the JSON header's length, the header, then the body raw."""
+_TEXT_FIELDS = ("chain", "event", "method", "url", "validate_url", "last_error")
+
+
+class CorruptRecord(ValueError):
+    """Bytes that are not a queued event of this version (from another node's mirror)."""
+
+
+def encode_record(event: QueuedEvent) -> bytes:
+    """``event`` as one value another node can take over (its ``seq`` and schedule stay
+    here; the request, ``ce-id`` included, travels byte for byte)."""
+    r = event.request
+    header = {
+        "chain": event.chain,
+        "event": event.event,
+        "method": r.method,
+        "url": r.url,
+        "headers": [list(h) for h in r.headers],
+        "validate_url": event.validate_url,
+        "timeout": event.timeout,
+        "created": event.created,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+    }
+    # The stdlib's json, as for the queue's rows: it escapes a lone surrogate.
+    raw = json.dumps(header, separators=(",", ":")).encode("ascii")
+    return _RECORD_HEAD.pack(RECORD_VERSION, len(raw)) + raw + r.body
+
+
+def decode_record(data: bytes) -> QueuedEvent:
+    """The event :func:`encode_record` made (``seq`` 0, due now); raises only
+    :class:`CorruptRecord`."""
+    if len(data) < _RECORD_HEAD.size:
+        raise CorruptRecord("a queued event record is shorter than its header")
+    version, length = _RECORD_HEAD.unpack_from(data)
+    if version != RECORD_VERSION:
+        raise CorruptRecord(f"a queued event record of version {version}")
+    end = _RECORD_HEAD.size + length
+    if end > len(data):
+        raise CorruptRecord("a queued event record ends inside its header")
+    try:
+        header = json.loads(data[_RECORD_HEAD.size : end])
+    except (ValueError, RecursionError):
+        raise CorruptRecord("a queued event record's header is not JSON") from None
+    if not isinstance(header, dict):
+        raise CorruptRecord("a queued event record's header is not an object")
+    text = {name: header.get(name) for name in _TEXT_FIELDS}
+    headers = header.get("headers")
+    timeout, created, attempts = (header.get(k) for k in ("timeout", "created", "attempts"))
+    if (
+        not all(isinstance(v, str) for v in text.values())
+        or not isinstance(headers, list)
+        or not all(
+            isinstance(h, list) and len(h) == 2 and all(isinstance(v, str) for v in h)
+            for h in headers
+        )
+        or not _finite(timeout)
+        or not _finite(created)
+        or type(attempts) is not int
+        or attempts < 0
+    ):
+        raise CorruptRecord("a queued event record has a missing or mistyped field")
+    request = UpstreamRequest(
+        str(text["method"]), str(text["url"]), tuple((k, v) for k, v in headers), data[end:]
+    )
+    return QueuedEvent(
+        chain=str(text["chain"]),
+        event=str(text["event"]),
+        request=request,
+        validate_url=str(text["validate_url"]),
+        timeout=float(timeout),  # type: ignore[arg-type]
+        created=float(created),  # type: ignore[arg-type]
+        attempts=attempts,
+        last_error=str(text["last_error"]),
+    )
+
+
+def _finite(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def queue_file(data_dir: str, node_id: str | None) -> str:
