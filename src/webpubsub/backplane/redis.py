@@ -1329,7 +1329,11 @@ class RedisBackplane(Backplane):
             found = [(s, v) for s, v in zip(batch, values, strict=True) if v is not None]
             if not found:
                 continue
-            adopted = self._store.adopt([_raw(v) for _, v in found])  # durable here first
+            try:
+                adopted = self._store.adopt([_raw(v) for _, v in found])  # durable here first
+            except RuntimeError as exc:  # this node's queue closed: it is stopping
+                log.info("node %s leaves the events of node %s: %s", self.node_id, dead, exc)
+                return False
             took = await self._scripts["take"](
                 keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
             )
