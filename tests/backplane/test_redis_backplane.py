@@ -186,6 +186,9 @@ class RecordingStore:
     def pending_seqs(self) -> list[int]:
         return []
 
+    def next_seq(self) -> int:
+        return 1
+
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
         return []
 

@@ -344,3 +344,46 @@ async def test_a_node_stopped_with_events_left_hands_them_to_a_survivor_and_not_
     finally:
         await again.stop()
     handler.took_once_each(cid)
+
+
+async def test_a_node_restarted_without_its_queue_file_takes_its_copied_events_back(
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A lone node stops with two events its handler has not taken and starts again
+    under the same node id with an empty data_dir (a container without its volume): it
+    queues them again from its copy in Redis and delivers them with their ce-id."""
+    handler = Handler(handler_app)
+    hub = chat_hub(handler_app.url, system=EVENTS)
+
+    def node(data: str) -> ServiceRunner:
+        return ServiceRunner(
+            make_config(hub, data_dir=str(tmp_path / data)),
+            backplane=plane(redis_server.url, redis_prefix, "a"),
+            advertised_host="127.0.0.1",
+        )
+
+    first = node("lost-volume")
+    await first.start()
+    async with service_at(first) as on_a:
+        url = (await on_a.get_client_access_token(user_id="kept"))["url"]
+        ws, cid = await json_client(http, url, WAIT)
+    await ws.close()
+    await wait_for_hash_size(client, f"{redis_prefix}:events:a", 2, WAIT)
+    left = queued_here(first)
+    await first.stop()  # the handler still down: both stay queued, and copied
+
+    again = node("new-volume")
+    handler.down = False
+    await again.start()
+    try:
+        await delivered(again, 2)
+        assert again.upstream is not None and again.upstream.stats.taken_over == 2
+    finally:
+        await again.stop()
+    handler.took_once_each(cid)
+    assert [(c, ce) for c, _, ce in handler.took] == left

@@ -93,8 +93,8 @@ PRESENCE_QUEUE_LIMIT = 100_000
 """Presence writes waiting for Redis; past this the queue is dropped and presence is
 written again from the node's own connections once Redis answers."""
 _RECONNECT_MAX_DELAY = 1.0
-_WRITE_FAULTS = (RedisError, OSError, RuntimeError)
-"""What a background writer survives: Redis errors, and a connection whose transport
+_REDIS_FAULTS = (RedisError, OSError, RuntimeError)
+"""What the background loops survive: Redis errors, and a connection whose transport
 closed under it (uvloop raises RuntimeError for a write to a closed transport)."""
 _STOP_TIMEOUT = 5.0
 _SEP = "\x00"
@@ -642,7 +642,7 @@ class RedisBackplane(Backplane):
                 self._rewriting = True
                 try:
                     await self._rewrite_all()
-                except _WRITE_FAULTS as exc:
+                except _REDIS_FAULTS as exc:
                     log.warning("presence rebuild failed (%s); retrying", exc)
                     self._need_rebuild()
                     await asyncio.sleep(_RECONNECT_MAX_DELAY)  # a bounded back-off
@@ -668,7 +668,7 @@ class RedisBackplane(Backplane):
                 for name, values in batch:
                     self._stage(pipe, name, *values)
                 await pipe.execute()
-            except _WRITE_FAULTS as exc:
+            except _REDIS_FAULTS as exc:
                 log.warning("presence write failed (%s); rebuilding once Redis answers", exc)
                 self._drain_queue()
                 self._need_rebuild()
@@ -843,7 +843,7 @@ class RedisBackplane(Backplane):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
-            except (RedisError, OSError) as exc:
+            except _REDIS_FAULTS as exc:
                 if self.connected:
                     log.warning("node %s lost its Redis subscription: %s", self.node_id, exc)
                 self._set_connected(False)
@@ -1086,7 +1086,7 @@ class RedisBackplane(Backplane):
                 if not self._stopping and (self._reaping is None or self._reaping.done()):
                     # Apart from the beat: a long reap must not let this node's key lapse.
                     self._reaping = asyncio.create_task(self._reap_quietly(interval))
-            except _WRITE_FAULTS as exc:
+            except _REDIS_FAULTS as exc:
                 log.warning("node %s heartbeat failed: %s", self.node_id, exc)
             except Exception:  # the beat must go on, or this node is taken for dead
                 log.exception("node %s heartbeat failed", self.node_id)
@@ -1094,7 +1094,7 @@ class RedisBackplane(Backplane):
     async def _reap_quietly(self, interval: float) -> None:
         try:
             await self._reap(interval)
-        except RedisError as exc:
+        except _REDIS_FAULTS as exc:
             log.warning("node %s could not reap: %s", self.node_id, exc)
         except Exception:
             log.exception("node %s failed while reaping", self.node_id)
@@ -1254,7 +1254,7 @@ class RedisBackplane(Backplane):
                     else:
                         pipe.hset(key, str(seq), record)
                 await pipe.execute()
-            except _WRITE_FAULTS as exc:
+            except _REDIS_FAULTS as exc:
                 log.warning("event mirror write failed (%s); copying the queue anew", exc)
                 self._need_mirror_resync()
             finally:
@@ -1285,14 +1285,16 @@ class RedisBackplane(Backplane):
     async def _resync_mirror(self) -> None:
         """Make the mirror match the local queue: what was taken over goes from the
         queue, what the mirror holds that the queue does not goes from the mirror, what
-        the queue holds that the mirror lacks is written."""
+        the queue holds that the mirror lacks is written. Events the copy holds that the
+        queue file never had are queued first."""
         assert self._store is not None
         await self._drop_taken()
+        key = self.keys.events(self.node_id)
+        recorded = {int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit()}
+        recorded -= await self._adopt_foreign(key, recorded)
         self._mirror_ops.clear()  # the snapshot below replaces them; later ones follow it
         self._mirror_bytes = 0
         local = self._store.pending_seqs()
-        key = self.keys.events(self.node_id)
-        recorded = {int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit()}
         wanted = set(local)
         extra = sorted(recorded - wanted)
         for batch in _chunks(extra, 1000):
@@ -1309,6 +1311,25 @@ class RedisBackplane(Backplane):
                 len(missing),
                 len(extra),
             )
+
+    async def _adopt_foreign(self, key: str, recorded: set[int]) -> set[int]:
+        """Queue the copied events this node's queue file never had (it started with a
+        new or empty one under the same node id), then forget their old numbers; which."""
+        assert self._store is not None
+        first_new = self._store.next_seq()
+        foreign = sorted(s for s in recorded if s >= first_new)
+        for batch in _chunks(foreign, TAKEOVER_BATCH):
+            values = await self._redis.hmget(key, [str(s) for s in batch])
+            self._store.adopt([_raw(v) for v in values if v is not None])  # durable first
+            await self._redis.hdel(key, *(str(s) for s in batch))
+        if foreign:
+            log.warning(
+                "node %s found %d events in its copy in Redis that its queue file does not "
+                "have (a new data_dir?): queued again",
+                self.node_id,
+                len(foreign),
+            )
+        return set(foreign)
 
     async def _take_events(self, dead: str, lock_ms: int) -> bool:
         """Queue here, in their order, the events dead node ``dead`` left in its mirror;

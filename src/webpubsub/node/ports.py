@@ -96,6 +96,10 @@ class EventStore(Protocol):
     def pending_seqs(self) -> list[int]:
         """The ``seq`` of every event waiting here, in order."""
 
+    def next_seq(self) -> int:
+        """The ``seq`` the next event will get: a copied event at or past it was never
+        this store's (the node restarted with another, or an empty, queue file)."""
+
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         """The records of those of ``seqs`` still waiting, in order."""
 

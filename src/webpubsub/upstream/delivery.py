@@ -457,6 +457,10 @@ class Delivery:
         self._open()
         return self.queue.pending_seqs(after=0)
 
+    def next_seq(self) -> int:
+        self._open()
+        return self.queue.next_seq()
+
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         self._open()
         found = (self.queue.get(seq) for seq in seqs)

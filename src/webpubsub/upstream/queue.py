@@ -83,6 +83,9 @@ class EventQueue(Protocol):
     def pending_seqs(self, after: int) -> list[int]:
         """The ``seq`` of every pending event with ``seq > after``, in order."""
 
+    def next_seq(self) -> int:
+        """The ``seq`` the next event will get: every lower one was given out here."""
+
     def dead(self, limit: int | None = None) -> list[DeadEvent]:
         """Dead letters, oldest first."""
 
@@ -290,6 +293,10 @@ class SqliteEventQueue:
         (seq,) = self._db.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'next_seq' RETURNING value - 1"
         ).fetchone()
+        return int(seq)
+
+    def next_seq(self) -> int:
+        (seq,) = self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
         return int(seq)
 
     def add(self, event: QueuedEvent) -> QueuedEvent:
