@@ -1,5 +1,6 @@
 """Where ``connected``/``disconnected`` events wait for delivery: an interface and its
-SQLite implementation (stdlib ``sqlite3``, WAL).
+SQLite implementation (stdlib ``sqlite3``, WAL); and the record an event travels as to
+another node that takes it over (``encode_record``/``decode_record``).
 
 An event is written when it is created (:meth:`EventQueue.add` is durable when it
 returns), so neither a crash nor a second signal loses it; it leaves the queue when
