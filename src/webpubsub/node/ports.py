@@ -3,6 +3,9 @@
 ``backplane/`` implements :class:`BackplanePort` (how nodes share work) and
 ``upstream/`` implements :class:`EventHandlerPort` (the webhook dispatcher). The node
 and the operations depend on these protocols only, never on an implementation.
+:class:`EventMirrorPort` (backplane) and :class:`EventStore` (upstream) are where those
+two meet, declared here because neither may import the other; the composition root
+joins them.
 """
 
 from __future__ import annotations
