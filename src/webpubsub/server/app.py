@@ -245,7 +245,15 @@ class ServiceRunner:
         log.info("TLS certificate reloaded from %s", server.tls_cert)
 
     async def stop(self) -> None:
-        """Close every client (1001, ``disconnected`` fired), then the server."""
+        """Stop listening, close every client (1001, ``disconnected`` queued), then the
+        server; deliver queued events for up to ``shutdown_timeout_seconds``.
+
+        The port is closed first: while the clients finish, a new socket is refused (with
+        ``serve --workers`` another worker takes it) rather than admitted and closed.
+        """
+        if self.site is not None:
+            await self.site.stop()
+            self.site = None
         if self.node is not None:
             self.node.close_all(CloseCode.GOING_AWAY, "The service is shutting down.")
             try:
