@@ -173,7 +173,10 @@ class RawClient:
     ``asyncio.to_thread``): it writes frames as fast as the kernel takes them, unlike a
     client on the service's own event loop."""
 
-    def __init__(self, url: str, protocol: str = "json.webpubsub.azure.v1") -> None:
+    def __init__(
+        self, url: str, protocol: str = "json.webpubsub.azure.v1", *, early: bytes = b""
+    ) -> None:
+        """``early``: bytes sent in the same write as the upgrade request."""
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=WAIT)
         key = base64.b64encode(secrets.token_bytes(16)).decode()
@@ -184,6 +187,7 @@ class RawClient:
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                 f"Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
             ).encode()
+            + early
         )
         head = b""
         while b"\r\n\r\n" not in head:
@@ -393,6 +397,23 @@ async def test_a_protocol_error_close_says_why_and_ends_a_reliable_connection(
     event = await handler_app.next_event("sys.disconnected")
     assert event.headers["ce-connectionId"] == texts[0]["connectionId"]
     assert words in event.body.decode()
+
+
+async def test_an_unmasked_frame_sent_with_the_upgrade_is_refused_unread(
+    runner: ServiceRunner,
+) -> None:
+    """Bytes that arrive with the upgrade request go through the mask check too, before
+    aiohttp's reader parses them: the unmasked ping gets no pong."""
+    ping = client_frame(0x1, b'{"type":"ping"}', masked=False)
+    url = await client_url(runner)
+    client = await asyncio.to_thread(RawClient, url, early=ping)
+    try:
+        frames = await asyncio.to_thread(read_until_close, client)
+    finally:
+        client.close()
+    texts = [json.loads(payload) for op, payload in frames if op == 0x1]
+    assert [t.get("event", t["type"]) for t in texts] == ["connected", "disconnected"]
+    assert int.from_bytes(frames[-1][1][:2], "big") == 1002
 
 
 async def test_a_client_closing_with_1002_is_echoed_not_refused(runner: ServiceRunner) -> None:
