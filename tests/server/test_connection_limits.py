@@ -24,9 +24,9 @@ import pytest
 from aiohttp import WSMsgType
 from azure.core.exceptions import HttpResponseError
 
-from tests.conftest import StartService
+from tests.conftest import StartService, make_config
 from tests.server.test_json_protocol import WAIT, disconnected_then_closed, recv
-from tests.support.handler import EventHandlerApp
+from tests.support.handler import EventHandlerApp, held_until, posts
 from tests.support.service import JSON_SUBPROTOCOL, chat_hub, client_url, json_client, sdk
 from webpubsub.server.app import ServiceRunner
 
@@ -426,3 +426,37 @@ async def test_a_client_closing_with_1002_is_echoed_not_refused(runner: ServiceR
         client.close()
     assert [op for op, _ in frames] == [0x1, 0x8]  # connected, then the echo
     assert frames[-1][1] == b"\x03\xea"
+
+
+# -- issue 10.5: user events in flight per connection ---------------------------------------
+
+
+async def test_requests_behind_a_held_event_are_bounded_and_read_on(
+    start_service: StartService, handler_app: EventHandlerApp, http: aiohttp.ClientSession
+) -> None:
+    """While an event waits on a slow handler, the connection's next requests queue behind
+    it in order, up to ``upstream.max_inflight_events_per_connection`` in all; the one
+    past that is refused at once with a failed ack (it is read, not left in the socket)."""
+    release = asyncio.Event()
+    handler_app.responder = held_until(release, "e")
+    config = make_config(chat_hub(handler_app.url))
+    config = dataclasses.replace(
+        config, upstream=dataclasses.replace(config.upstream, max_inflight_events_per_connection=2)
+    )
+    runner = await start_service(config=config)
+    ws, _ = await json_client(http, await client_url(runner))
+    try:
+        for ack_id in (1, 2, 3):
+            event = {"type": "event", "event": "e", "dataType": "text", "data": f"{ack_id}"}
+            await ws.send_str(json.dumps({**event, "ackId": ack_id}))
+        await handler_app.next_event("user.e")
+        refused = await recv(ws)  # at once, while the first is still held
+        assert refused["ackId"] == 3 and refused["success"] is False
+        assert "in flight" in refused["error"]["message"]
+    finally:
+        release.set()
+    assert [await recv(ws) for _ in range(2)] == [
+        {"type": "ack", "ackId": 1, "success": True},
+        {"type": "ack", "ackId": 2, "success": True},
+    ]
+    assert [r.body for r in posts(handler_app, "e")] == [b"1", b"2"]  # in order, no third

@@ -298,6 +298,7 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
         # A reliable client that did not close normally may come back; one
         # whose message the service refused may not.
         recoverable = client_close_code != CloseCode.NORMAL and not refused
+        await ctx.node.settle(conn)  # what the client sent before it left is handled first
         ctx.node.detach(conn, outbox, reason, recoverable=recoverable)
         if not ws.closed:
             await ws.close()
