@@ -2,7 +2,8 @@
 
 Routing is on the raw, percent-encoded path: it is split on ``/`` first and each
 segment decoded after, so ids containing ``/`` (sent as ``%2F``) survive.  Every
-request but the health check carries a JWT signed as the official SDKs sign it.
+request but the health check carries a JWT signed as the official SDKs sign it, for
+the raw request target as it came (``verify_rest_token`` reads it as this router does).
 """
 
 from __future__ import annotations
