@@ -231,7 +231,12 @@ async def test_sdk_with_wrong_key_raises_authentication_error(
 
 
 async def test_unknown_route_is_404_and_wrong_method_405(api: Api) -> None:
-    for target in ("/api/nothing", "/api/hubs/chat/:nothing", "/api/hubs/chat/users/u/x/y"):
+    for target in (
+        "/api/nothing",
+        "/api/hubs/chat/:nothing",
+        "/api/hubs/chat/users/u/x/y",
+        "/api/a%0Ab",  # a line break in the decoded path (found by the fuzzer)
+    ):
         (await api.call("POST", target)).error(404, "Error.NotFound")
     for method, target, allow in (
         ("GET", SEND, "POST"),

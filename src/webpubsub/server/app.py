@@ -166,7 +166,8 @@ class ServiceRunner:
         app[SERVICE] = ctx
         app[HEALTH] = self.health
         app.router.add_get("/api/health", rest.health)  # answers HEAD too
-        app.router.add_route("*", "/api/{tail:.*}", rest.api_endpoint)
+        # (?s): a decoded path may hold a line break (%0A), which "." alone would not match
+        app.router.add_route("*", "/api/{tail:(?s:.*)}", rest.api_endpoint)
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
