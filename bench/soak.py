@@ -382,11 +382,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="load duration (3)")
     parser.add_argument("--steady", type=int, default=50, help="long-lived clients (50)")
-    parser.add_argument("--churners", type=int, default=10, help="churning tasks (10)")
+    parser.add_argument("--churners", type=int, default=20, help="churning tasks (20)")
     parser.add_argument(
-        "--connects-per-second", type=float, default=20.0, help="churn rate, in all (20)"
+        "--connects-per-second", type=float, default=50.0, help="churn rate, in all (50)"
     )
-    parser.add_argument("--rest-per-second", type=float, default=20.0, help="REST calls (20)")
+    parser.add_argument(
+        "--rest-per-second", type=float, default=50.0, help="REST calls per second (50)"
+    )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument(
         "--warmup", type=float, default=30.0, help="seconds before growth is measured (30)"
