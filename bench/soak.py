@@ -316,6 +316,7 @@ def report(
     rss_slope = slope_per_minute([(s.elapsed, s.rss / 1024) for s in warm])
     fd_slope = slope_per_minute([(s.elapsed, s.fds) for s in warm])
     loaded = [s.fds for s in samples]
+    half = [s for s in samples if s.elapsed >= samples[-1].elapsed / 2] or samples[-1:]
     c = counters
     lines += [
         "",
@@ -330,7 +331,9 @@ def report(
         f"t={first.elapsed:.0f} s (after the {args.warmup:.0f} s warm-up), "
         f"{last.rss / mib:.1f} MiB at t={last.elapsed:.0f} s: "
         f"{(last.rss - first.rss) / 1024:+.0f} KiB after the warm-up, "
-        f"slope {rss_slope:+.1f} KiB/min; {after.rss / mib:.1f} MiB once every client closed",
+        f"slope {rss_slope:+.1f} KiB/min; over the second half (from t={half[0].elapsed:.0f} s) "
+        f"{(last.rss - half[0].rss) / 1024:+.0f} KiB; {after.rss / mib:.1f} MiB once every "
+        "client closed",
         f"open fds: {before.fds} before any client, {min(loaded)}-{max(loaded)} under load "
         f"(slope after warm-up {fd_slope:+.2f}/min), {after.fds} once every client closed "
         f"({after.fds - before.fds:+d})",
