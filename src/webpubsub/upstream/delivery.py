@@ -122,7 +122,8 @@ class Delivery:
         self._chains: dict[str, _Chain] = {}
         self._count = 0
         self._heap: list[tuple[float, int, str]] = []
-        self._blocked: dict[str, deque[str]] = {}
+        self._blocked: dict[str, dict[str, None]] = {}
+        """Per origin, the chains whose head is due but found the origin full (in order)."""
         self._origins: Counter[str] = Counter()
         self._waiting: dict[str, dict[str, None]] = {}
         """Per origin, the chains whose head waits out a back-off (in insertion order)."""
@@ -264,8 +265,9 @@ class Delivery:
                 if not waiting:
                     del self._waiting[item.origin]
             if self._origins[item.origin] >= self._per_origin:
-                self._blocked.setdefault(item.origin, deque()).append(name)
+                self._blocked.setdefault(item.origin, {})[name] = None  # once, in order
                 continue
+            self._unblock(item.origin, name)
             chain.running = True
             self._origins[item.origin] += 1
             task = asyncio.get_running_loop().create_task(self._attempt(item))
@@ -290,18 +292,32 @@ class Delivery:
             self._origins[item.origin] -= 1
             if not self._origins[item.origin]:
                 del self._origins[item.origin]
-            blocked = self._blocked.get(item.origin)
-            if blocked:
-                name = blocked.popleft()
-                if not blocked:
-                    del self._blocked[item.origin]
-                chain = self._chains.get(name)
-                if chain is not None and chain.items and not chain.running:
-                    self._schedule(chain.items[0])
+            self._wake_blocked(item.origin)
             if self._wake is not None:
                 self._wake.set()
             if self._progress is not None:
                 self._progress.set()
+
+    def _unblock(self, origin: str, name: str) -> None:
+        blocked = self._blocked.get(origin)
+        if blocked is not None:
+            blocked.pop(name, None)
+            if not blocked:
+                del self._blocked[origin]
+
+    def _wake_blocked(self, origin: str) -> None:
+        """A slot to ``origin`` is free: the first blocked chain that can go takes it
+        (a chain running or gone meanwhile is passed over, not woken in its stead)."""
+        blocked = self._blocked.get(origin)
+        while blocked:
+            name = next(iter(blocked))
+            del blocked[name]
+            chain = self._chains.get(name)
+            if chain is not None and chain.items and not chain.running:
+                self._schedule(chain.items[0])
+                break
+        if blocked is not None and not blocked:
+            del self._blocked[origin]
 
     async def wait_until(self, done: Callable[[], bool]) -> None:
         """Return once ``done()`` holds, checked after each delivery attempt (bound it

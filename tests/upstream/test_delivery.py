@@ -1,0 +1,168 @@
+"""The delivery scheduler of queued events (``upstream/delivery.py``): deliveries per
+origin bounded, and none of them waiting forever; against real handler apps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+
+from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.upstream.delivery import Delivery, RetryPolicy
+from webpubsub.upstream.http import HttpTransport
+from webpubsub.upstream.queue import MEMORY, EventQueue, QueuedEvent, SqliteEventQueue
+
+WAIT = 5.0
+
+
+class Clock:
+    """Wall time, which a test can move forward (a back-off passing at once)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def event(handler: EventHandlerApp, name: str, kind: str = "connected") -> QueuedEvent:
+    request = UpstreamRequest(
+        "POST",
+        f"{handler.url}/{kind}",
+        (("ce-connectionId", name), ("ce-eventName", kind)),
+        b"",
+    )
+    return QueuedEvent(
+        chain=f"hub=chat connection={name}",
+        event=kind,
+        request=request,
+        validate_url="",
+        timeout=WAIT,
+        created=time.time(),
+    )
+
+
+async def no_validation(url: str) -> None:
+    """The events here have no validation URL."""
+
+
+MakeDelivery = Callable[..., Delivery]
+
+
+@pytest.fixture
+async def make_delivery() -> AsyncIterator[MakeDelivery]:
+    made: list[tuple[Delivery, HttpTransport]] = []
+
+    def make(
+        clock: Callable[[], float] = time.time, queue: EventQueue | None = None, **kwargs: object
+    ) -> Delivery:
+        options: dict[str, object] = {"retry": RetryPolicy(delays=(0.0,), max_delay=0.02)}
+        options.update(kwargs)
+        transport = HttpTransport()
+        delivery = Delivery(
+            queue or SqliteEventQueue(MEMORY),
+            transport,
+            no_validation,
+            clock=clock,
+            **options,  # type: ignore[arg-type]
+        )
+        delivery.start()
+        made.append((delivery, transport))
+        return delivery
+
+    yield make
+    for delivery, transport in made:
+        await delivery.aclose(0)
+        await transport.close()
+
+
+@pytest.fixture
+async def other_handler() -> AsyncIterator[EventHandlerApp]:
+    app = EventHandlerApp()
+    await app.start()
+    yield app
+    await app.stop()
+
+
+async def drained(delivery: Delivery) -> None:
+    async with asyncio.timeout(WAIT):
+        await delivery.wait_until(lambda: len(delivery) == 0)
+
+
+def connection(req: Recorded) -> str:
+    return req.headers.get("ce-connectionId", "")
+
+
+async def test_deliveries_to_one_origin_stay_within_per_origin_and_all_arrive(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    running = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running == 2:
+            release.set()  # both slots taken: from now on they go as they come
+        await release.wait()
+        running -= 1
+        return default_responder(req)
+
+    handler_app.responder = responder
+    delivery = make_delivery(per_origin=2)
+    for i in range(8):
+        delivery.add(event(handler_app, f"c{i}"))
+    await drained(delivery)
+    assert most == 2
+    assert sorted(connection(r) for r in handler_app.requests) == [f"c{i}" for i in range(8)]
+    assert delivery.stats.delivered == 8
+
+
+async def test_a_chain_blocked_twice_by_a_full_origin_does_not_swallow_anothers_wake_up(
+    handler_app: EventHandlerApp, other_handler: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    """The origin comes back while its slot is taken: the chains waiting out a back-off
+    are due at once, their old back-off entries come due later with the slot still
+    taken; each finished delivery must still wake a chain that can go (here D)."""
+    clock = Clock()
+    down = True
+    held = {name: asyncio.Event() for name in "BC"}
+    arrived = {name: asyncio.Event() for name in "BC"}
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        name = connection(req)
+        if down:
+            return web.Response(status=503)
+        if name in held:
+            arrived[name].set()
+            await held[name].wait()
+        return default_responder(req)
+
+    handler_app.responder = responder
+    delivery = make_delivery(
+        clock, per_origin=1, retry=RetryPolicy(delays=(30.0,), max_delay=30.0, horizon=3600.0)
+    )
+    for name in "ABC":
+        delivery.add(event(handler_app, name))
+    async with asyncio.timeout(WAIT):
+        # A fails first (the origin's canary: again in a second), then B, C (in 30 s).
+        await delivery.wait_until(lambda: delivery.stats.retried == 3)
+    down = False
+    async with asyncio.timeout(WAIT):
+        await arrived["B"].wait()  # A got through: B and C are due now, B takes the slot
+    clock.offset += 60.0  # B's and C's old back-off entries are due, the slot still taken
+    delivery.add(event(other_handler, "E"))  # a turn of the scheduler, seen by E arriving
+    await other_handler.next_event("", timeout=WAIT)
+    delivery.add(event(handler_app, "D"))  # waits for the slot too
+    held["B"].set()
+    async with asyncio.timeout(WAIT):
+        await arrived["C"].wait()
+    held["C"].set()
+    await drained(delivery)
+    assert [connection(r) for r in handler_app.requests][-4:] == ["A", "B", "C", "D"]
