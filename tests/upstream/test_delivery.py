@@ -4,8 +4,10 @@ origin bounded, and none of them waiting forever; against real handler apps."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -166,3 +168,103 @@ async def test_a_chain_blocked_twice_by_a_full_origin_does_not_swallow_anothers_
     held["C"].set()
     await drained(delivery)
     assert [connection(r) for r in handler_app.requests][-4:] == ["A", "B", "C", "D"]
+
+
+# -- a chain follows its first event ----------------------------------------------------
+
+
+def delivered(handler: EventHandlerApp) -> list[tuple[str, str]]:
+    return [(connection(r), r.event_name) for r in handler.requests if r.method == "POST"]
+
+
+def buried(queue: EventQueue) -> list[tuple[str, str, str]]:
+    return [(d.event.chain.rsplit("=", 1)[1], d.event.event, d.reason) for d in queue.dead()]
+
+
+async def test_with_the_queue_full_a_connection_keeps_its_events_together(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        await release.wait()
+        return default_responder(req)
+
+    handler_app.responder = responder
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue, max_queued=1)
+    delivery.add(event(handler_app, "A"))
+    await handler_app.next_event("", timeout=WAIT)  # A's connected is being delivered
+    delivery.add(event(handler_app, "B"))  # full: dead-lettered
+    delivery.add(event(handler_app, "A", "disconnected"))  # follows its connected
+    release.set()
+    await drained(delivery)
+    delivery.add(event(handler_app, "B", "disconnected"))  # room now: follows B's connected
+    assert delivered(handler_app) == [("A", "connected"), ("A", "disconnected")]
+    assert buried(queue) == [
+        ("B", "connected", "the event queue was full"),
+        ("B", "disconnected", "an earlier event of its connection was dead-lettered"),
+    ]
+    assert delivery.stats.queue_full == 1 and len(delivery) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [
+        (400, RetryPolicy(delays=(0.0,), max_delay=0.02)),  # refused for good
+        (503, RetryPolicy(delays=(0.0,), max_delay=0.02, horizon=0.0)),  # past the horizon
+    ],
+)
+async def test_a_dead_connected_takes_its_disconnected_to_the_dead_letters(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery, status: int, retry: RetryPolicy
+) -> None:
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "connected":
+            await release.wait()
+            return web.Response(status=status)
+        return default_responder(req)
+
+    handler_app.responder = responder
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue, retry=retry)
+    delivery.add(event(handler_app, "Y"))
+    delivery.add(event(handler_app, "Z"))
+    delivery.add(event(handler_app, "Y", "disconnected"))  # queued behind Y's connected
+    release.set()
+    await drained(delivery)
+    delivery.add(event(handler_app, "Z", "disconnected"))  # after Z's connected died
+    assert delivered(handler_app) == [("Y", "connected"), ("Z", "connected")]
+    follows = "an earlier event of its connection was dead-lettered"
+    assert sorted(buried(queue)) == [
+        ("Y", "connected", f"status {status}"),
+        ("Y", "disconnected", follows),
+        ("Z", "connected", f"status {status}"),
+        ("Z", "disconnected", follows),
+    ]
+    assert queue.replay(None, time.time()) == 4  # replayed together: in their order
+    await drained(delivery)  # picked up by the next poll, within a second
+
+
+# -- a queue file locked by another process ---------------------------------------------
+
+
+async def test_a_locked_queue_file_neither_blocks_the_node_nor_loses_its_events(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "events.sqlite3")
+    queue = SqliteEventQueue(path)
+    delivery = make_delivery(queue=queue)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `webpubsub events replay` in another process
+    started = time.monotonic()
+    delivery.add(event(handler_app, "A"))
+    delivery.add(event(handler_app, "A", "disconnected"))
+    assert time.monotonic() - started < 1.0  # one busy timeout, not 5 s per event
+    assert delivery.stats.store_errors == 1 and delivery.unsaved == 2 and len(delivery) == 2
+    other.execute("ROLLBACK")
+    other.close()
+    await drained(delivery)  # written, then delivered, in order
+    assert delivered(handler_app) == [("A", "connected"), ("A", "disconnected")]
+    assert delivery.unsaved == 0 and delivery.stats.not_stored == 0

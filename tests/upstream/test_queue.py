@@ -4,17 +4,27 @@ process at a time; and the ``webpubsub events`` commands that look into it."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
 from webpubsub.cli import main
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.cloudevents import UpstreamRequest
-from webpubsub.upstream.queue import MEMORY, QueuedEvent, SqliteEventQueue, queue_file
+from webpubsub.upstream.queue import (
+    BATCH,
+    MEMORY,
+    LiveConnection,
+    QueuedEvent,
+    SqliteEventQueue,
+    queue_file,
+)
 
 
 def event(connection: str, name: str = "connected", ce_id: str = "1") -> QueuedEvent:
@@ -125,6 +135,53 @@ def test_the_events_command_lists_replays_and_purges(tmp_path: Path, path: str) 
 
     missing = cli.invoke(main, ["events", "--data-dir", str(tmp_path / "none"), "pending"])
     assert missing.exit_code == 1 and "No event queue" in missing.output
+
+
+def test_the_cli_replays_in_short_batches_next_to_a_busy_service(tmp_path: Path, path: str) -> None:
+    """The service waits 50 ms at most for the file's lock: a replay of thousands of
+    dead letters must let go of it often, and must not fail for the service's writes."""
+    service = SqliteEventQueue(path)
+    count = 5 * BATCH
+    for i in range(count):
+        service.bury(event(f"c{i}"), 1000.0, "status 400")
+    outcome: list[Result] = []
+
+    def replay() -> None:
+        command = ["events", "--data-dir", str(tmp_path / "data"), "replay", "--all"]
+        outcome.append(CliRunner().invoke(main, command))
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    added = failed = 0
+    deadline = time.monotonic() + 60.0
+    while thread.is_alive() and time.monotonic() < deadline:  # the service, meanwhile
+        try:
+            service.add(event("new"))
+            added += 1
+        except sqlite3.OperationalError:
+            failed += 1
+    thread.join(timeout=60.0)
+    [result] = outcome
+    assert result.exit_code == 0, result.output
+    assert f"{count} event(s) queued again" in result.output
+    assert failed == 0 and added > 0
+    assert service.count("pending") == count + added and service.count("dead") == 0
+    service.close()
+
+
+def test_live_connections_are_written_with_their_events(path: str) -> None:
+    queue = SqliteEventQueue(path)
+    live = LiveConnection("hub=chat connection=c1", "chat", "c1", "alice", None, "s")
+    queue.add(event("c1"), opens=live)
+    queue.open_live(dataclasses.replace(live, chain="hub=chat connection=c2", user_id=None))
+    queue.add(event("c1", "disconnected", "2"), ends=True)
+    queue.close()
+    again = SqliteEventQueue(path)
+    [left] = again.live()
+    assert left == LiveConnection("hub=chat connection=c2", "chat", "c1", None, None, "s")
+    again.end_live(left.chain)
+    assert again.live() == [] and again.count("pending") == 2
+    again.close()
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)

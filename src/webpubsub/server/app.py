@@ -126,8 +126,11 @@ class ServiceRunner:
             # Background deliveries take at most half an origin's pool: user events
             # (a client waiting) always find connections free.
             per_origin=max(1, up.max_connections_per_origin // 2),
+            # A backplane keeping presence (Redis) ends a dead node's connections itself
+            # (a survivor's reaper, or this node's next start): no second disconnected.
+            track_connections=self.backplane.presence() is None,
         )
-        self.upstream.start()
+        self.upstream.start(self.config.hub)
         self.node = Node(
             hub_settings=self.config.hub,
             upstream=self.upstream,
@@ -225,6 +228,9 @@ class ServiceRunner:
                 "queueFull": stats.queue_full,
                 "deadDropped": stats.dead_dropped,
                 "notQueued": stats.not_queued,
+                "storeErrors": stats.store_errors,
+                "unsaved": self.upstream.unsaved(),
+                "notStored": stats.not_stored,
             }
         return body
 
