@@ -35,7 +35,7 @@ from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
-from webpubsub.upstream.queue import SqliteEventQueue, queue_file
+from webpubsub.upstream.queue import MEMORY, SqliteEventQueue, queue_file
 
 log = logging.getLogger("webpubsub.server")
 
@@ -128,7 +128,7 @@ class ServiceRunner:
             per_origin=max(1, up.max_connections_per_origin // 2),
             # A backplane keeping presence (Redis) ends a dead node's connections itself
             # (a survivor's reaper, or this node's next start): no second disconnected.
-            track_connections=self.backplane.presence() is None,
+            track_connections=self.backplane.presence() is None and queue.path != MEMORY,
         )
         self.upstream.start(self.config.hub)
         self.node = Node(

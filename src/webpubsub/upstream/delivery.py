@@ -247,6 +247,8 @@ class Delivery:
             return
         self._unsaved.append(write)  # after those waiting: the order stays
         self._ensure_pump()
+        if self._wake is not None:
+            self._wake.set()  # the pump's next wait ends when they are due again
 
     def _apply(self, write: _Write) -> None:
         event = write.event
