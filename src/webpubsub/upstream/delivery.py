@@ -260,7 +260,8 @@ class Delivery:
             return
         if write.chain not in self._chains:
             reason = ""
-            if self.queue.has_dead(write.chain):
+            # A connected starts its chain: only a later event can follow a dead one.
+            if event.event != "connected" and self.queue.has_dead(write.chain):
                 reason = FOLLOWS
                 _log.info("%s event of %s dead-lettered: %s", event.event, event.chain, reason)
             elif self._count >= self._max_queued:
