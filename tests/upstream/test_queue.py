@@ -213,3 +213,24 @@ def test_an_event_reads_back_as_it_was_stored(events: list[QueuedEvent]) -> None
     assert queue.pending() == stored
     assert [dataclasses.replace(s, seq=0) for s in stored] == events
     queue.close()
+
+
+_any_text = st.text(st.characters(blacklist_categories=()), max_size=40)
+_lives = st.builds(
+    LiveConnection,
+    chain=_text,
+    hub=_text,
+    connection_id=_text,
+    user_id=st.none() | _any_text | st.just("\ud800"),  # a lone surrogate (a token's claim)
+    subprotocol=st.none() | _text,
+    state=_any_text,
+)
+
+
+@given(st.lists(_lives, max_size=5, unique_by=lambda live: live.chain))
+def test_a_live_connection_reads_back_as_it_was_stored(lives: list[LiveConnection]) -> None:
+    queue = SqliteEventQueue(MEMORY)
+    for live in lives:
+        queue.open_live(live)
+    assert queue.live() == lives
+    queue.close()

@@ -15,9 +15,9 @@
 * While an origin fails, one of its waiting events tries again every
   :data:`CANARY_SECONDS`; once one event to an origin is delivered, that origin's
   waiting events are tried again at once.
-* Bounded: at most ``max_queued`` chains' first events wait (a new chain beyond goes
-  to the dead letters, logged and counted), ``max_dead`` dead letters are kept (the oldest go,
-  logged and counted), at most ``per_origin`` deliveries run to one handler origin
+* Bounded: at most ``max_queued`` events wait, and the later events of the chains
+  among them (a new chain's event beyond goes to the dead letters, logged and
+  counted), ``max_dead`` dead letters are kept (the oldest go, logged and counted), at most ``per_origin`` deliveries run to one handler origin
   and :data:`MAX_RUNNING` in all.
 * The node's calls (:meth:`Delivery.add`, :meth:`~Delivery.opened`,
   :meth:`~Delivery.ended`) never raise: when the queue's file is locked elsewhere or
@@ -233,13 +233,17 @@ class Delivery:
                 self._apply(write)
             except STORAGE_ERRORS as exc:
                 self._store_failed(exc)
+            except Exception:  # a bug: logged, and the node's work goes on
+                self.stats.not_stored += write.event is not None
+                _log.exception("queueing a write for %s failed", write.chain)
+                return
             else:
                 return
         if len(self._unsaved) >= MAX_UNSAVED:
-            self.stats.not_stored += 1
+            self.stats.not_stored += write.event is not None
             _log.warning(
                 "the event queue cannot be written and %d writes wait in memory: "
-                "an event of %s is lost (%d so far)",
+                "a write for %s is lost (%d event(s) so far)",
                 len(self._unsaved),
                 write.chain,
                 self.stats.not_stored,
@@ -309,11 +313,15 @@ class Delivery:
     def _flush(self) -> None:
         """Write what waits in memory, in order, until done or the file fails again."""
         while self._unsaved:
+            write = self._unsaved[0]
             try:
-                self._apply(self._unsaved[0])
+                self._apply(write)
             except STORAGE_ERRORS as exc:
                 self._store_failed(exc)
                 return
+            except Exception:  # a bug: logged, not tried again
+                self.stats.not_stored += write.event is not None
+                _log.exception("queueing a write for %s failed", write.chain)
             self._unsaved.popleft()
 
     def _track(self, event: QueuedEvent) -> None:

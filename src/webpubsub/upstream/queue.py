@@ -160,14 +160,11 @@ CREATE TABLE IF NOT EXISTS dead (
     died REAL NOT NULL, reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_chain ON dead (chain);
-CREATE TABLE IF NOT EXISTS live (
-    chain TEXT PRIMARY KEY, hub TEXT NOT NULL, connection_id TEXT NOT NULL,
-    user_id TEXT, subprotocol TEXT, state TEXT NOT NULL
-);
+CREATE TABLE IF NOT EXISTS live (chain TEXT PRIMARY KEY, connection BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
 """
-_OPEN_LIVE = "INSERT OR REPLACE INTO live VALUES (?,?,?,?,?,?)"
+_OPEN_LIVE = "INSERT OR REPLACE INTO live VALUES (?,?)"
 _END_LIVE = "DELETE FROM live WHERE chain = ?"
 # Built from the constant column list only (no value is ever formatted into SQL).
 _INSERT = f"INSERT INTO pending (seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
@@ -220,15 +217,15 @@ def _event(seq: int, row: Sequence[Any]) -> QueuedEvent:
     )
 
 
-def _live_values(live: LiveConnection) -> tuple[str, str, str, str | None, str | None, str]:
-    return (
-        live.chain,
-        live.hub,
-        live.connection_id,
-        live.user_id,
-        live.subprotocol,
-        live.state,
-    )
+def _live_values(live: LiveConnection) -> tuple[str, bytes]:
+    # JSON as for the requests' headers: a user id or state may hold a lone surrogate.
+    fields = [live.hub, live.connection_id, live.user_id, live.subprotocol, live.state]
+    return live.chain, json.dumps(fields).encode("ascii")
+
+
+def _live(chain: str, data: bytes) -> LiveConnection:
+    hub, connection_id, user_id, subprotocol, state = json.loads(data)
+    return LiveConnection(chain, hub, connection_id, user_id, subprotocol, state)
 
 
 def queue_file(data_dir: str, node_id: str | None) -> str:
@@ -298,8 +295,8 @@ class SqliteEventQueue:
         self._db.execute(_END_LIVE, (chain,))
 
     def live(self) -> list[LiveConnection]:
-        rows = self._db.execute("SELECT * FROM live ORDER BY rowid").fetchall()
-        return [LiveConnection(*row) for row in rows]
+        rows = self._db.execute("SELECT chain, connection FROM live ORDER BY rowid")
+        return [_live(str(chain), bytes(data)) for chain, data in rows.fetchall()]
 
     def has_dead(self, chain: str) -> bool:
         row = self._db.execute("SELECT 1 FROM dead WHERE chain = ? LIMIT 1", (chain,))
