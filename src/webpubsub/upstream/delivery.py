@@ -17,8 +17,9 @@
   waiting events are tried again at once.
 * Bounded: at most ``max_queued`` events wait, and the later events of the chains
   among them (a new chain's event beyond goes to the dead letters, logged and
-  counted), ``max_dead`` dead letters are kept (the oldest go, logged and counted), at most ``per_origin`` deliveries run to one handler origin
-  and :data:`MAX_RUNNING` in all.
+  counted), ``max_dead`` dead letters are kept (the oldest go, logged and counted),
+  at most ``per_origin`` deliveries run to one handler origin and :data:`MAX_RUNNING`
+  in all.
 * The node's calls (:meth:`Delivery.add`, :meth:`~Delivery.opened`,
   :meth:`~Delivery.ended`) never raise: when the queue's file is locked elsewhere or
   failing, their writes wait in memory (at most :data:`MAX_UNSAVED`, in order) and are
