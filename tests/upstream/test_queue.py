@@ -101,6 +101,21 @@ def test_one_process_at_a_time_owns_a_queue_file(path: str) -> None:
     SqliteEventQueue(path).close()  # free again
 
 
+def test_a_queue_file_of_another_layout_is_refused_by_name(path: str) -> None:
+    """A file written by a build with other tables (here: an older ``live`` table) would be
+    misread: it is refused, naming the file, and left as it was."""
+    Path(path).parent.mkdir(parents=True)
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE live (chain TEXT PRIMARY KEY, ctx TEXT NOT NULL)")
+    with pytest.raises(ConfigError, match="has another layout") as refused:
+        SqliteEventQueue(path)
+    assert path in str(refused.value)
+    SqliteEventQueue(path + ".new").close()  # a new file is fine, and is stamped
+    with sqlite3.connect(path + ".new") as new:
+        assert new.execute("PRAGMA user_version").fetchone() == (1,)
+    SqliteEventQueue(path + ".new").close()  # and reopens
+
+
 def test_queue_files_are_per_node_id() -> None:
     assert queue_file("/d", None) == "/d/events.sqlite3"
     assert queue_file("/d", "host-a-1") == "/d/events-host-a-1.sqlite3"

@@ -164,6 +164,25 @@ CREATE TABLE IF NOT EXISTS live (chain TEXT PRIMARY KEY, connection BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
 """
+SCHEMA_VERSION = 1
+"""The layout of a queue file (``PRAGMA user_version``); a file of another is refused."""
+
+
+def _check_version(db: sqlite3.Connection, path: str) -> None:
+    """Refuse a queue file written by a build with another layout (its events would be
+    misread), naming the file; a new, empty file is fine."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    if version != SCHEMA_VERSION and (version or tables):
+        raise ConfigError(
+            [
+                f"the event queue {path} has another layout (version {version}; this build "
+                f"reads version {SCHEMA_VERSION}): deliver its events with the build that "
+                "wrote it, or move the file away"
+            ]
+        )
+
+
 _OPEN_LIVE = "INSERT OR REPLACE INTO live VALUES (?,?)"
 _END_LIVE = "DELETE FROM live WHERE chain = ?"
 # Built from the constant column list only (no value is ever formatted into SQL).
@@ -262,10 +281,16 @@ class SqliteEventQueue:
             if exclusive:
                 self._lock_fd = _lock(path + ".lock")
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        try:
+            _check_version(self._db, path)
+        except ConfigError:
+            self.close()
+            raise
         if path != MEMORY:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
 
     def _next_seq(self) -> int:
