@@ -1,4 +1,5 @@
-"""Shared fixtures: the real service on port 0, and a real event-handler app."""
+"""Shared fixtures: the real service on port 0, and a real event-handler app; the
+Hypothesis profile (``tests/support/fuzz.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 import pytest
 import uvloop
 
+from tests.support import fuzz  # noqa: F401  (loads the Hypothesis profile first)
 from tests.support.handler import EventHandlerApp
 from tests.support.redis_server import RedisServer
 from webpubsub import devcert

@@ -554,7 +554,9 @@ def events(
     if path == MEMORY or not os.path.exists(path):
         click.echo(f"No event queue at {path}.", err=True)
         raise SystemExit(1)
-    queue = SqliteEventQueue(path, exclusive=False)
+    # It waits for the service's writes; its own go in short batches with pauses
+    # between them, so the service's writes (waiting 50 ms at most) get through.
+    queue = SqliteEventQueue(path, exclusive=False, busy_timeout=5.0, batch_pause=0.02)
     ctx.call_on_close(queue.close)
     ctx.obj = queue
 

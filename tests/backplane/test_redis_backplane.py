@@ -182,6 +182,8 @@ class RecordingStore:
         self.adopted: list[bytes] = []
         self.dropped: list[tuple[int, bool]] = []
         self._on_adopt = on_adopt
+        self.writable: int | None = None
+        """How many more records its file takes (None: any number)."""
 
     def pending_seqs(self) -> list[int]:
         return []
@@ -193,6 +195,8 @@ class RecordingStore:
         return []
 
     def adopt(self, records: list[bytes]) -> list[int]:
+        if self.writable is not None:  # the file locked or failing after that many
+            records, self.writable = records[: self.writable], 0
         first = len(self.adopted) + 1
         self.adopted.extend(records)
         self.timeline.append(f"adopt {len(records)}")
@@ -225,6 +229,17 @@ async def ghost(client: aioredis.Redis, p: str, events: int) -> list[bytes]:
     mapping = {str(seq): records[seq - 1] for seq in reversed(range(1, events + 1))}
     await client.hset(f"{p}:events:ghost", mapping=mapping)  # type: ignore[arg-type]
     return records
+
+
+async def survivor(
+    server: RedisServer, prefix: str, store: RecordingStore, timeline: list[str]
+) -> RedisBackplane:
+    """Node "s", started with ``store``, its reaper free to run at once."""
+    plane = RedisBackplane(server.url, prefix=prefix, node_id="s", heartbeat_timeout=1.0)
+    await plane.attach(store)  # type: ignore[arg-type]
+    await plane.start(TimedRecorder("s", timeline))
+    plane._reap_after = 0.0
+    return plane
 
 
 async def test_a_dead_nodes_events_are_taken_once_in_order_before_its_connections_end(
@@ -271,10 +286,7 @@ async def test_a_node_that_beats_again_mid_takeover_keeps_the_rest_of_its_events
     beat = sync_redis.Redis.from_url(redis_server.url)
     # Blocking, inside adopt: the beat is in Redis before the batch would be marked taken.
     store = RecordingStore(timeline, on_adopt=lambda: beat.set(f"{p}:node:ghost", "1", px=5000))
-    plane = RedisBackplane(redis_server.url, prefix=p, node_id="s", heartbeat_timeout=1.0)
-    await plane.attach(store)  # type: ignore[arg-type]
-    await plane.start(TimedRecorder("s", timeline))
-    plane._reap_after = 0.0
+    plane = await survivor(redis_server, p, store, timeline)
     try:
         await plane._reap(0.3)
     finally:
@@ -284,3 +296,92 @@ async def test_a_node_that_beats_again_mid_takeover_keeps_the_rest_of_its_events
     assert store.dropped == [(s, True) for s in range(1, 201)]
     assert await client.hlen(f"{p}:events:ghost") == 250  # type: ignore[misc]
     assert not await client.exists(f"{p}:taken:ghost")
+
+
+async def test_events_a_survivor_cannot_queue_yet_stay_in_the_dead_nodes_copy(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Its queue file takes only part of a batch: only that part is taken (removed from
+    the copy, marked), the dead node's connection is not reported yet; the next pass
+    takes the rest, in order, then reports it."""
+    p = redis_prefix
+    records = await ghost(client, p, 250)
+    timeline: list[str] = []
+    store = RecordingStore(timeline)
+    store.writable = 150
+    plane = await survivor(redis_server, p, store, timeline)
+    try:
+        await plane._reap(0.3)
+        assert timeline == ["adopt 150"]
+        assert await client.hlen(f"{p}:events:ghost") == 100  # type: ignore[misc]
+        taken = await client.smembers(f"{p}:taken:ghost")  # type: ignore[misc]
+        assert sorted(int(s) for s in taken) == list(range(1, 151))
+        store.writable = None  # the file works again
+        await client.delete(f"{p}:reaper")
+        await plane._reap(0.3)
+    finally:
+        await plane.stop()
+    assert timeline == ["adopt 150", "adopt 100", "reaped c1"]
+    assert store.adopted == records and store.dropped == []
+    assert not await client.exists(f"{p}:events:ghost")
+
+
+class FileStore(RecordingStore):
+    """A store that numbers what it queues, as a queue file does (``seq`` from 1)."""
+
+    def __init__(self, limits: list[int | None], on_adopt: Callable[[], object]) -> None:
+        super().__init__([], on_adopt)
+        self.limits = limits
+        self.local: dict[int, bytes] = {}
+
+    def pending_seqs(self) -> list[int]:
+        return sorted(self.local)
+
+    def next_seq(self) -> int:
+        return len(self.local) + 1
+
+    def records(self, seqs: object) -> list[tuple[int, bytes]]:
+        return [(s, self.local[s]) for s in seqs if s in self.local]  # type: ignore[attr-defined]
+
+    def adopt(self, records: list[bytes]) -> list[int]:
+        limit = self.limits.pop(0) if self.limits else None
+        taken = records if limit is None else records[:limit]
+        self.adopted.extend(taken)
+        seqs = [self.own(r) for r in taken]
+        if self._on_adopt is not None:
+            self._on_adopt()
+        return seqs
+
+    def own(self, record: bytes) -> int:
+        seq = self.next_seq()
+        self.local[seq] = record
+        return seq
+
+
+async def test_a_restart_without_the_file_takes_every_copied_event_back_despite_a_failure(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """The new file takes one copied event, then fails; meanwhile the node queues one of
+    its own (taking the next seq): the retry still knows the copy's other events for
+    events the file never had, queues them, and the copy ends up as the file."""
+    p = redis_prefix
+    copied = [b"copied 1", b"copied 2", b"copied 3"]
+    await client.hset(f"{p}:events:s", mapping={str(i + 1): r for i, r in enumerate(copied)})
+
+    def own_event_once() -> None:
+        if store.limits:  # the first, failing, call: the node's own event comes in
+            store.own(b"own")
+
+    store = FileStore([1, None], on_adopt=own_event_once)
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="s", heartbeat_timeout=1.0)
+    await plane.attach(store)  # type: ignore[arg-type]
+    await plane.start(Recorder("s"))
+    try:
+        async with asyncio.timeout(5.0):
+            await plane.mirror_flushed()
+    finally:
+        await plane.stop()
+    assert store.adopted == copied
+    assert store.local == {1: b"copied 1", 2: b"own", 3: b"copied 2", 4: b"copied 3"}
+    mirror = await client.hgetall(f"{p}:events:s")  # type: ignore[misc]
+    assert {int(k): v for k, v in mirror.items()} == store.local

@@ -68,7 +68,8 @@ async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
 
     ids = {o["client"]: o["connectionId"] for o in of(obs, "connected")}
     alice1, alice2, bob = ids["alice1"], ids["alice2"], ids["bob"]
-    marker = [text(f"marker {i}") for i in range(6)]
+    marker = [text(f"marker {i}") for i in range(7)]
+    weird = "my group/ä?#'()!*~"
     assert received(obs, "alice1") == [
         text("to gb", "gb"),
         marker[1],
@@ -81,6 +82,7 @@ async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
         ("gb", "json", {"ttl": 0}),
         text("ttl connection"),
         marker[5],
+        marker[6],
     ]
     assert received(obs, "alice2") == [
         text("to gb", "gb"),
@@ -95,6 +97,7 @@ async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
         ("gb", "json", {"ttl": 0}),
         text("gb minus alice1", "gb"),
         marker[5],
+        marker[6],
     ]
     assert received(obs, "bob") == [
         marker[1],
@@ -107,6 +110,9 @@ async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
         text("ttl user"),
         text("not alice"),
         marker[5],
+        text("to weird group", weird),
+        text("upper hub"),
+        marker[6],
     ]
 
     pages = {o["label"]: o["pages"] for o in of(obs, "pages")}
@@ -120,6 +126,8 @@ async def test_js_service_sdk_bulk_groups_ttl_filters_and_paging(
         ("ga", True),
         ("gd", False),
         ("gb", True),
+        (weird, True),
+        (weird, False),
     ]
 
     assert of(obs, "accepted") == []

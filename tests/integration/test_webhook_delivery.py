@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -194,3 +195,35 @@ async def test_dead_letters_replayed_next_to_the_running_service_are_delivered(
     for ws in clients:
         await ws.close()
     assert len(await received(handler_app, "disconnected", 3)) == 3
+
+
+async def test_a_queue_file_locked_by_another_process_neither_stalls_nor_leaks_connections(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    config = make_config(
+        chat_hub(handler_app.url, anonymous=True, system=SYSTEM), data_dir=str(tmp_path)
+    )
+    runner = await start_service(config=config)
+    assert runner.node is not None
+    node = runner.node
+    other = sqlite3.connect(runner.queue_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # as a long `webpubsub events replay` would
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    clients = await connections(http, runner, 3)
+    for ws in clients:
+        await ws.close()
+    async with asyncio.timeout(WAIT):
+        await node.wait_idle()  # every connection ended, none left behind in its hub
+    assert loop.time() - started < 3.0  # no 5 s stall per event
+    async with http.get(f"http://127.0.0.1:{runner.port}/api/health") as response:
+        events = (await response.json())["events"]
+    assert events["storeErrors"] >= 1 and events["unsaved"] == 6 and events["queued"] == 6
+    other.execute("ROLLBACK")
+    other.close()
+    assert len(await received(handler_app, "connected", 3)) == 3
+    assert len(await received(handler_app, "disconnected", 3)) == 3  # no connection leaked
+    assert_connected_first(handler_app)

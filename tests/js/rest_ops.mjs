@@ -138,5 +138,16 @@ run(async () => {
   await outcome("sendToAll bad filter", service.sendToAll("never", { ...TEXT, filter: "'gb' in group" }));
   await settle(all);
 
+  // Step 6: names the SDK must escape in the path, and a hub spelled in upper case:
+  // each request's token is signed for exactly the URL it sends.
+  const weird = "my group/ä?#'()!*~";
+  await service.group(weird).addUser("bob");
+  await exists(weird);
+  await service.group(weird).sendToAll("to weird group", TEXT);
+  await new WebPubSubServiceClient(connectionString, hub.toUpperCase()).sendToUser("bob", "upper hub", TEXT);
+  await service.group(weird).removeUser("bob");
+  await exists(weird);
+  await settle(all);
+
   for (const c of all) c.ws.close(1000);
 }, 20000);

@@ -301,33 +301,37 @@ class HangingUpstream(RecordingUpstream):
         return EventReply(payload=None, state=None)
 
 
-async def test_user_events_in_flight_per_connection_are_bounded() -> None:
+async def test_messages_behind_an_event_at_a_handler_queue_in_order_and_are_bounded() -> None:
     up = HangingUpstream()
     node, _ = make_node(up)
-    node.max_inflight_events = 2
+    node.max_inflight_events = 3  # the event at the handler and two behind it
     sink = RecordingSink()
     conn = node.attach(admission(), sink)
 
-    def event(ack_id: int) -> bytes:
-        message = {"type": "event", "event": "e", "dataType": "text", "data": "x", "ackId": ack_id}
-        return orjson.dumps(message)
+    def event(ack_id: int | None) -> bytes:
+        message = {"type": "event", "event": "e", "dataType": "text", "data": "x"}
+        return orjson.dumps(message if ack_id is None else {**message, "ackId": ack_id})
 
-    hanging = [asyncio.create_task(node.receive(conn, event(i))) for i in (1, 2)]
     async with asyncio.timeout(5.0):
-        while up.calls < 2:
-            up.called.clear()
-            await up.called.wait()
-    async with asyncio.timeout(5.0):
-        await node.receive(conn, event(3))  # answered at once, not queued behind the others
-    assert up.calls == 2
-    ack = sink.texts()[-1]
-    assert ack["ackId"] == 3 and ack["success"] is False
-    assert "in flight" in str(ack["error"])
-    up.release.set()
-    await asyncio.gather(*hanging)
-    assert [t["ackId"] for t in sink.texts()[-2:]] == [1, 2]
-    await node.receive(conn, event(4))  # room again
-    assert sink.texts()[-1] == {"type": "ack", "ackId": 4, "success": True}
+        for ack_id in (1, 2, 3):  # each returns at once: the reader reads on
+            await node.receive(conn, event(ack_id))
+        await up.called.wait()
+        await node.receive(conn, event(4))  # past the bound: refused at once
+        assert up.calls == 1  # the others wait behind the first, in order
+        ack = sink.texts()[-1]
+        assert ack["ackId"] == 4 and ack["success"] is False
+        assert "in flight" in str(ack["error"])
+        no_ack_id = asyncio.create_task(node.receive(conn, event(None)))  # cannot be refused
+        await asyncio.sleep(0)  # let it run up to its wait for room (not a synchronisation)
+        assert not no_ack_id.done()
+        up.release.set()
+        await no_ack_id
+        await node.settle(conn)
+    assert [t.get("ackId") for t in sink.texts()[-3:]] == [1, 2, 3]
+    assert up.calls == 4
+    await node.receive(conn, event(5))  # room again
+    await node.settle(conn)
+    assert sink.texts()[-1] == {"type": "ack", "ackId": 5, "success": True}
 
 
 # -- recovery: paced replay and the bounds of detached connections ---------------------

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.fuzz import at_least
 from webpubsub.errors import BadRequest
 from webpubsub.protocol.odata import MAX_FILTER_LENGTH, Filter, FilterSubject, parse_filter
 from webpubsub.protocol.odata_ast import (
@@ -505,7 +506,7 @@ def test_render_is_canonical(text: str, canonical: str) -> None:
 # --- property tests ----------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(max_examples=at_least(300))
 @given(st.text(max_size=200))
 def test_arbitrary_text_parses_or_raises_bad_request(text: str) -> None:
     try:
@@ -523,7 +524,7 @@ _SOUP = [
 ]  # fmt: skip
 
 
-@settings(max_examples=500)
+@settings(max_examples=at_least(500))
 @given(st.lists(st.sampled_from(_SOUP), max_size=40), st.sampled_from([" ", ""]))
 def test_token_soup_parses_or_raises_bad_request(tokens: list[str], sep: str) -> None:
     try:
@@ -691,7 +692,7 @@ def _reference_compare(op: CompareOp, a: Value, b: Value) -> bool:
     }[op]
 
 
-@settings(max_examples=400)
+@settings(max_examples=at_least(400))
 @given(_exprs("bool", 3), st.lists(_subjects, min_size=1, max_size=4))
 def test_random_trees_round_trip_and_evaluate_like_the_reference(
     expr: Expr, subjects: list[FilterSubject]

@@ -13,9 +13,12 @@ import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
+import requests
+import yarl
 from azure.core.pipeline.transport import HttpTransport
 from azure.messaging.webpubsubservice import WebPubSubServiceClient
 from hypothesis import given
@@ -614,6 +617,8 @@ def test_custom_claims_are_stringified_for_the_connect_event() -> None:
 
 # -- REST audience (Azure docs: REST authentication) -----------------------------------------------
 
+HUB_URL = "http://localhost:8080/api/hubs/chat"
+Q = "?api-version=2024-12-01"
 REST_URL = "http://localhost:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send?api-version=2024-12-01"
 
 
@@ -632,12 +637,10 @@ def _rest_rejected(aud: str, url: str = REST_URL, endpoints: tuple[str, ...] = (
     "aud",
     [
         REST_URL,
-        REST_URL.split("?")[0],  # aud without query: request query ignored
-        REST_URL.split("?")[0] + "/",
-        "http://localhost:8080/api/hubs/chat/users/user@example.com/x y/:send",  # decoded
-        "http://localhost:8080/api/hubs/Chat/users/USER%40EXAMPLE.COM%2fX%20Y/:send",  # case
-        "http://LocalHost:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send",
-        "http://localhost:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send?api-version=2024-12-01&",
+        REST_URL.replace("localhost", "LocalHost"),
+        REST_URL.replace("http://localhost:8080", "HTTP://localhost:8080"),
+        REST_URL.replace("%40", "@").replace("%2F", "%2f"),  # escaped as aiohttp does
+        REST_URL + "&",  # an empty field is no pair
     ],
 )
 def test_accepted_rest_audiences(aud: str) -> None:
@@ -657,16 +660,117 @@ def test_accepted_rest_audiences(aud: str) -> None:
         "http://other.example:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send",
         "/api/hubs/chat/users/user%40example.com%2Fx%20y/:send",
         "",
+        REST_URL.split("?")[0],  # the SDKs sign the query too
+        REST_URL.replace("/:send", "/:send/"),
+        "http://localhost:8080/api/hubs/chat/users/user@example.com/x y/:send" + Q,  # decoded
+        "http://localhost:8080/api/hubs/Chat/users/USER%40EXAMPLE.COM%2fX%20Y/:send" + Q,  # case
+        "http://localhost:8080/api/hubs/chat/users/user%40example.com%2Fx%20y/:send" + Q + "#f",
+        REST_URL.replace("/:send", "/:se\tnd"),  # urlsplit would drop the tab
     ],
 )
 def test_rejected_rest_audiences(aud: str) -> None:
     assert _rest_rejected(aud) == "audience mismatch"
 
 
-def test_rest_query_is_compared_as_a_multiset_of_decoded_pairs() -> None:
+@pytest.mark.parametrize(
+    ("signed", "sent"),
+    [
+        # issue 10, defect 9: a HEAD token for the user "alice/groups/g2" ...
+        ("/users/alice%2Fgroups%2Fg2", "/users/alice/groups/g2"),  # ... on PUT/DELETE
+        ("/users/ALICE", "/users/alice"),
+        ("/groups/G", "/groups/g"),
+        ("/connections/AB-CD_EF", "/connections/ab-cd_ef"),  # an upper-cased connection id
+        ("/users/alice/groups/g2", "/users/alice%2Fgroups%2Fg2"),
+        ("/users/a%2Fb", "/users/a/b"),
+        ("/users/alice/", "/users/alice"),
+    ],
+)
+def test_rest_audience_is_the_path_as_routed_not_decoded_or_lower_cased(
+    signed: str, sent: str
+) -> None:
+    assert _rest_rejected(HUB_URL + signed + Q, HUB_URL + sent + Q) == "audience mismatch"
+
+
+def test_rest_hub_in_the_audience_is_the_hub_as_requested() -> None:
+    # Azure routes hub names case-insensitively, but the SDKs sign the URL they send.
+    upper = "http://localhost:8080/api/hubs/Chat/:send" + Q
+    _rest(upper, upper)
+    assert _rest_rejected(upper, HUB_URL + "/:send" + Q) == "audience mismatch"
+    assert _rest_rejected(HUB_URL + "/:send" + Q, upper) == "audience mismatch"
+
+
+@pytest.mark.parametrize(
+    ("signed", "sent"),
+    [
+        # aiohttp (the aio SDK's transport) sends "@", "'" and "," unescaped.
+        ("/users/user%40example.com%2Fx%20y", "/users/user@example.com%2Fx%20y"),
+        ("/users/a%2fb", "/users/a%2Fb"),
+        ("/users/%7Ealice", "/users/~alice"),  # requests sends unreserved characters as is
+        ("/:send?filter=userId%20ne%20%27a%27", "/:send?filter=userId%20ne%20'a'"),
+        ("/:send?filter=a+b", "/:send?filter=a%20b"),
+    ],
+)
+def test_rest_audience_may_escape_what_the_router_decodes_alike(signed: str, sent: str) -> None:
+    _rest(HUB_URL + signed, HUB_URL + sent)
+
+
+_segment = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8).filter(
+    lambda s: s not in {".", ".."}  # HTTP clients resolve these: no SDK can send them
+)
+_pair = st.tuples(st.text(st.characters(codec="utf-8"), max_size=5), _segment)
+
+
+def _signed_url(segments: list[str], pairs: list[tuple[str, str]]) -> str:
+    """A URL as the Python SDK builds it: every segment and query item quoted with
+    ``safe=""``."""
+    path = "/".join(quote(s, safe="") for s in segments)
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+    return f"{HUB_URL}/{path}?{query}"
+
+
+@given(st.lists(_segment, min_size=1, max_size=4), st.lists(_pair, max_size=3))
+def test_rest_audience_survives_the_http_clients_re_escaping(
+    segments: list[str], pairs: list[tuple[str, str]]
+) -> None:
+    signed = _signed_url(segments, pairs)
+    for sent in (str(yarl.URL(signed)), requests.Request("GET", signed).prepare().url or ""):
+        _rest(signed, sent)
+
+
+@given(
+    st.lists(_segment, min_size=1, max_size=4),
+    st.lists(_segment, min_size=1, max_size=4),
+    st.lists(_pair, max_size=2),
+    st.lists(_pair, max_size=2),
+)
+def test_rest_audience_for_another_path_or_query_is_refused(
+    segments: list[str],
+    other_segments: list[str],
+    pairs: list[tuple[str, str]],
+    other_pairs: list[tuple[str, str]],
+) -> None:
+    signed = _signed_url(segments, pairs)
+    sent = _signed_url(other_segments, other_pairs)
+    if (segments, pairs) == (other_segments, other_pairs):
+        _rest(signed, sent)
+    else:
+        assert _rest_rejected(signed, sent) == "audience mismatch"
+    joined = _signed_url(["/".join(segments)], pairs)  # one segment holding the "/"s
+    if len(segments) > 1:
+        assert _rest_rejected(joined, signed) == "audience mismatch"
+        assert _rest_rejected(signed, joined) == "audience mismatch"
+
+
+def test_rest_query_is_compared_as_the_ordered_decoded_pairs() -> None:
     url = "http://h/api/hubs/chat/:send?excluded=c1&excluded=c2&filter=a%20b"
-    _rest("http://h/api/hubs/chat/:send?filter=a+b&excluded=c2&excluded=c1", url)
+    _rest("http://h/api/hubs/chat/:send?excluded=c1&excluded=c2&filter=a+b", url)
     _rest("http://h/api/hubs/chat/:send?excluded=c1&excluded=c2&filter=a b", url)
+    assert _rest_rejected("http://h/api/hubs/chat/:send?filter=a+b&excluded=c2&excluded=c1", url)
+    assert _rest_rejected("http://h/api/hubs/chat/:send?excluded=c1&excluded=c2", url)
+    assert _rest_rejected("http://h/api/hubs/chat/:send", url)
+    assert _rest_rejected(
+        "http://h/api/hubs/chat/:send?excluded=c1%26excluded%3Dc2&filter=a%20b", url
+    )
     assert _rest_rejected("http://h/api/hubs/chat/:send?excluded=c1&filter=a%20b", url)
     assert _rest_rejected("http://h/api/hubs/chat/:send?excluded=c1&excluded=c1&filter=a%20b", url)
     assert _rest_rejected("http://h/api/hubs/chat/:send?x=1", "http://h/api/hubs/chat/:send")

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import WSMsgType
 from azure.core.exceptions import HttpResponseError
 
-from tests.conftest import StartService
+from tests.conftest import StartService, make_config
 from tests.server.test_json_protocol import WAIT, disconnected_then_closed, recv
-from tests.support.handler import EventHandlerApp
+from tests.support.handler import EventHandlerApp, held_until, posts
 from tests.support.service import JSON_SUBPROTOCOL, chat_hub, client_url, json_client, sdk
 from webpubsub.server.app import ServiceRunner
 
@@ -173,7 +173,10 @@ class RawClient:
     ``asyncio.to_thread``): it writes frames as fast as the kernel takes them, unlike a
     client on the service's own event loop."""
 
-    def __init__(self, url: str, protocol: str = "json.webpubsub.azure.v1") -> None:
+    def __init__(
+        self, url: str, protocol: str = "json.webpubsub.azure.v1", *, early: bytes = b""
+    ) -> None:
+        """``early``: bytes sent in the same write as the upgrade request."""
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=WAIT)
         key = base64.b64encode(secrets.token_bytes(16)).decode()
@@ -184,6 +187,7 @@ class RawClient:
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                 f"Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
             ).encode()
+            + early
         )
         head = b""
         while b"\r\n\r\n" not in head:
@@ -395,6 +399,23 @@ async def test_a_protocol_error_close_says_why_and_ends_a_reliable_connection(
     assert words in event.body.decode()
 
 
+async def test_an_unmasked_frame_sent_with_the_upgrade_is_refused_unread(
+    runner: ServiceRunner,
+) -> None:
+    """Bytes that arrive with the upgrade request go through the mask check too, before
+    aiohttp's reader parses them: the unmasked ping gets no pong."""
+    ping = client_frame(0x1, b'{"type":"ping"}', masked=False)
+    url = await client_url(runner)
+    client = await asyncio.to_thread(RawClient, url, early=ping)
+    try:
+        frames = await asyncio.to_thread(read_until_close, client)
+    finally:
+        client.close()
+    texts = [json.loads(payload) for op, payload in frames if op == 0x1]
+    assert [t.get("event", t["type"]) for t in texts] == ["connected", "disconnected"]
+    assert int.from_bytes(frames[-1][1][:2], "big") == 1002
+
+
 async def test_a_client_closing_with_1002_is_echoed_not_refused(runner: ServiceRunner) -> None:
     """The echo of a client's own close code is not a refusal of the service's."""
     client = await asyncio.to_thread(RawClient, await client_url(runner))
@@ -405,3 +426,37 @@ async def test_a_client_closing_with_1002_is_echoed_not_refused(runner: ServiceR
         client.close()
     assert [op for op, _ in frames] == [0x1, 0x8]  # connected, then the echo
     assert frames[-1][1] == b"\x03\xea"
+
+
+# -- issue 10.5: user events in flight per connection ---------------------------------------
+
+
+async def test_requests_behind_a_held_event_are_bounded_and_read_on(
+    start_service: StartService, handler_app: EventHandlerApp, http: aiohttp.ClientSession
+) -> None:
+    """While an event waits on a slow handler, the connection's next requests queue behind
+    it in order, up to ``upstream.max_inflight_events_per_connection`` in all; the one
+    past that is refused at once with a failed ack (it is read, not left in the socket)."""
+    release = asyncio.Event()
+    handler_app.responder = held_until(release, "e")
+    config = make_config(chat_hub(handler_app.url))
+    config = dataclasses.replace(
+        config, upstream=dataclasses.replace(config.upstream, max_inflight_events_per_connection=2)
+    )
+    runner = await start_service(config=config)
+    ws, _ = await json_client(http, await client_url(runner))
+    try:
+        for ack_id in (1, 2, 3):
+            event = {"type": "event", "event": "e", "dataType": "text", "data": f"{ack_id}"}
+            await ws.send_str(json.dumps({**event, "ackId": ack_id}))
+        await handler_app.next_event("user.e")
+        refused = await recv(ws)  # at once, while the first is still held
+        assert refused["ackId"] == 3 and refused["success"] is False
+        assert "in flight" in refused["error"]["message"]
+    finally:
+        release.set()
+    assert [await recv(ws) for _ in range(2)] == [
+        {"type": "ack", "ackId": 1, "success": True},
+        {"type": "ack", "ackId": 2, "success": True},
+    ]
+    assert [r.body for r in posts(handler_app, "e")] == [b"1", b"2"]  # in order, no third

@@ -292,6 +292,27 @@ async def test_a_tls_handshake_has_the_same_deadline(
     assert_no_tracebacks(caplog)
 
 
+async def test_a_slow_rest_body_that_keeps_coming_is_not_cut(start_service: StartService) -> None:
+    """The body deadline is an idle one: a body arriving slowly but steadily, for longer
+    than the deadline in all, is accepted (a slow uplink is not a stalled client)."""
+    runner = await start_service(header_timeout_seconds=DEADLINE)
+    target = "/api/hubs/chat/:send"
+    token = issue_rest_token(ACCESS_KEY, audience=runner.endpoint + target, now=time.time())
+    pieces = 6
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{runner.port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {pieces * 10}\r\n\r\n"
+    )
+    raw = await Raw.open(runner, head.encode())
+    for _ in range(pieces):  # a slow client: a piece every half deadline, 3 deadlines in all
+        await asyncio.sleep(DEADLINE / 2)
+        raw.writer.write(b"x" * 10)
+    status, _ = await raw.answer()
+    assert b" 202 " in status, status
+    raw.close()
+
+
 async def test_a_rest_body_that_stops_coming_is_408_at_the_deadline(
     start_service: StartService, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import resource
 import sys
@@ -96,7 +97,12 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         preexec_fn=_low_limit,
-        env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+        env={
+            "PYTHONUNBUFFERED": "1",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": ":".join(sys.path),
+            "XDG_DATA_HOME": os.environ["XDG_DATA_HOME"],  # this run's, not the user's
+        },
     )
     service = Service(proc)
     try:

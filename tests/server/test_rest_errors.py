@@ -11,7 +11,7 @@ import asyncio
 import gzip as gzip_module
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 import orjson
@@ -21,6 +21,7 @@ from azure.messaging.webpubsubservice import WebPubSubServiceClient as SyncClien
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient as AioClient
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
+from tests.support.service import json_client
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
@@ -152,10 +153,54 @@ async def test_bad_tokens_are_401_without_secrets(api: Api) -> None:
     assert (resp.status, resp.headers["x-ms-error-code"]) == (401, "Error.Unauthorized")
 
 
-async def test_audience_without_query_accepts_any_query(api: Api) -> None:
+async def test_a_token_is_for_its_own_raw_path_and_case_only(api: Api) -> None:
+    """Issue 10, defect 9: ``aud`` was compared with the decoded, lower-cased path."""
+    base = f"{api.runner.endpoint}/client/hubs/chat"
+    token = issue_client_token(
+        ACCESS_KEY, audience=base, now=time.time(), user_id="alice", groups=["g"]
+    )
+    ws, conn_id = await json_client(api.http, f"ws{base.removeprefix('http')}?access_token={token}")
+    assert conn_id.upper() != conn_id
+    v = "?api-version=2024-12-01"
+
+    def head(target: str) -> Awaitable[Response]:
+        return api.call("HEAD", target + v, token=api.token(target + v), content_type=None)
+
+    # A HEAD token for the user "alice/groups/g2" is no PUT or DELETE of alice in g2.
+    head_token = api.token(f"/api/hubs/chat/users/alice%2Fgroups%2Fg2{v}")
+    for method in ("PUT", "DELETE"):
+        resp = await api.call(
+            method, f"/api/hubs/chat/users/alice/groups/g2{v}", token=head_token, content_type=None
+        )
+        resp.error(401, "Error.Unauthorized")
+    assert (await head("/api/hubs/chat/groups/g2")).status == 404  # alice was not added
+    # Tokens for ALICE, G and the upper-cased connection id are not tokens for the real ones.
+    for signed, sent in (
+        ("users/ALICE", "users/alice"),
+        ("groups/G", "groups/g"),
+        (f"connections/{conn_id.upper()}", f"connections/{conn_id}"),
+    ):
+        resp = await api.call(
+            "HEAD",
+            f"/api/hubs/chat/{sent}{v}",
+            token=api.token(f"/api/hubs/chat/{signed}{v}"),
+            content_type=None,
+        )
+        assert (resp.status, resp.headers["x-ms-error-code"]) == (401, "Error.Unauthorized"), sent
+        assert (await head(f"/api/hubs/chat/{sent}")).status == 200  # the control
+    await ws.close()
+
+
+async def test_audience_is_the_whole_url_with_its_query(api: Api) -> None:
     ws = await api.client()
+    for signed in ("/api/hubs/chat/:send", SEND):  # the SDKs sign the query too
+        resp = await api.call("POST", SEND + "&excluded=nobody", token=api.token(signed))
+        resp.error(401, "Error.Unauthorized")
+    await only_marker(api, ws)
+    # Spelled as aiohttp re-escapes it after signing: the same pairs, so the same request.
+    sent = SEND + "&filter=userId%20ne%20'x'"
     resp = await api.call(
-        "POST", SEND + "&excluded=nobody", token=api.token("/api/hubs/chat/:send"), body=b"hi"
+        "POST", sent, token=api.token(SEND + "&filter=userId+ne+%27x%27"), body=b"hi"
     )
     assert resp.status == 202
     msg = await ws.receive(timeout=5)
@@ -186,7 +231,12 @@ async def test_sdk_with_wrong_key_raises_authentication_error(
 
 
 async def test_unknown_route_is_404_and_wrong_method_405(api: Api) -> None:
-    for target in ("/api/nothing", "/api/hubs/chat/:nothing", "/api/hubs/chat/users/u/x/y"):
+    for target in (
+        "/api/nothing",
+        "/api/hubs/chat/:nothing",
+        "/api/hubs/chat/users/u/x/y",
+        "/api/a%0Ab",  # a line break in the decoded path (found by the fuzzer)
+    ):
         (await api.call("POST", target)).error(404, "Error.NotFound")
     for method, target, allow in (
         ("GET", SEND, "POST"),

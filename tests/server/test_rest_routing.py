@@ -1,16 +1,31 @@
-"""Routing on the raw, percent-encoded path (Azure REST API reference)."""
+"""Routing on the raw, percent-encoded path (Azure REST API reference), and the whole
+REST boundary fuzzed over HTTP: every request gets an answer, never a 500, and every
+refusal is a JSON error body."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import string
+import time
+from collections.abc import Iterator
 from urllib.parse import quote
 
+import aiohttp
+import orjson
 import pytest
-from hypothesis import given
+import uvloop
+import yarl
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import ACCESS_KEY, make_config
 from webpubsub.errors import InvalidParameter
+from webpubsub.protocol.tokens import issue_rest_token
+from webpubsub.server.app import ServiceRunner
 from webpubsub.server.rest import (
     INT32_MAX,
+    ROUTES,
     add_user_to_group,
     int_param,
     remove_connection_from_group,
@@ -76,3 +91,172 @@ def test_integer_parameters_are_int32_as_the_rest_reference_declares() -> None:
     for raw in (str(INT32_MAX + 1), "9" * 5000, "1" + "0" * 4400, "١", "²", "+1", " 1"):
         with pytest.raises(InvalidParameter, match="from 1 to 2147483647"):
             int_param("top", raw, low=1)
+
+
+# -- the whole REST boundary, fuzzed over HTTP ---------------------------------------------
+
+_PCHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@"
+_WORDS = [
+    "hubs", "chat", "Chat", "1hub", "h" * 130, "users", "groups", "connections",
+    "permissions", "sendToGroup", "joinLeaveGroup", "health", "api", ":send",
+    ":closeConnections", ":generateToken", ":addToGroups", ":removeFromGroups", "u1", "",
+]  # fmt: skip
+_ESCAPES = ["%2F", "%2f", "%20", "%", "%zz", "%C3%A4", "%FF", "%00", "%3F", "%23", "%25", "%0A"]
+_segment = st.lists(
+    st.sampled_from(_WORDS) | st.sampled_from(_ESCAPES) | st.text(_PCHARS, max_size=6),
+    max_size=3,
+).map("".join)
+_filled = st.lists(
+    st.sampled_from([w for w in _WORDS if w])
+    | st.sampled_from(_ESCAPES)
+    | st.text(_PCHARS, min_size=1, max_size=6),
+    min_size=1,
+    max_size=3,
+).map("".join)
+"""A segment that is not empty."""
+_id = (
+    st.sampled_from(["u1", "g1", "sendToGroup", "joinLeaveGroup", "c1", "my group/ä"])
+    | st.text(min_size=1, max_size=12)
+).map(lambda name: quote(name, safe="")) | _filled
+
+
+_METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+
+
+@st.composite
+def _method_and_path(draw: st.DrawFn) -> tuple[str, str]:
+    """Mostly one of the routes, its parameters filled in (sometimes a segment more or
+    less, sometimes another method); else any path under ``/api/``."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(_METHODS), "/api/" + "/".join(draw(st.lists(_segment, max_size=7)))
+    route = draw(st.sampled_from(ROUTES))
+    hub = st.sampled_from(["chat", "Chat", "1hub", "h" * 130, "%63hat"]) | _filled
+    segments = [
+        draw(hub if part == "{hub}" else _id) if part.startswith("{") else part
+        for part in route.pattern
+    ]
+    if draw(st.integers(0, 9)) == 0:
+        at = draw(st.integers(0, len(segments) - 1))
+        if draw(st.booleans()):
+            segments.insert(at, draw(_segment))
+        else:
+            del segments[at]
+    method = draw(_METHODS) if draw(st.integers(0, 9)) == 0 else route.method
+    return method, "/api/" + "/".join(segments)
+
+
+_KEYS = [
+    "api-version", "excluded", "filter", "userId", "role", "group", "minutesToExpire", "top",
+    "maxpagesize", "continuationToken", "reason", "targetName", "messageTtlSeconds",
+    "clientType",
+]  # fmt: skip
+_query_value = st.text(_PCHARS.replace("&", "") + "/?", max_size=8) | st.sampled_from(
+    [*_ESCAPES, "-1", "0", "1", "999999999999999999999", "userId eq 'u1'", "socketio"]
+).map(lambda v: quote(v, safe="%"))
+_query = st.lists(
+    st.tuples(st.sampled_from(_KEYS) | st.text(_PCHARS.replace("&", ""), max_size=4), _query_value),
+    max_size=4,
+).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
+_BODIES = [
+    (None, b""),
+    ("text/plain", b"hi"),
+    ("application/json", b'{"groups": ["g1"], "filter": "userId eq \'u1\'"}'),
+    ("application/json", b'{"groups": "g1"}'),
+    ("application/json", b"[1, 2"),
+    ("application/octet-stream", b"\x00\xff"),
+    ("text/html", b"<p>"),
+    ("text/plain", b"\xff\xfe"),
+]
+
+
+class Served:
+    """One service and one HTTP client, both on a loop this module drives itself:
+    each Hypothesis input runs one request to completion on it."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.runner = ServiceRunner(make_config(), advertised_host="127.0.0.1")
+        self.loop.run_until_complete(self.runner.start())
+        self.http = self.loop.run_until_complete(self._session())
+        self.errors: list[logging.LogRecord] = []
+
+    @staticmethod
+    async def _session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        async def go() -> tuple[int, dict[str, str], bytes]:
+            url = yarl.URL(self.runner.endpoint + target, encoded=True)
+            async with self.http.request(method, url, headers=headers, data=body) as resp:
+                return resp.status, dict(resp.headers), await resp.read()
+
+        return self.loop.run_until_complete(asyncio.wait_for(go(), 10))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.close())
+        self.loop.run_until_complete(self.runner.stop())
+        self.loop.close()
+
+
+class _Errors(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    served = Served()
+    handler = _Errors(served.errors)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield served
+    finally:
+        logging.getLogger().removeHandler(handler)
+        served.close()
+
+
+@settings(deadline=None)  # a real round trip on a shared machine
+@given(
+    request=_method_and_path(),
+    query=_query,
+    auth=st.sampled_from(["signed", "signed", "signed", "none", "garbage", "other URL"]),
+    body=st.sampled_from(_BODIES),
+)
+def test_any_request_gets_an_answer_never_a_500_and_json_refusals(
+    served: Served,
+    request: tuple[str, str],
+    query: str,
+    auth: str,
+    body: tuple[str | None, bytes],
+) -> None:
+    method, path = request
+    target = f"{path}?{query}" if query else path
+    signed_for = target if auth == "signed" else "/api/hubs/chat/:send"
+    token = issue_rest_token(
+        ACCESS_KEY, audience=served.runner.endpoint + signed_for, now=time.time()
+    )
+    headers = {} if auth == "none" else {"Authorization": f"Bearer {token}"}
+    if auth == "garbage":
+        headers["Authorization"] = "Bearer not.a.jwt"
+    content_type, data = body
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    status, answer, raw = served.request(method, target, headers, data)
+
+    event(f"answered {status} {answer.get('x-ms-error-code', '')}".rstrip())
+    assert status < 500, (status, raw)
+    assert not served.errors, [r.getMessage() for r in served.errors]
+    if status >= 400:
+        code = answer["x-ms-error-code"]
+        if method != "HEAD":
+            media = answer["Content-Type"].partition(";")[0]
+            assert media in {"application/json", "application/problem+json"}, answer
+            detail = orjson.loads(raw)
+            assert detail["code"] == code and isinstance(detail["message"], str)

@@ -609,3 +609,30 @@ async def test_a_close_frame_without_a_code_is_answered_with_1000(
     finally:
         writer.close()
     assert int.from_bytes(body[:2], "big") == 1000
+
+
+async def test_shutdown_stops_accepting_before_it_waits_for_the_clients(
+    start_service: StartService, handler_app: EventHandlerApp
+) -> None:
+    """SIGTERM's stop: the port refuses new sockets while the old clients finish (here one
+    whose message a slow handler holds; with ``serve --workers`` another worker answers the
+    new ones), not only once they are gone."""
+    release = asyncio.Event()
+    handler_app.responder = held_until(release, "message")
+    runner = await start_service(chat_hub(handler_app.url))
+    raw = await RawClient.connect(await client_url(runner))
+    await raw.send(client_frame(Opcode.TEXT, b"hello"))
+    await handler_app.next_event(".message")
+    stopping = asyncio.create_task(runner.stop())
+    try:
+        first, _ = await raw.read_frame()
+        assert first == 0x80 | Opcode.CLOSE  # the clients are being closed ...
+        with pytest.raises(OSError):  # ... and the port no longer accepts
+            _, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+            writer.close()
+        assert not stopping.done()  # still waiting for the client whose event is held
+    finally:
+        release.set()
+    async with asyncio.timeout(10):
+        await stopping
+    await raw.aclose()

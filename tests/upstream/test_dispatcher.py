@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import pytest
@@ -833,3 +834,61 @@ async def test_adopted_events_go_in_their_order_with_their_ce_id_and_dropped_one
     assert elsewhere.store.drop(elsewhere.store.pending_seqs()) == 2
     assert elsewhere.queued() == 0 and other.count("pending") == 0
     assert elsewhere.stats.taken_by_others == 2
+
+
+# -- connections left open by a crash ---------------------------------------------------
+
+
+@pytest.mark.parametrize("system", [frozenset({"connected", "disconnected"}), {"disconnected"}])
+async def test_a_start_after_a_crash_sends_the_disconnected_of_every_connection_left_open(
+    handler: HandlerApp, make_upstream: MakeUpstream, tmp_path: Path, system: frozenset[str]
+) -> None:
+    async def down(seen: Seen) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    handler.respond = down
+    path = str(tmp_path / "events.sqlite3")
+    hub = hub_with(handler.url(), system=frozenset(system))
+    retry = RetryPolicy(delays=(30.0,), horizon=3600.0)
+    first = make_upstream(
+        queue=SqliteEventQueue(path), validate=False, retry=retry, track_connections=True
+    )
+    first.start(lambda name: hub)
+    first.connected(hub, ctx("c1"))
+    first.connected(hub, ctx("c2"))
+    first.disconnected(hub, ctx("c2"), "The client closed the connection.")
+    await first.aclose(timeout=0)  # as a crash: c1 is still open, its events queued
+    handler.seen.clear()
+    handler.respond = default_respond
+
+    queue = SqliteEventQueue(path)
+    again = make_upstream(queue=queue, validate=False, retry=retry, track_connections=True)
+    again.start(lambda name: hub)
+    async with asyncio.timeout(WAIT):
+        await again.wait_until(lambda: again.queued() == 0)
+    got = [
+        (s.header("ce-connectionId"), s.event, s.header("ce-userId"), s.body)
+        for s in handler.posts()
+    ]
+    connected = [("c1", "connected", "alice", b"{}"), ("c2", "connected", "alice", b"{}")]
+    restarted = ("c1", "disconnected", "alice", b'{"reason":"The service restarted."}')
+    closed = ("c2", "disconnected", "alice", b'{"reason":"The client closed the connection."}')
+    if "connected" in system:
+        assert [g for g in got if g[0] == "c1"] == [connected[0], restarted]
+        assert [g for g in got if g[0] == "c2"] == [connected[1], closed]
+    else:
+        assert sorted(got) == sorted([restarted, closed])
+    assert queue.live() == []  # swept once: the next start sends nothing more
+
+
+async def test_without_tracking_no_connection_is_recorded(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    """The Redis backplane ends a dead node's connections itself (its reaper)."""
+    queue = SqliteEventQueue(":memory:")
+    upstream = make_upstream(queue=queue, validate=False)
+    hub = hub_with(handler.url())
+    upstream.connected(hub, ctx("c1"))
+    assert queue.live() == []
+    await upstream.aclose(timeout=WAIT)
+    assert [s.event for s in handler.posts()] == ["connected"]

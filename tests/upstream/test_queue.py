@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,9 +19,11 @@ from webpubsub.cli import main
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.upstream.queue import (
+    BATCH,
     MEMORY,
     RECORD_VERSION,
     CorruptRecord,
+    LiveConnection,
     QueuedEvent,
     SqliteEventQueue,
     decode_record,
@@ -101,6 +106,21 @@ def test_one_process_at_a_time_owns_a_queue_file(path: str) -> None:
     SqliteEventQueue(path).close()  # free again
 
 
+def test_a_queue_file_of_another_layout_is_refused_by_name(path: str) -> None:
+    """A file written by a build with other tables (here: an older ``live`` table) would be
+    misread: it is refused, naming the file, and left as it was."""
+    Path(path).parent.mkdir(parents=True)
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE live (chain TEXT PRIMARY KEY, ctx TEXT NOT NULL)")
+    with pytest.raises(ConfigError, match="has another layout") as refused:
+        SqliteEventQueue(path)
+    assert path in str(refused.value)
+    SqliteEventQueue(path + ".new").close()  # a new file is fine, and is stamped
+    with sqlite3.connect(path + ".new") as new:
+        assert new.execute("PRAGMA user_version").fetchone() == (1,)
+    SqliteEventQueue(path + ".new").close()  # and reopens
+
+
 def test_queue_files_are_per_node_id() -> None:
     assert queue_file("/d", None) == "/d/events.sqlite3"
     assert queue_file("/d", "host-a-1") == "/d/events-host-a-1.sqlite3"
@@ -135,6 +155,53 @@ def test_the_events_command_lists_replays_and_purges(tmp_path: Path, path: str) 
 
     missing = cli.invoke(main, ["events", "--data-dir", str(tmp_path / "none"), "pending"])
     assert missing.exit_code == 1 and "No event queue" in missing.output
+
+
+def test_the_cli_replays_in_short_batches_next_to_a_busy_service(tmp_path: Path, path: str) -> None:
+    """The service waits 50 ms at most for the file's lock: a replay of thousands of
+    dead letters must let go of it often, and must not fail for the service's writes."""
+    service = SqliteEventQueue(path)
+    count = 5 * BATCH
+    for i in range(count):
+        service.bury(event(f"c{i}"), 1000.0, "status 400")
+    outcome: list[Result] = []
+
+    def replay() -> None:
+        command = ["events", "--data-dir", str(tmp_path / "data"), "replay", "--all"]
+        outcome.append(CliRunner().invoke(main, command))
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    added = failed = 0
+    deadline = time.monotonic() + 60.0
+    while thread.is_alive() and time.monotonic() < deadline:  # the service, meanwhile
+        try:
+            service.add(event("new"))
+            added += 1
+        except sqlite3.OperationalError:
+            failed += 1
+    thread.join(timeout=60.0)
+    [result] = outcome
+    assert result.exit_code == 0, result.output
+    assert f"{count} event(s) queued again" in result.output
+    assert failed == 0 and added > 0
+    assert service.count("pending") == count + added and service.count("dead") == 0
+    service.close()
+
+
+def test_live_connections_are_written_with_their_events(path: str) -> None:
+    queue = SqliteEventQueue(path)
+    live = LiveConnection("hub=chat connection=c1", "chat", "c1", "alice", None, "s")
+    queue.add(event("c1"), opens=live)
+    queue.open_live(dataclasses.replace(live, chain="hub=chat connection=c2", user_id=None))
+    queue.add(event("c1", "disconnected", "2"), ends=True)
+    queue.close()
+    again = SqliteEventQueue(path)
+    [left] = again.live()
+    assert left == LiveConnection("hub=chat connection=c2", "chat", "c1", None, None, "s")
+    again.end_live(left.chain)
+    assert again.live() == [] and again.count("pending") == 2
+    again.close()
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -216,3 +283,24 @@ def test_a_record_with_a_wrong_header_is_named_corrupt(header: bytes) -> None:
         decode_record(raw)
     with pytest.raises(CorruptRecord, match="version 2"):
         decode_record(bytes([2]) + raw[1:])
+
+
+_any_text = st.text(st.characters(blacklist_categories=()), max_size=40)
+_lives = st.builds(
+    LiveConnection,
+    chain=_text,
+    hub=_text,
+    connection_id=_text,
+    user_id=st.none() | _any_text | st.just("\ud800"),  # a lone surrogate (a token's claim)
+    subprotocol=st.none() | _text,
+    state=_any_text,
+)
+
+
+@given(st.lists(_lives, max_size=5, unique_by=lambda live: live.chain))
+def test_a_live_connection_reads_back_as_it_was_stored(lives: list[LiveConnection]) -> None:
+    queue = SqliteEventQueue(MEMORY)
+    for live in lives:
+        queue.open_live(live)
+    assert queue.live() == lives
+    queue.close()

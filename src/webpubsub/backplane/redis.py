@@ -405,6 +405,9 @@ class RedisBackplane(Backplane):
             )
         }
         self._store: EventStore | None = None
+        self._foreign_from: int | None = None
+        """The store's next ``seq`` when the mirror was first copied anew: a copied event
+        at or past it was never the store's (kept until a copy completes)."""
         """This node's event queue, once attached: what the mirror copies."""
         self._mirror_ops: deque[tuple[int, bytes | None]] = deque()
         """Mirror writes waiting, in order: (seq, record), or (seq, None) to remove."""
@@ -1304,6 +1307,7 @@ class RedisBackplane(Backplane):
             records = self._store.records(batch)
             if records:
                 await self._redis.hset(key, mapping={str(s): r for s, r in records})
+        self._foreign_from = None
         if extra or missing:
             log.info(
                 "event mirror of node %s: %d written, %d removed",
@@ -1314,14 +1318,22 @@ class RedisBackplane(Backplane):
 
     async def _adopt_foreign(self, key: str, recorded: set[int]) -> set[int]:
         """Queue the copied events this node's queue file never had (it started with a
-        new or empty one under the same node id), then forget their old numbers; which."""
+        new or empty one under the same node id), then forget their old numbers; which.
+        Raises if the queue's file cannot take them all (the rest stay, for the retry)."""
         assert self._store is not None
-        first_new = self._store.next_seq()
-        foreign = sorted(s for s in recorded if s >= first_new)
+        if self._foreign_from is None:  # not again on a retry: adopted ones took seqs
+            self._foreign_from = self._store.next_seq()
+        foreign = sorted(s for s in recorded if s >= self._foreign_from)
         for batch in _chunks(foreign, TAKEOVER_BATCH):
             values = await self._redis.hmget(key, [str(s) for s in batch])
-            self._store.adopt([_raw(v) for v in values if v is not None])  # durable first
-            await self._redis.hdel(key, *(str(s) for s in batch))
+            found = [(s, v) for s, v in zip(batch, values, strict=True) if v is not None]
+            adopted = self._store.adopt([_raw(v) for _, v in found])  # durable first
+            queued, present = {s for s, _ in found[: len(adopted)]}, {s for s, _ in found}
+            done = [s for s in batch if s in queued or s not in present]
+            if done:
+                await self._redis.hdel(key, *(str(s) for s in done))
+            if len(adopted) < len(found):
+                raise RuntimeError("the event queue cannot be written now")
         if foreign:
             log.warning(
                 "node %s found %d events in its copy in Redis that its queue file does not "
@@ -1355,6 +1367,15 @@ class RedisBackplane(Backplane):
             except RuntimeError as exc:  # this node's queue closed: it is stopping
                 log.info("node %s leaves the events of node %s: %s", self.node_id, dead, exc)
                 return False
+            short = len(adopted) < len(found)
+            found = found[: len(adopted)]  # the rest are not queued here: they stay there
+            if not found:
+                log.warning(
+                    "node %s cannot queue the events of node %s now; they wait in Redis",
+                    self.node_id,
+                    dead,
+                )
+                return False
             took = await self._scripts["take"](
                 keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
             )
@@ -1363,7 +1384,7 @@ class RedisBackplane(Backplane):
             undo = [mine for (s, _), mine in zip(found, adopted, strict=True) if s not in done]
             self._store.drop([mine for mine in undo if mine], handed_back=True)
             taken += len(done)
-            if not isinstance(took, list):
+            if not isinstance(took, list) or short:
                 return False
         if taken:
             log.warning(

@@ -14,7 +14,8 @@ import contextlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -87,8 +88,10 @@ PRESENCE_WAIT = 2.0
 #: How long a dropped reliable connection waits for its client (reliable JSON subprotocol).
 DEFAULT_RECOVERY_WINDOW = 60.0
 
-#: User events one connection may have waiting on event handlers; the next is refused.
+#: Messages of one connection waiting on an event handler: the event being handled and
+#: those behind it; the next is refused (failed ack) or, if it cannot be, waits.
 DEFAULT_MAX_INFLIGHT_EVENTS = 16
+
 #: Bytes of a recovered connection's buffer written at a time: the next chunk waits
 #: until the transport has drained (so any buffer fits through any outbox).
 REPLAY_CHUNK_BYTES = 64 * 1024
@@ -150,8 +153,10 @@ class Node:
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
         self.max_inflight_events = max_inflight_events
-        """User events one connection may have waiting on handlers at once."""
-        self._inflight: dict[Connection, int] = {}
+        """Messages one connection may have waiting on a handler: the event being handled
+        and those queued behind it."""
+        self._backlogs: dict[Connection, _Backlog] = {}
+        """Connections with an event at a handler: their next messages, in order."""
         self._presence = presence
         self._handover = handover
         self._welcomes: set[asyncio.Task[None]] = set()
@@ -464,22 +469,82 @@ class Node:
         )
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
-        """Handle one client message; the transport awaits it before reading the next."""
+        """Handle one client message, in order with the connection's others.
+
+        An event for a handler goes on in the background, so that the transport reads
+        on (pings, the next messages): the connection's later messages wait behind it,
+        at most :attr:`max_inflight_events` in all. Past that a request with an ackId
+        gets a failed ack at once; anything else (a simple client's message, a request
+        without an ackId) waits for room here, so the transport stops reading.
+        """
         if conn.closing:
             return
+        backlog = self._backlogs.get(conn)
+        if backlog is None:
+            await self._handle(conn, data, inline=False)
+            return
+        if len(backlog.frames) + 1 >= self.max_inflight_events:
+            ack_id = ack_id_of(data) if conn.protocol.is_json else None
+            if ack_id is not None:
+                conn.send_control(encode_ack(ack_id, TooManyEvents(self.max_inflight_events)))
+                return
+            while len(backlog.frames) + 1 >= self.max_inflight_events:
+                await backlog.changed()
+                if self._backlogs.get(conn) is not backlog:  # it drained meanwhile
+                    await self.receive(conn, data)
+                    return
+        backlog.frames.append(data)
+
+    async def settle(self, conn: Connection) -> None:
+        """Return once the messages ``conn`` sent are handled (its transport has ended)."""
+        backlog = self._backlogs.get(conn)
+        if backlog is not None and backlog.task is not None:
+            await asyncio.wait([backlog.task])
+
+    async def _handle(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
         if conn.protocol.is_json:
-            await self._request(conn, data)
+            await self._request(conn, data, inline=inline)
             return
         if isinstance(data, str):
             payload = Payload(DataType.TEXT, data.encode("utf-8"))
         else:
             payload = Payload(DataType.BINARY, data)
+        message = self._message(conn, payload)
+        if inline:
+            await message
+        else:
+            self._in_background(conn, message)
+
+    async def _message(self, conn: Connection, payload: Payload) -> None:
+        """A simple client's message: the ``message`` event; its reply goes back."""
         try:
             reply = await self.user_event(conn, "message", payload)
         except UpstreamError as exc:
             conn.close(CloseCode.INTERNAL_ERROR, exc.client_message)
             return
         self.apply_reply(conn, reply)
+
+    def _in_background(self, conn: Connection, first: Coroutine[object, object, None]) -> None:
+        """Run ``first`` (an event) as the head of ``conn``'s backlog."""
+        backlog = _Backlog()
+        self._backlogs[conn] = backlog
+        backlog.task = asyncio.create_task(self._work_off(conn, backlog, first))
+
+    async def _work_off(
+        self, conn: Connection, backlog: _Backlog, first: Coroutine[object, object, None]
+    ) -> None:
+        try:
+            await first
+            while backlog.frames and not conn.closing:  # bounded: max_inflight_events
+                data = backlog.frames.popleft()
+                backlog.wake()
+                await self._handle(conn, data, inline=True)
+        except Exception:  # one connection's failure must not end the others
+            log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
+            conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
+        finally:
+            del self._backlogs[conn]
+            backlog.wake()
 
     def throttle(self, conn: Connection, data: bytes | str | None, reason: str) -> None:
         """``conn`` sent more than its hub allows: the request in ``data`` (None: a
@@ -494,8 +559,9 @@ class Node:
                 conn.send_control(encode_ack(ack_id, TooManyRequests(reason)))
         conn.close(CloseCode.POLICY_VIOLATION, reason)
 
-    async def _request(self, conn: Connection, data: bytes | str) -> None:
-        """Carry out what the router makes of one JSON-subprotocol frame."""
+    async def _request(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
+        """Carry out what the router makes of one JSON-subprotocol frame (an event in the
+        background unless ``inline``)."""
         hub = self._hubs.get(conn.hub)
         if hub is None:  # pragma: no cover - an attached connection always has its hub
             return
@@ -522,28 +588,31 @@ class Node:
                 else:
                     ack = succeeded(conn, effect.ack_id)
             case CallEvent():
-                try:
-                    reply = await self.user_event(conn, effect.event, effect.payload)
-                except UpstreamError as exc:
-                    client_error = UpstreamError(exc.client_message, status=exc.status)
-                    ack = failed(effect.ack_id, client_error)
+                call = self._call(conn, effect)
+                if inline:
+                    await call
                 else:
-                    self.apply_reply(conn, reply)  # the reply reaches the client before the ack
-                    ack = succeeded(conn, effect.ack_id)
+                    self._in_background(conn, call)
+                return
             case _:
                 assert_never(effect)
         if ack is not None:
             conn.send_control(ack)
 
-    async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
-        """Call the event handler for a user event; failures are logged and re-raised.
+    async def _call(self, conn: Connection, effect: CallEvent) -> None:
+        """A JSON client's event: the handler's reply, then the ack."""
+        try:
+            reply = await self.user_event(conn, effect.event, effect.payload)
+        except UpstreamError as exc:
+            ack = failed(effect.ack_id, UpstreamError(exc.client_message, status=exc.status))
+        else:
+            self.apply_reply(conn, reply)  # the reply reaches the client before the ack
+            ack = succeeded(conn, effect.ack_id)
+        if ack is not None:
+            conn.send_control(ack)
 
-        Past ``max_inflight_events`` of this connection waiting on handlers, the
-        event is refused at once (:class:`TooManyEvents`) rather than queued."""
-        inflight = self._inflight.get(conn, 0)
-        if inflight >= self.max_inflight_events:
-            raise TooManyEvents(self.max_inflight_events)
-        self._inflight[conn] = inflight + 1
+    async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
+        """Call the event handler for a user event; failures are logged and re-raised."""
         try:
             return await self._upstream.user_event(
                 self._hub_settings(conn.hub), self.context(conn), name, payload
@@ -557,10 +626,6 @@ class Node:
                 exc.message,
             )
             raise
-        finally:
-            left = self._inflight.pop(conn) - 1
-            if left:
-                self._inflight[conn] = left
 
     def detach(self, conn: Connection, sink: Sink, reason: str, *, recoverable: bool) -> None:
         """The transport ``sink`` of ``conn`` is gone.
@@ -788,6 +853,24 @@ def _targets(hub: Hub, target: Target) -> list[Connection]:
         return hub.group_connections(target.id)
     conn = hub.get(target.id)
     return [conn] if conn is not None else []
+
+
+class _Backlog:
+    """The messages of one connection waiting behind its event at a handler."""
+
+    __slots__ = ("_changed", "frames", "task")
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes | str] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._changed.clear()
 
 
 class _Held:

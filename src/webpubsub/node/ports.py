@@ -109,7 +109,9 @@ class EventStore(Protocol):
     def adopt(self, records: Sequence[bytes]) -> list[int]:
         """Queue events another node left, in the order given, durably on return (each
         mirrored as one of this node's own); for each record its ``seq`` here (0: not
-        queued, unreadable or dead-lettered). Raises if this queue is closed."""
+        queued, unreadable or dead-lettered). Stops at the first the store cannot write
+        now (the list is then shorter: the rest are not queued, and must stay where they
+        are for a later try). Raises if this queue is closed."""
 
     def drop(self, seqs: Collection[int], *, handed_back: bool = False) -> int:
         """Another node took these events over (``handed_back``: their node took them

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 import jwt
 
@@ -143,11 +142,16 @@ def verify_rest_token(
 ) -> None:
     """Verify a REST bearer token for the request at ``method_url`` (Azure: REST auth).
 
+    ``aud`` must be the request URL, as the SDKs sign it (docs/compatibility.md).
     ``method_url`` is the absolute request URL with the raw (percent-encoded) path
-    and query.  The ``aud`` origin must be the request's or one of ``endpoints``;
-    its path must equal the request path (percent-decoded, case-insensitive,
-    trailing ``/`` ignored); a query in ``aud`` must equal the request query as a
-    multiset of decoded key/value pairs, while an ``aud`` without query accepts any.
+    and query.  The ``aud`` origin must be the request's or one of ``endpoints``
+    (scheme and host case-insensitive, default ports filled in).  Path and query are
+    compared as the router reads them, case-sensitively: the path split on ``/``
+    before each segment is percent-decoded (so ``%2F`` is no ``/``), the query as the
+    ordered list of its decoded ``key=value`` pairs.  Only spelling that cannot change
+    what is routed may differ (``%40`` or ``@``, ``%2f`` or ``%2F``, ``+`` or ``%20``
+    in the query), as HTTP clients re-escape URLs after the SDK signed them.  The
+    method is not in ``aud``: a token is good for every method on its URL.
     """
     payload = _decode(token, keys=keys, now=now, leeway=leeway)
     request = _Url.parse(method_url)
@@ -158,13 +162,15 @@ def verify_rest_token(
         parsed = _Url.parse(endpoint)
         if parsed is not None:
             origins.add(parsed.origin)
+    path, query = _routed_path(request.raw_path), _routed_query(request.query)
     for aud in _audiences(payload):
         target = _Url.parse(aud)
         if (
             target is not None
+            and not target.fragment
             and target.origin in origins
-            and target.path == request.path
-            and (not target.query or _query_pairs(target.query) == _query_pairs(request.query))
+            and _routed_path(target.raw_path) == path
+            and _routed_query(target.query) == query
         ):
             return
     raise Unauthorized("audience mismatch")
@@ -244,10 +250,14 @@ class _Url:
 
     origin: tuple[str, str, int | None]  # scheme, host (lower case), port (default filled in)
     path: str  # percent-decoded, lower-cased, without trailing "/"
+    raw_path: str
     query: str  # raw
+    fragment: str  # raw
 
     @classmethod
     def parse(cls, url: str) -> _Url | None:
+        if any(c in url for c in "\t\r\n"):  # urlsplit would drop them silently
+            return None
         try:
             parts = urlsplit(url.strip())
             port = parts.port
@@ -259,11 +269,29 @@ class _Url:
         if port is None:
             port = _DEFAULT_PORTS.get(scheme)
         path = unquote(parts.path).lower().rstrip("/")
-        return cls(origin=(scheme, parts.hostname.lower(), port), path=path, query=parts.query)
+        return cls(
+            origin=(scheme, parts.hostname.lower(), port),
+            path=path,
+            raw_path=parts.path,
+            query=parts.query,
+            fragment=parts.fragment,
+        )
 
 
-def _query_pairs(query: str) -> Counter[tuple[str, str]]:
-    return Counter(parse_qsl(query, keep_blank_values=True))
+def _routed_path(raw_path: str) -> tuple[bytes, ...]:
+    """The path's segments as the router reads them: split on ``/``, then decoded."""
+    return tuple(unquote_to_bytes(segment) for segment in raw_path.split("/"))
+
+
+def _routed_query(raw_query: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The query's pairs, in order, as ``parse_qsl(keep_blank_values=True)`` reads them
+    (``+`` is a space), but as bytes: two spellings match only if they decode alike."""
+    pairs = []
+    for item in raw_query.split("&"):
+        if item:
+            name, _, value = item.replace("+", " ").partition("=")
+            pairs.append((unquote_to_bytes(name), unquote_to_bytes(value)))
+    return tuple(pairs)
 
 
 def _is_client_audience(aud: str, hub: str, endpoints: Sequence[str]) -> bool:

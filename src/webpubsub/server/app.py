@@ -35,7 +35,7 @@ from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
-from webpubsub.upstream.queue import SqliteEventQueue, queue_file
+from webpubsub.upstream.queue import MEMORY, SqliteEventQueue, queue_file
 
 log = logging.getLogger("webpubsub.server")
 
@@ -127,11 +127,14 @@ class ServiceRunner:
             # Background deliveries take at most half an origin's pool: user events
             # (a client waiting) always find connections free.
             per_origin=max(1, up.max_connections_per_origin // 2),
+            # A backplane keeping presence (Redis) ends a dead node's connections itself
+            # (a survivor's reaper, or this node's next start): no second disconnected.
+            track_connections=self.backplane.presence() is None and queue.path != MEMORY,
             mirror=mirror,
         )
         if mirror is not None:  # before any delivery: what others took over is not sent
             await mirror.attach(self.upstream.store)
-        self.upstream.start()
+        self.upstream.start(self.config.hub)
         self.node = Node(
             hub_settings=self.config.hub,
             upstream=self.upstream,
@@ -170,7 +173,8 @@ class ServiceRunner:
         app[SERVICE] = ctx
         app[HEALTH] = self.health
         app.router.add_get("/api/health", rest.health)  # answers HEAD too
-        app.router.add_route("*", "/api/{tail:.*}", rest.api_endpoint)
+        # (?s): a decoded path may hold a line break (%0A), which "." alone would not match
+        app.router.add_route("*", "/api/{tail:(?s:.*)}", rest.api_endpoint)
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
@@ -228,6 +232,9 @@ class ServiceRunner:
                 "queueFull": stats.queue_full,
                 "deadDropped": stats.dead_dropped,
                 "notQueued": stats.not_queued,
+                "storeErrors": stats.store_errors,
+                "unsaved": self.upstream.unsaved(),
+                "notStored": stats.not_stored,
                 "takenOver": stats.taken_over,
                 "takenByOthers": stats.taken_by_others,
             }
@@ -251,7 +258,15 @@ class ServiceRunner:
         log.info("TLS certificate reloaded from %s", server.tls_cert)
 
     async def stop(self) -> None:
-        """Close every client (1001, ``disconnected`` fired), then the server."""
+        """Stop listening, close every client (1001, ``disconnected`` queued), then the
+        server; deliver queued events for up to ``shutdown_timeout_seconds``.
+
+        The port is closed first: while the clients finish, a new socket is refused (with
+        ``serve --workers`` another worker takes it) rather than admitted and closed.
+        """
+        if self.site is not None:
+            await self.site.stop()
+            self.site = None
         if self.node is not None:
             self.node.close_all(CloseCode.GOING_AWAY, "The service is shutting down.")
             try:

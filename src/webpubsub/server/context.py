@@ -32,9 +32,9 @@ class ServiceContext:
     flusher: Flusher
     """Schedules every connection's outbox flush: one loop callback per turn."""
     handshakes: HandshakeGate
-    request_timeout: float
-    """``server.header_timeout_seconds``: how long a REST body may take to arrive."""
     """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
+    request_timeout: float
+    """``server.header_timeout_seconds``: the longest pause in a REST body."""
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)

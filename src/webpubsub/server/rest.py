@@ -2,7 +2,8 @@
 
 Routing is on the raw, percent-encoded path: it is split on ``/`` first and each
 segment decoded after, so ids containing ``/`` (sent as ``%2F``) survive.  Every
-request but the health check carries a JWT signed as the official SDKs sign it.
+request but the health check carries a JWT signed as the official SDKs sign it, for
+the raw request target as it came (``verify_rest_token`` reads it as this router does).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from webpubsub.errors import (
     BadRequest,
@@ -100,6 +101,10 @@ def _json(value: object) -> web.Response:
     return web.Response(body=orjson.dumps(value), content_type="application/json", charset="utf-8")
 
 
+BODY_DEADLINE_FACTOR = 6
+"""A REST body may take this many ``server.header_timeout_seconds`` in all."""
+
+
 async def _payload(call: Call) -> Payload:
     ctx = call.request.app[SERVICE]
     length = call.request.content_length
@@ -111,14 +116,36 @@ async def _payload(call: Call) -> Payload:
 
 
 async def _body(call: Call) -> bytes:
-    """The whole body: bounded in size by the app's ``client_max_size``, in time by
-    ``server.header_timeout_seconds`` (a body that stops coming holds a connection)."""
-    timeout = call.request.app[SERVICE].request_timeout
+    """The whole body, bounded in size (``server.max_message_bytes``) and in time: it must
+    keep coming, with no pause longer than ``server.header_timeout_seconds`` (a body that
+    stops holds a connection; one that arrives slowly is a slow uplink, not an attack),
+    and be complete within :data:`BODY_DEADLINE_FACTOR` times that."""
+    ctx = call.request.app[SERVICE]
+    idle = ctx.request_timeout
+    limit = ctx.max_message_bytes
+    content = call.request.content
+    chunks: list[bytes] = []
+    size = 0
     try:
-        async with asyncio.timeout(timeout):
-            return await call.request.read()
+        async with asyncio.timeout(idle * BODY_DEADLINE_FACTOR):
+            while chunk := await _next_chunk(content, idle):  # bounded by the size limit
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+                chunks.append(chunk)
     except TimeoutError:
-        raise RequestTimeout(f"The body did not arrive within {timeout:g} s.") from None
+        raise RequestTimeout(
+            f"The body did not arrive within {idle * BODY_DEADLINE_FACTOR:g} s."
+        ) from None
+    return b"".join(chunks)
+
+
+async def _next_chunk(content: StreamReader, idle: float) -> bytes:
+    try:
+        async with asyncio.timeout(idle):
+            return await content.readany()
+    except TimeoutError:
+        raise RequestTimeout(f"The body stopped arriving: nothing for {idle:g} s.") from None
 
 
 def _is_digits(text: str) -> bool:

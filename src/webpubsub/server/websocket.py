@@ -86,9 +86,13 @@ class ClientSocket(web.WebSocketResponse):
 
     def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
         handler = request.protocol
-        early = bytes(handler._message_tail)  # what came behind the upgrade request
-        super()._post_start(request, protocol, writer)
         check = MaskCheck()
+        # What came behind the upgrade request is fed to aiohttp's reader by
+        # ``super()._post_start``: check it first, and drop it if it breaks the rule.
+        early_refused = bool(handler._message_tail) and not check.feed(handler._message_tail)
+        if early_refused:
+            handler._message_tail = b""
+        super()._post_start(request, protocol, writer)
         reader = self._reader
 
         def unmasked() -> None:
@@ -97,7 +101,7 @@ class ClientSocket(web.WebSocketResponse):
                 reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
 
         handler._payload_parser = _MaskGuard(handler._payload_parser, check, unmasked)
-        if early and not check.feed(early):
+        if early_refused:
             unmasked()
 
 
@@ -294,6 +298,7 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
         # A reliable client that did not close normally may come back; one
         # whose message the service refused may not.
         recoverable = client_close_code != CloseCode.NORMAL and not refused
+        await ctx.node.settle(conn)  # what the client sent before it left is handled first
         ctx.node.detach(conn, outbox, reason, recoverable=recoverable)
         if not ws.closed:
             await ws.close()

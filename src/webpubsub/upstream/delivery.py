@@ -7,17 +7,28 @@
   ``Retry-After`` instead), until ``horizon`` seconds after it was created; then it
   goes to the dead letters. Another status sends it there at once.
 * Events of one chain (one connection) go one at a time, in the order created:
-  a connection's ``connected`` before its ``disconnected``.
+  a connection's ``connected`` before its ``disconnected``. A chain follows its
+  first event: once an event of a chain is dead-lettered, the events of that chain
+  queued behind it or created later go to the dead letters too (replayed together,
+  they keep their order); an event of a chain already queued is queued even when
+  the queue is full (so a ``disconnected`` never goes without its ``connected``).
 * While an origin fails, one of its waiting events tries again every
   :data:`CANARY_SECONDS`; once one event to an origin is delivered, that origin's
   waiting events are tried again at once.
-* Bounded: at most ``max_queued`` events wait (a new one beyond goes to the dead
-  letters, logged and counted), ``max_dead`` dead letters are kept (the oldest go,
-  logged and counted), at most ``per_origin`` deliveries run to one handler origin
-  and :data:`MAX_RUNNING` in all.
+* Bounded: at most ``max_queued`` events wait, and the later events of the chains
+  among them (a new chain's event beyond goes to the dead letters, logged and
+  counted), ``max_dead`` dead letters are kept (the oldest go, logged and counted),
+  at most ``per_origin`` deliveries run to one handler origin and :data:`MAX_RUNNING`
+  in all.
+* The node's calls (:meth:`Delivery.add`, :meth:`~Delivery.opened`,
+  :meth:`~Delivery.ended`) never raise: when the queue's file is locked elsewhere or
+  failing, their writes wait in memory (at most :data:`MAX_UNSAVED`, in order) and are
+  written again every :data:`STORE_RETRY_SECONDS`; logged at most once a minute and
+  counted (``store_errors``, ``not_stored`` for what did not fit).
 * With an event mirror (the Redis backplane), each queued event is also copied where
   the other nodes can take it over should this node die (:class:`EventStore` is how
-  the mirror sees this queue): the local queue stays the write-ahead, the copy follows.
+  the mirror sees this queue): the local queue stays the write-ahead, the copy follows
+  (an event waiting in memory is copied once it is written).
 """
 
 from __future__ import annotations
@@ -35,8 +46,10 @@ from webpubsub.node.ports import EventMirrorPort
 from webpubsub.protocol.cloudevents import async_outcome
 from webpubsub.upstream.http import HttpTransport, safe_url
 from webpubsub.upstream.queue import (
+    STORAGE_ERRORS,
     CorruptRecord,
     EventQueue,
+    LiveConnection,
     QueuedEvent,
     decode_record,
     encode_record,
@@ -52,6 +65,15 @@ comes back is noticed within a second or two, not after the longest back-off."""
 POLL_SECONDS = 1.0
 """How often the queue is read for events another process put there (``events replay``)."""
 _MIN_BACKOFF = 0.05
+MAX_UNSAVED = 10_000
+"""Writes the node made that wait in memory while the queue's file cannot be written."""
+STORE_RETRY_SECONDS = 0.5
+"""How often writes waiting in memory are tried again (and a delivery whose outcome
+could not be written)."""
+STORE_LOG_SECONDS = 60.0
+"""At most one warning this often about the queue's file failing."""
+FULL = "the event queue was full"
+FOLLOWS = "an earlier event of its connection was dead-lettered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +103,11 @@ class DeliveryStats:
     dead_dropped: int = 0
     not_queued: int = 0
     """Events that happened after the queue was closed (at the very end of a shutdown)."""
+    store_errors: int = 0
+    """Queue calls that failed (the file locked by another process longer than its
+    busy timeout, or failing); what the node wrote waited in memory meanwhile."""
+    not_stored: int = 0
+    """Events lost: the queue's file failed and :data:`MAX_UNSAVED` were waiting."""
     taken_over: int = 0
     """Events of a dead node this node took over (queued here, with their ``ce-id``)."""
     taken_by_others: int = 0
@@ -97,6 +124,17 @@ class _Item:
     created: float
     attempts: int = 0
     next_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A write the node asked for: an event (with the live connection it opens or
+    ends), or only a live connection's record."""
+
+    chain: str
+    event: QueuedEvent | None
+    opens: LiveConnection | None = None
+    ends: bool = False
 
 
 @dataclass(slots=True)
@@ -138,7 +176,8 @@ class Delivery:
         self._chains: dict[str, _Chain] = {}
         self._count = 0
         self._heap: list[tuple[float, int, str]] = []
-        self._blocked: dict[str, deque[str]] = {}
+        self._blocked: dict[str, dict[str, None]] = {}
+        """Per origin, the chains whose head is due but found the origin full (in order)."""
         self._origins: Counter[str] = Counter()
         self._waiting: dict[str, dict[str, None]] = {}
         """Per origin, the chains whose head waits out a back-off (in insertion order)."""
@@ -155,10 +194,20 @@ class Delivery:
         self._pump: asyncio.Task[None] | None = None
         self._progress: asyncio.Event | None = None
         self._closed = False
+        self._unsaved: deque[_Write] = deque()
+        """Writes waiting for the queue's file to work again, in order."""
+        self._store_retry_at = 0.0
+        self._store_logged_at = float("-inf")
+        self._store_errors_logged = 0
 
     def __len__(self) -> int:
-        """Events waiting or being delivered."""
-        return self._count
+        """Events waiting or being delivered (those waiting in memory included)."""
+        return self._count + sum(1 for w in self._unsaved if w.event is not None)
+
+    @property
+    def unsaved(self) -> int:
+        """Writes waiting in memory for the queue's file."""
+        return len(self._unsaved)
 
     # -- in ---------------------------------------------------------------------------
 
@@ -172,8 +221,12 @@ class Delivery:
             _log.info("%d queued event(s) from an earlier run to deliver", self._count)
         self._ensure_pump()
 
-    def add(self, event: QueuedEvent) -> None:
-        """Queue ``event`` durably (synchronously), or dead-letter it if the queue is full."""
+    def add(
+        self, event: QueuedEvent, *, opens: LiveConnection | None = None, ends: bool = False
+    ) -> None:
+        """Queue ``event`` durably (synchronously), or dead-letter it (the queue full, or
+        its chain dead); ``opens``/``ends``: the live connection it starts or ends.
+        Never raises: see the module's docstring."""
         if self._closed:
             self.stats.not_queued += 1
             _log.warning(
@@ -182,20 +235,70 @@ class Delivery:
                 event.chain,
             )
             return
-        if self._count >= self._max_queued:
-            self.stats.queue_full += 1
-            if self.stats.queue_full == 1 or self.stats.queue_full % 1000 == 0:
-                _log.warning(
-                    "the event queue is full (%d events): %s event of %s dead-lettered "
-                    "(%d so far; see `webpubsub events dead`)",
-                    self._count,
-                    event.event,
-                    event.chain,
-                    self.stats.queue_full,
-                )
-            self._bury(event, "the event queue was full")
+        self._write(_Write(event.chain, event, opens, ends))
+
+    def opened(self, live: LiveConnection) -> None:
+        """Record a live connection that has no ``connected`` event to queue."""
+        if not self._closed:
+            self._write(_Write(live.chain, None, opens=live))
+
+    def ended(self, chain: str) -> None:
+        """Forget the live connection of ``chain`` (its ``disconnected`` is not sent)."""
+        if not self._closed:
+            self._write(_Write(chain, None, ends=True))
+
+    def _write(self, write: _Write) -> None:
+        if not self._unsaved:
+            try:
+                self._apply(write)
+            except STORAGE_ERRORS as exc:
+                self._store_failed(exc)
+            except Exception:  # a bug: logged, and the node's work goes on
+                self.stats.not_stored += write.event is not None
+                _log.exception("queueing a write for %s failed", write.chain)
+                return
+            else:
+                return
+        if len(self._unsaved) >= MAX_UNSAVED:
+            self.stats.not_stored += write.event is not None
+            _log.warning(
+                "the event queue cannot be written and %d writes wait in memory: "
+                "a write for %s is lost (%d event(s) so far)",
+                len(self._unsaved),
+                write.chain,
+                self.stats.not_stored,
+            )
             return
-        stored = self.queue.add(event)
+        self._unsaved.append(write)  # after those waiting: the order stays
+        self._ensure_pump()
+        if self._wake is not None:
+            self._wake.set()  # the pump's next wait ends when they are due again
+
+    def _apply(self, write: _Write) -> None:
+        event = write.event
+        if event is None:
+            if write.opens is not None:
+                self.queue.open_live(write.opens)
+            if write.ends:
+                self.queue.end_live(write.chain)
+            return
+        if write.chain not in self._chains:
+            reason = ""
+            # A connected starts its chain: only a later event can follow a dead one.
+            if event.event != "connected" and self.queue.has_dead(write.chain):
+                reason = FOLLOWS
+                _log.info("%s event of %s dead-lettered: %s", event.event, event.chain, reason)
+            elif self._count >= self._max_queued:
+                reason = FULL
+                self._log_full(event)
+            if reason:
+                self._bury(event, reason)
+                if write.opens is not None:
+                    self.queue.open_live(write.opens)
+                if write.ends:
+                    self.queue.end_live(write.chain)
+                return
+        stored = self.queue.add(event, opens=write.opens, ends=write.ends)
         self._track(stored)
         self._mirrored(stored)
         self._ensure_pump()
@@ -207,6 +310,49 @@ class Delivery:
     def _unmirrored(self, seq: int) -> None:
         if self._mirror is not None:
             self._mirror.settled(seq)
+
+    def _log_full(self, event: QueuedEvent) -> None:
+        self.stats.queue_full += 1
+        if self.stats.queue_full == 1 or self.stats.queue_full % 1000 == 0:
+            _log.warning(
+                "the event queue is full (%d events): %s event of %s dead-lettered "
+                "(%d so far; see `webpubsub events dead`)",
+                self._count,
+                event.event,
+                event.chain,
+                self.stats.queue_full,
+            )
+
+    def _store_failed(self, exc: Exception) -> None:
+        """Count a failed queue call; warn at most once every STORE_LOG_SECONDS."""
+        self.stats.store_errors += 1
+        now = self._clock()
+        self._store_retry_at = now + STORE_RETRY_SECONDS
+        if now - self._store_logged_at >= STORE_LOG_SECONDS:
+            _log.warning(
+                "the event queue %s cannot be written (%s): events wait in memory and are "
+                "written again every %g s (%d failure(s) since the last warning)",
+                getattr(self.queue, "path", "file"),
+                exc,
+                STORE_RETRY_SECONDS,
+                self.stats.store_errors - self._store_errors_logged,
+            )
+            self._store_logged_at = now
+            self._store_errors_logged = self.stats.store_errors
+
+    def _flush(self) -> None:
+        """Write what waits in memory, in order, until done or the file fails again."""
+        while self._unsaved:
+            write = self._unsaved[0]
+            try:
+                self._apply(write)
+            except STORAGE_ERRORS as exc:
+                self._store_failed(exc)
+                return
+            except Exception:  # a bug: logged, not tried again
+                self.stats.not_stored += write.event is not None
+                _log.exception("queueing a write for %s failed", write.chain)
+            self._unsaved.popleft()
 
     def _track(self, event: QueuedEvent) -> None:
         self._last_seq = max(self._last_seq, event.seq)
@@ -235,6 +381,8 @@ class Delivery:
     # -- the pump -----------------------------------------------------------------------
 
     def _ensure_pump(self) -> None:
+        if self._closed:
+            return
         if self._pump is None or self._pump.done():
             self._wake = asyncio.Event()
             self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -244,13 +392,20 @@ class Delivery:
         next_poll = self._clock() + POLL_SECONDS
         while True:
             now = self._clock()
+            if self._unsaved and now >= self._store_retry_at:
+                self._flush()
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
-                self._poll()
+                try:
+                    self._poll()
+                except STORAGE_ERRORS as exc:
+                    self._store_failed(exc)
             self._start_due(now)
             wait = next_poll - now
             if self._heap and len(self._running) < MAX_RUNNING:
                 wait = min(wait, self._heap[0][0] - now)
+            if self._unsaved:
+                wait = min(wait, self._store_retry_at - now)
             if wait > 0:
                 self._wake.clear()
                 try:
@@ -291,8 +446,9 @@ class Delivery:
                 if not waiting:
                     del self._waiting[item.origin]
             if self._origins[item.origin] >= self._per_origin:
-                self._blocked.setdefault(item.origin, deque()).append(name)
+                self._blocked.setdefault(item.origin, {})[name] = None  # once, in order
                 continue
+            self._unblock(item.origin, name)
             chain.running = True
             self._origins[item.origin] += 1
             task = asyncio.get_running_loop().create_task(self._attempt(item))
@@ -302,33 +458,54 @@ class Delivery:
     async def _attempt(self, item: _Item) -> None:
         try:
             await self._deliver(item)
-        except Exception:  # a bug or a failing disk: the chain must not stay stuck
+        except STORAGE_ERRORS as exc:  # its outcome not recorded: the attempt goes again
+            self._store_failed(exc)
+            self._again(item, STORE_RETRY_SECONDS)
+        except Exception:  # a bug: the chain must not stay stuck
             _log.exception("delivering queued event %d: unexpected error", item.seq)
             try:
                 self._failed(item, "unexpected error", None, f"queued event {item.seq}")
             except Exception:
                 _log.exception("queued event %d: cannot record the failure", item.seq)
-                chain = self._chains.get(item.chain)
-                if chain is not None and chain.items and chain.items[0] is item:
-                    chain.running = False
-                    item.next_at = self._clock() + self._retry.max_delay
-                    self._schedule(item)
+                self._again(item, self._retry.max_delay)
         finally:
             self._origins[item.origin] -= 1
             if not self._origins[item.origin]:
                 del self._origins[item.origin]
-            blocked = self._blocked.get(item.origin)
-            if blocked:
-                name = blocked.popleft()
-                if not blocked:
-                    del self._blocked[item.origin]
-                chain = self._chains.get(name)
-                if chain is not None and chain.items and not chain.running:
-                    self._schedule(chain.items[0])
+            self._wake_blocked(item.origin)
             if self._wake is not None:
                 self._wake.set()
             if self._progress is not None:
                 self._progress.set()
+
+    def _again(self, item: _Item, delay: float) -> None:
+        """Try ``item`` again in ``delay`` seconds, its attempt unrecorded."""
+        chain = self._chains.get(item.chain)
+        if chain is not None and chain.items and chain.items[0] is item:
+            chain.running = False
+            item.next_at = self._clock() + delay
+            self._schedule(item)
+
+    def _unblock(self, origin: str, name: str) -> None:
+        blocked = self._blocked.get(origin)
+        if blocked is not None:
+            blocked.pop(name, None)
+            if not blocked:
+                del self._blocked[origin]
+
+    def _wake_blocked(self, origin: str) -> None:
+        """A slot to ``origin`` is free: the first blocked chain that can go takes it
+        (a chain running or gone meanwhile is passed over, not woken in its stead)."""
+        blocked = self._blocked.get(origin)
+        while blocked:
+            name = next(iter(blocked))
+            del blocked[name]
+            chain = self._chains.get(name)
+            if chain is not None and chain.items and not chain.running:
+                self._schedule(chain.items[0])
+                break
+        if blocked is not None and not blocked:
+            del self._blocked[origin]
 
     async def wait_until(self, done: Callable[[], bool]) -> None:
         """Return once ``done()`` holds, checked after each delivery attempt (bound it
@@ -365,8 +542,7 @@ class Delivery:
             self._failed(item, f"status {response.status}", outcome.retry_after, where)
         else:
             _log.warning("%s refused with status %d: dead-lettered", where, response.status)
-            self._bury(event, f"status {response.status}")
-            self._finish(item)
+            self._dead(item, event, f"status {response.status}")
 
     def _failed(self, item: _Item, error: str, retry_after: float | None, where: str) -> None:
         chain = self._chains.get(item.chain)
@@ -384,9 +560,7 @@ class Delivery:
                 now - item.created,
                 error,
             )
-            if event is not None:
-                self._bury(event, error)
-            self._finish(item)
+            self._dead(item, event, error)
             return
         self.stats.retried += 1
         canary = self._canary.setdefault(item.origin, item.chain)
@@ -432,12 +606,37 @@ class Delivery:
             if not self._chains and self._drained is not None:
                 self._drained.set()
 
+    def _dead(self, item: _Item, event: QueuedEvent | None, reason: str) -> None:
+        """Dead-letter the head of a chain, then the events queued behind it (a chain
+        follows its first event: no ``disconnected`` without its ``connected``)."""
+        if event is not None:
+            self._bury(event, reason)
+        else:  # purged meanwhile
+            self._unmirrored(item.seq)
+        chain = self._chains[item.chain]
+        while len(chain.items) > 1:
+            behind = chain.items[1]
+            queued = self.queue.get(behind.seq)
+            if queued is not None:
+                _log.info("%s event of %s dead-lettered: %s", queued.event, queued.chain, FOLLOWS)
+                self._bury(queued, FOLLOWS)
+            else:
+                self._unmirrored(behind.seq)
+            del chain.items[1]
+            self._count -= 1
+            self._seqs.discard(behind.seq)
+        self._finish(item)
+
     def _bury(self, event: QueuedEvent, reason: str) -> None:
         self.queue.bury(event, self._clock(), reason)
         if event.seq:
             self._unmirrored(event.seq)
         self.stats.dead_lettered += 1
-        dropped = self.queue.trim_dead(self._max_dead)
+        try:
+            dropped = self.queue.trim_dead(self._max_dead)
+        except STORAGE_ERRORS as exc:  # buried: the oldest dead letters go another time
+            self._store_failed(exc)
+            return
         if dropped:
             self.stats.dead_dropped += dropped
             _log.warning(
@@ -470,9 +669,18 @@ class Delivery:
         """Queue the events a dead node left, in their order, with their request and
         ``ce-id`` (attempts and ``created`` kept: the horizon counts from the event);
         each is then this node's own, mirrored as such. Returns, per record, its ``seq``
-        here (0: unreadable, or dead-lettered by a full queue)."""
+        here (0: unreadable, or dead-lettered: the queue full, or its connection's
+        earlier event dead-lettered here, as for the node's own events).
+
+        Written at once, never left waiting in memory: when the queue's file cannot be
+        written (or the node's own writes still wait for it), it stops there and the
+        list is shorter than ``records``; the rest are not queued (their node's copy
+        keeps them for a later try)."""
         self._open()
+        self._flush()  # the node's own writes first
         adopted: list[int] = []
+        if self._unsaved:
+            return adopted
         for record in records:
             try:
                 event = decode_record(record)
@@ -481,7 +689,11 @@ class Delivery:
                 adopted.append(0)
                 continue
             before = self._last_seq
-            self.add(event)
+            try:
+                self._apply(_Write(event.chain, event))
+            except STORAGE_ERRORS as exc:
+                self._store_failed(exc)
+                break
             self.stats.taken_over += 1
             adopted.append(self._last_seq if self._last_seq > before else 0)
         return adopted
@@ -518,6 +730,7 @@ class Delivery:
                 continue
             if self._canary.get(head.origin) == name:
                 del self._canary[head.origin]
+            self._unblock(head.origin, name)
             waiting = self._waiting.get(head.origin)
             if waiting is not None:
                 waiting.pop(name, None)
@@ -535,7 +748,9 @@ class Delivery:
 
     async def aclose(self, timeout: float) -> int:  # noqa: ASYNC109 (a grace period)
         """Deliver for up to ``timeout`` seconds, then stop; returns how many events
-        are left in the queue (for the next start)."""
+        are left in the queue (for the next start). Writes still waiting in memory are
+        tried once more; what cannot be written then is lost, logged and counted."""
+        self._flush()
         if self._chains and timeout > 0:
             self._drained = asyncio.Event()
             try:
@@ -551,6 +766,16 @@ class Delivery:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pump = None
+        self._flush()
+        if self._unsaved:
+            lost = sum(1 for w in self._unsaved if w.event is not None)
+            self.stats.not_stored += lost
+            _log.warning(
+                "%d event(s) lost: the event queue %s could not be written",
+                lost,
+                getattr(self.queue, "path", "file"),
+            )
+            self._unsaved.clear()
         return self._count
 
 

@@ -6,6 +6,10 @@
   delivered at least once (``upstream/delivery.py``): retried on 408/429/5xx,
   timeouts and network errors (a failed probe too) up to a horizon, then
   dead-lettered.  A connection's ``disconnected`` goes after its ``connected``.
+* With ``track_connections`` (a backplane that does not end a dead node's
+  connections itself), the queue also records each connection whose hub
+  subscribes to ``disconnected``; a start after a crash queues the ``disconnected``
+  of every connection the last run left (:data:`RESTARTED`), after its ``connected``.
 * Abuse protection: before the first event to a handler URL the URL is
   probed (``OPTIONS``, ``GET`` after a 404); concurrent first events share one
   probe; success is cached for ``validation_ttl`` seconds, failure with a
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +46,13 @@ from webpubsub.protocol.cloudevents import (
 from webpubsub.protocol.payload import Payload
 from webpubsub.upstream.delivery import Delivery, DeliveryStats, RetryPolicy
 from webpubsub.upstream.http import HttpTransport, Pool, safe_url
-from webpubsub.upstream.queue import MEMORY, EventQueue, QueuedEvent, SqliteEventQueue
+from webpubsub.upstream.queue import (
+    MEMORY,
+    EventQueue,
+    LiveConnection,
+    QueuedEvent,
+    SqliteEventQueue,
+)
 
 _log = logging.getLogger("webpubsub.upstream")
 
@@ -50,6 +61,9 @@ VALIDATION_BACKOFF = (1.0, 2.0)
 """A failed probe is tried again on the next event after 1 s, then every 2 s at most:
 a handler coming back is noticed within a second or two."""
 MAX_VALIDATION_ENTRIES = 4096
+RESTARTED = "The service restarted."
+"""The ``disconnected`` reason of a connection that was open when the service stopped
+without closing it (a crash, SIGKILL, a second signal), sent at the next start."""
 
 
 @dataclass(slots=True)
@@ -88,9 +102,11 @@ class Upstream:
         max_dead_events: int = 100_000,
         per_origin: int = 100,
         queue_clock: Callable[[], float] = time.time,
+        track_connections: bool = False,
         mirror: EventMirrorPort | None = None,
     ) -> None:
         self._transport = transport
+        self._track_connections = track_connections
         self._keys = tuple(keys)
         self._origin = origin
         self._validate = validate
@@ -131,6 +147,10 @@ class Upstream:
     def queued(self) -> int:
         """Asynchronous events waiting or being delivered."""
         return len(self._delivery)
+
+    def unsaved(self) -> int:
+        """Writes waiting in memory for the queue's file (locked elsewhere or failing)."""
+        return self._delivery.unsaved
 
     # -- blocking events ------------------------------------------------------
 
@@ -183,27 +203,72 @@ class Upstream:
 
     # -- asynchronous events ----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start delivering what the queue holds (call inside the running loop)."""
+    def start(self, hub_settings: Callable[[str], HubSettings] | None = None) -> None:
+        """Start delivering what the queue holds (call inside the running loop); with
+        ``hub_settings``, first queue the ``disconnected`` of every connection the last
+        run left open (it stopped without closing them)."""
         self._delivery.start()
+        if hub_settings is not None:
+            self._sweep(hub_settings)
+
+    def _sweep(self, hub_settings: Callable[[str], HubSettings]) -> None:
+        left = self._delivery.queue.live()
+        if left:
+            _log.warning(
+                "%d connection(s) were open when the service last stopped: "
+                "their disconnected event is queued",
+                len(left),
+            )
+        for live in left:
+            settings = hub_settings(live.hub)
+            if settings.handler_for_system_event("disconnected") is None:
+                self._delivery.ended(live.chain)
+                continue
+            ctx = EventContext(
+                hub=live.hub,
+                connection_id=live.connection_id,
+                user_id=live.user_id,
+                subprotocol=live.subprotocol,
+                state=live.state,
+                event_id=f"restarted-{secrets.token_hex(8)}",
+                origin=self._origin,
+            )
+            self.disconnected(settings, ctx, RESTARTED)
 
     def connected(self, hub: HubSettings, ctx: EventContext) -> None:
-        """Queue the ``connected`` event, if a handler subscribes to it."""
+        """Queue the ``connected`` event, if a handler subscribes to it (and record the
+        connection, if one subscribes to ``disconnected``)."""
+        live = self._live(hub, ctx)
         handler = hub.handler_for_system_event("connected")
         if handler is None:
+            if live is not None:
+                self._delivery.opened(live)
             return
         url = handler.url_for(ctx.hub, "connected")
         request = connected_request(ctx, url, self._keys, self._clock())
-        self._queue_event(handler, ctx, "connected", request)
+        self._queue_event(handler, ctx, "connected", request, opens=live)
+
+    def _live(self, hub: HubSettings, ctx: EventContext) -> LiveConnection | None:
+        if not self._track_connections or hub.handler_for_system_event("disconnected") is None:
+            return None
+        return LiveConnection(
+            chain=_chain(ctx),
+            hub=ctx.hub,
+            connection_id=ctx.connection_id,
+            user_id=ctx.user_id,
+            subprotocol=ctx.subprotocol,
+            state=ctx.state,
+        )
 
     def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None:
-        """Queue the ``disconnected`` event: delivered after the connection's ``connected``."""
+        """Queue the ``disconnected`` event: delivered after the connection's ``connected``
+        (the connection's record goes in the same write)."""
         handler = hub.handler_for_system_event("disconnected")
         if handler is None:
             return
         url = handler.url_for(ctx.hub, "disconnected")
         request = disconnected_request(ctx, url, self._keys, self._clock(), reason)
-        self._queue_event(handler, ctx, "disconnected", request)
+        self._queue_event(handler, ctx, "disconnected", request, ends=True)
 
     def _queue_event(
         self,
@@ -211,6 +276,9 @@ class Upstream:
         ctx: EventContext,
         event: str,
         request: UpstreamRequest,
+        *,
+        opens: LiveConnection | None = None,
+        ends: bool = False,
     ) -> None:
         if self._closed:
             _log.info(
@@ -222,13 +290,15 @@ class Upstream:
         validate_url = handler.url_for(ctx.hub, "validate") if self._validate else ""
         self._delivery.add(
             QueuedEvent(
-                chain=f"hub={ctx.hub} connection={ctx.connection_id}",
+                chain=_chain(ctx),
                 event=event,
                 request=request,
                 validate_url=validate_url,
                 timeout=handler.timeout_seconds,
                 created=self._queue_clock(),
-            )
+            ),
+            opens=opens,
+            ends=ends,
         )
 
     # -- abuse protection ---------------------------------------------------------
@@ -331,6 +401,11 @@ class Upstream:
                 getattr(queue, "path", "the queue"),
             )
         queue.close()
+
+
+def _chain(ctx: EventContext) -> str:
+    """A connection's events go one at a time, in order."""
+    return f"hub={ctx.hub} connection={ctx.connection_id}"
 
 
 def _validation_failed(url: str) -> UpstreamError:

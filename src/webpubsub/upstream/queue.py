@@ -11,7 +11,14 @@ after a restart is recognisably the same event.
 Blocking I/O on the event loop, on purpose: each call is one small statement and a
 commit in WAL mode with ``synchronous=NORMAL`` (no fsync per commit; a commit
 survives a process crash, the last ones may not survive a power cut). See
-``bench/event_queue.py`` for its cost per event.
+``bench/event_queue.py`` for its cost per event. The service waits at most
+:data:`BUSY_TIMEOUT` for a lock another process holds (``webpubsub events``, which
+writes in short batches), then the call fails with one of :data:`STORAGE_ERRORS`.
+
+The file also keeps the connections open on this node whose ``disconnected`` a
+handler expects (:class:`LiveConnection`), written with their ``connected`` event and
+removed with their ``disconnected``: what is left of them at a start (after a crash)
+ended with the previous run.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import math
 import os
 import sqlite3
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -32,6 +40,12 @@ from webpubsub.protocol.cloudevents import UpstreamRequest
 
 MEMORY = ":memory:"
 Table = Literal["pending", "dead"]
+BUSY_TIMEOUT = 0.05
+"""Seconds the service waits for a lock held by another process before a call fails."""
+BATCH = 200
+"""Rows ``replay`` and ``purge`` move per transaction (so the lock is never held long)."""
+STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+"""What a queue call raises when its file is locked elsewhere or failing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,19 @@ class QueuedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveConnection:
+    """A connection open on this node whose handler expects a ``disconnected``: what a
+    restart needs to send it (``state`` as the connection got it when it connected)."""
+
+    chain: str
+    hub: str
+    connection_id: str
+    user_id: str | None
+    subprotocol: str | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeadEvent:
     event: QueuedEvent
     died: float
@@ -64,8 +91,22 @@ class DeadEvent:
 class EventQueue(Protocol):
     """The persistent queue the dispatcher delivers from (one process at a time)."""
 
-    def add(self, event: QueuedEvent) -> QueuedEvent:
-        """Store ``event``; durable on return. Returns it with its ``seq``."""
+    def add(
+        self, event: QueuedEvent, *, opens: LiveConnection | None = None, ends: bool = False
+    ) -> QueuedEvent:
+        """Store ``event``; durable on return. Returns it with its ``seq``. In the same
+        transaction, ``opens`` records a live connection, ``ends`` forgets the one of
+        ``event.chain``."""
+
+    def open_live(self, live: LiveConnection) -> None: ...
+
+    def end_live(self, chain: str) -> None: ...
+
+    def live(self) -> list[LiveConnection]:
+        """The live connections recorded (at a start: those the last run left)."""
+
+    def has_dead(self, chain: str) -> bool:
+        """Whether an event of ``chain`` is among the dead letters."""
 
     def get(self, seq: int) -> QueuedEvent | None:
         """A pending event (None if it was delivered, buried or purged meanwhile)."""
@@ -124,9 +165,32 @@ CREATE TABLE IF NOT EXISTS dead (
     next_at REAL NOT NULL, last_error TEXT NOT NULL,
     died REAL NOT NULL, reason TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS dead_chain ON dead (chain);
+CREATE TABLE IF NOT EXISTS live (chain TEXT PRIMARY KEY, connection BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
 """
+SCHEMA_VERSION = 1
+"""The layout of a queue file (``PRAGMA user_version``); a file of another is refused."""
+
+
+def _check_version(db: sqlite3.Connection, path: str) -> None:
+    """Refuse a queue file written by a build with another layout (its events would be
+    misread), naming the file; a new, empty file is fine."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    if version != SCHEMA_VERSION and (version or tables):
+        raise ConfigError(
+            [
+                f"the event queue {path} has another layout (version {version}; this build "
+                f"reads version {SCHEMA_VERSION}): deliver its events with the build that "
+                "wrote it, or move the file away"
+            ]
+        )
+
+
+_OPEN_LIVE = "INSERT OR REPLACE INTO live VALUES (?,?)"
+_END_LIVE = "DELETE FROM live WHERE chain = ?"
 # Built from the constant column list only (no value is ever formatted into SQL).
 _INSERT = f"INSERT INTO pending (seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
 _GET = f"SELECT {_COLUMNS} FROM pending WHERE seq = ?"  # noqa: S608
@@ -261,6 +325,17 @@ def _finite(value: object) -> bool:
     return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
+def _live_values(live: LiveConnection) -> tuple[str, bytes]:
+    # JSON as for the requests' headers: a user id or state may hold a lone surrogate.
+    fields = [live.hub, live.connection_id, live.user_id, live.subprotocol, live.state]
+    return live.chain, json.dumps(fields).encode("ascii")
+
+
+def _live(chain: str, data: bytes) -> LiveConnection:
+    hub, connection_id, user_id, subprotocol, state = json.loads(data)
+    return LiveConnection(chain, hub, connection_id, user_id, subprotocol, state)
+
+
 def queue_file(data_dir: str, node_id: str | None) -> str:
     """The queue file in ``data_dir`` (``:memory:`` stays so): one per node id."""
     if data_dir == MEMORY:
@@ -274,20 +349,38 @@ class SqliteEventQueue:
 
     ``exclusive`` (the service) takes a lock beside the file so that two processes
     never deliver the same queue; the CLI opens it without, next to a running service.
+    ``busy_timeout``: how long a call waits for a lock another process holds (opening
+    waits up to 5 s); ``batch_pause``: how long ``replay`` and ``purge`` let go of the
+    lock between two batches (the CLI's, so that the service's writes get through).
     """
 
-    def __init__(self, path: str, *, exclusive: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        exclusive: bool = True,
+        busy_timeout: float = BUSY_TIMEOUT,
+        batch_pause: float = 0.0,
+    ) -> None:
         self.path = path
         self._lock_fd: int | None = None
+        self._batch_pause = batch_pause
         if path != MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             if exclusive:
                 self._lock_fd = _lock(path + ".lock")
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        try:
+            _check_version(self._db, path)
+        except ConfigError:
+            self.close()
+            raise
         if path != MEMORY:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
 
     def _next_seq(self) -> int:
         """Sequence numbers never reused, pending or dead (replay keeps ``ce-id``)."""
@@ -300,12 +393,32 @@ class SqliteEventQueue:
         (seq,) = self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
         return int(seq)
 
-    def add(self, event: QueuedEvent) -> QueuedEvent:
+    def add(
+        self, event: QueuedEvent, *, opens: LiveConnection | None = None, ends: bool = False
+    ) -> QueuedEvent:
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             seq = self._next_seq()
             self._db.execute(_INSERT, (seq, *_values(event)))
+            if opens is not None:
+                self._db.execute(_OPEN_LIVE, _live_values(opens))
+            if ends:
+                self._db.execute(_END_LIVE, (event.chain,))
         return replace(event, seq=seq)
+
+    def open_live(self, live: LiveConnection) -> None:
+        self._db.execute(_OPEN_LIVE, _live_values(live))
+
+    def end_live(self, chain: str) -> None:
+        self._db.execute(_END_LIVE, (chain,))
+
+    def live(self) -> list[LiveConnection]:
+        rows = self._db.execute("SELECT chain, connection FROM live ORDER BY rowid")
+        return [_live(str(chain), bytes(data)) for chain, data in rows.fetchall()]
+
+    def has_dead(self, chain: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM dead WHERE chain = ? LIMIT 1", (chain,))
+        return row.fetchone() is not None
 
     def get(self, seq: int) -> QueuedEvent | None:
         row = self._db.execute(_GET, (seq,)).fetchone()
@@ -322,7 +435,7 @@ class SqliteEventQueue:
 
     def bury(self, event: QueuedEvent, died: float, reason: str) -> None:
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             seq = event.seq or self._next_seq()
             self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
             self._db.execute(_BURY, (seq, *_values(event), died, reason))
@@ -354,31 +467,46 @@ class SqliteEventQueue:
 
     def replay(self, seqs: Sequence[int] | None, now: float) -> int:
         moved = 0
-        with self._db:
-            self._db.execute("BEGIN")
-            for dead in self._select_dead(seqs):
-                again = replace(dead.event, attempts=0, next_at=0.0, created=now, last_error="")
-                self._db.execute(_INSERT, (self._next_seq(), *_values(again)))
-                self._db.execute("DELETE FROM dead WHERE seq = ?", (dead.event.seq,))
-                moved += 1
+        for batch in self._batches("dead", seqs):
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for seq in batch:
+                    row = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM dead WHERE seq = ?",  # noqa: S608
+                        (seq,),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    again = replace(
+                        _event(seq, row), attempts=0, next_at=0.0, created=now, last_error=""
+                    )
+                    self._db.execute(_INSERT, (self._next_seq(), *_values(again)))
+                    self._db.execute("DELETE FROM dead WHERE seq = ?", (seq,))
+                    moved += 1
         return moved
-
-    def _select_dead(self, seqs: Sequence[int] | None) -> list[DeadEvent]:
-        if seqs is None:
-            return self.dead()
-        wanted = set(seqs)
-        return [d for d in self.dead() if d.event.seq in wanted]
 
     def purge(self, table: Table, seqs: Sequence[int] | None) -> int:
         name = "pending" if table == "pending" else "dead"
-        with self._db:
-            self._db.execute("BEGIN")
-            if seqs is None:
-                return self._db.execute(f"DELETE FROM {name}").rowcount  # noqa: S608
-            return sum(
-                self._db.execute(f"DELETE FROM {name} WHERE seq = ?", (s,)).rowcount  # noqa: S608
-                for s in seqs
-            )
+        gone = 0
+        for batch in self._batches(table, seqs):
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                gone += sum(
+                    self._db.execute(f"DELETE FROM {name} WHERE seq = ?", (s,)).rowcount  # noqa: S608
+                    for s in batch
+                )
+        return gone
+
+    def _batches(self, table: Table, seqs: Sequence[int] | None) -> Iterator[list[int]]:
+        """``seqs`` (or every ``seq`` of ``table``, in order) by :data:`BATCH`, pausing
+        ``batch_pause`` between two: each batch is one short transaction."""
+        if seqs is None:
+            sql = "SELECT seq FROM pending" if table == "pending" else "SELECT seq FROM dead"
+            seqs = [int(seq) for (seq,) in self._db.execute(sql + " ORDER BY seq").fetchall()]
+        for start in range(0, len(seqs), BATCH):
+            if start and self._batch_pause > 0:
+                time.sleep(self._batch_pause)
+            yield list(seqs[start : start + BATCH])
 
     def close(self) -> None:
         self._db.close()
