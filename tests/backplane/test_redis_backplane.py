@@ -12,6 +12,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
+from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from webpubsub.backplane.redis import TAKEN_MARK_SECONDS, RedisBackplane, _Pending
 from webpubsub.errors import ServiceUnavailable
@@ -385,3 +386,31 @@ async def test_a_restart_without_the_file_takes_every_copied_event_back_despite_
     assert store.local == {1: b"copied 1", 2: b"own", 3: b"copied 2", 4: b"copied 3"}
     mirror = await client.hgetall(f"{p}:events:s")  # type: ignore[misc]
     assert {int(k): v for k, v in mirror.items()} == store.local
+
+
+async def test_a_node_that_writes_its_presence_again_is_alive_with_it(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Its key lapsed while it was cut off (or Redis restarted empty): the presence it
+    writes again counts only with its heartbeat, so the rewrite beats too; once the node
+    is synced its connections are there, not only after its next beat (a third of the
+    heartbeat timeout later; 10 s here)."""
+    p = redis_prefix
+    async with TcpProxy(redis_server.port) as link:
+        plane = RedisBackplane(
+            f"redis://127.0.0.1:{link.port}/0", prefix=p, node_id="s", heartbeat_timeout=30.0
+        )
+        await plane.start(Recorder("s"))
+        try:
+
+            async def lapse() -> None:
+                async with asyncio.timeout(5.0):
+                    await plane.lost()
+                await client.delete(f"{p}:node:s")
+
+            await link.cut_and_hold(lapse, redis_server.port)
+            async with asyncio.timeout(5.0):
+                await plane.synced()
+            assert await client.exists(f"{p}:node:s")
+        finally:
+            await plane.stop()

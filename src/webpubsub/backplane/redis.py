@@ -800,6 +800,9 @@ class RedisBackplane(Backplane):
         local = dict(self._local)  # the snapshot: later changes are queued as usual
         recorded = await self._redis.smembers(self.keys.node_conns(self.node_id))
         pipe = self._redis.pipeline(transaction=False)
+        # A connection counts only while its node's key is there: after Redis restarted
+        # empty, or the key lapsed while this node was cut off, it comes back with them.
+        self._stage_beat(pipe)
         for raw in recorded:
             hub, _, cid = _text(raw).partition(_SEP)
             if (hub, cid) not in local:  # ended here meanwhile (its event was sent then)
@@ -1064,9 +1067,12 @@ class RedisBackplane(Backplane):
 
     async def _beat(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
+        self._stage_beat(pipe)
+        await pipe.execute()
+
+    def _stage_beat(self, pipe: Any) -> None:
         pipe.set(self.keys.node(self.node_id), "1", px=int(self.heartbeat_timeout * 1000))
         pipe.sadd(self.keys.nodes, self.node_id)
-        await pipe.execute()
 
     async def _heartbeat(self) -> None:
         interval = self.heartbeat_timeout / 3
