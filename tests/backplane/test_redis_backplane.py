@@ -189,8 +189,8 @@ class RecordingStore:
     def pending_seqs(self) -> list[int]:
         return []
 
-    def next_seq(self) -> int:
-        return 1
+    def epoch(self) -> str:
+        return "new"
 
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
         return []
@@ -220,14 +220,21 @@ class TimedRecorder(Recorder):
         self.timeline.append(f"reaped {connection.connection_id}")
 
 
+def seq_of(field: bytes) -> int:
+    """The seq of a mirror field ``old:{seq}``."""
+    epoch, _, seq = field.partition(b":")
+    assert epoch == b"old"
+    return int(seq)
+
+
 async def ghost(client: aioredis.Redis, p: str, events: int) -> list[bytes]:
-    """A dead node "ghost" with one connection and ``events`` mirrored events (seqs 1..n,
-    written out of order); their records in seq order."""
+    """A dead node "ghost" with one connection and ``events`` mirrored events (fields
+    ``old:1``..``old:n``, written out of order); their records in seq order."""
     await client.hset(f"{p}:conn:hub:c1", mapping={"n": "ghost", "u": "", "s": "", "t": ""})
     await client.sadd(f"{p}:conns:ghost", "hub\x00c1")
     await client.sadd(f"{p}:nodes", "ghost")
     records = [f"record {seq}".encode() for seq in range(1, events + 1)]
-    mapping = {str(seq): records[seq - 1] for seq in reversed(range(1, events + 1))}
+    mapping = {f"old:{seq}": records[seq - 1] for seq in reversed(range(1, events + 1))}
     await client.hset(f"{p}:events:ghost", mapping=mapping)  # type: ignore[arg-type]
     return records
 
@@ -271,7 +278,7 @@ async def test_a_dead_nodes_events_are_taken_once_in_order_before_its_connection
     assert timeline == ["adopt 200", "adopt 200", "adopt 50", "reaped c1"]
     assert not await client.exists(f"{p}:events:ghost")
     taken = await client.smembers(f"{p}:taken:ghost")  # type: ignore[misc]
-    assert sorted(int(s) for s in taken) == list(range(1, 451))
+    assert sorted(seq_of(s) for s in taken) == list(range(1, 451))
     assert 0 < await client.ttl(f"{p}:taken:ghost") <= TAKEN_MARK_SECONDS
 
 
@@ -316,7 +323,7 @@ async def test_events_a_survivor_cannot_queue_yet_stay_in_the_dead_nodes_copy(
         assert timeline == ["adopt 150"]
         assert await client.hlen(f"{p}:events:ghost") == 100  # type: ignore[misc]
         taken = await client.smembers(f"{p}:taken:ghost")  # type: ignore[misc]
-        assert sorted(int(s) for s in taken) == list(range(1, 151))
+        assert sorted(seq_of(s) for s in taken) == list(range(1, 151))
         store.writable = None  # the file works again
         await client.delete(f"{p}:reaper")
         await plane._reap(0.3)
@@ -338,7 +345,7 @@ class FileStore(RecordingStore):
     def pending_seqs(self) -> list[int]:
         return sorted(self.local)
 
-    def next_seq(self) -> int:
+    def next_seq(self) -> int:  # as a file numbers its events
         return len(self.local) + 1
 
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
@@ -367,7 +374,7 @@ async def test_a_restart_without_the_file_takes_every_copied_event_back_despite_
     events the file never had, queues them, and the copy ends up as the file."""
     p = redis_prefix
     copied = [b"copied 1", b"copied 2", b"copied 3"]
-    await client.hset(f"{p}:events:s", mapping={str(i + 1): r for i, r in enumerate(copied)})
+    await client.hset(f"{p}:events:s", mapping={f"old:{i + 1}": r for i, r in enumerate(copied)})
 
     def own_event_once() -> None:
         if store.limits:  # the first, failing, call: the node's own event comes in
@@ -385,7 +392,7 @@ async def test_a_restart_without_the_file_takes_every_copied_event_back_despite_
     assert store.adopted == copied
     assert store.local == {1: b"copied 1", 2: b"own", 3: b"copied 2", 4: b"copied 3"}
     mirror = await client.hgetall(f"{p}:events:s")  # type: ignore[misc]
-    assert {int(k): v for k, v in mirror.items()} == store.local
+    assert mirror == {f"new:{s}".encode(): r for s, r in store.local.items()}
 
 
 async def test_a_node_that_writes_its_presence_again_is_alive_with_it(

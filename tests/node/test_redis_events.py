@@ -108,7 +108,13 @@ def event_id(record: bytes) -> tuple[str, str]:
 async def mirrored(client: aioredis.Redis, key: str) -> list[tuple[str, str]]:
     """The events a node's mirror holds, in its queue's order."""
     fields = await client.hgetall(key)  # type: ignore[misc]
-    return [event_id(fields[f]) for f in sorted(fields, key=int)]
+    return [event_id(fields[f]) for f in sorted(fields, key=field_order)]
+
+
+def field_order(field: bytes) -> tuple[bytes, int]:
+    """A mirror field ``{epoch}:{seq}`` as it sorts: by its queue file, then its seq."""
+    epoch, _, seq = field.rpartition(b":")
+    return epoch, int(seq)
 
 
 def queued_here(node: ServiceRunner) -> list[tuple[str, str]]:
@@ -387,3 +393,52 @@ async def test_a_node_restarted_without_its_queue_file_takes_its_copied_events_b
         await again.stop()
     handler.took_once_each(cid)
     assert [(c, ce) for c, _, ce in handler.took] == left
+
+
+async def test_a_killed_node_restarted_without_its_file_sends_connected_then_disconnected(
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Node "victim" is SIGKILLed with a connection open whose ``connected`` its handler
+    has not taken, and starts again under its node id with an empty data_dir. Its start
+    ends the previous run's connection (a ``disconnected`` queued in the new file at
+    seq 1, the copied ``connected``'s seq too): the copied event is queued first, and
+    both go out, in order, with the copy emptied."""
+    handler = Handler(handler_app)
+    proc, endpoint = await spawn_node(
+        tmp_path, redis_server, redis_prefix, handler_app.url, system_events=sorted(EVENTS)
+    )
+    try:
+        async with service_at(endpoint) as on_victim:
+            url = (await on_victim.get_client_access_token(user_id="u"))["url"]
+            ws, cid = await json_client(http, url, WAIT)
+            await wait_for_hash_size(client, f"{redis_prefix}:events:victim", 1, WAIT)
+            copied = await mirrored(client, f"{redis_prefix}:events:victim")
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            await ws.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    again = ServiceRunner(
+        make_config(chat_hub(handler_app.url, system=EVENTS), data_dir=str(tmp_path / "new")),
+        backplane=plane(redis_server.url, redis_prefix, "victim"),
+        advertised_host="127.0.0.1",
+    )
+    handler.down = False
+    await again.start()
+    try:
+        await delivered(again, 2)
+        assert isinstance(again.backplane, RedisBackplane)
+        async with asyncio.timeout(WAIT):
+            await again.backplane.mirror_flushed()
+        assert await mirrored(client, f"{redis_prefix}:events:victim") == []
+    finally:
+        await again.stop()
+    handler.took_once_each(cid)
+    assert [(c, ce) for c, name, ce in handler.took if name == "connected"] == copied

@@ -75,6 +75,26 @@ def test_events_survive_a_reopen_in_order_with_their_request(path: str) -> None:
     again.close()
 
 
+def test_a_queue_file_keeps_its_epoch_and_a_new_file_gets_a_later_one(tmp_path: Path) -> None:
+    """A seq means one event only with its file's epoch: the file keeps it across a
+    reopen; a new file at the same path (its volume lost) numbers from 1 again under a
+    new epoch, which sorts after the old one."""
+    path = queue_file(str(tmp_path / "data"), "a")
+    first = SqliteEventQueue(path)
+    epoch = first.epoch()
+    first.close()
+    reopened = SqliteEventQueue(path)
+    assert reopened.epoch() == epoch
+    reopened.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+    time.sleep(0.002)  # not a synchronisation: two epochs a millisecond apart
+    new = SqliteEventQueue(path)
+    assert new.epoch() > epoch and len(new.epoch()) == len(epoch)
+    assert new.next_seq() == 1
+    new.close()
+
+
 def test_dead_letters_are_kept_bounded_and_replayed_with_their_ce_id() -> None:
     queue = SqliteEventQueue(MEMORY)
     stored = queue.add(event("c1"))

@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import orjson
 import redis.asyncio as aioredis
@@ -93,6 +93,7 @@ PRESENCE_QUEUE_LIMIT = 100_000
 """Presence writes waiting for Redis; past this the queue is dropped and presence is
 written again from the node's own connections once Redis answers."""
 _RECONNECT_MAX_DELAY = 1.0
+_T = TypeVar("_T")
 _REDIS_FAULTS = (RedisError, OSError, RuntimeError)
 """What the background loops survive: Redis errors, and a connection whose transport
 closed under it (uvloop raises RuntimeError for a write to a closed transport)."""
@@ -330,7 +331,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: the dead node's mirror, its taken mark, its heartbeat; ARGV: mark seconds, seqs...
+# KEYS: the dead node's mirror, its taken mark, its heartbeat; ARGV: mark seconds, fields...
 #   ->  -1 if the node came back (nothing taken), else those of seqs still there (taken)
 # Removes the events a survivor has queued from the mirror and marks them taken, in one
 # step: an event is taken by one survivor only, and only while its node is dead.
@@ -405,10 +406,9 @@ class RedisBackplane(Backplane):
             )
         }
         self._store: EventStore | None = None
-        self._foreign_from: int | None = None
-        """The store's next ``seq`` when the mirror was first copied anew: a copied event
-        at or past it was never the store's (kept until a copy completes)."""
         """This node's event queue, once attached: what the mirror copies."""
+        self._epoch = ""
+        """The attached queue file's epoch: the mirror's fields are ``{epoch}:{seq}``."""
         self._mirror_ops: deque[tuple[int, bytes | None]] = deque()
         """Mirror writes waiting, in order: (seq, record), or (seq, None) to remove."""
         self._mirror_bytes = 0
@@ -1181,13 +1181,20 @@ class RedisBackplane(Backplane):
         """Beat (a survivor taking this node's events over stops), drop what was taken
         while this node was away, and mirror ``store`` from :meth:`start` on."""
         self._store = store
+        self._epoch = store.epoch()
         try:
             await self._beat()
             await self._drop_taken()
-        except RedisError as exc:
+        except _REDIS_FAULTS as exc:
             raise ServiceUnavailable(
                 f"cannot reach Redis at {_redacted(self.url)}: {exc}"
             ) from None
+        try:
+            # Before anything is queued here (the previous run's connections reaped at
+            # start, to begin with): that run's connected goes before their disconnected.
+            await self._adopt_foreign(self.keys.events(self.node_id))
+        except _REDIS_FAULTS as exc:
+            log.warning("node %s will queue its copied events later: %s", self.node_id, exc)
 
     def queued(self, seq: int, record: bytes) -> None:
         self._mirror_op(seq, record)
@@ -1259,9 +1266,9 @@ class RedisBackplane(Backplane):
                 key = self.keys.events(self.node_id)
                 for seq, record in batch:
                     if record is None:
-                        pipe.hdel(key, str(seq))
+                        pipe.hdel(key, _field(self._epoch, seq))
                     else:
-                        pipe.hset(key, str(seq), record)
+                        pipe.hset(key, _field(self._epoch, seq), record)
                 await pipe.execute()
             except _REDIS_FAULTS as exc:
                 log.warning("event mirror write failed (%s); copying the queue anew", exc)
@@ -1276,13 +1283,14 @@ class RedisBackplane(Backplane):
         if self._store is None:
             return 0
         mark = self.keys.taken(self.node_id)
-        members = await self._redis.smembers(mark)
+        members = [_text(m) for m in await self._redis.smembers(mark)]
         if not members:
             return 0
-        seqs = sorted(int(_text(m)) for m in members)
-        dropped = self._store.drop(seqs)
-        for batch in _chunks(seqs, 1000):
-            await self._redis.srem(mark, *(str(s) for s in batch))
+        # Those of another epoch were never in this file (a new one): only the mark goes.
+        mine = [p[1] for m in members if (p := _parse_field(m)) and p[0] == self._epoch]
+        dropped = self._store.drop(sorted(mine))
+        for batch in _chunks(members, 1000):
+            await self._redis.srem(mark, *batch)
         log.warning(
             "node %s was taken for dead: %d of its queued events were taken over by another "
             "node and are not sent from here",
@@ -1299,21 +1307,21 @@ class RedisBackplane(Backplane):
         assert self._store is not None
         await self._drop_taken()
         key = self.keys.events(self.node_id)
-        recorded = {int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit()}
-        recorded -= await self._adopt_foreign(key, recorded)
+        await self._adopt_foreign(key)
+        fields = [p for f in await self._redis.hkeys(key) if (p := _parse_field(_text(f)))]
+        recorded = {seq for epoch, seq in fields if epoch == self._epoch}
         self._mirror_ops.clear()  # the snapshot below replaces them; later ones follow it
         self._mirror_bytes = 0
         local = self._store.pending_seqs()
         wanted = set(local)
         extra = sorted(recorded - wanted)
         for batch in _chunks(extra, 1000):
-            await self._redis.hdel(key, *(str(s) for s in batch))
+            await self._redis.hdel(key, *(_field(self._epoch, s) for s in batch))
         missing = [s for s in local if s not in recorded]
         for batch in _chunks(missing, 500):
             records = self._store.records(batch)
             if records:
-                await self._redis.hset(key, mapping={str(s): r for s, r in records})
-        self._foreign_from = None
+                await self._redis.hset(key, mapping={_field(self._epoch, s): r for s, r in records})
         if extra or missing:
             log.info(
                 "event mirror of node %s: %d written, %d removed",
@@ -1322,22 +1330,22 @@ class RedisBackplane(Backplane):
                 len(extra),
             )
 
-    async def _adopt_foreign(self, key: str, recorded: set[int]) -> set[int]:
-        """Queue the copied events this node's queue file never had (it started with a
-        new or empty one under the same node id), then forget their old numbers; which.
-        Raises if the queue's file cannot take them all (the rest stay, for the retry)."""
+    async def _adopt_foreign(self, key: str) -> None:
+        """Queue the copied events of another epoch (this node id's earlier queue file,
+        before it started with a new or empty one), in their order, removing each from
+        the copy once queued. Raises if the queue's file cannot take them all (the rest
+        stay, for the retry)."""
         assert self._store is not None
-        if self._foreign_from is None:  # not again on a retry: adopted ones took seqs
-            self._foreign_from = self._store.next_seq()
-        foreign = sorted(s for s in recorded if s >= self._foreign_from)
+        fields = [p for f in await self._redis.hkeys(key) if (p := _parse_field(_text(f)))]
+        foreign = [_field(e, s) for e, s in sorted(fields) if e != self._epoch]
         for batch in _chunks(foreign, TAKEOVER_BATCH):
-            values = await self._redis.hmget(key, [str(s) for s in batch])
-            found = [(s, v) for s, v in zip(batch, values, strict=True) if v is not None]
+            values = await self._redis.hmget(key, list(batch))
+            found = [(f, v) for f, v in zip(batch, values, strict=True) if v is not None]
             adopted = self._store.adopt([_raw(v) for _, v in found])  # durable first
-            queued, present = {s for s, _ in found[: len(adopted)]}, {s for s, _ in found}
-            done = [s for s in batch if s in queued or s not in present]
+            queued, present = {f for f, _ in found[: len(adopted)]}, {f for f, _ in found}
+            done = [f for f in batch if f in queued or f not in present]
             if done:
-                await self._redis.hdel(key, *(str(s) for s in done))
+                await self._redis.hdel(key, *done)
             if len(adopted) < len(found):
                 raise RuntimeError("the event queue cannot be written now")
         if foreign:
@@ -1347,7 +1355,6 @@ class RedisBackplane(Backplane):
                 self.node_id,
                 len(foreign),
             )
-        return set(foreign)
 
     async def _take_events(self, dead: str, lock_ms: int) -> bool:
         """Queue here, in their order, the events dead node ``dead`` left in its mirror;
@@ -1355,17 +1362,18 @@ class RedisBackplane(Backplane):
         if self._store is None:
             return True  # nowhere to put them: they stay for a node that can
         key, mark, beat = self.keys.events(dead), self.keys.taken(dead), self.keys.node(dead)
-        seqs = sorted(int(f) for f in map(_text, await self._redis.hkeys(key)) if f.isdigit())
+        parsed = sorted(p for f in await self._redis.hkeys(key) if (p := _parse_field(_text(f))))
+        fields = [_field(epoch, seq) for epoch, seq in parsed]  # an older file's first
         taken = 0
-        for batch in _chunks(seqs, TAKEOVER_BATCH):
+        for batch in _chunks(fields, TAKEOVER_BATCH):
             still = await self._scripts["still_reaping"](
                 keys=[self.keys.reaper, beat], args=[self.node_id, lock_ms]
             )
             if not still:
                 log.warning("node %s stopped taking over the events of node %s", self.node_id, dead)
                 return False
-            values = await self._redis.hmget(key, [str(s) for s in batch])
-            found = [(s, v) for s, v in zip(batch, values, strict=True) if v is not None]
+            values = await self._redis.hmget(key, list(batch))
+            found = [(f, v) for f, v in zip(batch, values, strict=True) if v is not None]
             if not found:
                 continue
             try:
@@ -1385,7 +1393,7 @@ class RedisBackplane(Backplane):
             took = await self._scripts["take"](
                 keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
             )
-            done = {int(_text(s)) for s in took} if isinstance(took, list) else set()
+            done = {_text(f) for f in took} if isinstance(took, list) else set()
             # Those not taken (it came back, or they went meanwhile) are not ours to send.
             undo = [mine for (s, _), mine in zip(found, adopted, strict=True) if s not in done]
             self._store.drop([mine for mine in undo if mine], handed_back=True)
@@ -1403,7 +1411,19 @@ def _raw(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+def _field(epoch: str, seq: int) -> str:
+    """A mirrored event's field: its queue file's epoch and its ``seq`` there."""
+    return f"{epoch}:{seq}"
+
+
+def _parse_field(field: str) -> tuple[str, int] | None:
+    """(epoch, seq) of a mirror field; a bare ``seq`` (written before epochs) is of
+    epoch "" (older than any); None for anything else."""
+    epoch, _, seq = field.rpartition(":")
+    return (epoch, int(seq)) if seq.isdigit() else None
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 

@@ -99,9 +99,9 @@ class EventStore(Protocol):
     def pending_seqs(self) -> list[int]:
         """The ``seq`` of every event waiting here, in order."""
 
-    def next_seq(self) -> int:
-        """The ``seq`` the next event will get: a copied event at or past it was never
-        this store's (the node restarted with another, or an empty, queue file)."""
+    def epoch(self) -> str:
+        """The queue file's own name (made with the file): the copy keys an event by it
+        and its ``seq``, so a new file's events never pass for those of an old one."""
 
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         """The records of those of ``seqs`` still waiting, in order."""

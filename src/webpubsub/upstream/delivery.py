@@ -656,9 +656,8 @@ class Delivery:
         self._open()
         return self.queue.pending_seqs(after=0)
 
-    def next_seq(self) -> int:
-        self._open()
-        return self.queue.next_seq()
+    def epoch(self) -> str:
+        return self.queue.epoch()
 
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         self._open()

@@ -27,6 +27,7 @@ import fcntl
 import json
 import math
 import os
+import secrets
 import sqlite3
 import struct
 import time
@@ -127,6 +128,11 @@ class EventQueue(Protocol):
 
     def next_seq(self) -> int:
         """The ``seq`` the next event will get: every lower one was given out here."""
+
+    def epoch(self) -> str:
+        """This queue file's own name, made when the file was: a ``seq`` means one
+        event only together with it (a new file under the same node id numbers from 1
+        again)."""
 
     def dead(self, limit: int | None = None) -> list[DeadEvent]:
         """Dead letters, oldest first."""
@@ -381,6 +387,11 @@ class SqliteEventQueue:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+        # Milliseconds since the epoch, then random bits: later files sort later.
+        made = (time.time_ns() // 1_000_000) << 20 | secrets.randbits(20)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (made,))
+        (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        self._epoch = f"{int(value):016x}"
 
     def _next_seq(self) -> int:
         """Sequence numbers never reused, pending or dead (replay keeps ``ce-id``)."""
@@ -392,6 +403,9 @@ class SqliteEventQueue:
     def next_seq(self) -> int:
         (seq,) = self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
         return int(seq)
+
+    def epoch(self) -> str:
+        return self._epoch
 
     def add(
         self, event: QueuedEvent, *, opens: LiveConnection | None = None, ends: bool = False
