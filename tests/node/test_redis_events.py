@@ -26,6 +26,7 @@ from tests.support.proxy import TcpProxy, closed_port
 from tests.support.redis_server import RedisServer, wait_for_hash_size
 from tests.support.service import chat_hub, json_client
 from webpubsub.backplane.redis import RedisBackplane
+from webpubsub.node.node import reaped_event_id
 from webpubsub.server.app import ServiceRunner
 from webpubsub.upstream.queue import decode_record
 
@@ -442,3 +443,54 @@ async def test_a_killed_node_restarted_without_its_file_sends_connected_then_dis
         await again.stop()
     handler.took_once_each(cid)
     assert [(c, ce) for c, name, ce in handler.took if name == "connected"] == copied
+
+
+async def test_a_cut_off_nodes_queued_disconnected_goes_once_its_end_was_reported(
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A client leaves node a while a is cut off from Redis and the handler is down: a
+    queues its ``disconnected``, and b, taking a for dead, reports the connection's end
+    with its own ce-id (the same whichever survivor does). When a reaches Redis again it
+    reads that the end was reported and drops its own: the handler takes one
+    ``disconnected``."""
+    handler = Handler(handler_app)
+    handler.down = False
+    hub = chat_hub(handler_app.url, system=EVENTS)
+    link = await TcpProxy(redis_server.port).start()
+    cut_off = plane(f"redis://127.0.0.1:{link.port}/0", redis_prefix, "a")
+    a = await start_service(hub, backplane=cut_off)
+    b = await start_service(hub, backplane=plane(redis_server.url, redis_prefix, "b"))
+    assert a.upstream is not None and b.upstream is not None
+    up_a, up_b = a.upstream, b.upstream
+    try:
+        async with service_at(a) as on_a:
+            url = (await on_a.get_client_access_token(user_id="x"))["url"]
+            ws, cid = await json_client(http, url, WAIT)
+            await delivered(a, 1)
+            async with asyncio.timeout(WAIT):
+                await cut_off.synced()
+            handler.down = True
+            link.retarget(closed_port())
+            await link.cut()
+            async with asyncio.timeout(WAIT):
+                await cut_off.lost()
+            await ws.close()  # the client leaves during the cut
+            async with asyncio.timeout(WAIT):
+                await up_a.wait_until(lambda: up_a.queued() == 1)
+                await up_b.wait_until(lambda: up_b.queued() == 1)  # b reaped a
+            link.retarget(redis_server.port)
+            async with asyncio.timeout(WAIT):
+                await cut_off.synced()
+                await up_a.wait_until(lambda: up_a.queued() == 0)
+            assert up_a.stats.taken_by_others == 1
+            handler.down = False
+            await delivered(b, 1)
+    finally:
+        await link.stop()
+    assert [(c, name) for c, name, _ in handler.took] == [(cid, "connected"), (cid, "disconnected")]
+    assert handler.took[1][2] == reaped_event_id("chat", cid)
+    assert up_a.stats.delivered == 1

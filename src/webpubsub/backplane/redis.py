@@ -775,6 +775,26 @@ class RedisBackplane(Backplane):
             pipe.srem(k.group(hub, group), cid)
             pipe.srem(k.conn_groups(hub, cid), group)
 
+    def _drop_reported(self, gone: list[tuple[str, str]]) -> None:
+        """Connections that ended here while this node was cut off, whose end a survivor
+        reported: their ``disconnected`` still queued here is not sent a second time."""
+        if not gone or self._store is None:
+            return
+        try:
+            dropped = self._store.drop_ended(gone)
+        except Exception as exc:  # the queue closing at shutdown, or its file failing
+            log.warning(
+                "node %s could not drop reported disconnected events: %s", self.node_id, exc
+            )
+            return
+        if dropped:
+            log.warning(
+                "node %s was taken for dead while cut off: %d queued events of connections "
+                "whose end another node reported are not sent from here",
+                self.node_id,
+                dropped,
+            )
+
     async def _rewrite_all(self) -> None:
         """Write this node's presence again from its own connections (after a fault):
         what Redis still holds of connections that ended, or of groups they left, while
@@ -784,7 +804,9 @@ class RedisBackplane(Backplane):
         reported = await self._redis.smembers(mark)
         if reported:
             await self._redis.delete(mark)
-        ended = [key for raw in reported if (key := _text(raw).partition(_SEP)[::2]) in self._local]
+        keys = [(hub, cid) for raw in reported for hub, _, cid in [_text(raw).partition(_SEP)]]
+        ended = [key for key in keys if key in self._local]
+        self._drop_reported([key for key in keys if key not in self._local])
         if ended and self._node is not None:
             # Taken for dead while cut off alone: a survivor sent these connections'
             # disconnected events. They end here without another; clients reconnect.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import secrets
@@ -128,6 +129,13 @@ class Admission:
     subprotocol: str | None
     """The value to echo in ``Sec-WebSocket-Protocol`` (None: no header)."""
     state: str
+
+
+def reaped_event_id(hub: str, connection_id: str) -> str:
+    """The ``ce-id`` of the ``disconnected`` a survivor sends for a dead node's
+    connection: the same from any survivor, and on any retry of the reaping."""
+    digest = hashlib.sha256(f"{hub}\x00{connection_id}".encode()).hexdigest()
+    return f"reaped-{digest[:16]}"
 
 
 def new_connection_id() -> str:
@@ -678,7 +686,7 @@ class Node:
             user_id=connection.user_id,
             subprotocol=connection.subprotocol,
             state=connection.state,
-            event_id=f"reaped-{secrets.token_hex(8)}",
+            event_id=reaped_event_id(connection.hub, connection.connection_id),
             origin=self._origin,
         )
         log.info(

@@ -113,6 +113,11 @@ class EventStore(Protocol):
         now (the list is then shorter: the rest are not queued, and must stay where they
         are for a later try). Raises if this queue is closed."""
 
+    def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
+        """Another node reported the end of these (hub, connection id) while this one
+        was taken for dead: their ``disconnected`` still waiting here is never sent
+        (nor what follows it); how many went."""
+
     def drop(self, seqs: Collection[int], *, handed_back: bool = False) -> int:
         """Another node took these events over (``handed_back``: their node took them
         back before this one could claim them): never deliver them here; how many went."""

@@ -508,8 +508,8 @@ class Delivery:
             del self._blocked[origin]
 
     async def wait_until(self, done: Callable[[], bool]) -> None:
-        """Return once ``done()`` holds, checked after each delivery attempt (bound it
-        with ``asyncio.timeout``)."""
+        """Return once ``done()`` holds, checked after each delivery attempt and each
+        drop (bound it with ``asyncio.timeout``)."""
         while not done():
             self._progress = progress = self._progress or asyncio.Event()
             progress.clear()
@@ -697,6 +697,25 @@ class Delivery:
             adopted.append(self._last_seq if self._last_seq > before else 0)
         return adopted
 
+    def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
+        """Another node reported the end of these (hub, connection id): each one's
+        ``disconnected`` still waiting here, and what follows it, goes (counted as
+        taken by others); how many. One whose attempt is under way still goes out."""
+        self._open()
+        seqs: list[int] = []
+        for hub, cid in connections:
+            chain = self._chains.get(connection_chain(hub, cid))
+            if chain is None:
+                continue
+            found = False
+            for item in chain.items:
+                if not found:
+                    event = self.queue.get(item.seq)
+                    found = event is not None and event.event == "disconnected"
+                if found:
+                    seqs.append(item.seq)
+        return self.drop(seqs)
+
     def drop(self, seqs: Collection[int], *, handed_back: bool = False) -> int:
         """Another node took these events over (this one was taken for dead), or with
         ``handed_back`` their node kept them after all: they go from the queue, and from
@@ -741,6 +760,8 @@ class Delivery:
                 del self._chains[name]
         if not self._chains and self._drained is not None:
             self._drained.set()
+        if self._progress is not None:
+            self._progress.set()
         return gone
 
     # -- out ----------------------------------------------------------------------------
@@ -776,6 +797,11 @@ class Delivery:
             )
             self._unsaved.clear()
         return self._count
+
+
+def connection_chain(hub: str, connection_id: str) -> str:
+    """The chain of a connection's events (they go one at a time, in order)."""
+    return f"hub={hub} connection={connection_id}"
 
 
 def _origin(url: str) -> str:

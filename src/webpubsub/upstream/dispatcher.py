@@ -44,7 +44,7 @@ from webpubsub.protocol.cloudevents import (
     validation_request,
 )
 from webpubsub.protocol.payload import Payload
-from webpubsub.upstream.delivery import Delivery, DeliveryStats, RetryPolicy
+from webpubsub.upstream.delivery import Delivery, DeliveryStats, RetryPolicy, connection_chain
 from webpubsub.upstream.http import HttpTransport, Pool, safe_url
 from webpubsub.upstream.queue import (
     MEMORY,
@@ -405,7 +405,7 @@ class Upstream:
 
 def _chain(ctx: EventContext) -> str:
     """A connection's events go one at a time, in order."""
-    return f"hub={ctx.hub} connection={ctx.connection_id}"
+    return connection_chain(ctx.hub, ctx.connection_id)
 
 
 def _validation_failed(url: str) -> UpstreamError:
