@@ -409,6 +409,8 @@ class RedisBackplane(Backplane):
         """This node's event queue, once attached: what the mirror copies."""
         self._epoch = ""
         """The attached queue file's epoch: the mirror's fields are ``{epoch}:{seq}``."""
+        self._foreign_left = False
+        """Events of an earlier queue file wait in the mirror: the heartbeat resyncs."""
         self._mirror_ops: deque[tuple[int, bytes | None]] = deque()
         """Mirror writes waiting, in order: (seq, record), or (seq, None) to remove."""
         self._mirror_bytes = 0
@@ -1108,7 +1110,7 @@ class RedisBackplane(Backplane):
                 present, reaped, taken = await check.execute()
                 missing = not present
                 await self._beat()
-                if taken:
+                if taken or self._foreign_left:
                     self._need_mirror_resync()  # which drops what was taken first
                 if missing or reaped:
                     # Redis restarted empty, or we were reaped: write presence again (after
@@ -1216,6 +1218,7 @@ class RedisBackplane(Backplane):
             # start, to begin with): that run's connected goes before their disconnected.
             await self._adopt_foreign(self.keys.events(self.node_id))
         except _REDIS_FAULTS as exc:
+            self._foreign_left = True
             log.warning("node %s will queue its copied events later: %s", self.node_id, exc)
 
     def queued(self, seq: int, record: bytes) -> None:
@@ -1355,8 +1358,9 @@ class RedisBackplane(Backplane):
     async def _adopt_foreign(self, key: str) -> None:
         """Queue the copied events of another epoch (this node id's earlier queue file,
         before it started with a new or empty one), in their order, removing each from
-        the copy once queued. Raises if the queue's file cannot take them all (the rest
-        stay, for the retry)."""
+        the copy once queued. When the queue cannot take them all now (its file failing,
+        or full) the rest stay in the copy, and a heartbeat tries again."""
+        self._foreign_left = False
         assert self._store is not None
         fields = [p for f in await self._redis.hkeys(key) if (p := _parse_field(_text(f)))]
         foreign = [_field(e, s) for e, s in sorted(fields) if e != self._epoch]
@@ -1369,7 +1373,13 @@ class RedisBackplane(Backplane):
             if done:
                 await self._redis.hdel(key, *done)
             if len(adopted) < len(found):
-                raise RuntimeError("the event queue cannot be written now")
+                self._foreign_left = True
+                log.warning(
+                    "node %s cannot queue the events its copy in Redis holds of its earlier "
+                    "queue file now; they wait there",
+                    self.node_id,
+                )
+                return
         if foreign:
             log.warning(
                 "node %s found %d events in its copy in Redis that its queue file does not "

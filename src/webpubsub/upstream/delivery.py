@@ -668,13 +668,15 @@ class Delivery:
         """Queue the events a dead node left, in their order, with their request and
         ``ce-id`` (attempts and ``created`` kept: the horizon counts from the event);
         each is then this node's own, mirrored as such. Returns, per record, its ``seq``
-        here (0: unreadable, or dead-lettered: the queue full, or its connection's
-        earlier event dead-lettered here, as for the node's own events).
+        here (0: unreadable, or dead-lettered: its connection's earlier event
+        dead-lettered here, as for the node's own events). ``stats.taken_over`` counts
+        those queued.
 
         Written at once, never left waiting in memory: when the queue's file cannot be
-        written (or the node's own writes still wait for it), it stops there and the
-        list is shorter than ``records``; the rest are not queued (their node's copy
-        keeps them for a later try)."""
+        written (or the node's own writes still wait for it), or the queue is full for a
+        new connection's event, it stops there and the list is shorter than
+        ``records``; the rest are not queued (their node's copy keeps them for a later
+        try)."""
         self._open()
         self._flush()  # the node's own writes first
         adopted: list[int] = []
@@ -687,14 +689,23 @@ class Delivery:
                 _log.warning("an event taken over from another node is unreadable: %s", exc)
                 adopted.append(0)
                 continue
+            if event.chain not in self._chains and self._count >= self._max_queued:
+                # Full: left in the other node's copy for a later pass, not dead-lettered
+                # here without one attempt (an event of a chain queued here still goes in).
+                _log.warning(
+                    "the event queue is full (%d events): events of another node wait in its copy",
+                    self._count,
+                )
+                break
             before = self._last_seq
             try:
                 self._apply(_Write(event.chain, event))
             except STORAGE_ERRORS as exc:
                 self._store_failed(exc)
                 break
-            self.stats.taken_over += 1
-            adopted.append(self._last_seq if self._last_seq > before else 0)
+            queued = self._last_seq > before
+            self.stats.taken_over += queued
+            adopted.append(self._last_seq if queued else 0)
         return adopted
 
     def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
