@@ -421,3 +421,32 @@ async def test_a_node_that_writes_its_presence_again_is_alive_with_it(
             assert await client.exists(f"{p}:node:s")
         finally:
             await plane.stop()
+
+
+async def test_a_node_without_an_event_queue_leaves_a_dead_node_with_events_to_others(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """A reaper with no queue to take events into neither reaps a dead node whose copy
+    holds events nor forgets it: the node stays listed, with its copy and connection, for
+    a survivor that can take them; one with a queue then takes them and reaps it."""
+    p = redis_prefix
+    records = await ghost(client, p, 3)
+    timeline: list[str] = []
+    bare = RedisBackplane(redis_server.url, prefix=p, node_id="bare", heartbeat_timeout=1.0)
+    await bare.start(TimedRecorder("bare", timeline))
+    bare._reap_after = 0.0
+    try:
+        await bare._reap(0.3)
+    finally:
+        await bare.stop()
+    assert timeline == []
+    assert await client.sismember(f"{p}:nodes", "ghost")  # type: ignore[misc]
+    assert await client.hlen(f"{p}:events:ghost") == 3  # type: ignore[misc]
+    await client.delete(f"{p}:reaper")
+    store = RecordingStore(timeline)
+    plane = await survivor(redis_server, p, store, timeline)
+    try:
+        await plane._reap(0.3)
+    finally:
+        await plane.stop()
+    assert store.adopted == records and timeline == ["adopt 3", "reaped c1"]

@@ -1145,6 +1145,8 @@ class RedisBackplane(Backplane):
             dead = _text(raw_id)
             if dead == self.node_id or await self._redis.exists(self.keys.node(dead)):
                 continue
+            if self._store is None and await self._redis.hlen(self.keys.events(dead)):
+                continue  # events this node has no queue for: left, listed, to one that has
             if not await self._take_events(dead, int(interval * 2000)):
                 return  # it came back, or the lock went to another reaper
             await self._reap_node(dead, mark=True)
@@ -1392,7 +1394,7 @@ class RedisBackplane(Backplane):
         """Queue here, in their order, the events dead node ``dead`` left in its mirror;
         False if it came back or the reaper lock was lost meanwhile (the rest stay)."""
         if self._store is None:
-            return True  # nowhere to put them: they stay for a node that can
+            return True  # only for a node whose copy is empty (see _reap)
         key, mark, beat = self.keys.events(dead), self.keys.taken(dead), self.keys.node(dead)
         parsed = sorted(p for f in await self._redis.hkeys(key) if (p := _parse_field(_text(f))))
         fields = [_field(epoch, seq) for epoch, seq in parsed]  # an older file's first
