@@ -182,6 +182,7 @@ class RecordingStore:
         self.timeline = timeline
         self.adopted: list[bytes] = []
         self.dropped: list[tuple[int, bool]] = []
+        self.released: list[int] = []
         self._on_adopt = on_adopt
         self.writable: int | None = None
         """How many more records its file takes (None: any number)."""
@@ -195,7 +196,11 @@ class RecordingStore:
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
         return []
 
-    def adopt(self, records: list[bytes]) -> list[int]:
+    def release(self, seqs: list[int]) -> None:
+        self.released.extend(seqs)
+
+    def adopt(self, records: list[bytes], *, hold: bool = False) -> list[int]:
+        assert hold  # a survivor sends nothing before the take is confirmed
         if self.writable is not None:  # the file locked or failing after that many
             records, self.writable = records[: self.writable], 0
         first = len(self.adopted) + 1
@@ -302,6 +307,7 @@ async def test_a_node_that_beats_again_mid_takeover_keeps_the_rest_of_its_events
         beat.close()
     assert timeline == ["adopt 200"]
     assert store.dropped == [(s, True) for s in range(1, 201)]
+    assert store.released == []  # held from adopt on: none was ever sent from here
     assert await client.hlen(f"{p}:events:ghost") == 250  # type: ignore[misc]
     assert not await client.exists(f"{p}:taken:ghost")
 
@@ -331,6 +337,7 @@ async def test_events_a_survivor_cannot_queue_yet_stay_in_the_dead_nodes_copy(
         await plane.stop()
     assert timeline == ["adopt 150", "adopt 100", "reaped c1"]
     assert store.adopted == records and store.dropped == []
+    assert store.released == list(range(1, 251))  # each once its take was confirmed
     assert not await client.exists(f"{p}:events:ghost")
 
 
@@ -351,7 +358,7 @@ class FileStore(RecordingStore):
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
         return [(s, self.local[s]) for s in seqs if s in self.local]  # type: ignore[attr-defined]
 
-    def adopt(self, records: list[bytes]) -> list[int]:
+    def adopt(self, records: list[bytes], *, hold: bool = False) -> list[int]:
         limit = self.limits.pop(0) if self.limits else None
         taken = records if limit is None else records[:limit]
         self.adopted.extend(taken)

@@ -356,3 +356,23 @@ async def test_events_taken_over_by_a_full_queue_stay_in_the_other_nodes_copy(
     assert buried(queue) == [] and delivery.stats.taken_over == 3
     release.set()
     await drained(delivery)
+
+
+async def test_events_adopted_on_hold_are_sent_only_once_released(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    """A survivor holds what it adopts until the dead node's copy lets it go: a held
+    event is not sent (an own event queued after it goes first, one at a time to the
+    origin); handed back it is never sent; released, it is."""
+    delivery = make_delivery(per_origin=1)
+    kept, handed_back = (encode_record(event(handler_app, name)) for name in ("K", "H"))
+    assert delivery.adopt([kept, handed_back], hold=True) == [1, 2]
+    delivery.add(event(handler_app, "own"))
+    async with asyncio.timeout(WAIT):
+        await delivery.wait_until(lambda: delivery.stats.delivered >= 1)
+    assert delivered(handler_app) == [("own", "connected")]
+    assert delivery.drop([2], handed_back=True) == 1
+    delivery.release([1])
+    await drained(delivery)
+    assert delivered(handler_app) == [("own", "connected"), ("K", "connected")]
+    assert delivery.stats.taken_over == 1

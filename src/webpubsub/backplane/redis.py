@@ -1411,7 +1411,9 @@ class RedisBackplane(Backplane):
             if not found:
                 continue
             try:
-                adopted = self._store.adopt([_raw(v) for _, v in found])  # durable here first
+                # Durable here first, held (not sent) until the script below says they are
+                # this node's: were it refused, they would go out from two nodes.
+                adopted = self._store.adopt([_raw(v) for _, v in found], hold=True)
             except RuntimeError as exc:  # this node's queue closed: it is stopping
                 log.info("node %s leaves the events of node %s: %s", self.node_id, dead, exc)
                 return False
@@ -1424,13 +1426,18 @@ class RedisBackplane(Backplane):
                     dead,
                 )
                 return False
-            took = await self._scripts["take"](
-                keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
-            )
+            try:
+                took = await self._scripts["take"](
+                    keys=[key, mark, beat], args=[TAKEN_MARK_SECONDS, *(s for s, _ in found)]
+                )
+            except BaseException:  # taken or not, unknown: sent from here (at least once)
+                self._store.release([mine for mine in adopted if mine])
+                raise
             done = {_text(f) for f in took} if isinstance(took, list) else set()
             # Those not taken (it came back, or they went meanwhile) are not ours to send.
-            undo = [mine for (s, _), mine in zip(found, adopted, strict=True) if s not in done]
-            self._store.drop([mine for mine in undo if mine], handed_back=True)
+            pairs = list(zip(found, adopted, strict=True))
+            self._store.drop([m for (s, _), m in pairs if m and s not in done], handed_back=True)
+            self._store.release([m for (s, _), m in pairs if m and s in done])
             taken += len(done)
             if not isinstance(took, list) or short:
                 return False

@@ -106,12 +106,16 @@ class EventStore(Protocol):
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
         """The records of those of ``seqs`` still waiting, in order."""
 
-    def adopt(self, records: Sequence[bytes]) -> list[int]:
+    def adopt(self, records: Sequence[bytes], *, hold: bool = False) -> list[int]:
         """Queue events another node left, in the order given, durably on return (each
         mirrored as one of this node's own); for each record its ``seq`` here (0: not
         queued, unreadable or dead-lettered). Stops at the first the store cannot write
         now (the list is then shorter: the rest are not queued, and must stay where they
         are for a later try). Raises if this queue is closed."""
+
+    def release(self, seqs: Collection[int]) -> None:
+        """Deliver these events adopted with ``hold`` (not delivered until then: the
+        copy's owner may still refuse to let them go)."""
 
     def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
         """Another node reported the end of these (hub, connection id) while this one

@@ -187,6 +187,10 @@ class Delivery:
         self._last_seq = 0
         self._seqs: set[int] = set()
         """The events tracked here (so a look for other processes' events skips them)."""
+        self._held: set[int] = set()
+        """Events adopted with ``hold``: queued, not scheduled until released."""
+        self._holding = False
+        """Whether the event being tracked is held."""
         self._polled = 0
         """Every pending event up to this ``seq`` is tracked."""
         self._wake: asyncio.Event | None = None
@@ -357,6 +361,8 @@ class Delivery:
     def _track(self, event: QueuedEvent) -> None:
         self._last_seq = max(self._last_seq, event.seq)
         self._seqs.add(event.seq)
+        if self._holding:
+            self._held.add(event.seq)
         item = _Item(
             seq=event.seq,
             chain=event.chain,
@@ -374,6 +380,8 @@ class Delivery:
             self._schedule(item)
 
     def _schedule(self, item: _Item) -> None:
+        if item.seq in self._held:
+            return  # scheduled by release()
         heapq.heappush(self._heap, (item.next_at, item.seq, item.chain))
         if self._wake is not None:
             self._wake.set()
@@ -664,7 +672,7 @@ class Delivery:
         found = (self.queue.get(seq) for seq in seqs)
         return [(event.seq, encode_record(event)) for event in found if event is not None]
 
-    def adopt(self, records: Sequence[bytes]) -> list[int]:
+    def adopt(self, records: Sequence[bytes], *, hold: bool = False) -> list[int]:
         """Queue the events a dead node left, in their order, with their request and
         ``ce-id`` (attempts and ``created`` kept: the horizon counts from the event);
         each is then this node's own, mirrored as such. Returns, per record, its ``seq``
@@ -676,7 +684,7 @@ class Delivery:
         written (or the node's own writes still wait for it), or the queue is full for a
         new connection's event, it stops there and the list is shorter than
         ``records``; the rest are not queued (their node's copy keeps them for a later
-        try)."""
+        try). With ``hold`` none is delivered before :meth:`release` (or :meth:`drop`)."""
         self._open()
         self._flush()  # the node's own writes first
         adopted: list[int] = []
@@ -698,15 +706,27 @@ class Delivery:
                 )
                 break
             before = self._last_seq
+            self._holding = hold
             try:
                 self._apply(_Write(event.chain, event))
             except STORAGE_ERRORS as exc:
                 self._store_failed(exc)
                 break
+            finally:
+                self._holding = False
             queued = self._last_seq > before
             self.stats.taken_over += queued
             adopted.append(self._last_seq if queued else 0)
         return adopted
+
+    def release(self, seqs: Collection[int]) -> None:
+        """Deliver these held events (adopted with ``hold``) from now on."""
+        released = self._held & set(seqs)
+        self._held -= released
+        for chain in self._chains.values():
+            head = chain.items[0] if chain.items else None
+            if head is not None and head.seq in released and not chain.running:
+                self._schedule(head)
 
     def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
         """Another node reported the end of these (hub, connection id): each one's
@@ -735,6 +755,7 @@ class Delivery:
         if not wanted:
             return 0
         self._open()
+        self._held -= wanted
         gone = self.queue.purge("pending", sorted(wanted))
         if handed_back:
             self.stats.taken_over -= gone
