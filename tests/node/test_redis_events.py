@@ -494,3 +494,61 @@ async def test_a_cut_off_nodes_queued_disconnected_goes_once_its_end_was_reporte
     assert [(c, name) for c, name, _ in handler.took] == [(cid, "connected"), (cid, "disconnected")]
     assert handler.took[1][2] == reaped_event_id("chat", cid)
     assert up_a.stats.delivered == 1
+
+
+async def test_a_node_stopping_with_its_mirror_behind_brings_it_in_step_before_it_leaves(
+    handler_app: EventHandlerApp,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Node a's copy holds a ``connected`` when its link to Redis goes down; a delivers it
+    meanwhile (the copy must be made anew) and stops; Redis answers again once its
+    queue is closing. It brings the copy in step before it leaves: nothing is left there
+    for a survivor to send a second time, and a is no longer listed."""
+    handler = Handler(handler_app)
+    link = await TcpProxy(redis_server.port).start()
+    cut_off = plane(f"redis://127.0.0.1:{link.port}/0", redis_prefix, "a")
+    a = ServiceRunner(
+        make_config(chat_hub(handler_app.url, system=EVENTS), data_dir=str(tmp_path / "a")),
+        backplane=cut_off,
+        advertised_host="127.0.0.1",
+    )
+    await a.start()
+    try:
+        async with service_at(a) as on_a:
+            url = (await on_a.get_client_access_token(user_id="x"))["url"]
+            ws, cid = await json_client(http, url, WAIT)
+            await wait_for_hash_size(client, f"{redis_prefix}:events:a", 1, WAIT)
+            link.retarget(closed_port())
+            await link.cut()
+            async with asyncio.timeout(WAIT):
+                await cut_off.lost()
+            handler.down = False
+            await delivered(a, 1)
+            # Redis answers again only once the node is stopping (its queue closing).
+            closing, reached = cut_off.closing, asyncio.Event()
+
+            async def spy() -> None:
+                reached.set()
+                await closing()
+
+            cut_off.closing = spy  # type: ignore[method-assign]
+            stopping = asyncio.create_task(a.stop())  # the client's disconnected goes too
+            async with asyncio.timeout(WAIT):
+                await asyncio.wait(
+                    [stopping, asyncio.create_task(reached.wait())],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            link.retarget(redis_server.port)
+            async with asyncio.timeout(WAIT):
+                await stopping
+            await ws.close()
+    finally:
+        await a.stop()
+        await link.stop()
+    assert [(c, name) for c, name, _ in handler.took] == [(cid, "connected"), (cid, "disconnected")]
+    assert not await client.exists(f"{redis_prefix}:events:a")
+    assert not await client.sismember(f"{redis_prefix}:nodes", "a")  # type: ignore[misc]

@@ -777,6 +777,9 @@ class RecordingMirror:
     def settled(self, seq: int) -> None:
         self.told.append(("settled", seq))
 
+    async def closing(self) -> None:
+        self.told.append(("closing", 0))
+
 
 async def test_the_mirror_hears_of_every_event_queued_delivered_or_dead_lettered(
     handler: HandlerApp, make_upstream: MakeUpstream
@@ -796,6 +799,8 @@ async def test_the_mirror_hears_of_every_event_queued_delivered_or_dead_lettered
         await upstream.wait_until(lambda: upstream.queued() == 0)
     assert sorted(mirror.told) == [("queued", 1), ("queued", 2), ("settled", 1), ("settled", 2)]
     assert upstream.stats.delivered == 1 and upstream.stats.dead_lettered == 1
+    await upstream.aclose(0)
+    assert mirror.told[-1] == ("closing", 0)  # once the queue changes no more
 
 
 async def test_adopted_events_go_in_their_order_with_their_ce_id_and_dropped_ones_never(

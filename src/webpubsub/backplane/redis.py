@@ -1193,9 +1193,11 @@ class RedisBackplane(Backplane):
             )
         pipe.delete(self.keys.node(self.node_id), self.keys.node_conns(self.node_id))
         await pipe.execute()
-        if not await self._redis.hlen(self.keys.events(self.node_id)):
+        stale = self._store is not None and (self._mirror_resync or bool(self._mirror_ops))
+        if not stale and not await self._redis.hlen(self.keys.events(self.node_id)):
             await self._redis.srem(self.keys.nodes, self.node_id)
         # else it stays listed without a heartbeat: a survivor takes its events over
+        # (a mirror never brought in step may hold delivered ones: sent again, same ce-id)
 
     # -- the mirror of queued events (node/ports.EventMirrorPort) --------------------------
 
@@ -1222,6 +1224,16 @@ class RedisBackplane(Backplane):
         except _REDIS_FAULTS as exc:
             self._foreign_left = True
             log.warning("node %s will queue its copied events later: %s", self.node_id, exc)
+
+    async def closing(self) -> None:
+        """Give the mirror writer one bounded chance to finish (a resync pending after a
+        fault included): :meth:`stop` leaves by what the mirror holds."""
+        if not any(t.get_name() == "redis-events" and not t.done() for t in self._tasks):
+            return
+        self._mirror_wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await self.mirror_flushed()
 
     def queued(self, seq: int, record: bytes) -> None:
         self._mirror_op(seq, record)
@@ -1369,7 +1381,11 @@ class RedisBackplane(Backplane):
         for batch in _chunks(foreign, TAKEOVER_BATCH):
             values = await self._redis.hmget(key, list(batch))
             found = [(f, v) for f, v in zip(batch, values, strict=True) if v is not None]
-            adopted = self._store.adopt([_raw(v) for _, v in found])  # durable first
+            try:
+                adopted = self._store.adopt([_raw(v) for _, v in found])  # durable first
+            except RuntimeError:  # the queue closed: the node is stopping
+                self._foreign_left = True
+                return
             queued, present = {f for f, _ in found[: len(adopted)]}, {f for f, _ in found}
             done = [f for f in batch if f in queued or f not in present]
             if done:

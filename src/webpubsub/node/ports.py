@@ -144,6 +144,10 @@ class EventMirrorPort(Protocol):
     def settled(self, seq: int) -> None:
         """Delivered, buried or purged."""
 
+    async def closing(self) -> None:
+        """The store's deliveries have ended and it changes no more (its file still
+        open): bring the copy in step with it once, bounded, before the node leaves."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReapedConnection:

@@ -661,14 +661,12 @@ class Delivery:
             raise RuntimeError("the event queue is closed")
 
     def pending_seqs(self) -> list[int]:
-        self._open()
-        return self.queue.pending_seqs(after=0)
+        return self.queue.pending_seqs(after=0)  # also while closing: the file is open
 
     def epoch(self) -> str:
         return self.queue.epoch()
 
     def records(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
-        self._open()
         found = (self.queue.get(seq) for seq in seqs)
         return [(event.seq, encode_record(event)) for event in found if event is not None]
 
@@ -754,7 +752,6 @@ class Delivery:
         wanted = set(seqs)
         if not wanted:
             return 0
-        self._open()
         self._held -= wanted
         gone = self.queue.purge("pending", sorted(wanted))
         if handed_back:
@@ -819,6 +816,8 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pump = None
         self._flush()
+        if self._mirror is not None:  # the queue changes no more; its file is still open
+            await self._mirror.closing()
         if self._unsaved:
             lost = sum(1 for w in self._unsaved if w.event is not None)
             self.stats.not_stored += lost
