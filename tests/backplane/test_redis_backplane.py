@@ -353,7 +353,7 @@ class FileStore(RecordingStore):
         return sorted(self.local)
 
     def next_seq(self) -> int:  # as a file numbers its events
-        return len(self.local) + 1
+        return max(self.local, default=0) + 1
 
     def records(self, seqs: object) -> list[tuple[int, bytes]]:
         return [(s, self.local[s]) for s in seqs if s in self.local]  # type: ignore[attr-defined]
@@ -457,3 +457,48 @@ async def test_a_node_without_an_event_queue_leaves_a_dead_node_with_events_to_o
     finally:
         await plane.stop()
     assert store.adopted == records and timeline == ["adopt 3", "reaped c1"]
+
+
+async def test_mirror_writes_past_their_bound_are_replaced_by_one_copy_of_the_queue(
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Redis is cut off, the queue changes more often than the mirror's writes may
+    wait (the bound patched down to 2): the writes are dropped and, once Redis answers,
+    the copy is made from the queue: it then holds what the queue holds, no more."""
+    monkeypatch.setattr("webpubsub.backplane.redis.MIRROR_QUEUE_LIMIT", 2)
+    p = redis_prefix
+    store = FileStore([], on_adopt=lambda: None)
+    async with TcpProxy(redis_server.port) as link:
+        plane = RedisBackplane(
+            f"redis://127.0.0.1:{link.port}/0", prefix=p, node_id="s", heartbeat_timeout=30.0
+        )
+        await plane.attach(store)  # type: ignore[arg-type]
+        await plane.start(Recorder("s"))
+        try:
+            for record in (b"one", b"two"):
+                plane.queued(store.own(record), record)
+            async with asyncio.timeout(5.0):
+                await plane.mirror_flushed()
+
+            async def change_the_queue() -> None:
+                async with asyncio.timeout(5.0):
+                    await plane.lost()
+                del store.local[1]
+                plane.settled(1)
+                for record in (b"three", b"four", b"five"):
+                    plane.queued(store.own(record), record)
+
+            await link.cut_and_hold(change_the_queue, redis_server.port)
+            async with asyncio.timeout(5.0):
+                await plane.synced()
+                await plane.mirror_flushed()
+        finally:
+            await plane.stop()
+    assert "event mirror writes backed up" in caplog.text
+    mirror = await client.hgetall(f"{p}:events:s")  # type: ignore[misc]
+    assert mirror == {f"new:{s}".encode(): r for s, r in store.local.items()}
+    assert sorted(mirror.values()) == sorted([b"two", b"three", b"four", b"five"])
