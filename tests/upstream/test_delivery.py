@@ -96,6 +96,18 @@ async def other_handler() -> AsyncIterator[EventHandlerApp]:
     await app.stop()
 
 
+def answer_when_released(handler_app: EventHandlerApp) -> asyncio.Event:
+    """The handler holds every answer until the event returned is set."""
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        await release.wait()
+        return default_responder(req)
+
+    handler_app.responder = responder
+    return release
+
+
 async def drained(delivery: Delivery) -> None:
     async with asyncio.timeout(WAIT):
         await delivery.wait_until(lambda: len(delivery) == 0)
@@ -190,13 +202,7 @@ def buried(queue: EventQueue) -> list[tuple[str, str, str]]:
 async def test_with_the_queue_full_a_connection_keeps_its_events_together(
     handler_app: EventHandlerApp, make_delivery: MakeDelivery
 ) -> None:
-    release = asyncio.Event()
-
-    async def responder(req: Recorded) -> web.StreamResponse:
-        await release.wait()
-        return default_responder(req)
-
-    handler_app.responder = responder
+    release = answer_when_released(handler_app)
     queue = SqliteEventQueue(MEMORY)
     delivery = make_delivery(queue=queue, max_queued=1)
     delivery.add(event(handler_app, "A"))
@@ -339,13 +345,7 @@ async def test_events_taken_over_by_a_full_queue_stay_in_the_other_nodes_copy(
     queued (and counted) and the rest are not taken (left in the dead node's copy), not
     dead-lettered here without one attempt; an event of a chain queued here still goes
     in, as the node's own do."""
-    release = asyncio.Event()
-
-    async def responder(req: Recorded) -> web.StreamResponse:
-        await release.wait()
-        return default_responder(req)
-
-    handler_app.responder = responder
+    release = answer_when_released(handler_app)
     queue = SqliteEventQueue(MEMORY)
     delivery = make_delivery(queue=queue, max_queued=2)
     records = [encode_record(event(handler_app, f"c{i}")) for i in range(5)]
