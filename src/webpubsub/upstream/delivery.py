@@ -187,8 +187,9 @@ class Delivery:
         self._last_seq = 0
         self._seqs: set[int] = set()
         """The events tracked here (so a look for other processes' events skips them)."""
-        self._held: set[int] = set()
-        """Events adopted with ``hold``: queued, not scheduled until released."""
+        self._held: dict[int, str] = {}
+        """Events adopted with ``hold`` (their chains): queued, not scheduled until
+        released."""
         self._holding = False
         """Whether the event being tracked is held."""
         self._polled = 0
@@ -362,7 +363,7 @@ class Delivery:
         self._last_seq = max(self._last_seq, event.seq)
         self._seqs.add(event.seq)
         if self._holding:
-            self._held.add(event.seq)
+            self._held[event.seq] = event.chain
         item = _Item(
             seq=event.seq,
             chain=event.chain,
@@ -719,11 +720,11 @@ class Delivery:
 
     def release(self, seqs: Collection[int]) -> None:
         """Deliver these held events (adopted with ``hold``) from now on."""
-        released = self._held & set(seqs)
-        self._held -= released
-        for chain in self._chains.values():
-            head = chain.items[0] if chain.items else None
-            if head is not None and head.seq in released and not chain.running:
+        for seq in seqs:
+            name = self._held.pop(seq, None)
+            chain = self._chains.get(name) if name is not None else None
+            head = chain.items[0] if chain is not None and chain.items else None
+            if chain is not None and head is not None and head.seq == seq and not chain.running:
                 self._schedule(head)
 
     def drop_ended(self, connections: Collection[tuple[str, str]]) -> int:
@@ -752,7 +753,8 @@ class Delivery:
         wanted = set(seqs)
         if not wanted:
             return 0
-        self._held -= wanted
+        for seq in wanted:
+            self._held.pop(seq, None)
         gone = self.queue.purge("pending", sorted(wanted))
         if handed_back:
             self.stats.taken_over -= gone
