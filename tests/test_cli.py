@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import ACCESS_KEY
+from tests.support.cli import spawn_cli
 from tests.support.redis_server import RedisServer
 from tests.support.service import json_client, next_data
 from webpubsub.cli import main
@@ -67,17 +66,7 @@ def test_token_prints_a_client_url() -> None:
 
 
 async def _spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("WEBPUBSUB_ACCESS_KEY", None)
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webpubsub.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
+    return await spawn_cli(*args, env=env)
 
 
 async def _read_until(proc: asyncio.subprocess.Process, pattern: str) -> re.Match[str]:

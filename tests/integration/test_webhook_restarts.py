@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.integration.test_webhook_delivery import (
     assert_once_each,
     received,
 )
+from tests.support.cli import spawn_cli
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 
 pytestmark = pytest.mark.e2e
@@ -97,21 +96,7 @@ system_events = ["connected", "disconnected"]
 """,
             encoding="utf-8",
         )
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("WEBPUBSUB_ACCESS_KEY", None)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "webpubsub.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            "0",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
+        proc = await spawn_cli("serve", "--config", str(config), "--port", "0")
         served = Served(proc, config, tmp_path / "data")
         started.append(served)
         served.port = int((await served.line(r"Listening on http://127\.0\.0\.1:(\d+)")).group(1))

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ACCESS_KEY
+from tests.support.cli import spawn_cli
 from tests.support.service import json_client
 from webpubsub.protocol.tokens import issue_client_token
 
@@ -83,22 +84,11 @@ def _low_limit() -> None:
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
     config = tmp_path / "webpubsub.toml"
     config.write_text("[server]\nheader_timeout_seconds = 30.0\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webpubsub.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        "--access-key",
-        ACCESS_KEY,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    proc = await spawn_cli(
+        *("serve", "--config", str(config), "--port", "0", "--access-key", ACCESS_KEY),
         preexec_fn=_low_limit,
+        inherit=False,
         env={
-            "PYTHONUNBUFFERED": "1",
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": ":".join(sys.path),
             "XDG_DATA_HOME": os.environ["XDG_DATA_HOME"],  # this run's, not the user's

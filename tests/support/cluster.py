@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
 from tests.conftest import ACCESS_KEY, StartService
+from tests.support.cli import spawn_cli
 from tests.support.redis_server import RedisServer
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.server.app import ServiceRunner
@@ -92,20 +91,8 @@ async def spawn_node(
         f'[hubs.chat]\n[[hubs.chat.event_handlers]]\nurl_template = "{handler_url}"\n'
         f'system_events = [{events}]\nuser_event_pattern = "*"\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webpubsub.cli",
-        "serve",
-        "--port",
-        "0",
-        "--access-key",
-        ACCESS_KEY,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    proc = await spawn_cli(
+        "serve", "--port", "0", "--access-key", ACCESS_KEY, "--config", str(config)
     )
     assert proc.stdout is not None
     async with asyncio.timeout(wait):
