@@ -334,6 +334,49 @@ async def test_messages_behind_an_event_at_a_handler_queue_in_order_and_are_boun
     assert sink.texts()[-1] == {"type": "ack", "ackId": 5, "success": True}
 
 
+async def test_messages_queued_behind_an_event_are_bounded_in_bytes_too() -> None:
+    """At most ``backlog_max_bytes`` wait behind an event (one message always may): a
+    larger backlog would hold full-size messages the socket would otherwise keep."""
+    up = HangingUpstream()
+    node, _ = make_node(up)
+    node.backlog_max_bytes = 1000
+    conn = node.attach(admission(ClientProtocol.SIMPLE), RecordingSink())  # message events
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, b"head")
+        await up.called.wait()
+        await node.receive(conn, b"x" * 900)  # queued
+        over = asyncio.create_task(node.receive(conn, b"y" * 200))  # 1100 bytes: waits
+        await asyncio.sleep(0)  # let it run up to its wait for room (not a synchronisation)
+        assert not over.done()
+        up.release.set()
+        await over
+        await node.settle(conn)
+    assert up.calls == 3
+
+
+async def test_settle_does_not_wait_for_the_handler_of_a_connection_the_service_closed() -> None:
+    """Shutdown closes the clients: their ``disconnected`` is not held up by an event a
+    handler keeps (the handler may never answer before the queue closes)."""
+    up = HangingUpstream()
+    node, _ = make_node(up)
+    conn = node.attach(admission(ClientProtocol.SIMPLE), RecordingSink())
+    await node.receive(conn, b"held")
+    async with asyncio.timeout(5.0):
+        await up.called.wait()
+        conn.close(1001, "The service is shutting down.")
+        await node.settle(conn)  # at once
+    up.release.set()
+
+
+async def test_a_connection_attached_after_close_all_is_closed_at_once() -> None:
+    """A handshake whose ``connect`` handler answered while the service was stopping."""
+    node, _ = make_node()
+    node.close_all(1001, "The service is shutting down.")
+    sink = RecordingSink()
+    node.attach(admission(), sink)
+    assert sink.closed == [(1001, "The service is shutting down.")]
+
+
 # -- recovery: paced replay and the bounds of detached connections ---------------------
 
 

@@ -460,3 +460,17 @@ async def test_requests_behind_a_held_event_are_bounded_and_read_on(
         {"type": "ack", "ackId": 2, "success": True},
     ]
     assert [r.body for r in posts(handler_app, "e")] == [b"1", b"2"]  # in order, no third
+
+
+async def test_a_client_pipelining_events_to_a_handler_that_keeps_up_is_not_refused(
+    start_service: StartService, handler_app: EventHandlerApp, http: aiohttp.ClientSession
+) -> None:
+    """100 events sent back to back, more than the bound: with a handler that answers at
+    once, the reader waits for room instead of refusing (refusals are for a slow handler)."""
+    runner = await start_service(chat_hub(handler_app.url))
+    ws, _ = await json_client(http, await client_url(runner))
+    for ack_id in range(1, 101):
+        event = {"type": "event", "event": "e", "dataType": "text", "data": f"{ack_id}"}
+        await ws.send_str(json.dumps({**event, "ackId": ack_id}))
+    acks = [await recv(ws) for _ in range(100)]
+    assert [(a["ackId"], a["success"]) for a in acks] == [(n, True) for n in range(1, 101)]

@@ -90,8 +90,12 @@ PRESENCE_WAIT = 2.0
 DEFAULT_RECOVERY_WINDOW = 60.0
 
 #: Messages of one connection waiting on an event handler: the event being handled and
-#: those behind it; the next is refused (failed ack) or, if it cannot be, waits.
+#: those behind it. Past it the transport stops reading; a request with an ackId is
+#: refused (failed ack) instead once the handler has kept the event for SLOW_EVENT_SECONDS.
 DEFAULT_MAX_INFLIGHT_EVENTS = 16
+SLOW_EVENT_SECONDS = 1.0
+#: Bytes of the messages queued behind an event, at most (one largest message more).
+DEFAULT_BACKLOG_MAX_BYTES = 1024 * 1024
 
 #: Bytes of a recovered connection's buffer written at a time: the next chunk waits
 #: until the transport has drained (so any buffer fits through any outbox).
@@ -156,6 +160,7 @@ class Node:
         presence: PresencePort | None = None,
         handover: HandoverPort | None = None,
         max_inflight_events: int = DEFAULT_MAX_INFLIGHT_EVENTS,
+        backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
     ) -> None:
@@ -163,7 +168,11 @@ class Node:
         self.max_inflight_events = max_inflight_events
         """Messages one connection may have waiting on a handler: the event being handled
         and those queued behind it."""
+        self.backlog_max_bytes = backlog_max_bytes
+        """Bytes of the messages queued behind one connection's event, at most."""
         self._backlogs: dict[Connection, _Backlog] = {}
+        self._closing_all: tuple[int, str] | None = None
+        """Set by :meth:`close_all`: a connection attached later is closed at once."""
         """Connections with an event at a handler: their next messages, in order."""
         self._presence = presence
         self._handover = handover
@@ -289,6 +298,8 @@ class Node:
             task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
             self._welcomes.add(task)
             task.add_done_callback(self._welcomes.discard)
+        if self._closing_all is not None:  # the service is stopping
+            conn.close(*self._closing_all)
         return conn
 
     async def _welcome(self, conn: Connection, held: _Held) -> None:
@@ -481,9 +492,11 @@ class Node:
 
         An event for a handler goes on in the background, so that the transport reads
         on (pings, the next messages): the connection's later messages wait behind it,
-        at most :attr:`max_inflight_events` in all. Past that a request with an ackId
-        gets a failed ack at once; anything else (a simple client's message, a request
-        without an ackId) waits for room here, so the transport stops reading.
+        at most :attr:`max_inflight_events` in all and :attr:`backlog_max_bytes` queued.
+        Past that the transport stops reading (this waits for room), unless the handler
+        has kept the event for :data:`SLOW_EVENT_SECONDS`: then a request with an ackId
+        gets a failed ack at once (a client that pipelines requests to a handler that
+        keeps up is never refused).
         """
         if conn.closing:
             return
@@ -491,22 +504,33 @@ class Node:
         if backlog is None:
             await self._handle(conn, data, inline=False)
             return
-        if len(backlog.frames) + 1 >= self.max_inflight_events:
-            ack_id = ack_id_of(data) if conn.protocol.is_json else None
-            if ack_id is not None:
-                conn.send_control(encode_ack(ack_id, TooManyEvents(self.max_inflight_events)))
-                return
-            while len(backlog.frames) + 1 >= self.max_inflight_events:
-                await backlog.changed()
-                if self._backlogs.get(conn) is not backlog:  # it drained meanwhile
-                    await self.receive(conn, data)
+        while self._full(backlog, data):  # bounded: the head event has a timeout
+            slow_in = backlog.head_since + SLOW_EVENT_SECONDS - asyncio.get_running_loop().time()
+            if slow_in <= 0:
+                ack_id = ack_id_of(data) if conn.protocol.is_json else None
+                if ack_id is not None:
+                    conn.send_control(encode_ack(ack_id, TooManyEvents(self.max_inflight_events)))
                     return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(slow_in if slow_in > 0 else None):
+                    await backlog.changed()
+            if self._backlogs.get(conn) is not backlog:  # it drained meanwhile
+                await self.receive(conn, data)
+                return
         backlog.frames.append(data)
+        backlog.bytes += len(data)
+
+    def _full(self, backlog: _Backlog, data: bytes | str) -> bool:
+        if len(backlog.frames) + 1 >= self.max_inflight_events:
+            return True
+        return bool(backlog.frames) and backlog.bytes + len(data) > self.backlog_max_bytes
 
     async def settle(self, conn: Connection) -> None:
         """Return once the messages ``conn`` sent are handled (its transport has ended)."""
         backlog = self._backlogs.get(conn)
-        if backlog is not None and backlog.task is not None:
+        if backlog is not None and backlog.task is not None and not conn.closing:
+            # Not for a connection the service closed (shutdown, REST close): its
+            # ``disconnected`` must not wait for a handler that may never answer.
             await asyncio.wait([backlog.task])
 
     async def _handle(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
@@ -545,6 +569,8 @@ class Node:
             await first
             while backlog.frames and not conn.closing:  # bounded: max_inflight_events
                 data = backlog.frames.popleft()
+                backlog.bytes -= len(data)
+                backlog.head_since = asyncio.get_running_loop().time()
                 backlog.wake()
                 await self._handle(conn, data, inline=True)
         except Exception:  # one connection's failure must not end the others
@@ -708,6 +734,9 @@ class Node:
         conn.close(CloseCode.GOING_AWAY, CUT_OFF)
 
     def close_all(self, code: int, reason: str) -> None:
+        """Close every connection; one attached later (its handshake was in progress)
+        is closed as soon as it is attached."""
+        self._closing_all = (code, reason)
         for hub in list(self._hubs.values()):
             for conn in hub.connections():
                 conn.close(code, reason)
@@ -866,10 +895,14 @@ def _targets(hub: Hub, target: Target) -> list[Connection]:
 class _Backlog:
     """The messages of one connection waiting behind its event at a handler."""
 
-    __slots__ = ("_changed", "frames", "task")
+    __slots__ = ("_changed", "bytes", "frames", "head_since", "task")
 
     def __init__(self) -> None:
         self.frames: deque[bytes | str] = deque()
+        self.bytes = 0
+        """Of ``frames``."""
+        self.head_since = asyncio.get_running_loop().time()
+        """When the message being handled started."""
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 

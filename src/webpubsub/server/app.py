@@ -149,6 +149,7 @@ class ServiceRunner:
             presence=self.backplane.presence(),
             handover=self.backplane.handover(),
             max_inflight_events=up.max_inflight_events_per_connection,
+            backlog_max_bytes=server.max_message_bytes,
         )
         endpoints: list[str] = []
         ctx = ServiceContext(
