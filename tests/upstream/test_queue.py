@@ -141,6 +141,17 @@ def test_a_queue_file_of_another_layout_is_refused_by_name(path: str) -> None:
     SqliteEventQueue(path + ".new").close()  # and reopens
 
 
+def test_a_queue_file_is_readable_by_its_owner_only(path: str) -> None:
+    """Queued events hold handler URLs with their ``?code=`` keys."""
+    queue = SqliteEventQueue(path)
+    queue.add(event("c1"))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in Path(path).parent.iterdir()}
+    queue.close()
+    assert modes[Path(path).name] == 0o600
+    assert modes[Path(path).name + "-wal"] == 0o600
+    assert Path(path).parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_queue_files_are_per_node_id() -> None:
     assert queue_file("/d", None) == "/d/events.sqlite3"
     assert queue_file("/d", "host-a-1") == "/d/events-host-a-1.sqlite3"

@@ -372,9 +372,12 @@ class SqliteEventQueue:
         self._lock_fd: int | None = None
         self._batch_pause = batch_pause
         if path != MEMORY:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if exclusive:
                 self._lock_fd = _lock(path + ".lock")
+            # The events hold handler URLs (``?code=`` keys) and signatures: the file is
+            # the owner's only (SQLite gives its -wal and -shm files the same mode).
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         try:
             _check_version(self._db, path)
