@@ -282,10 +282,7 @@ class Delivery:
     def _apply(self, write: _Write) -> None:
         event = write.event
         if event is None:
-            if write.opens is not None:
-                self.queue.open_live(write.opens)
-            if write.ends:
-                self.queue.end_live(write.chain)
+            self._write_live(write)
             return
         if write.chain not in self._chains:
             reason = ""
@@ -298,15 +295,19 @@ class Delivery:
                 self._log_full(event)
             if reason:
                 self._bury(event, reason)
-                if write.opens is not None:
-                    self.queue.open_live(write.opens)
-                if write.ends:
-                    self.queue.end_live(write.chain)
+                self._write_live(write)
                 return
         stored = self.queue.add(event, opens=write.opens, ends=write.ends)
         self._track(stored)
         self._mirrored(stored)
         self._ensure_pump()
+
+    def _write_live(self, write: _Write) -> None:
+        """The live-connection record of ``write`` alone (its event is not queued)."""
+        if write.opens is not None:
+            self.queue.open_live(write.opens)
+        if write.ends:
+            self.queue.end_live(write.chain)
 
     def _mirrored(self, event: QueuedEvent) -> None:
         if self._mirror is not None:
