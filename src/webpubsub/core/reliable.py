@@ -86,10 +86,6 @@ class ReliableBuffer:
         while frames and frames[0][0] <= sequence_id:
             self._bytes -= len(frames.popleft()[1])
 
-    def unacknowledged(self) -> list[bytes]:
-        """The buffered frames in sequence order."""
-        return [frame for _, frame in self._frames]
-
     def frames_after(self, sequence_id: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """The next frames to replay after ``sequence_id``, in order: at least one (if
         any is left), and no more once they reach ``max_bytes`` together."""
