@@ -77,6 +77,9 @@ class ServerSettings:
     """What all detached reliable connections may hold together (the oldest end first)."""
     detached_user_max_bytes: int = 67_108_864
     """What the detached reliable connections of one user may hold together."""
+    log_format: str = "text"
+    """``text`` (one line per event, for a terminal) or ``json`` (one JSON object per
+    line, with the hub, connection id and user id as fields)."""
 
     @property
     def tls(self) -> bool:
@@ -119,6 +122,28 @@ class UpstreamSettings:
     max_dead_events: int = 100_000
 
 
+@dataclass(frozen=True, slots=True)
+class PortalSettings:
+    """The ``[portal]`` table: the operator's web portal at ``/portal``."""
+
+    enabled: bool = True
+    """Serve the portal and its API (closed without an access key either way)."""
+    trace_buffer: int = 1000
+    """How many trace events the live trace keeps in memory (0: no trace)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The ``[metrics]`` table: ``/metrics`` in the Prometheus text format."""
+
+    enabled: bool = True
+    token: str | None = None
+    """A bearer token ``/metrics`` requires (None: open, like ``/api/health``)."""
+
+
+LOG_FORMATS = ("text", "json")
+
+
 def _no_hubs() -> Mapping[str, HubSettings]:
     return MappingProxyType({})
 
@@ -130,6 +155,8 @@ class ServiceConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     backplane: BackplaneSettings = field(default_factory=BackplaneSettings)
+    portal: PortalSettings = field(default_factory=PortalSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     hubs: Mapping[str, HubSettings] = field(default_factory=_no_hubs)
 
     def __post_init__(self) -> None:
@@ -157,6 +184,7 @@ class ServiceConfig:
         tls_key: str | None = None,
         redis_url: str | None = None,
         node_id: str | None = None,
+        log_format: str | None = None,
         source: str = "<overrides>",
     ) -> ServiceConfig:
         """A copy with the given server settings replaced (``None`` keeps the current value).
@@ -176,6 +204,8 @@ class ServiceConfig:
             changes["access_keys"] = check.access_keys(keys, "server.access_keys")
         if public_endpoint is not None:
             changes["public_endpoint"] = check.endpoint(public_endpoint, "server.public_endpoint")
+        if log_format is not None:
+            changes["log_format"] = check.log_format(log_format, "server.log_format")
         if tls_cert is not None or tls_key is not None:
             changes["tls_cert"], changes["tls_key"] = check.tls_pair(
                 {"tls_cert": tls_cert, "tls_key": tls_key}, "server"
@@ -196,6 +226,8 @@ SECTIONS: Mapping[str, type] = MappingProxyType(
         "server": ServerSettings,
         "backplane": BackplaneSettings,
         "upstream": UpstreamSettings,
+        "portal": PortalSettings,
+        "metrics": MetricsSettings,
         "hubs.NAME": HubSettings,
         "hubs.NAME.event_handlers": EventHandlerSettings,
     }
@@ -250,9 +282,40 @@ def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Ser
     server = _parse_server(check, root.get("server"))
     upstream = _parse_upstream(check, root.get("upstream"))
     backplane = _parse_backplane(check, root.get("backplane"))
+    portal = _parse_portal(check, root.get("portal"))
+    metrics = _parse_metrics(check, root.get("metrics"))
     hubs = _parse_hubs(check, root.get("hubs"), upstream.timeout_seconds)
     check.raise_if_any()
-    return ServiceConfig(server=server, upstream=upstream, backplane=backplane, hubs=hubs)
+    return ServiceConfig(
+        server=server,
+        upstream=upstream,
+        backplane=backplane,
+        portal=portal,
+        metrics=metrics,
+        hubs=hubs,
+    )
+
+
+def _parse_portal(check: _Checker, value: object) -> PortalSettings:
+    d = PortalSettings()
+    t = check.table(value, "portal", config_keys(PortalSettings))
+    return PortalSettings(
+        enabled=check.boolean(t.get("enabled", d.enabled), "portal.enabled"),
+        trace_buffer=check.integer(
+            t.get("trace_buffer", d.trace_buffer), "portal.trace_buffer", 0, 1_000_000
+        ),
+    )
+
+
+def _parse_metrics(check: _Checker, value: object) -> MetricsSettings:
+    d = MetricsSettings()
+    t = check.table(value, "metrics", config_keys(MetricsSettings))
+    token = check.string(t["token"], "metrics.token") if "token" in t else None
+    if token is not None and len(token) < 16:
+        check.add("metrics.token", "expected at least 16 characters")
+    return MetricsSettings(
+        enabled=check.boolean(t.get("enabled", d.enabled), "metrics.enabled"), token=token
+    )
 
 
 def _parse_backplane(check: _Checker, value: object) -> BackplaneSettings:
@@ -330,6 +393,7 @@ def _parse_server(check: _Checker, value: object) -> ServerSettings:
             "server.max_pending_handshakes",
             1,
         ),
+        log_format=check.log_format(t.get("log_format", d.log_format), "server.log_format"),
     )
 
 
@@ -506,6 +570,12 @@ class _Checker:
                 return number
         self.add(path, f"expected a number of seconds > 0, got {_describe(value)}")
         return 1.0
+
+    def log_format(self, value: object, path: str) -> str:
+        if value in LOG_FORMATS:
+            return str(value)
+        self.add(path, f"expected one of {', '.join(LOG_FORMATS)}, got {_describe(value)}")
+        return LOG_FORMATS[0]
 
     def boolean(self, value: object, path: str) -> bool:
         if isinstance(value, bool):

@@ -96,6 +96,15 @@ class Connection:
     """The unacknowledged buffer is being replayed to a new sink: data waits behind it."""
     on_buffered: Callable[[Connection, int], None] | None = None
     """Told of the size of each data frame buffered while detached (set by the node)."""
+    close_code: int | None = None
+    """The WebSocket close code that ended the connection (the service's or the
+    client's), once known."""
+    connected_at: float = 0.0
+    """When the connection was attached (seconds since the epoch)."""
+    messages_in: int = 0
+    """Frames read from the client."""
+    messages_out: int = 0
+    """Data messages sent to the client (acks and system messages not counted)."""
 
     def next_event_id(self) -> str:
         """The ``ce-id`` of this connection's next event: ``0`` is ``connect``."""
@@ -106,6 +115,7 @@ class Connection:
         """Deliver a data message encoded by ``frames.encode_for`` for this protocol."""
         if self.closing:
             return
+        self.messages_out += 1
         sink = self.sink
         if self.reliable is not None:
             held = sink.buffered_bytes if sink is not None else 0
@@ -136,6 +146,7 @@ class Connection:
             self.send_control(encode_disconnected(reason))
         self.closing = True
         self.close_reason = reason
+        self.close_code = code
         if self.sink is not None:
             self.sink.close(code, reason)
         elif self.on_detached_close is not None:

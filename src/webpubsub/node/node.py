@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,16 @@ from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import DEFAULT_MAX_BYTES as RELIABLE_MAX_BYTES
 from webpubsub.core.reliable import ReliableBuffer
-from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
+from webpubsub.core.router import (
+    CallEvent,
+    CloseClient,
+    Effect,
+    Publish,
+    Reply,
+    failed,
+    route,
+    succeeded,
+)
 from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     BadRequest,
@@ -38,6 +48,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
+from webpubsub.node.observe import NO_OBSERVER, Observer
 from webpubsub.node.ports import (
     EventHandlerPort,
     HandoverPort,
@@ -163,8 +174,13 @@ class Node:
         backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
+        observer: Observer = NO_OBSERVER,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
+        self.observer = observer
+        """Told of connections, frames, fan-outs (the portal's trace, the metrics)."""
+        self._clock = clock
         self.max_inflight_events = max_inflight_events
         """Messages one connection may have waiting on a handler: the event being handled
         and those queued behind it."""
@@ -279,6 +295,7 @@ class Node:
             reconnection_token=secrets.token_urlsafe(24) if reliable else None,
             on_detached_close=self._end_detached,
             max_groups=self._hub_settings(adm.hub).max_groups_per_connection,
+            connected_at=self._clock(),
         )
         held: _Held | None = None
         if conn.protocol.is_json:
@@ -293,6 +310,7 @@ class Node:
             hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
         hub.add(conn)
         _join_all(hub, conn, adm.groups, "its token or connect handler")
+        self.observer.connected(conn)
         self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
         if held is not None:
             task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
@@ -334,6 +352,7 @@ class Node:
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         conn.replaying = True
+        self.observer.recovered(conn)
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
             task = asyncio.get_running_loop().create_task(self._replay(conn, sink, cursor))
@@ -417,6 +436,7 @@ class Node:
             reconnection_token=session.reconnection_token,
             on_detached_close=self._end_detached,
             max_groups=self._hub_settings(session.hub).max_groups_per_connection,
+            connected_at=self._clock(),
         )
         for ack_id in session.ack_ids:
             conn.ack_ids.add(ack_id)
@@ -500,6 +520,7 @@ class Node:
         """
         if conn.closing:
             return
+        conn.messages_in += 1
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
@@ -537,6 +558,7 @@ class Node:
         if conn.protocol.is_json:
             await self._request(conn, data, inline=inline)
             return
+        self.observer.received(conn, data, "message")
         if isinstance(data, str):
             payload = Payload(DataType.TEXT, data.encode("utf-8"))
         else:
@@ -600,6 +622,7 @@ class Node:
         if hub is None:  # pragma: no cover - an attached connection always has its hub
             return
         effect = route(conn, hub, data)
+        self.observer.received(conn, data, _kind(effect))
         match effect:
             case None:
                 return
@@ -661,8 +684,17 @@ class Node:
             )
             raise
 
-    def detach(self, conn: Connection, sink: Sink, reason: str, *, recoverable: bool) -> None:
-        """The transport ``sink`` of ``conn`` is gone.
+    def detach(
+        self,
+        conn: Connection,
+        sink: Sink,
+        reason: str,
+        *,
+        recoverable: bool,
+        code: int | None = None,
+    ) -> None:
+        """The transport ``sink`` of ``conn`` is gone (``code``: the close code the
+        client sent, if it sent one).
 
         A reliable connection that was not closed on purpose stays, detached, for the
         recovery window; any other connection ends now and ``disconnected`` fires once.
@@ -677,7 +709,10 @@ class Node:
                 self._recovery_window, self._end, conn, "The client did not reconnect in time."
             )
             self._detached_now(conn)
+            self.observer.detached(conn, reason)
             return
+        if conn.close_code is None:
+            conn.close_code = code
         self._end(conn, reason)
 
     def _end_detached(self, conn: Connection) -> None:
@@ -697,6 +732,7 @@ class Node:
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
                 self._idle.set()
+        self.observer.disconnected(conn, conn.close_code, conn.close_reason or reason)
         if conn in self._reported:
             self._reported.discard(conn)
             return
@@ -760,7 +796,9 @@ class Node:
             else:
                 conn.state = reply.state
         if reply.payload is not None:
-            conn.send_data(encode_for(conn.protocol, DataMessage(reply.payload)))
+            message = DataMessage(reply.payload)
+            conn.send_data(encode_for(conn.protocol, message))
+            self.observer.replied(conn, message)
 
     def settings(self, conn: Connection) -> HubSettings:
         return self._hub_settings(conn.hub)
@@ -786,7 +824,8 @@ class Node:
             match command:
                 case Send():
                     targets = self._select(hub, command.target, command.filter)
-                    hub.deliver(targets, command.message, excluded=command.excluded)
+                    count = hub.deliver(targets, command.message, excluded=command.excluded)
+                    self.observer.delivered(command.hub, command.target, command.message, count)
                 case Close():
                     for conn in _targets(hub, command.target):
                         if conn.connection_id not in command.excluded:
@@ -864,6 +903,21 @@ class Node:
                 return query.group in conn.groups or len(conn.groups) < query.limit
             case _:
                 assert_never(query)
+
+
+def _kind(effect: Effect | None) -> str:
+    """What a JSON client's frame was, for the observers (:data:`RECEIVED_KINDS`)."""
+    match effect:
+        case Publish():
+            return "sendToGroup"
+        case CallEvent():
+            return "event"
+        case Reply() if effect.after_presence:
+            return "group"
+        case CloseClient():
+            return "invalid"
+        case _:
+            return "control"
 
 
 def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> None:

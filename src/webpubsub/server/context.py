@@ -9,6 +9,7 @@ from aiohttp import web
 
 from webpubsub.core.settings import HubSettings
 from webpubsub.node.node import Node
+from webpubsub.node.observe import NO_OBSERVER, Observers
 from webpubsub.node.operations import Operations
 from webpubsub.server.guard import HandshakeGate
 from webpubsub.server.outbox import Flusher
@@ -35,6 +36,8 @@ class ServiceContext:
     """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
     request_timeout: float
     """``server.header_timeout_seconds``: the longest pause in a REST body."""
+    observer: Observers = NO_OBSERVER
+    """The portal's trace and the metrics (the node's own observers)."""
 
 
 SERVICE = web.AppKey("webpubsub.service", ServiceContext)

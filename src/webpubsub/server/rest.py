@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -26,7 +27,9 @@ from webpubsub.errors import (
     RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
+    WebPubSubError,
 )
+from webpubsub.node.observe import RestCall
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.names import validate_hub
 from webpubsub.protocol.odata import parse_filter
@@ -77,6 +80,12 @@ class Route:
     answers_json: bool = False
     """The success body is JSON: validation errors are then ``application/json`` too,
     not ``application/problem+json`` (as Azure's ``:generateToken`` answers them)."""
+
+    @property
+    def operation(self) -> str:
+        """The operation's name in metrics and the trace: the handler's, in PascalCase
+        (``send_to_all``: ``SendToAll``)."""
+        return "".join(word.capitalize() for word in self.handler.__name__.split("_"))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.pattern):
@@ -503,27 +512,55 @@ def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str
 
 
 async def api_endpoint(request: web.Request) -> web.StreamResponse:
-    """Route ``/api/...`` on the raw path, authenticate, run the operation."""
+    """Route ``/api/...`` on the raw path, authenticate, run the operation; the
+    observers are told of the call (its operation, status and duration)."""
     ctx = request.app[SERVICE]
     raw_target = _origin_form(request.raw_path)
     raw_path, _, raw_query = raw_target.partition("?")
     found = route(request.method, raw_path)
-    if isinstance(found, list):
-        if found:
-            response = error_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {raw_path}.")
-            )
-            response.headers["Allow"] = ", ".join(found)
-            return response
-        raise NotFound(f"No operation at {raw_path}.")
-    _authenticate(request, ctx, raw_target)
-    matched, params = found
-    params["hub"] = validate_hub(params["hub"])
-    call = Call(params, parse_qsl(raw_query, keep_blank_values=True), request)
+    matched = None if isinstance(found, list) else found[0]
+    started = time.monotonic()
+    status = 500
+    hub: str | None = None
     try:
-        return await matched.handler(ctx.operations, call)
-    except InvalidParameter as exc:
-        return error_response(exc, problem=not matched.answers_json)
+        if isinstance(found, list):
+            if found:
+                response = error_response(
+                    MethodNotAllowed(f"{request.method} is not allowed on {raw_path}.")
+                )
+                response.headers["Allow"] = ", ".join(found)
+                status = response.status
+                return response
+            raise NotFound(f"No operation at {raw_path}.")
+        _authenticate(request, ctx, raw_target)
+        matched, params = found
+        hub = params["hub"] = validate_hub(params["hub"])
+        call = Call(params, parse_qsl(raw_query, keep_blank_values=True), request)
+        try:
+            answer = await matched.handler(ctx.operations, call)
+        except InvalidParameter as exc:
+            answer = error_response(exc, problem=not matched.answers_json)
+        status = answer.status
+        return answer
+    except WebPubSubError as exc:
+        status = exc.http_status
+        raise
+    except web.HTTPException as exc:  # the body's size limit, mapped by the middleware
+        status = exc.status
+        raise
+    finally:
+        if ctx.observer:
+            ctx.observer.rest_call(
+                RestCall(
+                    hub=hub,
+                    operation=matched.operation if matched is not None else "Unknown",
+                    method=request.method,
+                    path=raw_path,
+                    status=status,
+                    duration=time.monotonic() - started,
+                    caller=request.remote or "",
+                )
+            )
 
 
 def _origin_form(target: str) -> str:

@@ -246,7 +246,12 @@ async def _upgrade(
 
 async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
     """Hand each client frame to the node, in order, until the transport ends."""
-    outbox.on_overflow = lambda: conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
+
+    def overflow() -> None:
+        ctx.observer.slow_client(conn)
+        conn.close(CloseCode.POLICY_VIOLATION, "SlowClient")
+
+    outbox.on_overflow = overflow
     ws.on_refusal = conn.close  # the outbox sends what it holds, then ``disconnected``
     reason = CLIENT_CLOSED
     client_close_code: int | None = None
@@ -299,7 +304,7 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
         # whose message the service refused may not.
         recoverable = client_close_code != CloseCode.NORMAL and not refused
         await ctx.node.settle(conn)  # what the client sent before it left is handled first
-        ctx.node.detach(conn, outbox, reason, recoverable=recoverable)
+        ctx.node.detach(conn, outbox, reason, recoverable=recoverable, code=client_close_code)
         if not ws.closed:
             await ws.close()
 

@@ -34,11 +34,13 @@ from webpubsub.protocol.cloudevents import (
     EventContext,
     EventReply,
     UpstreamRequest,
+    UpstreamResponse,
     connect_request,
     connected_request,
     disconnected_request,
     parse_connect_response,
     parse_user_event_response,
+    signature,
     user_event_request,
     validation_accepted,
     validation_request,
@@ -61,6 +63,11 @@ VALIDATION_BACKOFF = (1.0, 2.0)
 """A failed probe is tried again on the next event after 1 s, then every 2 s at most:
 a handler coming back is noticed within a second or two."""
 MAX_VALIDATION_ENTRIES = 4096
+_REPLAY_DROPPED = frozenset(
+    {"ce-signature", "content-length", "host", "connection", "transfer-encoding"}
+)
+"""Headers of a replayed event that are not sent as given: made anew by the replay
+(the signature) or by the HTTP client."""
 RESTARTED = "The service restarted."
 """The ``disconnected`` reason of a connection that was open when the service stopped
 without closing it (a crash, SIGKILL, a second signal), sent at the next start."""
@@ -200,6 +207,27 @@ class Upstream:
         request = user_event_request(ctx, url, self._keys, self._clock(), name, payload)
         response = await self._transport.send(request, timeout=handler.timeout_seconds)
         return parse_user_event_response(response)
+
+    async def replay(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        method: str = "POST",
+        timeout: float = 20.0,  # noqa: ASYNC109 (a handler's default)
+    ) -> UpstreamResponse:
+        """Send a CloudEvent again (the portal's webhook debugger), to ``url``: the URL
+        of a request this service sent (the caller checks that). Its ``ce-signature``
+        is made anew from its ``ce-connectionId`` with this service's keys, as for the
+        original; ``Content-Length`` and hop-by-hop headers are the transport's own.
+        Raises :class:`UpstreamError` when the handler does not answer."""
+        kept = [(k, v) for k, v in headers if k.lower() not in _REPLAY_DROPPED]
+        connection_id = next((v for k, v in kept if k.lower() == "ce-connectionid"), None)
+        if connection_id is not None:
+            kept.append(("ce-signature", signature(connection_id, self._keys)))
+        request = UpstreamRequest(method=method, url=url, headers=tuple(kept), body=body)
+        return await self._transport.send(request, timeout=timeout, replay=True)
 
     # -- asynchronous events ----------------------------------------------------------
 

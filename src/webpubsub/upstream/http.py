@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from webpubsub.errors import UpstreamError
+from webpubsub.node.observe import NO_OBSERVER, Exchange, Observers
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
@@ -78,6 +80,8 @@ class HttpTransport:
         self._limits = {Pool.EVENTS: max_connections, Pool.CONNECT: connect_connections}
         self._sessions: dict[Pool, aiohttp.ClientSession] = {}
         self._closed = False
+        self.observer: Observers = NO_OBSERVER
+        """Told of every exchange (request, answer or error, duration)."""
 
     def _get_session(self, pool: Pool) -> aiohttp.ClientSession:
         if self._closed:
@@ -102,9 +106,30 @@ class HttpTransport:
         *,
         timeout: float,  # noqa: ASYNC109 (each event handler has its own timeout)
         pool: Pool = Pool.EVENTS,
+        replay: bool = False,
     ) -> UpstreamResponse:
         """Send ``request`` on ``pool``; the whole exchange (waiting for a free
-        connection, connecting, to the last body byte) is bounded by ``timeout``."""
+        connection, connecting, to the last body byte) is bounded by ``timeout``.
+        ``replay``: the portal sends it again (its observers are told so)."""
+        if not self.observer:
+            return await self._send(request, timeout, pool)
+        started = time.monotonic()
+        try:
+            response = await self._send(request, timeout, pool)
+        except UpstreamError as exc:
+            elapsed = time.monotonic() - started
+            self.observer.cloud_event(Exchange(request, None, exc.message, elapsed, replay))
+            raise
+        elapsed = time.monotonic() - started
+        self.observer.cloud_event(Exchange(request, response, None, elapsed, replay))
+        return response
+
+    async def _send(
+        self,
+        request: UpstreamRequest,
+        timeout: float,  # noqa: ASYNC109
+        pool: Pool,
+    ) -> UpstreamResponse:
         where = f"{request.method} {safe_url(request.url)}"
         session = self._get_session(pool)
         try:

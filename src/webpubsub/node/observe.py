@@ -1,0 +1,186 @@
+"""What the service tells its observers: the portal's live trace and the metrics.
+
+The node, the operations, the upstream dispatcher and the REST layer report what
+happens through one :class:`Observer` (declared here, by the node, like its other
+ports); ``server/`` implements it twice (the trace ring of the portal, the Prometheus
+metrics) and the composition root joins them with :class:`Observers`.
+
+Every call is synchronous, cheap and never fails the caller: an observer only
+records. The hot path reports once per client frame and once per fan-out (with the
+number of recipients), never once per recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from webpubsub.core.connection import Connection
+from webpubsub.protocol.backplane import Target
+from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
+from webpubsub.protocol.frames import DataMessage
+
+log = logging.getLogger("webpubsub.observe")
+
+
+@dataclass(frozen=True, slots=True)
+class RestCall:
+    """One data-plane REST request, as answered."""
+
+    hub: str | None
+    operation: str
+    """The operation's name as Azure's REST reference spells it (``SendToAll``), or
+    ``Unknown`` for a path that names none."""
+    method: str
+    path: str
+    """The raw path, without the query (which may hold a token)."""
+    status: int
+    duration: float
+    """Seconds from the request's head to its answer."""
+    caller: str
+    """The client's address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One HTTP request to an event handler and what came of it."""
+
+    request: UpstreamRequest
+    response: UpstreamResponse | None
+    error: str | None
+    """Why there is no usable answer (a timeout, a refused connection), else None."""
+    duration: float
+    replay: bool = False
+    """Sent again from the portal's webhook debugger."""
+
+    @property
+    def event_type(self) -> str:
+        """The ``ce-type`` (``azure.webpubsub.sys.connected``), or ``validation`` for an
+        abuse-protection probe (an ``OPTIONS`` request, no CloudEvent)."""
+        for name, value in self.request.headers:
+            if name.lower() == "ce-type":
+                return value
+        return "validation" if self.request.method == "OPTIONS" else "unknown"
+
+    @property
+    def outcome(self) -> str:
+        """``success`` (2xx), ``rejected`` (4xx), ``failed`` (any other status),
+        ``timeout`` or ``error`` (no answer)."""
+        if self.response is None:
+            return "timeout" if self.error is not None and "no answer" in self.error else "error"
+        status = self.response.status
+        if 200 <= status < 300:
+            return "success"
+        return "rejected" if 400 <= status < 500 else "failed"
+
+
+class Observer(Protocol):
+    """Told of what happens in the service (implemented in server/)."""
+
+    def connected(self, conn: Connection) -> None:
+        """``conn`` is attached (new, or recovered: see :meth:`recovered`)."""
+
+    def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
+        """``conn`` ended on this node (``code``: the WebSocket close code, when known)."""
+
+    def detached(self, conn: Connection, reason: str) -> None:
+        """A reliable connection lost its transport and waits for its client."""
+
+    def recovered(self, conn: Connection) -> None:
+        """A detached reliable connection has a transport again."""
+
+    def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        """A client frame, as read (``kind``: see :data:`RECEIVED_KINDS`)."""
+
+    def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
+        """One fan-out on this node: ``message`` offered to ``recipients`` connections."""
+
+    def replied(self, conn: Connection, message: DataMessage) -> None:
+        """An event handler's answer sent to the connection whose event it was."""
+
+    def rest_call(self, call: RestCall) -> None: ...
+
+    def cloud_event(self, exchange: Exchange) -> None: ...
+
+    def slow_client(self, conn: Connection) -> None:
+        """``conn`` is closed because it did not read what it was sent."""
+
+    def published(self, duration: float, error: str | None) -> None:
+        """One backplane publish took ``duration`` seconds (``error``: why it failed)."""
+
+
+RECEIVED_KINDS = (
+    "message",  # a simple client's frame (its ``message`` event)
+    "sendToGroup",
+    "event",
+    "group",  # joinGroup / leaveGroup
+    "control",  # ping, sequenceAck, or a request the service refused with a failed ack
+    "invalid",  # a frame that closes the connection
+)
+
+
+class Observers:
+    """Several observers as one; an observer that raises is logged, never the caller's
+    problem."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self._all = tuple(observers)
+
+    def __bool__(self) -> bool:
+        return bool(self._all)
+
+    def connected(self, conn: Connection) -> None:
+        for o in self._all:
+            _call(o.connected, conn)
+
+    def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
+        for o in self._all:
+            _call(o.disconnected, conn, code, reason)
+
+    def detached(self, conn: Connection, reason: str) -> None:
+        for o in self._all:
+            _call(o.detached, conn, reason)
+
+    def recovered(self, conn: Connection) -> None:
+        for o in self._all:
+            _call(o.recovered, conn)
+
+    def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        for o in self._all:
+            _call(o.received, conn, data, kind)
+
+    def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
+        for o in self._all:
+            _call(o.delivered, hub, target, message, recipients)
+
+    def replied(self, conn: Connection, message: DataMessage) -> None:
+        for o in self._all:
+            _call(o.replied, conn, message)
+
+    def rest_call(self, call: RestCall) -> None:
+        for o in self._all:
+            _call(o.rest_call, call)
+
+    def cloud_event(self, exchange: Exchange) -> None:
+        for o in self._all:
+            _call(o.cloud_event, exchange)
+
+    def slow_client(self, conn: Connection) -> None:
+        for o in self._all:
+            _call(o.slow_client, conn)
+
+    def published(self, duration: float, error: str | None) -> None:
+        for o in self._all:
+            _call(o.published, duration, error)
+
+
+NO_OBSERVER = Observers()
+
+
+def _call(method: Callable[..., None], *args: object) -> None:
+    try:
+        method(*args)
+    except Exception:
+        log.exception("an observer failed")
