@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
+from tests.support.chat import chat_app_socket
 from webpubsub.chat.app import create_chat_app
 
 ACCESS_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
@@ -25,19 +25,10 @@ async def chat_url() -> AsyncIterator[str]:
     """The chat app's base URL (no trailing slash), in front of a running service."""
     # Imported here so that the app-only tests run without the service.
     from webpubsub.config import default_config
-    from webpubsub.core.settings import EventHandlerSettings, HubSettings
+    from webpubsub.core.settings import HubSettings
     from webpubsub.server.app import ServiceRunner
 
-    # The service needs the app's URL and the app needs the service's connection
-    # string: bind the app's socket first, start the service, then serve the app.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    chat_port = sock.getsockname()[1]
-    handler = EventHandlerSettings(
-        url_template=f"http://127.0.0.1:{chat_port}/eventhandler",
-        user_event_pattern="*",
-        system_events=frozenset({"connected"}),
-    )
+    sock, handler = chat_app_socket()
     config = dataclasses.replace(
         default_config(), hubs={HUB: HubSettings(name=HUB, event_handlers=(handler,))}
     ).with_overrides(host="127.0.0.1", port=0, access_keys=(ACCESS_KEY,))
@@ -47,7 +38,7 @@ async def chat_url() -> AsyncIterator[str]:
     try:
         await app_runner.setup()
         await web.SockSite(app_runner, sock).start()
-        yield f"http://127.0.0.1:{chat_port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         await app_runner.cleanup()
         sock.close()
