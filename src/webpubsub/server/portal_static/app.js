@@ -90,6 +90,11 @@ function bytes(n) {
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
+function ms(value) {
+  if (typeof value !== "number") return "? ms";
+  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`;
+}
+
 function csv(text) {
   return text
     .split(",")
@@ -715,14 +720,14 @@ function summary(r) {
       break;
     }
     case "rest":
-      add(`${r.method} ${r.operation} → ${r.status} · ${r.durationMs} ms`, r.caller ? ` · ${r.caller}` : "");
+      add(`${r.method} ${r.operation} → ${r.status} · ${ms(r.durationMs)}`, r.caller ? ` · ${r.caller}` : "");
       break;
     case "cloudevent": {
       const status = r.response ? r.response.status : r.error || "no answer";
       add(
         `${r.eventType} → ${status} `,
         el("span", { class: `badge o-${r.outcome}`, text: r.outcome }),
-        ` · ${r.durationMs} ms`,
+        ` · ${ms(r.durationMs)}`,
         r.replay ? " " : "",
         r.replay ? el("span", { class: "badge b-replay", text: "replay" }) : "",
       );
@@ -780,7 +785,7 @@ function responseView(r, title = "Response") {
   if (!r.response) {
     return el("section", { class: "http-part" }, el("h4", { text: title }), el("p", { class: "error", text: r.error || "no answer" }));
   }
-  const line = el("p", { class: "mono" }, `HTTP ${r.response.status} `, el("span", { class: `badge o-${r.outcome}`, text: r.outcome }), ` · ${r.durationMs} ms`);
+  const line = el("p", { class: "mono" }, `HTTP ${r.response.status} `, el("span", { class: `badge o-${r.outcome}`, text: r.outcome }), ` · ${ms(r.durationMs)}`);
   return httpPart(title, r.response, line);
 }
 
@@ -928,7 +933,7 @@ async function sendReplay() {
   $("#replay-status").textContent = "sending…";
   try {
     const answer = await api("POST", "/replay", { node: r.node, seq: r.seq, headers, body: $("#replay-body").value });
-    $("#replay-status").textContent = `answered in ${answer.replay.durationMs} ms`;
+    $("#replay-status").textContent = `answered in ${ms(answer.replay.durationMs)}`;
     const result = $("#replay-result");
     clear($("#replay-original")).append(responseView(answer.original, `${answer.original.eventType} · traced`));
     clear($("#replay-new")).append(responseView(answer.replay, `${answer.replay.eventType} · replayed`));
