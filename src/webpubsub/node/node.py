@@ -218,6 +218,10 @@ class Node:
     def connection_count(self) -> int:
         return sum(len(h) for h in self._hubs.values())
 
+    def hubs(self) -> list[Hub]:
+        """This node's hubs that hold connections (for reading: the portal)."""
+        return list(self._hubs.values())
+
     async def admit(self, hs: Handshake) -> Admission:
         """Run the handshake's checks and the ``connect`` webhook.
 

@@ -24,14 +24,17 @@ from webpubsub.backplane.memory import MemoryBackplane
 from webpubsub.config import ServiceConfig
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.node.node import Node
+from webpubsub.node.observe import Observer, Observers
 from webpubsub.node.operations import Operations
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
-from webpubsub.server import rest, tls, websocket
+from webpubsub.server import portal, rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.outbox import Flusher
+from webpubsub.server.portal_view import NodeView, local_survey
+from webpubsub.server.trace import TraceRing
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
@@ -78,6 +81,8 @@ class ServiceRunner:
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
+        self.trace: TraceRing | None = None
+        """The portal's live trace (None when the portal or its trace is off)."""
         self.operations = Operations(
             self.backplane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
         )
@@ -86,6 +91,13 @@ class ServiceRunner:
     @property
     def connection_string(self) -> str:
         return format_connection_string(self.endpoint, self.config.server.access_keys[0])
+
+    @property
+    def portal_link(self) -> str | None:
+        """The URL that logs a browser in to the portal (None when it is off)."""
+        if not self.config.portal.enabled or not self.endpoint:
+            return None
+        return portal.admin_link(self.endpoint, self.config.server.access_keys[0])
 
     async def start(self) -> None:
         """Start serving; on any failure what was started is stopped again (the event
@@ -107,11 +119,18 @@ class ServiceRunner:
         up = self.config.upstream
         queue = SqliteEventQueue(self.queue_path)  # fails first: in use elsewhere
         mirror = self.backplane.event_mirror()
+        observed: list[Observer] = []
+        if self.config.portal.enabled and self.config.portal.trace_buffer > 0:
+            self.trace = TraceRing(self.config.portal.trace_buffer)
+            observed.append(self.trace)
+        observers = Observers(observed)
+        transport = HttpTransport(
+            max_connections=up.max_connections_per_origin,
+            connect_connections=up.connect_connections_per_origin,
+        )
+        transport.observer = observers
         self.upstream = Upstream(
-            HttpTransport(
-                max_connections=up.max_connections_per_origin,
-                connect_connections=up.connect_connections_per_origin,
-            ),
+            transport,
             keys=server.access_keys,
             origin=origin,
             validate=self.config.upstream.validation,
@@ -150,7 +169,10 @@ class ServiceRunner:
             handover=self.backplane.handover(),
             max_inflight_events=up.max_inflight_events_per_connection,
             backlog_max_bytes=server.max_message_bytes,
+            observer=observers,
         )
+        if self.trace is not None:
+            self.trace.node_id = self.node.node_id
         endpoints: list[str] = []
         ctx = ServiceContext(
             node=self.node,
@@ -166,6 +188,7 @@ class ServiceRunner:
             flusher=Flusher(),
             handshakes=HandshakeGate(server.max_pending_handshakes),
             request_timeout=server.header_timeout_seconds,
+            observer=observers,
         )
         app = web.Application(
             middlewares=[request_started, error_middleware],
@@ -179,6 +202,21 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
+        if self.config.portal.enabled:
+            view = NodeView(self.node, self.trace)
+            portal.add_routes(
+                app,
+                portal.Portal(
+                    view=view,
+                    survey=local_survey(view),
+                    upstream=self.upstream,
+                    hubs=self.config.hubs,
+                    hub_settings=self.config.hub,
+                    replay_timeout=up.timeout_seconds,
+                    secure=self.scheme == "https",
+                    clock=self._clock,
+                ),
+            )
         await self.backplane.start(self.node)
         waits = max(server.header_timeout_seconds, server.keepalive_timeout_seconds)
         handler_options: dict[str, Any] = {
