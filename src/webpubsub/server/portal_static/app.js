@@ -426,7 +426,12 @@ async function loadConnections() {
   if (hub !== $("#conn-hub").value) return; // the user switched hubs meanwhile
   state.conns.list = data.connections || [];
   renderConnections(data.truncated);
-  if (state.conns.selected) loadConnectionDetail(state.conns.selected, false).catch(() => {});
+  const selected = state.conns.selected;
+  if (selected && state.conns.list.some((c) => c.connectionId === selected)) {
+    loadConnectionDetail(selected, false).catch(() => {});
+  } else if (selected && !q) {
+    $("#conn-detail-status").textContent = "This connection is gone.";
+  }
 }
 
 function renderConnections(truncated) {
@@ -499,6 +504,7 @@ async function closeSelectedConnection() {
   if (!id) return;
   const reason = $("#conn-close-reason").value;
   await api("POST", `/hubs/${encodeURIComponent(state.conns.hub)}/connections/${encodeURIComponent(id)}/close`, { reason });
+  state.conns.selected = null;
   $("#conn-detail-status").textContent = "Closed.";
   await loadConnections();
 }
