@@ -420,3 +420,40 @@ async def test_reliable_client_pause_export_escaping_and_logout(
     await expect(page.locator("#app")).to_be_hidden()
 
     assert console.errors == []
+
+
+async def test_a_wrong_key_is_refused_and_the_simple_test_client_chats(
+    browser: Browser, portal: Portal
+) -> None:
+    page, console = await open_portal(browser, portal)
+    await page.locator("#login-key").fill("not-the-key")
+    await page.locator("#login-submit").click()
+    await expect(page.locator("#login-error")).to_have_text(re.compile("not an access key"))
+    await expect(page.locator("#app")).to_be_hidden()
+    # Chromium logs the refused login (401) as an error: the one expected.
+    assert [e for e in console.errors if "/portal/api/login" not in e] == []
+    assert len(console.errors) == 1
+    console.errors.clear()
+    await log_in(page, console)
+
+    # A plain WebSocket in the chat: the app greets it, and its raw text is a `message`.
+    await show_tab(page, "client")
+    await page.locator("#tc-hub").fill("chat")
+    await page.locator("#tc-user").fill("carol")
+    await page.locator("#tc-protocol").select_option("")
+    await page.locator("#tc-connect").click()
+    await expect(page.locator("#tc-status")).to_have_text("connected")
+    log = page.locator("#tc-log")
+    await expect(log).to_contain_text("[SYSTEM] carol joined.")
+    # Groups need a subprotocol: those buttons stay off.
+    await expect(page.locator("#tc-join")).to_be_disabled()
+    await expect(page.locator("#tc-send-event")).to_be_disabled()
+    await page.locator("#tc-data").fill("hi from a plain socket")
+    await page.locator("#tc-send-raw").click()
+    await expect(log).to_contain_text("[carol] hi from a plain socket")
+    await page.locator("#tc-disconnect").click()
+    await expect(page.locator("#tc-status")).to_have_text("disconnected")
+    await show_tab(page, "trace")
+    await expect(trace_rows(page, "disconnected", "carol")).to_have_count(1)
+
+    assert console.errors == []
