@@ -34,7 +34,8 @@ from webpubsub.config import PortalSettings
 from webpubsub.errors import InvalidParameter
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
-from webpubsub.server.portal import API_ROUTES, admin_link, parse_after
+from webpubsub.server.portal import API_ROUTES, admin_link
+from webpubsub.server.portal_trace import parse_after
 
 WAIT = 5.0
 

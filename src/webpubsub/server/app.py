@@ -33,6 +33,7 @@ from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.outbox import Flusher
+from webpubsub.server.portal_core import Portal
 from webpubsub.server.portal_view import NodeView, local_survey
 from webpubsub.server.trace import TraceRing
 from webpubsub.upstream.delivery import RetryPolicy
@@ -206,7 +207,7 @@ class ServiceRunner:
             view = NodeView(self.node, self.trace)
             portal.add_routes(
                 app,
-                portal.Portal(
+                Portal(
                     view=view,
                     survey=local_survey(view),
                     upstream=self.upstream,
