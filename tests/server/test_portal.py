@@ -31,11 +31,15 @@ from webpubsub.backplane.base import Backplane
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import PortalSettings
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permissions
 from webpubsub.errors import InvalidParameter
+from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
-from webpubsub.server.portal_trace import parse_after
+from webpubsub.server.portal_trace import local_records, parse_after
+from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
 
@@ -699,3 +703,32 @@ def test_origins_compare_with_default_ports() -> None:
     assert portal_auth.normal_origin("null") is None
     assert portal_auth.normal_origin("http://[::1") is None
     assert re.fullmatch(r"[A-Za-z0-9_-]+", portal_auth.csrf_token(ACCESS_KEY, "s"))
+
+
+def test_a_stream_that_fell_behind_the_ring_gets_a_gap_then_the_oldest_kept() -> None:
+    ring = TraceRing(3, "n")
+    cursor: dict[str, int] = {}
+    chunk: list[bytes] = []
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    ring.recovered(c)
+    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [1]
+    assert cursor == {"n": 1} and chunk == []
+    for _ in range(6):
+        ring.recovered(c)  # seq 2..7, the ring keeps 5..7
+    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [5, 6, 7]
+    assert chunk == [b'event: gap\ndata: {"node":"n","missed":3}\n\n']
+    assert cursor == {"n": 7}
+
+
+async def test_an_open_stream_does_not_hold_up_the_service_stopping(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = await portal_for(http, service)
+    async with http.get(
+        f"{portal.base}/portal/api/trace/stream", headers=portal.headers()
+    ) as stream:
+        assert stream.status == 200
+        started = time.monotonic()
+        async with asyncio.timeout(WAIT):
+            await service.stop()
+        assert time.monotonic() - started < 2.0  # not the 5 s grace of a stuck handler
