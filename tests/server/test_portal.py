@@ -27,7 +27,6 @@ from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, next_data, sdk
 from webpubsub import devcert
-from webpubsub.backplane.base import Backplane
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import PortalSettings
@@ -604,7 +603,6 @@ async def test_the_ring_is_bounded(
 # -- two nodes -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(Backplane, "survey"), reason="the survey branch has not landed")
 @pytest.mark.parametrize("plane", ["memory", "redis"])
 async def test_two_nodes_list_each_others_connections_and_trace(
     start_service: StartService,
