@@ -451,11 +451,21 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     async with sdk(runner) as service:
         await service.send_to_all("to everyone", content_type="text/plain")
     assert (await ws.receive(timeout=WAIT)).data == "to everyone"
+    role = "webpubsub.sendToGroup.room"
+    url = await _client_url(runner, user_id="bob", groups=["room"], roles=[role])
+    bob, bob_id = await json_client(http, url)  # a JSON client, in a group
+    await bob.send_json({"type": "sendToGroup", "group": "room", "dataType": "text", "data": "hi"})
+    assert await next_data(bob) == "hi"
 
-    records = await _trace_until(portal, lambda rs: {"rest", "message-out"} <= _types(rs))
+    records = await _trace_until(portal, lambda rs: "sendToGroup" in _kinds(rs))
     types = _types(records)
     assert {"connected", "message-in", "message-out", "rest", "cloudevent"} <= types
-    events = {r["eventType"]: r for r in records if r["type"] == "cloudevent"}
+    alice_id = connected.headers["ce-connectionId"]
+    events = {
+        r["eventType"]: r
+        for r in records
+        if r["type"] == "cloudevent" and r["connectionId"] == alice_id
+    }
     ce_connected = events["azure.webpubsub.sys.connected"]
     assert ce_connected["request"]["body"] == connected.body.decode()
     assert ce_connected["response"]["status"] == 200
@@ -469,6 +479,10 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     assert reply["preview"] == "echo:hello handler"
     broadcast = next(r for r in records if r["type"] == "message-out" and not r.get("reply"))
     assert broadcast["recipients"] == 1 and broadcast["target"]["scope"] == "all"
+    to_room = next(r for r in records if r["type"] == "message-in" and r["kind"] == "sendToGroup")
+    assert to_room["connectionId"] == bob_id and to_room["userId"] == "bob"
+    fan_out = next(r for r in records if r.get("target") == {"scope": "group", "id": "room"})
+    assert fan_out["recipients"] == 1 and fan_out["fromUserId"] == "bob"
 
     # Secrets never whole in any answer.
     raw = await _raw(portal, "/portal/api/trace")
@@ -484,13 +498,16 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
         {
             "node": ce_message["node"],
             "seq": ce_message["seq"],
-            "headers": ce_message["request"]["headers"],
+            "headers": [*ce_message["request"]["headers"], ["Authorization", "Bearer s3cr3t-x"]],
             "body": "edited body",
             "url": "http://127.0.0.1:1/elsewhere",
         },
     )
     again = await handler.next_event("user.message")
     assert again.body == b"edited body" and _valid_signature(again)
+    assert again.headers["Authorization"] == "Bearer s3cr3t-x"
+    for answer_text in (json.dumps(answer), await _raw(portal, "/portal/api/trace")):
+        assert "s3cr3t-x" not in answer_text and again.headers["ce-signature"] not in answer_text
     assert again.query == "code=hook-secret"  # the original URL, query included
     assert again.headers["ce-id"] == message.headers["ce-id"]
     assert answer["original"]["seq"] == ce_message["seq"]
@@ -507,6 +524,11 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     await portal.post("/portal/api/replay", {"node": "nobody", "seq": 1}, status=404)
     await portal.post("/portal/api/replay", {"node": rest["node"], "seq": 10**9}, status=404)
     await ws.close()
+    await bob.close()
+
+
+def _kinds(records: list[dict[str, Any]]) -> set[str]:
+    return {r.get("kind", "") for r in records}
 
 
 def _types(records: list[dict[str, Any]]) -> set[str]:
