@@ -27,14 +27,18 @@ from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, next_data, sdk
 from webpubsub import devcert
-from webpubsub.backplane.base import Backplane
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import PortalSettings
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permissions
 from webpubsub.errors import InvalidParameter
+from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
-from webpubsub.server.portal import API_ROUTES, admin_link, parse_after
+from webpubsub.server.portal import API_ROUTES, admin_link
+from webpubsub.server.portal_trace import local_records, parse_after
+from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
 
@@ -447,11 +451,21 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     async with sdk(runner) as service:
         await service.send_to_all("to everyone", content_type="text/plain")
     assert (await ws.receive(timeout=WAIT)).data == "to everyone"
+    role = "webpubsub.sendToGroup.room"
+    url = await _client_url(runner, user_id="bob", groups=["room"], roles=[role])
+    bob, bob_id = await json_client(http, url)  # a JSON client, in a group
+    await bob.send_json({"type": "sendToGroup", "group": "room", "dataType": "text", "data": "hi"})
+    assert await next_data(bob) == "hi"
 
-    records = await _trace_until(portal, lambda rs: {"rest", "message-out"} <= _types(rs))
+    records = await _trace_until(portal, lambda rs: "sendToGroup" in _kinds(rs))
     types = _types(records)
     assert {"connected", "message-in", "message-out", "rest", "cloudevent"} <= types
-    events = {r["eventType"]: r for r in records if r["type"] == "cloudevent"}
+    alice_id = connected.headers["ce-connectionId"]
+    events = {
+        r["eventType"]: r
+        for r in records
+        if r["type"] == "cloudevent" and r["connectionId"] == alice_id
+    }
     ce_connected = events["azure.webpubsub.sys.connected"]
     assert ce_connected["request"]["body"] == connected.body.decode()
     assert ce_connected["response"]["status"] == 200
@@ -465,6 +479,10 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     assert reply["preview"] == "echo:hello handler"
     broadcast = next(r for r in records if r["type"] == "message-out" and not r.get("reply"))
     assert broadcast["recipients"] == 1 and broadcast["target"]["scope"] == "all"
+    to_room = next(r for r in records if r["type"] == "message-in" and r["kind"] == "sendToGroup")
+    assert to_room["connectionId"] == bob_id and to_room["userId"] == "bob"
+    fan_out = next(r for r in records if r.get("target") == {"scope": "group", "id": "room"})
+    assert fan_out["recipients"] == 1 and fan_out["fromUserId"] == "bob"
 
     # Secrets never whole in any answer.
     raw = await _raw(portal, "/portal/api/trace")
@@ -480,13 +498,16 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
         {
             "node": ce_message["node"],
             "seq": ce_message["seq"],
-            "headers": ce_message["request"]["headers"],
+            "headers": [*ce_message["request"]["headers"], ["Authorization", "Bearer s3cr3t-x"]],
             "body": "edited body",
             "url": "http://127.0.0.1:1/elsewhere",
         },
     )
     again = await handler.next_event("user.message")
     assert again.body == b"edited body" and _valid_signature(again)
+    assert again.headers["Authorization"] == "Bearer s3cr3t-x"
+    for answer_text in (json.dumps(answer), await _raw(portal, "/portal/api/trace")):
+        assert "s3cr3t-x" not in answer_text and again.headers["ce-signature"] not in answer_text
     assert again.query == "code=hook-secret"  # the original URL, query included
     assert again.headers["ce-id"] == message.headers["ce-id"]
     assert answer["original"]["seq"] == ce_message["seq"]
@@ -503,6 +524,11 @@ async def test_the_trace_shows_a_real_flow_and_a_replay_reaches_the_handler_agai
     await portal.post("/portal/api/replay", {"node": "nobody", "seq": 1}, status=404)
     await portal.post("/portal/api/replay", {"node": rest["node"], "seq": 10**9}, status=404)
     await ws.close()
+    await bob.close()
+
+
+def _kinds(records: list[dict[str, Any]]) -> set[str]:
+    return {r.get("kind", "") for r in records}
 
 
 def _types(records: list[dict[str, Any]]) -> set[str]:
@@ -599,7 +625,6 @@ async def test_the_ring_is_bounded(
 # -- two nodes -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(Backplane, "survey"), reason="the survey branch has not landed")
 @pytest.mark.parametrize("plane", ["memory", "redis"])
 async def test_two_nodes_list_each_others_connections_and_trace(
     start_service: StartService,
@@ -698,3 +723,32 @@ def test_origins_compare_with_default_ports() -> None:
     assert portal_auth.normal_origin("null") is None
     assert portal_auth.normal_origin("http://[::1") is None
     assert re.fullmatch(r"[A-Za-z0-9_-]+", portal_auth.csrf_token(ACCESS_KEY, "s"))
+
+
+def test_a_stream_that_fell_behind_the_ring_gets_a_gap_then_the_oldest_kept() -> None:
+    ring = TraceRing(3, "n")
+    cursor: dict[str, int] = {}
+    chunk: list[bytes] = []
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    ring.recovered(c)
+    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [1]
+    assert cursor == {"n": 1} and chunk == []
+    for _ in range(6):
+        ring.recovered(c)  # seq 2..7, the ring keeps 5..7
+    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [5, 6, 7]
+    assert chunk == [b'event: gap\ndata: {"node":"n","missed":3}\n\n']
+    assert cursor == {"n": 7}
+
+
+async def test_an_open_stream_does_not_hold_up_the_service_stopping(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = await portal_for(http, service)
+    async with http.get(
+        f"{portal.base}/portal/api/trace/stream", headers=portal.headers()
+    ) as stream:
+        assert stream.status == 200
+        started = time.monotonic()
+        async with asyncio.timeout(WAIT):
+            await service.stop()
+        assert time.monotonic() - started < 2.0  # not the 5 s grace of a stuck handler

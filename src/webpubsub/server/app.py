@@ -8,6 +8,7 @@ application serving ``/client/...`` and ``/api/...`` on one port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -33,7 +34,8 @@ from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.outbox import Flusher
-from webpubsub.server.portal_view import NodeView, local_survey
+from webpubsub.server.portal_core import Portal
+from webpubsub.server.portal_view import SURVEY_TIMEOUT, NodeView
 from webpubsub.server.trace import TraceRing
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
@@ -204,11 +206,12 @@ class ServiceRunner:
         app.router.add_route("GET", "/client", websocket.client_endpoint)
         if self.config.portal.enabled:
             view = NodeView(self.node, self.trace)
+            self.backplane.answer_surveys(view.answer)
             portal.add_routes(
                 app,
-                portal.Portal(
+                Portal(
                     view=view,
-                    survey=local_survey(view),
+                    survey=functools.partial(self.backplane.survey, timeout=SURVEY_TIMEOUT),
                     upstream=self.upstream,
                     hubs=self.config.hubs,
                     hub_settings=self.config.hub,

@@ -174,15 +174,6 @@ async def ask_nodes(survey: Survey, request: Json) -> list[tuple[str, object]]:
     return answers
 
 
-def local_survey(view: NodeView) -> Survey:
-    """A survey of this node alone (a backplane that cannot survey)."""
-
-    async def survey(request: bytes) -> list[tuple[str, bytes | None]]:
-        return [(view.node_id, await view.answer(request))]
-
-    return survey
-
-
 def _matches(conn: Connection, needle: str) -> bool:
     if needle in conn.connection_id.lower():
         return True
