@@ -58,7 +58,8 @@ class Portal:
 
 
 class Echo:
-    """Answers user events with ``answer N: <body>`` (N counts them), the rest as usual."""
+    """Answers user events with ``answer N: <body>`` (N counts them; a body that is not
+    UTF-8 in hex, ``0x...``), the rest as usual."""
 
     def __init__(self) -> None:
         self.answered = 0
@@ -67,8 +68,11 @@ class Echo:
         if req.method != "POST" or not req.ce_type.startswith("azure.webpubsub.user."):
             return default_responder(req)
         self.answered += 1
-        text = f"answer {self.answered}: {req.body.decode('utf-8', errors='replace')}"
-        return web.Response(text=text, content_type="text/plain")
+        try:
+            body = req.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body = f"0x{req.body.hex()}"
+        return web.Response(text=f"answer {self.answered}: {body}", content_type="text/plain")
 
 
 @pytest.fixture
@@ -456,4 +460,33 @@ async def test_a_wrong_key_is_refused_and_the_simple_test_client_chats(
     await show_tab(page, "trace")
     await expect(trace_rows(page, "disconnected", "carol")).to_have_count(1)
 
+    assert console.errors == []
+
+
+async def test_a_binary_event_is_replayed_as_bytes(browser: Browser, portal: Portal) -> None:
+    page, console = await open_portal(browser, portal)
+    await log_in(page, console)
+    await show_tab(page, "client")
+    await page.locator("#tc-hub").fill("echo")
+    await page.locator("#tc-protocol").select_option("json.webpubsub.azure.v1")
+    await page.locator("#tc-connect").click()
+    await expect(page.locator("#tc-status")).to_have_text(re.compile("^connected"))
+    await page.locator("#tc-datatype").select_option("binary")
+    await page.locator("#tc-data").fill("/w==")  # the byte 0xff: not UTF-8
+    await page.locator("#tc-send-event").click()
+    await expect(page.locator("#tc-log")).to_contain_text('"data":"answer 1: 0xff"')
+
+    await show_tab(page, "trace")
+    row = trace_rows(page, "cloudevent", "azure.webpubsub.user.message")
+    await row.click()
+    await expect(page.locator("#record-detail")).to_contain_text("(binary, base64) /w==")
+    await page.locator("#record-replay").click()
+    await expect(page.locator("#replay-body")).to_have_value("/w==")
+    await expect(page.locator("#replay-base64")).to_be_checked()
+    await page.locator("#replay-body").fill("/v8=")  # 0xfe 0xff
+    await page.locator("#replay-send").click()
+    await expect(page.locator("#replay-new")).to_contain_text("answer 2: 0xfeff")
+    await expect(page.locator("#replay-original")).to_contain_text("answer 1: 0xff")
+    replayed = await portal.echo.next_request(lambda r: r.body == b"\xfe\xff")
+    assert replayed.headers["content-type"] == "application/octet-stream"
     assert console.errors == []

@@ -916,7 +916,8 @@ function resetReplay() {
   const request = r.request || {};
   $("#replay-headers").value = (request.headers || []).map(([k, v]) => `${k}: ${v}`).join("\n");
   $("#replay-body").value = request.body || "";
-  $("#replay-status").textContent = request.bodyEncoding === "base64" ? "The body is binary (base64): it is sent as shown." : "";
+  $("#replay-base64").checked = request.bodyEncoding === "base64";
+  $("#replay-status").textContent = request.truncated ? "The body was cut at 16 KiB: sent back unchanged, the original is sent whole." : "";
 }
 
 function parseHeaders(text) {
@@ -938,7 +939,9 @@ async function sendReplay() {
   button.disabled = true;
   $("#replay-status").textContent = "sending…";
   try {
-    const answer = await api("POST", "/replay", { node: r.node, seq: r.seq, headers, body: $("#replay-body").value });
+    const request = { node: r.node, seq: r.seq, headers, body: $("#replay-body").value };
+    if ($("#replay-base64").checked) request.bodyEncoding = "base64";
+    const answer = await api("POST", "/replay", request);
     $("#replay-status").textContent = `answered in ${ms(answer.replay.durationMs)}`;
     const result = $("#replay-result");
     clear($("#replay-original")).append(responseView(answer.original, `${answer.original.eventType} · traced`));
