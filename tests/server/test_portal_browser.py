@@ -414,10 +414,17 @@ async def test_reliable_client_pause_export_escaping_and_logout(
     await page.locator("#trace-clear").click()
     await expect(page.locator("#trace-list tr")).to_have_count(0)
     await page.screenshot(path=str(artifacts / "portal-cleared.png"))
+    async with sdk(portal.service, "chat") as service:
+        await service.send_to_all("after the clear", content_type="text/plain")
+    await expect(trace_rows(page, "message-out", "after the clear")).to_have_count(1)
 
-    # Log out: the cookie is gone, a reload shows the login form again.
+    # Log out: nothing of the session stays in the page, the cookie is gone, a reload
+    # shows the login form again.
     await page.locator("#logout").click()
     await expect(page.locator("#login-key")).to_be_visible()
+    for kept in ("#trace-list tr", "#tc-log li", "#hubs-list *", "#trace-filter-hub option"):
+        await expect(page.locator(kept)).to_have_count(1 if kept.endswith("option") else 0)
+    assert markup not in await page.evaluate("() => document.body.textContent")
     console.logged_in = False
     await page.reload()
     await expect(page.locator("#login-key")).to_be_visible()

@@ -264,8 +264,9 @@ function enter(session) {
   info.textContent = `${session.endpoint || location.origin} · node ${session.node}${nodes}`;
   info.hidden = false;
   startTrace();
-  loadHubs().catch(() => {});
-  showTab(tabFromHash() || "hubs");
+  const tab = tabFromHash() || "hubs";
+  showTab(tab);
+  if (tab !== "hubs" && tab !== "connections") loadHubs().catch(() => {}); // the hub choices
 }
 
 async function logout() {
@@ -276,7 +277,8 @@ async function logout() {
   }
 }
 
-/** Forgets everything of the session and shows the login form. */
+/** Forgets everything of the session (nothing it showed stays in the page) and shows the
+ * login form. */
 function loggedOut(message) {
   stopTrace();
   tcDisconnect();
@@ -284,6 +286,18 @@ function loggedOut(message) {
   clearInterval(state.timers.conns);
   state.csrf = null;
   state.session = null;
+  clearTrace();
+  state.trace.lastSeq.clear();
+  state.trace.hubs.clear();
+  for (const option of [...$("#trace-filter-hub").options]) if (option.value) option.remove();
+  state.hubs = [];
+  state.conns = { hub: null, selected: null, list: [] };
+  state.replay.record = null;
+  for (const id of ["#hubs-list", "#conn-list", "#tc-log", "#replay-original", "#replay-new", "#rest-response-body"]) clear($(id));
+  for (const id of ["#conn-detail", "#replay-editor", "#replay-result", "#rest-result"]) $(id).hidden = true;
+  $("#replay-empty").hidden = false;
+  $("#replay-headers").value = "";
+  $("#replay-body").value = "";
   showLogin(message);
 }
 
