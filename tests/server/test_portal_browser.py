@@ -32,7 +32,8 @@ from tests.conftest import ACCESS_KEY, StartService
 from tests.support.browser import chromium
 from tests.support.chat import chat_app_socket, next_text, two_users_chatting
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
-from tests.support.service import chat_hub, sdk
+from tests.support.service import chat_hub, client_url, json_client, sdk
+from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.chat.app import start_chat_on_socket
 from webpubsub.core.settings import HubSettings
 from webpubsub.server.app import ServiceRunner
@@ -496,4 +497,42 @@ async def test_a_binary_event_is_replayed_as_bytes(browser: Browser, portal: Por
     await expect(page.locator("#replay-original")).to_contain_text("answer 1: 0xff")
     replayed = await portal.echo.next_request(lambda r: r.body == b"\xfe\xff")
     assert replayed.headers["content-type"] == "application/octet-stream"
+    assert console.errors == []
+
+
+async def test_two_nodes_in_one_page(
+    browser: Browser, start_service: StartService, artifacts: Path
+) -> None:
+    bus = MemoryBus()
+    first = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    second = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    a, b = first.node.node_id, second.node.node_id  # type: ignore[union-attr]
+    page, console = await new_page(browser)
+    await page.goto(f"{first.endpoint}/portal")
+    await log_in(page, console)
+    await expect(page.locator("#session-info")).to_contain_text("2 nodes")
+
+    async with aiohttp.ClientSession() as http:
+        # beta (on the other node) first: its records come by survey, later than alpha's.
+        there, _ = await json_client(http, await client_url(second, user_id="beta"))
+        here, _ = await json_client(http, await client_url(first, user_id="alpha"))
+        # Connections of both nodes, each named by its node.
+        await show_tab(page, "connections")
+        await page.locator("#conn-hub").select_option("chat")
+        await expect(page.locator("#conn-list tr")).to_have_count(2)
+        await expect(page.locator("#conn-list tr", has_text="alpha")).to_contain_text(a)
+        await expect(page.locator("#conn-list tr", has_text="beta")).to_contain_text(b)
+        # The trace of both, merged.
+        await show_tab(page, "trace")
+        await expect(trace_rows(page, "connected", "beta")).to_contain_text(b)
+        await expect(trace_rows(page, "connected", "alpha")).to_contain_text(a)
+        await there.send_json({"type": "event", "event": "e", "dataType": "text", "data": "x"})
+        await expect(trace_rows(page, "message-in", "beta")).to_contain_text(b)
+        times = await page.locator("#trace-list tr td:first-child").evaluate_all(
+            "cells => cells.map(cell => cell.title)"
+        )
+        assert times == sorted(times)  # merged by time, whichever node told first
+        await page.screenshot(path=str(artifacts / "portal-two-nodes.png"))
+        await here.close()
+        await there.close()
     assert console.errors == []

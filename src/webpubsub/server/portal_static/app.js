@@ -596,7 +596,10 @@ function addRecord(record) {
     if (last !== undefined && record.seq <= last) return; // resent after a reconnect
     t.lastSeq.set(record.node, record.seq);
   }
-  t.records.push(record);
+  // Several nodes' records merge by time (another node's come up to half a second late).
+  let at = t.records.length;
+  while (at > 0 && t.records[at - 1].time > record.time) at -= 1;
+  t.records.splice(at, 0, record);
   if (t.records.length > TRACE_KEEP) t.records.splice(0, t.records.length - TRACE_KEEP);
   if (record.hub && !t.hubs.has(record.hub)) {
     t.hubs.add(record.hub);
@@ -679,10 +682,15 @@ function renderPending() {
   const body = $("#trace-list");
   const scroller = $("#trace-scroll");
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
-  const fragment = document.createDocumentFragment();
-  for (const r of t.pending) if (matches(r, f)) fragment.append(traceRow(r));
+  for (const r of t.pending) {
+    if (!matches(r, f)) continue;
+    const row = traceRow(r);
+    let before = body.lastElementChild;
+    while (before && Number(before.dataset.time) > r.time) before = before.previousElementSibling;
+    if (before) before.after(row);
+    else body.prepend(row);
+  }
   t.pending = [];
-  body.append(fragment);
   while (body.children.length > TRACE_KEEP) body.firstElementChild.remove();
   if (atBottom) scroller.scrollTop = scroller.scrollHeight;
   updateTraceCount();
@@ -764,7 +772,7 @@ function summary(r) {
 
 function traceRow(r) {
   if (r.type === "gap") {
-    return el("tr", { class: "gap" }, el("td", { text: clock(r.time) }), el("td", { text: r.node }), el("td", { text: "gap" }), el("td"), el("td"), el("td", {}, summary(r)));
+    return el("tr", { class: "gap", "data-time": r.time }, el("td", { text: clock(r.time) }), el("td", { text: r.node }), el("td", { text: "gap" }), el("td"), el("td"), el("td", {}, summary(r)));
   }
   const key = recordKey(r);
   const ids = [];
@@ -772,7 +780,7 @@ function traceRow(r) {
   if (r.userId) ids.push(`user ${r.userId}`);
   const row = el(
     "tr",
-    { "data-key": key, "data-type": r.type, "aria-selected": String(key === state.trace.selected) },
+    { "data-key": key, "data-type": r.type, "data-time": r.time, "aria-selected": String(key === state.trace.selected) },
     el("td", { title: dateTime(r.time), text: clock(r.time) }),
     el("td", { text: r.node }),
     el("td", {}, typeBadge(r)),
