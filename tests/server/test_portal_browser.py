@@ -467,6 +467,10 @@ async def test_a_wrong_key_is_refused_and_the_simple_test_client_chats(
     await expect(page.locator("#tc-status")).to_have_text("disconnected")
     await show_tab(page, "trace")
     await expect(trace_rows(page, "disconnected", "carol")).to_have_count(1)
+    # A record opens from the keyboard too.
+    await trace_rows(page, "disconnected", "carol").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#record-detail")).to_contain_text("Close code 1000")
 
     assert console.errors == []
 

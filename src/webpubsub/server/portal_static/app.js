@@ -123,6 +123,19 @@ function formatBody(body, encoding, contentType) {
   return body;
 }
 
+/** A table row that opens something: by click, or Enter / Space when it has the focus. */
+function clickable(row, open) {
+  const action = guarded(open);
+  row.tabIndex = 0;
+  row.addEventListener("click", action);
+  row.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      action();
+    }
+  });
+}
+
 let noticeTimer = null;
 
 function notify(message, kind = "error") {
@@ -463,7 +476,7 @@ function renderConnections(truncated) {
       el("td", { class: "num", text: String(c.messagesIn ?? 0) }),
       el("td", { class: "num", text: String(c.messagesOut ?? 0) }),
     );
-    row.addEventListener("click", guarded(() => loadConnectionDetail(c.connectionId, true)));
+    clickable(row, () => loadConnectionDetail(c.connectionId, true));
     body.append(row);
   }
   const n = state.conns.list.length;
@@ -788,7 +801,7 @@ function traceRow(r) {
     el("td", { class: "ids", text: ids.join(" · ") }),
     el("td", { class: "summary" }, summary(r)),
   );
-  row.addEventListener("click", guarded(() => openRecord(r)));
+  clickable(row, () => openRecord(r));
   return row;
 }
 
@@ -861,7 +874,9 @@ function renderRecordDetail(r) {
       responseView(r),
     );
   } else if (r.type === "message-in" || r.type === "message-out") {
-    box.append(el("h4", { text: "Preview" }), el("pre", { text: r.preview || "(empty)" }));
+    const binary = r.frame === "binary" || r.dataType === "binary" || r.dataType === "protobuf";
+    const title = binary ? "First bytes (base64)" : "First characters";
+    box.append(el("h4", { text: title }), el("pre", { text: r.preview || "(empty)" }));
   }
   if (r.type === "disconnected") {
     box.append(el("p", {}, `Close code ${r.code ?? "none"}: `, el("strong", { text: r.reason || "(no reason)" })));
