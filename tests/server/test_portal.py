@@ -752,3 +752,35 @@ async def test_an_open_stream_does_not_hold_up_the_service_stopping(
         async with asyncio.timeout(WAIT):
             await service.stop()
         assert time.monotonic() - started < 2.0  # not the 5 s grace of a stuck handler
+
+
+async def test_a_replay_of_an_unedited_cut_or_binary_body_sends_the_original_bytes(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    runner = await start_service(chat_hub(handler.url))
+    portal = await portal_for(http, runner)
+    ws = await http.ws_connect(await _client_url(runner))
+
+    def traced(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in records
+            if r["type"] == "cloudevent"
+            and r["eventType"] == "azure.webpubsub.user.message"
+            and not r["replay"]
+        ]
+
+    for i, data in enumerate(("x" * 20_000, b"\xff\x00binary")):
+        await (ws.send_str(data) if isinstance(data, str) else ws.send_bytes(data))
+        sent = (await handler.next_event("user.message")).body
+        records = await _trace_until(portal, lambda rs: len(traced(rs)) > i)  # noqa: B023
+        original = traced(records)[i]
+        shown = original["request"]
+        assert shown["truncated"] or shown.get("bodyEncoding") == "base64"
+        await portal.post(
+            "/portal/api/replay",
+            {"node": original["node"], "seq": original["seq"], "body": shown["body"],
+             "headers": shown["headers"]},
+        )  # fmt: skip
+        assert (await handler.next_event("user.message")).body == sent
+    await ws.close()
