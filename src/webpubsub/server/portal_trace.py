@@ -301,8 +301,10 @@ async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, J
     request = answer.get("request")
     if not isinstance(traced, dict):
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
-    if traced.get("type") != "cloudevent" or not isinstance(request, dict):
+    if traced.get("type") != "cloudevent":
         raise BadRequest(f"Trace record {node}/{seq} is not a CloudEvent.")
+    if not isinstance(request, dict):
+        raise NotFound(f"The request of trace record {node}/{seq} is no longer kept.")
     try:
         return (
             UpstreamRequest(
