@@ -51,6 +51,8 @@ class PortalClient:
         self.base = f"http://127.0.0.1:{runner.port}"
         self.session: str | None = None
         self.csrf = ""
+        self.rings = [runner.trace] if runner.trace is not None else []
+        """The traces whose new records a test waits for."""
 
     def headers(self, csrf: bool = True) -> dict[str, str]:
         headers = {}
@@ -538,13 +540,18 @@ def _types(records: list[dict[str, Any]]) -> set[str]:
 async def _trace_until(
     portal: PortalClient, done: Any = bool, path: str = "/portal/api/trace"
 ) -> list[dict[str, Any]]:
-    """The trace once ``done(records)`` holds (each fetch waits on the previous answer)."""
+    """The trace once ``done(records)`` holds: fetched again each time a traced node (one
+    of ``portal.rings``) has a record newer than those of the last fetch."""
     async with asyncio.timeout(WAIT):
         while True:
+            marks = [(ring, ring.last_seq) for ring in portal.rings]
             records: list[dict[str, Any]] = (await portal.get(path))["records"]
             if done(records):
                 return records
-            await asyncio.sleep(0.05)  # polling the API: there is no event to wait on
+            waits = [asyncio.ensure_future(ring.wait(seq, WAIT)) for ring, seq in marks]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending:
+                waiting.cancel()
 
 
 async def _raw(portal: PortalClient, path: str) -> str:
@@ -647,6 +654,7 @@ async def test_two_nodes_list_each_others_connections_and_trace(
         )
     a, b = first.node.node_id, second.node.node_id  # type: ignore[union-attr]
     portal = await portal_for(http, first)
+    portal.rings.append(second.trace)  # type: ignore[arg-type]
     here, here_id = await json_client(http, await _client_url(first, user_id="here"))
     there, there_id = await json_client(http, await _client_url(second, user_id="there"))
 
