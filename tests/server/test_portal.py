@@ -139,6 +139,19 @@ async def test_every_api_route_refuses_without_a_valid_session(
             assert (await resp.json())["code"] == "Error.Unauthorized"
 
 
+async def test_the_route_table_is_every_guarded_route_the_service_serves(
+    service: ServiceRunner,
+) -> None:
+    assert service._runner is not None
+    served = {
+        (route.method, route.resource.canonical)
+        for route in service._runner.app.router.routes()
+        if route.resource is not None and route.resource.canonical.startswith("/portal/api/")
+    }
+    open_or_catch_all = {("POST", "/portal/api/login"), ("*", "/portal/api/{tail}")}
+    assert served - open_or_catch_all == {(r.method, r.path) for r in API_ROUTES}
+
+
 def _tampered(session: str) -> str:
     expiry, rest = session.split(".", 1)
     return f"{int(expiry) + 3600}.{rest}"  # a longer life under the same MAC
