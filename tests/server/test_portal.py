@@ -51,6 +51,8 @@ class PortalClient:
         self.base = f"http://127.0.0.1:{runner.port}"
         self.session: str | None = None
         self.csrf = ""
+        self.rings = [runner.trace] if runner.trace is not None else []
+        """The traces whose new records a test waits for."""
 
     def headers(self, csrf: bool = True) -> dict[str, str]:
         headers = {}
@@ -135,6 +137,19 @@ async def test_every_api_route_refuses_without_a_valid_session(
             assert resp.status == 401, (name, await resp.text())
             assert resp.content_type == "application/json"
             assert (await resp.json())["code"] == "Error.Unauthorized"
+
+
+async def test_the_route_table_is_every_guarded_route_the_service_serves(
+    service: ServiceRunner,
+) -> None:
+    assert service._runner is not None
+    served = {
+        (route.method, route.resource.canonical)
+        for route in service._runner.app.router.routes()
+        if route.resource is not None and route.resource.canonical.startswith("/portal/api/")
+    }
+    open_or_catch_all = {("POST", "/portal/api/login"), ("*", "/portal/api/{tail}")}
+    assert served - open_or_catch_all == {(r.method, r.path) for r in API_ROUTES}
 
 
 def _tampered(session: str) -> str:
@@ -538,13 +553,18 @@ def _types(records: list[dict[str, Any]]) -> set[str]:
 async def _trace_until(
     portal: PortalClient, done: Any = bool, path: str = "/portal/api/trace"
 ) -> list[dict[str, Any]]:
-    """The trace once ``done(records)`` holds (each fetch waits on the previous answer)."""
+    """The trace once ``done(records)`` holds: fetched again each time a traced node (one
+    of ``portal.rings``) has a record newer than those of the last fetch."""
     async with asyncio.timeout(WAIT):
         while True:
+            marks = [(ring, ring.last_seq) for ring in portal.rings]
             records: list[dict[str, Any]] = (await portal.get(path))["records"]
             if done(records):
                 return records
-            await asyncio.sleep(0.05)  # polling the API: there is no event to wait on
+            waits = [asyncio.ensure_future(ring.wait(seq, WAIT)) for ring, seq in marks]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending:
+                waiting.cancel()
 
 
 async def _raw(portal: PortalClient, path: str) -> str:
@@ -647,6 +667,7 @@ async def test_two_nodes_list_each_others_connections_and_trace(
         )
     a, b = first.node.node_id, second.node.node_id  # type: ignore[union-attr]
     portal = await portal_for(http, first)
+    portal.rings.append(second.trace)  # type: ignore[arg-type]
     here, here_id = await json_client(http, await _client_url(first, user_id="here"))
     there, there_id = await json_client(http, await _client_url(second, user_id="there"))
 
@@ -752,3 +773,35 @@ async def test_an_open_stream_does_not_hold_up_the_service_stopping(
         async with asyncio.timeout(WAIT):
             await service.stop()
         assert time.monotonic() - started < 2.0  # not the 5 s grace of a stuck handler
+
+
+async def test_a_replay_of_an_unedited_cut_or_binary_body_sends_the_original_bytes(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    runner = await start_service(chat_hub(handler.url))
+    portal = await portal_for(http, runner)
+    ws = await http.ws_connect(await _client_url(runner))
+
+    def traced(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in records
+            if r["type"] == "cloudevent"
+            and r["eventType"] == "azure.webpubsub.user.message"
+            and not r["replay"]
+        ]
+
+    for i, data in enumerate(("x" * 20_000, b"\xff\x00binary")):
+        await (ws.send_str(data) if isinstance(data, str) else ws.send_bytes(data))
+        sent = (await handler.next_event("user.message")).body
+        records = await _trace_until(portal, lambda rs: len(traced(rs)) > i)  # noqa: B023
+        original = traced(records)[i]
+        shown = original["request"]
+        assert shown["truncated"] or shown.get("bodyEncoding") == "base64"
+        await portal.post(
+            "/portal/api/replay",
+            {"node": original["node"], "seq": original["seq"], "body": shown["body"],
+             "headers": shown["headers"]},
+        )  # fmt: skip
+        assert (await handler.next_event("user.message")).body == sent
+    await ws.close()

@@ -7,6 +7,7 @@ import base64
 import itertools
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from webpubsub.protocol.backplane import Target
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse, signature
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
 from webpubsub.protocol.payload import Payload
+from webpubsub.server import trace
 from webpubsub.server.trace import BODY_LIMIT, PREVIEW_CHARS, TraceRing, mask_value
 
 KEY = "trace-test-key-0123456789"
@@ -59,6 +61,20 @@ def test_the_ring_keeps_the_last_n_records_and_evicts_their_requests_with_them()
     assert len(ring._originals) == 5  # bounded by the ring
     assert [r["seq"] for r in ring.after(13, 100)] == [14, 15]
     assert [r["seq"] for r in ring.after(11, 1)] == [12]
+
+
+def test_the_originals_kept_for_replay_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 250)
+    ring = TraceRing(100)
+    for _ in range(5):
+        ring.cloud_event(exchange(b"b" * 100))
+    assert [seq for seq in range(1, 6) if ring.original(seq)] == [4, 5]
+    assert ring._original_bytes == 200
+    assert ring.get(1) is not None  # the record stays, without its original
+    ring.cloud_event(exchange(b"b" * 300))  # larger than the bound: kept alone, not at all
+    assert not ring._originals and ring._original_bytes == 0
 
 
 def test_a_cloudevent_record_shows_request_and_response_with_secrets_masked() -> None:

@@ -263,7 +263,7 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
         raise InvalidParameter("'node' (a string) and 'seq' (a number) are required.", target="seq")
     original, traced = await _original(s, node, seq)
     headers = _replay_headers(body.get("headers"), original.headers)
-    data = _replay_body(body, original.body, s.ctx.max_message_bytes)
+    data = _replay_body(body, original.body, traced, s.ctx.max_message_bytes)
     trace = s.portal.view.trace
     mark = trace.last_seq if trace is not None else 0
     started = time.monotonic()
@@ -301,8 +301,10 @@ async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, J
     request = answer.get("request")
     if not isinstance(traced, dict):
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
-    if traced.get("type") != "cloudevent" or not isinstance(request, dict):
+    if traced.get("type") != "cloudevent":
         raise BadRequest(f"Trace record {node}/{seq} is not a CloudEvent.")
+    if not isinstance(request, dict):
+        raise NotFound(f"The request of trace record {node}/{seq} is no longer kept.")
     try:
         return (
             UpstreamRequest(
@@ -346,12 +348,17 @@ def _replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> lis
     return headers
 
 
-def _replay_body(body: Json, original: bytes, limit: int) -> bytes:
+def _replay_body(body: Json, original: bytes, traced: Json, limit: int) -> bytes:
+    """The body to send: the client's, or the original's bytes when the client sent the
+    body back as the trace shows it (cut at 16 KiB, or base64), or none."""
     given = body.get("body")
     if given is None:
         return original
     if not isinstance(given, str):
         raise InvalidParameter("'body' must be a string.", target="body")
+    shown = traced.get("request")
+    if isinstance(shown, dict) and given == shown.get("body"):
+        return original
     if body.get("bodyEncoding") == "base64":
         try:
             data = base64.b64decode(given, validate=True)

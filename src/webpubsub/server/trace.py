@@ -44,6 +44,9 @@ PREVIEW_BYTES = 192
 """Bytes of a binary message kept (base64) as its preview."""
 RECENT_SCAN = 10_000
 """Records scanned, newest first, for one connection's recent traffic."""
+ORIGINALS_MAX_BYTES = 64 * 1024 * 1024
+"""Body bytes of the original requests kept for replay, at most (the oldest go first:
+their records stay, without a replay)."""
 
 _PROTOCOLS = {
     ClientProtocol.SIMPLE: "simple",
@@ -74,7 +77,9 @@ class TraceRing:
         self._clock = clock
         self._ring: deque[Record] = deque(maxlen=capacity)
         self._originals: dict[int, UpstreamRequest] = {}
-        """The full request of each CloudEvent record still in the ring, by seq."""
+        """The full request of each CloudEvent record still in the ring, by seq (oldest
+        first), their bodies :data:`ORIGINALS_MAX_BYTES` at most in all."""
+        self._original_bytes = 0
         self._seq = 0
         self._wake: asyncio.Event | None = None
 
@@ -156,7 +161,7 @@ class TraceRing:
     ) -> Record:
         ring = self._ring
         if len(ring) == ring.maxlen and self._originals:
-            self._originals.pop(self.first_seq, None)  # evicted with its record
+            self._forget(self.first_seq)  # evicted with its record
         self._seq += 1
         record: Record = {
             "seq": self._seq,
@@ -266,6 +271,14 @@ class TraceRing:
             exchange_fields(exchange),
         )
         self._originals[self._seq] = request
+        self._original_bytes += len(request.body)
+        while self._original_bytes > ORIGINALS_MAX_BYTES:
+            self._forget(next(iter(self._originals)))
+
+    def _forget(self, seq: int) -> None:
+        request = self._originals.pop(seq, None)
+        if request is not None:
+            self._original_bytes -= len(request.body)
 
     def slow_client(self, conn: Connection) -> None:
         """Shown by the ``disconnected`` record that follows (code 1008)."""
