@@ -267,6 +267,8 @@ async def test_the_chat_flow_in_the_trace_the_debugger_and_the_test_client(
         assert closed.type is aiohttp.WSMsgType.CLOSE, closed
         assert (closed.data, closed.extra) == (1000, "bye")
         await expect(page.locator("#conn-list tr")).to_have_count(0)
+        await expect(page.locator("#conn-detail")).to_be_hidden()
+        await expect(page.locator("#notice")).to_contain_text("Closed")
 
         # The test client, on the echo hub: its event is answered by the handler.
         await show_tab(page, "client")

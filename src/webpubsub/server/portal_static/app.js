@@ -532,7 +532,8 @@ async function closeSelectedConnection() {
   const reason = $("#conn-close-reason").value;
   await api("POST", `/hubs/${encodeURIComponent(state.conns.hub)}/connections/${encodeURIComponent(id)}/close`, { reason });
   state.conns.selected = null;
-  $("#conn-detail-status").textContent = "Closed.";
+  $("#conn-detail").hidden = true;
+  notify(`Closed ${id}.`, "info");
   await loadConnections();
 }
 
