@@ -209,6 +209,22 @@ async def test_over_https_the_cookie_is_also_secure(
         assert "Secure" in resp.headers["Set-Cookie"]
 
 
+async def test_behind_a_trusted_tls_terminator_the_cookie_is_secure(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(trusted_proxies=("127.0.0.1",))
+    url = f"http://127.0.0.1:{runner.port}/portal/api/login"
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pubsub.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=headers) as resp:
+        assert resp.status == 204 and "Secure" in resp.headers["Set-Cookie"]
+    foreign = {**headers, "Origin": "https://elsewhere.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=foreign) as resp:
+        assert resp.status == 403
+    same = {**headers, "Origin": "https://pubsub.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=same) as resp:
+        assert resp.status == 204
+
+
 async def test_the_admin_link_logs_in_and_a_bad_token_does_not(
     service: ServiceRunner, http: aiohttp.ClientSession
 ) -> None:
