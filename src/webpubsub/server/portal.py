@@ -129,7 +129,7 @@ async def token_login(request: web.Request) -> web.StreamResponse:
     now = portal.clock()
     verify_portal_token(token, keys=ctx.access_keys, now=now)
     response = web.Response(status=303, headers=dict(SECURITY_HEADERS, Location="/portal"))
-    # The first key signs the session: an admin token says nothing about its key.
+    # The key that signed the admin token signs the session: dropping it ends both.
     signer = next(k for k in ctx.access_keys if _signs(token, k, now))
     session = auth.new_session(signer, now)
     auth.set_session_cookie(response, session, secure=_secure(request, ctx, portal))
