@@ -4,6 +4,7 @@ clients, the official service SDK and a real event handler, replay, and two node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -32,12 +33,15 @@ from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import PortalSettings
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permissions
+from webpubsub.core.settings import HubSettings
 from webpubsub.errors import InvalidParameter
+from webpubsub.node.node import Node
 from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
-from webpubsub.server.portal_trace import local_records, parse_after
+from webpubsub.server.portal_trace import local_records, parse_after, parse_seq, replay_headers
+from webpubsub.server.portal_view import NodeView
 from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
@@ -821,3 +825,40 @@ async def test_a_replay_of_an_unedited_cut_or_binary_body_sends_the_original_byt
         )  # fmt: skip
         assert (await handler.next_event("user.message")).body == sent
     await ws.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_any_replay_headers_are_taken_or_refused_with_only_invalid_parameter(value: object) -> None:
+    try:
+        headers = replay_headers(value, (("ce-signature", "sha256=abcdef"),))
+    except InvalidParameter:
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in headers)
+
+
+@given(st.text(max_size=30))
+def test_any_seq_in_a_record_path_parses_or_raises_only_invalid_parameter(raw: str) -> None:
+    with contextlib.suppress(InvalidParameter):
+        assert parse_seq(raw) >= 0
+
+
+@given(st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
+async def test_a_node_answers_any_survey_request_without_raising(request_bytes: bytes) -> None:
+    view = NodeView(_bare_node(), TraceRing(5, "n"))
+    answer = await view.answer(request_bytes)
+    json.loads(answer)  # always JSON (null for a request it does not know)
+
+
+def _bare_node() -> Node:
+    async def publish(command: object) -> None: ...
+
+    return Node(hub_settings=HubSettings, upstream=None, origin="o", publish=publish)  # type: ignore[arg-type]
