@@ -862,3 +862,23 @@ def _bare_node() -> Node:
     async def publish(command: object) -> None: ...
 
     return Node(hub_settings=HubSettings, upstream=None, origin="o", publish=publish)  # type: ignore[arg-type]
+
+
+async def test_a_replay_to_a_handler_that_is_down_answers_the_failed_exchange(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    runner = await start_service(chat_hub(handler.url))
+    portal = await portal_for(http, runner)
+    ws = await http.ws_connect(await _client_url(runner))
+    await ws.send_str("once")
+    await handler.next_event("user.message")
+    records = await _trace_until(
+        portal, lambda rs: any(r.get("eventType") == "azure.webpubsub.user.message" for r in rs)
+    )
+    traced = next(r for r in records if r.get("eventType") == "azure.webpubsub.user.message")
+    await handler.stop()
+    answer = await portal.post("/portal/api/replay", {"node": traced["node"], "seq": traced["seq"]})
+    replayed = answer["replay"]
+    assert replayed["replay"] is True and replayed["response"] is None
+    assert replayed["outcome"] == "error" and "cannot connect" in replayed["error"]
+    await ws.close()
