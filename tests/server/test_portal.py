@@ -4,6 +4,7 @@ clients, the official service SDK and a real event handler, replay, and two node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -32,12 +33,15 @@ from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import PortalSettings
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permissions
+from webpubsub.core.settings import HubSettings
 from webpubsub.errors import InvalidParameter
+from webpubsub.node.node import Node
 from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
-from webpubsub.server.portal_trace import local_records, parse_after
+from webpubsub.server.portal_trace import local_records, parse_after, parse_seq, replay_headers
+from webpubsub.server.portal_view import NodeView
 from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
@@ -207,6 +211,22 @@ async def test_over_https_the_cookie_is_also_secure(
     ):
         assert resp.status == 204
         assert "Secure" in resp.headers["Set-Cookie"]
+
+
+async def test_behind_a_trusted_tls_terminator_the_cookie_is_secure(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(trusted_proxies=("127.0.0.1",))
+    url = f"http://127.0.0.1:{runner.port}/portal/api/login"
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pubsub.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=headers) as resp:
+        assert resp.status == 204 and "Secure" in resp.headers["Set-Cookie"]
+    foreign = {**headers, "Origin": "https://elsewhere.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=foreign) as resp:
+        assert resp.status == 403
+    same = {**headers, "Origin": "https://pubsub.example.com"}
+    async with http.post(url, json={"key": ACCESS_KEY}, headers=same) as resp:
+        assert resp.status == 204
 
 
 async def test_the_admin_link_logs_in_and_a_bad_token_does_not(
@@ -804,4 +824,61 @@ async def test_a_replay_of_an_unedited_cut_or_binary_body_sends_the_original_byt
              "headers": shown["headers"]},
         )  # fmt: skip
         assert (await handler.next_event("user.message")).body == sent
+    await ws.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_any_replay_headers_are_taken_or_refused_with_only_invalid_parameter(value: object) -> None:
+    try:
+        headers = replay_headers(value, (("ce-signature", "sha256=abcdef"),))
+    except InvalidParameter:
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in headers)
+
+
+@given(st.text(max_size=30))
+def test_any_seq_in_a_record_path_parses_or_raises_only_invalid_parameter(raw: str) -> None:
+    with contextlib.suppress(InvalidParameter):
+        assert parse_seq(raw) >= 0
+
+
+@given(st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
+async def test_a_node_answers_any_survey_request_without_raising(request_bytes: bytes) -> None:
+    view = NodeView(_bare_node(), TraceRing(5, "n"))
+    answer = await view.answer(request_bytes)
+    json.loads(answer)  # always JSON (null for a request it does not know)
+
+
+def _bare_node() -> Node:
+    async def publish(command: object) -> None: ...
+
+    return Node(hub_settings=HubSettings, upstream=None, origin="o", publish=publish)  # type: ignore[arg-type]
+
+
+async def test_a_replay_to_a_handler_that_is_down_answers_the_failed_exchange(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    runner = await start_service(chat_hub(handler.url))
+    portal = await portal_for(http, runner)
+    ws = await http.ws_connect(await _client_url(runner))
+    await ws.send_str("once")
+    await handler.next_event("user.message")
+    records = await _trace_until(
+        portal, lambda rs: any(r.get("eventType") == "azure.webpubsub.user.message" for r in rs)
+    )
+    traced = next(r for r in records if r.get("eventType") == "azure.webpubsub.user.message")
+    await handler.stop()
+    answer = await portal.post("/portal/api/replay", {"node": traced["node"], "seq": traced["seq"]})
+    replayed = answer["replay"]
+    assert replayed["replay"] is True and replayed["response"] is None
+    assert replayed["outcome"] == "error" and "cannot connect" in replayed["error"]
     await ws.close()

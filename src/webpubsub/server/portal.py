@@ -115,7 +115,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     if key is None:
         raise Unauthorized("That is not an access key of this service.")
     response = web.Response(status=204, headers=SECURITY_HEADERS)
-    auth.set_session_cookie(response, auth.new_session(key, portal.clock()), secure=portal.secure)
+    session = auth.new_session(key, portal.clock())
+    auth.set_session_cookie(response, session, secure=_secure(request, ctx, portal))
     return response
 
 
@@ -128,10 +129,17 @@ async def token_login(request: web.Request) -> web.StreamResponse:
     now = portal.clock()
     verify_portal_token(token, keys=ctx.access_keys, now=now)
     response = web.Response(status=303, headers=dict(SECURITY_HEADERS, Location="/portal"))
-    # The first key signs the session: an admin token says nothing about its key.
+    # The key that signed the admin token signs the session: dropping it ends both.
     signer = next(k for k in ctx.access_keys if _signs(token, k, now))
-    auth.set_session_cookie(response, auth.new_session(signer, now), secure=portal.secure)
+    session = auth.new_session(signer, now)
+    auth.set_session_cookie(response, session, secure=_secure(request, ctx, portal))
     return response
+
+
+def _secure(request: web.Request, ctx: ServiceContext, portal: Portal) -> bool:
+    """The cookie is ``Secure`` when the service serves https, or the caller reached it
+    over https (a TLS terminator among ``server.trusted_proxies``)."""
+    return portal.secure or caller_origin(request, ctx.trusted_proxies).startswith("https:")
 
 
 def _signs(token: str, key: str, now: float) -> bool:
@@ -193,7 +201,7 @@ def _own_origins(request: web.Request, ctx: ServiceContext) -> list[str]:
 
 async def logout(request: web.Request, s: Session) -> web.StreamResponse:
     response = no_content()
-    auth.clear_session_cookie(response, secure=s.portal.secure)
+    auth.clear_session_cookie(response, secure=_secure(request, s.ctx, s.portal))
     return response
 
 

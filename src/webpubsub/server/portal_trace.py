@@ -119,14 +119,14 @@ def _record_time(record: object) -> float:
 
 
 async def record(request: web.Request, s: Session) -> web.StreamResponse:
-    node, seq = request.match_info["node"], _seq(request.match_info["seq"])
+    node, seq = request.match_info["node"], parse_seq(request.match_info["seq"])
     found = await _record_of(s, node, seq)
     if found is None:
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
     return json_response(found)
 
 
-def _seq(raw: str) -> int:
+def parse_seq(raw: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 16:
         raise InvalidParameter("A record's seq is a number.", target="seq")
     return int(raw)
@@ -262,7 +262,7 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
     if not isinstance(node, str) or isinstance(seq, bool) or not isinstance(seq, int):
         raise InvalidParameter("'node' (a string) and 'seq' (a number) are required.", target="seq")
     original, traced = await _original(s, node, seq)
-    headers = _replay_headers(body.get("headers"), original.headers)
+    headers = replay_headers(body.get("headers"), original.headers)
     data = _replay_body(body, original.body, traced, s.ctx.max_message_bytes)
     trace = s.portal.view.trace
     mark = trace.last_seq if trace is not None else 0
@@ -319,7 +319,7 @@ async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, J
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.") from None
 
 
-def _replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
     """The client's headers; a value shown masked in the trace is the original's again."""
     if given is None:
         return list(original)
