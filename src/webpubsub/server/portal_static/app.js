@@ -650,6 +650,8 @@ function filters() {
 }
 
 const searchable = new WeakMap();
+/** The records of a connection's life (the type filter "connects / disconnects"). */
+const LIFECYCLE = ["connected", "disconnected", "detached", "recovered", "moved", "adopted"];
 
 function groupsOf(r) {
   const groups = [];
@@ -668,7 +670,7 @@ function matches(r, f) {
   if (f.hub && r.hub !== f.hub) return false;
   if (f.type) {
     if (f.type === "connection") {
-      if (!["connected", "disconnected", "detached", "recovered"].includes(r.type)) return false;
+      if (!LIFECYCLE.includes(r.type)) return false;
     } else if (r.type !== f.type) return false;
   }
   if (f.user && !(r.userId || "").toLowerCase().includes(f.user)) return false;
@@ -746,6 +748,12 @@ function summary(r) {
       break;
     case "recovered":
       add("transport back");
+      break;
+    case "moved":
+      add(`handed over to node ${r.toNode ?? "?"} (it goes on there)`);
+      break;
+    case "adopted":
+      add(r.fromNode ? `taken over from node ${r.fromNode}` : "taken over", " · detached until its client resumes it");
       break;
     case "message-in":
       add(`${r.kind} · ${bytes(r.size)} ${r.frame || ""}`, r.preview ? ` · ${r.preview}` : "");
