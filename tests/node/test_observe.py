@@ -1,0 +1,170 @@
+"""The node tells its observer what happens: connections, frames by kind, one report per
+fan-out with its number of recipients, close codes, detach and recovery; an observer
+that fails is logged and never the node's problem."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.node.test_node import RELIABLE, RecordingSink, admission, make_node
+from webpubsub.core.connection import Connection
+from webpubsub.node.node import Node
+from webpubsub.node.observe import (
+    RECEIVED_KINDS,
+    Exchange,
+    Observers,
+    RestCall,
+)
+from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
+from webpubsub.protocol.frames import ClientProtocol, DataMessage
+from webpubsub.protocol.payload import Payload
+
+
+class Recorder:
+    """An observer that writes down every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def connected(self, conn: Connection) -> None:
+        self.calls.append(("connected", conn.connection_id))
+
+    def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
+        self.calls.append(("disconnected", conn.connection_id, code, reason))
+
+    def detached(self, conn: Connection, reason: str) -> None:
+        self.calls.append(("detached", conn.connection_id, reason))
+
+    def recovered(self, conn: Connection) -> None:
+        self.calls.append(("recovered", conn.connection_id))
+
+    def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        self.calls.append(("received", conn.connection_id, kind))
+
+    def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
+        self.calls.append(("delivered", hub, target.scope.value, recipients))
+
+    def replied(self, conn: Connection, message: DataMessage) -> None:
+        self.calls.append(("replied", conn.connection_id))
+
+    def rest_call(self, call: RestCall) -> None:
+        self.calls.append(("rest", call.operation, call.status))
+
+    def cloud_event(self, exchange: Exchange) -> None:
+        self.calls.append(("cloud_event", exchange.event_type, exchange.outcome))
+
+    def slow_client(self, conn: Connection) -> None:
+        self.calls.append(("slow", conn.connection_id))
+
+    def published(self, duration: float, error: str | None) -> None:
+        self.calls.append(("published", error))
+
+
+def observed_node() -> tuple[Recorder, Node]:
+    node, _ = make_node()
+    recorder = Recorder()
+    node.observer = Observers([recorder])
+    return recorder, node
+
+
+async def test_connections_frames_and_fan_outs_are_reported_once_each() -> None:
+    recorder, node = observed_node()
+    sinks = [RecordingSink() for _ in range(3)]
+    conns = [
+        node.attach(
+            admission(connection_id=f"c{i}", user_id=f"u{i}", roles=("webpubsub.joinLeaveGroup",)),
+            sink,
+        )
+        for i, sink in enumerate(sinks)
+    ]
+    await node.receive(conns[0], '{"type":"joinGroup","group":"g","ackId":1}')
+    await node.receive(conns[1], '{"type":"joinGroup","group":"g","ackId":1}')
+    await node.receive(conns[0], '{"type":"ping"}')
+    await node.receive(conns[0], "not json")
+    node.apply(Send("chat", Target.all(), DataMessage(Payload.text("hi"))))
+    assert recorder.calls == [
+        ("connected", "c0"),
+        ("connected", "c1"),
+        ("connected", "c2"),
+        ("received", "c0", "group"),
+        ("received", "c1", "group"),
+        ("received", "c0", "control"),
+        ("received", "c0", "invalid"),
+        # c0 closes on the invalid frame (1008): the fan-out reaches the other two
+        ("delivered", "chat", "all", 2),
+    ]
+    assert conns[0].close_code == 1008
+    assert [c.messages_in for c in conns] == [3, 1, 0]
+    assert [c.messages_out for c in conns] == [0, 1, 1]
+    assert {kind for *_, kind in recorder.calls[3:7]} <= set(RECEIVED_KINDS)
+
+
+async def test_the_close_code_is_the_services_or_else_the_clients() -> None:
+    recorder, node = observed_node()
+    served, closed = RecordingSink(), RecordingSink()
+    a = node.attach(admission(connection_id="a"), served)
+    b = node.attach(admission(connection_id="b"), closed)
+    a.close(4000, "bye")
+    node.detach(a, served, "ignored", recoverable=False, code=1000)
+    node.detach(b, closed, "The client closed the connection.", recoverable=False, code=3001)
+    assert [c for c in recorder.calls if c[0] == "disconnected"] == [
+        ("disconnected", "a", 4000, "bye"),
+        ("disconnected", "b", 3001, "The client closed the connection."),
+    ]
+
+
+async def test_a_reliable_connection_is_reported_detached_then_recovered() -> None:
+    recorder, node = observed_node()
+    sink = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    node.detach(conn, sink, "The connection was lost.", recoverable=True, code=1006)
+    token = conn.reconnection_token or ""
+    assert node.resume("chat", "r", token, (RELIABLE,), RecordingSink()) is conn
+    assert recorder.calls[1:] == [
+        ("detached", "r", "The connection was lost."),
+        ("recovered", "r"),
+    ]
+    assert conn.close_code is None  # it did not end
+
+
+async def test_an_observer_that_raises_is_logged_and_the_others_still_hear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Recorder):
+        def delivered(self, *args: object) -> None:
+            raise RuntimeError("boom")
+
+    node, _ = make_node()
+    after = Recorder()
+    node.observer = Observers([Broken(), after])
+    sink = RecordingSink()
+    node.attach(admission(connection_id="x"), sink)
+    with caplog.at_level(logging.ERROR, "webpubsub.observe"):
+        node.apply(Send("chat", Target.all(), DataMessage(Payload.text("hi"))))
+    assert sink.frames  # delivered all the same
+    assert ("delivered", "chat", "all", 1) in after.calls
+    assert "an observer failed" in caplog.text
+
+
+def test_an_exchange_names_its_event_type_and_outcome() -> None:
+    def exchange(status: int | None, error: str | None = None, method: str = "POST") -> Exchange:
+        headers = (("ce-type", "azure.webpubsub.sys.connected"),) if method == "POST" else ()
+        request = UpstreamRequest(method, "http://127.0.0.1/h", headers, b"")
+        response = None if status is None else UpstreamResponse(status, (), b"")
+        return Exchange(request, response, error, 0.01)
+
+    assert exchange(204).event_type == "azure.webpubsub.sys.connected"
+    assert exchange(200, method="OPTIONS").event_type == "validation"
+    assert [exchange(s).outcome for s in (200, 204, 401, 500, 302)] == [
+        "success",
+        "success",
+        "rejected",
+        "failed",
+        "failed",
+    ]
+    assert exchange(None, "POST http://127.0.0.1/h: no answer within 1 s").outcome == "timeout"
+    assert exchange(None, "POST http://127.0.0.1/h: cannot connect (refused)").outcome == "error"
+    assert not Observers() and Observers([Recorder()])
