@@ -3,7 +3,8 @@
 It runs on the in-memory backplane (directly, and with every envelope through the wire
 codec) and on the Redis backplane against a real ``redis-server``. Commands go to every
 node in publish order; queries are answered from the connections of live nodes — by the
-nodes themselves (memory) or from the presence they keep in Redis.
+nodes themselves (memory) or from the presence they keep in Redis. A survey gets one
+answer per live node, None for a node that did not answer in time.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from tests.support.redis_server import RedisServer
-from webpubsub.backplane.base import Backplane
+from webpubsub.backplane.base import MAX_SURVEYS_IN_FLIGHT, Backplane, Surveyor
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.core.settings import HubSettings
+from webpubsub.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
 from webpubsub.node.node import Admission, Node
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
+    MAX_SURVEY_ANSWER_BYTES,
+    MAX_SURVEY_REQUEST_BYTES,
+    MAX_SURVEY_TIMEOUT,
     Answer,
     ChangeGroup,
     ChangePermission,
@@ -281,3 +286,171 @@ async def test_a_stopped_node_leaves_every_answer_at_once(cluster: Cluster) -> N
     for target in (Target.connection("c1"), Target.user("alice"), Target.group("g")):
         assert not any(a is True for a in await survivor.gather(Exists("hub", target)))
     assert not any(await survivor.gather(ListGroup("hub", "g")))
+
+
+# -- surveys: an opaque question to every live node, for observation only -----------------
+
+
+def echo(node_id: str) -> Surveyor:
+    """An answerer naming its node and the request it was asked."""
+
+    async def answer(request: bytes) -> bytes:
+        return node_id.encode() + b":" + request
+
+    return answer
+
+
+async def surveyed(planes: Sequence[Backplane]) -> list[str]:
+    """Real nodes on ``planes``, each answering with :func:`echo`; their ids."""
+    started = await nodes(planes)
+    for plane, node in zip(planes, started, strict=True):
+        plane.answer_surveys(echo(node.node_id))
+    return [node.node_id for node in started]
+
+
+async def test_a_survey_asks_every_node_and_each_answer_names_its_node(cluster: Cluster) -> None:
+    planes = await cluster(3)
+    ids = await surveyed(planes)
+    assert len(set(ids)) == 3
+    for plane in planes:  # any node may ask; it is asked too
+        answers = await plane.survey(b'{"op":"trace"}', timeout=WAIT)
+        assert answers == [(i, i.encode() + b':{"op":"trace"}') for i in sorted(ids)]
+
+
+async def test_a_node_without_an_answerer_or_whose_answerer_fails_answers_none_at_once(
+    cluster: Cluster,
+) -> None:
+    planes = await cluster(3)
+    answering, silent, failing = await nodes(planes)
+    planes[0].answer_surveys(echo(answering.node_id))
+
+    async def fail(request: bytes) -> bytes:
+        raise RuntimeError("the answerer broke")
+
+    planes[2].answer_surveys(fail)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answers = await planes[1].survey(b"q", timeout=WAIT)
+    assert dict(answers) == {
+        answering.node_id: answering.node_id.encode() + b":q",
+        silent.node_id: None,
+        failing.node_id: None,
+    }
+    assert loop.time() - began < WAIT / 2  # they said so: nobody waited for the timeout
+
+
+async def test_a_stopped_node_is_not_surveyed(cluster: Cluster) -> None:
+    planes = await cluster(3)
+    ids = await surveyed(planes)
+    await planes[2].stop()  # in Redis its heartbeat key goes with it
+    answers = await planes[0].survey(b"q", timeout=WAIT)
+    assert [node for node, _ in answers] == sorted(ids[:2])
+    assert all(answer is not None for _, answer in answers)
+
+
+async def test_a_slow_answerer_gives_none_without_delaying_the_survey(cluster: Cluster) -> None:
+    planes = await cluster(3)
+    ids = await surveyed(planes)
+    never = asyncio.Event()  # never set: the answerer waits past any timeout
+    cancelled = asyncio.Event()
+
+    async def slow(request: bytes) -> bytes:
+        try:
+            await never.wait()
+        finally:
+            cancelled.set()
+        return b"too late"
+
+    planes[1].answer_surveys(slow)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answers = await planes[0].survey(b"q", timeout=0.2)
+    took = loop.time() - began
+    assert dict(answers) == {
+        ids[0]: ids[0].encode() + b":q",
+        ids[1]: None,
+        ids[2]: ids[2].encode() + b":q",
+    }
+    assert took < 1.5  # the timeout, not more (with a loaded machine's slack)
+    async with asyncio.timeout(WAIT):
+        await cancelled.wait()  # the slow answerer does not go on forever
+
+
+async def test_concurrent_surveys_do_not_mix_their_answers(cluster: Cluster) -> None:
+    planes = await cluster(3)
+    ids = await surveyed(planes)
+    count = 12
+    arrived = {i: 0 for i in ids}
+    everywhere = asyncio.Event()
+
+    def barrier(node_id: str) -> Surveyor:
+        """Answers only once every survey has reached every node: all are in flight."""
+
+        async def answer(request: bytes) -> bytes:
+            arrived[node_id] += 1
+            if all(n == count for n in arrived.values()):
+                everywhere.set()
+            await everywhere.wait()
+            return node_id.encode() + b":" + request
+
+        return answer
+
+    for plane, node_id in zip(planes, ids, strict=True):
+        plane.answer_surveys(barrier(node_id))
+    requests = [f"request {n}".encode() for n in range(count)]
+    results = await asyncio.gather(
+        *(planes[n % 3].survey(r, timeout=WAIT) for n, r in enumerate(requests))
+    )
+    for request, answers in zip(requests, results, strict=True):
+        assert answers == [(i, i.encode() + b":" + request) for i in sorted(ids)]
+
+
+async def test_surveys_in_flight_are_bounded(cluster: Cluster) -> None:
+    (plane,) = await cluster(1)
+    (node,) = await nodes([plane])
+    calls = 0
+    all_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held(request: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == MAX_SURVEYS_IN_FLIGHT:
+            all_in.set()
+        await release.wait()
+        return request
+
+    plane.answer_surveys(held)
+    waiting = [
+        asyncio.create_task(plane.survey(str(n).encode(), timeout=WAIT))
+        for n in range(MAX_SURVEYS_IN_FLIGHT)
+    ]
+    async with asyncio.timeout(WAIT):
+        await all_in.wait()
+    with pytest.raises(ServiceUnavailable):
+        await plane.survey(b"one more", timeout=WAIT)
+    release.set()
+    results = await asyncio.gather(*waiting)
+    assert results == [[(node.node_id, str(n).encode())] for n in range(MAX_SURVEYS_IN_FLIGHT)]
+    assert await plane.survey(b"again", timeout=WAIT) == [(node.node_id, b"again")]
+
+
+async def test_surveys_are_bounded_in_size_and_time(cluster: Cluster) -> None:
+    planes = await cluster(2)
+    big, small = await nodes(planes)
+
+    async def too_much(request: bytes) -> bytes:
+        return b"x" * (MAX_SURVEY_ANSWER_BYTES + 1)
+
+    async def just_enough(request: bytes) -> bytes:
+        return b"x" * MAX_SURVEY_ANSWER_BYTES
+
+    planes[0].answer_surveys(too_much)
+    planes[1].answer_surveys(just_enough)
+    answers = dict(await planes[0].survey(b"q", timeout=WAIT))
+    assert answers == {big.node_id: None, small.node_id: b"x" * MAX_SURVEY_ANSWER_BYTES}
+    with pytest.raises(PayloadTooLarge):
+        await planes[0].survey(b"x" * (MAX_SURVEY_REQUEST_BYTES + 1))
+    for timeout in (0.0, -1.0, MAX_SURVEY_TIMEOUT + 1):
+        with pytest.raises(BadRequest):
+            await planes[0].survey(b"q", timeout=timeout)

@@ -1,6 +1,6 @@
 """The Redis backplane's own bookkeeping, against a real redis-server: the order of a
 handover among the commands, presence rewritten after a fault, the reaper's care for
-connections that moved, and a restart with the node id of a run that died."""
+connections that moved, a restart with the node id of a run that died, and surveys."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
+from webpubsub.backplane.base import Surveyor
 from webpubsub.backplane.redis import TAKEN_MARK_SECONDS, RedisBackplane, _Pending
 from webpubsub.errors import ServiceUnavailable
 from webpubsub.node.ports import ReapedConnection
@@ -22,8 +23,11 @@ from webpubsub.protocol.backplane import (
     Handover,
     Send,
     SessionState,
+    SurveyReply,
     Target,
+    decode_survey_request,
     encode_session,
+    encode_survey_reply,
 )
 from webpubsub.protocol.frames import DataMessage
 from webpubsub.protocol.payload import Payload
@@ -502,3 +506,137 @@ async def test_mirror_writes_past_their_bound_are_replaced_by_one_copy_of_the_qu
     mirror = await client.hgetall(f"{p}:events:s")  # type: ignore[misc]
     assert mirror == {f"new:{s}".encode(): r for s, r in store.local.items()}
     assert sorted(mirror.values()) == sorted([b"two", b"three", b"four", b"five"])
+
+
+# -- surveys -------------------------------------------------------------------------------
+
+
+def answering(node_id: str, release: asyncio.Event | None = None) -> Surveyor:
+    """An answerer naming its node (once ``release`` is set, if given)."""
+
+    async def answer(request: bytes) -> bytes:
+        if release is not None:
+            await release.wait()
+        return node_id.encode() + b":" + request
+
+    return answer
+
+
+async def test_a_survey_waits_only_for_nodes_whose_heartbeat_lives(
+    redis_server: RedisServer, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """A node still listed without a heartbeat (dead, not reaped yet) is not asked nor
+    waited for; a node with a heartbeat that does not answer is None after the timeout."""
+    p = redis_prefix
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="s")
+    plane.answer_surveys(answering("s"))  # before start: kept
+    await plane.start(Recorder("s"))
+    try:
+        await client.sadd(f"{p}:nodes", "gone")  # type: ignore[misc]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await plane.survey(b"q", timeout=5.0) == [("s", b"s:q")]
+        assert loop.time() - began < 2.5  # not the timeout: nobody else was live
+        await client.set(f"{p}:node:mute", "1", px=30_000)
+        await client.sadd(f"{p}:nodes", "mute")  # type: ignore[misc]
+        assert await plane.survey(b"q", timeout=0.2) == [("mute", None), ("s", b"s:q")]
+    finally:
+        await plane.stop()
+
+
+async def test_answers_of_nodes_not_asked_or_to_other_surveys_are_dropped(
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever else arrives on the asker's direct channel meanwhile (an answer from a
+    node that is not live, one to an unknown request id, garbage) changes nothing."""
+    p = redis_prefix
+    plane = RedisBackplane(redis_server.url, prefix=p, node_id="s")
+    forged = asyncio.Event()
+    plane.answer_surveys(answering("s", forged))
+    await plane.start(Recorder("s"))
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(f"{p}:survey")
+    try:
+        asking = asyncio.create_task(plane.survey(b"q", timeout=5.0))
+        async with asyncio.timeout(5.0):
+            message = None
+            while message is None:  # bounded by the timeout; get_message waits itself
+                message = await listener.get_message(timeout=1.0)
+        request = decode_survey_request(message["data"])
+        assert (request.from_node, request.body) == ("s", b"q")
+        for reply in (
+            SurveyReply(request.request_id, "ghost", b"boo"),
+            SurveyReply("not-a-request", "s", b"stale"),
+        ):
+            await client.publish(f"{p}:direct:s", encode_survey_reply(reply))
+        await client.publish(f"{p}:direct:s", b"\x01garbage")
+        await client.publish(f"{p}:direct:s", encode_survey_reply(SurveyReply("x", "s", None)))
+        forged.set()  # the real answer goes last
+        assert await asking == [("s", b"s:q")]
+    finally:
+        await listener.aclose()  # type: ignore[no-untyped-call]
+        await plane.stop()
+    assert "dropped a corrupt message on the direct channel" in caplog.text
+
+
+async def test_a_node_answers_a_bounded_number_of_surveys_at_once(
+    redis_server: RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound (patched down to 1) a node does not answer: None for that survey."""
+    monkeypatch.setattr("webpubsub.backplane.redis.MAX_SURVEYS_ANSWERING", 1)
+    p = redis_prefix
+    asker = RedisBackplane(redis_server.url, prefix=p, node_id="a")
+    busy = RedisBackplane(redis_server.url, prefix=p, node_id="b")
+    release, called = asyncio.Event(), asyncio.Event()
+
+    async def held(request: bytes) -> bytes:
+        called.set()
+        await release.wait()
+        return b"b:" + request
+
+    asker.answer_surveys(answering("a"))
+    busy.answer_surveys(held)
+    await asker.start(Recorder("a"))
+    await busy.start(Recorder("b"))
+    try:
+        first = asyncio.create_task(asker.survey(b"1", timeout=5.0))
+        async with asyncio.timeout(5.0):
+            await called.wait()
+        assert await asker.survey(b"2", timeout=0.2) == [("a", b"a:2"), ("b", None)]
+        release.set()
+        assert await first == [("a", b"a:1"), ("b", b"b:1")]
+    finally:
+        await asker.stop()
+        await busy.stop()
+
+
+async def test_a_survey_without_redis_raises_service_unavailable(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    p = redis_prefix
+    unstarted = RedisBackplane(redis_server.url, prefix=p, node_id="u")
+    with pytest.raises(ServiceUnavailable):
+        await unstarted.survey(b"q")
+    async with TcpProxy(redis_server.port) as link:
+        plane = RedisBackplane(
+            f"redis://127.0.0.1:{link.port}/0", prefix=p, node_id="s", heartbeat_timeout=30.0
+        )
+        plane.answer_surveys(answering("s"))
+        await plane.start(Recorder("s"))
+        try:
+
+            async def ask() -> None:
+                async with asyncio.timeout(5.0):
+                    await plane.lost()
+                with pytest.raises(ServiceUnavailable):
+                    await plane.survey(b"q")
+
+            await link.cut_and_hold(ask, redis_server.port)
+            async with asyncio.timeout(5.0):
+                await plane.synced()
+            assert await plane.survey(b"q", timeout=5.0) == [("s", b"s:q")]
+        finally:
+            await plane.stop()

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 
 from webpubsub.errors import CorruptEnvelope
 from webpubsub.protocol.backplane import (
+    MAX_SURVEY_ANSWER_BYTES,
+    MAX_SURVEY_REQUEST_BYTES,
+    MAX_SURVEY_TIMEOUT,
     WIRE_VERSION,
     Answer,
     ChangeGroup,
@@ -27,13 +30,21 @@ from webpubsub.protocol.backplane import (
     Query,
     Scope,
     Send,
+    SessionState,
+    SurveyReply,
+    SurveyRequest,
     Target,
     decode_answer,
     decode_command,
+    decode_direct,
     decode_query,
+    decode_survey_request,
     encode_answer,
     encode_command,
     encode_query,
+    encode_session,
+    encode_survey_reply,
+    encode_survey_request,
 )
 from webpubsub.protocol.frames import DataMessage, Origin
 from webpubsub.protocol.payload import DataType, Payload
@@ -143,3 +154,118 @@ def test_arbitrary_headers_raise_only_corrupt_envelope(header: dict[str, object]
     for decode in (decode_command, decode_query, decode_answer):
         with contextlib.suppress(CorruptEnvelope):
             decode(envelope(header))
+
+
+# -- surveys ---------------------------------------------------------------------------
+
+survey_requests = st.builds(
+    SurveyRequest,
+    names,
+    names,
+    st.floats(min_value=0.001, max_value=MAX_SURVEY_TIMEOUT, allow_nan=False),
+    st.binary(max_size=300),
+)
+survey_replies = st.builds(SurveyReply, names, names, st.none() | st.binary(max_size=300))
+
+
+@given(survey_requests)
+def test_survey_requests_round_trip(request: SurveyRequest) -> None:
+    assert decode_survey_request(encode_survey_request(request)) == request
+
+
+@given(survey_replies)
+def test_survey_replies_round_trip_through_the_direct_channel(reply: SurveyReply) -> None:
+    assert decode_direct(encode_survey_reply(reply)) == reply
+
+
+def test_a_survey_request_carries_its_body_raw_after_the_header() -> None:
+    raw = encode_survey_request(SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}'))
+    assert raw == b'\x01\x00\x00\x00+{"k":"survey","rq":"r1","fr":"n1","tm":0.5}{"op":"trace"}'
+    assert decode_survey_request(raw) == SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}')
+
+
+def test_a_survey_reply_says_whether_it_has_an_answer() -> None:
+    answered = encode_survey_reply(SurveyReply("r1", "n2", b"[]"))
+    assert answered == b'\x01\x00\x00\x00,{"k":"surveyed","rq":"r1","n":"n2","a":true}[]'
+    empty = encode_survey_reply(SurveyReply("r1", "n2", b""))
+    assert decode_direct(empty) == SurveyReply("r1", "n2", b"")  # empty is not None
+    none = encode_survey_reply(SurveyReply("r1", "n2", None))
+    assert none == b'\x01\x00\x00\x00-{"k":"surveyed","rq":"r1","n":"n2","a":false}'
+    assert decode_direct(none) == SurveyReply("r1", "n2", None)
+
+
+def test_the_direct_channel_still_carries_handover_states_and_refusals() -> None:
+    state = SessionState("hub", "c", None, "sp", "", ("g",), {}, "tk", (1,), 3, ((1, b"f"),))
+    assert decode_direct(encode_session("rq", state)) == ("rq", state)
+    assert decode_direct(encode_session("rq", "no")) == ("rq", "no")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 0}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": -1.0}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": MAX_SURVEY_TIMEOUT + 1}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": True}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": "1"}),
+        envelope({"k": "survey", "rq": 1, "fr": "n", "tm": 1}),
+        envelope({"k": "survey", "rq": "r", "tm": 1}),
+        envelope({"k": "surveyed", "rq": "r", "n": "n", "a": False}),
+        envelope(
+            {"k": "survey", "rq": "r", "fr": "n", "tm": 1}, b"x" * (MAX_SURVEY_REQUEST_BYTES + 1)
+        ),
+    ],
+)
+def test_corrupt_survey_requests_are_refused_with_our_error(raw: bytes) -> None:
+    with pytest.raises(CorruptEnvelope):
+        decode_survey_request(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        envelope({"k": "surveyed", "rq": "r", "n": "n", "a": False}, b"data"),
+        envelope({"k": "surveyed", "rq": "r", "n": "n", "a": "yes"}),
+        envelope({"k": "surveyed", "rq": "r", "a": True}),
+        envelope({"k": "surveyed", "rq": "r", "n": 7, "a": True}),
+        envelope(
+            {"k": "surveyed", "rq": "r", "n": "n", "a": True}, b"x" * (MAX_SURVEY_ANSWER_BYTES + 1)
+        ),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1}),
+    ],
+)
+def test_corrupt_direct_messages_are_refused_with_our_error(raw: bytes) -> None:
+    with pytest.raises(CorruptEnvelope):
+        decode_direct(raw)
+
+
+def test_a_survey_body_at_the_limits_is_accepted() -> None:
+    request = SurveyRequest("r", "n", MAX_SURVEY_TIMEOUT, b"x" * MAX_SURVEY_REQUEST_BYTES)
+    assert decode_survey_request(encode_survey_request(request)) == request
+    reply = SurveyReply("r", "n", b"x" * MAX_SURVEY_ANSWER_BYTES)
+    assert decode_direct(encode_survey_reply(reply)) == reply
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_corrupt_envelope_from_the_survey_codec(raw: bytes) -> None:
+    for decode in (decode_survey_request, decode_direct):
+        with contextlib.suppress(CorruptEnvelope):
+            decode(raw)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["k", "rq", "fr", "tm", "n", "a"]),
+        st.none() | st.text() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(),
+    ),
+    st.binary(max_size=20),
+)
+def test_arbitrary_survey_headers_raise_only_corrupt_envelope(
+    header: dict[str, object], data: bytes
+) -> None:
+    header.setdefault("k", "survey")
+    for kind in ("survey", "surveyed", header["k"]):
+        raw = envelope({**header, "k": kind}, data)
+        for decode in (decode_survey_request, decode_direct):
+            with contextlib.suppress(CorruptEnvelope):
+                decode(raw)

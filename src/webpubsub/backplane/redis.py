@@ -27,6 +27,18 @@ How the nodes share work (docs/architecture.md, "The Redis backplane"):
   in the background, after the local write. The reaper takes a dead node's mirrored
   events over into its own queue before it reaps that node's connections, and marks
   what it took in ``{prefix}:taken:{id}``; a node that comes back drops those.
+* **Surveys** (observation only: the operator portal's view of every node): the
+  asker publishes an opaque request on ``{prefix}:survey`` (with a request id and its
+  node id) in the same script that lists the live nodes (``nodes`` members whose
+  ``node:{id}`` heartbeat key lives); every node answers on the asker's direct channel
+  ``{prefix}:direct:{id}`` (beside handovers' states, told apart by their kind); the
+  asker returns once every live node answered or the timeout passed (None for the
+  rest). Bounded: requests 64 KiB, answers 4 MiB (a larger one is dropped: None), 16
+  surveys waiting per node (one more raises ServiceUnavailable) and 16 being answered
+  per node (one more is not answered). The data plane never depends on a survey: its
+  answers may be missing (gathering replies from every node with a timeout is fragile,
+  which is why queries read presence instead). Answers share the asker's subscription, so
+  Redis's ``client-output-buffer-limit pubsub`` bounds what may be in flight to it.
 * **Faults**: a command that cannot be published, or a query that cannot be
   answered, raises :class:`ServiceUnavailable` (REST: 503 with a JSON body), never a
   silent success. The subscription reconnects with a bounded back-off; presence is
@@ -54,7 +66,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from webpubsub.backplane.base import Backplane, NodeEndpoint
+from webpubsub.backplane.base import (
+    MAX_SURVEYS_ANSWERING,
+    Backplane,
+    NodeEndpoint,
+    check_survey,
+    run_surveyor,
+)
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.errors import CorruptEnvelope, ServiceUnavailable
@@ -76,10 +94,15 @@ from webpubsub.protocol.backplane import (
     Scope,
     Send,
     SessionState,
+    SurveyReply,
+    SurveyRequest,
     decode_command,
-    decode_session,
+    decode_direct,
+    decode_survey_request,
     encode_command,
     encode_session,
+    encode_survey_reply,
+    encode_survey_request,
 )
 from webpubsub.protocol.odata import FilterSubject, parse_filter
 from webpubsub.protocol.urls import redacted as _redacted
@@ -108,6 +131,8 @@ HANDOVER_TIMEOUT = 3.0
 """How long a node waits for the state of a connection another node holds."""
 HELD_LIMIT = 100_000
 """Commands held back for pending handovers; past this they are applied at once."""
+MAX_SURVEY_NODES = 1024
+"""Answers one survey keeps before it knows the live nodes (a bound, not a guess)."""
 _WAKE: tuple[str, tuple[Any, ...]] = ("wake", ())
 """Queued when presence must be written anew: the writer looks at the rebuild flag."""
 MIRROR_QUEUE_LIMIT = 10_000
@@ -128,6 +153,8 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.commands = f"{prefix}:cmd"
+        self.survey = f"{prefix}:survey"
+        """The channel of survey requests (their answers go to the asker's direct channel)."""
         self.nodes = f"{prefix}:nodes"
         self.reaper = f"{prefix}:reaper"
 
@@ -135,7 +162,8 @@ class Keys:
         return f"{self.prefix}:node:{node_id}"
 
     def direct(self, node_id: str) -> str:
-        """The channel of messages for one node only (handed-over connections)."""
+        """The channel of messages for one node only (handed-over connections, answers
+        to its surveys)."""
         return f"{self.prefix}:direct:{node_id}"
 
     def node_conns(self, node_id: str) -> str:
@@ -348,6 +376,17 @@ if #taken > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return taken
 """
 
+# KEYS: the nodes set, the survey channel; ARGV: the heartbeat keys' prefix, envelope
+#   ->  the live nodes (those whose heartbeat key lives), once the request is published
+_SURVEY = """
+local live = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then live[#live + 1] = id end
+end
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return live
+"""
+
 
 class RedisBackplane(Backplane):
     """Nodes joined through Redis; ``url`` is ``redis://`` or ``rediss://`` (TLS)."""
@@ -403,6 +442,7 @@ class RedisBackplane(Backplane):
                 ("reset_groups", _RESET_GROUPS),
                 ("still_reaping", _STILL_REAPING),
                 ("take", _TAKE),
+                ("survey", _SURVEY),
             )
         }
         self._store: EventStore | None = None
@@ -428,6 +468,10 @@ class RedisBackplane(Backplane):
         commands after it wait in ``_held``, in order."""
         self._held: deque[Command] = deque()
         self._sends: set[asyncio.Task[None]] = set()
+        self._surveys: dict[str, _Survey] = {}
+        """Surveys this node is waiting on, by request id."""
+        self._answering: set[asyncio.Task[None]] = set()
+        """This node's answers to surveys being made and sent."""
         self._reaping: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -475,14 +519,18 @@ class RedisBackplane(Backplane):
         for task in self._tasks:
             if task not in writers:
                 task.cancel()
+        for answering in self._answering:
+            answering.cancel()
         if writers:
             self._writes.put_nowait(_STOP)
             self._mirror_wake.set()
             await asyncio.wait(writers, timeout=_STOP_TIMEOUT)
             for writer in writers:
                 writer.cancel()
-        if self._tasks or self._sends:
-            await asyncio.wait([*self._tasks, *self._sends], timeout=_STOP_TIMEOUT)
+        if self._tasks or self._sends or self._answering:
+            await asyncio.wait(
+                [*self._tasks, *self._sends, *self._answering], timeout=_STOP_TIMEOUT
+            )
         self._tasks = []
         with contextlib.suppress(RedisError, OSError):
             await self._leave()
@@ -848,7 +896,9 @@ class RedisBackplane(Backplane):
         while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.commands, self.keys.direct(self.node_id))
+                await pubsub.subscribe(
+                    self.keys.commands, self.keys.direct(self.node_id), self.keys.survey
+                )
                 if self.connected is False and self._subscribed.is_set():
                     log.warning(
                         "node %s resubscribed to Redis: commands published meanwhile "
@@ -863,8 +913,11 @@ class RedisBackplane(Backplane):
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         try:
-                            if _text(message["channel"]) == self.keys.commands:
+                            channel = _text(message["channel"])
+                            if channel == self.keys.commands:
                                 self._deliver(message["data"])
+                            elif channel == self.keys.survey:
+                                self._on_survey(message["data"])
                             else:
                                 self._deliver_direct(message["data"])
                         except Exception:  # one bad message must not stop the stream
@@ -954,10 +1007,14 @@ class RedisBackplane(Backplane):
 
     def _deliver_direct(self, raw: bytes) -> None:
         try:
-            request_id, session = decode_session(raw)
+            message = decode_direct(raw)
         except CorruptEnvelope as exc:
-            log.warning("dropped a corrupt handover message: %s", exc.message)
+            log.warning("dropped a corrupt message on the direct channel: %s", exc.message)
             return
+        if isinstance(message, SurveyReply):
+            self._surveyed(message)
+            return
+        request_id, session = message
         pending = self._pending.get(request_id)
         if pending is None or pending.arrived:
             return
@@ -1086,6 +1143,80 @@ class RedisBackplane(Backplane):
     def handover(self) -> RedisBackplane:
         """The handover port of reliable connections: this backplane."""
         return self
+
+    # -- surveys (observation only) -----------------------------------------------------
+
+    async def survey(
+        self,
+        request: bytes,
+        *,
+        timeout: float = 1.0,  # noqa: ASYNC109 (the answerers' time too; a partial result after)
+    ) -> list[tuple[str, bytes | None]]:
+        check_survey(request, timeout, len(self._surveys))
+        if self._node is None or not self.connected:
+            raise ServiceUnavailable(
+                "The backplane (Redis) is not connected: the nodes cannot be surveyed."
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        request_id = secrets.token_hex(8)
+        pending = _Survey(loop.create_future(), {})
+        self._surveys[request_id] = pending  # before publishing: answers may come first
+        try:
+            envelope = encode_survey_request(
+                SurveyRequest(request_id, self.node_id, timeout, request)
+            )
+            try:
+                live = await self._scripts["survey"](
+                    keys=[self.keys.nodes, self.keys.survey],
+                    args=[self.keys.node(""), envelope],
+                )
+            except RedisError as exc:
+                raise ServiceUnavailable(_unavailable(exc)) from None
+            expected = pending.expect(_text(n) for n in live)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await pending.done
+            return [(node, pending.answers.get(node)) for node in sorted(expected)]
+        finally:
+            del self._surveys[request_id]
+
+    def _surveyed(self, reply: SurveyReply) -> None:
+        pending = self._surveys.get(reply.request_id)
+        if pending is None:
+            log.debug("dropped an answer to survey %s (unknown or over)", reply.request_id)
+            return
+        pending.add(reply.node_id, reply.body)
+
+    def _on_survey(self, raw: bytes) -> None:
+        """Answer a survey request, in the background (bounded)."""
+        try:
+            request = decode_survey_request(raw)
+        except CorruptEnvelope as exc:
+            log.warning("dropped a corrupt survey request: %s", exc.message)
+            return
+        if self._node is None or self._stopping:
+            return
+        if len(self._answering) >= MAX_SURVEYS_ANSWERING:
+            log.warning(
+                "node %s is answering %d surveys already: survey %s of node %s is not answered",
+                self.node_id,
+                len(self._answering),
+                request.request_id,
+                request.from_node,
+            )
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_survey(request))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer_survey(self, request: SurveyRequest) -> None:
+        body = await run_surveyor(self._surveyor, request.body, request.timeout, self.node_id)
+        reply = encode_survey_reply(SurveyReply(request.request_id, self.node_id, body))
+        try:
+            await self._redis.publish(self.keys.direct(request.from_node), reply)
+        except _REDIS_FAULTS as exc:
+            log.warning("node %s could not answer a survey: %s", self.node_id, exc)
 
     # -- heartbeats and the reaper -------------------------------------------------------
 
@@ -1499,6 +1630,43 @@ class _Pending:
     """The owner's answer came (``outcome``)."""
     gave_up: bool = False
     """The requester stopped waiting (a late state is still adopted)."""
+
+
+@dataclass(slots=True)
+class _Survey:
+    """A survey this node is waiting on: the answers so far, by node."""
+
+    done: asyncio.Future[None]
+    """Set once every expected node answered."""
+    answers: dict[str, bytes | None]
+    expected: frozenset[str] | None = None
+    """The live nodes, once the request is published (answers may arrive before)."""
+
+    def expect(self, nodes: Iterable[str]) -> frozenset[str]:
+        self.expected = frozenset(nodes)
+        for node in set(self.answers) - self.expected:
+            del self.answers[node]  # not live: it is not in the result
+        self._check()
+        return self.expected
+
+    def add(self, node: str, body: bytes | None) -> None:
+        if node in self.answers:
+            return  # the first answer counts
+        if self.expected is None:
+            if len(self.answers) >= MAX_SURVEY_NODES:
+                return
+        elif node not in self.expected:
+            return
+        self.answers[node] = body
+        self._check()
+
+    def _check(self) -> None:
+        if (
+            self.expected is not None
+            and self.expected <= self.answers.keys()
+            and not self.done.done()
+        ):
+            self.done.set_result(None)
 
 
 def _token_hash(token: str) -> str:

@@ -4,7 +4,9 @@ Every REST operation becomes a :data:`Command` (applied by each node to its own
 connections) or a :data:`Query` (answered by each node from its own connections).
 Messages are frozen dataclasses; a networked backplane carries them with the codec
 at the end of this module (``encode_command`` / ``decode_command`` and the same for
-queries and answers), which the in-memory backplane can run too.
+queries and answers), which the in-memory backplane can run too. Surveys
+(:class:`SurveyRequest` / :class:`SurveyReply`) carry opaque questions to every node
+and their answers, for observation only (the operator portal).
 """
 
 from __future__ import annotations
@@ -320,7 +322,10 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
 
 def decode_session(raw: bytes) -> tuple[str, SessionState | str]:
     """(request id, the state or the refusal's reason); :class:`CorruptEnvelope` else."""
-    header, data = _unpack(raw)
+    return _session(*_unpack(raw))
+
+
+def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState | str]:
     r = _Reader(header)
     kind, request_id = r.text("k"), r.text("rq")
     if kind == "refused":
@@ -363,6 +368,92 @@ def decode_session(raw: bytes) -> tuple[str, SessionState | str]:
         frames=tuple(frames),
         events_sent=events,
     )
+
+
+# -- surveys: opaque questions to every node, for observation only ---------------------
+
+MAX_SURVEY_REQUEST_BYTES = 64 * 1024
+"""The largest survey request body; a longer one is refused before it is sent."""
+MAX_SURVEY_ANSWER_BYTES = 4 * 1024 * 1024
+"""The largest answer body; a node's longer answer is dropped (it counts as no answer)."""
+MAX_SURVEY_TIMEOUT = 30.0
+"""The longest a survey may wait for its answers, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyRequest:
+    """Node ``from_node`` asks every node ``body`` (opaque bytes), waiting ``timeout``
+    seconds for their answers (an answerer still busy after that is cancelled)."""
+
+    request_id: str
+    from_node: str
+    timeout: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyReply:
+    """Node ``node_id``'s answer to survey ``request_id``: ``body``, or ``None`` when it
+    has no answer (no answerer, the answerer failed or took too long, or its answer
+    was too large)."""
+
+    request_id: str
+    node_id: str
+    body: bytes | None
+
+
+def encode_survey_request(request: SurveyRequest) -> bytes:
+    """``request`` as bytes: the header, then the body raw (:func:`decode_survey_request`)."""
+    header: dict[str, object] = {
+        "k": "survey",
+        "rq": request.request_id,
+        "fr": request.from_node,
+        "tm": request.timeout,
+    }
+    return _pack(header, request.body)
+
+
+def decode_survey_request(raw: bytes) -> SurveyRequest:
+    header, data = _unpack(raw)
+    r = _Reader(header)
+    if r.text("k") != "survey":
+        raise CorruptEnvelope("not a survey request")
+    timeout = header.get("tm")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_SURVEY_TIMEOUT
+    ):
+        raise CorruptEnvelope(f"'tm' must be a number of seconds in (0, {MAX_SURVEY_TIMEOUT}]")
+    if len(data) > MAX_SURVEY_REQUEST_BYTES:
+        raise CorruptEnvelope("the survey request is too large")
+    return SurveyRequest(r.text("rq"), r.text("fr"), float(timeout), data)
+
+
+def encode_survey_reply(reply: SurveyReply) -> bytes:
+    """``reply`` as bytes for the asker's direct channel (read by :func:`decode_direct`)."""
+    header: dict[str, object] = {
+        "k": "surveyed",
+        "rq": reply.request_id,
+        "n": reply.node_id,
+        "a": reply.body is not None,
+    }
+    return _pack(header, reply.body or b"")
+
+
+def decode_direct(raw: bytes) -> SurveyReply | tuple[str, SessionState | str]:
+    """A message on a node's direct channel: a :class:`SurveyReply`, or a handover's
+    (request id, state or refusal) as :func:`decode_session` reads it."""
+    header, data = _unpack(raw)
+    if header.get("k") != "surveyed":
+        return _session(header, data)
+    r = _Reader(header)
+    answered = r.flag("a")
+    if not answered and data:
+        raise CorruptEnvelope("a survey reply without an answer carries no data")
+    if len(data) > MAX_SURVEY_ANSWER_BYTES:
+        raise CorruptEnvelope("the survey answer is too large")
+    return SurveyReply(r.text("rq"), r.text("n"), data if answered else None)
 
 
 def encode_query(query: Query) -> bytes:
