@@ -215,6 +215,10 @@ class Node:
     def hub(self, key: str) -> Hub | None:
         return self._hubs.get(key)
 
+    def hubs(self) -> list[Hub]:
+        """This node's hubs that have connections (a copy: the metrics read it)."""
+        return list(self._hubs.values())
+
     def connection_count(self) -> int:
         return sum(len(h) for h in self._hubs.values())
 
