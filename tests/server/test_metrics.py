@@ -26,9 +26,13 @@ from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, sdk
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.config import MetricsSettings
+from webpubsub.core.connection import Connection
+from webpubsub.core.hub import Hub
+from webpubsub.core.permissions import Permissions
+from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Send, Target
-from webpubsub.protocol.frames import DataMessage
+from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import issue_client_token
 from webpubsub.server.app import ServiceRunner
@@ -387,3 +391,34 @@ async def test_redis_publishes_are_timed_and_a_failed_one_counted(
     assert value(m, "webpubsub_backplane_publish_errors_total") == 1
     assert value(m, "webpubsub_rest_requests_total", operation="SendToAll", status="202") == 1
     assert value(m, "webpubsub_rest_requests_total", operation="SendToAll", status="503") == 1
+
+
+def test_a_scrape_looks_at_a_bounded_number_of_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the budget a hub is counted whole, protocol ``unknown``, and said so."""
+    from webpubsub.server import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MAX_SCANNED_CONNECTIONS", 2)
+    small, big = Hub("small"), Hub("big")
+    for hub, n in ((small, 1), (big, 2)):
+        for i in range(n):
+            hub.add(
+                Connection(
+                    f"{hub.key}{i}",
+                    hub.key,
+                    None,
+                    ClientProtocol.JSON_RELIABLE,
+                    None,
+                    None,
+                    Permissions.from_roles(()),
+                    reliable=ReliableBuffer(),
+                )
+            )
+    m = metrics_module.Metrics()
+    m.watch(lambda: (small, big), None)
+    samples = _parse(m.render())
+    assert value(samples, "webpubsub_connections", hub="small", protocol="json.reliable") == 1
+    assert value(samples, "webpubsub_connections", hub="big", protocol="unknown") == 2
+    assert value(samples, "webpubsub_unscanned_connections") == 2
+    assert value(samples, "webpubsub_detached_connections") == 1
