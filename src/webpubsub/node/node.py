@@ -48,7 +48,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.observe import NO_OBSERVER, Observer
+from webpubsub.node.observe import NO_OBSERVER, Observer, conn_fields, log_fields
 from webpubsub.node.ports import (
     EventHandlerPort,
     HandoverPort,
@@ -215,6 +215,10 @@ class Node:
     def hub(self, key: str) -> Hub | None:
         return self._hubs.get(key)
 
+    def hubs(self) -> list[Hub]:
+        """This node's hubs that have connections (a copy: the metrics read it)."""
+        return list(self._hubs.values())
+
     def connection_count(self) -> int:
         return sum(len(h) for h in self._hubs.values())
 
@@ -371,7 +375,9 @@ class Node:
                     return
                 next_cursor = _replay_chunk(conn, sink, next_cursor)
         except Exception:  # pragma: no cover - a broken transport ends only this replay
-            log.exception("replaying connection %s failed", conn.connection_id)
+            log.exception(
+                "replaying connection %s failed", conn.connection_id, extra=conn_fields(conn)
+            )
             conn.close(CloseCode.INTERNAL_ERROR, "The service failed to replay the messages.")
 
     def _attached(self, conn: Connection) -> None:
@@ -390,7 +396,11 @@ class Node:
     def _end_oldest(self, ended: list[tuple[Connection, str]]) -> None:
         for conn, reason in ended:
             log.warning(
-                "ending detached connection %s of hub %s: %s", conn.connection_id, conn.hub, reason
+                "ending detached connection %s of hub %s: %s",
+                conn.connection_id,
+                conn.hub,
+                reason,
+                extra=conn_fields(conn),
             )
             conn.close_reason = reason
             self._end(conn, reason)
@@ -449,7 +459,12 @@ class Node:
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
-        log.info("connection %s of hub %s moved here", conn.connection_id, conn.hub)
+        log.info(
+            "connection %s of hub %s moved here",
+            conn.connection_id,
+            conn.hub,
+            extra=conn_fields(conn),
+        )
         self._detached_now(conn)
         return conn
 
@@ -496,7 +511,10 @@ class Node:
 
         def undelivered() -> None:
             log.warning(
-                "connection %s could not move to %s; it stays", conn.connection_id, command.to_node
+                "connection %s could not move to %s; it stays",
+                conn.connection_id,
+                command.to_node,
+                extra=conn_fields(conn),
             )
             self._adopt(session)
 
@@ -504,7 +522,11 @@ class Node:
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         log.info(
-            "connection %s of hub %s moved to %s", conn.connection_id, conn.hub, command.to_node
+            "connection %s of hub %s moved to %s",
+            conn.connection_id,
+            conn.hub,
+            command.to_node,
+            extra=conn_fields(conn),
         )
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
@@ -596,7 +618,12 @@ class Node:
                 backlog.wake()
                 await self._handle(conn, data, inline=True)
         except Exception:  # one connection's failure must not end the others
-            log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
+            log.exception(
+                "connection %s of hub %s failed",
+                conn.connection_id,
+                conn.hub,
+                extra=conn_fields(conn),
+            )
             conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
         finally:
             del self._backlogs[conn]
@@ -608,7 +635,13 @@ class Node:
         closed with 1008 and ``reason``."""
         if conn.closing:
             return
-        log.info("closing connection %s of hub %s: %s", conn.connection_id, conn.hub, reason)
+        log.info(
+            "closing connection %s of hub %s: %s",
+            conn.connection_id,
+            conn.hub,
+            reason,
+            extra=conn_fields(conn),
+        )
         if conn.protocol.is_json and data is not None:
             ack_id = ack_id_of(data)
             if ack_id is not None:
@@ -681,6 +714,7 @@ class Node:
                 conn.connection_id,
                 conn.hub,
                 exc.message,
+                extra=conn_fields(conn),
             )
             raise
 
@@ -756,6 +790,7 @@ class Node:
             connection.connection_id,
             connection.hub,
             connection.node_id,
+            extra=log_fields(connection.hub, connection.connection_id, connection.user_id),
         )
         self._upstream.disconnected(self._hub_settings(connection.hub), ctx, NODE_LOST)
 
@@ -932,6 +967,7 @@ def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) ->
             len(conn.groups),
             refused,
             source,
+            extra=conn_fields(conn),
         )
 
 

@@ -184,3 +184,16 @@ def _call(method: Callable[..., None], *args: object) -> None:
         method(*args)
     except Exception:
         log.exception("an observer failed")
+
+
+def log_fields(
+    hub: str | None, connection_id: str | None = None, user_id: str | None = None
+) -> dict[str, str | None]:
+    """The ``extra=`` of a log call about one connection (or hub): the ``hub``,
+    ``connectionId`` and ``userId`` fields of the JSON log format (server/logs.py)."""
+    return {"hub": hub, "connection_id": connection_id, "user_id": user_id}
+
+
+def conn_fields(conn: Connection) -> dict[str, str | None]:
+    """:func:`log_fields` of ``conn``."""
+    return log_fields(conn.hub, conn.connection_id, conn.user_id)

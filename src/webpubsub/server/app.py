@@ -24,13 +24,16 @@ from webpubsub.backplane.memory import MemoryBackplane
 from webpubsub.config import ServiceConfig
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.node.node import Node
+from webpubsub.node.observe import Observer, Observers
 from webpubsub.node.operations import Operations
+from webpubsub.protocol.backplane import Answer, Command, Query
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
+from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
@@ -78,8 +81,16 @@ class ServiceRunner:
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
+        self.metrics = Metrics() if config.metrics.enabled else None
+        observers: list[Observer] = []
+        if self.metrics is not None:
+            observers.append(self.metrics)
+        self.observer = Observers(observers)
+        """The portal's trace and the metrics: told by the node, the REST layer, the
+        upstream transport and the backplane's publishes."""
+        self._plane = TimedBackplane(self.backplane, self.observer)
         self.operations = Operations(
-            self.backplane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
+            self._plane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
         )
         """The data-plane operations, acting on every node of the backplane."""
 
@@ -107,11 +118,13 @@ class ServiceRunner:
         up = self.config.upstream
         queue = SqliteEventQueue(self.queue_path)  # fails first: in use elsewhere
         mirror = self.backplane.event_mirror()
+        transport = HttpTransport(
+            max_connections=up.max_connections_per_origin,
+            connect_connections=up.connect_connections_per_origin,
+        )
+        transport.observer = self.observer
         self.upstream = Upstream(
-            HttpTransport(
-                max_connections=up.max_connections_per_origin,
-                connect_connections=up.connect_connections_per_origin,
-            ),
+            transport,
             keys=server.access_keys,
             origin=origin,
             validate=self.config.upstream.validation,
@@ -139,7 +152,7 @@ class ServiceRunner:
             hub_settings=self.config.hub,
             upstream=self.upstream,
             origin=origin,
-            publish=self.backplane.publish,
+            publish=self._plane.publish,
             recovery_window=server.recovery_window_seconds,
             reliable_max_bytes=server.reliable_max_bytes,
             detached=DetachedSessions(
@@ -150,7 +163,10 @@ class ServiceRunner:
             handover=self.backplane.handover(),
             max_inflight_events=up.max_inflight_events_per_connection,
             backlog_max_bytes=server.max_message_bytes,
+            observer=self.observer,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.node.hubs, self.upstream)
         endpoints: list[str] = []
         ctx = ServiceContext(
             node=self.node,
@@ -166,6 +182,7 @@ class ServiceRunner:
             flusher=Flusher(),
             handshakes=HandshakeGate(server.max_pending_handshakes),
             request_timeout=server.header_timeout_seconds,
+            observer=self.observer,
         )
         app = web.Application(
             middlewares=[request_started, error_middleware],
@@ -179,6 +196,10 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
+        if self.metrics is not None:
+            app.router.add_get(
+                "/metrics", metrics_endpoint(self.metrics, self.config.metrics.token)
+            )
         await self.backplane.start(self.node)
         waits = max(server.header_timeout_seconds, server.keepalive_timeout_seconds)
         handler_options: dict[str, Any] = {
@@ -291,6 +312,30 @@ class ServiceRunner:
         if host in _LOOPBACK_OR_ANY:
             return "localhost"
         return f"[{host}]" if ":" in host else host
+
+
+class TimedBackplane:
+    """The backplane as the node and the operations use it, each publish timed for the
+    observers (:meth:`Observer.published`: the metrics' latency and errors)."""
+
+    def __init__(self, backplane: Backplane, observer: Observers) -> None:
+        self._backplane = backplane
+        self._observer = observer
+
+    async def publish(self, command: Command) -> None:
+        if not self._observer:
+            await self._backplane.publish(command)
+            return
+        started = time.perf_counter()
+        try:
+            await self._backplane.publish(command)
+        except Exception as exc:
+            self._observer.published(time.perf_counter() - started, type(exc).__name__)
+            raise
+        self._observer.published(time.perf_counter() - started, None)
+
+    async def gather(self, query: Query) -> list[Answer]:
+        return await self._backplane.gather(query)
 
 
 def data_dir(config: ServiceConfig) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import NoEventHandler, UpstreamError
+from webpubsub.node.observe import log_fields
 from webpubsub.node.ports import EventMirrorPort, EventStore
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
@@ -189,6 +190,7 @@ class Upstream:
                 response.status,
                 ctx.hub,
                 ctx.connection_id,
+                extra=log_fields(ctx.hub, ctx.connection_id, ctx.user_id),
             )
         return decision
 
@@ -314,6 +316,7 @@ class Upstream:
                 event,
                 ctx.hub,
                 ctx.connection_id,
+                extra=log_fields(ctx.hub, ctx.connection_id, ctx.user_id),
             )
         validate_url = handler.url_for(ctx.hub, "validate") if self._validate else ""
         self._delivery.add(
