@@ -104,6 +104,7 @@ async def test_serve_prints_a_working_connection_string_and_stops_on_ctrl_c(
     match = re.fullmatch(r"Endpoint=http://localhost:(\d+);AccessKey=([^;]+);Version=1\.0;", cs)
     assert match, cs  # the port is inside the endpoint; no Port= key
     port = int(match.group(1))
+    await _read_until(proc, rf"Portal: http://localhost:{port}/portal/login\?token=\S+")
 
     from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
 
@@ -138,6 +139,9 @@ async def test_demo_wires_service_and_chat(
     env = {devcert.DIR_ENV: str(tmp_path)}
     proc = await _spawn("demo", "--port", "0", "--chat-port", "0", *flags, env=env)
     processes.append(proc)
+    link = (
+        await _read_until(proc, r"Portal: (https?://localhost:\d+/portal/login\?token=\S+)")
+    ).group(1)
     chat_port = int((await _read_until(proc, r"http://localhost:(\d+)/ in two")).group(1))
     base = f"http://127.0.0.1:{chat_port}"
     # With --tls the client trusts the development CA, as the printed instructions say.
@@ -157,6 +161,14 @@ async def test_demo_wires_service_and_chat(
         await ws.send_str("hello")
         assert (await ws.receive(timeout=10)).data == "[alice] hello"
         await ws.close()
+        # The printed link logs in to the portal, which shows the chat's traffic.
+        async with http.get(link, allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"] == "/portal"
+            session = resp.cookies["webpubsub_portal"].value
+        trace_url = link.partition("/portal/")[0] + "/portal/api/trace"
+        async with http.get(trace_url, headers={"Cookie": f"webpubsub_portal={session}"}) as resp:
+            records = (await resp.json())["records"]
+        assert {"connected", "message-in", "rest"} <= {r["type"] for r in records}
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(15):
         assert await proc.wait() == 0

@@ -291,6 +291,8 @@ def serve(
             if config.backplane.redis_url is not None and runner.node is not None:
                 click.echo(f"Node {runner.node.node_id} joined the Redis backplane.")
             click.echo(f"Connection string: {runner.connection_string}")
+            if runner.portal_link is not None:
+                click.echo(f"Portal: {runner.portal_link}")
             _print_trust(dev)
             await _forever()
         finally:
@@ -511,6 +513,8 @@ def demo(
             )
             click.echo(f"Web PubSub service: {service.endpoint}")
             click.echo(f"Connection string: {service.connection_string}")
+            if service.portal_link is not None:
+                click.echo(f"Portal: {service.portal_link}")
             _print_trust(dev)
             click.echo(f"Chat app: open http://localhost:{chat_port}/ in two browser tabs.")
             await _forever()

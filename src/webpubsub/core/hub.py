@@ -86,6 +86,10 @@ class Hub:
     def group_connections(self, group: str) -> list[Connection]:
         return list(self._groups.get(group, {}).values())
 
+    def counts(self) -> tuple[int, int, int]:
+        """How many connections, users and groups this hub holds here."""
+        return len(self._connections), len(self._users), len(self._groups)
+
     def has_user(self, user_id: str) -> bool:
         return user_id in self._users
 

@@ -216,7 +216,8 @@ class Node:
         return self._hubs.get(key)
 
     def hubs(self) -> list[Hub]:
-        """This node's hubs that have connections (a copy: the metrics read it)."""
+        """This node's hubs that have connections (a copy: the metrics and the portal
+        read it)."""
         return list(self._hubs.values())
 
     def connection_count(self) -> int:

@@ -278,6 +278,13 @@ class _Url:
         )
 
 
+def url_origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an absolute URL as audience checks compare origins
+    (lower case, default port filled in); None for anything else."""
+    parsed = _Url.parse(url)
+    return parsed.origin if parsed is not None else None
+
+
 def _routed_path(raw_path: str) -> tuple[bytes, ...]:
     """The path's segments as the router reads them: split on ``/``, then decoded."""
     return tuple(unquote_to_bytes(segment) for segment in raw_path.split("/"))
@@ -369,3 +376,33 @@ def _scalar_strings(value: Any) -> list[str]:
     if isinstance(value, float):
         return [str(int(value)) if value.is_integer() else repr(value)]
     return [json.dumps(value, separators=(",", ":"), ensure_ascii=False)]
+
+
+# -- the operator portal's admin token -------------------------------------------------
+
+PORTAL_AUDIENCE = "webpubsub-portal"
+"""The ``aud`` of an admin token: it opens the portal (``/portal/login?token=``), nothing
+else (no REST or client audience is this string, and an admin token is no URL)."""
+PORTAL_TOKEN_MAX_SECONDS = 24 * 3600
+"""The longest an admin token may live (``exp - iat``, and ``exp`` from now)."""
+
+
+def issue_portal_token(key: str, *, now: float, ttl_seconds: int = PORTAL_TOKEN_MAX_SECONDS) -> str:
+    """An admin token for the portal, signed with ``key`` (the primary access key)."""
+    if not 0 < ttl_seconds <= PORTAL_TOKEN_MAX_SECONDS:
+        raise ValueError(f"an admin token lives 1 to {PORTAL_TOKEN_MAX_SECONDS} seconds")
+    issued_at = math.floor(now)
+    payload = {"aud": PORTAL_AUDIENCE, "iat": issued_at, "exp": issued_at + ttl_seconds}
+    return jwt.encode(payload, key.encode(), algorithm=ALGORITHM)
+
+
+def verify_portal_token(token: str, *, keys: Sequence[str], now: float) -> None:
+    """Verify an admin token: HS256 by any of ``keys``, ``aud`` exactly
+    :data:`PORTAL_AUDIENCE`, not expired (no leeway), ``exp`` at most
+    :data:`PORTAL_TOKEN_MAX_SECONDS` ahead. Raises :class:`Unauthorized`."""
+    payload = _decode(token, keys=keys, now=now, leeway=0.0)
+    if payload.get("aud") != PORTAL_AUDIENCE:
+        raise Unauthorized("audience mismatch")
+    exp = _time_claim(payload, "exp")
+    if exp is None or exp - now > PORTAL_TOKEN_MAX_SECONDS + 60:
+        raise Unauthorized("an admin token lives at most 24 hours")

@@ -8,6 +8,7 @@ application serving ``/client/...`` and ``/api/...`` on one port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -29,12 +30,15 @@ from webpubsub.node.operations import Operations
 from webpubsub.protocol.backplane import Answer, Command, Query
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
-from webpubsub.server import rest, tls, websocket
+from webpubsub.server import portal, rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
 from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
+from webpubsub.server.portal_core import Portal
+from webpubsub.server.portal_view import SURVEY_TIMEOUT, NodeView
+from webpubsub.server.trace import TraceRing
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
 from webpubsub.upstream.http import HttpTransport
@@ -82,9 +86,14 @@ class ServiceRunner:
         self.node: Node | None = None
         self.upstream: Upstream | None = None
         self.metrics = Metrics() if config.metrics.enabled else None
+        self.trace: TraceRing | None = None
+        """The portal's live trace (None when the portal or its trace is off)."""
         observers: list[Observer] = []
         if self.metrics is not None:
             observers.append(self.metrics)
+        if config.portal.enabled and config.portal.trace_buffer > 0:
+            self.trace = TraceRing(config.portal.trace_buffer)
+            observers.append(self.trace)
         self.observer = Observers(observers)
         """The portal's trace and the metrics: told by the node, the REST layer, the
         upstream transport and the backplane's publishes."""
@@ -97,6 +106,13 @@ class ServiceRunner:
     @property
     def connection_string(self) -> str:
         return format_connection_string(self.endpoint, self.config.server.access_keys[0])
+
+    @property
+    def portal_link(self) -> str | None:
+        """The URL that logs a browser in to the portal (None when it is off)."""
+        if not self.config.portal.enabled or not self.endpoint:
+            return None
+        return portal.admin_link(self.endpoint, self.config.server.access_keys[0])
 
     async def start(self) -> None:
         """Start serving; on any failure what was started is stopped again (the event
@@ -167,6 +183,8 @@ class ServiceRunner:
         )
         if self.metrics is not None:
             self.metrics.watch(self.node.hubs, self.upstream)
+        if self.trace is not None:
+            self.trace.node_id = self.node.node_id
         endpoints: list[str] = []
         ctx = ServiceContext(
             node=self.node,
@@ -199,6 +217,22 @@ class ServiceRunner:
         if self.metrics is not None:
             app.router.add_get(
                 "/metrics", metrics_endpoint(self.metrics, self.config.metrics.token)
+            )
+        if self.config.portal.enabled:
+            view = NodeView(self.node, self.trace)
+            self.backplane.answer_surveys(view.answer)
+            portal.add_routes(
+                app,
+                Portal(
+                    view=view,
+                    survey=functools.partial(self.backplane.survey, timeout=SURVEY_TIMEOUT),
+                    upstream=self.upstream,
+                    hubs=self.config.hubs,
+                    hub_settings=self.config.hub,
+                    replay_timeout=up.timeout_seconds,
+                    secure=self.scheme == "https",
+                    clock=self._clock,
+                ),
             )
         await self.backplane.start(self.node)
         waits = max(server.header_timeout_seconds, server.keepalive_timeout_seconds)

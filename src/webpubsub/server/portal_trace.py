@@ -1,0 +1,385 @@
+"""The portal's trace routes: pages of every node's trace, its event stream, one record,
+and the webhook debugger's replay of a traced CloudEvent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+import time
+
+import orjson
+from aiohttp import web
+
+from webpubsub.errors import (
+    BadRequest,
+    InvalidParameter,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UpstreamError,
+    WebPubSubError,
+)
+from webpubsub.node.observe import Exchange
+from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.server.portal_core import (
+    MAX_BODY_BYTES,
+    SECURITY_HEADERS,
+    Portal,
+    Session,
+    ask,
+    json_object,
+    json_response,
+)
+from webpubsub.server.portal_view import Json
+from webpubsub.server.trace import Record, TraceRing, exchange_fields, mask_value
+from webpubsub.upstream.http import safe_url
+
+MAX_AFTER_CHARS = 8192
+MAX_NODES = 256
+MAX_HEADERS = 100
+MAX_HEADER_VALUE = 8192
+MAX_STREAMS = 16
+"""Trace streams open at once on one node (one more is answered 503)."""
+KEEPALIVE_SECONDS = 15.0
+POLL_SECONDS = 0.5
+"""How often an open stream asks the other nodes for their new records."""
+SEQ_MAX = 2**53
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+
+# -- the trace -----------------------------------------------------------------------
+
+
+def parse_after(raw: str | None) -> dict[str, int]:
+    """The ``after`` cursor: a JSON object ``{"node": seq}`` (absent or empty: none).
+    Raises only :class:`InvalidParameter`."""
+    if not raw:
+        return {}
+    if len(raw) > MAX_AFTER_CHARS:
+        raise InvalidParameter(f"'after' is at most {MAX_AFTER_CHARS} characters.", target="after")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidParameter("'after' must be a JSON object.", target="after") from None
+    if not isinstance(value, dict) or len(value) > MAX_NODES:
+        raise InvalidParameter(
+            f"'after' must be a JSON object of at most {MAX_NODES} nodes.", target="after"
+        )
+    cursor: dict[str, int] = {}
+    for node, seq in value.items():
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= SEQ_MAX:
+            raise InvalidParameter(
+                "'after' maps node ids to sequence numbers (integers >= 0).", target="after"
+            )
+        cursor[node] = seq
+    return cursor
+
+
+async def trace(request: web.Request, s: Session) -> web.StreamResponse:
+    after = parse_after(request.query.get("after"))
+    records: list[object] = []
+    cursor: dict[str, int] = {}
+    for node, answer in await ask(s, {"op": "trace", "after": after}):
+        page = _page(answer)
+        if page is None:
+            if node in after:
+                cursor[node] = after[node]
+            continue
+        found, _, last = page
+        records.extend(found)
+        cursor[node] = _last_seq(found, after.get(node, 0) if found else last)
+    records.sort(key=_record_time)
+    return json_response({"records": records, "cursor": cursor})
+
+
+def _page(answer: object) -> tuple[list[object], int, int] | None:
+    """(records, first, last) of a node's trace page."""
+    if not isinstance(answer, dict):
+        return None
+    found, first, last = answer.get("records"), answer.get("first"), answer.get("last")
+    if not isinstance(found, list) or not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return found, first, last
+
+
+def _last_seq(records: list[object], default: int) -> int:
+    if records and isinstance(records[-1], dict):
+        seq = records[-1].get("seq")
+        if isinstance(seq, int):
+            return seq
+    return default
+
+
+def _record_time(record: object) -> float:
+    value = record.get("time") if isinstance(record, dict) else None
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+async def record(request: web.Request, s: Session) -> web.StreamResponse:
+    node, seq = request.match_info["node"], parse_seq(request.match_info["seq"])
+    found = await _record_of(s, node, seq)
+    if found is None:
+        raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
+    return json_response(found)
+
+
+def parse_seq(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16:
+        raise InvalidParameter("A record's seq is a number.", target="seq")
+    return int(raw)
+
+
+async def _record_of(s: Session, node: str, seq: int) -> object:
+    view = s.portal.view
+    if node == view.node_id:
+        return view.trace.get(seq) if view.trace is not None else None
+    for answered, answer in await ask(s, {"op": "record", "seq": seq}):
+        if answered == node:
+            return answer
+    return None
+
+
+async def stream(request: web.Request, s: Session) -> web.StreamResponse:
+    """Server-Sent Events: every kept record of every node, then each new one."""
+    portal = s.portal
+    if portal.streams >= MAX_STREAMS:
+        raise ServiceUnavailable(f"{MAX_STREAMS} trace streams are open already.")
+    portal.streams += 1
+    try:
+        response = web.StreamResponse(
+            headers={
+                **SECURITY_HEADERS,
+                "Content-Type": "text/event-stream",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
+            await _Stream(s, response, request).run()
+        return response
+    finally:
+        portal.streams -= 1
+
+
+class _Stream:
+    def __init__(self, s: Session, response: web.StreamResponse, request: web.Request) -> None:
+        self._s = s
+        self._response = response
+        self._request = request
+        self._cursor: dict[str, int] = {}
+
+    async def run(self) -> None:
+        portal = self._s.portal
+        local = portal.view.trace
+        own = portal.view.node_id
+        loop = asyncio.get_running_loop()
+        keepalive_at = loop.time() + KEEPALIVE_SECONDS
+        poll_at = loop.time()
+        while not portal.closing and not self._gone():
+            chunk: list[bytes] = []
+            if local is not None:
+                self._local(local_records(local, self._cursor, own, chunk), chunk)
+            if loop.time() >= poll_at:
+                await self._poll(own, chunk)
+                poll_at = loop.time() + POLL_SECONDS
+            if chunk:
+                await self._response.write(b"".join(chunk))
+                keepalive_at = loop.time() + KEEPALIVE_SECONDS
+            elif loop.time() >= keepalive_at:
+                await self._response.write(b": keep-alive\n\n")
+                keepalive_at = loop.time() + KEEPALIVE_SECONDS
+            wait = max(0.0, min(poll_at, keepalive_at) - loop.time())
+            if local is not None:
+                await local.wait(self._cursor.get(own, 0), wait)
+            else:
+                await _wait(portal, wait)
+
+    def _gone(self) -> bool:
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
+
+    def _local(self, records: list[Record], chunk: list[bytes]) -> None:
+        for item in records:
+            chunk.append(_event("record", item))
+
+    async def _poll(self, own: str, chunk: list[bytes]) -> None:
+        try:
+            answers = await ask(self._s, {"op": "trace", "after": self._cursor})
+        except WebPubSubError:  # no survey now (Redis down): try again next time
+            return
+        for node, answer in answers:
+            page = _page(answer)
+            if node == own or page is None:
+                continue
+            found, first, last = page
+            seen = self._cursor.get(node)
+            if seen is not None and seen > last:  # the node restarted
+                seen = None
+            if seen is not None and found and seen < first - 1:
+                chunk.append(_event("gap", {"node": node, "missed": first - 1 - seen}))
+            for item in found:
+                chunk.append(_event("record", item))
+            self._cursor[node] = _last_seq(found, seen if seen is not None else last)
+
+
+def local_records(
+    local: TraceRing, cursor: dict[str, int], own: str, chunk: list[bytes]
+) -> list[Record]:
+    """This node's records after its cursor (a gap event first if some were missed)."""
+    seen = cursor.get(own)
+    if seen is None or seen > local.last_seq:
+        seen = local.first_seq - 1
+    elif seen < local.first_seq - 1:
+        chunk.append(_event("gap", {"node": own, "missed": local.first_seq - 1 - seen}))
+        seen = local.first_seq - 1
+    found = local.after(seen, 500)
+    cursor[own] = seen + len(found)
+    return found
+
+
+async def _wait(portal: Portal, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await portal._stopped.wait()
+    except TimeoutError:
+        pass
+
+
+def _event(name: str, data: object) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+# -- the webhook debugger, tokens ------------------------------------------------------
+
+
+async def replay(request: web.Request, s: Session) -> web.StreamResponse:
+    """Send a traced CloudEvent again, edited, to its original URL (never the client's)."""
+    body = await json_object(request, s.ctx, s.ctx.max_message_bytes * 2 + MAX_BODY_BYTES)
+    node, seq = body.get("node"), body.get("seq")
+    if not isinstance(node, str) or isinstance(seq, bool) or not isinstance(seq, int):
+        raise InvalidParameter("'node' (a string) and 'seq' (a number) are required.", target="seq")
+    original, traced = await _original(s, node, seq)
+    headers = replay_headers(body.get("headers"), original.headers)
+    data = _replay_body(body, original.body, traced, s.ctx.max_message_bytes)
+    trace = s.portal.view.trace
+    mark = trace.last_seq if trace is not None else 0
+    started = time.monotonic()
+    error: UpstreamError | None = None
+    response = None
+    try:
+        response = await s.portal.upstream.replay(
+            original.url, headers, data, method=original.method, timeout=s.portal.replay_timeout
+        )
+    except UpstreamError as exc:
+        error = exc
+    new = _replayed(trace, mark, original.url)
+    if new is None:
+        if error is not None:
+            raise error
+        sent = UpstreamRequest(original.method, original.url, tuple(headers), data)
+        exchange = Exchange(sent, response, None, time.monotonic() - started, replay=True)
+        new = {"type": "cloudevent", "node": s.portal.view.node_id, **exchange_fields(exchange)}
+    return json_response({"original": traced, "replay": new})
+
+
+async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, Json]:
+    """The full request of CloudEvent record ``(node, seq)`` and the record."""
+    view = s.portal.view
+    answer: object = None
+    if node == view.node_id:
+        answer = view.original(seq)
+    else:
+        for answered, value in await ask(s, {"op": "original", "seq": seq}):
+            if answered == node:
+                answer = value
+    if not isinstance(answer, dict):
+        raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
+    traced = answer.get("record")
+    request = answer.get("request")
+    if not isinstance(traced, dict):
+        raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
+    if traced.get("type") != "cloudevent":
+        raise BadRequest(f"Trace record {node}/{seq} is not a CloudEvent.")
+    if not isinstance(request, dict):
+        raise NotFound(f"The request of trace record {node}/{seq} is no longer kept.")
+    try:
+        return (
+            UpstreamRequest(
+                method=str(request["method"]),
+                url=str(request["url"]),
+                headers=tuple((str(k), str(v)) for k, v in request["headers"]),
+                body=base64.b64decode(request["body"]),
+            ),
+            traced,
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise NotFound(f"Trace record {node}/{seq} is no longer kept.") from None
+
+
+def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The client's headers; a value shown masked in the trace is the original's again."""
+    if given is None:
+        return list(original)
+    if not isinstance(given, list) or len(given) > MAX_HEADERS:
+        raise InvalidParameter(
+            f"'headers' must be a list of at most {MAX_HEADERS} [name, value] pairs.",
+            target="headers",
+        )
+    masked = {(k.lower(), mask_value(k, v)): v for k, v in original}
+    headers: list[tuple[str, str]] = []
+    for item in given:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, str) for x in item)
+            or not _HEADER_NAME.fullmatch(item[0])
+            or len(item[1]) > MAX_HEADER_VALUE
+            or any(c in item[1] for c in "\r\n\0")
+        ):
+            raise InvalidParameter(
+                "Each header is a [name, value] pair of a token and a one-line value.",
+                target="headers",
+            )
+        name, value = str(item[0]), str(item[1])
+        headers.append((name, masked.get((name.lower(), value), value)))
+    return headers
+
+
+def _replay_body(body: Json, original: bytes, traced: Json, limit: int) -> bytes:
+    """The body to send: the client's, or the original's bytes when the client sent the
+    body back as the trace shows it (cut at 16 KiB, or base64), or none."""
+    given = body.get("body")
+    if given is None:
+        return original
+    if not isinstance(given, str):
+        raise InvalidParameter("'body' must be a string.", target="body")
+    shown = traced.get("request")
+    if isinstance(shown, dict) and given == shown.get("body"):
+        return original
+    if body.get("bodyEncoding") == "base64":
+        try:
+            data = base64.b64decode(given, validate=True)
+        except (ValueError, binascii.Error):
+            raise InvalidParameter("'body' is not base64.", target="body") from None
+    else:
+        data = given.encode()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"A replayed body is at most {limit} bytes.")
+    return data
+
+
+def _replayed(trace: TraceRing | None, mark: int, url: str) -> Json | None:
+    if trace is None:
+        return None
+    shown = safe_url(url)
+    for item in reversed(trace.after(mark, 10_000)):
+        if (
+            item.get("type") == "cloudevent"
+            and item.get("replay") is True
+            and (item.get("url") == shown)
+        ):
+            return item
+    return None

@@ -1,0 +1,387 @@
+"""The portal's live trace: a bounded ring of trace records, one per observed event.
+
+:class:`TraceRing` is an :class:`~webpubsub.node.observe.Observer`: each call becomes
+one record (a plain dict, the JSON object of the portal contract) with this node's
+next ``seq``, appended to a ``deque`` of at most ``[portal] trace_buffer`` records.
+One record per client frame and one per fan-out (never one per recipient); bodies
+are cut at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
+
+Secrets are shown in part only: every ``ce-signature`` value as ``sha256=ab12…``
+(its first four hex digits) and every ``Authorization`` value as its scheme and
+``…``; URLs carry no query (``safe_url``). The full original request of each
+CloudEvent (for the webhook debugger's replay) is kept beside the ring, under the
+record's ``seq``, and evicted with its record.
+
+Waiters (the portal's event streams) are woken through one :class:`asyncio.Event`
+made only while someone waits: with nobody watching, a record costs its dict and
+an append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from webpubsub.core.connection import Connection
+from webpubsub.node.observe import Exchange, RestCall
+from webpubsub.protocol.backplane import Scope, Target
+from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
+from webpubsub.protocol.payload import DataType
+from webpubsub.upstream.http import safe_url
+
+Record = dict[str, object]
+
+BODY_LIMIT = 16 * 1024
+"""Bytes of a CloudEvent's request or response body kept in its record."""
+PREVIEW_CHARS = 256
+"""Characters of a text message kept as its preview."""
+PREVIEW_BYTES = 192
+"""Bytes of a binary message kept (base64) as its preview."""
+RECENT_SCAN = 10_000
+"""Records scanned, newest first, for one connection's recent traffic."""
+ORIGINALS_MAX_BYTES = 64 * 1024 * 1024
+"""Body bytes of the original requests kept for replay, at most (the oldest go first:
+their records stay, without a replay)."""
+
+_PROTOCOLS = {
+    ClientProtocol.SIMPLE: "simple",
+    ClientProtocol.JSON: "json",
+    ClientProtocol.JSON_RELIABLE: "json.reliable",
+}
+_TEXT_TYPES = (DataType.TEXT, DataType.JSON)
+
+
+def protocol_name(conn: Connection) -> str:
+    """``simple``, ``json`` or ``json.reliable``: how the portal names a protocol."""
+    return _PROTOCOLS[conn.protocol]
+
+
+class TraceRing:
+    """The last ``capacity`` trace records of node ``node_id`` (``capacity`` > 0).
+
+    ``node_id`` may be set once the node exists (the composition root builds the
+    trace before the node it observes).
+    """
+
+    def __init__(
+        self, capacity: int, node_id: str = "", *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("a trace ring holds at least one record")
+        self.node_id = node_id
+        self._clock = clock
+        self._ring: deque[Record] = deque(maxlen=capacity)
+        self._originals: dict[int, UpstreamRequest] = {}
+        """The full request of each CloudEvent record still in the ring, by seq (oldest
+        first), their bodies :data:`ORIGINALS_MAX_BYTES` at most in all."""
+        self._original_bytes = 0
+        self._seq = 0
+        self._wake: asyncio.Event | None = None
+
+    # -- reading ------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._ring.maxlen or 0
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest record (0 before the first)."""
+        return self._seq
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest record kept (``last_seq + 1`` when empty)."""
+        return self._seq - len(self._ring) + 1
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def after(self, seq: int, limit: int) -> list[Record]:
+        """At most ``limit`` records newer than ``seq``, oldest first."""
+        start = max(0, seq - self.first_seq + 1)
+        return list(itertools.islice(self._ring, start, start + max(0, limit)))
+
+    def get(self, seq: int) -> Record | None:
+        """The record ``seq``, while the ring keeps it."""
+        index = seq - self.first_seq
+        if 0 <= index < len(self._ring):
+            return self._ring[index]
+        return None
+
+    def original(self, seq: int) -> UpstreamRequest | None:
+        """The full request of CloudEvent record ``seq``, while the ring keeps it."""
+        return self._originals.get(seq)
+
+    def recent(self, hub: str, connection_id: str, limit: int = 50) -> list[Record]:
+        """The newest ``limit`` records of a connection (of the last :data:`RECENT_SCAN`),
+        oldest first."""
+        found: list[Record] = []
+        for record in itertools.islice(reversed(self._ring), RECENT_SCAN):
+            if record["connectionId"] == connection_id and record["hub"] == hub:
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        found.reverse()
+        return found
+
+    def wake(self) -> None:
+        """Wake every waiter now (the service stops)."""
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.set()
+
+    async def wait(self, seq: int, timeout: float) -> None:  # noqa: ASYNC109 (a poll period)
+        """Return once a record newer than ``seq`` exists, or after ``timeout`` seconds."""
+        if self._seq > seq:
+            return
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        try:
+            async with asyncio.timeout(timeout):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+    # -- writing ------------------------------------------------------------------
+
+    def _add(
+        self,
+        kind: str,
+        hub: str | None,
+        connection_id: str | None,
+        user_id: str | None,
+        fields: Record,
+    ) -> Record:
+        ring = self._ring
+        if len(ring) == ring.maxlen and self._originals:
+            self._forget(self.first_seq)  # evicted with its record
+        self._seq += 1
+        record: Record = {
+            "seq": self._seq,
+            "node": self.node_id,
+            "time": self._clock(),
+            "type": kind,
+            "hub": hub,
+            "connectionId": connection_id,
+            "userId": user_id,
+        }
+        record.update(fields)
+        ring.append(record)
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+        return record
+
+    # -- the Observer ---------------------------------------------------------------
+
+    def connected(self, conn: Connection) -> None:
+        self._add(
+            "connected",
+            conn.hub,
+            conn.connection_id,
+            conn.user_id,
+            {
+                "protocol": protocol_name(conn),
+                "subprotocol": conn.subprotocol,
+                "groups": sorted(conn.groups),
+            },
+        )
+
+    def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
+        self._add(
+            "disconnected",
+            conn.hub,
+            conn.connection_id,
+            conn.user_id,
+            {"code": code, "reason": reason},
+        )
+
+    def detached(self, conn: Connection, reason: str) -> None:
+        self._add("detached", conn.hub, conn.connection_id, conn.user_id, {"reason": reason})
+
+    def recovered(self, conn: Connection) -> None:
+        self._add("recovered", conn.hub, conn.connection_id, conn.user_id, {})
+
+    def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        if isinstance(data, str):
+            size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+            fields: Record = {
+                "kind": kind,
+                "size": size,
+                "frame": "text",
+                "preview": data[:PREVIEW_CHARS],
+            }
+        else:
+            fields = {
+                "kind": kind,
+                "size": len(data),
+                "frame": "binary",
+                "preview": base64.b64encode(data[:PREVIEW_BYTES]).decode(),
+            }
+        self._add("message-in", conn.hub, conn.connection_id, conn.user_id, fields)
+
+    def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
+        scope = target.scope
+        self._add(
+            "message-out",
+            hub,
+            target.id if scope is Scope.CONNECTION else None,
+            target.id if scope is Scope.USER else None,
+            _message_fields(message, scope.value, target.id or None, recipients),
+        )
+
+    def replied(self, conn: Connection, message: DataMessage) -> None:
+        fields = _message_fields(message, Scope.CONNECTION.value, conn.connection_id, 1)
+        fields["reply"] = True
+        self._add("message-out", conn.hub, conn.connection_id, conn.user_id, fields)
+
+    def rest_call(self, call: RestCall) -> None:
+        self._add(
+            "rest",
+            call.hub.lower() if call.hub is not None else None,
+            None,
+            None,
+            {
+                "operation": call.operation,
+                "method": call.method,
+                "path": call.path,
+                "status": call.status,
+                "durationMs": round(call.duration * 1000, 3),
+                "caller": call.caller,
+            },
+        )
+
+    def cloud_event(self, exchange: Exchange) -> None:
+        request = exchange.request
+        headers = request.headers
+        hub = _header(headers, "ce-hub")
+        self._add(
+            "cloudevent",
+            hub.lower() if hub is not None else None,
+            _header(headers, "ce-connectionId"),
+            _header(headers, "ce-userId"),
+            exchange_fields(exchange),
+        )
+        self._originals[self._seq] = request
+        self._original_bytes += len(request.body)
+        while self._original_bytes > ORIGINALS_MAX_BYTES:
+            self._forget(next(iter(self._originals)))
+
+    def _forget(self, seq: int) -> None:
+        request = self._originals.pop(seq, None)
+        if request is not None:
+            self._original_bytes -= len(request.body)
+
+    def slow_client(self, conn: Connection) -> None:
+        """Shown by the ``disconnected`` record that follows (code 1008)."""
+
+    def published(self, duration: float, error: str | None) -> None:
+        """Backplane latency is the metrics' concern, not the trace's."""
+
+
+def exchange_fields(exchange: Exchange) -> Record:
+    """The ``cloudevent`` fields of an exchange with an event handler (secrets masked)."""
+    request = exchange.request
+    response = exchange.response
+    answer: Record | None = None
+    if response is not None:
+        answer = {"status": response.status, **_http_part(response.headers, response.body)}
+    return {
+        "eventType": exchange.event_type,
+        "ceId": _header(request.headers, "ce-id"),
+        "method": request.method,
+        "url": safe_url(request.url),
+        "request": _http_part(request.headers, request.body),
+        "response": answer,
+        "error": exchange.error,
+        "outcome": exchange.outcome,
+        "durationMs": round(exchange.duration * 1000, 3),
+        "replay": exchange.replay,
+    }
+
+
+def mask_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """``headers`` as ``[name, value]`` pairs, secrets shown in part only."""
+    return [[name, mask_value(name, value)] for name, value in headers]
+
+
+def mask_value(name: str, value: str) -> str:
+    """A header's value as the trace shows it: ``ce-signature`` values keep their
+    first four hex digits, ``Authorization`` (and ``Proxy-Authorization``) its scheme,
+    ``Cookie``/``Set-Cookie`` nothing."""
+    lowered = name.lower()
+    if lowered == "ce-signature":
+        return ",".join(_masked_signature(part.strip()) for part in value.split(","))
+    if lowered in ("authorization", "proxy-authorization"):
+        scheme = value.strip().partition(" ")[0]
+        return f"{scheme} …" if scheme and scheme != value.strip() else "…"
+    if lowered in ("cookie", "set-cookie"):
+        return "…"
+    return value
+
+
+def _masked_signature(part: str) -> str:
+    algorithm, sep, digest = part.partition("=")
+    if not sep:
+        return "…"
+    return f"{algorithm}={digest[:4]}…"
+
+
+def _http_part(headers: Sequence[tuple[str, str]], body: bytes) -> Record:
+    truncated = len(body) > BODY_LIMIT
+    kept = body[:BODY_LIMIT] if truncated else body
+    part: Record = {"headers": mask_headers(headers)}
+    text = _utf8(kept, truncated)
+    if text is None:
+        part["body"] = base64.b64encode(kept).decode()
+        part["bodyEncoding"] = "base64"
+    else:
+        part["body"] = text
+    part["truncated"] = truncated
+    return part
+
+
+def _utf8(data: bytes, cut: bool) -> str | None:
+    """``data`` as text, if it is UTF-8 (a cut body may end inside a character)."""
+    for trim in range(4 if cut else 1):
+        try:
+            return data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _message_fields(
+    message: DataMessage, scope: str, target_id: str | None, recipients: int
+) -> Record:
+    payload = message.payload
+    data = payload.data
+    if payload.data_type in _TEXT_TYPES:
+        preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
+    else:
+        preview = base64.b64encode(data[:PREVIEW_BYTES]).decode()
+    return {
+        "target": {"scope": scope, "id": target_id},
+        "group": message.group if message.origin is Origin.GROUP else None,
+        "recipients": recipients,
+        "size": len(data),
+        "dataType": payload.data_type.value,
+        "preview": preview,
+        "fromUserId": message.from_user_id,
+    }
+
+
+def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers:
+        if key.lower() == lowered:
+            return value
+    return None

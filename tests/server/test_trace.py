@@ -1,0 +1,181 @@
+"""The trace ring (server/trace.py) below the socket layer: records, bounds, masking."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permissions
+from webpubsub.node.observe import Exchange, RestCall
+from webpubsub.protocol.backplane import Target
+from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse, signature
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
+from webpubsub.protocol.payload import Payload
+from webpubsub.server import trace
+from webpubsub.server.trace import BODY_LIMIT, PREVIEW_CHARS, TraceRing, mask_value
+
+KEY = "trace-test-key-0123456789"
+SIG = signature("conn-1", [KEY])
+
+
+def conn(cid: str = "conn-1", user: str | None = "alice") -> Connection:
+    return Connection(cid, "chat", user, ClientProtocol.JSON, "json.webpubsub.azure.v1", None,
+                      Permissions())  # fmt: skip
+
+
+def exchange(body: bytes = b'{"a":1}', *, answer: bytes = b"ok", url: str = "") -> Exchange:
+    request = UpstreamRequest(
+        "POST",
+        url or "http://127.0.0.1:9/handler?code=secret-code",
+        (
+            ("ce-type", "azure.webpubsub.user.message"),
+            ("ce-id", "7"),
+            ("ce-hub", "chat"),
+            ("ce-connectionId", "conn-1"),
+            ("ce-userId", "alice"),
+            ("ce-signature", SIG),
+            ("Authorization", "Bearer very-secret-token"),
+        ),
+        body,
+    )
+    response = UpstreamResponse(200, (("Content-Type", "text/plain"),), answer)
+    return Exchange(request, response, None, 0.0123)
+
+
+def test_the_ring_keeps_the_last_n_records_and_evicts_their_requests_with_them() -> None:
+    ring = TraceRing(5, "n1", clock=itertools.count(100).__next__)
+    for _ in range(15):
+        ring.cloud_event(exchange())
+    assert len(ring) == 5
+    assert [r["seq"] for r in ring.after(0, 100)] == [11, 12, 13, 14, 15]
+    assert ring.first_seq == 11 and ring.last_seq == 15
+    assert ring.get(10) is None and ring.original(10) is None
+    assert ring.get(11) is not None and ring.original(11) is not None
+    assert len(ring._originals) == 5  # bounded by the ring
+    assert [r["seq"] for r in ring.after(13, 100)] == [14, 15]
+    assert [r["seq"] for r in ring.after(11, 1)] == [12]
+
+
+def test_the_originals_kept_for_replay_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 250)
+    ring = TraceRing(100)
+    for _ in range(5):
+        ring.cloud_event(exchange(b"b" * 100))
+    assert [seq for seq in range(1, 6) if ring.original(seq)] == [4, 5]
+    assert ring._original_bytes == 200
+    assert ring.get(1) is not None  # the record stays, without its original
+    ring.cloud_event(exchange(b"b" * 300))  # larger than the bound: kept alone, not at all
+    assert not ring._originals and ring._original_bytes == 0
+
+
+def test_a_cloudevent_record_shows_request_and_response_with_secrets_masked() -> None:
+    ring = TraceRing(10, "n1")
+    ring.cloud_event(exchange())
+    record = ring.after(0, 1)[0]
+    text = orjson.dumps(record).decode()
+    assert SIG not in text and SIG.split("=")[1][:8] not in text
+    assert "very-secret-token" not in text and "secret-code" not in text
+    assert record["type"] == "cloudevent" and record["node"] == "n1"
+    assert record["hub"] == "chat" and record["connectionId"] == "conn-1"
+    assert record["userId"] == "alice" and record["ceId"] == "7"
+    assert record["eventType"] == "azure.webpubsub.user.message"
+    assert record["url"] == "http://127.0.0.1:9/handler"
+    headers = dict(record["request"]["headers"])  # type: ignore[index]
+    assert headers["ce-signature"] == f"sha256={SIG[7:11]}…"
+    assert headers["Authorization"] == "Bearer …"
+    assert record["request"]["body"] == '{"a":1}'  # type: ignore[index]
+    assert record["response"] == {
+        "status": 200,
+        "headers": [["Content-Type", "text/plain"]],
+        "body": "ok",
+        "truncated": False,
+    }
+    assert record["outcome"] == "success" and record["replay"] is False
+    assert record["durationMs"] == 12.3
+    # The original keeps every byte, for the replay.
+    original = ring.original(1)
+    assert original is not None and ("ce-signature", SIG) in original.headers
+
+
+def test_bodies_are_cut_at_16_kib_and_binary_ones_are_base64() -> None:
+    ring = TraceRing(10)
+    ring.cloud_event(exchange(b"x" * (BODY_LIMIT + 5), answer=b"\xff\xfe"))
+    record = ring.after(0, 1)[0]
+    request, response = record["request"], record["response"]
+    assert request["truncated"] is True and request["body"] == "x" * BODY_LIMIT  # type: ignore[index]
+    assert response["bodyEncoding"] == "base64"  # type: ignore[index]
+    assert base64.b64decode(response["body"]) == b"\xff\xfe"  # type: ignore[index]
+    # A cut inside a multibyte character is still text.
+    ring.cloud_event(exchange("é".encode() * BODY_LIMIT))
+    cut = ring.after(1, 1)[0]["request"]
+    assert "bodyEncoding" not in cut and cut["truncated"] is True  # type: ignore[operator,index]
+
+
+def test_frames_in_and_fan_outs_out_are_one_record_each_with_a_preview() -> None:
+    ring = TraceRing(10)
+    c = conn()
+    ring.received(c, "h" * 1000, "message")
+    ring.received(c, bytes(range(256)), "event")
+    ring.delivered("chat", Target.group("room"),
+                   DataMessage(Payload.text("hi"), Origin.GROUP, "room", "bob"), 3)  # fmt: skip
+    ring.replied(c, DataMessage(Payload.binary(b"\x00\x01")))
+    text, binary, out, reply = ring.after(0, 10)
+    assert text["type"] == "message-in" and text["frame"] == "text" and text["size"] == 1000
+    assert text["preview"] == "h" * PREVIEW_CHARS
+    assert binary["frame"] == "binary" and binary["kind"] == "event"
+    assert base64.b64decode(binary["preview"]) == bytes(range(192))  # type: ignore[arg-type]
+    assert out["target"] == {"scope": "group", "id": "room"} and out["group"] == "room"
+    assert out["recipients"] == 3 and out["dataType"] == "text" and out["fromUserId"] == "bob"
+    assert reply["reply"] is True and reply["connectionId"] == "conn-1"
+    assert reply["target"] == {"scope": "connection", "id": "conn-1"}
+
+
+def test_connection_lifecycle_and_rest_records() -> None:
+    ring = TraceRing(10)
+    c = conn()
+    c.groups.add("room")
+    ring.connected(c)
+    ring.detached(c, "lost")
+    ring.recovered(c)
+    ring.disconnected(c, 1008, "slow")
+    ring.rest_call(RestCall("Chat", "SendToAll", "POST", "/api/hubs/chat/:send", 202, 0.5, "::1"))
+    connected, detached, recovered, disconnected, rest = ring.after(0, 10)
+    assert connected["protocol"] == "json" and connected["groups"] == ["room"]
+    assert detached["reason"] == "lost" and recovered["type"] == "recovered"
+    assert disconnected["code"] == 1008 and disconnected["reason"] == "slow"
+    assert rest["hub"] == "chat" and rest["operation"] == "SendToAll"
+    assert rest["status"] == 202 and rest["durationMs"] == 500.0
+    assert ring.recent("chat", "conn-1") == [connected, detached, recovered, disconnected]
+
+
+async def test_a_waiter_is_woken_by_the_next_record() -> None:
+    ring = TraceRing(10)
+    waiting = asyncio.create_task(ring.wait(0, 5.0))
+    await asyncio.sleep(0)  # the waiter is parked on the ring's event
+    assert ring._wake is not None
+    ring.recovered(conn())
+    async with asyncio.timeout(2):
+        await waiting
+    assert ring._wake is None  # no event left behind: nobody waits
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=8, max_size=64))
+def test_a_signature_is_never_shown_whole(digest: str) -> None:
+    shown = mask_value("CE-Signature", f"sha256={digest},sha256={digest[::-1]}")
+    assert digest not in shown and digest[::-1] not in shown
+    assert shown.startswith(f"sha256={digest[:4]}…")
+
+
+@given(st.text(max_size=40))
+def test_an_authorization_value_is_never_shown(secret: str) -> None:
+    shown = mask_value("authorization", f"Bearer {secret}")
+    assert shown in ("Bearer …", "…")
