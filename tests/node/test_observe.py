@@ -4,11 +4,18 @@ that fails is logged and never the node's problem."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from tests.node.test_node import RELIABLE, RecordingSink, admission, make_node
+from tests.node.test_node import (
+    RELIABLE,
+    RecordingSink,
+    RecordingUpstream,
+    admission,
+    make_node,
+)
 from webpubsub.core.connection import Connection
 from webpubsub.node.node import Node
 from webpubsub.node.observe import (
@@ -63,11 +70,16 @@ class Recorder:
         self.calls.append(("published", error))
 
 
-def observed_node() -> tuple[Recorder, Node]:
-    node, _ = make_node()
+def observed_node(window: float = 60.0) -> tuple[Recorder, Node]:
+    recorder, node, _ = observed(window)
+    return recorder, node
+
+
+def observed(window: float) -> tuple[Recorder, Node, RecordingUpstream]:
+    node, up = make_node(window=window)
     recorder = Recorder()
     node.observer = Observers([recorder])
-    return recorder, node
+    return recorder, node, up
 
 
 async def test_connections_frames_and_fan_outs_are_reported_once_each() -> None:
@@ -81,7 +93,7 @@ async def test_connections_frames_and_fan_outs_are_reported_once_each() -> None:
         for i, sink in enumerate(sinks)
     ]
     await node.receive(conns[0], '{"type":"joinGroup","group":"g","ackId":1}')
-    await node.receive(conns[1], '{"type":"joinGroup","group":"g","ackId":1}')
+    await node.receive(conns[1], '{"type":"joinGroup","group":"g"}')
     await node.receive(conns[0], '{"type":"ping"}')
     await node.receive(conns[0], "not json")
     node.apply(Send("chat", Target.all(), DataMessage(Payload.text("hi"))))
@@ -117,7 +129,7 @@ async def test_the_close_code_is_the_services_or_else_the_clients() -> None:
 
 
 async def test_a_reliable_connection_is_reported_detached_then_recovered() -> None:
-    recorder, node = observed_node()
+    recorder, node, up = observed(window=0.05)
     sink = RecordingSink()
     conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
     node.detach(conn, sink, "The connection was lost.", recoverable=True, code=1006)
@@ -127,7 +139,16 @@ async def test_a_reliable_connection_is_reported_detached_then_recovered() -> No
         ("detached", "r", "The connection was lost."),
         ("recovered", "r"),
     ]
-    assert conn.close_code is None  # it did not end
+    assert conn.close_code is None  # it did not end: the transport's code is forgotten
+    node.detach(conn, conn.sink, "lost again", recoverable=True, code=4000)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):  # the recovery window passes
+        await up.ended.wait()
+    assert recorder.calls[-1] == (
+        "disconnected",
+        "r",
+        4000,
+        "The client did not reconnect in time.",
+    )
 
 
 async def test_an_observer_that_raises_is_logged_and_the_others_still_hear(

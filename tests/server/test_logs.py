@@ -203,7 +203,7 @@ async def test_failed_events_and_refused_tokens_log_no_secret(
 # -- the command --------------------------------------------------------------------
 
 
-BANNER = re.compile(r"^(No access key given|Listening on |Connection string: )")
+BANNER = re.compile(r"^(No access key given|Listening on |Connection string: |Portal: )")
 """What ``serve`` prints for a person (stdout), not log records."""
 
 

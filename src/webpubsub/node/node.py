@@ -31,6 +31,7 @@ from webpubsub.core.router import (
     CallEvent,
     CloseClient,
     Effect,
+    GroupChanged,
     Publish,
     Reply,
     failed,
@@ -357,6 +358,7 @@ class Node:
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         conn.replaying = True
+        conn.close_code = None
         self.observer.recovered(conn)
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
@@ -543,7 +545,6 @@ class Node:
         """
         if conn.closing:
             return
-        conn.messages_in += 1
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
@@ -578,6 +579,7 @@ class Node:
             await asyncio.wait([backlog.task])
 
     async def _handle(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
+        conn.messages_in += 1
         if conn.protocol.is_json:
             await self._request(conn, data, inline=inline)
             return
@@ -658,7 +660,7 @@ class Node:
         effect = route(conn, hub, data)
         self.observer.received(conn, data, _kind(effect))
         match effect:
-            case None:
+            case None | GroupChanged():
                 return
             case Reply():
                 if effect.after_presence and self._presence is not None:
@@ -738,6 +740,8 @@ class Node:
         if current is not sink:
             return  # an older transport of a recovered connection
         conn.sink = None
+        if conn.close_code is None:  # the last transport's, until a recovery
+            conn.close_code = code
         if recoverable and conn.reliable is not None and not conn.closing:
             loop = asyncio.get_running_loop()
             self._expiry[conn] = loop.call_later(
@@ -746,8 +750,6 @@ class Node:
             self._detached_now(conn)
             self.observer.detached(conn, reason)
             return
-        if conn.close_code is None:
-            conn.close_code = code
         self._end(conn, reason)
 
     def _end_detached(self, conn: Connection) -> None:
@@ -949,6 +951,8 @@ def _kind(effect: Effect | None) -> str:
         case CallEvent():
             return "event"
         case Reply() if effect.after_presence:
+            return "group"
+        case GroupChanged():
             return "group"
         case CloseClient():
             return "invalid"

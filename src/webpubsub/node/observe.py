@@ -131,6 +131,10 @@ class Observers:
     def __bool__(self) -> bool:
         return bool(self._all)
 
+    @property
+    def all(self) -> tuple[Observer, ...]:
+        return self._all
+
     def connected(self, conn: Connection) -> None:
         for o in self._all:
             _call(o.connected, conn)

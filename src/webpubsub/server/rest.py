@@ -548,6 +548,9 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
     except web.HTTPException as exc:  # the body's size limit, mapped by the middleware
         status = exc.status
         raise
+    except web.RequestPayloadError:  # a body that does not decode: the middleware's 400
+        status = 400
+        raise
     finally:
         if ctx.observer:
             ctx.observer.rest_call(
