@@ -727,7 +727,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="compare what observing costs: runs with "
         + "; ".join(f"{k}: {v}" for k, v in OBSERVER_SETUPS.items())
-        + ", interleaved, twice each, in one invocation; one node only",
+        + ", interleaved, --repeats times each, in one invocation; one node only",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each setup with --observers (3)"
     )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="upper bound for the whole run, s (300)"
@@ -751,6 +754,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--gc-threshold must be >= 0")
     if args.observers and (args.nodes > 1 or args.workers):
         parser.error("--observers runs one node: not with --nodes or --workers")
+    if not 1 <= args.repeats <= 20:
+        parser.error("--repeats must be within 1..20")
     args.observe = "default"
     return args
 
@@ -782,14 +787,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare_observers(args: argparse.Namespace) -> None:
-    """Each setup of :data:`OBSERVER_SETUPS` twice, interleaved (so that a drift of the
-    machine's load hits every setup alike); the median of each, as a ratio to ``none``."""
+    """Each setup of :data:`OBSERVER_SETUPS` ``--repeats`` times, interleaved (so that a
+    drift of the machine's load hits every setup alike); the median of each, as a ratio
+    to ``none``."""
     import statistics
 
     import uvloop
 
     results: dict[str, list[Report]] = {name: [] for name in OBSERVER_SETUPS}
-    for _ in range(2):
+    for _ in range(args.repeats):
         for name in OBSERVER_SETUPS:
             args.observe = name
             report = uvloop.run(run(args))
