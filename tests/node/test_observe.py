@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +25,7 @@ from webpubsub.node.observe import (
     Observers,
     RestCall,
 )
-from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.backplane import Handover, Send, SessionState, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
@@ -68,6 +69,12 @@ class Recorder:
 
     def published(self, duration: float, error: str | None) -> None:
         self.calls.append(("published", error))
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self.calls.append(("moved", conn.connection_id, to_node))
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        self.calls.append(("adopted", conn.connection_id, from_node))
 
 
 def observed_node(window: float = 60.0) -> tuple[Recorder, Node]:
@@ -189,3 +196,81 @@ def test_an_exchange_names_its_event_type_and_outcome() -> None:
     assert exchange(None, "POST http://127.0.0.1/h: no answer within 1 s").outcome == "timeout"
     assert exchange(None, "POST http://127.0.0.1/h: cannot connect (refused)").outcome == "error"
     assert not Observers() and Observers([Recorder()])
+
+
+class PairedHandover:
+    """The handover port of two nodes in one process: ``take_over`` publishes the
+    Handover to the other node, whose answer is adopted here at once."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.peer: PairedHandover | None = None
+        self._adopt: dict[str, Callable[[SessionState], None]] = {}
+        self.lost = False
+        """Drop the state sent (no node takes it: the owner keeps the connection)."""
+
+    async def take_over(
+        self,
+        hub: str,
+        connection_id: str,
+        token: str,
+        subprotocols: tuple[str, ...],
+        adopt: Callable[[SessionState], None],
+    ) -> str | None:
+        assert self.peer is not None
+        self._adopt["rq"] = adopt
+        self.peer.node.apply(
+            Handover(hub, connection_id, token, subprotocols, self.node.node_id, "rq")
+        )
+        return None
+
+    def hand_over(
+        self,
+        to_node: str,
+        request_id: str,
+        session: SessionState | str,
+        undelivered: Callable[[], None] | None = None,
+    ) -> None:
+        assert self.peer is not None and isinstance(session, SessionState)
+        if self.lost:
+            assert undelivered is not None
+            undelivered()
+            return
+        self.peer._adopt.pop(request_id)(session)
+
+
+def paired_nodes() -> tuple[tuple[Recorder, Node], tuple[Recorder, Node]]:
+    (old_rec, old), (new_rec, new) = observed_node(), observed_node()
+    old.node_id, new.node_id = "a", "b"
+    ports = PairedHandover(old), PairedHandover(new)
+    ports[0].peer, ports[1].peer = ports[1], ports[0]
+    old._handover, new._handover = ports  # type: ignore[assignment]
+    return (old_rec, old), (new_rec, new)
+
+
+async def test_a_handover_is_reported_as_moved_by_one_node_and_adopted_by_the_other() -> None:
+    (old_rec, old), (new_rec, new) = paired_nodes()
+    sink = RecordingSink()
+    conn = old.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    old.detach(conn, sink, "The connection was lost.", recoverable=True, code=1006)
+    token = conn.reconnection_token or ""
+    moved = await new.recover("chat", "r", token, (RELIABLE,), RecordingSink())
+    assert isinstance(moved, Connection) and moved is not conn
+    assert old_rec.calls == [
+        ("connected", "r"),
+        ("detached", "r", "The connection was lost."),
+        ("moved", "r", "b"),  # it left this node, it did not end: no disconnected
+    ]
+    assert new_rec.calls == [("adopted", "r", "a"), ("recovered", "r")]
+    assert not old.hubs() and [len(h) for h in new.hubs()] == [1]
+
+
+async def test_a_handover_no_node_took_is_adopted_back_by_its_owner() -> None:
+    (old_rec, old), (new_rec, _) = paired_nodes()
+    old._handover.lost = True  # type: ignore[union-attr]
+    sink = RecordingSink()
+    conn = old.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    old.apply(Handover("chat", "r", conn.reconnection_token or "", (RELIABLE,), "b", "rq"))
+    # out and back in on the same node: connects - disconnects still counts it once
+    assert old_rec.calls == [("connected", "r"), ("moved", "r", "b"), ("adopted", "r", None)]
+    assert [len(h) for h in old.hubs()] == [1] and new_rec.calls == []

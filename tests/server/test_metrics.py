@@ -350,6 +350,27 @@ def test_hubs_past_the_cap_are_counted_as_other(monkeypatch: pytest.MonkeyPatch)
     assert len(m._out) == 3
 
 
+def test_handovers_are_counted_out_and_in_beside_connects_and_disconnects() -> None:
+    """A connection that moves is counted out on its old node and in on the new one:
+    per node, connects + handovers in - handovers out - disconnects stays the live
+    connections."""
+    from webpubsub.server.metrics import Metrics
+
+    c = Connection("r", "Chat", None, ClientProtocol.JSON_RELIABLE, "", None, Permissions())
+    old, new = Metrics(), Metrics()
+    old.connected(c)
+    old.moved(c, "b")
+    new.adopted(c, "a")
+    new.disconnected(c, 1000, "bye")
+    before, after = _parse(old.render()), _parse(new.render())
+    name = "webpubsub_handovers_total"
+    assert value(before, name, hub="Chat", direction="out") == 1
+    assert value(before, name, hub="Chat", direction="in") == 0
+    assert value(after, name, hub="Chat", direction="in") == 1
+    assert value(after, "webpubsub_connects_total", hub="Chat", protocol="json.reliable") == 0
+    assert value(after, "webpubsub_disconnects_total", hub="Chat", code="1000") == 1
+
+
 def test_a_scrape_before_the_node_starts_renders() -> None:
     """Nothing watched yet (before the node starts): the scrape still renders."""
     from webpubsub.server.metrics import Metrics

@@ -110,6 +110,16 @@ class Observer(Protocol):
     def published(self, duration: float, error: str | None) -> None:
         """One backplane publish took ``duration`` seconds (``error``: why it failed)."""
 
+    def moved(self, conn: Connection, to_node: str) -> None:
+        """A reliable connection left this node for node ``to_node`` (its client
+        reconnected there): it did not end, no :meth:`disconnected` follows here."""
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        """A reliable connection handed over by node ``from_node`` is on this node now,
+        detached until its client resumes it (:meth:`recovered`); no :meth:`connected`.
+        ``from_node`` is None when unknown, or when no node took a connection this node
+        handed over and it came back."""
+
 
 RECEIVED_KINDS = (
     "message",  # a simple client's frame (its ``message`` event)
@@ -178,6 +188,14 @@ class Observers:
     def published(self, duration: float, error: str | None) -> None:
         for o in self._all:
             _call(o.published, duration, error)
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        for o in self._all:
+            _call(o.moved, conn, to_node)
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        for o in self._all:
+            _call(o.adopted, conn, from_node)
 
 
 NO_OBSERVER = Observers()

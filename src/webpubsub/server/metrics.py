@@ -155,6 +155,12 @@ class Metrics:
             ("hub",),
             registry=r,
         )
+        self._handovers = Counter(
+            "webpubsub_handovers",
+            "Reliable connections that moved between nodes (out: left this node, in: came).",
+            ("hub", "direction"),
+            registry=r,
+        )
         self._publish_seconds = Histogram(
             "webpubsub_backplane_publish_duration_seconds",
             "Backplane publish latency.",
@@ -238,6 +244,12 @@ class Metrics:
         self._publish_seconds.observe(duration)
         if error is not None:
             self._publish_errors.inc()
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self._handovers.labels(self._hub(conn.hub), "out").inc()
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        self._handovers.labels(self._hub(conn.hub), "in").inc()
 
     # -- labelled children ---------------------------------------------------------
 
