@@ -18,6 +18,7 @@ from tests.node.test_node import (
     make_node,
 )
 from webpubsub.core.connection import Connection
+from webpubsub.node import observe
 from webpubsub.node.node import Node
 from webpubsub.node.observe import (
     RECEIVED_KINDS,
@@ -177,6 +178,59 @@ async def test_an_observer_that_raises_is_logged_and_the_others_still_hear(
     assert "an observer failed" in caplog.text
 
 
+async def test_an_observer_failing_on_disconnect_does_not_skip_the_webhook() -> None:
+    class Broken(Recorder):
+        def disconnected(self, *args: object) -> None:
+            raise RuntimeError("boom")
+
+    node, up = make_node()
+    node.observer = Observers([Broken()])  # the only type Node.observer takes
+    sink = RecordingSink()
+    conn = node.attach(admission(connection_id="x"), sink)
+    node.detach(conn, sink, "bye", recoverable=False, code=1000)
+    assert up.ended.is_set() and node.hub("chat") is None
+
+
+def test_a_failing_observer_is_logged_with_its_traceback_once_then_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the hot path an observer may fail on every frame: the first failure of each
+    observer method is logged with its traceback, the rest as one line a minute with
+    their count; the state kept is bounded."""
+    now = [1000.0]
+    monkeypatch.setattr(observe, "_failures", observe.FailureLog(clock=lambda: now[0]))
+
+    class Broken(Recorder):
+        def delivered(self, *args: object) -> None:
+            raise RuntimeError("boom")
+
+        def replied(self, *args: object) -> None:
+            raise ValueError("bang")
+
+    observers = Observers([Broken()])
+    message = DataMessage(Payload.text("hi"))
+    with caplog.at_level(logging.ERROR, "webpubsub.observe"):
+        for _ in range(1000):
+            observers.delivered("chat", Target.all(), message, 1)
+        first = list(caplog.records)
+        now[0] += 30
+        observers.delivered("chat", Target.all(), message, 1)
+        assert len(caplog.records) == 1  # nothing new within the minute
+        observers.replied(None, message)  # type: ignore[arg-type]
+        now[0] += 31
+        observers.delivered("chat", Target.all(), message, 1)
+    assert len(first) == 1 and first[0].exc_info is not None
+    assert "Broken.delivered" in first[0].getMessage()
+    replied, summary = caplog.records[1:]
+    assert replied.exc_info is not None and "Broken.replied" in replied.getMessage()
+    assert summary.exc_info is None
+    assert "Broken.delivered" in summary.getMessage() and "1001 more times" in summary.getMessage()
+    assert "RuntimeError: boom" in summary.getMessage()
+    for i in range(observe.MAX_FAILING_METHODS * 2):  # many distinct failing methods
+        observe._failures.failed(f"Observer{i}.connected", RuntimeError("x"))
+    assert len(observe._failures) <= observe.MAX_FAILING_METHODS + 1
+
+
 def test_an_exchange_names_its_event_type_and_outcome() -> None:
     def exchange(status: int | None, error: str | None = None, method: str = "POST") -> Exchange:
         headers = (("ce-type", "azure.webpubsub.sys.connected"),) if method == "POST" else ()
@@ -193,7 +247,13 @@ def test_an_exchange_names_its_event_type_and_outcome() -> None:
         "failed",
         "failed",
     ]
-    assert exchange(None, "POST http://127.0.0.1/h: no answer within 1 s").outcome == "timeout"
+    request = UpstreamRequest("POST", "http://127.0.0.1/h", (), b"")
+    timed_out = Exchange(request, None, "POST http://127.0.0.1/h: too slow", 1.0, timed_out=True)
+    assert timed_out.outcome == "timeout"  # from the flag the transport sets, not the text
+    # a handler's own error text that happens to say "no answer" is no timeout
+    assert (
+        exchange(None, "POST http://127.0.0.1/h: 'no answer' said the handler").outcome == "error"
+    )
     assert exchange(None, "POST http://127.0.0.1/h: cannot connect (refused)").outcome == "error"
     assert not Observers() and Observers([Recorder()])
 
