@@ -194,6 +194,42 @@ def test_a_survey_reply_says_whether_it_has_an_answer() -> None:
     assert decode_direct(none) == SurveyReply("r1", "n2", None)
 
 
+sessions = st.builds(
+    SessionState,
+    names,
+    names,
+    opt_names,
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.lists(names, max_size=3).map(tuple),
+    st.just({}),
+    st.text(max_size=20),
+    st.lists(st.integers(0, 2**53), max_size=3).map(tuple),
+    st.integers(0, 2**53),
+    st.lists(st.tuples(st.integers(0, 2**53), st.binary(max_size=50)), max_size=3).map(tuple),
+    st.integers(0, 2**31),
+    opt_names,
+)
+
+
+@given(names, sessions)
+def test_handover_states_round_trip_with_the_node_they_come_from(
+    request_id: str, state: SessionState
+) -> None:
+    assert decode_direct(encode_session(request_id, state)) == (request_id, state)
+
+
+def test_a_handover_state_without_its_node_or_with_a_bad_one() -> None:
+    state = SessionState("hub", "c", None, "sp", "", (), {}, "tk", (), 1, ())
+    assert b'"fn"' not in encode_session("rq", state)  # as older nodes send it
+    raw = encode_session(
+        "rq", SessionState("hub", "c", None, "sp", "", (), {}, "tk", (), 1, (), 0, "a")
+    )
+    assert decode_direct(raw)[1].from_node == "a"  # type: ignore[union-attr]
+    with pytest.raises(CorruptEnvelope):
+        decode_direct(raw.replace(b'"fn":"a"', b'"fn":1  '))
+
+
 def test_the_direct_channel_still_carries_handover_states_and_refusals() -> None:
     state = SessionState("hub", "c", None, "sp", "", ("g",), {}, "tk", (1,), 3, ((1, b"f"),))
     assert decode_direct(encode_session("rq", state)) == ("rq", state)

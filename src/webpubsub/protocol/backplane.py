@@ -295,6 +295,8 @@ class SessionState:
     """The unacknowledged frames with their sequence ids, in order."""
     events_sent: int = 0
     """How many events were sent for it (its next ``ce-id`` follows)."""
+    from_node: str | None = None
+    """The node that hands it over (None from a node that does not say)."""
 
 
 def encode_session(request_id: str, session: SessionState | str) -> bytes:
@@ -317,6 +319,8 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
         "fr": [[seq, len(frame)] for seq, frame in session.frames],
         "ev": session.events_sent,
     }
+    if session.from_node is not None:
+        header["fn"] = session.from_node
     return _pack(header, b"".join(frame for _, frame in session.frames))
 
 
@@ -351,9 +355,11 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         offset += length
     if offset != len(data) or not all(type(a) is int for a in acks):
         raise CorruptEnvelope("a session's data and ack ids do not match its header")
-    next_id, events = header.get("nx"), header.get("ev", 0)
+    next_id, events, from_node = header.get("nx"), header.get("ev", 0), header.get("fn")
     if type(next_id) is not int or type(events) is not int:
         raise CorruptEnvelope("'nx' and 'ev' must be integers")
+    if from_node is not None and not isinstance(from_node, str):
+        raise CorruptEnvelope("'fn' must be a string")
     return request_id, SessionState(
         hub=r.text("h"),
         connection_id=r.text("c"),
@@ -367,6 +373,7 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         next_sequence_id=next_id,
         frames=tuple(frames),
         events_sent=events,
+        from_node=from_node,
     )
 
 
