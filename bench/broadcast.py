@@ -115,6 +115,7 @@ def serve(
     redis_url: str | None = None,
     node_id: str | None = None,
     public_endpoint: str | None = None,
+    observers: str = "default",
 ) -> None:
     raise_fd_limit()
     if gc_threshold:
@@ -123,13 +124,27 @@ def serve(
         gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     import uvloop
 
-    uvloop.run(_serve(pipe, redis_url, node_id, public_endpoint))
+    uvloop.run(_serve(pipe, redis_url, node_id, public_endpoint, observers))
+
+
+OBSERVER_SETUPS = {
+    "none": "portal and metrics off",
+    "portal": "portal on (idle: nobody watching), metrics off",
+    "default": "portal and metrics on (the defaults), nobody watching",
+}
+"""``--observers`` runs: what the service observes (the trace ring, the metrics)."""
 
 
 async def _serve(
-    pipe: Pipe, redis_url: str | None, node_id: str | None, public_endpoint: str | None
+    pipe: Pipe,
+    redis_url: str | None,
+    node_id: str | None,
+    public_endpoint: str | None,
+    observers: str,
 ) -> None:
-    from webpubsub.config import default_config
+    import dataclasses
+
+    from webpubsub.config import MetricsSettings, PortalSettings, default_config
     from webpubsub.server.app import ServiceRunner
 
     config = default_config().with_overrides(
@@ -139,6 +154,11 @@ async def _serve(
         redis_url=redis_url,
         node_id=node_id,
         public_endpoint=public_endpoint,
+    )
+    config = dataclasses.replace(
+        config,
+        portal=PortalSettings(enabled=observers != "none"),
+        metrics=MetricsSettings(enabled=observers == "default"),
     )
     runner = ServiceRunner(config, advertised_host="127.0.0.1")
     await runner.start()
@@ -483,7 +503,14 @@ async def run(args: argparse.Namespace, nodes: int = 1) -> Report:
         redis_url = redis.url if redis is not None else None
         server = ctx.Process(
             target=serve,
-            args=(child_pipe, args.gc_threshold, redis_url, f"bench{i}", public_endpoint),
+            args=(
+                child_pipe,
+                args.gc_threshold,
+                redis_url,
+                f"bench{i}",
+                public_endpoint,
+                args.observe,
+            ),
             daemon=True,
         )
         server.start()
@@ -696,6 +723,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "`webpubsub serve` as the baseline of the same invocation; instead of --nodes (0)",
     )
     parser.add_argument(
+        "--observers",
+        action="store_true",
+        help="compare what observing costs: runs with "
+        + "; ".join(f"{k}: {v}" for k, v in OBSERVER_SETUPS.items())
+        + ", interleaved, --repeats times each, in one invocation; one node only",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each setup with --observers (3)"
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300.0, help="upper bound for the whole run, s (300)"
     )
     args = parser.parse_args(argv)
@@ -715,6 +752,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--concurrency >= 1, --rate >= 0, --warmup >= 0, --timeout > 0")
     if args.gc_threshold < 0:
         parser.error("--gc-threshold must be >= 0")
+    if args.observers and (args.nodes > 1 or args.workers):
+        parser.error("--observers runs one node: not with --nodes or --workers")
+    if not 1 <= args.repeats <= 20:
+        parser.error("--repeats must be within 1..20")
+    args.observe = "default"
     return args
 
 
@@ -726,6 +768,9 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     nodes = args.workers or args.nodes
+    if args.observers:
+        compare_observers(args)
+        return
     if nodes == 1:
         print(uvloop.run(run(args)).text())
         return
@@ -739,6 +784,35 @@ def main(argv: list[str] | None = None) -> None:
         f"the single node's ({cluster.cpu_per_million:.2f} vs {single.cpu_per_million:.2f} "
         "CPU-s per 1M deliveries)"
     )
+
+
+def compare_observers(args: argparse.Namespace) -> None:
+    """Each setup of :data:`OBSERVER_SETUPS` ``--repeats`` times, interleaved (so that a
+    drift of the machine's load hits every setup alike); the median of each, as a ratio
+    to ``none``."""
+    import statistics
+
+    import uvloop
+
+    results: dict[str, list[Report]] = {name: [] for name in OBSERVER_SETUPS}
+    for _ in range(args.repeats):
+        for name in OBSERVER_SETUPS:
+            args.observe = name
+            report = uvloop.run(run(args))
+            print(f"[{name}: {OBSERVER_SETUPS[name]}]")
+            print(report.text())
+            results[name].append(report)
+    base = statistics.median(r.cpu_per_million for r in results["none"])
+    print(f"command: {args.command}")
+    print("| setup | CPU-s per 1M deliveries (runs) | median | vs none | p99 ms |")
+    print("|---|---|---|---|---|")
+    for name, reports in results.items():
+        cpu = [r.cpu_per_million for r in reports]
+        mid = statistics.median(cpu)
+        p99 = statistics.median(r.p99_ms for r in reports)
+        runs = ", ".join(f"{c:.2f}" for c in cpu)
+        change = f"{mid / base - 1:+.1%}"
+        print(f"| {OBSERVER_SETUPS[name]} | {runs} | {mid:.2f} | {change} | {p99:.1f} |")
 
 
 if __name__ == "__main__":

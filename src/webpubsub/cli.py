@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import click
 
 from webpubsub import devcert
-from webpubsub.config import ServiceConfig, default_config, load_config, parse_access_keys
+from webpubsub.config import (
+    LOG_FORMATS,
+    ServiceConfig,
+    default_config,
+    load_config,
+    parse_access_keys,
+)
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import BadRequest, ConfigError, ServiceUnavailable
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.server.logs import TEXT_FORMAT, use_log_format
 
 if TYPE_CHECKING:
     from webpubsub.server.app import ServiceRunner
@@ -170,6 +177,14 @@ _TLS_OPTIONS = (
 )
 
 
+_LOG_FORMAT_OPTION = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help="Log lines as text, or one JSON object per line (default: [server] log_format, text).",
+)
+
+
 def _with_tls_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(_TLS_OPTIONS):
         command = option(command)
@@ -181,7 +196,7 @@ def _with_tls_options(command: Callable[..., None]) -> Callable[..., None]:
 def main(log_level: str) -> None:
     """A self-hosted, wire-compatible Azure Web PubSub service."""
     level = log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=TEXT_FORMAT)
     if level != "DEBUG":
         # The Azure SDK logs every request and response (headers included) at INFO.
         logging.getLogger("azure").setLevel(logging.WARNING)
@@ -212,6 +227,7 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Processes sharing the port (SO_REUSEPORT), each a node; needs --redis.",
 )
+@_LOG_FORMAT_OPTION
 @_with_tls_options
 def serve(
     host: str | None,
@@ -221,6 +237,7 @@ def serve(
     redis_url: str | None,
     node_id: str | None,
     workers: int,
+    log_format: str | None,
     tls: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -228,7 +245,9 @@ def serve(
     """Run the service."""
     worker = os.environ.get(WORKER_ENV)
     if workers > 1 and worker is None:
-        _supervise(workers, _load(config_file), redis_url, port, node_id, access_keys, tls)
+        loaded = _load(config_file)
+        use_log_format(log_format or loaded.server.log_format)
+        _supervise(workers, loaded, redis_url, port, node_id, access_keys, tls)
         return
     if worker is not None:  # one of the supervisor's processes: its port, its own node id
         port = int(os.environ[WORKER_PORT_ENV])
@@ -236,9 +255,15 @@ def serve(
     config, generated = _with_keys(_load(config_file), access_keys)
     config = _checked(
         lambda: config.with_overrides(
-            host=host, port=port, redis_url=redis_url, node_id=node_id, source="command line"
+            host=host,
+            port=port,
+            redis_url=redis_url,
+            node_id=node_id,
+            log_format=log_format,
+            source="command line",
         )
     )
+    use_log_format(config.server.log_format)
     config, dev = _tls_options(config, tls, tls_cert, tls_key)
 
     started: list[ServiceRunner] = []
@@ -441,8 +466,16 @@ def demo_config(config: ServiceConfig, chat_port: int) -> ServiceConfig:
 @main.command()
 @click.option("--port", type=int, default=8080, show_default=True, help="The service's port.")
 @click.option("--chat-port", type=int, default=5000, show_default=True, help="The chat app's port.")
+@_LOG_FORMAT_OPTION
 @_with_tls_options
-def demo(port: int, chat_port: int, tls: bool, tls_cert: str | None, tls_key: str | None) -> None:
+def demo(
+    port: int,
+    chat_port: int,
+    log_format: str | None,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Run the service and the tutorial's chat app together, wired, on this machine."""
     # The service must know the chat app's address and the chat app the service's
     # connection string: bind the chat app's socket first (port 0 picks a free one).
@@ -453,8 +486,14 @@ def demo(port: int, chat_port: int, tls: bool, tls_cert: str | None, tls_key: st
         raise SystemExit(1) from None
     chat_port = chat_socket.getsockname()[1]
     config, _ = _with_keys(
-        _checked(lambda: default_config().with_overrides(host="127.0.0.1", port=port)), ()
+        _checked(
+            lambda: default_config().with_overrides(
+                host="127.0.0.1", port=port, log_format=log_format
+            )
+        ),
+        (),
     )
+    use_log_format(config.server.log_format)
     config = demo_config(config, chat_port)
     config, dev = _tls_options(config, tls, tls_cert, tls_key)
     # The chat app calls the service's REST API: it trusts what the service presents.

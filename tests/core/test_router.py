@@ -11,7 +11,16 @@ from tests.core.test_hub import make_conn
 from webpubsub.core.connection import Connection
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permissions
-from webpubsub.core.router import CallEvent, CloseClient, Publish, Reply, failed, route, succeeded
+from webpubsub.core.router import (
+    GROUP_CHANGED,
+    CallEvent,
+    CloseClient,
+    Publish,
+    Reply,
+    failed,
+    route,
+    succeeded,
+)
 from webpubsub.errors import UpstreamError
 from webpubsub.protocol.backplane import Scope, Send
 from webpubsub.protocol.frames import ClientProtocol
@@ -57,7 +66,7 @@ def test_join_and_leave_are_done_at_once_and_acked() -> None:
         "message": "Message with ack-id: 1 has been processed",
     }
     assert conn.groups == set()
-    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g"})) is None
+    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g"})) is GROUP_CHANGED
 
 
 def test_a_forbidden_request_is_acked_with_forbidden_and_may_be_retried() -> None:
@@ -153,7 +162,7 @@ def test_a_join_past_the_group_limit_is_a_bad_request() -> None:
     assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g1", "ackId": 10})))[
         "success"
     ]
-    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g0"})) is None
+    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g0"})) is GROUP_CHANGED
     assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g9", "ackId": 11})))[
         "success"
     ]

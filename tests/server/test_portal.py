@@ -330,7 +330,7 @@ async def test_a_disabled_portal_is_not_there_and_traces_nothing(
 ) -> None:
     runner = await with_portal(start_service, PortalSettings(enabled=False))
     assert runner.trace is None and runner.portal_link is None
-    assert not runner.node.observer  # type: ignore[union-attr]
+    assert not any(isinstance(o, TraceRing) for o in runner.observer.all)
     for path in ("/portal", "/portal/api/session", "/portal/login?token=x"):
         async with http.get(f"http://127.0.0.1:{runner.port}{path}") as resp:
             assert resp.status == 404, path
@@ -340,7 +340,8 @@ async def test_with_no_trace_buffer_the_trace_answers_empty(
     start_service: StartService, http: aiohttp.ClientSession
 ) -> None:
     runner = await with_portal(start_service, PortalSettings(trace_buffer=0))
-    assert runner.trace is None and not runner.node.observer  # type: ignore[union-attr]
+    assert runner.trace is None
+    assert not any(isinstance(o, TraceRing) for o in runner.observer.all)
     portal = await portal_for(http, runner)
     ws, _ = await json_client(http, await _client_url(runner))
     answer = await portal.get("/portal/api/trace")

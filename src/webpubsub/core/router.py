@@ -76,7 +76,14 @@ class CallEvent:
     ack_id: int | None
 
 
-Effect = Reply | CloseClient | Publish | CallEvent
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """A join or leave without an ``ackId``, done: nothing to send."""
+
+
+GROUP_CHANGED = GroupChanged()
+
+Effect = Reply | CloseClient | Publish | CallEvent | GroupChanged
 
 
 def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
@@ -109,7 +116,7 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
                 return Reply(encode_ack(ack_id, exc)) if ack_id is not None else None
             if effect is None:  # a join or leave, done
                 if ack_id is None:
-                    return None
+                    return GROUP_CHANGED
                 conn.ack_ids.add(ack_id)
                 return Reply(encode_ack(ack_id), after_presence=True)
             return effect

@@ -31,6 +31,7 @@ from webpubsub.core.router import (
     CallEvent,
     CloseClient,
     Effect,
+    GroupChanged,
     Publish,
     Reply,
     failed,
@@ -48,7 +49,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.observe import NO_OBSERVER, Observer
+from webpubsub.node.observe import NO_OBSERVER, Observers, conn_fields, log_fields
 from webpubsub.node.ports import (
     EventHandlerPort,
     HandoverPort,
@@ -174,7 +175,7 @@ class Node:
         backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
-        observer: Observer = NO_OBSERVER,
+        observer: Observers = NO_OBSERVER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
@@ -215,12 +216,13 @@ class Node:
     def hub(self, key: str) -> Hub | None:
         return self._hubs.get(key)
 
+    def hubs(self) -> list[Hub]:
+        """This node's hubs that have connections (a copy: the metrics and the portal
+        read it)."""
+        return list(self._hubs.values())
+
     def connection_count(self) -> int:
         return sum(len(h) for h in self._hubs.values())
-
-    def hubs(self) -> list[Hub]:
-        """This node's hubs that hold connections (for reading: the portal)."""
-        return list(self._hubs.values())
 
     async def admit(self, hs: Handshake) -> Admission:
         """Run the handshake's checks and the ``connect`` webhook.
@@ -356,6 +358,7 @@ class Node:
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         conn.replaying = True
+        conn.close_code = None
         self.observer.recovered(conn)
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
@@ -375,7 +378,9 @@ class Node:
                     return
                 next_cursor = _replay_chunk(conn, sink, next_cursor)
         except Exception:  # pragma: no cover - a broken transport ends only this replay
-            log.exception("replaying connection %s failed", conn.connection_id)
+            log.exception(
+                "replaying connection %s failed", conn.connection_id, extra=conn_fields(conn)
+            )
             conn.close(CloseCode.INTERNAL_ERROR, "The service failed to replay the messages.")
 
     def _attached(self, conn: Connection) -> None:
@@ -394,7 +399,11 @@ class Node:
     def _end_oldest(self, ended: list[tuple[Connection, str]]) -> None:
         for conn, reason in ended:
             log.warning(
-                "ending detached connection %s of hub %s: %s", conn.connection_id, conn.hub, reason
+                "ending detached connection %s of hub %s: %s",
+                conn.connection_id,
+                conn.hub,
+                reason,
+                extra=conn_fields(conn),
             )
             conn.close_reason = reason
             self._end(conn, reason)
@@ -412,7 +421,7 @@ class Node:
         adopted: list[Connection] = []
 
         def adopt(session: SessionState) -> None:
-            adopted.append(self._adopt(session))
+            adopted.append(self._adopt(session, session.from_node))
 
         refusal = await self._handover.take_over(
             hub_key, connection_id, token, tuple(subprotocols), adopt
@@ -423,8 +432,9 @@ class Node:
             return NO_CONNECTION
         return self.resume(hub_key, connection_id, token, subprotocols, sink)
 
-    def _adopt(self, session: SessionState) -> Connection:
-        """A reliable connection handed over by another node, detached until resumed."""
+    def _adopt(self, session: SessionState, from_node: str | None) -> Connection:
+        """A reliable connection handed over by node ``from_node`` (None: unknown, or
+        this node's own that no node took), detached until resumed."""
         conn = Connection(
             connection_id=session.connection_id,
             hub=session.hub,
@@ -453,7 +463,13 @@ class Node:
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
-        log.info("connection %s of hub %s moved here", conn.connection_id, conn.hub)
+        log.info(
+            "connection %s of hub %s moved here",
+            conn.connection_id,
+            conn.hub,
+            extra=conn_fields(conn),
+        )
+        self.observer.adopted(conn, from_node)
         self._detached_now(conn)
         return conn
 
@@ -484,6 +500,7 @@ class Node:
             next_sequence_id=next_id,
             frames=tuple(frames),
             events_sent=conn.events_sent,
+            from_node=self.node_id,
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:
@@ -493,6 +510,7 @@ class Node:
         old, conn.sink = conn.sink, None
         conn.closing = True  # nothing more is delivered here
         hub.remove(conn.connection_id)  # no disconnected event: it lives on elsewhere
+        self.observer.moved(conn, command.to_node)
         if not len(hub):
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
@@ -500,15 +518,22 @@ class Node:
 
         def undelivered() -> None:
             log.warning(
-                "connection %s could not move to %s; it stays", conn.connection_id, command.to_node
+                "connection %s could not move to %s; it stays",
+                conn.connection_id,
+                command.to_node,
+                extra=conn_fields(conn),
             )
-            self._adopt(session)
+            self._adopt(session, None)
 
         self._handover.hand_over(command.to_node, command.request_id, session, undelivered)
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
         log.info(
-            "connection %s of hub %s moved to %s", conn.connection_id, conn.hub, command.to_node
+            "connection %s of hub %s moved to %s",
+            conn.connection_id,
+            conn.hub,
+            command.to_node,
+            extra=conn_fields(conn),
         )
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
@@ -524,7 +549,6 @@ class Node:
         """
         if conn.closing:
             return
-        conn.messages_in += 1
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
@@ -559,6 +583,7 @@ class Node:
             await asyncio.wait([backlog.task])
 
     async def _handle(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
+        conn.messages_in += 1
         if conn.protocol.is_json:
             await self._request(conn, data, inline=inline)
             return
@@ -600,7 +625,12 @@ class Node:
                 backlog.wake()
                 await self._handle(conn, data, inline=True)
         except Exception:  # one connection's failure must not end the others
-            log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
+            log.exception(
+                "connection %s of hub %s failed",
+                conn.connection_id,
+                conn.hub,
+                extra=conn_fields(conn),
+            )
             conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
         finally:
             del self._backlogs[conn]
@@ -612,7 +642,13 @@ class Node:
         closed with 1008 and ``reason``."""
         if conn.closing:
             return
-        log.info("closing connection %s of hub %s: %s", conn.connection_id, conn.hub, reason)
+        log.info(
+            "closing connection %s of hub %s: %s",
+            conn.connection_id,
+            conn.hub,
+            reason,
+            extra=conn_fields(conn),
+        )
         if conn.protocol.is_json and data is not None:
             ack_id = ack_id_of(data)
             if ack_id is not None:
@@ -628,7 +664,7 @@ class Node:
         effect = route(conn, hub, data)
         self.observer.received(conn, data, _kind(effect))
         match effect:
-            case None:
+            case None | GroupChanged():
                 return
             case Reply():
                 if effect.after_presence and self._presence is not None:
@@ -685,6 +721,7 @@ class Node:
                 conn.connection_id,
                 conn.hub,
                 exc.message,
+                extra=conn_fields(conn),
             )
             raise
 
@@ -707,6 +744,8 @@ class Node:
         if current is not sink:
             return  # an older transport of a recovered connection
         conn.sink = None
+        if conn.close_code is None:  # the last transport's, until a recovery
+            conn.close_code = code
         if recoverable and conn.reliable is not None and not conn.closing:
             loop = asyncio.get_running_loop()
             self._expiry[conn] = loop.call_later(
@@ -715,8 +754,6 @@ class Node:
             self._detached_now(conn)
             self.observer.detached(conn, reason)
             return
-        if conn.close_code is None:
-            conn.close_code = code
         self._end(conn, reason)
 
     def _end_detached(self, conn: Connection) -> None:
@@ -760,6 +797,7 @@ class Node:
             connection.connection_id,
             connection.hub,
             connection.node_id,
+            extra=log_fields(connection.hub, connection.connection_id, connection.user_id),
         )
         self._upstream.disconnected(self._hub_settings(connection.hub), ctx, NODE_LOST)
 
@@ -918,6 +956,8 @@ def _kind(effect: Effect | None) -> str:
             return "event"
         case Reply() if effect.after_presence:
             return "group"
+        case GroupChanged():
+            return "group"
         case CloseClient():
             return "invalid"
         case _:
@@ -936,6 +976,7 @@ def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) ->
             len(conn.groups),
             refused,
             source,
+            extra=conn_fields(conn),
         )
 
 

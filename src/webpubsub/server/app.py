@@ -27,12 +27,14 @@ from webpubsub.core.detached import DetachedSessions
 from webpubsub.node.node import Node
 from webpubsub.node.observe import Observer, Observers
 from webpubsub.node.operations import Operations
+from webpubsub.protocol.backplane import Answer, Command, Query
 from webpubsub.protocol.connection_string import format_connection_string
 from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import portal, rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
+from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
 from webpubsub.server.portal_core import Portal
 from webpubsub.server.portal_view import SURVEY_TIMEOUT, NodeView
@@ -83,10 +85,21 @@ class ServiceRunner:
         self.endpoint = ""
         self.node: Node | None = None
         self.upstream: Upstream | None = None
+        self.metrics = Metrics() if config.metrics.enabled else None
         self.trace: TraceRing | None = None
         """The portal's live trace (None when the portal or its trace is off)."""
+        observers: list[Observer] = []
+        if self.metrics is not None:
+            observers.append(self.metrics)
+        if config.portal.enabled and config.portal.trace_buffer > 0:
+            self.trace = TraceRing(config.portal.trace_buffer)
+            observers.append(self.trace)
+        self.observer = Observers(observers)
+        """The portal's trace and the metrics: told by the node, the REST layer, the
+        upstream transport and the backplane's publishes."""
+        self._plane = TimedBackplane(self.backplane, self.observer)
         self.operations = Operations(
-            self.backplane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
+            self._plane, keys=config.server.access_keys, clock=clock, hub_settings=config.hub
         )
         """The data-plane operations, acting on every node of the backplane."""
 
@@ -121,16 +134,11 @@ class ServiceRunner:
         up = self.config.upstream
         queue = SqliteEventQueue(self.queue_path)  # fails first: in use elsewhere
         mirror = self.backplane.event_mirror()
-        observed: list[Observer] = []
-        if self.config.portal.enabled and self.config.portal.trace_buffer > 0:
-            self.trace = TraceRing(self.config.portal.trace_buffer)
-            observed.append(self.trace)
-        observers = Observers(observed)
         transport = HttpTransport(
             max_connections=up.max_connections_per_origin,
             connect_connections=up.connect_connections_per_origin,
         )
-        transport.observer = observers
+        transport.observer = self.observer
         self.upstream = Upstream(
             transport,
             keys=server.access_keys,
@@ -160,7 +168,7 @@ class ServiceRunner:
             hub_settings=self.config.hub,
             upstream=self.upstream,
             origin=origin,
-            publish=self.backplane.publish,
+            publish=self._plane.publish,
             recovery_window=server.recovery_window_seconds,
             reliable_max_bytes=server.reliable_max_bytes,
             detached=DetachedSessions(
@@ -171,8 +179,10 @@ class ServiceRunner:
             handover=self.backplane.handover(),
             max_inflight_events=up.max_inflight_events_per_connection,
             backlog_max_bytes=server.max_message_bytes,
-            observer=observers,
+            observer=self.observer,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.node.hubs, self.upstream)
         if self.trace is not None:
             self.trace.node_id = self.node.node_id
         endpoints: list[str] = []
@@ -190,7 +200,7 @@ class ServiceRunner:
             flusher=Flusher(),
             handshakes=HandshakeGate(server.max_pending_handshakes),
             request_timeout=server.header_timeout_seconds,
-            observer=observers,
+            observer=self.observer,
         )
         app = web.Application(
             middlewares=[request_started, error_middleware],
@@ -204,6 +214,10 @@ class ServiceRunner:
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)
+        if self.metrics is not None:
+            app.router.add_get(
+                "/metrics", metrics_endpoint(self.metrics, self.config.metrics.token)
+            )
         if self.config.portal.enabled:
             view = NodeView(self.node, self.trace)
             self.backplane.answer_surveys(view.answer)
@@ -332,6 +346,30 @@ class ServiceRunner:
         if host in _LOOPBACK_OR_ANY:
             return "localhost"
         return f"[{host}]" if ":" in host else host
+
+
+class TimedBackplane:
+    """The backplane as the node and the operations use it, each publish timed for the
+    observers (:meth:`Observer.published`: the metrics' latency and errors)."""
+
+    def __init__(self, backplane: Backplane, observer: Observers) -> None:
+        self._backplane = backplane
+        self._observer = observer
+
+    async def publish(self, command: Command) -> None:
+        if not self._observer:
+            await self._backplane.publish(command)
+            return
+        started = time.perf_counter()
+        try:
+            await self._backplane.publish(command)
+        except Exception as exc:
+            self._observer.published(time.perf_counter() - started, type(exc).__name__)
+            raise
+        self._observer.published(time.perf_counter() - started, None)
+
+    async def gather(self, query: Query) -> list[Answer]:
+        return await self._backplane.gather(query)
 
 
 def data_dir(config: ServiceConfig) -> str:

@@ -23,8 +23,8 @@ MAX_LISTED = 500
 """Connections one node lists per request."""
 MAX_RECORDS = 500
 """Trace records one node sends per request."""
-MAX_ANSWER_BYTES = 3 * 1024 * 1024
-"""A trace page's size (a survey answer is at most 4 MiB)."""
+MAX_ANSWER_BYTES = 768 * 1024
+"""A trace page's size (a survey answer is at most 1 MiB)."""
 MAX_QUERY_CHARS = 256
 SURVEY_TIMEOUT = 1.0
 

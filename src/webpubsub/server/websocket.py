@@ -19,6 +19,7 @@ from webpubsub.core.connection import Connection
 from webpubsub.core.limits import InboundLimit
 from webpubsub.errors import BadRequest, UpstreamError, WebPubSubError
 from webpubsub.node.node import Handshake
+from webpubsub.node.observe import conn_fields, log_fields
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
 from webpubsub.protocol.names import validate_hub
@@ -137,7 +138,8 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
             admission = await ctx.node.admit(handshake)
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
-        log.warning("handshake for hub %r failed: %s", request.match_info.get("hub"), exc)
+        hub = request.match_info.get("hub")
+        log.warning("handshake for hub %r failed: %s", hub, exc, extra=log_fields(hub))
         return error_response(UpstreamError(exc.client_message, status=exc.status))
     except WebPubSubError as exc:
         return error_response(exc)
@@ -179,7 +181,12 @@ async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamRespo
         outbox,
     )
     if isinstance(result, str):
-        log.info("recovery refused for hub %r: %s", hub, result)
+        log.info(
+            "recovery refused for hub %r: %s",
+            hub,
+            result,
+            extra=log_fields(hub.lower(), connection_id),
+        )
         outbox.close(CloseCode.POLICY_VIOLATION, result)
         await _drain(ws)
         return ws
@@ -222,7 +229,8 @@ async def _upgrade(
     try:
         await ws.prepare(request)
     except ConnectionResetError:  # the client went away during the connect webhook
-        log.info("a client of hub %r left before the upgrade", request.match_info.get("hub"))
+        hub = request.match_info.get("hub")
+        log.info("a client of hub %r left before the upgrade", hub, extra=log_fields(hub))
         return None
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
@@ -297,7 +305,9 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
     except ConnectionError:  # e.g. a pong written to a client that reset meanwhile
         reason = "The connection was lost."
     except Exception:  # never let one connection's failure become an HTTP response
-        log.exception("connection %s of hub %s failed", conn.connection_id, conn.hub)
+        log.exception(
+            "connection %s of hub %s failed", conn.connection_id, conn.hub, extra=conn_fields(conn)
+        )
         conn.close(CloseCode.INTERNAL_ERROR, "The service failed to process a message.")
     finally:
         # A reliable client that did not close normally may come back; one

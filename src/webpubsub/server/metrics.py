@@ -1,0 +1,476 @@
+"""The service's Prometheus metrics (``GET /metrics``; docs/reference/metrics.md).
+
+:class:`Metrics` is an :class:`~webpubsub.node.observe.Observer`: the node, the REST
+layer, the upstream transport and the backplane adapter of the composition root
+report to it, and it counts. What is a state rather than an event (connections by
+hub and protocol, reliable buffers, the event queue) is read when ``/metrics`` is
+scraped, by a collector of its own. Each :class:`Metrics` has its own
+``CollectorRegistry`` (several services run in one test process); this is the only
+module that imports ``prometheus_client``.
+
+Label values stay bounded, and what clients choose cannot crowd out what the service
+names: the first :data:`MAX_HUBS` hubs seen keep their name, any later one is counted
+as ``_other`` (hub names start with a letter: no hub is named so). An ``event_type`` is
+the service's own (:data:`NAMED_EVENT_TYPES`: the system events and ``validation``)
+always, a user event (named by clients) up to :data:`MAX_USER_EVENTS`, then
+``azure.webpubsub.user._other``; anything else (a replay's edited ``ce-type``)
+``_other``. A close ``code`` is named when RFC 6455 or the service defines it
+(:data:`NAMED_CLOSE_CODES`); the codes clients choose fold into ``3xxx`` and ``4xxx``,
+any other into ``other``. The ``*_created`` samples ``prometheus_client`` adds to
+each labelled child are left out of the scrape (:class:`_WithoutCreated`). The hot
+path (one call per client frame, one per fan-out) is a dict lookup of the cached
+labelled children and two ``inc``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from webpubsub.core.connection import Connection
+from webpubsub.errors import Unauthorized
+from webpubsub.node.observe import Exchange, RestCall
+from webpubsub.protocol.backplane import Target
+from webpubsub.protocol.cloudevents import SYSTEM_TYPE_PREFIX, USER_TYPE_PREFIX
+from webpubsub.protocol.frames import ClientProtocol, DataMessage
+from webpubsub.protocol.tokens import bearer_token
+from webpubsub.protocol.wsframe import CloseCode
+from webpubsub.server.errors import error_response
+
+if TYPE_CHECKING:
+    from webpubsub.core.hub import Hub
+    from webpubsub.upstream.dispatcher import Upstream
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The ``Content-Type`` of :meth:`Metrics.render`: the text format every Prometheus
+reads (what ``prometheus_client`` serves without content negotiation; the names here
+need none of the 1.0.0 format's escaping)."""
+
+MAX_HUBS = 1000
+"""Distinct hub label values; later hubs are counted as :data:`OTHER`."""
+MAX_USER_EVENTS = 50
+"""Distinct user event types (clients name them); later ones are :data:`USER_OTHER`."""
+NAMED_EVENT_TYPES = frozenset(
+    {SYSTEM_TYPE_PREFIX + name for name in ("connect", "connected", "disconnected")}
+    | {"validation", "unknown"}
+)
+"""The event types the service sends (``unknown``: a request without ``ce-type``)."""
+USER_OTHER = USER_TYPE_PREFIX + "_other"
+NAMED_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1015} | set(CloseCode)
+)
+"""The close codes RFC 6455 §7.4.1 defines and the service's own (``CloseCode``)."""
+MAX_SCANNED_CONNECTIONS = 100_000
+"""Connections a scrape looks at one by one (protocols, reliable buffers), in about
+35 ms on the 2-core build machine; the hubs past it are counted whole (``len``), with
+the protocol ``unknown``, and ``webpubsub_unscanned_connections`` says how many."""
+OTHER = "_other"
+
+PROTOCOL_LABELS = {
+    ClientProtocol.SIMPLE: "simple",
+    ClientProtocol.JSON: "json",
+    ClientProtocol.JSON_RELIABLE: "json.reliable",
+}
+SIMPLE = ClientProtocol.SIMPLE
+REPLY = "reply"
+"""The ``kind`` of an event handler's answer sent back to its connection."""
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PUBLISH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0)
+
+_Pair = tuple[Counter, Counter]
+
+
+class _Bounded:
+    """The label value of each distinct value, the first ``limit`` as themselves, the
+    others as ``other``."""
+
+    def __init__(self, limit: int, other: str = OTHER) -> None:
+        self._limit = limit
+        self._other = other
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return self._other
+
+
+class _EventTypes:
+    """The ``event_type`` label: the service's own named, user events bounded."""
+
+    def __init__(self) -> None:
+        self._user = _Bounded(MAX_USER_EVENTS, USER_OTHER)
+
+    def __call__(self, value: str) -> str:
+        if value in NAMED_EVENT_TYPES:
+            return value
+        if value.startswith(USER_TYPE_PREFIX):
+            return self._user(value)
+        return OTHER
+
+
+_CODE_LABELS = {code: str(code) for code in NAMED_CLOSE_CODES}
+
+
+def close_code_label(code: int | None) -> str:
+    """The ``code`` label of a close code (see the module docs)."""
+    if code is None:
+        return "none"
+    label = _CODE_LABELS.get(code)
+    if label is not None:
+        return label
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    return "4xxx" if 4000 <= code <= 4999 else "other"
+
+
+class Metrics:
+    """Counts what the observers are told; renders it in the text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._hub = _Bounded(MAX_HUBS)
+        self._event_type = _EventTypes()
+        self._connects = Counter(
+            "webpubsub_connects", "Connections attached.", ("hub", "protocol"), registry=r
+        )
+        self._disconnects = Counter(
+            "webpubsub_disconnects",
+            "Connections ended, by WebSocket close code (3xxx, 4xxx: a client's; none: unknown).",
+            ("hub", "code"),
+            registry=r,
+        )
+        self._received = Counter(
+            "webpubsub_received_messages", "Client frames read.", ("hub", "kind"), registry=r
+        )
+        self._received_bytes = Counter(
+            "webpubsub_received_bytes", "Bytes of client frames read.", ("hub", "kind"), registry=r
+        )
+        self._delivered = Counter(
+            "webpubsub_delivered_messages",
+            "Data messages offered to connections (one per recipient).",
+            ("hub", "kind"),
+            registry=r,
+        )
+        self._delivered_bytes = Counter(
+            "webpubsub_delivered_bytes",
+            "Payload bytes offered to connections (size times recipients).",
+            ("hub", "kind"),
+            registry=r,
+        )
+        self._rest = Counter(
+            "webpubsub_rest_requests",
+            "REST requests answered.",
+            ("operation", "status"),
+            registry=r,
+        )
+        self._rest_seconds = Histogram(
+            "webpubsub_rest_request_duration_seconds",
+            "REST request latency, head to answer.",
+            ("operation",),
+            registry=r,
+        )
+        self._events = Counter(
+            "webpubsub_cloudevent_requests",
+            "Requests to event handlers, by outcome.",
+            ("event_type", "outcome"),
+            registry=r,
+        )
+        self._event_seconds = Histogram(
+            "webpubsub_cloudevent_request_duration_seconds",
+            "Event handler request latency.",
+            ("event_type",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._slow = Counter(
+            "webpubsub_slow_client_closes",
+            "Connections closed for not reading what they were sent.",
+            ("hub",),
+            registry=r,
+        )
+        self._handovers = Counter(
+            "webpubsub_handovers",
+            "Reliable connections that moved between nodes (out: left this node, in: came).",
+            ("hub", "direction"),
+            registry=r,
+        )
+        self._publish_seconds = Histogram(
+            "webpubsub_backplane_publish_duration_seconds",
+            "Backplane publish latency.",
+            buckets=PUBLISH_BUCKETS,
+            registry=r,
+        )
+        self._publish_errors = Counter(
+            "webpubsub_backplane_publish_errors", "Backplane publishes that failed.", registry=r
+        )
+        self._in: dict[tuple[str, Any], _Pair] = {}
+        """(hub, kind) → the received children: the hot path's one lookup."""
+        self._out: dict[tuple[str, Any], _Pair] = {}
+        """(hub, target scope or ``reply``) → the delivered children."""
+        self._hubs: Callable[[], Iterable[Hub]] = lambda: ()
+        self._upstream: Upstream | None = None
+        r.register(_StateCollector(self))
+
+    def watch(self, hubs: Callable[[], Iterable[Hub]], upstream: Upstream | None) -> None:
+        """Read these at scrape time: the node's hubs, the upstream's queue and stats."""
+        self._hubs = hubs
+        self._upstream = upstream
+
+    def render(self) -> bytes:
+        """The text format of every metric, as of now."""
+        return generate_latest(_WithoutCreated(self.registry))
+
+    # -- the observer --------------------------------------------------------------
+
+    def connected(self, conn: Connection) -> None:
+        self._connects.labels(self._hub(conn.hub), PROTOCOL_LABELS[conn.protocol]).inc()
+
+    def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
+        self._disconnects.labels(self._hub(conn.hub), close_code_label(code)).inc()
+
+    def detached(self, conn: Connection, reason: str) -> None:
+        pass
+
+    def recovered(self, conn: Connection) -> None:
+        pass
+
+    def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        pair = self._in.get((conn.hub, kind))
+        if pair is None:
+            pair = self._pair(self._in, self._received, self._received_bytes, conn.hub, kind, kind)
+        pair[0].inc()
+        if isinstance(data, str):
+            pair[1].inc(len(data) if data.isascii() else len(data.encode("utf-8", "replace")))
+        else:
+            pair[1].inc(len(data))
+
+    def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
+        if not recipients:
+            return
+        pair = self._out.get((hub, target.scope))
+        if pair is None:
+            pair = self._out_pair(hub, target.scope, target.scope.value)
+        pair[0].inc(recipients)
+        pair[1].inc(len(message.payload.data) * recipients)
+
+    def replied(self, conn: Connection, message: DataMessage) -> None:
+        pair = self._out.get((conn.hub, REPLY))
+        if pair is None:
+            pair = self._out_pair(conn.hub, REPLY, REPLY)
+        pair[0].inc()
+        pair[1].inc(len(message.payload.data))
+
+    def rest_call(self, call: RestCall) -> None:
+        self._rest.labels(call.operation, str(call.status)).inc()
+        self._rest_seconds.labels(call.operation).observe(call.duration)
+
+    def cloud_event(self, exchange: Exchange) -> None:
+        event_type = self._event_type(exchange.event_type)
+        self._events.labels(event_type, exchange.outcome).inc()
+        self._event_seconds.labels(event_type).observe(exchange.duration)
+
+    def slow_client(self, conn: Connection) -> None:
+        self._slow.labels(self._hub(conn.hub)).inc()
+
+    def published(self, duration: float, error: str | None) -> None:
+        self._publish_seconds.observe(duration)
+        if error is not None:
+            self._publish_errors.inc()
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self._handovers.labels(self._hub(conn.hub), "out").inc()
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        self._handovers.labels(self._hub(conn.hub), "in").inc()
+
+    # -- labelled children ---------------------------------------------------------
+
+    def _out_pair(self, hub: str, key: object, kind: str) -> _Pair:
+        return self._pair(self._out, self._delivered, self._delivered_bytes, hub, key, kind)
+
+    def _pair(
+        self,
+        cache: dict[tuple[str, Any], _Pair],
+        count: Counter,
+        size: Counter,
+        hub: str,
+        key: object,
+        kind: str,
+    ) -> _Pair:
+        """The (count, bytes) children of (hub, kind), cached under (hub, key)."""
+        label = self._hub(hub)
+        pair = (count.labels(label, kind), size.labels(label, kind))
+        if label == hub:  # a hub counted as _other is not cached: the cache stays bounded
+            cache[(hub, key)] = pair
+        return pair
+
+    # -- the state, read at scrape time ----------------------------------------------
+
+    def _state(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "webpubsub_connections",
+            "Connections on this node (detached reliable ones included).",
+            labels=("hub", "protocol"),
+        )
+        buffered = GaugeMetricFamily(
+            "webpubsub_reliable_buffered_bytes",
+            "Unacknowledged bytes kept for reliable connections, summed.",
+        )
+        largest = GaugeMetricFamily(
+            "webpubsub_reliable_largest_buffered_bytes",
+            "Unacknowledged bytes of the reliable connection that keeps the most.",
+        )
+        detached = GaugeMetricFamily(
+            "webpubsub_detached_connections", "Reliable connections waiting for their client."
+        )
+        scan = _scan(self._hubs(), self._hub)
+        for (hub_label, protocol), n in sorted(scan.counts.items()):
+            connections.add_metric((hub_label, protocol), n)
+        buffered.add_metric((), scan.buffered)
+        largest.add_metric((), scan.largest)
+        detached.add_metric((), scan.detached)
+        skipped = GaugeMetricFamily(
+            "webpubsub_unscanned_connections",
+            "Connections this scrape counted without looking at them (past its budget).",
+        )
+        skipped.add_metric((), scan.unscanned)
+        yield from (connections, buffered, largest, detached, skipped)
+        if self._upstream is not None:
+            yield from _upstream_state(self._upstream)
+
+
+@dataclass(slots=True)
+class _Scan:
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(hub label, protocol label) → connections."""
+    buffered: int = 0
+    largest: int = 0
+    detached: int = 0
+    unscanned: int = 0
+
+    def add(self, hub: str, protocol: str, n: int) -> None:
+        if n:
+            self.counts[(hub, protocol)] = self.counts.get((hub, protocol), 0) + n
+
+
+def _scan(hubs: Iterable[Hub], hub_label: Callable[[str], str]) -> _Scan:
+    """One pass over the connections, at most :data:`MAX_SCANNED_CONNECTIONS` of them."""
+    scan = _Scan()
+    budget = MAX_SCANNED_CONNECTIONS
+    for hub in hubs:
+        label = hub_label(hub.key)
+        if budget < len(hub):
+            scan.add(label, "unknown", len(hub))
+            scan.unscanned += len(hub)
+            continue
+        budget -= len(hub)
+        simple = json = reliable = 0  # identity tests: an Enum hashes slowly
+        for conn in hub.connections():
+            buffer = conn.reliable
+            if buffer is None:
+                if conn.protocol is SIMPLE:
+                    simple += 1
+                else:
+                    json += 1
+                continue
+            reliable += 1
+            size = buffer.buffered_bytes
+            scan.buffered += size
+            if size > scan.largest:
+                scan.largest = size
+            if conn.sink is None:
+                scan.detached += 1
+        scan.add(label, "simple", simple)
+        scan.add(label, "json", json)
+        scan.add(label, "json.reliable", reliable)
+    return scan
+
+
+def _upstream_state(upstream: Upstream) -> Iterator[Metric]:
+    stats = upstream.stats
+    queued = GaugeMetricFamily(
+        "webpubsub_events_queued", "Asynchronous events waiting or being delivered."
+    )
+    queued.add_metric((), upstream.queued())
+    yield queued
+    for name, doc, value in (
+        ("webpubsub_events_delivered", "Asynchronous events delivered.", stats.delivered),
+        ("webpubsub_event_retries", "Retries of queued events.", stats.retried),
+        (
+            "webpubsub_events_dead_lettered",
+            "Events given up on (kept as dead letters).",
+            stats.dead_lettered,
+        ),
+    ):
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric((), value)
+        yield counter
+    dropped = CounterMetricFamily(
+        "webpubsub_events_dropped", "Events lost, by why.", labels=("reason",)
+    )
+    for reason, value in (
+        ("queue_full", stats.queue_full),
+        ("dead_letters_full", stats.dead_dropped),
+        ("after_close", stats.not_queued),
+        ("store_failed", stats.not_stored),
+    ):
+        dropped.add_metric((reason,), value)
+    yield dropped
+
+
+def metrics_endpoint(metrics: Metrics, token: str | None) -> Handler:
+    """The ``GET /metrics`` handler: the text format; with ``token``, only for a request
+    with ``Authorization: Bearer <token>`` (compared in constant time), else 401."""
+    expected = token.encode("utf-8") if token is not None else None
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if expected is not None:
+            given = bearer_token(request.headers.get("Authorization")) or ""
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
+                refusal = error_response(
+                    Unauthorized("/metrics needs an Authorization: Bearer token.")
+                )
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+                return refusal
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    return handle
+
+
+class _StateCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._metrics._state())
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+class _WithoutCreated(Collector):
+    """``registry`` without the ``*_created`` samples: ``prometheus_client`` can turn
+    them off only for the whole process (``disable_created_metrics``), which would
+    change the scrape of any other registry of an application that embeds the service."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():  # fresh Metric objects on each collect
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
