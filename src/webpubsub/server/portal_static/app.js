@@ -383,8 +383,14 @@ function renderHubs() {
 function hubCard(hub) {
   const s = hub.settings || {};
   const c = hub.counts || {};
+  const perNode = "summed over the nodes: one with connections on two nodes counts twice";
   const count = (label, value) =>
-    el("div", {}, el("strong", { "data-count": label, text: String(value ?? 0) }), el("span", { class: "muted", text: label }));
+    el(
+      "div",
+      { title: label === "connections" ? null : perNode },
+      el("strong", { "data-count": label, text: String(value ?? 0) }),
+      el("span", { class: "muted", text: label }),
+    );
   const card = el(
     "article",
     { class: "card hub-card", "data-hub": hub.name },
@@ -470,7 +476,7 @@ function renderConnections(truncated) {
       el("td", { class: "ids", text: c.connectionId }),
       el("td", { text: c.userId ?? "" }),
       el("td", { text: c.subprotocol || c.protocol || "" }, c.detached ? el("span", { class: "badge t-detached", text: "detached" }) : null),
-      el("td", { text: (c.groups || []).join(", ") }),
+      el("td", { text: (c.groups || []).join(", ") + (c.groupsTruncated ? ", …" : "") }),
       el("td", { class: "mono", text: c.node || "" }),
       el("td", { title: dateTime(c.connectedAt), text: `${since(c.connectedAt)} ago` }),
       el("td", { class: "num", text: String(c.messagesIn ?? 0) }),
@@ -506,7 +512,7 @@ async function loadConnectionDetail(id, userAction) {
     ["Protocol", c.subprotocol || c.protocol],
     ["Node", c.node],
     ["Connected", `${dateTime(c.connectedAt)} (${since(c.connectedAt)} ago)`],
-    ["Groups", (c.groups || []).join(", ") || "(none)"],
+    ["Groups", ((c.groups || []).join(", ") || "(none)") + (c.groupsTruncated ? " … (more, cut)" : "")],
     ["Messages in / out", `${c.messagesIn ?? 0} / ${c.messagesOut ?? 0}`],
     ["State", c.stateBytes ? bytes(c.stateBytes) : "none"],
     ["Detached", c.detached ? "yes (waiting for its client)" : "no"],
@@ -517,6 +523,7 @@ async function loadConnectionDetail(id, userAction) {
     perms.append(el("li", { class: "mono", text: group ? `${perm} (group ${group})` : `${perm} (every group)` }));
   }
   if (!perms.children.length) perms.append(el("li", { class: "muted", text: "none" }));
+  if (c.permissionsTruncated) perms.append(el("li", { class: "muted", text: "… more (the list was cut)" }));
   const recent = clear($("#conn-detail-recent"));
   for (const r of (c.recent || []).slice(-CONN_DETAIL_RECENT)) {
     const item = el("li", {}, el("span", { class: "mono", text: `${clock(r.time)} ` }), typeBadge(r), " ", summary(r));
@@ -826,7 +833,7 @@ function httpPart(title, part, extra) {
   box.append(kvTable(part.headers || []));
   const ct = headerValue(part.headers, "content-type");
   box.append(el("pre", { class: "body", text: formatBody(part.body, part.bodyEncoding, ct) }));
-  if (part.truncated) box.append(el("p", { class: "muted", text: "The body was cut at 16 KiB." }));
+  if (part.truncated) box.append(el("p", { class: "muted", text: "The body was cut: the trace keeps its first 16 KiB at most." }));
   return box;
 }
 
@@ -875,6 +882,9 @@ function renderRecordDetail(r) {
     ["userId", r.userId],
   ];
   box.append(kvTable(common.filter(([, v]) => v !== null && v !== undefined)));
+  if (r.truncated) {
+    box.append(el("p", { class: "muted", text: "This record was too large to keep whole: only its common fields are left." }));
+  }
   if (r.type === "cloudevent") {
     box.append(
       el("p", { class: "mono" }, `${r.method} ${r.url}`, r.replay ? " " : "", r.replay ? el("span", { class: "badge b-replay", text: "replay" }) : ""),
@@ -963,7 +973,7 @@ function resetReplay() {
   $("#replay-headers").value = (request.headers || []).map(([k, v]) => `${k}: ${v}`).join("\n");
   $("#replay-body").value = request.body || "";
   $("#replay-base64").checked = request.bodyEncoding === "base64";
-  $("#replay-status").textContent = request.truncated ? "The body was cut at 16 KiB: sent back unchanged, the original is sent whole." : "";
+  $("#replay-status").textContent = request.truncated ? "The body was cut in the trace: sent back unchanged, the original is sent whole." : "";
 }
 
 function parseHeaders(text) {
