@@ -40,6 +40,7 @@ from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
+from webpubsub.server.portal_poll import FEED_MAX_BYTES, Feed
 from webpubsub.server.portal_trace import local_records, parse_after, parse_seq, replay_headers
 from webpubsub.server.portal_view import NodeView
 from webpubsub.server.trace import TraceRing
@@ -883,3 +884,61 @@ async def test_a_replay_to_a_handler_that_is_down_answers_the_failed_exchange(
     assert replayed["replay"] is True and replayed["response"] is None
     assert replayed["outcome"] == "error" and "cannot connect" in replayed["error"]
     await ws.close()
+
+
+# -- the trace streams' one poller --------------------------------------------------
+
+
+async def test_open_streams_share_one_poll_so_a_slow_node_does_not_lock_the_portal_out(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    bus = MemoryBus()
+    first = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    second = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    answer = NodeView(second.node, second.trace).answer  # type: ignore[arg-type]
+    release = asyncio.Event()
+    asked = asyncio.Event()
+    waiting: list[int] = [0, 0]  # now, most at once
+
+    async def slow(request: bytes) -> bytes:  # an overloaded node: trace polls hang
+        if b'"trace"' in request:
+            waiting[0] += 1
+            waiting[1] = max(waiting)
+            asked.set()
+            await release.wait()
+            waiting[0] -= 1
+        return await answer(request)
+
+    second.backplane.answer_surveys(slow)
+    portal = await portal_for(http, first)
+    url = f"{portal.base}/portal/api/trace/stream"
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(4):  # the most one session may open
+            stream = await streams.enter_async_context(http.get(url, headers=portal.headers()))
+            assert stream.status == 200
+        other = await portal_for(http, first)
+        for _ in range(12):
+            stream = await streams.enter_async_context(http.get(url, headers=other.headers()))
+            assert stream.status == 200
+        async with asyncio.timeout(WAIT):
+            await asked.wait()
+        # Every other portal request still gets its survey (not 503: 16 in flight).
+        assert (await portal.get("/portal/api/session"))["node"] == first.node.node_id  # type: ignore[union-attr]
+        assert waiting[1] == 1  # one poll of the other node for all 16 streams
+        release.set()
+
+
+def test_a_feed_takes_what_its_stream_has_not_had_and_skips_ahead_when_full() -> None:
+    feed = Feed()
+    feed.offer("b", [(1, b"r1"), (2, b"r2")], 1, 2)
+    assert feed.take(1 << 20) == [b"r1", b"r2"] and feed.cursor == {"b": 2}
+    feed.offer("b", [(1, b"r1"), (2, b"r2"), (3, b"r3")], 1, 3)  # another stream's page
+    assert feed.take(1 << 20) == [b"r3"]
+    feed.offer("b", [(9, b"r9")], 9, 9)  # 4..8 left the node's ring
+    assert feed.take(1 << 20) == [b'event: gap\ndata: {"node":"b","missed":5}\n\n', b"r9"]
+    big = b"x" * (FEED_MAX_BYTES // 2 + 1)
+    feed.offer("b", [(10, big), (11, big), (12, big)], 9, 12)  # room for one
+    gap = b'event: gap\ndata: {"node":"b","missed":2}\n\n'
+    assert feed.take(1 << 20) == [big, gap] and feed.cursor == {"b": 12}
+    feed.offer("b", [(1, b"again")], 1, 1)  # the node restarted
+    assert feed.take(1 << 20) == [b"again"]

@@ -17,6 +17,7 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from webpubsub.protocol.payload import media_type
 from webpubsub.server.context import ServiceContext
+from webpubsub.server.portal_poll import TracePoller
 from webpubsub.server.portal_view import Json, NodeView, Survey, ask_nodes
 from webpubsub.server.rest import BODY_DEADLINE_FACTOR
 from webpubsub.upstream.dispatcher import Upstream
@@ -49,13 +50,20 @@ class Portal:
     streams: int = 0
     closing: bool = False
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    poller: TracePoller = field(init=False)
+    """The one poller of the other nodes' traces, shared by every open stream."""
+
+    def __post_init__(self) -> None:
+        self.poller = TracePoller(self.survey, lambda: self.view.node_id, self.view.trace)
 
     async def shut(self, _app: web.Application) -> None:
         """``on_shutdown``: end the open streams."""
         self.closing = True
         self._stopped.set()
+        self.poller.wake_all()
         if self.view.trace is not None:
             self.view.trace.wake()
+        await self.poller.stop()
 
 
 PORTAL = web.AppKey("webpubsub.portal", Portal)

@@ -20,19 +20,18 @@ from webpubsub.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     UpstreamError,
-    WebPubSubError,
 )
 from webpubsub.node.observe import Exchange
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.server.portal_core import (
     MAX_BODY_BYTES,
     SECURITY_HEADERS,
-    Portal,
     Session,
     ask,
     json_object,
     json_response,
 )
+from webpubsub.server.portal_poll import Feed, page_of, sse_event
 from webpubsub.server.portal_view import Json
 from webpubsub.server.trace import Record, TraceRing, exchange_fields, mask_value
 from webpubsub.upstream.http import safe_url
@@ -44,8 +43,8 @@ MAX_HEADER_VALUE = 8192
 MAX_STREAMS = 16
 """Trace streams open at once on one node (one more is answered 503)."""
 KEEPALIVE_SECONDS = 15.0
-POLL_SECONDS = 0.5
-"""How often an open stream asks the other nodes for their new records."""
+WRITE_MAX_BYTES = 256 * 1024
+"""Serialized events one write to a trace stream carries, at most (the rest: next turn)."""
 SEQ_MAX = 2**53
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
@@ -83,7 +82,7 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
     records: list[object] = []
     cursor: dict[str, int] = {}
     for node, answer in await ask(s, {"op": "trace", "after": after}):
-        page = _page(answer)
+        page = page_of(answer)
         if page is None:
             if node in after:
                 cursor[node] = after[node]
@@ -93,16 +92,6 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
         cursor[node] = _last_seq(found, after.get(node, 0) if found else last)
     records.sort(key=_record_time)
     return json_response({"records": records, "cursor": cursor})
-
-
-def _page(answer: object) -> tuple[list[object], int, int] | None:
-    """(records, first, last) of a node's trace page."""
-    if not isinstance(answer, dict):
-        return None
-    found, first, last = answer.get("records"), answer.get("first"), answer.get("last")
-    if not isinstance(found, list) or not isinstance(first, int) or not isinstance(last, int):
-        return None
-    return found, first, last
 
 
 def _last_seq(records: list[object], default: int) -> int:
@@ -143,11 +132,13 @@ async def _record_of(s: Session, node: str, seq: int) -> object:
 
 
 async def stream(request: web.Request, s: Session) -> web.StreamResponse:
-    """Server-Sent Events: every kept record of every node, then each new one."""
+    """Server-Sent Events: every kept record of every node, then each new one (this
+    node's from its ring, the others' through the process's one poller)."""
     portal = s.portal
     if portal.streams >= MAX_STREAMS:
         raise ServiceUnavailable(f"{MAX_STREAMS} trace streams are open already.")
     portal.streams += 1
+    feed = portal.poller.join()
     try:
         response = web.StreamResponse(
             headers={
@@ -158,44 +149,48 @@ async def stream(request: web.Request, s: Session) -> web.StreamResponse:
         )
         await response.prepare(request)
         with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
-            await _Stream(s, response, request).run()
+            await _Stream(s, response, request, feed).run()
         return response
     finally:
+        portal.poller.leave(feed)
         portal.streams -= 1
 
 
 class _Stream:
-    def __init__(self, s: Session, response: web.StreamResponse, request: web.Request) -> None:
+    def __init__(
+        self, s: Session, response: web.StreamResponse, request: web.Request, feed: Feed
+    ) -> None:
         self._s = s
         self._response = response
         self._request = request
+        self._feed = feed
         self._cursor: dict[str, int] = {}
+        """This node's last seq sent."""
 
     async def run(self) -> None:
         portal = self._s.portal
         local = portal.view.trace
         own = portal.view.node_id
+        feed = self._feed
         loop = asyncio.get_running_loop()
         keepalive_at = loop.time() + KEEPALIVE_SECONDS
-        poll_at = loop.time()
         while not portal.closing and not self._gone():
+            feed.wake.clear()
             chunk: list[bytes] = []
             if local is not None:
                 self._local(local_records(local, self._cursor, own, chunk), chunk)
-            if loop.time() >= poll_at:
-                await self._poll(own, chunk)
-                poll_at = loop.time() + POLL_SECONDS
+            chunk.extend(feed.take(WRITE_MAX_BYTES))
             if chunk:
                 await self._response.write(b"".join(chunk))
                 keepalive_at = loop.time() + KEEPALIVE_SECONDS
             elif loop.time() >= keepalive_at:
                 await self._response.write(b": keep-alive\n\n")
                 keepalive_at = loop.time() + KEEPALIVE_SECONDS
-            wait = max(0.0, min(poll_at, keepalive_at) - loop.time())
-            if local is not None:
-                await local.wait(self._cursor.get(own, 0), wait)
-            else:
-                await _wait(portal, wait)
+            if feed.pending or (local is not None and self._cursor.get(own, 0) < local.last_seq):
+                continue  # more to send now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, keepalive_at - loop.time())):
+                    await feed.wake.wait()
 
     def _gone(self) -> bool:
         transport = self._request.transport
@@ -204,25 +199,6 @@ class _Stream:
     def _local(self, records: list[Record], chunk: list[bytes]) -> None:
         for item in records:
             chunk.append(_event("record", item))
-
-    async def _poll(self, own: str, chunk: list[bytes]) -> None:
-        try:
-            answers = await ask(self._s, {"op": "trace", "after": self._cursor})
-        except WebPubSubError:  # no survey now (Redis down): try again next time
-            return
-        for node, answer in answers:
-            page = _page(answer)
-            if node == own or page is None:
-                continue
-            found, first, last = page
-            seen = self._cursor.get(node)
-            if seen is not None and seen > last:  # the node restarted
-                seen = None
-            if seen is not None and found and seen < first - 1:
-                chunk.append(_event("gap", {"node": node, "missed": first - 1 - seen}))
-            for item in found:
-                chunk.append(_event("record", item))
-            self._cursor[node] = _last_seq(found, seen if seen is not None else last)
 
 
 def local_records(
@@ -240,16 +216,7 @@ def local_records(
     return found
 
 
-async def _wait(portal: Portal, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await portal._stopped.wait()
-    except TimeoutError:
-        pass
-
-
-def _event(name: str, data: object) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+_event = sse_event
 
 
 # -- the webhook debugger, tokens ------------------------------------------------------

@@ -55,6 +55,8 @@ class NodeView:
             return b"null"
         op = asked.get("op")
         if op == "trace":
+            if asked.get("except") == self.node_id:  # the asker reads its own ring
+                return b"null"
             after = asked.get("after")
             mine = after.get(self.node_id) if isinstance(after, dict) else None
             return self.trace_page(_int(mine), MAX_RECORDS)
