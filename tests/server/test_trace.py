@@ -66,15 +66,50 @@ def test_the_ring_keeps_the_last_n_records_and_evicts_their_requests_with_them()
 def test_the_originals_kept_for_replay_are_bounded_in_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 250)
+    one = trace._request_bytes(exchange(b"b" * 100).request)
+    assert one > 100 + 200  # the headers and the URL count too
+    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 2 * one + 50)
     ring = TraceRing(100)
     for _ in range(5):
         ring.cloud_event(exchange(b"b" * 100))
     assert [seq for seq in range(1, 6) if ring.original(seq)] == [4, 5]
-    assert ring._original_bytes == 200
+    assert ring._original_bytes == 2 * one
     assert ring.get(1) is not None  # the record stays, without its original
-    ring.cloud_event(exchange(b"b" * 300))  # larger than the bound: kept alone, not at all
+    ring.cloud_event(exchange(b"b" * 3 * one))  # larger than the bound: kept alone, not at all
     assert not ring._originals and ring._original_bytes == 0
+
+
+def test_an_escape_heavy_body_is_cut_to_its_serialized_size_and_a_record_is_bounded() -> None:
+    ring = TraceRing(10, "n")
+    ring.cloud_event(exchange(b"\x01" * 20000, answer=b"\x01" * 20000))  # 6x when escaped
+    record = ring.get(1)
+    assert record is not None
+    for part in (record["request"], record["response"]):
+        assert isinstance(part, dict) and part["truncated"] is True
+        assert len(orjson.dumps(part["body"])) <= trace.BODY_SHOWN_BYTES
+    many = tuple((f"x-h{i}", "v" * 5000) for i in range(200))
+    big = Exchange(
+        UpstreamRequest("POST", "http://127.0.0.1:9/h", many, b"\x01" * 20000),
+        UpstreamResponse(200, many, b"\x01" * 20000),
+        None,
+        0.01,
+    )
+    ring.cloud_event(big)
+    assert ring.after_raw(1, 1, 1 << 30) == [orjson.dumps(ring.get(2))]
+    assert all(len(raw) <= trace.RECORD_MAX_BYTES for raw in ring.after_raw(0, 10, 1 << 30))
+    shown = ring.get(2)
+    assert shown is not None and shown["request"]["truncated"] is True  # type: ignore[index]
+
+
+def test_the_ring_is_bounded_by_its_records_serialized_bytes_too() -> None:
+    ring = TraceRing(100_000, "n", max_bytes=1024 * 1024)
+    for _ in range(300):
+        ring.cloud_event(exchange(b"b" * BODY_LIMIT, answer=b"a" * BODY_LIMIT))
+    assert ring.size_bytes <= 1024 * 1024 < ring.size_bytes + 40 * 1024
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 100_000, 1 << 30))
+    assert 20 < len(ring) < 40 and ring.last_seq == 300
+    assert len(ring._originals) == len(ring)  # evicted with their records
+    assert ring.after_raw(0, 100, 3 * 40 * 1024) == ring.after_raw(0, 3, 1 << 30)
 
 
 def test_a_cloudevent_record_shows_request_and_response_with_secrets_masked() -> None:
