@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -37,12 +38,18 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import InvalidParameter
 from webpubsub.node.node import Node
 from webpubsub.protocol.frames import ClientProtocol
-from webpubsub.server import portal_auth
+from webpubsub.server import portal_auth, portal_trace
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
 from webpubsub.server.portal_poll import FEED_MAX_BYTES, Feed
-from webpubsub.server.portal_trace import local_records, parse_after, parse_seq, replay_headers
-from webpubsub.server.portal_view import NodeView
+from webpubsub.server.portal_trace import (
+    WRITE_MAX_BYTES,
+    local_records,
+    parse_after,
+    parse_seq,
+    replay_headers,
+)
+from webpubsub.server.portal_view import MAX_ANSWER_BYTES, NodeView
 from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
@@ -774,13 +781,42 @@ def test_a_stream_that_fell_behind_the_ring_gets_a_gap_then_the_oldest_kept() ->
     chunk: list[bytes] = []
     c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
     ring.recovered(c)
-    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [1]
-    assert cursor == {"n": 1} and chunk == []
+    assert local_records(ring, cursor, "n", chunk, 1 << 20) == len(chunk[0])
+    assert cursor == {"n": 1} and [_seq_of(e) for e in chunk] == [1]
     for _ in range(6):
         ring.recovered(c)  # seq 2..7, the ring keeps 5..7
-    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [5, 6, 7]
-    assert chunk == [b'event: gap\ndata: {"node":"n","missed":3}\n\n']
-    assert cursor == {"n": 7}
+    chunk.clear()
+    local_records(ring, cursor, "n", chunk, 1 << 20)
+    assert chunk[0] == b'event: gap\ndata: {"node":"n","missed":3}\n\n'
+    assert [_seq_of(e) for e in chunk[1:]] == [5, 6, 7] and cursor == {"n": 7}
+
+
+def _seq_of(event: bytes) -> int:
+    assert event.startswith(b"event: record\ndata: ")
+    seq: int = json.loads(event.split(b"data: ", 1)[1])["seq"]
+    return seq
+
+
+def test_a_stream_write_and_a_trace_page_are_bounded_in_serialized_bytes() -> None:
+    ring = TraceRing(1000, "n", max_bytes=1 << 30)
+    big = "\x01" * 20000  # JSON escapes each as six bytes
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(400):
+        ring.received(c, big, "message")
+        ring.detached(c, big)
+    cursor: dict[str, int] = {}
+    chunks: list[list[bytes]] = []
+    while cursor.get("n", 0) < ring.last_seq:
+        chunk: list[bytes] = []
+        assert local_records(ring, cursor, "n", chunk, WRITE_MAX_BYTES) <= WRITE_MAX_BYTES
+        assert sum(map(len, chunk)) <= WRITE_MAX_BYTES
+        chunks.append(chunk)
+    assert [_seq_of(e) for chunk in chunks for e in chunk] == list(range(1, 801))
+    view = NodeView(_bare_node(), ring)
+    page = view.trace_page(None, 500)
+    assert len(page) <= MAX_ANSWER_BYTES
+    records = json.loads(page)["records"]
+    assert 1 < len(records) < 500 and records[0]["seq"] == 1
 
 
 async def test_an_open_stream_does_not_hold_up_the_service_stopping(
@@ -916,10 +952,13 @@ async def test_open_streams_share_one_poll_so_a_slow_node_does_not_lock_the_port
         for _ in range(4):  # the most one session may open
             stream = await streams.enter_async_context(http.get(url, headers=portal.headers()))
             assert stream.status == 200
-        other = await portal_for(http, first)
-        for _ in range(12):
-            stream = await streams.enter_async_context(http.get(url, headers=other.headers()))
-            assert stream.status == 200
+        async with http.get(url, headers=portal.headers()) as fifth:
+            assert fifth.status == 503  # a session's 5th stream
+        for _ in range(3):  # 16 in all (the most one node serves)
+            other = await portal_for(http, first)
+            for _ in range(4):
+                stream = await streams.enter_async_context(http.get(url, headers=other.headers()))
+                assert stream.status == 200
         async with asyncio.timeout(WAIT):
             await asked.wait()
         # Every other portal request still gets its survey (not 503: 16 in flight).
@@ -942,3 +981,28 @@ def test_a_feed_takes_what_its_stream_has_not_had_and_skips_ahead_when_full() ->
     assert feed.take(1 << 20) == [big, gap] and feed.cursor == {"b": 12}
     feed.offer("b", [(1, b"again")], 1, 1)  # the node restarted
     assert feed.take(1 << 20) == [b"again"]
+
+
+async def test_a_stalled_reader_s_stream_ends_after_the_write_timeout(
+    service: ServiceRunner, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(portal_trace, "WRITE_TIMEOUT", 0.2, raising=False)
+    portal = await portal_for(http, service)
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(100):  # ~12 MiB of records to send
+        service.trace.detached(c, "\x01" * 20000)  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", service.port))
+        cookie = f"{portal_auth.COOKIE}={portal.session}"
+        request = f"GET /portal/api/trace/stream HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        await asyncio.sleep(1.0)  # the reader stalls (longer than the write timeout)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(WAIT):  # the server gave up on it: the stream ends
+                while data := await loop.sock_recv(sock, 1 << 16):
+                    received += len(data)
+        assert received < 12 * 1024 * 1024

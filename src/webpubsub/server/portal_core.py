@@ -48,6 +48,8 @@ class Portal:
     """The service serves https: the cookie is ``Secure``."""
     clock: Callable[[], float] = time.time
     streams: int = 0
+    session_streams: dict[str, int] = field(default_factory=dict)
+    """Open trace streams by session."""
     closing: bool = False
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     poller: TracePoller = field(init=False)

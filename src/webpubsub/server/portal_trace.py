@@ -31,9 +31,9 @@ from webpubsub.server.portal_core import (
     json_object,
     json_response,
 )
-from webpubsub.server.portal_poll import Feed, page_of, sse_event
-from webpubsub.server.portal_view import Json
-from webpubsub.server.trace import Record, TraceRing, exchange_fields, mask_value
+from webpubsub.server.portal_poll import Feed, page_of, sse_event, sse_raw
+from webpubsub.server.portal_view import MAX_RECORDS, Json
+from webpubsub.server.trace import TraceRing, exchange_fields, shown_value
 from webpubsub.upstream.http import safe_url
 
 MAX_AFTER_CHARS = 8192
@@ -42,6 +42,11 @@ MAX_HEADERS = 100
 MAX_HEADER_VALUE = 8192
 MAX_STREAMS = 16
 """Trace streams open at once on one node (one more is answered 503)."""
+MAX_SESSION_STREAMS = 4
+"""Trace streams one session may have open at once (one more is answered 503)."""
+WRITE_TIMEOUT = 10.0
+"""How long one write to a trace stream may wait for its reader; past it the stream
+ends (its slot is free again)."""
 KEEPALIVE_SECONDS = 15.0
 WRITE_MAX_BYTES = 256 * 1024
 """Serialized events one write to a trace stream carries, at most (the rest: next turn)."""
@@ -137,7 +142,13 @@ async def stream(request: web.Request, s: Session) -> web.StreamResponse:
     portal = s.portal
     if portal.streams >= MAX_STREAMS:
         raise ServiceUnavailable(f"{MAX_STREAMS} trace streams are open already.")
+    mine = portal.session_streams.get(s.value, 0)
+    if mine >= MAX_SESSION_STREAMS:
+        raise ServiceUnavailable(
+            f"This session has {MAX_SESSION_STREAMS} trace streams open already."
+        )
     portal.streams += 1
+    portal.session_streams[s.value] = mine + 1
     feed = portal.poller.join()
     try:
         response = web.StreamResponse(
@@ -154,6 +165,9 @@ async def stream(request: web.Request, s: Session) -> web.StreamResponse:
     finally:
         portal.poller.leave(feed)
         portal.streams -= 1
+        left = portal.session_streams.pop(s.value, 1) - 1
+        if left > 0:
+            portal.session_streams[s.value] = left
 
 
 class _Stream:
@@ -177,14 +191,13 @@ class _Stream:
         while not portal.closing and not self._gone():
             feed.wake.clear()
             chunk: list[bytes] = []
+            used = 0
             if local is not None:
-                self._local(local_records(local, self._cursor, own, chunk), chunk)
-            chunk.extend(feed.take(WRITE_MAX_BYTES))
-            if chunk:
-                await self._response.write(b"".join(chunk))
-                keepalive_at = loop.time() + KEEPALIVE_SECONDS
-            elif loop.time() >= keepalive_at:
-                await self._response.write(b": keep-alive\n\n")
+                used = local_records(local, self._cursor, own, chunk, WRITE_MAX_BYTES)
+            chunk.extend(feed.take(max(1, WRITE_MAX_BYTES - used)))
+            if chunk or loop.time() >= keepalive_at:
+                if not await self._write(b"".join(chunk) or b": keep-alive\n\n"):
+                    return
                 keepalive_at = loop.time() + KEEPALIVE_SECONDS
             if feed.pending or (local is not None and self._cursor.get(own, 0) < local.last_seq):
                 continue  # more to send now
@@ -196,27 +209,42 @@ class _Stream:
         transport = self._request.transport
         return transport is None or transport.is_closing()
 
-    def _local(self, records: list[Record], chunk: list[bytes]) -> None:
-        for item in records:
-            chunk.append(_event("record", item))
+    async def _write(self, data: bytes) -> bool:
+        """Write ``data``; False (the connection closed) when the reader did not take
+        it within :data:`WRITE_TIMEOUT`."""
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self._response.write(data)
+        except TimeoutError:
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+            return False
+        return True
 
 
 def local_records(
-    local: TraceRing, cursor: dict[str, int], own: str, chunk: list[bytes]
-) -> list[Record]:
-    """This node's records after its cursor (a gap event first if some were missed)."""
+    local: TraceRing, cursor: dict[str, int], own: str, chunk: list[bytes], budget: int
+) -> int:
+    """Append this node's records after its cursor to ``chunk`` as events, at most
+    ``budget`` bytes of them (at least one; a gap event first if some were missed);
+    the bytes appended."""
     seen = cursor.get(own)
+    used = 0
     if seen is None or seen > local.last_seq:
         seen = local.first_seq - 1
     elif seen < local.first_seq - 1:
-        chunk.append(_event("gap", {"node": own, "missed": local.first_seq - 1 - seen}))
+        gap = sse_event("gap", {"node": own, "missed": local.first_seq - 1 - seen})
+        chunk.append(gap)
+        used += len(gap)
         seen = local.first_seq - 1
-    found = local.after(seen, 500)
+    found = local.after_raw(seen, MAX_RECORDS, budget - used)
+    for raw in found:
+        event = sse_raw("record", raw)
+        chunk.append(event)
+        used += len(event)
     cursor[own] = seen + len(found)
-    return found
-
-
-_event = sse_event
+    return used
 
 
 # -- the webhook debugger, tokens ------------------------------------------------------
@@ -295,7 +323,7 @@ def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list
             f"'headers' must be a list of at most {MAX_HEADERS} [name, value] pairs.",
             target="headers",
         )
-    masked = {(k.lower(), mask_value(k, v)): v for k, v in original}
+    masked = {(k.lower(), shown_value(k, v)): v for k, v in original}
     headers: list[tuple[str, str]] = []
     for item in given:
         if (
