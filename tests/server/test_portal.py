@@ -41,6 +41,7 @@ from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.server import portal_auth, portal_trace
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
+from webpubsub.server.portal_core import PORTAL
 from webpubsub.server.portal_poll import FEED_MAX_BYTES, Feed
 from webpubsub.server.portal_trace import (
     WRITE_MAX_BYTES,
@@ -1006,3 +1007,62 @@ async def test_a_stalled_reader_s_stream_ends_after_the_write_timeout(
                 while data := await loop.sock_recv(sock, 1 << 16):
                     received += len(data)
         assert received < 12 * 1024 * 1024
+
+
+# -- fetch metadata, headers ----------------------------------------------------------
+
+
+async def test_a_same_site_page_cannot_read_or_open_streams_with_the_cookie(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    # Another port of the same host (the demo's chat app) is the same site: its pages
+    # send the SameSite=Strict cookie, but their requests carry other fetch metadata.
+    portal = await portal_for(http, service)
+    refused = [
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "no-cors"},  # an <img> of our own
+    ]
+    for path in ("/portal/api/trace/stream", "/portal/api/hubs", "/portal/api/nothing"):
+        for headers in refused:
+            async with http.get(portal.base + path, headers={**portal.headers(), **headers}) as r:
+                assert r.status == 403, (path, headers)
+                assert (await r.json())["code"] == "Error.Forbidden"
+    async with http.post(
+        portal.base + "/portal/api/login", json={"key": ACCESS_KEY}, headers=refused[0]
+    ) as resp:
+        assert resp.status == 403
+    assert service._runner.app[PORTAL].streams == 0  # type: ignore[union-attr]
+    # The portal's own page (same-origin fetch / EventSource) and scripts (none) pass.
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"},
+        {},
+    ):
+        async with http.get(
+            portal.base + "/portal/api/hubs", headers={**portal.headers(), **headers}
+        ) as resp:
+            assert resp.status == 200, headers
+
+
+async def test_every_portal_answer_has_the_security_headers_and_no_echoed_path(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = await portal_for(http, service)
+    cookie = portal.headers()
+    cases = [
+        ("/portal/api/<b>x</b>", {}, 401),
+        ("/portal/api/<b>x</b>", cookie, 404),
+        ("/portal/api/hubs", {**cookie, "Sec-Fetch-Site": "cross-site"}, 403),
+        ("/portal/static/<b>x</b>", {}, 404),
+        ("/portal/api/hubs", cookie, 200),
+        ("/portal", {}, 200),
+    ]
+    for path, headers, status in cases:
+        async with http.get(portal.base + path, headers=headers) as resp:
+            assert resp.status == status, path
+            assert resp.headers["Cache-Control"] == "no-store" or path == "/portal"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["X-Frame-Options"] == "DENY"
+            assert "<b>" not in await resp.text()

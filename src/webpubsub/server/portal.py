@@ -89,7 +89,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 async def static_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in STATIC_FILES:
-        raise NotFound(f"No portal file {name!r}.")
+        raise NotFound("There is no such portal file.")
     return _file(name)
 
 
@@ -108,6 +108,7 @@ def _file(name: str) -> web.Response:
 async def login(request: web.Request) -> web.StreamResponse:
     """``{"key": "<access key>"}``: 204 and the session cookie; 401 for a wrong key."""
     ctx, portal = request.app[SERVICE], request.app[PORTAL]
+    auth.check_fetch_metadata(request)
     auth.check_origin(request, _own_origins(request, ctx))
     body = await json_object(request, ctx, MAX_BODY_BYTES)
     given = body.get("key")
@@ -170,6 +171,7 @@ def guarded(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamResp
     """``route``'s handler behind the session check (and, for a write, CSRF + Origin)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        auth.check_fetch_metadata(request)
         session = _session(request)
         if route.writes:
             auth.check_origin(request, _own_origins(request, session.ctx))
@@ -188,8 +190,9 @@ def _session(request: web.Request) -> Session:
 
 async def unknown(request: web.Request) -> web.StreamResponse:
     """Any other path under ``/portal/api/``: 401 without a session, else 404."""
+    auth.check_fetch_metadata(request)
     _session(request)
-    raise NotFound(f"No portal API at {request.path}.")
+    raise NotFound("There is no such portal API.")
 
 
 def _own_origins(request: web.Request, ctx: ServiceContext) -> list[str]:
@@ -384,10 +387,19 @@ API_ROUTES: tuple[ApiRoute, ...] = (
 """Every route that needs the session (tests check each refuses without one)."""
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under ``/portal`` (errors too) carries the portal's security headers."""
+    path = request.path
+    if path == "/portal" or path.startswith("/portal/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 def add_routes(app: web.Application, portal: Portal) -> None:
     """Serve the portal on ``app`` (the composition root calls this when it is on)."""
     app[PORTAL] = portal
     app.on_shutdown.append(portal.shut)
+    app.on_response_prepare.append(_security_headers)
     router = app.router
     router.add_get("/portal", page, allow_head=False)
     router.add_get("/portal/", page, allow_head=False)

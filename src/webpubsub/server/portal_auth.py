@@ -91,6 +91,24 @@ def check_origin(request: web.Request, own: Sequence[str]) -> None:
         raise Forbidden("The request's Origin is not this service's.")
 
 
+FETCH_SITES = ("same-origin", "none")
+"""The ``Sec-Fetch-Site`` values a browser's portal request may carry."""
+
+
+def check_fetch_metadata(request: web.Request) -> None:
+    """Every ``/portal/api/`` request, reads too: a browser's request must come from the
+    portal's own page (``Sec-Fetch-Site`` ``same-origin``, or ``none``: typed by the user)
+    and not be a ``no-cors`` fetch (an ``<img>``, a ``<script>``). Another port of the
+    same host is the same *site*, so the ``SameSite=Strict`` cookie goes with its
+    requests: this check is what keeps its pages out. A client that sends no fetch
+    metadata (curl, a script) is not a browser and passes."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in FETCH_SITES:
+        raise Forbidden("The portal's API answers its own page only (Sec-Fetch-Site).")
+    if request.headers.get("Sec-Fetch-Mode", "").strip().lower() == "no-cors":
+        raise Forbidden("The portal's API does not answer no-cors requests (Sec-Fetch-Mode).")
+
+
 def normal_origin(url: str) -> tuple[str, str, int | None] | None:
     """(scheme, host, port) of an http(s) origin, as token audiences compare them;
     None for anything else (``null``, a malformed value)."""
