@@ -202,7 +202,7 @@ async def test_the_session_cookie_is_httponly_samesite_strict_on_path_portal(
     assert {"httponly", "path", "samesite", "max-age"} <= attributes
     assert "secure" not in attributes  # plain http: a Secure cookie would never come back
     assert "Path=/portal" in cookie and "SameSite=Strict" in cookie
-    assert "Max-Age=43200" in cookie
+    assert "Max-Age=28800" in cookie
 
 
 async def test_over_https_the_cookie_is_also_secure(
@@ -1066,3 +1066,20 @@ async def test_every_portal_answer_has_the_security_headers_and_no_echoed_path(
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert resp.headers["X-Frame-Options"] == "DENY"
             assert "<b>" not in await resp.text()
+
+
+async def test_a_stream_ends_when_its_session_expires(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = PortalClient(http, service)
+    portal.session = portal_auth.new_session(
+        ACCESS_KEY, time.time() - portal_auth.SESSION_SECONDS + 1
+    )
+    assert portal_auth.SESSION_SECONDS <= 8 * 3600
+    async with http.get(
+        f"{portal.base}/portal/api/trace/stream", headers=portal.headers()
+    ) as stream:
+        assert stream.status == 200
+        async with asyncio.timeout(WAIT):
+            await stream.content.read()  # the server ends it: EOF
+    await portal.get("/portal/api/hubs", status=401)

@@ -23,7 +23,9 @@ from webpubsub.errors import Forbidden, Unauthorized
 from webpubsub.protocol.tokens import url_origin
 
 COOKIE = "webpubsub_portal"
-SESSION_SECONDS = 12 * 3600
+SESSION_SECONDS = 8 * 3600
+"""A session's life. Sessions are stateless: logging out clears the browser's cookie,
+but a copy of the cookie stays good until it expires (or its key is dropped)."""
 CSRF_HEADER = "X-Portal-CSRF"
 MAX_SESSION_CHARS = 128
 
@@ -64,6 +66,11 @@ def session_key(value: str | None, keys: Sequence[str], now: float) -> str | Non
     if found is None or int(expiry) <= now:
         return None
     return found
+
+
+def session_expiry(value: str) -> int:
+    """The expiry (unix seconds) of a session that :func:`session_key` verified."""
+    return int(value.partition(".")[0])
 
 
 def csrf_token(key: str, session: str) -> str:

@@ -23,6 +23,7 @@ from webpubsub.errors import (
 )
 from webpubsub.node.observe import Exchange
 from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.server import portal_auth as auth
 from webpubsub.server.portal_core import (
     MAX_BODY_BYTES,
     SECURITY_HEADERS,
@@ -189,6 +190,9 @@ class _Stream:
         loop = asyncio.get_running_loop()
         keepalive_at = loop.time() + KEEPALIVE_SECONDS
         while not portal.closing and not self._gone():
+            left = self._session_left()
+            if left <= 0:  # the session expired (or its key was dropped): the stream too
+                return
             feed.wake.clear()
             chunk: list[bytes] = []
             used = 0
@@ -202,8 +206,16 @@ class _Stream:
             if feed.pending or (local is not None and self._cursor.get(own, 0) < local.last_seq):
                 continue  # more to send now
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, keepalive_at - loop.time())):
+                async with asyncio.timeout(max(0.0, min(keepalive_at - loop.time(), left))):
                     await feed.wake.wait()
+
+    def _session_left(self) -> float:
+        """Seconds the stream's session has left (0 once it no longer verifies)."""
+        s = self._s
+        now = s.portal.clock()
+        if auth.session_key(s.value, s.ctx.access_keys, now) is None:
+            return 0.0
+        return auth.session_expiry(s.value) - now
 
     def _gone(self) -> bool:
         transport = self._request.transport
