@@ -214,3 +214,41 @@ def test_a_signature_is_never_shown_whole(digest: str) -> None:
 def test_an_authorization_value_is_never_shown(secret: str) -> None:
     shown = mask_value("authorization", f"Bearer {secret}")
     assert shown in ("Bearer …", "…")
+
+
+def test_the_connect_event_body_shows_the_client_s_secrets_in_part_only() -> None:
+    body = orjson.dumps(
+        {
+            "claims": {"sub": ["a"]},
+            "query": {"sig": ["query-secret"], "code": ["short"]},
+            "headers": {
+                "Host": ["127.0.0.1:1"],
+                "Cookie": ["app_session=END-USER-SECRET"],
+                "X-Api-Key": ["k-123"],
+                "Authorization": ["Bearer very-secret-token"],
+                "X-Auth-Token": ["tok-0123456789"],
+                "Sec-WebSocket-Key": ["8vKEr0uGRfCujoDR0IcZIA=="],
+            },
+            "subprotocols": [],
+            "clientCertificates": [],
+        }
+    )
+    request = UpstreamRequest(
+        "POST", "http://127.0.0.1:9/h", (("ce-type", trace.CONNECT_EVENT),), body
+    )
+    ring = TraceRing(5, "n")
+    ring.cloud_event(Exchange(request, None, "down", 0.1))
+    record = ring.get(1)
+    assert record is not None
+    shown = record["request"]["body"]  # type: ignore[index]
+    for secret in ("END-USER-SECRET", "k-123", "query-secret", "very-secret", "short",
+                   "tok-0123456789", "IZA=="):  # fmt: skip
+        assert secret not in shown
+    parsed = orjson.loads(shown)
+    assert parsed["query"]["sig"] == ["quer…"] and parsed["headers"]["Host"] == ["127.0.0.1:1"]
+    assert parsed["headers"]["Cookie"] == ["app_…"] and parsed["headers"]["X-Api-Key"] == ["…"]
+    assert ring.original(1) == request  # the real request is unchanged
+    # Headers of the HTTP exchange itself follow the same rule.
+    assert mask_value("X-Api-Key", "abcdefghijkl") == "abcd…"
+    assert mask_value("X-Session-Token", "abcdefghijkl") == "abcd…"
+    assert mask_value("Content-Type", "application/json") == "application/json"

@@ -355,6 +355,7 @@ def exchange_fields(exchange: Exchange) -> Record:
     """The ``cloudevent`` fields of an exchange with an event handler (secrets masked)."""
     request = exchange.request
     response = exchange.response
+    body = _connect_body_shown(request.body) if _is_connect(request.headers) else request.body
     answer: Record | None = None
     if response is not None:
         answer = {"status": response.status, **_http_part(response.headers, response.body)}
@@ -363,7 +364,7 @@ def exchange_fields(exchange: Exchange) -> Record:
         "ceId": _header(request.headers, "ce-id"),
         "method": request.method,
         "url": safe_url(request.url),
-        "request": _http_part(request.headers, request.body),
+        "request": _http_part(request.headers, body),
         "response": answer,
         "error": exchange.error,
         "outcome": exchange.outcome,
@@ -411,19 +412,58 @@ def shown_value(name: str, value: str) -> str:
     return shown
 
 
+_SECRET_WORDS = ("key", "token", "secret", "signature", "password", "auth")
+"""A header whose name contains one of these is shown in part only."""
+CONNECT_EVENT = "azure.webpubsub.sys.connect"
+
+
 def mask_value(name: str, value: str) -> str:
     """A header's value as the trace shows it: ``ce-signature`` values keep their
     first four hex digits, ``Authorization`` (and ``Proxy-Authorization``) its scheme,
-    ``Cookie``/``Set-Cookie`` nothing."""
+    ``Cookie``/``Set-Cookie`` and any header whose name contains ``key``, ``token``,
+    ``secret``, ``signature``, ``password`` or ``auth`` its first four characters
+    (:func:`mask_secret`)."""
     lowered = name.lower()
     if lowered == "ce-signature":
         return ",".join(_masked_signature(part.strip()) for part in value.split(","))
     if lowered in ("authorization", "proxy-authorization"):
         scheme = value.strip().partition(" ")[0]
         return f"{scheme} …" if scheme and scheme != value.strip() else "…"
-    if lowered in ("cookie", "set-cookie"):
-        return "…"
+    if lowered in ("cookie", "set-cookie") or any(w in lowered for w in _SECRET_WORDS):
+        return mask_secret(value)
     return value
+
+
+def mask_secret(value: str) -> str:
+    """A secret as the trace shows it: its first four characters and ``…`` (only ``…``
+    for one of at most 8 characters, which four would nearly give away)."""
+    return f"{value[:4]}…" if len(value) > 8 else "…"
+
+
+def _is_connect(headers: Sequence[tuple[str, str]]) -> bool:
+    return _header(headers, "ce-type") == CONNECT_EVENT
+
+
+def _connect_body_shown(body: bytes) -> bytes:
+    """The body of a ``connect`` event as the trace shows it: the client's request
+    headers masked as :func:`mask_value` masks them, every query value as a secret
+    (an app's ``?sig=``, ``?code=``). The request sent is never changed."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(value, dict):
+        return body
+    for key, mask in (("headers", mask_value), ("query", lambda _name, v: mask_secret(v))):
+        part = value.get(key)
+        if isinstance(part, dict):
+            value[key] = {
+                name: [mask(name, v) if isinstance(v, str) else "…" for v in values]
+                if isinstance(values, list)
+                else "…"
+                for name, values in part.items()
+            }
+    return orjson.dumps(value)
 
 
 def _masked_signature(part: str) -> str:
