@@ -442,6 +442,7 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
         {"method": "POST", "path": "/api/hubs/chat/:send?api-version=2024-12-01"},
     )
     assert rest["url"] == f"{portal.base}/api/hubs/chat/:send?api-version=2024-12-01"
+    assert set(rest) == {"token", "url"}  # no method: the token binds the URL only
     async with http.post(
         rest["url"],
         data="from the console",
@@ -449,6 +450,12 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
     ) as resp:
         assert resp.status == 202
     assert await next_data(ws) == "from the console"
+    # As documented: good for every method on that URL (aud is the URL, as on Azure).
+    group = "/api/hubs/chat/users/carol/groups/g2?api-version=2024-12-01"
+    put = await portal.post("/portal/api/rest-token", {"method": "PUT", "path": group})
+    bearer = {"Authorization": f"Bearer {put['token']}"}
+    async with http.delete(put["url"], headers=bearer) as resp:
+        assert resp.status == 204
     for bad in ({"path": "/portal/api/session"}, {"path": "/api/hubs/x\r\n"}, {"method": "X"}):
         await portal.post("/portal/api/rest-token", {"path": "/api/hubs/a", **bad}, status=400)
     await portal.post("/portal/api/token", {"hub": "chat", "minutes": 0}, status=400)

@@ -345,6 +345,8 @@ def _strings(value: object, name: str) -> list[str]:
 
 
 async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
+    """A REST token for one URL (``aud``), good for every method on it for 5 minutes
+    (``method`` is checked, for the console's sake, but not bound)."""
     body = await json_object(request, s.ctx, MAX_BODY_BYTES)
     method, path = body.get("method", "POST"), body.get("path")
     if not isinstance(method, str) or method.upper() not in REST_METHODS:
@@ -363,7 +365,9 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
     token = issue_rest_token(
         s.ctx.access_keys[0], audience=url, now=s.ctx.clock(), ttl_seconds=REST_TOKEN_SECONDS
     )
-    return json_response({"token": token, "url": url, "method": method.upper()})
+    # A REST token binds its URL only (``aud``, as on Azure), never a method: the
+    # answer names none so as not to suggest one.
+    return json_response({"token": token, "url": url})
 
 
 # -- helpers ---------------------------------------------------------------------------
