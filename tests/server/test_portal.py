@@ -1090,3 +1090,45 @@ async def test_a_stream_ends_when_its_session_expires(
         async with asyncio.timeout(WAIT):
             await stream.content.read()  # the server ends it: EOF
     await portal.get("/portal/api/hubs", status=401)
+
+
+async def test_a_record_lookup_names_its_node_and_a_large_original_comes_in_parts(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    bus = MemoryBus()
+    first = await start_service(chat_hub(handler.url), backplane=MemoryBackplane(bus, wire=True))
+    second = await start_service(chat_hub(handler.url), backplane=MemoryBackplane(bus, wire=True))
+    b = second.node.node_id  # type: ignore[union-attr]
+    view = NodeView(second.node, second.trace)  # type: ignore[arg-type]
+    asked: list[tuple[bytes, int]] = []
+
+    async def answer(request: bytes) -> bytes:
+        found = await view.answer(request)
+        asked.append((request, len(found)))
+        return found
+
+    second.backplane.answer_surveys(answer)
+    portal = await portal_for(http, first)
+    portal.rings.append(second.trace)  # type: ignore[arg-type]
+    ws = await http.ws_connect(await _client_url(second))
+    sent = "\x01" * 600_000  # a body larger than any one survey answer may be
+    await ws.send_str(sent)
+    assert (await handler.next_event("user.message")).body == sent.encode()
+    def message(r: dict[str, Any]) -> bool:
+        return r["node"] == b and r.get("eventType") == "azure.webpubsub.user.message"
+
+    records = await _trace_until(portal, lambda rs: any(message(r) for r in rs))
+    traced = next(r for r in records if message(r))
+    # Another node's record is asked of that node only: the others answer null at once.
+    own = view.node_id
+    lookup = {"op": "record", "node": "someone-else", "seq": traced["seq"]}
+    assert await view.answer(json.dumps(lookup).encode()) == b"null"
+    lookup["node"] = own
+    assert json.loads(await view.answer(json.dumps(lookup).encode()))["seq"] == traced["seq"]
+    assert await portal.get(f"/portal/api/trace/{b}/{traced['seq']}") == traced
+    await portal.post("/portal/api/replay", {"node": b, "seq": traced["seq"]})
+    assert (await handler.next_event("user.message")).body == sent.encode()
+    originals = [size for request, size in asked if b'"original"' in request]
+    assert len(originals) >= 4  # 600 KB in parts
+    assert max(size for _, size in asked) < 512 * 1024  # every answer well under 1 MiB
+    await ws.close()

@@ -131,8 +131,8 @@ async def _record_of(s: Session, node: str, seq: int) -> object:
     view = s.portal.view
     if node == view.node_id:
         return view.trace.get(seq) if view.trace is not None else None
-    for answered, answer in await ask(s, {"op": "record", "seq": seq}):
-        if answered == node:
+    for answered, answer in await ask(s, {"op": "record", "node": node, "seq": seq}):
+        if answered == node:  # (the other nodes answer null at once)
             return answer
     return None
 
@@ -295,35 +295,55 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
 async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, Json]:
     """The full request of CloudEvent record ``(node, seq)`` and the record."""
     view = s.portal.view
-    answer: object = None
+    traced: object = None
+    request: UpstreamRequest | None = None
     if node == view.node_id:
-        answer = view.original(seq)
+        if view.trace is not None:
+            traced, request = view.trace.get(seq), view.trace.original(seq)
     else:
-        for answered, value in await ask(s, {"op": "original", "seq": seq}):
-            if answered == node:
-                answer = value
-    if not isinstance(answer, dict):
-        raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
-    traced = answer.get("record")
-    request = answer.get("request")
+        traced, request = await _remote_original(s, node, seq)
     if not isinstance(traced, dict):
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
     if traced.get("type") != "cloudevent":
         raise BadRequest(f"Trace record {node}/{seq} is not a CloudEvent.")
-    if not isinstance(request, dict):
+    if request is None:
         raise NotFound(f"The request of trace record {node}/{seq} is no longer kept.")
-    try:
-        return (
-            UpstreamRequest(
-                method=str(request["method"]),
-                url=str(request["url"]),
-                headers=tuple((str(k), str(v)) for k, v in request["headers"]),
-                body=base64.b64decode(request["body"]),
-            ),
-            traced,
-        )
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        raise NotFound(f"Trace record {node}/{seq} is no longer kept.") from None
+    return request, traced
+
+
+async def _remote_original(
+    s: Session, node: str, seq: int
+) -> tuple[object, UpstreamRequest | None]:
+    """Record ``(node, seq)`` and its full request, asked of that node part by part
+    (each answer carries a part of the body; the other nodes answer null at once)."""
+    traced: object = None
+    body = bytearray()
+    limit = s.ctx.max_message_bytes * 2 + MAX_BODY_BYTES
+    while True:  # bounded: each pass adds a part, at most ``limit`` bytes in all
+        asked = {"op": "original", "node": node, "seq": seq, "offset": len(body)}
+        answer = next((a for n, a in await ask(s, asked) if n == node), None)
+        if not isinstance(answer, dict):
+            return traced, None
+        if not body:
+            traced = answer.get("record")
+        shown = answer.get("request")
+        if not isinstance(shown, dict):
+            return traced, None
+        size = shown.get("size")
+        try:
+            part = base64.b64decode(str(shown.get("body", "")), validate=True)
+            if not isinstance(size, int) or size > limit or shown.get("offset") != len(body):
+                return traced, None
+            body += part
+            if len(body) >= size or not part:
+                return traced, UpstreamRequest(
+                    method=str(shown["method"]),
+                    url=str(shown["url"]),
+                    headers=tuple((str(k), str(v)) for k, v in shown["headers"]),
+                    body=bytes(body),
+                ) if len(body) == size else None  # fmt: skip
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return traced, None
 
 
 def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:

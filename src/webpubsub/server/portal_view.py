@@ -32,6 +32,8 @@ MAX_GROUPS_BYTES = 16 * 1024
 (the rest cut: ``groupsTruncated`` / ``permissionsTruncated``)."""
 MAX_HUBS = 2000
 """Hubs one node counts per answer (those with the most connections)."""
+ORIGINAL_CHUNK = 128 * 1024
+"""Body bytes of an original request one answer carries (base64: 171 KiB)."""
 MAX_QUERY_CHARS = 256
 SURVEY_TIMEOUT = 1.0
 
@@ -74,10 +76,12 @@ class NodeView:
             result = self.connections(_str(asked.get("hub")), _str(asked.get("q")))
         elif op == "connection":
             result = self.connection(_str(asked.get("hub")), _str(asked.get("id")))
+        elif op in ("record", "original") and asked.get("node") != self.node_id:
+            result = None  # asked of another node: answered at once, with nothing
         elif op == "record" and self.trace is not None:
             result = self.trace.get(_int(asked.get("seq")) or 0)
         elif op == "original":
-            result = self.original(_int(asked.get("seq")) or 0)
+            result = self.original(_int(asked.get("seq")) or 0, _int(asked.get("offset")) or 0)
         elif op == "nodes":
             result = {}
         return orjson.dumps(result)
@@ -154,23 +158,30 @@ class NodeView:
         tail = orjson.dumps({"first": trace.first_seq, "last": trace.last_seq, "enabled": True})
         return head + b"," + tail[1:]
 
-    def original(self, seq: int) -> Json | None:
-        """Record ``seq`` and, for a CloudEvent, its full request (body in base64)."""
+    def original(self, seq: int, offset: int = 0) -> Json | None:
+        """Record ``seq`` and, for a CloudEvent, its full request: the body (base64)
+        from ``offset``, :data:`ORIGINAL_CHUNK` bytes of it at most (``size`` says how
+        many there are: the asker asks again from the next offset); the record itself
+        only with the first part."""
         if self.trace is None:
             return None
         record = self.trace.get(seq)
         if record is None:
             return None
         request = self.trace.original(seq)
+        shown = record if offset == 0 else None
         if request is None:
-            return {"record": record, "request": None}
+            return {"record": shown, "request": None}
+        part = request.body[max(0, offset) : max(0, offset) + ORIGINAL_CHUNK]
         return {
-            "record": record,
+            "record": shown,
             "request": {
                 "method": request.method,
                 "url": request.url,
                 "headers": [list(h) for h in request.headers],
-                "body": base64.b64encode(request.body).decode(),
+                "size": len(request.body),
+                "offset": offset,
+                "body": base64.b64encode(part).decode(),
             },
         }
 
