@@ -1114,6 +1114,7 @@ async def test_a_record_lookup_names_its_node_and_a_large_original_comes_in_part
     sent = "\x01" * 600_000  # a body larger than any one survey answer may be
     await ws.send_str(sent)
     assert (await handler.next_event("user.message")).body == sent.encode()
+
     def message(r: dict[str, Any]) -> bool:
         return r["node"] == b and r.get("eventType") == "azure.webpubsub.user.message"
 
@@ -1131,4 +1132,47 @@ async def test_a_record_lookup_names_its_node_and_a_large_original_comes_in_part
     originals = [size for request, size in asked if b'"original"' in request]
     assert len(originals) >= 4  # 600 KB in parts
     assert max(size for _, size in asked) < 512 * 1024  # every answer well under 1 MiB
+    await ws.close()
+
+
+async def test_a_replay_answers_its_own_record_whatever_is_traced_meanwhile(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST" and req.body.startswith(b"slow"):
+            arrived.set()
+            await release.wait()
+        if req.method != "POST":
+            return default_responder(req)
+        return web.Response(status=200, text="echo:" + req.body.decode()[:10])
+
+    handler.responder = responder
+    hub = chat_hub(handler.url, system=frozenset({"connected"}))
+    config = dataclasses.replace(make_config(hub), portal=PortalSettings(trace_buffer=20_000))
+    runner = await start_service(config=config)
+    portal = await portal_for(http, runner)
+    ws, _ = await json_client(http, await _client_url(runner, user_id="a"))
+    records = await _trace_until(
+        portal, lambda rs: any(r.get("eventType") == "azure.webpubsub.sys.connected" for r in rs)
+    )
+    traced = next(r for r in records if r.get("eventType") == "azure.webpubsub.sys.connected")
+
+    async def replay(body: str) -> Any:
+        asked = {"node": traced["node"], "seq": traced["seq"], "body": body}
+        return await portal.post("/portal/api/replay", asked)
+
+    slow = asyncio.create_task(replay("slow-A"))
+    async with asyncio.timeout(WAIT):
+        await arrived.wait()
+    fast = await replay("fast-B")  # another replay to the same URL, while A waits
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(10_001):  # and a busy trace
+        runner.trace.recovered(c)  # type: ignore[union-attr]
+    release.set()
+    slow_answer = await slow
+    assert fast["replay"]["request"]["body"] == "fast-B"
+    assert slow_answer["replay"]["request"]["body"] == "slow-A"
+    assert slow_answer["replay"]["response"]["body"] == "echo:slow-A"
     await ws.close()

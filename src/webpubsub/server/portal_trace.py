@@ -34,8 +34,7 @@ from webpubsub.server.portal_core import (
 )
 from webpubsub.server.portal_poll import Feed, page_of, sse_event, sse_raw
 from webpubsub.server.portal_view import MAX_RECORDS, Json
-from webpubsub.server.trace import TraceRing, exchange_fields, shown_value
-from webpubsub.upstream.http import safe_url
+from webpubsub.server.trace import TraceRing, catching_replays, exchange_fields, shown_value
 
 MAX_AFTER_CHARS = 8192
 MAX_NODES = 256
@@ -271,18 +270,17 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
     original, traced = await _original(s, node, seq)
     headers = replay_headers(body.get("headers"), original.headers)
     data = _replay_body(body, original.body, traced, s.ctx.max_message_bytes)
-    trace = s.portal.view.trace
-    mark = trace.last_seq if trace is not None else 0
     started = time.monotonic()
     error: UpstreamError | None = None
     response = None
-    try:
-        response = await s.portal.upstream.replay(
-            original.url, headers, data, method=original.method, timeout=s.portal.replay_timeout
-        )
-    except UpstreamError as exc:
-        error = exc
-    new = _replayed(trace, mark, original.url)
+    with catching_replays() as caught:  # this replay's own record, exactly
+        try:
+            response = await s.portal.upstream.replay(
+                original.url, headers, data, method=original.method, timeout=s.portal.replay_timeout
+            )
+        except UpstreamError as exc:
+            error = exc
+    new = caught[-1] if caught else None
     if new is None:
         if error is not None:
             raise error
@@ -396,17 +394,3 @@ def _replay_body(body: Json, original: bytes, traced: Json, limit: int) -> bytes
     if len(data) > limit:
         raise PayloadTooLarge(f"A replayed body is at most {limit} bytes.")
     return data
-
-
-def _replayed(trace: TraceRing | None, mark: int, url: str) -> Json | None:
-    if trace is None:
-        return None
-    shown = safe_url(url)
-    for item in reversed(trace.after(mark, 10_000)):
-        if (
-            item.get("type") == "cloudevent"
-            and item.get("replay") is True
-            and (item.get("url") == shown)
-        ):
-            return item
-    return None

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 
 import orjson
 
@@ -65,12 +67,28 @@ HEADER_SHOWN_CHARS = 1024
 RECENT_MAX_BYTES = 128 * 1024
 """A connection's recent records, serialized, at most."""
 
+_REPLAYS: ContextVar[list[Record] | None] = ContextVar("webpubsub_trace_replays", default=None)
+"""Where the records of the replays sent in this context go (:func:`catching_replays`)."""
+
 _PROTOCOLS = {
     ClientProtocol.SIMPLE: "simple",
     ClientProtocol.JSON: "json",
     ClientProtocol.JSON_RELIABLE: "json.reliable",
 }
 _TEXT_TYPES = (DataType.TEXT, DataType.JSON)
+
+
+@contextlib.contextmanager
+def catching_replays() -> Iterator[list[Record]]:
+    """The records of the replayed exchanges the current task sends inside the
+    ``with`` block (the portal's webhook debugger finds its replay's record exactly:
+    the transport tells the trace in the sending task, whatever runs beside it)."""
+    caught: list[Record] = []
+    token = _REPLAYS.set(caught)
+    try:
+        yield caught
+    finally:
+        _REPLAYS.reset(token)
 
 
 def protocol_name(conn: Connection) -> str:
@@ -327,13 +345,15 @@ class TraceRing:
         request = exchange.request
         headers = request.headers
         hub = _header(headers, "ce-hub")
-        self._add(
+        record = self._add(
             "cloudevent",
             hub.lower() if hub is not None else None,
             _header(headers, "ce-connectionId"),
             _header(headers, "ce-userId"),
             exchange_fields(exchange),
         )
+        if exchange.replay and (caught := _REPLAYS.get()) is not None:
+            caught.append(record)
         self._originals[self._seq] = request
         self._original_bytes += _request_bytes(request)
         while self._original_bytes > ORIGINALS_MAX_BYTES:
