@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import re
 import socket
 import ssl
@@ -180,14 +181,36 @@ async def test_an_unknown_api_path_is_401_without_a_session_and_404_with_one(
 
 
 async def test_a_wrong_key_is_refused_401_and_sets_no_cookie(
-    service: ServiceRunner, http: aiohttp.ClientSession
+    service: ServiceRunner, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"http://127.0.0.1:{service.port}/portal/api/login"
+    caplog.set_level(logging.WARNING, logger="webpubsub.portal")
     for body in ({"key": "wrong"}, {"key": ACCESS_KEY[:-1]}, {"nokey": 1}, {"key": 5}):
         async with http.post(url, json=body) as resp:
             assert resp.status == 401, body
             assert (await resp.json())["code"] == "Error.Unauthorized"
             assert "Set-Cookie" not in resp.headers
+    # Counted, and logged once (rate-limited) with the peer's address, never the key.
+    assert service._runner.app[PORTAL].failed_logins == 4  # type: ignore[union-attr]
+    warnings = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
+    assert len(warnings) == 1 and "127.0.0.1" in warnings[0]
+    assert all(ACCESS_KEY[:-1] not in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_is_compared_by_its_digest_so_its_length_does_not_leak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def checking(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(portal_auth.hmac, "compare_digest", checking)
+    assert portal_auth.key_matches("short", [ACCESS_KEY, SECOND_KEY]) is None
+    assert portal_auth.key_matches(SECOND_KEY, [ACCESS_KEY, SECOND_KEY]) == SECOND_KEY
+    assert compared and all(a == b == 32 for a, b in compared)
 
 
 async def test_the_session_cookie_is_httponly_samesite_strict_on_path_portal(

@@ -114,6 +114,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     given = body.get("key")
     key = auth.key_matches(given, ctx.access_keys) if isinstance(given, str) else None
     if key is None:
+        portal.login_failed(request.remote)
         raise Unauthorized("That is not an access key of this service.")
     response = web.Response(status=204, headers=SECURITY_HEADERS)
     session = auth.new_session(key, portal.clock())

@@ -158,9 +158,11 @@ def clear_session_cookie(response: web.StreamResponse, *, secure: bool) -> None:
 
 
 def key_matches(given: str, keys: Sequence[str]) -> str | None:
-    """The configured key equal to ``given`` (each compared in constant time), else None."""
+    """The configured key equal to ``given``, else None: their SHA-256 digests are
+    compared, each in constant time (equal lengths: the key's length does not leak)."""
+    digest = hashlib.sha256(given.encode()).digest()
     found: str | None = None
     for key in keys:
-        if hmac.compare_digest(given.encode(), key.encode()) and found is None:
+        if hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest()) and found is None:
             found = key
     return found
