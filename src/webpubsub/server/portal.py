@@ -222,6 +222,9 @@ async def session_info(request: web.Request, s: Session) -> web.StreamResponse:
 
 
 async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
+    """Every hub with its settings and counts: ``connections`` summed over the nodes
+    (exact), ``users`` and ``groups`` the sums of each node's distinct counts (a user
+    on two nodes counts twice; merging exactly would mean shipping every id)."""
     counts: dict[str, list[int]] = {}
     for _, answer in await ask(s, {"op": "hubs"}):
         if not isinstance(answer, dict):
