@@ -348,7 +348,9 @@ async def test_the_page_and_only_its_files_are_served(
     base = f"http://127.0.0.1:{service.port}"
     async with http.get(f"{base}/portal") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
-        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        policy = resp.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "connect-src 'self';" in policy
+        assert "unsafe-inline" not in policy and "data:" not in policy and "ws:" not in policy
         assert 'id="login-key"' in await resp.text()
     for name in ("../app.py", "trace.py", "%2e%2e%2fapp.py", "index.htm"):
         async with http.get(f"{base}/portal/static/{name}") as resp:
@@ -1198,4 +1200,22 @@ async def test_a_replay_answers_its_own_record_whatever_is_traced_meanwhile(
     assert fast["replay"]["request"]["body"] == "fast-B"
     assert slow_answer["replay"]["request"]["body"] == "slow-A"
     assert slow_answer["replay"]["response"]["body"] == "echo:slow-A"
+    await ws.close()
+
+
+async def test_a_portal_send_past_max_message_bytes_is_413_like_rest(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(chat_hub())
+    portal = await portal_for(http, runner)
+    ws, cid = await json_client(http, await _client_url(runner, user_id="a"))
+    limit = runner.config.server.max_message_bytes
+    send = f"/portal/api/hubs/chat/connections/{cid}/send"
+    async with http.post(
+        portal.base + send, json={"data": "x" * (limit + 1)}, headers=portal.headers()
+    ) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["code"] == "Error.PayloadTooLarge"
+    await portal.post(send, {"data": "x" * limit}, status=204)
+    assert len(await next_data(ws)) == limit  # the first message to arrive: the one that fits
     await ws.close()

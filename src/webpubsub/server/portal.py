@@ -25,6 +25,7 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     InvalidParameter,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
 )
 from webpubsub.protocol.names import hub_key, validate_hub
@@ -59,10 +60,11 @@ MAX_TOKEN_MINUTES = 24 * 60
 REST_TOKEN_SECONDS = 300
 REST_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD")
 _PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'self'"
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+"""The page's CSP: nothing inline, no ``data:``; ``connect-src 'self'`` covers the test
+client's WebSocket to this service (CSP 3: 'self' matches ws/wss of the same host)."""
 
 
 def admin_link(endpoint: str, key: str, *, now: float | None = None) -> str:
@@ -312,7 +314,10 @@ async def send(request: web.Request, s: Session) -> web.StreamResponse:
         raise InvalidParameter(
             "'contentType' must be text/plain or application/json.", target="contentType"
         )
-    payload = Payload.from_rest_body(content_type, data.encode())
+    encoded = data.encode()
+    if len(encoded) > s.ctx.max_message_bytes:  # as the REST send refuses it
+        raise PayloadTooLarge(f"A message is at most {s.ctx.max_message_bytes} bytes.")
+    payload = Payload.from_rest_body(content_type, encoded)
     await s.ctx.operations.send_to_connection(_hub(request), request.match_info["id"], payload)
     return no_content()
 
