@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import tracemalloc
 
 import orjson
 import pytest
@@ -252,3 +253,19 @@ def test_the_connect_event_body_shows_the_client_s_secrets_in_part_only() -> Non
     assert mask_value("X-Api-Key", "abcdefghijkl") == "abcd…"
     assert mask_value("X-Session-Token", "abcdefghijkl") == "abcd…"
     assert mask_value("Content-Type", "application/json") == "application/json"
+
+
+def test_the_ring_s_memory_is_a_small_multiple_of_its_byte_budget() -> None:
+    ring = TraceRing(100_000, "n", max_bytes=4 * 1024 * 1024)
+    bodies = [bytes(range(256)) * 64 for _ in range(2)]  # 16 KiB each, not UTF-8: base64
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(400):
+            ring.cloud_event(exchange(bodies[0], answer=bodies[1]))
+        ring._originals.clear()  # the originals have their own budget
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert ring.size_bytes <= 4 * 1024 * 1024
+    assert used < 3 * ring.size_bytes  # the records and their bytes, no slack buffers

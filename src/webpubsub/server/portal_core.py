@@ -57,7 +57,6 @@ class Portal:
     session_streams: dict[str, int] = field(default_factory=dict)
     """Open trace streams by session."""
     closing: bool = False
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     failed_logins: int = 0
     """Logins refused (a wrong key) since the service started."""
     _unlogged_failures: int = 0
@@ -88,7 +87,6 @@ class Portal:
     async def shut(self, _app: web.Application) -> None:
         """``on_shutdown``: end the open streams."""
         self.closing = True
-        self._stopped.set()
         self.poller.wake_all()
         if self.view.trace is not None:
             self.view.trace.wake()

@@ -241,6 +241,8 @@ class TraceRing:
         raw = orjson.dumps(record)
         if len(raw) > RECORD_MAX_BYTES:
             raw = _fit(record)
+        if len(raw) > 512:  # orjson's buffer may be several times larger: keep a tight copy
+            raw = bytes(memoryview(raw))
         self._ring.append(record)
         self._raw.append(raw)
         self._bytes += len(raw)
