@@ -481,7 +481,13 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
     bearer = {"Authorization": f"Bearer {put['token']}"}
     async with http.delete(put["url"], headers=bearer) as resp:
         assert resp.status == 204
-    for bad in ({"path": "/portal/api/session"}, {"path": "/api/hubs/x\r\n"}, {"method": "X"}):
+    for bad in (
+        {"path": "/portal/api/session"},
+        {"path": "/api/hubs/x\r\n"},
+        {"method": "X"},
+        {"path": "/api/hubs/../../portal/api/session"},
+        {"path": "/api/hubs/%2E%2e/x?api-version=1"},
+    ):
         await portal.post("/portal/api/rest-token", {"path": "/api/hubs/a", **bad}, status=400)
     await portal.post("/portal/api/token", {"hub": "chat", "minutes": 0}, status=400)
     await portal.post("/portal/api/token", {"hub": "bad hub!"}, status=400)

@@ -365,9 +365,11 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
         or not path.startswith("/api/hubs/")
         or len(path) > 4096
         or any(c.isspace() or c == "#" or ord(c) < 32 for c in path)
+        or any(_dot_segment(seg) for seg in path.partition("?")[0].split("/"))
     ):
         raise InvalidParameter(
-            "'path' must start with /api/hubs/ (no spaces, no fragment).", target="path"
+            "'path' must start with /api/hubs/ (no spaces, fragment or dot segments).",
+            target="path",
         )
     base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies).rstrip("/")
     url = base + path
@@ -380,6 +382,11 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _dot_segment(segment: str) -> bool:
+    """``.`` or ``..``, percent-encoded or not (a REST token's URL has none)."""
+    return segment.lower().replace("%2e", ".") in (".", "..")
 
 
 API_ROUTES: tuple[ApiRoute, ...] = (
