@@ -550,7 +550,7 @@ async def test_answers_of_nodes_not_asked_or_to_other_surveys_are_dropped(
     client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Whatever else arrives on the asker's direct channel meanwhile (an answer from a
+    """Whatever else arrives on the asker's answer channel meanwhile (an answer from a
     node that is not live, one to an unknown request id, garbage) changes nothing."""
     p = redis_prefix
     plane = RedisBackplane(redis_server.url, prefix=p, node_id="s")
@@ -571,15 +571,15 @@ async def test_answers_of_nodes_not_asked_or_to_other_surveys_are_dropped(
             SurveyReply(request.request_id, "ghost", b"boo"),
             SurveyReply("not-a-request", "s", b"stale"),
         ):
-            await client.publish(f"{p}:direct:s", encode_survey_reply(reply))
-        await client.publish(f"{p}:direct:s", b"\x01garbage")
-        await client.publish(f"{p}:direct:s", encode_survey_reply(SurveyReply("x", "s", None)))
+            await client.publish(f"{p}:surveyed:s", encode_survey_reply(reply))
+        await client.publish(f"{p}:surveyed:s", b"\x01garbage")
+        await client.publish(f"{p}:surveyed:s", encode_survey_reply(SurveyReply("x", "s", None)))
         forged.set()  # the real answer goes last
         assert await asking == [("s", b"s:q")]
     finally:
         await listener.aclose()  # type: ignore[no-untyped-call]
         await plane.stop()
-    assert "dropped a corrupt message on the direct channel" in caplog.text
+    assert "dropped a corrupt survey answer" in caplog.text
 
 
 async def test_a_node_answers_a_bounded_number_of_surveys_at_once(
@@ -640,3 +640,173 @@ async def test_a_survey_without_redis_raises_service_unavailable(
             assert await plane.survey(b"q", timeout=5.0) == [("s", b"s:q")]
         finally:
             await plane.stop()
+
+
+class Counting(Recorder):
+    """A recorder that says when it has seen ``expected`` sends."""
+
+    def __init__(self, node_id: str, expected: int) -> None:
+        super().__init__(node_id)
+        self.expected = expected
+        self.all_seen = asyncio.Event()
+
+    def apply(self, command: Command) -> None:
+        super().apply(command)
+        if len(self.log) >= self.expected:
+            self.all_seen.set()
+
+
+@pytest.fixture
+async def small_pubsub_buffers(client: aioredis.Redis) -> AsyncIterator[None]:
+    """Redis cuts a pub/sub client once 1 MB waits for it (the default is 32 MB): what
+    many large answers at once would do at the default, quickly."""
+    before = (await client.config_get("client-output-buffer-limit"))["client-output-buffer-limit"]
+    await client.config_set("client-output-buffer-limit", "pubsub 1mb 0 0")
+    yield
+    await client.config_set("client-output-buffer-limit", before)
+
+
+@pytest.mark.parametrize("room", [512 * 1024, None], ids=["answers bounded", "default room"])
+async def test_heavy_surveys_never_cost_the_asker_a_command(
+    redis_server: RedisServer,
+    redis_prefix: str,
+    small_pubsub_buffers: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    room: int | None,
+) -> None:
+    """16 surveys of two nodes answering 256 KiB each (8 MiB for the asker at once) while
+    the other node publishes 200 sends: every send reaches the asker, whose command
+    subscription is never cut. With the answers in flight bounded to what the test's
+    Redis takes, every survey is answered by both nodes; with the default room (16 MiB,
+    past the 1 MB the test's Redis takes) Redis may cut the survey subscription: answers
+    go missing, commands do not."""
+    if room is not None:
+        monkeypatch.setattr("webpubsub.backplane.redis.SURVEY_BYTES_IN_FLIGHT", room)
+    p, sends = redis_prefix, 200
+    big = b"x" * (256 * 1024)
+
+    async def answer(request: bytes) -> bytes:
+        return big
+
+    asker = RedisBackplane(redis_server.url, prefix=p, node_id="a")
+    other = RedisBackplane(redis_server.url, prefix=p, node_id="b")
+    asker.answer_surveys(answer)
+    other.answer_surveys(answer)
+    seen = Counting("a", sends)
+    await asker.start(seen)
+    await other.start(Recorder("b"))
+    try:
+        timeout = 20.0 if room is not None else 2.0
+        surveys = [asyncio.create_task(asker.survey(b"q", timeout=timeout)) for _ in range(16)]
+
+        async def publish() -> None:
+            for i in range(sends):
+                await other.publish(send(str(i)))
+
+        await asyncio.gather(publish(), *surveys, return_exceptions=room is None)
+        async with asyncio.timeout(10.0):
+            await seen.all_seen.wait()
+        assert seen.log == [f"send {i}" for i in range(sends)]
+        assert asker.connected and not asker._rebuild.is_set()
+        if room is not None:
+            for survey in surveys:
+                assert survey.result() == [("a", big), ("b", big)]
+    finally:
+        await asker.stop()
+        await other.stop()
+    assert "lost its Redis subscription" not in caplog.text
+    assert "resubscribed to Redis" not in caplog.text
+
+
+def survey_client_ids(clients: list[dict[str, object]], node_id: str) -> list[object]:
+    return [c["id"] for c in clients if c.get("name") == f"webpubsub-surveys-{node_id}"]
+
+
+async def test_a_lost_survey_subscription_costs_surveys_only_and_comes_back(
+    redis_server: RedisServer,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis cuts the asker's survey connection (as an output buffer overflow would):
+    surveys are refused while it is down, commands flow on untouched (no rebuild, nothing
+    missed), and once it is back surveys are answered again."""
+    p, sends = redis_prefix, 50
+    asker = RedisBackplane(redis_server.url, prefix=p, node_id="a")
+    other = RedisBackplane(redis_server.url, prefix=p, node_id="b")
+    asker.answer_surveys(answering("a"))
+    other.answer_surveys(answering("b"))
+    seen = Counting("a", sends)
+    await asker.start(seen)
+    await other.start(Recorder("b"))
+    try:
+        (killed,) = survey_client_ids(await client.client_list(_type="pubsub"), "a")
+        assert await client.execute_command("CLIENT", "KILL", "ID", killed) == 1
+        async with asyncio.timeout(5.0):
+            await asker.surveys_linked(False)
+        with pytest.raises(ServiceUnavailable):
+            await asker.survey(b"q")
+        for i in range(sends):
+            await other.publish(send(str(i)))
+        async with asyncio.timeout(5.0):
+            await asker.surveys_linked(True)
+            await seen.all_seen.wait()
+        assert seen.log == [f"send {i}" for i in range(sends)]
+        assert asker.connected and not asker._rebuild.is_set()
+        assert survey_client_ids(await client.client_list(_type="pubsub"), "a") != [killed]
+        assert await asker.survey(b"q", timeout=5.0) == [("a", b"a:q"), ("b", b"b:q")]
+    finally:
+        await asker.stop()
+        await other.stop()
+    assert "lost its survey subscription" in caplog.text
+    assert "lost its Redis subscription" not in caplog.text
+    assert "resubscribed to Redis" not in caplog.text
+
+
+async def test_the_answers_in_flight_to_one_node_are_bounded(
+    redis_server: RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 1 MiB of answers (patched down): two nodes answer at most 512 KiB
+    each (a longer answer is not sent: None); a survey that finds no room waits for
+    another to be answered, and past its timeout raises ServiceUnavailable; with more
+    nodes than room for 64 KiB answers each, a survey is refused."""
+    monkeypatch.setattr("webpubsub.backplane.redis.SURVEY_BYTES_IN_FLIGHT", 1024 * 1024)
+    p = redis_prefix
+    asker = RedisBackplane(redis_server.url, prefix=p, node_id="a")
+    other = RedisBackplane(redis_server.url, prefix=p, node_id="b")
+    release, called = asyncio.Event(), asyncio.Event()
+    fits, too_long = b"x" * (512 * 1024), b"y" * (512 * 1024 + 1)
+
+    async def answer_a(request: bytes) -> bytes:
+        return fits
+
+    async def answer_b(request: bytes) -> bytes:
+        if request == b"held":
+            called.set()
+            await release.wait()
+        return too_long
+
+    asker.answer_surveys(answer_a)
+    other.answer_surveys(answer_b)
+    await asker.start(Recorder("a"))
+    await other.start(Recorder("b"))
+    try:
+        # The first survey is reserved for one node, finds two: reserved again for two.
+        assert await asker.survey(b"q", timeout=5.0) == [("a", fits), ("b", None)]
+        assert asker._survey_bytes == 0  # all released
+        held = asyncio.create_task(asker.survey(b"held", timeout=5.0))
+        async with asyncio.timeout(5.0):
+            await called.wait()
+        with pytest.raises(ServiceUnavailable, match="waiting on as many answers"):
+            await asker.survey(b"q", timeout=0.2)  # b's answer to "held" is still due
+        waiting = asyncio.create_task(asker.survey(b"q", timeout=5.0))
+        release.set()
+        assert await held == [("a", fits), ("b", None)]
+        assert await waiting == [("a", fits), ("b", None)]
+        monkeypatch.setattr("webpubsub.backplane.redis.SURVEY_BYTES_IN_FLIGHT", 64 * 1024)
+        with pytest.raises(ServiceUnavailable, match="2 nodes answer surveys"):
+            await asker.survey(b"q", timeout=5.0)
+    finally:
+        await asker.stop()
+        await other.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.node.test_node import (
     make_node,
 )
 from webpubsub.core.connection import Connection
+from webpubsub.node import observe
 from webpubsub.node.node import Node
 from webpubsub.node.observe import (
     RECEIVED_KINDS,
@@ -24,7 +26,7 @@ from webpubsub.node.observe import (
     Observers,
     RestCall,
 )
-from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.backplane import Handover, Send, SessionState, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
@@ -68,6 +70,12 @@ class Recorder:
 
     def published(self, duration: float, error: str | None) -> None:
         self.calls.append(("published", error))
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self.calls.append(("moved", conn.connection_id, to_node))
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        self.calls.append(("adopted", conn.connection_id, from_node))
 
 
 def observed_node(window: float = 60.0) -> tuple[Recorder, Node]:
@@ -170,6 +178,59 @@ async def test_an_observer_that_raises_is_logged_and_the_others_still_hear(
     assert "an observer failed" in caplog.text
 
 
+async def test_an_observer_failing_on_disconnect_does_not_skip_the_webhook() -> None:
+    class Broken(Recorder):
+        def disconnected(self, *args: object) -> None:
+            raise RuntimeError("boom")
+
+    node, up = make_node()
+    node.observer = Observers([Broken()])  # the only type Node.observer takes
+    sink = RecordingSink()
+    conn = node.attach(admission(connection_id="x"), sink)
+    node.detach(conn, sink, "bye", recoverable=False, code=1000)
+    assert up.ended.is_set() and node.hub("chat") is None
+
+
+def test_a_failing_observer_is_logged_with_its_traceback_once_then_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the hot path an observer may fail on every frame: the first failure of each
+    observer method is logged with its traceback, the rest as one line a minute with
+    their count; the state kept is bounded."""
+    now = [1000.0]
+    monkeypatch.setattr(observe, "_failures", observe.FailureLog(clock=lambda: now[0]))
+
+    class Broken(Recorder):
+        def delivered(self, *args: object) -> None:
+            raise RuntimeError("boom")
+
+        def replied(self, *args: object) -> None:
+            raise ValueError("bang")
+
+    observers = Observers([Broken()])
+    message = DataMessage(Payload.text("hi"))
+    with caplog.at_level(logging.ERROR, "webpubsub.observe"):
+        for _ in range(1000):
+            observers.delivered("chat", Target.all(), message, 1)
+        first = list(caplog.records)
+        now[0] += 30
+        observers.delivered("chat", Target.all(), message, 1)
+        assert len(caplog.records) == 1  # nothing new within the minute
+        observers.replied(None, message)  # type: ignore[arg-type]
+        now[0] += 31
+        observers.delivered("chat", Target.all(), message, 1)
+    assert len(first) == 1 and first[0].exc_info is not None
+    assert "Broken.delivered" in first[0].getMessage()
+    replied, summary = caplog.records[1:]
+    assert replied.exc_info is not None and "Broken.replied" in replied.getMessage()
+    assert summary.exc_info is None
+    assert "Broken.delivered" in summary.getMessage() and "1001 more times" in summary.getMessage()
+    assert "RuntimeError: boom" in summary.getMessage()
+    for i in range(observe.MAX_FAILING_METHODS * 2):  # many distinct failing methods
+        observe._failures.failed(f"Observer{i}.connected", RuntimeError("x"))
+    assert len(observe._failures) <= observe.MAX_FAILING_METHODS + 1
+
+
 def test_an_exchange_names_its_event_type_and_outcome() -> None:
     def exchange(status: int | None, error: str | None = None, method: str = "POST") -> Exchange:
         headers = (("ce-type", "azure.webpubsub.sys.connected"),) if method == "POST" else ()
@@ -186,6 +247,90 @@ def test_an_exchange_names_its_event_type_and_outcome() -> None:
         "failed",
         "failed",
     ]
-    assert exchange(None, "POST http://127.0.0.1/h: no answer within 1 s").outcome == "timeout"
+    request = UpstreamRequest("POST", "http://127.0.0.1/h", (), b"")
+    timed_out = Exchange(request, None, "POST http://127.0.0.1/h: too slow", 1.0, timed_out=True)
+    assert timed_out.outcome == "timeout"  # from the flag the transport sets, not the text
+    # a handler's own error text that happens to say "no answer" is no timeout
+    assert (
+        exchange(None, "POST http://127.0.0.1/h: 'no answer' said the handler").outcome == "error"
+    )
     assert exchange(None, "POST http://127.0.0.1/h: cannot connect (refused)").outcome == "error"
     assert not Observers() and Observers([Recorder()])
+
+
+class PairedHandover:
+    """The handover port of two nodes in one process: ``take_over`` publishes the
+    Handover to the other node, whose answer is adopted here at once."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.peer: PairedHandover | None = None
+        self._adopt: dict[str, Callable[[SessionState], None]] = {}
+        self.lost = False
+        """Drop the state sent (no node takes it: the owner keeps the connection)."""
+
+    async def take_over(
+        self,
+        hub: str,
+        connection_id: str,
+        token: str,
+        subprotocols: tuple[str, ...],
+        adopt: Callable[[SessionState], None],
+    ) -> str | None:
+        assert self.peer is not None
+        self._adopt["rq"] = adopt
+        self.peer.node.apply(
+            Handover(hub, connection_id, token, subprotocols, self.node.node_id, "rq")
+        )
+        return None
+
+    def hand_over(
+        self,
+        to_node: str,
+        request_id: str,
+        session: SessionState | str,
+        undelivered: Callable[[], None] | None = None,
+    ) -> None:
+        assert self.peer is not None and isinstance(session, SessionState)
+        if self.lost:
+            assert undelivered is not None
+            undelivered()
+            return
+        self.peer._adopt.pop(request_id)(session)
+
+
+def paired_nodes() -> tuple[tuple[Recorder, Node], tuple[Recorder, Node]]:
+    (old_rec, old), (new_rec, new) = observed_node(), observed_node()
+    old.node_id, new.node_id = "a", "b"
+    ports = PairedHandover(old), PairedHandover(new)
+    ports[0].peer, ports[1].peer = ports[1], ports[0]
+    old._handover, new._handover = ports  # type: ignore[assignment]
+    return (old_rec, old), (new_rec, new)
+
+
+async def test_a_handover_is_reported_as_moved_by_one_node_and_adopted_by_the_other() -> None:
+    (old_rec, old), (new_rec, new) = paired_nodes()
+    sink = RecordingSink()
+    conn = old.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    old.detach(conn, sink, "The connection was lost.", recoverable=True, code=1006)
+    token = conn.reconnection_token or ""
+    moved = await new.recover("chat", "r", token, (RELIABLE,), RecordingSink())
+    assert isinstance(moved, Connection) and moved is not conn
+    assert old_rec.calls == [
+        ("connected", "r"),
+        ("detached", "r", "The connection was lost."),
+        ("moved", "r", "b"),  # it left this node, it did not end: no disconnected
+    ]
+    assert new_rec.calls == [("adopted", "r", "a"), ("recovered", "r")]
+    assert not old.hubs() and [len(h) for h in new.hubs()] == [1]
+
+
+async def test_a_handover_no_node_took_is_adopted_back_by_its_owner() -> None:
+    (old_rec, old), (new_rec, _) = paired_nodes()
+    old._handover.lost = True  # type: ignore[union-attr]
+    sink = RecordingSink()
+    conn = old.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    old.apply(Handover("chat", "r", conn.reconnection_token or "", (RELIABLE,), "b", "rq"))
+    # out and back in on the same node: connects - disconnects still counts it once
+    assert old_rec.calls == [("connected", "r"), ("moved", "r", "b"), ("adopted", "r", None)]
+    assert [len(h) for h in old.hubs()] == [1] and new_rec.calls == []

@@ -223,3 +223,46 @@ async def test_nodes_join_over_rediss_with_a_password(
         await service.send_to_user("ann", "over TLS", content_type="text/plain")
     assert await next_data(ws) == "over TLS"
     await ws.close()
+
+
+async def records_of(runner: ServiceRunner, kind: str) -> list[dict[str, object]]:
+    """The trace records of type ``kind`` on ``runner``, waiting for the first."""
+    trace = runner.trace
+    assert trace is not None
+    async with asyncio.timeout(WAIT):
+        while True:
+            found = [r for r in trace.after(0, trace.capacity) if r["type"] == kind]
+            if found:
+                return found
+            await trace.wait(trace.last_seq, WAIT)
+
+
+async def test_a_connection_that_moves_is_traced_and_counted_on_both_nodes(
+    cluster: list[ServiceRunner], http: aiohttp.ClientSession
+) -> None:
+    """A reliable client reconnects through another node: the node it left records
+    ``moved`` (no ``disconnected``), the node that took it ``adopted`` from that node
+    (no second ``connected``), and their handover counters say so."""
+    a, b, _ = cluster
+    async with sdk(a) as service:
+        url = (await service.get_client_access_token(user_id="mover"))["url"]
+    ws = await http.ws_connect(url, protocols=("json.reliable.webpubsub.azure.v1",))
+    connected = await ws.receive_json(timeout=WAIT)
+    await ws.close(code=4000)  # not 1000: the connection waits for its client
+    recover = (
+        f"ws://127.0.0.1:{b.port}/client/hubs/chat?awps_connection_id="
+        f"{connected['connectionId']}&awps_reconnection_token={connected['reconnectionToken']}"
+    )
+    again = await http.ws_connect(recover, protocols=("json.reliable.webpubsub.azure.v1",))
+    (adopted,) = await records_of(b, "adopted")
+    (moved,) = await records_of(a, "moved")
+    assert moved["connectionId"] == adopted["connectionId"] == connected["connectionId"]
+    assert moved["toNode"] == "n1" and adopted["fromNode"] == "n0"
+    assert (await records_of(b, "recovered"))[0]["connectionId"] == connected["connectionId"]
+    assert a.trace is not None and b.trace is not None
+    assert not [r for r in a.trace.after(0, 1000) if r["type"] == "disconnected"]
+    assert not [r for r in b.trace.after(0, 1000) if r["type"] == "connected"]
+    assert a.metrics is not None and b.metrics is not None
+    assert b'webpubsub_handovers_total{direction="out",hub="chat"} 1.0' in a.metrics.render()
+    assert b'webpubsub_handovers_total{direction="in",hub="chat"} 1.0' in b.metrics.render()
+    await again.close()

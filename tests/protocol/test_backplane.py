@@ -36,8 +36,9 @@ from webpubsub.protocol.backplane import (
     Target,
     decode_answer,
     decode_command,
-    decode_direct,
     decode_query,
+    decode_session,
+    decode_survey_reply,
     decode_survey_request,
     encode_answer,
     encode_command,
@@ -164,6 +165,7 @@ survey_requests = st.builds(
     names,
     st.floats(min_value=0.001, max_value=MAX_SURVEY_TIMEOUT, allow_nan=False),
     st.binary(max_size=300),
+    st.integers(min_value=1, max_value=MAX_SURVEY_ANSWER_BYTES),
 )
 survey_replies = st.builds(SurveyReply, names, names, st.none() | st.binary(max_size=300))
 
@@ -174,30 +176,78 @@ def test_survey_requests_round_trip(request: SurveyRequest) -> None:
 
 
 @given(survey_replies)
-def test_survey_replies_round_trip_through_the_direct_channel(reply: SurveyReply) -> None:
-    assert decode_direct(encode_survey_reply(reply)) == reply
+def test_survey_replies_round_trip(reply: SurveyReply) -> None:
+    assert decode_survey_reply(encode_survey_reply(reply)) == reply
 
 
 def test_a_survey_request_carries_its_body_raw_after_the_header() -> None:
-    raw = encode_survey_request(SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}'))
-    assert raw == b'\x01\x00\x00\x00+{"k":"survey","rq":"r1","fr":"n1","tm":0.5}{"op":"trace"}'
-    assert decode_survey_request(raw) == SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}')
+    raw = encode_survey_request(SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}', 4096))
+    assert raw == (
+        b'\x01\x00\x00\x005{"k":"survey","rq":"r1","fr":"n1","tm":0.5,"lm":4096}{"op":"trace"}'
+    )
+    assert decode_survey_request(raw) == SurveyRequest("r1", "n1", 0.5, b'{"op":"trace"}', 4096)
+
+
+def test_a_survey_request_without_a_limit_allows_the_largest_answer() -> None:
+    """A node of an earlier version sends no ``lm``."""
+    raw = envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1}, b"q")
+    assert decode_survey_request(raw).limit == MAX_SURVEY_ANSWER_BYTES
 
 
 def test_a_survey_reply_says_whether_it_has_an_answer() -> None:
     answered = encode_survey_reply(SurveyReply("r1", "n2", b"[]"))
     assert answered == b'\x01\x00\x00\x00,{"k":"surveyed","rq":"r1","n":"n2","a":true}[]'
     empty = encode_survey_reply(SurveyReply("r1", "n2", b""))
-    assert decode_direct(empty) == SurveyReply("r1", "n2", b"")  # empty is not None
+    assert decode_survey_reply(empty) == SurveyReply("r1", "n2", b"")  # empty is not None
     none = encode_survey_reply(SurveyReply("r1", "n2", None))
     assert none == b'\x01\x00\x00\x00-{"k":"surveyed","rq":"r1","n":"n2","a":false}'
-    assert decode_direct(none) == SurveyReply("r1", "n2", None)
+    assert decode_survey_reply(none) == SurveyReply("r1", "n2", None)
 
 
-def test_the_direct_channel_still_carries_handover_states_and_refusals() -> None:
+sessions = st.builds(
+    SessionState,
+    names,
+    names,
+    opt_names,
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.lists(names, max_size=3).map(tuple),
+    st.just({}),
+    st.text(max_size=20),
+    st.lists(st.integers(0, 2**53), max_size=3).map(tuple),
+    st.integers(0, 2**53),
+    st.lists(st.tuples(st.integers(0, 2**53), st.binary(max_size=50)), max_size=3).map(tuple),
+    st.integers(0, 2**31),
+    opt_names,
+)
+
+
+@given(names, sessions)
+def test_handover_states_round_trip_with_the_node_they_come_from(
+    request_id: str, state: SessionState
+) -> None:
+    assert decode_session(encode_session(request_id, state)) == (request_id, state)
+
+
+def test_a_handover_state_without_its_node_or_with_a_bad_one() -> None:
+    state = SessionState("hub", "c", None, "sp", "", (), {}, "tk", (), 1, ())
+    assert b'"fn"' not in encode_session("rq", state)  # as older nodes send it
+    raw = encode_session(
+        "rq", SessionState("hub", "c", None, "sp", "", (), {}, "tk", (), 1, (), 0, "a")
+    )
+    assert decode_session(raw)[1].from_node == "a"  # type: ignore[union-attr]
+    with pytest.raises(CorruptEnvelope):
+        decode_session(raw.replace(b'"fn":"a"', b'"fn":1  '))
+
+
+def test_survey_replies_and_handover_states_are_never_taken_for_each_other() -> None:
     state = SessionState("hub", "c", None, "sp", "", ("g",), {}, "tk", (1,), 3, ((1, b"f"),))
-    assert decode_direct(encode_session("rq", state)) == ("rq", state)
-    assert decode_direct(encode_session("rq", "no")) == ("rq", "no")
+    assert decode_session(encode_session("rq", state)) == ("rq", state)
+    for session in (state, "no"):
+        with pytest.raises(CorruptEnvelope):
+            decode_survey_reply(encode_session("rq", session))
+    with pytest.raises(CorruptEnvelope):
+        decode_session(encode_survey_reply(SurveyReply("r1", "n2", b"[]")))
 
 
 @pytest.mark.parametrize(
@@ -214,6 +264,10 @@ def test_the_direct_channel_still_carries_handover_states_and_refusals() -> None
         envelope(
             {"k": "survey", "rq": "r", "fr": "n", "tm": 1}, b"x" * (MAX_SURVEY_REQUEST_BYTES + 1)
         ),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1, "lm": 0}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1, "lm": MAX_SURVEY_ANSWER_BYTES + 1}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1, "lm": 1.5}),
+        envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1, "lm": True}),
     ],
 )
 def test_corrupt_survey_requests_are_refused_with_our_error(raw: bytes) -> None:
@@ -232,30 +286,31 @@ def test_corrupt_survey_requests_are_refused_with_our_error(raw: bytes) -> None:
             {"k": "surveyed", "rq": "r", "n": "n", "a": True}, b"x" * (MAX_SURVEY_ANSWER_BYTES + 1)
         ),
         envelope({"k": "survey", "rq": "r", "fr": "n", "tm": 1}),
+        envelope({"k": "session", "rq": "r"}),
     ],
 )
-def test_corrupt_direct_messages_are_refused_with_our_error(raw: bytes) -> None:
+def test_corrupt_survey_replies_are_refused_with_our_error(raw: bytes) -> None:
     with pytest.raises(CorruptEnvelope):
-        decode_direct(raw)
+        decode_survey_reply(raw)
 
 
 def test_a_survey_body_at_the_limits_is_accepted() -> None:
     request = SurveyRequest("r", "n", MAX_SURVEY_TIMEOUT, b"x" * MAX_SURVEY_REQUEST_BYTES)
     assert decode_survey_request(encode_survey_request(request)) == request
     reply = SurveyReply("r", "n", b"x" * MAX_SURVEY_ANSWER_BYTES)
-    assert decode_direct(encode_survey_reply(reply)) == reply
+    assert decode_survey_reply(encode_survey_reply(reply)) == reply
 
 
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_corrupt_envelope_from_the_survey_codec(raw: bytes) -> None:
-    for decode in (decode_survey_request, decode_direct):
+    for decode in (decode_survey_request, decode_survey_reply):
         with contextlib.suppress(CorruptEnvelope):
             decode(raw)
 
 
 @given(
     st.dictionaries(
-        st.sampled_from(["k", "rq", "fr", "tm", "n", "a"]),
+        st.sampled_from(["k", "rq", "fr", "tm", "lm", "n", "a"]),
         st.none() | st.text() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(),
     ),
     st.binary(max_size=20),
@@ -266,6 +321,6 @@ def test_arbitrary_survey_headers_raise_only_corrupt_envelope(
     header.setdefault("k", "survey")
     for kind in ("survey", "surveyed", header["k"]):
         raw = envelope({**header, "k": kind}, data)
-        for decode in (decode_survey_request, decode_direct):
+        for decode in (decode_survey_request, decode_survey_reply):
             with contextlib.suppress(CorruptEnvelope):
                 decode(raw)

@@ -31,7 +31,9 @@ from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permissions
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.settings import HubSettings
+from webpubsub.node.observe import Exchange
 from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import issue_client_token
@@ -193,7 +195,9 @@ async def test_a_known_sequence_is_counted_exactly(
     assert value(m, "webpubsub_connects_total", hub="chat", protocol="json") == 2
     assert value(m, "webpubsub_connects_total", hub="chat", protocol="simple") == 1
     assert value(m, "webpubsub_connects_total", hub="slow", protocol="simple") == 1
-    assert value(m, "webpubsub_disconnects_total", hub="chat", code="4001") == 1
+    assert value(
+        m, "webpubsub_disconnects_total", hub="chat", code="4xxx"
+    )  # a client code (4001) == 1
     assert total(m, "webpubsub_disconnects_total", hub="chat") == 1
     assert value(m, "webpubsub_disconnects_total", hub="slow", code="1008") == 1
     assert value(m, "webpubsub_slow_client_closes_total", hub="slow") == 1
@@ -348,6 +352,93 @@ def test_hubs_past_the_cap_are_counted_as_other(monkeypatch: pytest.MonkeyPatch)
     assert value(samples, "webpubsub_delivered_messages_total", hub="_other", kind="all") == 6
     assert value(samples, "webpubsub_delivered_bytes_total", hub="_other", kind="all") == 18
     assert len(m._out) == 3
+
+
+def _exchange(event_type: str | None, status: int = 200) -> Exchange:
+    headers = (("ce-type", event_type),) if event_type is not None else ()
+    request = UpstreamRequest("POST" if headers else "OPTIONS", "http://127.0.0.1/h", headers, b"")
+    return Exchange(request, UpstreamResponse(status, (), b""), None, 0.01)
+
+
+def test_clients_cannot_push_system_event_types_into_other() -> None:
+    """200 distinct user events first: the service's own event types and the validation
+    probe are still named; user events past the cap are one ``user._other``."""
+    from webpubsub.server import metrics as metrics_module
+
+    m = metrics_module.Metrics()
+    for i in range(200):
+        m.cloud_event(_exchange(f"azure.webpubsub.user.e{i}"))
+    for name in ("connect", "connected", "disconnected"):
+        m.cloud_event(_exchange(f"azure.webpubsub.sys.{name}"))
+    m.cloud_event(_exchange(None))  # OPTIONS: validation
+    m.cloud_event(_exchange("forged.by.a.replay"))
+    samples = _parse(m.render())
+    name = "webpubsub_cloudevent_requests_total"
+    for event in ("connect", "connected", "disconnected"):
+        et = f"azure.webpubsub.sys.{event}"
+        assert value(samples, name, event_type=et, outcome="success") == 1
+    assert value(samples, name, event_type="validation", outcome="success") == 1
+    cap = metrics_module.MAX_USER_EVENTS
+    assert value(samples, name, event_type=f"azure.webpubsub.user.e{cap - 1}", outcome="success")
+    assert not value(samples, name, event_type=f"azure.webpubsub.user.e{cap}", outcome="success")
+    other = "azure.webpubsub.user._other"
+    assert value(samples, name, event_type=other, outcome="success") == 200 - cap
+    assert value(samples, name, event_type="_other", outcome="success") == 1
+    labels = {dict(ls)["event_type"] for n, ls in samples if n == name}
+    assert len(labels) == cap + 6
+
+
+def test_clients_cannot_push_the_services_close_codes_into_other() -> None:
+    """100 client codes first: the protocol's codes stay named, client codes fold into
+    ``3xxx`` / ``4xxx``, anything else is ``other``."""
+    from webpubsub.server.metrics import Metrics
+
+    m = Metrics()
+    c = Connection("c", "chat", None, ClientProtocol.JSON, "", None, Permissions())
+    for code in range(3000, 3100):
+        m.disconnected(c, code, "")
+    for code in (4000, 4999, 1008, 1011, 1000, 1006, 2000, 5000, None):
+        m.disconnected(c, code, "")
+    samples = _parse(m.render())
+    name = "webpubsub_disconnects_total"
+    assert value(samples, name, hub="chat", code="3xxx") == 100
+    assert value(samples, name, hub="chat", code="4xxx") == 2
+    for code in ("1008", "1011", "1000", "1006", "none"):
+        assert value(samples, name, hub="chat", code=code) == 1
+    assert value(samples, name, hub="chat", code="other") == 2
+    assert len([1 for n, _ in samples if n == name]) == 8
+
+
+def test_a_scrape_has_no_created_series() -> None:
+    """``prometheus_client`` adds a ``*_created`` sample per labelled child: left out."""
+    from webpubsub.server.metrics import Metrics
+
+    m = Metrics()
+    m.cloud_event(_exchange("azure.webpubsub.sys.connected"))
+    text = m.render().decode()
+    assert "webpubsub_cloudevent_requests_total{" in text
+    assert "_created" not in text
+
+
+def test_handovers_are_counted_out_and_in_beside_connects_and_disconnects() -> None:
+    """A connection that moves is counted out on its old node and in on the new one:
+    per node, connects + handovers in - handovers out - disconnects stays the live
+    connections."""
+    from webpubsub.server.metrics import Metrics
+
+    c = Connection("r", "Chat", None, ClientProtocol.JSON_RELIABLE, "", None, Permissions())
+    old, new = Metrics(), Metrics()
+    old.connected(c)
+    old.moved(c, "b")
+    new.adopted(c, "a")
+    new.disconnected(c, 1000, "bye")
+    before, after = _parse(old.render()), _parse(new.render())
+    name = "webpubsub_handovers_total"
+    assert value(before, name, hub="Chat", direction="out") == 1
+    assert value(before, name, hub="Chat", direction="in") == 0
+    assert value(after, name, hub="Chat", direction="in") == 1
+    assert value(after, "webpubsub_connects_total", hub="Chat", protocol="json.reliable") == 0
+    assert value(after, "webpubsub_disconnects_total", hub="Chat", code="1000") == 1
 
 
 def test_a_scrape_before_the_node_starts_renders() -> None:

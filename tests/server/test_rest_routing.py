@@ -58,6 +58,42 @@ def test_observed_sdk_paths() -> None:
     assert found[1] == {"hub": "chat", "group": "my group/ä?#", "connection": "c1"}
 
 
+AZURE_OPERATIONS = {
+    # (method, path under /api/hubs/{hub}) -> operationId in Azure's REST reference
+    # (data-plane webpubsub.json, 2024-12-01), without its "WebPubSub_" prefix
+    ("POST", ":send"): "SendToAll",
+    ("POST", ":closeConnections"): "CloseAllConnections",
+    ("POST", ":generateToken"): "GenerateClientToken",
+    ("POST", ":addToGroups"): "AddConnectionsToGroups",
+    ("POST", ":removeFromGroups"): "RemoveConnectionsFromGroups",
+    ("DELETE", "connections/{connection}"): "CloseConnection",
+    ("HEAD", "connections/{connection}"): "ConnectionExists",
+    ("POST", "connections/{connection}/:send"): "SendToConnection",
+    ("DELETE", "connections/{connection}/groups"): "RemoveConnectionFromAllGroups",
+    ("HEAD", "groups/{group}"): "GroupExists",
+    ("POST", "groups/{group}/:closeConnections"): "CloseGroupConnections",
+    ("POST", "groups/{group}/:send"): "SendToGroup",
+    ("GET", "groups/{group}/connections"): "ListConnectionsInGroup",
+    ("PUT", "groups/{group}/connections/{connection}"): "AddConnectionToGroup",
+    ("DELETE", "groups/{group}/connections/{connection}"): "RemoveConnectionFromGroup",
+    ("PUT", "permissions/{permission}/connections/{connection}"): "GrantPermission",
+    ("DELETE", "permissions/{permission}/connections/{connection}"): "RevokePermission",
+    ("HEAD", "permissions/{permission}/connections/{connection}"): "CheckPermission",
+    ("HEAD", "users/{user}"): "UserExists",
+    ("POST", "users/{user}/:closeConnections"): "CloseUserConnections",
+    ("POST", "users/{user}/:send"): "SendToUser",
+    ("DELETE", "users/{user}/groups"): "RemoveUserFromAllGroups",
+    ("PUT", "users/{user}/groups/{group}"): "AddUserToGroup",
+    ("DELETE", "users/{user}/groups/{group}"): "RemoveUserFromGroup",
+}
+
+
+def test_every_route_has_azures_operation_name_and_each_its_own() -> None:
+    named = {(r.method, "/".join(r.pattern[2:])): r.operation for r in ROUTES}
+    assert named == AZURE_OPERATIONS
+    assert len({r.operation for r in ROUTES}) == len(ROUTES)
+
+
 def test_unknown_shapes_and_wrong_methods() -> None:
     assert route("GET", "/api/hubs/chat/nothing") == []
     assert route("GET", "/api/hubs/chat/connections/c1") == ["DELETE", "HEAD"]

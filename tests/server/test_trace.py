@@ -269,3 +269,18 @@ def test_the_ring_s_memory_is_a_small_multiple_of_its_byte_budget() -> None:
         tracemalloc.stop()
     assert ring.size_bytes <= 4 * 1024 * 1024
     assert used < 3 * ring.size_bytes  # the records and their bytes, no slack buffers
+
+
+def test_a_handover_is_a_moved_record_on_one_node_and_adopted_on_the_other() -> None:
+    old, new = TraceRing(10, "a"), TraceRing(10, "b")
+    c = conn()
+    old.moved(c, "b")
+    new.adopted(c, "a")
+    new.adopted(c, None)  # came back: no node took it
+    (moved,) = old.after(0, 10)
+    adopted, back = new.after(0, 10)
+    assert moved["type"] == "moved" and moved["toNode"] == "b" and moved["node"] == "a"
+    assert moved["connectionId"] == "conn-1" and moved["userId"] == "alice"
+    assert adopted["type"] == "adopted" and adopted["fromNode"] == "a"
+    assert back["fromNode"] is None
+    assert new.recent("chat", "conn-1") == [adopted, back]

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from webpubsub.errors import UpstreamError
+from webpubsub.node.observe import Exchange, Observers
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout
 
@@ -112,3 +114,24 @@ async def test_the_timeout_covers_the_wait_for_a_pool_slot(
     assert loop.time() - started < 2.0
     slow.release.set()
     await asyncio.gather(*hanging)
+
+
+async def test_an_observed_timeout_is_a_timeout_and_a_refusal_an_error(
+    apps: tuple[SlowApp, SlowApp], transport: HttpTransport, unused_tcp_port: int
+) -> None:
+    """The outcome comes from the exception's type, not from its message."""
+    seen: list[Exchange] = []
+
+    class Listener:
+        def cloud_event(self, exchange: Exchange) -> None:
+            seen.append(exchange)
+
+    transport.observer = Observers([Listener()])  # type: ignore[list-item]
+    slow, _ = apps
+    with pytest.raises(UpstreamTimeout):
+        await transport.send(slow.request("/slow"), timeout=0.2)
+    refused = UpstreamRequest("POST", f"http://127.0.0.1:{unused_tcp_port}/h", (), b"")
+    with pytest.raises(UpstreamError):
+        await transport.send(refused, timeout=2.0)
+    assert [(e.timed_out, e.outcome) for e in seen] == [(True, "timeout"), (False, "error")]
+    slow.release.set()

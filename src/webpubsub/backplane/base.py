@@ -91,7 +91,8 @@ class Backplane(abc.ABC):
         """Ask every live node (this one included) ``request``: one (node id, answer) per
         node, by node id, the answer None for a node that did not answer within
         ``timeout`` seconds, has no answerer, whose answerer failed, or whose answer
-        exceeds ``MAX_SURVEY_ANSWER_BYTES``. Returns within about ``timeout``.
+        exceeds ``MAX_SURVEY_ANSWER_BYTES`` (or the lower limit a backplane sets to
+        bound the answers in flight to one node). Returns within about ``timeout``.
 
         Raises :class:`PayloadTooLarge` for a request over ``MAX_SURVEY_REQUEST_BYTES``,
         :class:`BadRequest` for a timeout outside (0, ``MAX_SURVEY_TIMEOUT``], and
@@ -133,11 +134,15 @@ def check_survey(request: bytes, timeout: float, waiting: int) -> None:
 
 
 async def run_surveyor(
-    handler: Surveyor | None, request: bytes, within: float, node_id: str
+    handler: Surveyor | None,
+    request: bytes,
+    within: float,
+    node_id: str,
+    limit: int = MAX_SURVEY_ANSWER_BYTES,
 ) -> bytes | None:
     """Node ``node_id``'s answer to ``request`` from ``handler``; None (logged) when it
     has none, raises, takes longer than ``within`` seconds (it is cancelled) or answers
-    more than ``MAX_SURVEY_ANSWER_BYTES``."""
+    more than ``limit`` bytes (the request's, at most ``MAX_SURVEY_ANSWER_BYTES``)."""
     if handler is None:
         return None
     try:
@@ -152,12 +157,12 @@ async def run_surveyor(
     if not isinstance(answer, bytes):
         log.warning("the survey answerer of node %s did not answer bytes", node_id)
         return None
-    if len(answer) > MAX_SURVEY_ANSWER_BYTES:
+    if len(answer) > min(limit, MAX_SURVEY_ANSWER_BYTES):
         log.warning(
             "node %s dropped its survey answer of %d bytes (at most %d)",
             node_id,
             len(answer),
-            MAX_SURVEY_ANSWER_BYTES,
+            min(limit, MAX_SURVEY_ANSWER_BYTES),
         )
         return None
     return answer

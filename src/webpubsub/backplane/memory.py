@@ -22,8 +22,8 @@ from webpubsub.protocol.backplane import (
     SurveyRequest,
     decode_answer,
     decode_command,
-    decode_direct,
     decode_query,
+    decode_survey_reply,
     decode_survey_request,
     encode_answer,
     encode_command,
@@ -113,9 +113,7 @@ class MemoryBackplane(Backplane):
         body = await run_surveyor(self._surveyor, request.body, request.timeout, node_id)
         reply = SurveyReply(request.request_id, node_id, body)
         if self._wire:
-            decoded = decode_direct(encode_survey_reply(reply))
-            assert isinstance(decoded, SurveyReply)
-            return decoded
+            return decode_survey_reply(encode_survey_reply(reply))
         return reply
 
 

@@ -27,18 +27,25 @@ How the nodes share work (docs/architecture.md, "The Redis backplane"):
   in the background, after the local write. The reaper takes a dead node's mirrored
   events over into its own queue before it reaps that node's connections, and marks
   what it took in ``{prefix}:taken:{id}``; a node that comes back drops those.
-* **Surveys** (observation only: the operator portal's view of every node): the
-  asker publishes an opaque request on ``{prefix}:survey`` (with a request id and its
-  node id) in the same script that lists the live nodes (``nodes`` members whose
-  ``node:{id}`` heartbeat key lives); every node answers on the asker's direct channel
-  ``{prefix}:direct:{id}`` (beside handovers' states, told apart by their kind); the
-  asker returns once every live node answered or the timeout passed (None for the
-  rest). Bounded: requests 64 KiB, answers 4 MiB (a larger one is dropped: None), 16
-  surveys waiting per node (one more raises ServiceUnavailable) and 16 being answered
-  per node (one more is not answered). The data plane never depends on a survey: its
-  answers may be missing (gathering replies from every node with a timeout is fragile,
-  which is why queries read presence instead). Answers share the asker's subscription, so
-  Redis's ``client-output-buffer-limit pubsub`` bounds what may be in flight to it.
+* **Surveys** (observation only: the operator portal's view of every node) have a
+  Redis client and subscription of their own (``_listen_surveys``), so their answers
+  never wait in the command subscription's output buffer: Redis cutting it past
+  ``client-output-buffer-limit pubsub`` costs surveys only (refused, answers missing,
+  until it resubscribes), never commands. The asker publishes an opaque request on
+  ``{prefix}:survey`` (with a request id, its node id and the answer limit) in the same
+  script that lists the live nodes (``nodes`` members whose ``node:{id}`` heartbeat key
+  lives); every node answers on the asker's ``{prefix}:surveyed:{id}``; the asker returns
+  once every live node answered or the timeout passed (None for the rest). Bounded:
+  requests 64 KiB, answers 1 MiB (a larger one is not sent: None), 16 surveys waiting
+  per node (one more raises ServiceUnavailable), 16 being answered per node (one more is
+  not answered), and ``SURVEY_BYTES_IN_FLIGHT`` (16 MiB) of answers on their way to one
+  asker: a survey reserves its answer limit times the answering nodes (the survey
+  channel's subscribers, counted by the publishing script, which publishes only if no
+  more answer than reserved for), releases each node's share as its answer arrives, and
+  waits within its timeout for room (then ServiceUnavailable); past 16 answering nodes
+  the answer limit drops to 16 MiB / nodes. The data plane never depends on a survey:
+  its answers may be missing (gathering replies from every node with a timeout is
+  fragile, which is why queries read presence instead).
 * **Faults**: a command that cannot be published, or a query that cannot be
   answered, raises :class:`ServiceUnavailable` (REST: 503 with a JSON body), never a
   silent success. The subscription reconnects with a bounded back-off; presence is
@@ -53,6 +60,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -78,6 +86,7 @@ from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.errors import CorruptEnvelope, ServiceUnavailable
 from webpubsub.node.ports import EventStore, ReapedConnection
 from webpubsub.protocol.backplane import (
+    MAX_SURVEY_ANSWER_BYTES,
     Answer,
     ChangeGroup,
     ChangePermission,
@@ -97,7 +106,8 @@ from webpubsub.protocol.backplane import (
     SurveyReply,
     SurveyRequest,
     decode_command,
-    decode_direct,
+    decode_session,
+    decode_survey_reply,
     decode_survey_request,
     encode_command,
     encode_session,
@@ -133,6 +143,17 @@ HELD_LIMIT = 100_000
 """Commands held back for pending handovers; past this they are applied at once."""
 MAX_SURVEY_NODES = 1024
 """Answers one survey keeps before it knows the live nodes (a bound, not a guess)."""
+SURVEY_BYTES_IN_FLIGHT = 16 * 1024 * 1024
+"""The answer bytes that may be on their way to one asker across its open surveys: each
+survey reserves its answer limit times the nodes that will answer it, released as each
+answer arrives; a survey that does not fit waits (within its timeout) for others to
+release theirs. Half of Redis's default ``client-output-buffer-limit pubsub`` hard
+limit (32 MB), which would cut the asker's survey subscription (never its commands)."""
+MIN_SURVEY_ANSWER_BYTES = 64 * 1024
+"""The least answer limit a survey asks for: with more answering nodes than
+``SURVEY_BYTES_IN_FLIGHT`` / this (256), a survey raises ServiceUnavailable."""
+_SURVEY_ATTEMPTS = 3
+"""Tries to publish a survey whose answering nodes outnumber what was reserved for."""
 _WAKE: tuple[str, tuple[Any, ...]] = ("wake", ())
 """Queued when presence must be written anew: the writer looks at the rebuild flag."""
 MIRROR_QUEUE_LIMIT = 10_000
@@ -154,7 +175,8 @@ class Keys:
         self.prefix = prefix
         self.commands = f"{prefix}:cmd"
         self.survey = f"{prefix}:survey"
-        """The channel of survey requests (their answers go to the asker's direct channel)."""
+        """The channel of survey requests (their answers go to the asker's ``surveyed:``
+        channel, on the survey subscription: never beside the commands)."""
         self.nodes = f"{prefix}:nodes"
         self.reaper = f"{prefix}:reaper"
 
@@ -162,9 +184,12 @@ class Keys:
         return f"{self.prefix}:node:{node_id}"
 
     def direct(self, node_id: str) -> str:
-        """The channel of messages for one node only (handed-over connections, answers
-        to its surveys)."""
+        """The channel of messages for one node only: handed-over connections."""
         return f"{self.prefix}:direct:{node_id}"
+
+    def surveyed(self, node_id: str) -> str:
+        """The channel of the answers to one node's surveys."""
+        return f"{self.prefix}:surveyed:{node_id}"
 
     def node_conns(self, node_id: str) -> str:
         return f"{self.prefix}:conns:{node_id}"
@@ -376,15 +401,20 @@ if #taken > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return taken
 """
 
-# KEYS: the nodes set, the survey channel; ARGV: the heartbeat keys' prefix, envelope
-#   ->  the live nodes (those whose heartbeat key lives), once the request is published
+# KEYS: the nodes set, the survey channel; ARGV: the heartbeat keys' prefix, envelope,
+#   the most answering nodes the asker reserved answer bytes for
+#   ->  {answering nodes (the survey channel's subscribers), 1, the live nodes (those
+#       whose heartbeat key lives)} once the request is published; {answering, 0}, not
+#       published, when more nodes would answer than were reserved for
 _SURVEY = """
-local live = {}
+local answering = redis.call('PUBSUB', 'NUMSUB', KEYS[2])[2]
+if answering > tonumber(ARGV[3]) then return {answering, 0} end
+local result = {answering, 1}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 1 then live[#live + 1] = id end
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then result[#result + 1] = id end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[2])
-return live
+return result
 """
 
 
@@ -406,12 +436,12 @@ class RedisBackplane(Backplane):
         # No retries inside redis-py: a failure surfaces at once (a 503 for the caller, a
         # reconnect with our own bounded back-off for the subscription, which must know
         # it was down: commands published meanwhile were missed, presence may be gone).
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 0),
+        self._redis = _client(url)
+        # Surveys have clients of their own: their answers (up to a MiB each) never wait
+        # in the command subscription's output buffer, whose overflow would make Redis
+        # cut it (and the node miss commands), nor hold a connection of the data plane.
+        self._survey_redis = _client(
+            url, f"webpubsub-surveys-{re.sub(r'[^0-9A-Za-z_.:-]', '_', self.node_id)}"
         )
         self._node: NodeEndpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -424,6 +454,9 @@ class RedisBackplane(Backplane):
         self._subscribed = asyncio.Event()
         self.connected = False
         """Whether the subscription to the command channel is up."""
+        self.surveys_connected = False
+        """Whether the survey subscription (requests, answers to this node's) is up."""
+        self._surveys_subscribed = asyncio.Event()
         self._stopping = False
         self._rewriting = False
         self._sync_changed = asyncio.Event()
@@ -472,6 +505,12 @@ class RedisBackplane(Backplane):
         """Surveys this node is waiting on, by request id."""
         self._answering: set[asyncio.Task[None]] = set()
         """This node's answers to surveys being made and sent."""
+        self._survey_bytes = 0
+        """Answer bytes reserved by this node's open surveys (``SURVEY_BYTES_IN_FLIGHT``)."""
+        self._survey_budget = asyncio.Event()
+        """Set whenever reserved answer bytes are released."""
+        self._answerers = 1
+        """How many nodes answered the last survey published (this one at least)."""
         self._reaping: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -491,6 +530,7 @@ class RedisBackplane(Backplane):
             ) from None
         self._tasks = [
             asyncio.create_task(self._listen(), name="redis-listen"),
+            asyncio.create_task(self._listen_surveys(), name="redis-surveys"),
             asyncio.create_task(self._write_presence(), name="redis-presence"),
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
         ]
@@ -499,6 +539,7 @@ class RedisBackplane(Backplane):
         try:
             async with asyncio.timeout(5.0):
                 await self._subscribed.wait()
+                await self._surveys_subscribed.wait()
         except TimeoutError:
             raise ServiceUnavailable(
                 f"cannot subscribe to Redis at {_redacted(self.url)} within 5 s"
@@ -534,8 +575,9 @@ class RedisBackplane(Backplane):
         self._tasks = []
         with contextlib.suppress(RedisError, OSError):
             await self._leave()
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
+        for client in (self._redis, self._survey_redis):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
         self._node = None
 
     def health(self) -> dict[str, object]:
@@ -892,34 +934,49 @@ class RedisBackplane(Backplane):
     # -- the subscription ----------------------------------------------------------------
 
     async def _listen(self) -> None:
+        """The command subscription: the command stream and this node's direct channel."""
+        await self._follow(
+            self._redis,
+            (self.keys.commands, self.keys.direct(self.node_id)),
+            self._on_message,
+            self._commands_up,
+            self._commands_down,
+        )
+
+    async def _listen_surveys(self) -> None:
+        """The survey subscription, on a connection of its own: requests, and the answers
+        to this node's surveys. Its loss costs surveys only (answers missing meanwhile),
+        never commands."""
+        await self._follow(
+            self._survey_redis,
+            (self.keys.survey, self.keys.surveyed(self.node_id)),
+            self._on_survey_message,
+            self._surveys_up,
+            self._surveys_down,
+        )
+
+    async def _follow(
+        self,
+        client: aioredis.Redis,
+        channels: tuple[str, ...],
+        dispatch: Callable[[str, bytes], None],
+        up: Callable[[], None],
+        down: Callable[[Exception], None],
+    ) -> None:
+        """Subscribe to ``channels`` and hand each message to ``dispatch`` until stopped,
+        subscribing again after a fault with a bounded back-off."""
         delay = 0.05
         while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(
-                    self.keys.commands, self.keys.direct(self.node_id), self.keys.survey
-                )
-                if self.connected is False and self._subscribed.is_set():
-                    log.warning(
-                        "node %s resubscribed to Redis: commands published meanwhile "
-                        "were not delivered to its clients",
-                        self.node_id,
-                    )
-                    self._need_rebuild()
-                self._set_connected(True)
-                self._subscribed.set()
+                await pubsub.subscribe(*channels)
+                up()
                 delay = 0.05
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         try:
-                            channel = _text(message["channel"])
-                            if channel == self.keys.commands:
-                                self._deliver(message["data"])
-                            elif channel == self.keys.survey:
-                                self._on_survey(message["data"])
-                            else:
-                                self._deliver_direct(message["data"])
+                            dispatch(_text(message["channel"]), message["data"])
                         except Exception:  # one bad message must not stop the stream
                             log.exception("node %s failed on a message from Redis", self.node_id)
             except asyncio.CancelledError:
@@ -927,13 +984,65 @@ class RedisBackplane(Backplane):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except _REDIS_FAULTS as exc:
-                if self.connected:
-                    log.warning("node %s lost its Redis subscription: %s", self.node_id, exc)
-                self._set_connected(False)
+                down(exc)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(delay)  # a bounded back-off between reconnects
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+    def _commands_up(self) -> None:
+        if self.connected is False and self._subscribed.is_set():
+            log.warning(
+                "node %s resubscribed to Redis: commands published meanwhile "
+                "were not delivered to its clients",
+                self.node_id,
+            )
+            self._need_rebuild()
+        self._set_connected(True)
+        self._subscribed.set()
+
+    def _commands_down(self, exc: Exception) -> None:
+        if self.connected:
+            log.warning("node %s lost its Redis subscription: %s", self.node_id, exc)
+        self._set_connected(False)
+
+    def _surveys_up(self) -> None:
+        if not self.surveys_connected and self._surveys_subscribed.is_set():
+            log.info("node %s resubscribed to the surveys", self.node_id)
+        self.surveys_connected = True
+        self._surveys_subscribed.set()
+        self._sync_changed.set()
+
+    def _surveys_down(self, exc: Exception) -> None:
+        if self.surveys_connected:
+            log.warning(
+                "node %s lost its survey subscription (commands are not affected): %s",
+                self.node_id,
+                exc,
+            )
+        self.surveys_connected = False
+        self._sync_changed.set()
+
+    async def surveys_linked(self, up: bool = True) -> None:
+        """Return once the survey subscription is up (or, ``up=False``, down); bound it
+        with ``asyncio.timeout``."""
+        while True:
+            self._sync_changed.clear()
+            if self.surveys_connected is up:
+                return
+            await self._sync_changed.wait()
+
+    def _on_message(self, channel: str, raw: bytes) -> None:
+        if channel == self.keys.commands:
+            self._deliver(raw)
+        else:
+            self._deliver_direct(raw)
+
+    def _on_survey_message(self, channel: str, raw: bytes) -> None:
+        if channel == self.keys.survey:
+            self._on_survey(raw)
+        else:
+            self._deliver_survey_reply(raw)
 
     def _deliver(self, raw: bytes) -> None:
         if self._node is None:
@@ -1007,14 +1116,10 @@ class RedisBackplane(Backplane):
 
     def _deliver_direct(self, raw: bytes) -> None:
         try:
-            message = decode_direct(raw)
+            request_id, session = decode_session(raw)
         except CorruptEnvelope as exc:
             log.warning("dropped a corrupt message on the direct channel: %s", exc.message)
             return
-        if isinstance(message, SurveyReply):
-            self._surveyed(message)
-            return
-        request_id, session = message
         pending = self._pending.get(request_id)
         if pending is None or pending.arrived:
             return
@@ -1153,7 +1258,7 @@ class RedisBackplane(Backplane):
         timeout: float = 1.0,  # noqa: ASYNC109 (the answerers' time too; a partial result after)
     ) -> list[tuple[str, bytes | None]]:
         check_survey(request, timeout, len(self._surveys))
-        if self._node is None or not self.connected:
+        if self._node is None or not self.connected or not self.surveys_connected:
             raise ServiceUnavailable(
                 "The backplane (Redis) is not connected: the nodes cannot be surveyed."
             )
@@ -1163,30 +1268,89 @@ class RedisBackplane(Backplane):
         pending = _Survey(loop.create_future(), {})
         self._surveys[request_id] = pending  # before publishing: answers may come first
         try:
-            envelope = encode_survey_request(
-                SurveyRequest(request_id, self.node_id, timeout, request)
-            )
-            try:
-                live = await self._scripts["survey"](
-                    keys=[self.keys.nodes, self.keys.survey],
-                    args=[self.keys.node(""), envelope],
-                )
-            except RedisError as exc:
-                raise ServiceUnavailable(_unavailable(exc)) from None
-            expected = pending.expect(_text(n) for n in live)
+            live = await self._publish_survey(request_id, request, pending, deadline)
+            expected = pending.expect(live)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await pending.done
             return [(node, pending.answers.get(node)) for node in sorted(expected)]
         finally:
             del self._surveys[request_id]
+            self._release(pending, pending.reserved)
 
-    def _surveyed(self, reply: SurveyReply) -> None:
+    async def _publish_survey(
+        self, request_id: str, request: bytes, pending: _Survey, deadline: float
+    ) -> list[str]:
+        """Reserve the answers' bytes, then publish the request; the live nodes.
+
+        The reservation is the answer limit times the nodes that will answer (the survey
+        channel's subscribers, as the last survey found them): the limit is 1 MiB, less
+        when more nodes answer than ``SURVEY_BYTES_IN_FLIGHT`` allows at that. Published
+        only if no more nodes answer than reserved for (else reserved anew, bounded)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(_SURVEY_ATTEMPTS):
+            answerers = max(1, self._answerers)
+            limit = min(MAX_SURVEY_ANSWER_BYTES, SURVEY_BYTES_IN_FLIGHT // answerers)
+            if limit < MIN_SURVEY_ANSWER_BYTES:
+                raise ServiceUnavailable(
+                    f"{answerers} nodes answer surveys: too many to survey them at once."
+                )
+            await self._reserve(pending, limit * answerers, deadline)
+            pending.limit = limit
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            envelope = encode_survey_request(
+                SurveyRequest(request_id, self.node_id, left, request, limit)
+            )
+            try:
+                result = await self._scripts["survey"](
+                    keys=[self.keys.nodes, self.keys.survey],
+                    args=[self.keys.node(""), envelope, answerers],
+                    client=self._survey_redis,
+                )
+            except _REDIS_FAULTS as exc:
+                raise ServiceUnavailable(_unavailable(exc)) from None
+            self._answerers = int(result[0])
+            if int(result[1]):
+                return [_text(n) for n in result[2:]]
+            self._release(pending, pending.reserved)  # more answer: reserve for them
+        raise ServiceUnavailable("The nodes could not be surveyed in time: try again.")
+
+    async def _reserve(self, pending: _Survey, size: int, deadline: float) -> None:
+        """Reserve ``size`` answer bytes for ``pending``, waiting (until ``deadline``) for
+        other surveys to release theirs; ServiceUnavailable past it."""
+        while self._survey_bytes + size > SURVEY_BYTES_IN_FLIGHT:
+            self._survey_budget.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._survey_budget.wait()
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    "This node's surveys are waiting on as many answers as it takes: try again."
+                ) from None
+        self._survey_bytes += size
+        pending.reserved += size
+
+    def _release(self, pending: _Survey, size: int) -> None:
+        size = min(size, pending.reserved)
+        if size > 0:
+            pending.reserved -= size
+            self._survey_bytes -= size
+            self._survey_budget.set()
+
+    def _deliver_survey_reply(self, raw: bytes) -> None:
+        try:
+            reply = decode_survey_reply(raw)
+        except CorruptEnvelope as exc:
+            log.warning("dropped a corrupt survey answer: %s", exc.message)
+            return
         pending = self._surveys.get(reply.request_id)
         if pending is None:
             log.debug("dropped an answer to survey %s (unknown or over)", reply.request_id)
             return
-        pending.add(reply.node_id, reply.body)
+        if pending.add(reply.node_id, reply.body):
+            self._release(pending, pending.limit)  # received: no longer on its way
 
     def _on_survey(self, raw: bytes) -> None:
         """Answer a survey request, in the background (bounded)."""
@@ -1211,10 +1375,12 @@ class RedisBackplane(Backplane):
         task.add_done_callback(self._answering.discard)
 
     async def _answer_survey(self, request: SurveyRequest) -> None:
-        body = await run_surveyor(self._surveyor, request.body, request.timeout, self.node_id)
+        body = await run_surveyor(
+            self._surveyor, request.body, request.timeout, self.node_id, request.limit
+        )
         reply = encode_survey_reply(SurveyReply(request.request_id, self.node_id, body))
         try:
-            await self._redis.publish(self.keys.direct(request.from_node), reply)
+            await self._survey_redis.publish(self.keys.surveyed(request.from_node), reply)
         except _REDIS_FAULTS as exc:
             log.warning("node %s could not answer a survey: %s", self.node_id, exc)
 
@@ -1641,6 +1807,10 @@ class _Survey:
     answers: dict[str, bytes | None]
     expected: frozenset[str] | None = None
     """The live nodes, once the request is published (answers may arrive before)."""
+    limit: int = 0
+    """The answer limit the request carries (bytes)."""
+    reserved: int = 0
+    """Answer bytes still reserved for it in ``SURVEY_BYTES_IN_FLIGHT``."""
 
     def expect(self, nodes: Iterable[str]) -> frozenset[str]:
         self.expected = frozenset(nodes)
@@ -1649,16 +1819,18 @@ class _Survey:
         self._check()
         return self.expected
 
-    def add(self, node: str, body: bytes | None) -> None:
+    def add(self, node: str, body: bytes | None) -> bool:
+        """Count ``node``'s answer; whether it was the first from that node."""
         if node in self.answers:
-            return  # the first answer counts
+            return False  # the first answer counts
         if self.expected is None:
             if len(self.answers) >= MAX_SURVEY_NODES:
-                return
+                return True
         elif node not in self.expected:
-            return
+            return True  # received all the same (a node subscribed without a heartbeat)
         self.answers[node] = body
         self._check()
+        return True
 
     def _check(self) -> None:
         if (
@@ -1667,6 +1839,19 @@ class _Survey:
             and not self.done.done()
         ):
             self.done.set_result(None)
+
+
+def _client(url: str, name: str | None = None) -> aioredis.Redis:
+    """A client to Redis at ``url`` (named ``name`` in ``CLIENT LIST``): no retries of
+    its own, bounded connect and read times."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        health_check_interval=5,
+        retry=Retry(NoBackoff(), 0),
+        client_name=name,
+    )
 
 
 def _token_hash(token: str) -> str:

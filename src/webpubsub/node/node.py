@@ -49,7 +49,7 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.node import ports
-from webpubsub.node.observe import NO_OBSERVER, Observer, conn_fields, log_fields
+from webpubsub.node.observe import NO_OBSERVER, Observers, conn_fields, log_fields
 from webpubsub.node.ports import (
     EventHandlerPort,
     HandoverPort,
@@ -175,7 +175,7 @@ class Node:
         backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
-        observer: Observer = NO_OBSERVER,
+        observer: Observers = NO_OBSERVER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id or secrets.token_hex(4)
@@ -421,7 +421,7 @@ class Node:
         adopted: list[Connection] = []
 
         def adopt(session: SessionState) -> None:
-            adopted.append(self._adopt(session))
+            adopted.append(self._adopt(session, session.from_node))
 
         refusal = await self._handover.take_over(
             hub_key, connection_id, token, tuple(subprotocols), adopt
@@ -432,8 +432,9 @@ class Node:
             return NO_CONNECTION
         return self.resume(hub_key, connection_id, token, subprotocols, sink)
 
-    def _adopt(self, session: SessionState) -> Connection:
-        """A reliable connection handed over by another node, detached until resumed."""
+    def _adopt(self, session: SessionState, from_node: str | None) -> Connection:
+        """A reliable connection handed over by node ``from_node`` (None: unknown, or
+        this node's own that no node took), detached until resumed."""
         conn = Connection(
             connection_id=session.connection_id,
             hub=session.hub,
@@ -468,6 +469,7 @@ class Node:
             conn.hub,
             extra=conn_fields(conn),
         )
+        self.observer.adopted(conn, from_node)
         self._detached_now(conn)
         return conn
 
@@ -498,6 +500,7 @@ class Node:
             next_sequence_id=next_id,
             frames=tuple(frames),
             events_sent=conn.events_sent,
+            from_node=self.node_id,
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:
@@ -507,6 +510,7 @@ class Node:
         old, conn.sink = conn.sink, None
         conn.closing = True  # nothing more is delivered here
         hub.remove(conn.connection_id)  # no disconnected event: it lives on elsewhere
+        self.observer.moved(conn, command.to_node)
         if not len(hub):
             del self._hubs[conn.hub]
             if not self._hubs and self._idle is not None:
@@ -519,7 +523,7 @@ class Node:
                 command.to_node,
                 extra=conn_fields(conn),
             )
-            self._adopt(session)
+            self._adopt(session, None)
 
         self._handover.hand_over(command.to_node, command.request_id, session, undelivered)
         if old is not None:  # the old transport is still open: the client moved on

@@ -13,6 +13,7 @@ number of recipients), never once per recipient.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,7 +41,10 @@ class RestCall:
     duration: float
     """Seconds from the request's head to its answer."""
     caller: str
-    """The client's address."""
+    """The address of the peer that sent the request (``request.remote``). Behind a
+    proxy of ``server.trusted_proxies`` this is the proxy's: the service takes only
+    ``X-Forwarded-Proto`` / ``-Host`` from a trusted proxy (server/origin.py) and
+    parses no ``X-Forwarded-For``, so it has no client address it could trust more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,8 @@ class Exchange:
     duration: float
     replay: bool = False
     """Sent again from the portal's webhook debugger."""
+    timed_out: bool = False
+    """No answer within the handler's timeout (the transport's ``UpstreamTimeout``)."""
 
     @property
     def event_type(self) -> str:
@@ -69,7 +75,7 @@ class Exchange:
         """``success`` (2xx), ``rejected`` (4xx), ``failed`` (any other status),
         ``timeout`` or ``error`` (no answer)."""
         if self.response is None:
-            return "timeout" if self.error is not None and "no answer" in self.error else "error"
+            return "timeout" if self.timed_out else "error"
         status = self.response.status
         if 200 <= status < 300:
             return "success"
@@ -109,6 +115,16 @@ class Observer(Protocol):
 
     def published(self, duration: float, error: str | None) -> None:
         """One backplane publish took ``duration`` seconds (``error``: why it failed)."""
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        """A reliable connection left this node for node ``to_node`` (its client
+        reconnected there): it did not end, no :meth:`disconnected` follows here."""
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        """A reliable connection handed over by node ``from_node`` is on this node now,
+        detached until its client resumes it (:meth:`recovered`); no :meth:`connected`.
+        ``from_node`` is None when unknown, or when no node took a connection this node
+        handed over and it came back."""
 
 
 RECEIVED_KINDS = (
@@ -179,15 +195,73 @@ class Observers:
         for o in self._all:
             _call(o.published, duration, error)
 
+    def moved(self, conn: Connection, to_node: str) -> None:
+        for o in self._all:
+            _call(o.moved, conn, to_node)
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        for o in self._all:
+            _call(o.adopted, conn, from_node)
+
 
 NO_OBSERVER = Observers()
+
+
+FAILURE_LOG_SECONDS = 60.0
+"""After the first failure of an observer method (logged with its traceback), at most
+one line per this many seconds says how many more there were."""
+MAX_FAILING_METHODS = 64
+"""Observer methods whose failures are followed one by one; more share one entry."""
+
+
+class FailureLog:
+    """The log of observers that fail, bounded in lines and in state."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failing: dict[str, list[float]] = {}
+        """Method → [when the next line may be logged, failures not logged yet]."""
+
+    def __len__(self) -> int:
+        return len(self._failing)
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        """``name`` (``Class.method``) raised ``exc``; call it from an ``except`` block."""
+        now = self._clock()
+        state = self._failing.get(name)
+        if state is None:
+            if len(self._failing) >= MAX_FAILING_METHODS:
+                name = "other observers"
+                state = self._failing.get(name)
+            if state is None:
+                self._failing[name] = [now + FAILURE_LOG_SECONDS, 0]
+                log.exception("an observer failed: %s", name)
+                return
+        state[1] += 1
+        if now < state[0]:
+            return
+        since = now - state[0] + FAILURE_LOG_SECONDS
+        log.error(
+            "an observer failed: %s failed %d more times in the last %.0f s; the last: %s: %s",
+            name,
+            state[1],
+            since,
+            type(exc).__name__,
+            exc,
+        )
+        state[0], state[1] = now + FAILURE_LOG_SECONDS, 0
+
+
+_failures = FailureLog()
 
 
 def _call(method: Callable[..., None], *args: object) -> None:
     try:
         method(*args)
-    except Exception:
-        log.exception("an observer failed")
+    except Exception as exc:
+        owner = getattr(method, "__self__", None)
+        name = getattr(method, "__name__", "?")
+        _failures.failed(f"{type(owner).__name__}.{name}" if owner is not None else name, exc)
 
 
 def log_fields(

@@ -295,6 +295,8 @@ class SessionState:
     """The unacknowledged frames with their sequence ids, in order."""
     events_sent: int = 0
     """How many events were sent for it (its next ``ce-id`` follows)."""
+    from_node: str | None = None
+    """The node that hands it over (None from a node that does not say)."""
 
 
 def encode_session(request_id: str, session: SessionState | str) -> bytes:
@@ -317,6 +319,8 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
         "fr": [[seq, len(frame)] for seq, frame in session.frames],
         "ev": session.events_sent,
     }
+    if session.from_node is not None:
+        header["fn"] = session.from_node
     return _pack(header, b"".join(frame for _, frame in session.frames))
 
 
@@ -351,9 +355,11 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         offset += length
     if offset != len(data) or not all(type(a) is int for a in acks):
         raise CorruptEnvelope("a session's data and ack ids do not match its header")
-    next_id, events = header.get("nx"), header.get("ev", 0)
+    next_id, events, from_node = header.get("nx"), header.get("ev", 0), header.get("fn")
     if type(next_id) is not int or type(events) is not int:
         raise CorruptEnvelope("'nx' and 'ev' must be integers")
+    if from_node is not None and not isinstance(from_node, str):
+        raise CorruptEnvelope("'fn' must be a string")
     return request_id, SessionState(
         hub=r.text("h"),
         connection_id=r.text("c"),
@@ -367,6 +373,7 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         next_sequence_id=next_id,
         frames=tuple(frames),
         events_sent=events,
+        from_node=from_node,
     )
 
 
@@ -374,8 +381,9 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
 
 MAX_SURVEY_REQUEST_BYTES = 64 * 1024
 """The largest survey request body; a longer one is refused before it is sent."""
-MAX_SURVEY_ANSWER_BYTES = 4 * 1024 * 1024
-"""The largest answer body; a node's longer answer is dropped (it counts as no answer)."""
+MAX_SURVEY_ANSWER_BYTES = 1024 * 1024
+"""The largest answer body; a node's longer answer is dropped (it counts as no answer).
+A request may ask for less (:attr:`SurveyRequest.limit`)."""
 MAX_SURVEY_TIMEOUT = 30.0
 """The longest a survey may wait for its answers, in seconds."""
 
@@ -383,12 +391,14 @@ MAX_SURVEY_TIMEOUT = 30.0
 @dataclass(frozen=True, slots=True)
 class SurveyRequest:
     """Node ``from_node`` asks every node ``body`` (opaque bytes), waiting ``timeout``
-    seconds for their answers (an answerer still busy after that is cancelled)."""
+    seconds for their answers (an answerer still busy after that is cancelled), each
+    answer at most ``limit`` bytes (a longer one is not sent: the asker sees None)."""
 
     request_id: str
     from_node: str
     timeout: float
     body: bytes
+    limit: int = MAX_SURVEY_ANSWER_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +419,7 @@ def encode_survey_request(request: SurveyRequest) -> bytes:
         "rq": request.request_id,
         "fr": request.from_node,
         "tm": request.timeout,
+        "lm": request.limit,
     }
     return _pack(header, request.body)
 
@@ -427,11 +438,14 @@ def decode_survey_request(raw: bytes) -> SurveyRequest:
         raise CorruptEnvelope(f"'tm' must be a number of seconds in (0, {MAX_SURVEY_TIMEOUT}]")
     if len(data) > MAX_SURVEY_REQUEST_BYTES:
         raise CorruptEnvelope("the survey request is too large")
-    return SurveyRequest(r.text("rq"), r.text("fr"), float(timeout), data)
+    limit = header.get("lm", MAX_SURVEY_ANSWER_BYTES)  # absent: a node of an older version
+    if type(limit) is not int or not 0 < limit <= MAX_SURVEY_ANSWER_BYTES:
+        raise CorruptEnvelope(f"'lm' must be a number of bytes in (0, {MAX_SURVEY_ANSWER_BYTES}]")
+    return SurveyRequest(r.text("rq"), r.text("fr"), float(timeout), data, limit)
 
 
 def encode_survey_reply(reply: SurveyReply) -> bytes:
-    """``reply`` as bytes for the asker's direct channel (read by :func:`decode_direct`)."""
+    """``reply`` as bytes for the asker's answer channel (read by :func:`decode_survey_reply`)."""
     header: dict[str, object] = {
         "k": "surveyed",
         "rq": reply.request_id,
@@ -441,13 +455,11 @@ def encode_survey_reply(reply: SurveyReply) -> bytes:
     return _pack(header, reply.body or b"")
 
 
-def decode_direct(raw: bytes) -> SurveyReply | tuple[str, SessionState | str]:
-    """A message on a node's direct channel: a :class:`SurveyReply`, or a handover's
-    (request id, state or refusal) as :func:`decode_session` reads it."""
+def decode_survey_reply(raw: bytes) -> SurveyReply:
     header, data = _unpack(raw)
-    if header.get("k") != "surveyed":
-        return _session(header, data)
     r = _Reader(header)
+    if r.text("k") != "surveyed":
+        raise CorruptEnvelope("not a survey reply")
     answered = r.flag("a")
     if not answered and data:
         raise CorruptEnvelope("a survey reply without an answer carries no data")

@@ -8,11 +8,18 @@ scraped, by a collector of its own. Each :class:`Metrics` has its own
 ``CollectorRegistry`` (several services run in one test process); this is the only
 module that imports ``prometheus_client``.
 
-Label values stay bounded: the first :data:`MAX_HUBS` hubs seen keep their name, any
-later one is counted as ``_other`` (hub names start with a letter: no hub is named
-so); event types past :data:`MAX_EVENT_TYPES` and close codes past
-:data:`MAX_CLOSE_CODES` alike. The hot path (one call per client frame, one per
-fan-out) is a dict lookup of the cached labelled children and two ``inc``.
+Label values stay bounded, and what clients choose cannot crowd out what the service
+names: the first :data:`MAX_HUBS` hubs seen keep their name, any later one is counted
+as ``_other`` (hub names start with a letter: no hub is named so). An ``event_type`` is
+the service's own (:data:`NAMED_EVENT_TYPES`: the system events and ``validation``)
+always, a user event (named by clients) up to :data:`MAX_USER_EVENTS`, then
+``azure.webpubsub.user._other``; anything else (a replay's edited ``ce-type``)
+``_other``. A close ``code`` is named when RFC 6455 or the service defines it
+(:data:`NAMED_CLOSE_CODES`); the codes clients choose fold into ``3xxx`` and ``4xxx``,
+any other into ``other``. The ``*_created`` samples ``prometheus_client`` adds to
+each labelled child are left out of the scrape (:class:`_WithoutCreated`). The hot
+path (one call per client frame, one per fan-out) is a dict lookup of the cached
+labelled children and two ``inc``.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ from webpubsub.core.connection import Connection
 from webpubsub.errors import Unauthorized
 from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Target
+from webpubsub.protocol.cloudevents import SYSTEM_TYPE_PREFIX, USER_TYPE_PREFIX
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.tokens import bearer_token
+from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server.errors import error_response
 
 if TYPE_CHECKING:
@@ -47,10 +56,18 @@ need none of the 1.0.0 format's escaping)."""
 
 MAX_HUBS = 1000
 """Distinct hub label values; later hubs are counted as :data:`OTHER`."""
-MAX_EVENT_TYPES = 200
-"""Distinct CloudEvent types (user events are named by clients)."""
-MAX_CLOSE_CODES = 100
-"""Distinct close codes (clients choose theirs, 1000–4999)."""
+MAX_USER_EVENTS = 50
+"""Distinct user event types (clients name them); later ones are :data:`USER_OTHER`."""
+NAMED_EVENT_TYPES = frozenset(
+    {SYSTEM_TYPE_PREFIX + name for name in ("connect", "connected", "disconnected")}
+    | {"validation", "unknown"}
+)
+"""The event types the service sends (``unknown``: a request without ``ce-type``)."""
+USER_OTHER = USER_TYPE_PREFIX + "_other"
+NAMED_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1015} | set(CloseCode)
+)
+"""The close codes RFC 6455 §7.4.1 defines and the service's own (``CloseCode``)."""
 MAX_SCANNED_CONNECTIONS = 100_000
 """Connections a scrape looks at one by one (protocols, reliable buffers), in about
 35 ms on the 2-core build machine; the hubs past it are counted whole (``len``), with
@@ -73,10 +90,12 @@ _Pair = tuple[Counter, Counter]
 
 
 class _Bounded:
-    """The label value of each distinct value, the first ``limit`` as themselves."""
+    """The label value of each distinct value, the first ``limit`` as themselves, the
+    others as ``other``."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, other: str = OTHER) -> None:
         self._limit = limit
+        self._other = other
         self._seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
@@ -85,7 +104,36 @@ class _Bounded:
         if len(self._seen) < self._limit:
             self._seen.add(value)
             return value
+        return self._other
+
+
+class _EventTypes:
+    """The ``event_type`` label: the service's own named, user events bounded."""
+
+    def __init__(self) -> None:
+        self._user = _Bounded(MAX_USER_EVENTS, USER_OTHER)
+
+    def __call__(self, value: str) -> str:
+        if value in NAMED_EVENT_TYPES:
+            return value
+        if value.startswith(USER_TYPE_PREFIX):
+            return self._user(value)
         return OTHER
+
+
+_CODE_LABELS = {code: str(code) for code in NAMED_CLOSE_CODES}
+
+
+def close_code_label(code: int | None) -> str:
+    """The ``code`` label of a close code (see the module docs)."""
+    if code is None:
+        return "none"
+    label = _CODE_LABELS.get(code)
+    if label is not None:
+        return label
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    return "4xxx" if 4000 <= code <= 4999 else "other"
 
 
 class Metrics:
@@ -95,14 +143,13 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self._hub = _Bounded(MAX_HUBS)
-        self._event_type = _Bounded(MAX_EVENT_TYPES)
-        self._code = _Bounded(MAX_CLOSE_CODES)
+        self._event_type = _EventTypes()
         self._connects = Counter(
             "webpubsub_connects", "Connections attached.", ("hub", "protocol"), registry=r
         )
         self._disconnects = Counter(
             "webpubsub_disconnects",
-            "Connections ended, by WebSocket close code (none: unknown).",
+            "Connections ended, by WebSocket close code (3xxx, 4xxx: a client's; none: unknown).",
             ("hub", "code"),
             registry=r,
         )
@@ -155,6 +202,12 @@ class Metrics:
             ("hub",),
             registry=r,
         )
+        self._handovers = Counter(
+            "webpubsub_handovers",
+            "Reliable connections that moved between nodes (out: left this node, in: came).",
+            ("hub", "direction"),
+            registry=r,
+        )
         self._publish_seconds = Histogram(
             "webpubsub_backplane_publish_duration_seconds",
             "Backplane publish latency.",
@@ -179,7 +232,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text format of every metric, as of now."""
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
 
     # -- the observer --------------------------------------------------------------
 
@@ -187,8 +240,7 @@ class Metrics:
         self._connects.labels(self._hub(conn.hub), PROTOCOL_LABELS[conn.protocol]).inc()
 
     def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
-        label = "none" if code is None else self._code(str(code))
-        self._disconnects.labels(self._hub(conn.hub), label).inc()
+        self._disconnects.labels(self._hub(conn.hub), close_code_label(code)).inc()
 
     def detached(self, conn: Connection, reason: str) -> None:
         pass
@@ -238,6 +290,12 @@ class Metrics:
         self._publish_seconds.observe(duration)
         if error is not None:
             self._publish_errors.inc()
+
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self._handovers.labels(self._hub(conn.hub), "out").inc()
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        self._handovers.labels(self._hub(conn.hub), "in").inc()
 
     # -- labelled children ---------------------------------------------------------
 
@@ -402,3 +460,17 @@ class _StateCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return ()
+
+
+class _WithoutCreated(Collector):
+    """``registry`` without the ``*_created`` samples: ``prometheus_client`` can turn
+    them off only for the whole process (``disable_created_metrics``), which would
+    change the scrape of any other registry of an application that embeds the service."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():  # fresh Metric objects on each collect
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric

@@ -76,16 +76,13 @@ Handler = Callable[[Operations, Call], Awaitable[web.StreamResponse]]
 class Route:
     method: str
     pattern: tuple[str, ...]
+    operation: str
+    """The operation's name in metrics and the trace: its ``operationId`` in Azure's
+    REST reference (webpubsub.json, 2024-12-01) without the ``WebPubSub_`` prefix."""
     handler: Handler
     answers_json: bool = False
     """The success body is JSON: validation errors are then ``application/json`` too,
     not ``application/problem+json`` (as Azure's ``:generateToken`` answers them)."""
-
-    @property
-    def operation(self) -> str:
-        """The operation's name in metrics and the trace: the handler's, in PascalCase
-        (``send_to_all``: ``SendToAll``)."""
-        return "".join(word.capitalize() for word in self.handler.__name__.split("_"))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.pattern):
@@ -439,46 +436,85 @@ async def has_permission(ops: Operations, call: Call) -> web.StreamResponse:
 
 H = ("hubs", "{hub}")
 ROUTES: tuple[Route, ...] = (
-    Route("POST", (*H, ":send"), send_to_all),
-    Route("POST", (*H, ":closeConnections"), close_all),
-    Route("POST", (*H, ":generateToken"), generate_token, answers_json=True),
-    Route("POST", (*H, ":addToGroups"), add_connections_to_groups),
-    Route("POST", (*H, ":removeFromGroups"), remove_connections_from_groups),
-    Route("DELETE", (*H, "connections", "{connection}"), close_connection),
-    Route("HEAD", (*H, "connections", "{connection}"), connection_exists),
-    Route("POST", (*H, "connections", "{connection}", ":send"), send_to_connection),
+    Route("POST", (*H, ":send"), "SendToAll", send_to_all),
+    Route("POST", (*H, ":closeConnections"), "CloseAllConnections", close_all),
+    Route("POST", (*H, ":generateToken"), "GenerateClientToken", generate_token, answers_json=True),
+    Route("POST", (*H, ":addToGroups"), "AddConnectionsToGroups", add_connections_to_groups),
     Route(
-        "DELETE", (*H, "connections", "{connection}", "groups"), remove_connection_from_all_groups
+        "POST",
+        (*H, ":removeFromGroups"),
+        "RemoveConnectionsFromGroups",
+        remove_connections_from_groups,
     ),
-    Route("HEAD", (*H, "groups", "{group}"), group_exists),
-    Route("POST", (*H, "groups", "{group}", ":closeConnections"), close_group),
-    Route("POST", (*H, "groups", "{group}", ":send"), send_to_group),
+    Route("DELETE", (*H, "connections", "{connection}"), "CloseConnection", close_connection),
+    Route("HEAD", (*H, "connections", "{connection}"), "ConnectionExists", connection_exists),
     Route(
-        "GET", (*H, "groups", "{group}", "connections"), list_group_connections, answers_json=True
+        "POST", (*H, "connections", "{connection}", ":send"), "SendToConnection", send_to_connection
     ),
-    Route("PUT", (*H, "groups", "{group}", "connections", "{connection}"), add_connection_to_group),
+    Route(
+        "DELETE",
+        (*H, "connections", "{connection}", "groups"),
+        "RemoveConnectionFromAllGroups",
+        remove_connection_from_all_groups,
+    ),
+    Route("HEAD", (*H, "groups", "{group}"), "GroupExists", group_exists),
+    Route(
+        "POST", (*H, "groups", "{group}", ":closeConnections"), "CloseGroupConnections", close_group
+    ),
+    Route("POST", (*H, "groups", "{group}", ":send"), "SendToGroup", send_to_group),
+    Route(
+        "GET",
+        (*H, "groups", "{group}", "connections"),
+        "ListConnectionsInGroup",
+        list_group_connections,
+        answers_json=True,
+    ),
+    Route(
+        "PUT",
+        (*H, "groups", "{group}", "connections", "{connection}"),
+        "AddConnectionToGroup",
+        add_connection_to_group,
+    ),
     Route(
         "DELETE",
         (*H, "groups", "{group}", "connections", "{connection}"),
+        "RemoveConnectionFromGroup",
         remove_connection_from_group,
     ),
     Route(
-        "PUT", (*H, "permissions", "{permission}", "connections", "{connection}"), grant_permission
+        "PUT",
+        (*H, "permissions", "{permission}", "connections", "{connection}"),
+        "GrantPermission",
+        grant_permission,
     ),
     Route(
         "DELETE",
         (*H, "permissions", "{permission}", "connections", "{connection}"),
+        "RevokePermission",
         revoke_permission,
     ),
     Route(
-        "HEAD", (*H, "permissions", "{permission}", "connections", "{connection}"), has_permission
+        "HEAD",
+        (*H, "permissions", "{permission}", "connections", "{connection}"),
+        "CheckPermission",
+        has_permission,
     ),
-    Route("HEAD", (*H, "users", "{user}"), user_exists),
-    Route("POST", (*H, "users", "{user}", ":closeConnections"), close_user),
-    Route("POST", (*H, "users", "{user}", ":send"), send_to_user),
-    Route("DELETE", (*H, "users", "{user}", "groups"), remove_user_from_all_groups),
-    Route("PUT", (*H, "users", "{user}", "groups", "{group}"), add_user_to_group),
-    Route("DELETE", (*H, "users", "{user}", "groups", "{group}"), remove_user_from_group),
+    Route("HEAD", (*H, "users", "{user}"), "UserExists", user_exists),
+    Route("POST", (*H, "users", "{user}", ":closeConnections"), "CloseUserConnections", close_user),
+    Route("POST", (*H, "users", "{user}", ":send"), "SendToUser", send_to_user),
+    Route(
+        "DELETE",
+        (*H, "users", "{user}", "groups"),
+        "RemoveUserFromAllGroups",
+        remove_user_from_all_groups,
+    ),
+    Route("PUT", (*H, "users", "{user}", "groups", "{group}"), "AddUserToGroup", add_user_to_group),
+    Route(
+        "DELETE",
+        (*H, "users", "{user}", "groups", "{group}"),
+        "RemoveUserFromGroup",
+        remove_user_from_group,
+    ),
 )
 
 

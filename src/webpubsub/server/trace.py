@@ -294,6 +294,13 @@ class TraceRing:
     def recovered(self, conn: Connection) -> None:
         self._add("recovered", conn.hub, conn.connection_id, conn.user_id, {})
 
+    def moved(self, conn: Connection, to_node: str) -> None:
+        self._add("moved", conn.hub, conn.connection_id, conn.user_id, {"toNode": to_node})
+
+    def adopted(self, conn: Connection, from_node: str | None) -> None:
+        fields: Record = {"fromNode": from_node}
+        self._add("adopted", conn.hub, conn.connection_id, conn.user_id, fields)
+
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
         if isinstance(data, str):
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))

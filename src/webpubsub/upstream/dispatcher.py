@@ -65,10 +65,25 @@ VALIDATION_BACKOFF = (1.0, 2.0)
 a handler coming back is noticed within a second or two."""
 MAX_VALIDATION_ENTRIES = 4096
 _REPLAY_DROPPED = frozenset(
-    {"ce-signature", "content-length", "host", "connection", "transfer-encoding"}
+    {
+        "ce-signature",
+        "content-length",
+        "host",
+        # hop-by-hop (RFC 9110 §7.6.1) and their kin: the HTTP client's own, or
+        # meant for a proxy, never for the handler
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
 )
 """Headers of a replayed event that are not sent as given: made anew by the replay
-(the signature) or by the HTTP client."""
+(the signature), by the HTTP client, or not for the handler at all."""
 RESTARTED = "The service restarted."
 """The ``disconnected`` reason of a connection that was open when the service stopped
 without closing it (a crash, SIGKILL, a second signal), sent at the next start."""
@@ -222,11 +237,12 @@ class Upstream:
         """Send a CloudEvent again (the portal's webhook debugger), to ``url``: the URL
         of a request this service sent (the caller checks that). Its ``ce-signature``
         is made anew from its ``ce-connectionId`` with this service's keys, as for the
-        original; ``Content-Length`` and hop-by-hop headers are the transport's own.
+        original (none without keys); ``Content-Length``, ``Host`` and hop-by-hop
+        headers (:data:`_REPLAY_DROPPED`) are the transport's own, or dropped.
         Raises :class:`UpstreamError` when the handler does not answer."""
         kept = [(k, v) for k, v in headers if k.lower() not in _REPLAY_DROPPED]
         connection_id = next((v for k, v in kept if k.lower() == "ce-connectionid"), None)
-        if connection_id is not None:
+        if connection_id is not None and self._keys:  # no keys: unsigned, as the original
             kept.append(("ce-signature", signature(connection_id, self._keys)))
         request = UpstreamRequest(method=method, url=url, headers=tuple(kept), body=body)
         return await self._transport.send(request, timeout=timeout, replay=True)

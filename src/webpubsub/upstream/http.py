@@ -118,7 +118,9 @@ class HttpTransport:
             response = await self._send(request, timeout, pool)
         except UpstreamError as exc:
             elapsed = time.monotonic() - started
-            self.observer.cloud_event(Exchange(request, None, exc.message, elapsed, replay))
+            timed_out = isinstance(exc, UpstreamTimeout)
+            exchange = Exchange(request, None, exc.message, elapsed, replay, timed_out)
+            self.observer.cloud_event(exchange)
             raise
         elapsed = time.monotonic() - started
         self.observer.cloud_event(Exchange(request, response, None, elapsed, replay))
