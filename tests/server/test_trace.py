@@ -284,3 +284,36 @@ def test_a_handover_is_a_moved_record_on_one_node_and_adopted_on_the_other() -> 
     assert adopted["type"] == "adopted" and adopted["fromNode"] == "a"
     assert back["fromNode"] is None
     assert new.recent("chat", "conn-1") == [adopted, back]
+
+
+@given(st.text(max_size=3000) | st.text(alphabet='\x01\x1f"\\é😀', max_size=40_000))
+def test_a_shown_body_is_a_prefix_within_its_json_budget(text: str) -> None:
+    shown = trace._fit_text(text)
+    assert text.startswith(shown)
+    assert len(orjson.dumps(shown)) <= trace.BODY_SHOWN_BYTES
+    if len(orjson.dumps(text)) <= trace.BODY_SHOWN_BYTES:
+        assert shown == text
+
+
+@given(st.binary(max_size=300) | st.builds(orjson.dumps, st.dictionaries(
+    st.sampled_from(["headers", "query", "claims"]),
+    st.dictionaries(st.text(max_size=12), st.lists(st.text(max_size=20), max_size=3)
+                    | st.integers(-9, 9) | st.none(), max_size=4), max_size=3)))  # fmt: skip
+def test_any_connect_body_is_shown_without_raising_and_its_query_never_whole(body: bytes) -> None:
+    request = UpstreamRequest("POST", "http://h/", (("ce-type", trace.CONNECT_EVENT),), body)
+    ring = TraceRing(2, "n")
+    ring.cloud_event(Exchange(request, None, "down", 0.1))
+    record = ring.get(1)
+    assert record is not None and ring.original(1) == request
+    try:
+        sent = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    query = sent.get("query") if isinstance(sent, dict) else None
+    if isinstance(query, dict):
+        shown = orjson.loads(record["request"]["body"])["query"]  # type: ignore[index]
+        for name, values in query.items():
+            if isinstance(values, list):
+                assert all(
+                    v == trace.mask_secret(o) for v, o in zip(shown[name], values, strict=True)
+                )
