@@ -130,6 +130,8 @@ class PortalSettings:
     """Serve the portal and its API (closed without an access key either way)."""
     trace_buffer: int = 1000
     """How many trace events the live trace keeps in memory (0: no trace)."""
+    trace_max_bytes: int = 32 * 1024 * 1024
+    """The live trace's records, serialized, at most (the oldest go first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +305,12 @@ def _parse_portal(check: _Checker, value: object) -> PortalSettings:
         enabled=check.boolean(t.get("enabled", d.enabled), "portal.enabled"),
         trace_buffer=check.integer(
             t.get("trace_buffer", d.trace_buffer), "portal.trace_buffer", 0, 1_000_000
+        ),
+        trace_max_bytes=check.integer(
+            t.get("trace_max_bytes", d.trace_max_bytes),
+            "portal.trace_max_bytes",
+            1024 * 1024,
+            16 * 1024 * 1024 * 1024,
         ),
     )
 

@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -37,11 +39,19 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import InvalidParameter
 from webpubsub.node.node import Node
 from webpubsub.protocol.frames import ClientProtocol
-from webpubsub.server import portal_auth
+from webpubsub.server import portal_auth, portal_trace
 from webpubsub.server.app import ServiceRunner
 from webpubsub.server.portal import API_ROUTES, admin_link
-from webpubsub.server.portal_trace import local_records, parse_after, parse_seq, replay_headers
-from webpubsub.server.portal_view import NodeView
+from webpubsub.server.portal_core import PORTAL
+from webpubsub.server.portal_poll import FEED_MAX_BYTES, Feed
+from webpubsub.server.portal_trace import (
+    WRITE_MAX_BYTES,
+    local_records,
+    parse_after,
+    parse_seq,
+    replay_headers,
+)
+from webpubsub.server.portal_view import MAX_ANSWER_BYTES, NodeView
 from webpubsub.server.trace import TraceRing
 
 WAIT = 5.0
@@ -171,14 +181,36 @@ async def test_an_unknown_api_path_is_401_without_a_session_and_404_with_one(
 
 
 async def test_a_wrong_key_is_refused_401_and_sets_no_cookie(
-    service: ServiceRunner, http: aiohttp.ClientSession
+    service: ServiceRunner, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"http://127.0.0.1:{service.port}/portal/api/login"
+    caplog.set_level(logging.WARNING, logger="webpubsub.portal")
     for body in ({"key": "wrong"}, {"key": ACCESS_KEY[:-1]}, {"nokey": 1}, {"key": 5}):
         async with http.post(url, json=body) as resp:
             assert resp.status == 401, body
             assert (await resp.json())["code"] == "Error.Unauthorized"
             assert "Set-Cookie" not in resp.headers
+    # Counted, and logged once (rate-limited) with the peer's address, never the key.
+    assert service._runner.app[PORTAL].failed_logins == 4  # type: ignore[union-attr]
+    warnings = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
+    assert len(warnings) == 1 and "127.0.0.1" in warnings[0]
+    assert all(ACCESS_KEY[:-1] not in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_is_compared_by_its_digest_so_its_length_does_not_leak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def checking(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(portal_auth.hmac, "compare_digest", checking)
+    assert portal_auth.key_matches("short", [ACCESS_KEY, SECOND_KEY]) is None
+    assert portal_auth.key_matches(SECOND_KEY, [ACCESS_KEY, SECOND_KEY]) == SECOND_KEY
+    assert compared and all(a == b == 32 for a, b in compared)
 
 
 async def test_the_session_cookie_is_httponly_samesite_strict_on_path_portal(
@@ -193,7 +225,7 @@ async def test_the_session_cookie_is_httponly_samesite_strict_on_path_portal(
     assert {"httponly", "path", "samesite", "max-age"} <= attributes
     assert "secure" not in attributes  # plain http: a Secure cookie would never come back
     assert "Path=/portal" in cookie and "SameSite=Strict" in cookie
-    assert "Max-Age=43200" in cookie
+    assert "Max-Age=28800" in cookie
 
 
 async def test_over_https_the_cookie_is_also_secure(
@@ -316,7 +348,9 @@ async def test_the_page_and_only_its_files_are_served(
     base = f"http://127.0.0.1:{service.port}"
     async with http.get(f"{base}/portal") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
-        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        policy = resp.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "connect-src 'self';" in policy
+        assert "unsafe-inline" not in policy and "data:" not in policy and "ws:" not in policy
         assert 'id="login-key"' in await resp.text()
     for name in ("../app.py", "trace.py", "%2e%2e%2fapp.py", "index.htm"):
         async with http.get(f"{base}/portal/static/{name}") as resp:
@@ -433,6 +467,7 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
         {"method": "POST", "path": "/api/hubs/chat/:send?api-version=2024-12-01"},
     )
     assert rest["url"] == f"{portal.base}/api/hubs/chat/:send?api-version=2024-12-01"
+    assert set(rest) == {"token", "url"}  # no method: the token binds the URL only
     async with http.post(
         rest["url"],
         data="from the console",
@@ -440,7 +475,19 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
     ) as resp:
         assert resp.status == 202
     assert await next_data(ws) == "from the console"
-    for bad in ({"path": "/portal/api/session"}, {"path": "/api/hubs/x\r\n"}, {"method": "X"}):
+    # As documented: good for every method on that URL (aud is the URL, as on Azure).
+    group = "/api/hubs/chat/users/carol/groups/g2?api-version=2024-12-01"
+    put = await portal.post("/portal/api/rest-token", {"method": "PUT", "path": group})
+    bearer = {"Authorization": f"Bearer {put['token']}"}
+    async with http.delete(put["url"], headers=bearer) as resp:
+        assert resp.status == 204
+    for bad in (
+        {"path": "/portal/api/session"},
+        {"path": "/api/hubs/x\r\n"},
+        {"method": "X"},
+        {"path": "/api/hubs/../../portal/api/session"},
+        {"path": "/api/hubs/%2E%2e/x?api-version=1"},
+    ):
         await portal.post("/portal/api/rest-token", {"path": "/api/hubs/a", **bad}, status=400)
     await portal.post("/portal/api/token", {"hub": "chat", "minutes": 0}, status=400)
     await portal.post("/portal/api/token", {"hub": "bad hub!"}, status=400)
@@ -773,13 +820,42 @@ def test_a_stream_that_fell_behind_the_ring_gets_a_gap_then_the_oldest_kept() ->
     chunk: list[bytes] = []
     c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
     ring.recovered(c)
-    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [1]
-    assert cursor == {"n": 1} and chunk == []
+    assert local_records(ring, cursor, "n", chunk, 1 << 20) == len(chunk[0])
+    assert cursor == {"n": 1} and [_seq_of(e) for e in chunk] == [1]
     for _ in range(6):
         ring.recovered(c)  # seq 2..7, the ring keeps 5..7
-    assert [r["seq"] for r in local_records(ring, cursor, "n", chunk)] == [5, 6, 7]
-    assert chunk == [b'event: gap\ndata: {"node":"n","missed":3}\n\n']
-    assert cursor == {"n": 7}
+    chunk.clear()
+    local_records(ring, cursor, "n", chunk, 1 << 20)
+    assert chunk[0] == b'event: gap\ndata: {"node":"n","missed":3}\n\n'
+    assert [_seq_of(e) for e in chunk[1:]] == [5, 6, 7] and cursor == {"n": 7}
+
+
+def _seq_of(event: bytes) -> int:
+    assert event.startswith(b"event: record\ndata: ")
+    seq: int = json.loads(event.split(b"data: ", 1)[1])["seq"]
+    return seq
+
+
+def test_a_stream_write_and_a_trace_page_are_bounded_in_serialized_bytes() -> None:
+    ring = TraceRing(1000, "n", max_bytes=1 << 30)
+    big = "\x01" * 20000  # JSON escapes each as six bytes
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(400):
+        ring.received(c, big, "message")
+        ring.detached(c, big)
+    cursor: dict[str, int] = {}
+    chunks: list[list[bytes]] = []
+    while cursor.get("n", 0) < ring.last_seq:
+        chunk: list[bytes] = []
+        assert local_records(ring, cursor, "n", chunk, WRITE_MAX_BYTES) <= WRITE_MAX_BYTES
+        assert sum(map(len, chunk)) <= WRITE_MAX_BYTES
+        chunks.append(chunk)
+    assert [_seq_of(e) for chunk in chunks for e in chunk] == list(range(1, 801))
+    view = NodeView(_bare_node(), ring)
+    page = view.trace_page(None, 500)
+    assert len(page) <= MAX_ANSWER_BYTES
+    records = json.loads(page)["records"]
+    assert 1 < len(records) < 500 and records[0]["seq"] == 1
 
 
 async def test_an_open_stream_does_not_hold_up_the_service_stopping(
@@ -882,4 +958,270 @@ async def test_a_replay_to_a_handler_that_is_down_answers_the_failed_exchange(
     replayed = answer["replay"]
     assert replayed["replay"] is True and replayed["response"] is None
     assert replayed["outcome"] == "error" and "cannot connect" in replayed["error"]
+    await ws.close()
+
+
+# -- the trace streams' one poller --------------------------------------------------
+
+
+async def test_open_streams_share_one_poll_so_a_slow_node_does_not_lock_the_portal_out(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    bus = MemoryBus()
+    first = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    second = await start_service(chat_hub(), backplane=MemoryBackplane(bus, wire=True))
+    answer = NodeView(second.node, second.trace).answer  # type: ignore[arg-type]
+    release = asyncio.Event()
+    asked = asyncio.Event()
+    waiting: list[int] = [0, 0]  # now, most at once
+
+    async def slow(request: bytes) -> bytes:  # an overloaded node: trace polls hang
+        if b'"trace"' in request:
+            waiting[0] += 1
+            waiting[1] = max(waiting)
+            asked.set()
+            await release.wait()
+            waiting[0] -= 1
+        return await answer(request)
+
+    second.backplane.answer_surveys(slow)
+    portal = await portal_for(http, first)
+    url = f"{portal.base}/portal/api/trace/stream"
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(4):  # the most one session may open
+            stream = await streams.enter_async_context(http.get(url, headers=portal.headers()))
+            assert stream.status == 200
+        async with http.get(url, headers=portal.headers()) as fifth:
+            assert fifth.status == 503  # a session's 5th stream
+        for _ in range(3):  # 16 in all (the most one node serves)
+            other = await portal_for(http, first)
+            for _ in range(4):
+                stream = await streams.enter_async_context(http.get(url, headers=other.headers()))
+                assert stream.status == 200
+        async with asyncio.timeout(WAIT):
+            await asked.wait()
+        # Every other portal request still gets its survey (not 503: 16 in flight).
+        assert (await portal.get("/portal/api/session"))["node"] == first.node.node_id  # type: ignore[union-attr]
+        assert waiting[1] == 1  # one poll of the other node for all 16 streams
+        release.set()
+
+
+def test_a_feed_takes_what_its_stream_has_not_had_and_skips_ahead_when_full() -> None:
+    feed = Feed()
+    feed.offer("b", [(1, b"r1"), (2, b"r2")], 1, 2)
+    assert feed.take(1 << 20) == [b"r1", b"r2"] and feed.cursor == {"b": 2}
+    feed.offer("b", [(1, b"r1"), (2, b"r2"), (3, b"r3")], 1, 3)  # another stream's page
+    assert feed.take(1 << 20) == [b"r3"]
+    feed.offer("b", [(9, b"r9")], 9, 9)  # 4..8 left the node's ring
+    assert feed.take(1 << 20) == [b'event: gap\ndata: {"node":"b","missed":5}\n\n', b"r9"]
+    big = b"x" * (FEED_MAX_BYTES // 2 + 1)
+    feed.offer("b", [(10, big), (11, big), (12, big)], 9, 12)  # room for one
+    gap = b'event: gap\ndata: {"node":"b","missed":2}\n\n'
+    assert feed.take(1 << 20) == [big, gap] and feed.cursor == {"b": 12}
+    feed.offer("b", [(1, b"again")], 1, 1)  # the node restarted
+    assert feed.take(1 << 20) == [b"again"]
+
+
+async def test_a_stalled_reader_s_stream_ends_after_the_write_timeout(
+    service: ServiceRunner, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(portal_trace, "WRITE_TIMEOUT", 0.2, raising=False)
+    portal = await portal_for(http, service)
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(100):  # ~12 MiB of records to send
+        service.trace.detached(c, "\x01" * 20000)  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", service.port))
+        cookie = f"{portal_auth.COOKIE}={portal.session}"
+        request = f"GET /portal/api/trace/stream HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        await asyncio.sleep(1.0)  # the reader stalls (longer than the write timeout)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(WAIT):  # the server gave up on it: the stream ends
+                while data := await loop.sock_recv(sock, 1 << 16):
+                    received += len(data)
+        assert received < 12 * 1024 * 1024
+
+
+# -- fetch metadata, headers ----------------------------------------------------------
+
+
+async def test_a_same_site_page_cannot_read_or_open_streams_with_the_cookie(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    # Another port of the same host (the demo's chat app) is the same site: its pages
+    # send the SameSite=Strict cookie, but their requests carry other fetch metadata.
+    portal = await portal_for(http, service)
+    refused = [
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "no-cors"},  # an <img> of our own
+    ]
+    for path in ("/portal/api/trace/stream", "/portal/api/hubs", "/portal/api/nothing"):
+        for headers in refused:
+            async with http.get(portal.base + path, headers={**portal.headers(), **headers}) as r:
+                assert r.status == 403, (path, headers)
+                assert (await r.json())["code"] == "Error.Forbidden"
+    async with http.post(
+        portal.base + "/portal/api/login", json={"key": ACCESS_KEY}, headers=refused[0]
+    ) as resp:
+        assert resp.status == 403
+    assert service._runner.app[PORTAL].streams == 0  # type: ignore[union-attr]
+    # The portal's own page (same-origin fetch / EventSource) and scripts (none) pass.
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"},
+        {},
+    ):
+        async with http.get(
+            portal.base + "/portal/api/hubs", headers={**portal.headers(), **headers}
+        ) as resp:
+            assert resp.status == 200, headers
+
+
+async def test_every_portal_answer_has_the_security_headers_and_no_echoed_path(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = await portal_for(http, service)
+    cookie = portal.headers()
+    cases = [
+        ("/portal/api/<b>x</b>", {}, 401),
+        ("/portal/api/<b>x</b>", cookie, 404),
+        ("/portal/api/hubs", {**cookie, "Sec-Fetch-Site": "cross-site"}, 403),
+        ("/portal/static/<b>x</b>", {}, 404),
+        ("/portal/api/hubs", cookie, 200),
+        ("/portal", {}, 200),
+    ]
+    for path, headers, status in cases:
+        async with http.get(portal.base + path, headers=headers) as resp:
+            assert resp.status == status, path
+            assert resp.headers["Cache-Control"] == "no-store" or path == "/portal"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["X-Frame-Options"] == "DENY"
+            assert "<b>" not in await resp.text()
+
+
+async def test_a_stream_ends_when_its_session_expires(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    portal = PortalClient(http, service)
+    portal.session = portal_auth.new_session(
+        ACCESS_KEY, time.time() - portal_auth.SESSION_SECONDS + 1
+    )
+    assert portal_auth.SESSION_SECONDS <= 8 * 3600
+    async with http.get(
+        f"{portal.base}/portal/api/trace/stream", headers=portal.headers()
+    ) as stream:
+        assert stream.status == 200
+        async with asyncio.timeout(WAIT):
+            await stream.content.read()  # the server ends it: EOF
+    await portal.get("/portal/api/hubs", status=401)
+
+
+async def test_a_record_lookup_names_its_node_and_a_large_original_comes_in_parts(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    bus = MemoryBus()
+    first = await start_service(chat_hub(handler.url), backplane=MemoryBackplane(bus, wire=True))
+    second = await start_service(chat_hub(handler.url), backplane=MemoryBackplane(bus, wire=True))
+    b = second.node.node_id  # type: ignore[union-attr]
+    view = NodeView(second.node, second.trace)  # type: ignore[arg-type]
+    asked: list[tuple[bytes, int]] = []
+
+    async def answer(request: bytes) -> bytes:
+        found = await view.answer(request)
+        asked.append((request, len(found)))
+        return found
+
+    second.backplane.answer_surveys(answer)
+    portal = await portal_for(http, first)
+    portal.rings.append(second.trace)  # type: ignore[arg-type]
+    ws = await http.ws_connect(await _client_url(second))
+    sent = "\x01" * 600_000  # a body larger than any one survey answer may be
+    await ws.send_str(sent)
+    assert (await handler.next_event("user.message")).body == sent.encode()
+
+    def message(r: dict[str, Any]) -> bool:
+        return r["node"] == b and r.get("eventType") == "azure.webpubsub.user.message"
+
+    records = await _trace_until(portal, lambda rs: any(message(r) for r in rs))
+    traced = next(r for r in records if message(r))
+    # Another node's record is asked of that node only: the others answer null at once.
+    own = view.node_id
+    lookup = {"op": "record", "node": "someone-else", "seq": traced["seq"]}
+    assert await view.answer(json.dumps(lookup).encode()) == b"null"
+    lookup["node"] = own
+    assert json.loads(await view.answer(json.dumps(lookup).encode()))["seq"] == traced["seq"]
+    assert await portal.get(f"/portal/api/trace/{b}/{traced['seq']}") == traced
+    await portal.post("/portal/api/replay", {"node": b, "seq": traced["seq"]})
+    assert (await handler.next_event("user.message")).body == sent.encode()
+    originals = [size for request, size in asked if b'"original"' in request]
+    assert len(originals) >= 4  # 600 KB in parts
+    assert max(size for _, size in asked) < 512 * 1024  # every answer well under 1 MiB
+    await ws.close()
+
+
+async def test_a_replay_answers_its_own_record_whatever_is_traced_meanwhile(
+    start_service: StartService, http: aiohttp.ClientSession, handler: EventHandlerApp
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST" and req.body.startswith(b"slow"):
+            arrived.set()
+            await release.wait()
+        if req.method != "POST":
+            return default_responder(req)
+        return web.Response(status=200, text="echo:" + req.body.decode()[:10])
+
+    handler.responder = responder
+    hub = chat_hub(handler.url, system=frozenset({"connected"}))
+    config = dataclasses.replace(make_config(hub), portal=PortalSettings(trace_buffer=20_000))
+    runner = await start_service(config=config)
+    portal = await portal_for(http, runner)
+    ws, _ = await json_client(http, await _client_url(runner, user_id="a"))
+    records = await _trace_until(
+        portal, lambda rs: any(r.get("eventType") == "azure.webpubsub.sys.connected" for r in rs)
+    )
+    traced = next(r for r in records if r.get("eventType") == "azure.webpubsub.sys.connected")
+
+    async def replay(body: str) -> Any:
+        asked = {"node": traced["node"], "seq": traced["seq"], "body": body}
+        return await portal.post("/portal/api/replay", asked)
+
+    slow = asyncio.create_task(replay("slow-A"))
+    async with asyncio.timeout(WAIT):
+        await arrived.wait()
+    fast = await replay("fast-B")  # another replay to the same URL, while A waits
+    c = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    for _ in range(10_001):  # and a busy trace
+        runner.trace.recovered(c)  # type: ignore[union-attr]
+    release.set()
+    slow_answer = await slow
+    assert fast["replay"]["request"]["body"] == "fast-B"
+    assert slow_answer["replay"]["request"]["body"] == "slow-A"
+    assert slow_answer["replay"]["response"]["body"] == "echo:slow-A"
+    await ws.close()
+
+
+async def test_a_portal_send_past_max_message_bytes_is_413_like_rest(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(chat_hub())
+    portal = await portal_for(http, runner)
+    ws, cid = await json_client(http, await _client_url(runner, user_id="a"))
+    limit = runner.config.server.max_message_bytes
+    send = f"/portal/api/hubs/chat/connections/{cid}/send"
+    async with http.post(
+        portal.base + send, json={"data": "x" * (limit + 1)}, headers=portal.headers()
+    ) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["code"] == "Error.PayloadTooLarge"
+    await portal.post(send, {"data": "x" * limit}, status=204)
+    assert len(await next_data(ws)) == limit  # the first message to arrive: the one that fits
     await ws.close()

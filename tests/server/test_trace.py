@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import tracemalloc
 
 import orjson
 import pytest
@@ -66,15 +67,50 @@ def test_the_ring_keeps_the_last_n_records_and_evicts_their_requests_with_them()
 def test_the_originals_kept_for_replay_are_bounded_in_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 250)
+    one = trace._request_bytes(exchange(b"b" * 100).request)
+    assert one > 100 + 200  # the headers and the URL count too
+    monkeypatch.setattr(trace, "ORIGINALS_MAX_BYTES", 2 * one + 50)
     ring = TraceRing(100)
     for _ in range(5):
         ring.cloud_event(exchange(b"b" * 100))
     assert [seq for seq in range(1, 6) if ring.original(seq)] == [4, 5]
-    assert ring._original_bytes == 200
+    assert ring._original_bytes == 2 * one
     assert ring.get(1) is not None  # the record stays, without its original
-    ring.cloud_event(exchange(b"b" * 300))  # larger than the bound: kept alone, not at all
+    ring.cloud_event(exchange(b"b" * 3 * one))  # larger than the bound: kept alone, not at all
     assert not ring._originals and ring._original_bytes == 0
+
+
+def test_an_escape_heavy_body_is_cut_to_its_serialized_size_and_a_record_is_bounded() -> None:
+    ring = TraceRing(10, "n")
+    ring.cloud_event(exchange(b"\x01" * 20000, answer=b"\x01" * 20000))  # 6x when escaped
+    record = ring.get(1)
+    assert record is not None
+    for part in (record["request"], record["response"]):
+        assert isinstance(part, dict) and part["truncated"] is True
+        assert len(orjson.dumps(part["body"])) <= trace.BODY_SHOWN_BYTES
+    many = tuple((f"x-h{i}", "v" * 5000) for i in range(200))
+    big = Exchange(
+        UpstreamRequest("POST", "http://127.0.0.1:9/h", many, b"\x01" * 20000),
+        UpstreamResponse(200, many, b"\x01" * 20000),
+        None,
+        0.01,
+    )
+    ring.cloud_event(big)
+    assert ring.after_raw(1, 1, 1 << 30) == [orjson.dumps(ring.get(2))]
+    assert all(len(raw) <= trace.RECORD_MAX_BYTES for raw in ring.after_raw(0, 10, 1 << 30))
+    shown = ring.get(2)
+    assert shown is not None and shown["request"]["truncated"] is True  # type: ignore[index]
+
+
+def test_the_ring_is_bounded_by_its_records_serialized_bytes_too() -> None:
+    ring = TraceRing(100_000, "n", max_bytes=1024 * 1024)
+    for _ in range(300):
+        ring.cloud_event(exchange(b"b" * BODY_LIMIT, answer=b"a" * BODY_LIMIT))
+    assert ring.size_bytes <= 1024 * 1024 < ring.size_bytes + 40 * 1024
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 100_000, 1 << 30))
+    assert 20 < len(ring) < 40 and ring.last_seq == 300
+    assert len(ring._originals) == len(ring)  # evicted with their records
+    assert ring.after_raw(0, 100, 3 * 40 * 1024) == ring.after_raw(0, 3, 1 << 30)
 
 
 def test_a_cloudevent_record_shows_request_and_response_with_secrets_masked() -> None:
@@ -181,6 +217,60 @@ def test_an_authorization_value_is_never_shown(secret: str) -> None:
     assert shown in ("Bearer …", "…")
 
 
+def test_the_connect_event_body_shows_the_client_s_secrets_in_part_only() -> None:
+    body = orjson.dumps(
+        {
+            "claims": {"sub": ["a"]},
+            "query": {"sig": ["query-secret"], "code": ["short"]},
+            "headers": {
+                "Host": ["127.0.0.1:1"],
+                "Cookie": ["app_session=END-USER-SECRET"],
+                "X-Api-Key": ["k-123"],
+                "Authorization": ["Bearer very-secret-token"],
+                "X-Auth-Token": ["tok-0123456789"],
+                "Sec-WebSocket-Key": ["8vKEr0uGRfCujoDR0IcZIA=="],
+            },
+            "subprotocols": [],
+            "clientCertificates": [],
+        }
+    )
+    request = UpstreamRequest(
+        "POST", "http://127.0.0.1:9/h", (("ce-type", trace.CONNECT_EVENT),), body
+    )
+    ring = TraceRing(5, "n")
+    ring.cloud_event(Exchange(request, None, "down", 0.1))
+    record = ring.get(1)
+    assert record is not None
+    shown = record["request"]["body"]  # type: ignore[index]
+    for secret in ("END-USER-SECRET", "k-123", "query-secret", "very-secret", "short",
+                   "tok-0123456789", "IZA=="):  # fmt: skip
+        assert secret not in shown
+    parsed = orjson.loads(shown)
+    assert parsed["query"]["sig"] == ["quer…"] and parsed["headers"]["Host"] == ["127.0.0.1:1"]
+    assert parsed["headers"]["Cookie"] == ["app_…"] and parsed["headers"]["X-Api-Key"] == ["…"]
+    assert ring.original(1) == request  # the real request is unchanged
+    # Headers of the HTTP exchange itself follow the same rule.
+    assert mask_value("X-Api-Key", "abcdefghijkl") == "abcd…"
+    assert mask_value("X-Session-Token", "abcdefghijkl") == "abcd…"
+    assert mask_value("Content-Type", "application/json") == "application/json"
+
+
+def test_the_ring_s_memory_is_a_small_multiple_of_its_byte_budget() -> None:
+    ring = TraceRing(100_000, "n", max_bytes=4 * 1024 * 1024)
+    bodies = [bytes(range(256)) * 64 for _ in range(2)]  # 16 KiB each, not UTF-8: base64
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(400):
+            ring.cloud_event(exchange(bodies[0], answer=bodies[1]))
+        ring._originals.clear()  # the originals have their own budget
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert ring.size_bytes <= 4 * 1024 * 1024
+    assert used < 3 * ring.size_bytes  # the records and their bytes, no slack buffers
+
+
 def test_a_handover_is_a_moved_record_on_one_node_and_adopted_on_the_other() -> None:
     old, new = TraceRing(10, "a"), TraceRing(10, "b")
     c = conn()
@@ -194,3 +284,36 @@ def test_a_handover_is_a_moved_record_on_one_node_and_adopted_on_the_other() -> 
     assert adopted["type"] == "adopted" and adopted["fromNode"] == "a"
     assert back["fromNode"] is None
     assert new.recent("chat", "conn-1") == [adopted, back]
+
+
+@given(st.text(max_size=3000) | st.text(alphabet='\x01\x1f"\\é😀', max_size=40_000))
+def test_a_shown_body_is_a_prefix_within_its_json_budget(text: str) -> None:
+    shown = trace._fit_text(text)
+    assert text.startswith(shown)
+    assert len(orjson.dumps(shown)) <= trace.BODY_SHOWN_BYTES
+    if len(orjson.dumps(text)) <= trace.BODY_SHOWN_BYTES:
+        assert shown == text
+
+
+@given(st.binary(max_size=300) | st.builds(orjson.dumps, st.dictionaries(
+    st.sampled_from(["headers", "query", "claims"]),
+    st.dictionaries(st.text(max_size=12), st.lists(st.text(max_size=20), max_size=3)
+                    | st.integers(-9, 9) | st.none(), max_size=4), max_size=3)))  # fmt: skip
+def test_any_connect_body_is_shown_without_raising_and_its_query_never_whole(body: bytes) -> None:
+    request = UpstreamRequest("POST", "http://h/", (("ce-type", trace.CONNECT_EVENT),), body)
+    ring = TraceRing(2, "n")
+    ring.cloud_event(Exchange(request, None, "down", 0.1))
+    record = ring.get(1)
+    assert record is not None and ring.original(1) == request
+    try:
+        sent = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    query = sent.get("query") if isinstance(sent, dict) else None
+    if isinstance(query, dict):
+        shown = orjson.loads(record["request"]["body"])["query"]  # type: ignore[index]
+        for name, values in query.items():
+            if isinstance(values, list):
+                assert all(
+                    v == trace.mask_secret(o) for v, o in zip(shown[name], values, strict=True)
+                )

@@ -92,7 +92,9 @@ class ServiceRunner:
         if self.metrics is not None:
             observers.append(self.metrics)
         if config.portal.enabled and config.portal.trace_buffer > 0:
-            self.trace = TraceRing(config.portal.trace_buffer)
+            self.trace = TraceRing(
+                config.portal.trace_buffer, max_bytes=config.portal.trace_max_bytes
+            )
             observers.append(self.trace)
         self.observer = Observers(observers)
         """The portal's trace and the metrics: told by the node, the REST layer, the

@@ -25,6 +25,7 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import (
     InvalidParameter,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
 )
 from webpubsub.protocol.names import hub_key, validate_hub
@@ -59,10 +60,11 @@ MAX_TOKEN_MINUTES = 24 * 60
 REST_TOKEN_SECONDS = 300
 REST_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD")
 _PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'self'"
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+"""The page's CSP: nothing inline, no ``data:``; ``connect-src 'self'`` covers the test
+client's WebSocket to this service (CSP 3: 'self' matches ws/wss of the same host)."""
 
 
 def admin_link(endpoint: str, key: str, *, now: float | None = None) -> str:
@@ -89,7 +91,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 async def static_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in STATIC_FILES:
-        raise NotFound(f"No portal file {name!r}.")
+        raise NotFound("There is no such portal file.")
     return _file(name)
 
 
@@ -108,11 +110,13 @@ def _file(name: str) -> web.Response:
 async def login(request: web.Request) -> web.StreamResponse:
     """``{"key": "<access key>"}``: 204 and the session cookie; 401 for a wrong key."""
     ctx, portal = request.app[SERVICE], request.app[PORTAL]
+    auth.check_fetch_metadata(request)
     auth.check_origin(request, _own_origins(request, ctx))
     body = await json_object(request, ctx, MAX_BODY_BYTES)
     given = body.get("key")
     key = auth.key_matches(given, ctx.access_keys) if isinstance(given, str) else None
     if key is None:
+        portal.login_failed(request.remote)
         raise Unauthorized("That is not an access key of this service.")
     response = web.Response(status=204, headers=SECURITY_HEADERS)
     session = auth.new_session(key, portal.clock())
@@ -170,6 +174,7 @@ def guarded(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamResp
     """``route``'s handler behind the session check (and, for a write, CSRF + Origin)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        auth.check_fetch_metadata(request)
         session = _session(request)
         if route.writes:
             auth.check_origin(request, _own_origins(request, session.ctx))
@@ -188,8 +193,9 @@ def _session(request: web.Request) -> Session:
 
 async def unknown(request: web.Request) -> web.StreamResponse:
     """Any other path under ``/portal/api/``: 401 without a session, else 404."""
+    auth.check_fetch_metadata(request)
     _session(request)
-    raise NotFound(f"No portal API at {request.path}.")
+    raise NotFound("There is no such portal API.")
 
 
 def _own_origins(request: web.Request, ctx: ServiceContext) -> list[str]:
@@ -218,6 +224,9 @@ async def session_info(request: web.Request, s: Session) -> web.StreamResponse:
 
 
 async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
+    """Every hub with its settings and counts: ``connections`` summed over the nodes
+    (exact), ``users`` and ``groups`` the sums of each node's distinct counts (a user
+    on two nodes counts twice; merging exactly would mean shipping every id)."""
     counts: dict[str, list[int]] = {}
     for _, answer in await ask(s, {"op": "hubs"}):
         if not isinstance(answer, dict):
@@ -305,7 +314,10 @@ async def send(request: web.Request, s: Session) -> web.StreamResponse:
         raise InvalidParameter(
             "'contentType' must be text/plain or application/json.", target="contentType"
         )
-    payload = Payload.from_rest_body(content_type, data.encode())
+    encoded = data.encode()
+    if len(encoded) > s.ctx.max_message_bytes:  # as the REST send refuses it
+        raise PayloadTooLarge(f"A message is at most {s.ctx.max_message_bytes} bytes.")
+    payload = Payload.from_rest_body(content_type, encoded)
     await s.ctx.operations.send_to_connection(_hub(request), request.match_info["id"], payload)
     return no_content()
 
@@ -342,6 +354,8 @@ def _strings(value: object, name: str) -> list[str]:
 
 
 async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
+    """A REST token for one URL (``aud``), good for every method on it for 5 minutes
+    (``method`` is checked, for the console's sake, but not bound)."""
     body = await json_object(request, s.ctx, MAX_BODY_BYTES)
     method, path = body.get("method", "POST"), body.get("path")
     if not isinstance(method, str) or method.upper() not in REST_METHODS:
@@ -351,19 +365,28 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
         or not path.startswith("/api/hubs/")
         or len(path) > 4096
         or any(c.isspace() or c == "#" or ord(c) < 32 for c in path)
+        or any(_dot_segment(seg) for seg in path.partition("?")[0].split("/"))
     ):
         raise InvalidParameter(
-            "'path' must start with /api/hubs/ (no spaces, no fragment).", target="path"
+            "'path' must start with /api/hubs/ (no spaces, fragment or dot segments).",
+            target="path",
         )
     base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies).rstrip("/")
     url = base + path
     token = issue_rest_token(
         s.ctx.access_keys[0], audience=url, now=s.ctx.clock(), ttl_seconds=REST_TOKEN_SECONDS
     )
-    return json_response({"token": token, "url": url, "method": method.upper()})
+    # A REST token binds its URL only (``aud``, as on Azure), never a method: the
+    # answer names none so as not to suggest one.
+    return json_response({"token": token, "url": url})
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _dot_segment(segment: str) -> bool:
+    """``.`` or ``..``, percent-encoded or not (a REST token's URL has none)."""
+    return segment.lower().replace("%2e", ".") in (".", "..")
 
 
 API_ROUTES: tuple[ApiRoute, ...] = (
@@ -384,10 +407,19 @@ API_ROUTES: tuple[ApiRoute, ...] = (
 """Every route that needs the session (tests check each refuses without one)."""
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under ``/portal`` (errors too) carries the portal's security headers."""
+    path = request.path
+    if path == "/portal" or path.startswith("/portal/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 def add_routes(app: web.Application, portal: Portal) -> None:
     """Serve the portal on ``app`` (the composition root calls this when it is on)."""
     app[PORTAL] = portal
     app.on_shutdown.append(portal.shut)
+    app.on_response_prepare.append(_security_headers)
     router = app.router
     router.add_get("/portal", page, allow_head=False)
     router.add_get("/portal/", page, allow_head=False)

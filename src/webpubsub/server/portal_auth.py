@@ -23,7 +23,9 @@ from webpubsub.errors import Forbidden, Unauthorized
 from webpubsub.protocol.tokens import url_origin
 
 COOKIE = "webpubsub_portal"
-SESSION_SECONDS = 12 * 3600
+SESSION_SECONDS = 8 * 3600
+"""A session's life. Sessions are stateless: logging out clears the browser's cookie,
+but a copy of the cookie stays good until it expires (or its key is dropped)."""
 CSRF_HEADER = "X-Portal-CSRF"
 MAX_SESSION_CHARS = 128
 
@@ -66,6 +68,11 @@ def session_key(value: str | None, keys: Sequence[str], now: float) -> str | Non
     return found
 
 
+def session_expiry(value: str) -> int:
+    """The expiry (unix seconds) of a session that :func:`session_key` verified."""
+    return int(value.partition(".")[0])
+
+
 def csrf_token(key: str, session: str) -> str:
     """The CSRF token of ``session`` (signed with ``key``)."""
     return _mac(key, _CSRF_CONTEXT, session)
@@ -89,6 +96,24 @@ def check_origin(request: web.Request, own: Sequence[str]) -> None:
     given = normal_origin(origin)
     if given is None or given not in {normal_origin(o) for o in own}:
         raise Forbidden("The request's Origin is not this service's.")
+
+
+FETCH_SITES = ("same-origin", "none")
+"""The ``Sec-Fetch-Site`` values a browser's portal request may carry."""
+
+
+def check_fetch_metadata(request: web.Request) -> None:
+    """Every ``/portal/api/`` request, reads too: a browser's request must come from the
+    portal's own page (``Sec-Fetch-Site`` ``same-origin``, or ``none``: typed by the user)
+    and not be a ``no-cors`` fetch (an ``<img>``, a ``<script>``). Another port of the
+    same host is the same *site*, so the ``SameSite=Strict`` cookie goes with its
+    requests: this check is what keeps its pages out. A client that sends no fetch
+    metadata (curl, a script) is not a browser and passes."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in FETCH_SITES:
+        raise Forbidden("The portal's API answers its own page only (Sec-Fetch-Site).")
+    if request.headers.get("Sec-Fetch-Mode", "").strip().lower() == "no-cors":
+        raise Forbidden("The portal's API does not answer no-cors requests (Sec-Fetch-Mode).")
 
 
 def normal_origin(url: str) -> tuple[str, str, int | None] | None:
@@ -133,9 +158,11 @@ def clear_session_cookie(response: web.StreamResponse, *, secure: bool) -> None:
 
 
 def key_matches(given: str, keys: Sequence[str]) -> str | None:
-    """The configured key equal to ``given`` (each compared in constant time), else None."""
+    """The configured key equal to ``given``, else None: their SHA-256 digests are
+    compared, each in constant time (equal lengths: the key's length does not leak)."""
+    digest = hashlib.sha256(given.encode()).digest()
     found: str | None = None
     for key in keys:
-        if hmac.compare_digest(given.encode(), key.encode()) and found is None:
+        if hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest()) and found is None:
             found = key
     return found

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,12 +18,18 @@ from webpubsub.core.settings import HubSettings
 from webpubsub.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from webpubsub.protocol.payload import media_type
 from webpubsub.server.context import ServiceContext
+from webpubsub.server.portal_poll import TracePoller
 from webpubsub.server.portal_view import Json, NodeView, Survey, ask_nodes
 from webpubsub.server.rest import BODY_DEADLINE_FACTOR
 from webpubsub.upstream.dispatcher import Upstream
 
 MAX_BODY_BYTES = 64 * 1024
 """A portal request's JSON body (a replay's may be up to ``server.max_message_bytes``)."""
+
+LOGIN_LOG_SECONDS = 10.0
+"""Refused portal logins are logged at most once per this many seconds."""
+
+_log = logging.getLogger("webpubsub.portal")
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -47,15 +54,43 @@ class Portal:
     """The service serves https: the cookie is ``Secure``."""
     clock: Callable[[], float] = time.time
     streams: int = 0
+    session_streams: dict[str, int] = field(default_factory=dict)
+    """Open trace streams by session."""
     closing: bool = False
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    failed_logins: int = 0
+    """Logins refused (a wrong key) since the service started."""
+    _unlogged_failures: int = 0
+    _failure_logged_at: float = float("-inf")
+    poller: TracePoller = field(init=False)
+    """The one poller of the other nodes' traces, shared by every open stream."""
+
+    def __post_init__(self) -> None:
+        self.poller = TracePoller(self.survey, lambda: self.view.node_id, self.view.trace)
+
+    def login_failed(self, peer: str | None) -> None:
+        """Count a refused login and log it (never the key), one warning per
+        :data:`LOGIN_LOG_SECONDS` at most: a guessing client cannot flood the log."""
+        self.failed_logins += 1
+        self._unlogged_failures += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at >= LOGIN_LOG_SECONDS:
+            _log.warning(
+                "portal login refused from %s: not an access key (%d refused since the last "
+                "warning, %d in all)",
+                peer or "an unknown address",
+                self._unlogged_failures,
+                self.failed_logins,
+            )
+            self._unlogged_failures = 0
+            self._failure_logged_at = now
 
     async def shut(self, _app: web.Application) -> None:
         """``on_shutdown``: end the open streams."""
         self.closing = True
-        self._stopped.set()
+        self.poller.wake_all()
         if self.view.trace is not None:
             self.view.trace.wake()
+        await self.poller.stop()
 
 
 PORTAL = web.AppKey("webpubsub.portal", Portal)

@@ -20,22 +20,21 @@ from webpubsub.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     UpstreamError,
-    WebPubSubError,
 )
 from webpubsub.node.observe import Exchange
 from webpubsub.protocol.cloudevents import UpstreamRequest
+from webpubsub.server import portal_auth as auth
 from webpubsub.server.portal_core import (
     MAX_BODY_BYTES,
     SECURITY_HEADERS,
-    Portal,
     Session,
     ask,
     json_object,
     json_response,
 )
-from webpubsub.server.portal_view import Json
-from webpubsub.server.trace import Record, TraceRing, exchange_fields, mask_value
-from webpubsub.upstream.http import safe_url
+from webpubsub.server.portal_poll import Feed, page_of, sse_event, sse_raw
+from webpubsub.server.portal_view import MAX_RECORDS, Json
+from webpubsub.server.trace import TraceRing, catching_replays, exchange_fields, shown_value
 
 MAX_AFTER_CHARS = 8192
 MAX_NODES = 256
@@ -43,9 +42,14 @@ MAX_HEADERS = 100
 MAX_HEADER_VALUE = 8192
 MAX_STREAMS = 16
 """Trace streams open at once on one node (one more is answered 503)."""
+MAX_SESSION_STREAMS = 4
+"""Trace streams one session may have open at once (one more is answered 503)."""
+WRITE_TIMEOUT = 10.0
+"""How long one write to a trace stream may wait for its reader; past it the stream
+ends (its slot is free again)."""
 KEEPALIVE_SECONDS = 15.0
-POLL_SECONDS = 0.5
-"""How often an open stream asks the other nodes for their new records."""
+WRITE_MAX_BYTES = 256 * 1024
+"""Serialized events one write to a trace stream carries, at most (the rest: next turn)."""
 SEQ_MAX = 2**53
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
@@ -83,7 +87,7 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
     records: list[object] = []
     cursor: dict[str, int] = {}
     for node, answer in await ask(s, {"op": "trace", "after": after}):
-        page = _page(answer)
+        page = page_of(answer)
         if page is None:
             if node in after:
                 cursor[node] = after[node]
@@ -93,16 +97,6 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
         cursor[node] = _last_seq(found, after.get(node, 0) if found else last)
     records.sort(key=_record_time)
     return json_response({"records": records, "cursor": cursor})
-
-
-def _page(answer: object) -> tuple[list[object], int, int] | None:
-    """(records, first, last) of a node's trace page."""
-    if not isinstance(answer, dict):
-        return None
-    found, first, last = answer.get("records"), answer.get("first"), answer.get("last")
-    if not isinstance(found, list) or not isinstance(first, int) or not isinstance(last, int):
-        return None
-    return found, first, last
 
 
 def _last_seq(records: list[object], default: int) -> int:
@@ -136,18 +130,26 @@ async def _record_of(s: Session, node: str, seq: int) -> object:
     view = s.portal.view
     if node == view.node_id:
         return view.trace.get(seq) if view.trace is not None else None
-    for answered, answer in await ask(s, {"op": "record", "seq": seq}):
-        if answered == node:
+    for answered, answer in await ask(s, {"op": "record", "node": node, "seq": seq}):
+        if answered == node:  # (the other nodes answer null at once)
             return answer
     return None
 
 
 async def stream(request: web.Request, s: Session) -> web.StreamResponse:
-    """Server-Sent Events: every kept record of every node, then each new one."""
+    """Server-Sent Events: every kept record of every node, then each new one (this
+    node's from its ring, the others' through the process's one poller)."""
     portal = s.portal
     if portal.streams >= MAX_STREAMS:
         raise ServiceUnavailable(f"{MAX_STREAMS} trace streams are open already.")
+    mine = portal.session_streams.get(s.value, 0)
+    if mine >= MAX_SESSION_STREAMS:
+        raise ServiceUnavailable(
+            f"This session has {MAX_SESSION_STREAMS} trace streams open already."
+        )
     portal.streams += 1
+    portal.session_streams[s.value] = mine + 1
+    feed = portal.poller.join()
     try:
         response = web.StreamResponse(
             headers={
@@ -158,98 +160,102 @@ async def stream(request: web.Request, s: Session) -> web.StreamResponse:
         )
         await response.prepare(request)
         with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
-            await _Stream(s, response, request).run()
+            await _Stream(s, response, request, feed).run()
         return response
     finally:
+        portal.poller.leave(feed)
         portal.streams -= 1
+        left = portal.session_streams.pop(s.value, 1) - 1
+        if left > 0:
+            portal.session_streams[s.value] = left
 
 
 class _Stream:
-    def __init__(self, s: Session, response: web.StreamResponse, request: web.Request) -> None:
+    def __init__(
+        self, s: Session, response: web.StreamResponse, request: web.Request, feed: Feed
+    ) -> None:
         self._s = s
         self._response = response
         self._request = request
+        self._feed = feed
         self._cursor: dict[str, int] = {}
+        """This node's last seq sent."""
 
     async def run(self) -> None:
         portal = self._s.portal
         local = portal.view.trace
         own = portal.view.node_id
+        feed = self._feed
         loop = asyncio.get_running_loop()
         keepalive_at = loop.time() + KEEPALIVE_SECONDS
-        poll_at = loop.time()
         while not portal.closing and not self._gone():
+            left = self._session_left()
+            if left <= 0:  # the session expired (or its key was dropped): the stream too
+                return
+            feed.wake.clear()
             chunk: list[bytes] = []
+            used = 0
             if local is not None:
-                self._local(local_records(local, self._cursor, own, chunk), chunk)
-            if loop.time() >= poll_at:
-                await self._poll(own, chunk)
-                poll_at = loop.time() + POLL_SECONDS
-            if chunk:
-                await self._response.write(b"".join(chunk))
+                used = local_records(local, self._cursor, own, chunk, WRITE_MAX_BYTES)
+            chunk.extend(feed.take(max(1, WRITE_MAX_BYTES - used)))
+            if chunk or loop.time() >= keepalive_at:
+                if not await self._write(b"".join(chunk) or b": keep-alive\n\n"):
+                    return
                 keepalive_at = loop.time() + KEEPALIVE_SECONDS
-            elif loop.time() >= keepalive_at:
-                await self._response.write(b": keep-alive\n\n")
-                keepalive_at = loop.time() + KEEPALIVE_SECONDS
-            wait = max(0.0, min(poll_at, keepalive_at) - loop.time())
-            if local is not None:
-                await local.wait(self._cursor.get(own, 0), wait)
-            else:
-                await _wait(portal, wait)
+            if feed.pending or (local is not None and self._cursor.get(own, 0) < local.last_seq):
+                continue  # more to send now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(keepalive_at - loop.time(), left))):
+                    await feed.wake.wait()
+
+    def _session_left(self) -> float:
+        """Seconds the stream's session has left (0 once it no longer verifies)."""
+        s = self._s
+        now = s.portal.clock()
+        if auth.session_key(s.value, s.ctx.access_keys, now) is None:
+            return 0.0
+        return auth.session_expiry(s.value) - now
 
     def _gone(self) -> bool:
         transport = self._request.transport
         return transport is None or transport.is_closing()
 
-    def _local(self, records: list[Record], chunk: list[bytes]) -> None:
-        for item in records:
-            chunk.append(_event("record", item))
-
-    async def _poll(self, own: str, chunk: list[bytes]) -> None:
+    async def _write(self, data: bytes) -> bool:
+        """Write ``data``; False (the connection closed) when the reader did not take
+        it within :data:`WRITE_TIMEOUT`."""
         try:
-            answers = await ask(self._s, {"op": "trace", "after": self._cursor})
-        except WebPubSubError:  # no survey now (Redis down): try again next time
-            return
-        for node, answer in answers:
-            page = _page(answer)
-            if node == own or page is None:
-                continue
-            found, first, last = page
-            seen = self._cursor.get(node)
-            if seen is not None and seen > last:  # the node restarted
-                seen = None
-            if seen is not None and found and seen < first - 1:
-                chunk.append(_event("gap", {"node": node, "missed": first - 1 - seen}))
-            for item in found:
-                chunk.append(_event("record", item))
-            self._cursor[node] = _last_seq(found, seen if seen is not None else last)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self._response.write(data)
+        except TimeoutError:
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+            return False
+        return True
 
 
 def local_records(
-    local: TraceRing, cursor: dict[str, int], own: str, chunk: list[bytes]
-) -> list[Record]:
-    """This node's records after its cursor (a gap event first if some were missed)."""
+    local: TraceRing, cursor: dict[str, int], own: str, chunk: list[bytes], budget: int
+) -> int:
+    """Append this node's records after its cursor to ``chunk`` as events, at most
+    ``budget`` bytes of them (at least one; a gap event first if some were missed);
+    the bytes appended."""
     seen = cursor.get(own)
+    used = 0
     if seen is None or seen > local.last_seq:
         seen = local.first_seq - 1
     elif seen < local.first_seq - 1:
-        chunk.append(_event("gap", {"node": own, "missed": local.first_seq - 1 - seen}))
+        gap = sse_event("gap", {"node": own, "missed": local.first_seq - 1 - seen})
+        chunk.append(gap)
+        used += len(gap)
         seen = local.first_seq - 1
-    found = local.after(seen, 500)
+    found = local.after_raw(seen, MAX_RECORDS, budget - used)
+    for raw in found:
+        event = sse_raw("record", raw)
+        chunk.append(event)
+        used += len(event)
     cursor[own] = seen + len(found)
-    return found
-
-
-async def _wait(portal: Portal, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await portal._stopped.wait()
-    except TimeoutError:
-        pass
-
-
-def _event(name: str, data: object) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return used
 
 
 # -- the webhook debugger, tokens ------------------------------------------------------
@@ -264,18 +270,17 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
     original, traced = await _original(s, node, seq)
     headers = replay_headers(body.get("headers"), original.headers)
     data = _replay_body(body, original.body, traced, s.ctx.max_message_bytes)
-    trace = s.portal.view.trace
-    mark = trace.last_seq if trace is not None else 0
     started = time.monotonic()
     error: UpstreamError | None = None
     response = None
-    try:
-        response = await s.portal.upstream.replay(
-            original.url, headers, data, method=original.method, timeout=s.portal.replay_timeout
-        )
-    except UpstreamError as exc:
-        error = exc
-    new = _replayed(trace, mark, original.url)
+    with catching_replays() as caught:  # this replay's own record, exactly
+        try:
+            response = await s.portal.upstream.replay(
+                original.url, headers, data, method=original.method, timeout=s.portal.replay_timeout
+            )
+        except UpstreamError as exc:
+            error = exc
+    new = caught[-1] if caught else None
     if new is None:
         if error is not None:
             raise error
@@ -288,35 +293,55 @@ async def replay(request: web.Request, s: Session) -> web.StreamResponse:
 async def _original(s: Session, node: str, seq: int) -> tuple[UpstreamRequest, Json]:
     """The full request of CloudEvent record ``(node, seq)`` and the record."""
     view = s.portal.view
-    answer: object = None
+    traced: object = None
+    request: UpstreamRequest | None = None
     if node == view.node_id:
-        answer = view.original(seq)
+        if view.trace is not None:
+            traced, request = view.trace.get(seq), view.trace.original(seq)
     else:
-        for answered, value in await ask(s, {"op": "original", "seq": seq}):
-            if answered == node:
-                answer = value
-    if not isinstance(answer, dict):
-        raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
-    traced = answer.get("record")
-    request = answer.get("request")
+        traced, request = await _remote_original(s, node, seq)
     if not isinstance(traced, dict):
         raise NotFound(f"Trace record {node}/{seq} is no longer kept.")
     if traced.get("type") != "cloudevent":
         raise BadRequest(f"Trace record {node}/{seq} is not a CloudEvent.")
-    if not isinstance(request, dict):
+    if request is None:
         raise NotFound(f"The request of trace record {node}/{seq} is no longer kept.")
-    try:
-        return (
-            UpstreamRequest(
-                method=str(request["method"]),
-                url=str(request["url"]),
-                headers=tuple((str(k), str(v)) for k, v in request["headers"]),
-                body=base64.b64decode(request["body"]),
-            ),
-            traced,
-        )
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        raise NotFound(f"Trace record {node}/{seq} is no longer kept.") from None
+    return request, traced
+
+
+async def _remote_original(
+    s: Session, node: str, seq: int
+) -> tuple[object, UpstreamRequest | None]:
+    """Record ``(node, seq)`` and its full request, asked of that node part by part
+    (each answer carries a part of the body; the other nodes answer null at once)."""
+    traced: object = None
+    body = bytearray()
+    limit = s.ctx.max_message_bytes * 2 + MAX_BODY_BYTES
+    while True:  # bounded: each pass adds a part, at most ``limit`` bytes in all
+        asked = {"op": "original", "node": node, "seq": seq, "offset": len(body)}
+        answer = next((a for n, a in await ask(s, asked) if n == node), None)
+        if not isinstance(answer, dict):
+            return traced, None
+        if not body:
+            traced = answer.get("record")
+        shown = answer.get("request")
+        if not isinstance(shown, dict):
+            return traced, None
+        size = shown.get("size")
+        try:
+            part = base64.b64decode(str(shown.get("body", "")), validate=True)
+            if not isinstance(size, int) or size > limit or shown.get("offset") != len(body):
+                return traced, None
+            body += part
+            if len(body) >= size or not part:
+                return traced, UpstreamRequest(
+                    method=str(shown["method"]),
+                    url=str(shown["url"]),
+                    headers=tuple((str(k), str(v)) for k, v in shown["headers"]),
+                    body=bytes(body),
+                ) if len(body) == size else None  # fmt: skip
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return traced, None
 
 
 def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
@@ -328,7 +353,7 @@ def replay_headers(given: object, original: tuple[tuple[str, str], ...]) -> list
             f"'headers' must be a list of at most {MAX_HEADERS} [name, value] pairs.",
             target="headers",
         )
-    masked = {(k.lower(), mask_value(k, v)): v for k, v in original}
+    masked = {(k.lower(), shown_value(k, v)): v for k, v in original}
     headers: list[tuple[str, str]] = []
     for item in given:
         if (
@@ -369,17 +394,3 @@ def _replay_body(body: Json, original: bytes, traced: Json, limit: int) -> bytes
     if len(data) > limit:
         raise PayloadTooLarge(f"A replayed body is at most {limit} bytes.")
     return data
-
-
-def _replayed(trace: TraceRing | None, mark: int, url: str) -> Json | None:
-    if trace is None:
-        return None
-    shown = safe_url(url)
-    for item in reversed(trace.after(mark, 10_000)):
-        if (
-            item.get("type") == "cloudevent"
-            and item.get("replay") is True
-            and (item.get("url") == shown)
-        ):
-            return item
-    return None

@@ -2,9 +2,10 @@
 
 :meth:`NodeView.answer` is this node's answerer to backplane surveys (an opaque
 request in, an answer out, both JSON bytes); the portal asks every node through
-:func:`ask_nodes` and merges what comes back. Answers are bounded: at most
-:data:`MAX_LISTED` connections and :data:`MAX_RECORDS` records, and a trace page
-stops before :data:`MAX_ANSWER_BYTES`.
+:func:`ask_nodes` and merges what comes back. Answers are bounded, serialized, by
+:data:`MAX_ANSWER_BYTES` (well below the backplane's limit on an answer): at most
+:data:`MAX_LISTED` connections and :data:`MAX_RECORDS` records, fewer when that many
+would be larger (the answer says ``truncated``, a trace page's cursor continues).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -23,8 +25,15 @@ MAX_LISTED = 500
 """Connections one node lists per request."""
 MAX_RECORDS = 500
 """Trace records one node sends per request."""
-MAX_ANSWER_BYTES = 768 * 1024
-"""A trace page's size (a survey answer is at most 1 MiB)."""
+MAX_ANSWER_BYTES = 256 * 1024
+"""A survey answer's size, serialized, at most (a trace page, a list of connections)."""
+MAX_GROUPS_BYTES = 16 * 1024
+"""A described connection's groups (and, apart, its permissions), serialized, at most
+(the rest cut: ``groupsTruncated`` / ``permissionsTruncated``)."""
+MAX_HUBS = 2000
+"""Hubs one node counts per answer (those with the most connections)."""
+ORIGINAL_CHUNK = 128 * 1024
+"""Body bytes of an original request one answer carries (base64: 171 KiB)."""
 MAX_QUERY_CHARS = 256
 SURVEY_TIMEOUT = 1.0
 
@@ -55,6 +64,8 @@ class NodeView:
             return b"null"
         op = asked.get("op")
         if op == "trace":
+            if asked.get("except") == self.node_id:  # the asker reads its own ring
+                return b"null"
             after = asked.get("after")
             mine = after.get(self.node_id) if isinstance(after, dict) else None
             return self.trace_page(_int(mine), MAX_RECORDS)
@@ -65,17 +76,23 @@ class NodeView:
             result = self.connections(_str(asked.get("hub")), _str(asked.get("q")))
         elif op == "connection":
             result = self.connection(_str(asked.get("hub")), _str(asked.get("id")))
+        elif op in ("record", "original") and asked.get("node") != self.node_id:
+            result = None  # asked of another node: answered at once, with nothing
         elif op == "record" and self.trace is not None:
             result = self.trace.get(_int(asked.get("seq")) or 0)
         elif op == "original":
-            result = self.original(_int(asked.get("seq")) or 0)
+            result = self.original(_int(asked.get("seq")) or 0, _int(asked.get("offset")) or 0)
         elif op == "nodes":
             result = {}
         return orjson.dumps(result)
 
     def hub_counts(self) -> dict[str, list[int]]:
-        """``{hub key: [connections, users, groups]}`` of this node."""
-        return {hub.key: list(hub.counts()) for hub in self.node.hubs()}
+        """``{hub key: [connections, users, groups]}`` of this node (at most
+        :data:`MAX_HUBS`: the hubs with the most connections)."""
+        counts = [(hub.key, list(hub.counts())) for hub in self.node.hubs()]
+        if len(counts) > MAX_HUBS:
+            counts = sorted(counts, key=lambda kv: -kv[1][0])[:MAX_HUBS]
+        return dict(counts)
 
     def connections(self, hub: str, query: str) -> Json:
         found = self.node.hub(hub.lower())
@@ -84,13 +101,16 @@ class NodeView:
         needle = query[:MAX_QUERY_CHARS].lower()
         listed: list[Json] = []
         truncated = False
+        size = 0
         for conn in sorted(found.connections(), key=lambda c: c.connected_at):
             if conn.closing or (needle and not _matches(conn, needle)):
                 continue
-            if len(listed) >= MAX_LISTED:
+            described = self.describe(conn)
+            size += len(orjson.dumps(described)) + 1
+            if len(listed) >= MAX_LISTED or size > MAX_ANSWER_BYTES:
                 truncated = True
                 break
-            listed.append(self.describe(conn))
+            listed.append(described)
         return {"connections": listed, "truncated": truncated}
 
     def connection(self, hub: str, connection_id: str) -> Json | None:
@@ -99,19 +119,25 @@ class NodeView:
         if conn is None or conn.closing:
             return None
         described = self.describe(conn)
-        described["permissions"] = _permissions(conn)
+        permissions = _permissions(conn)
+        kept = _within(permissions, MAX_GROUPS_BYTES)
+        described["permissions"] = permissions[:kept]
+        described["permissionsTruncated"] = kept < len(permissions)
         described["stateBytes"] = len(conn.state.encode())
         recent = self.trace.recent(conn.hub, conn.connection_id) if self.trace else []
         described["recent"] = recent
         return described
 
     def describe(self, conn: Connection) -> Json:
+        groups = sorted(conn.groups)
+        kept = _within(groups, MAX_GROUPS_BYTES)
         return {
             "connectionId": conn.connection_id,
             "userId": conn.user_id,
             "protocol": protocol_name(conn),
             "subprotocol": conn.subprotocol,
-            "groups": sorted(conn.groups),
+            "groups": groups[:kept],
+            "groupsTruncated": kept < len(groups),
             "node": self.node_id,
             "connectedAt": conn.connected_at,
             "messagesIn": conn.messages_in,
@@ -127,35 +153,35 @@ class NodeView:
             return b'{"records":[],"first":1,"last":0,"enabled":false}'
         if after is None or after > trace.last_seq:  # from the oldest (or: we restarted)
             after = 0
-        parts: list[bytes] = []
-        size = 0
-        for record in trace.after(after, limit):
-            part = orjson.dumps(record)
-            size += len(part) + 1
-            if parts and size > MAX_ANSWER_BYTES:
-                break
-            parts.append(part)
+        parts = trace.after_raw(after, limit, MAX_ANSWER_BYTES - 1024 - limit)
         head = b'{"records":[' + b",".join(parts) + b"]"
         tail = orjson.dumps({"first": trace.first_seq, "last": trace.last_seq, "enabled": True})
         return head + b"," + tail[1:]
 
-    def original(self, seq: int) -> Json | None:
-        """Record ``seq`` and, for a CloudEvent, its full request (body in base64)."""
+    def original(self, seq: int, offset: int = 0) -> Json | None:
+        """Record ``seq`` and, for a CloudEvent, its full request: the body (base64)
+        from ``offset``, :data:`ORIGINAL_CHUNK` bytes of it at most (``size`` says how
+        many there are: the asker asks again from the next offset); the record itself
+        only with the first part."""
         if self.trace is None:
             return None
         record = self.trace.get(seq)
         if record is None:
             return None
         request = self.trace.original(seq)
+        shown = record if offset == 0 else None
         if request is None:
-            return {"record": record, "request": None}
+            return {"record": shown, "request": None}
+        part = request.body[max(0, offset) : max(0, offset) + ORIGINAL_CHUNK]
         return {
-            "record": record,
+            "record": shown,
             "request": {
                 "method": request.method,
                 "url": request.url,
                 "headers": [list(h) for h in request.headers],
-                "body": base64.b64encode(request.body).decode(),
+                "size": len(request.body),
+                "offset": offset,
+                "body": base64.b64encode(part).decode(),
             },
         }
 
@@ -172,6 +198,16 @@ async def ask_nodes(survey: Survey, request: Json) -> list[tuple[str, object]]:
                 value = None
         answers.append((node_id, value))
     return answers
+
+
+def _within(items: list[Any], max_bytes: int) -> int:
+    """How many of ``items`` (from the first) fit in ``max_bytes`` serialized."""
+    size = 0
+    for i, item in enumerate(items):
+        size += len(orjson.dumps(item)) + 1
+        if size > max_bytes:
+            return i
+    return len(items)
 
 
 def _matches(conn: Connection, needle: str) -> bool:

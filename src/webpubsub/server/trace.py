@@ -2,9 +2,11 @@
 
 :class:`TraceRing` is an :class:`~webpubsub.node.observe.Observer`: each call becomes
 one record (a plain dict, the JSON object of the portal contract) with this node's
-next ``seq``, appended to a ``deque`` of at most ``[portal] trace_buffer`` records.
-One record per client frame and one per fan-out (never one per recipient); bodies
-are cut at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
+next ``seq``, appended to a ``deque`` of at most ``[portal] trace_buffer`` records and
+``[portal] trace_max_bytes`` bytes (each record is serialized once, when it is added,
+and kept so: pages and streams send those bytes; one record is at most
+:data:`RECORD_MAX_BYTES`). One record per client frame and one per fan-out (never one
+per recipient); bodies are cut at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
 
 Secrets are shown in part only: every ``ce-signature`` value as ``sha256=ab12…``
 (its first four hex digits) and every ``Authorization`` value as its scheme and
@@ -21,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
+
+import orjson
 
 from webpubsub.core.connection import Connection
 from webpubsub.node.observe import Exchange, RestCall
@@ -45,8 +51,24 @@ PREVIEW_BYTES = 192
 RECENT_SCAN = 10_000
 """Records scanned, newest first, for one connection's recent traffic."""
 ORIGINALS_MAX_BYTES = 64 * 1024 * 1024
-"""Body bytes of the original requests kept for replay, at most (the oldest go first:
-their records stay, without a replay)."""
+"""Bytes (body, URL and headers) of the original requests kept for replay, at most (the
+oldest go first: their records stay, without a replay)."""
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""The ring's records, serialized, at most (``[portal] trace_max_bytes``)."""
+RECORD_MAX_BYTES = 128 * 1024
+"""One record, serialized, at most: bodies and headers are cut further to fit."""
+BODY_SHOWN_BYTES = 2 * BODY_LIMIT
+"""A body as the record shows it (JSON-escaped), at most; an escape-heavy body is cut
+below :data:`BODY_LIMIT` to fit (``truncated``)."""
+HEADERS_SHOWN = 64
+"""Headers a record shows per request or response (the rest cut, ``truncated``)."""
+HEADER_SHOWN_CHARS = 1024
+"""Characters of a header value a record shows (cut with ``…``)."""
+RECENT_MAX_BYTES = 128 * 1024
+"""A connection's recent records, serialized, at most."""
+
+_REPLAYS: ContextVar[list[Record] | None] = ContextVar("webpubsub_trace_replays", default=None)
+"""Where the records of the replays sent in this context go (:func:`catching_replays`)."""
 
 _PROTOCOLS = {
     ClientProtocol.SIMPLE: "simple",
@@ -54,6 +76,19 @@ _PROTOCOLS = {
     ClientProtocol.JSON_RELIABLE: "json.reliable",
 }
 _TEXT_TYPES = (DataType.TEXT, DataType.JSON)
+
+
+@contextlib.contextmanager
+def catching_replays() -> Iterator[list[Record]]:
+    """The records of the replayed exchanges the current task sends inside the
+    ``with`` block (the portal's webhook debugger finds its replay's record exactly:
+    the transport tells the trace in the sending task, whatever runs beside it)."""
+    caught: list[Record] = []
+    token = _REPLAYS.set(caught)
+    try:
+        yield caught
+    finally:
+        _REPLAYS.reset(token)
 
 
 def protocol_name(conn: Connection) -> str:
@@ -69,16 +104,26 @@ class TraceRing:
     """
 
     def __init__(
-        self, capacity: int, node_id: str = "", *, clock: Callable[[], float] = time.time
+        self,
+        capacity: int,
+        node_id: str = "",
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if capacity < 1:
             raise ValueError("a trace ring holds at least one record")
         self.node_id = node_id
         self._clock = clock
-        self._ring: deque[Record] = deque(maxlen=capacity)
+        self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._ring: deque[Record] = deque()
+        self._raw: deque[bytes] = deque()
+        """Each record serialized (once, when it is added): what pages and streams send."""
+        self._bytes = 0
         self._originals: dict[int, UpstreamRequest] = {}
         """The full request of each CloudEvent record still in the ring, by seq (oldest
-        first), their bodies :data:`ORIGINALS_MAX_BYTES` at most in all."""
+        first), :data:`ORIGINALS_MAX_BYTES` at most in all."""
         self._original_bytes = 0
         self._seq = 0
         self._wake: asyncio.Event | None = None
@@ -87,7 +132,12 @@ class TraceRing:
 
     @property
     def capacity(self) -> int:
-        return self._ring.maxlen or 0
+        return self._capacity
+
+    @property
+    def size_bytes(self) -> int:
+        """The kept records' serialized size."""
+        return self._bytes
 
     @property
     def last_seq(self) -> int:
@@ -107,6 +157,19 @@ class TraceRing:
         start = max(0, seq - self.first_seq + 1)
         return list(itertools.islice(self._ring, start, start + max(0, limit)))
 
+    def after_raw(self, seq: int, limit: int, max_bytes: int) -> list[bytes]:
+        """At most ``limit`` serialized records newer than ``seq``, oldest first, at most
+        ``max_bytes`` of them (but at least one, if any)."""
+        start = max(0, seq - self.first_seq + 1)
+        found: list[bytes] = []
+        size = 0
+        for raw in itertools.islice(self._raw, start, start + max(0, limit)):
+            size += len(raw)
+            if found and size > max_bytes:
+                break
+            found.append(raw)
+        return found
+
     def get(self, seq: int) -> Record | None:
         """The record ``seq``, while the ring keeps it."""
         index = seq - self.first_seq
@@ -120,10 +183,15 @@ class TraceRing:
 
     def recent(self, hub: str, connection_id: str, limit: int = 50) -> list[Record]:
         """The newest ``limit`` records of a connection (of the last :data:`RECENT_SCAN`),
-        oldest first."""
+        oldest first, :data:`RECENT_MAX_BYTES` of them serialized at most."""
         found: list[Record] = []
-        for record in itertools.islice(reversed(self._ring), RECENT_SCAN):
+        size = 0
+        pairs = zip(reversed(self._ring), reversed(self._raw), strict=True)
+        for record, raw in itertools.islice(pairs, RECENT_SCAN):
             if record["connectionId"] == connection_id and record["hub"] == hub:
+                size += len(raw)
+                if size > RECENT_MAX_BYTES:
+                    break
                 found.append(record)
                 if len(found) >= limit:
                     break
@@ -159,9 +227,6 @@ class TraceRing:
         user_id: str | None,
         fields: Record,
     ) -> Record:
-        ring = self._ring
-        if len(ring) == ring.maxlen and self._originals:
-            self._forget(self.first_seq)  # evicted with its record
         self._seq += 1
         record: Record = {
             "seq": self._seq,
@@ -173,12 +238,31 @@ class TraceRing:
             "userId": user_id,
         }
         record.update(fields)
-        ring.append(record)
+        raw = orjson.dumps(record)
+        if len(raw) > RECORD_MAX_BYTES:
+            raw = _fit(record)
+        if len(raw) > 512:  # orjson's buffer may be several times larger: keep a tight copy
+            raw = bytes(memoryview(raw))
+        self._ring.append(record)
+        self._raw.append(raw)
+        self._bytes += len(raw)
+        while len(self._ring) > self._capacity or (
+            self._bytes > self._max_bytes and len(self._ring) > 1
+        ):
+            self._evict()
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
         return record
+
+    def _evict(self) -> None:
+        """Drop the oldest record (and its original request)."""
+        seq = self.first_seq
+        self._ring.popleft()
+        self._bytes -= len(self._raw.popleft())
+        if self._originals:
+            self._forget(seq)
 
     # -- the Observer ---------------------------------------------------------------
 
@@ -270,22 +354,24 @@ class TraceRing:
         request = exchange.request
         headers = request.headers
         hub = _header(headers, "ce-hub")
-        self._add(
+        record = self._add(
             "cloudevent",
             hub.lower() if hub is not None else None,
             _header(headers, "ce-connectionId"),
             _header(headers, "ce-userId"),
             exchange_fields(exchange),
         )
+        if exchange.replay and (caught := _REPLAYS.get()) is not None:
+            caught.append(record)
         self._originals[self._seq] = request
-        self._original_bytes += len(request.body)
+        self._original_bytes += _request_bytes(request)
         while self._original_bytes > ORIGINALS_MAX_BYTES:
             self._forget(next(iter(self._originals)))
 
     def _forget(self, seq: int) -> None:
         request = self._originals.pop(seq, None)
         if request is not None:
-            self._original_bytes -= len(request.body)
+            self._original_bytes -= _request_bytes(request)
 
     def slow_client(self, conn: Connection) -> None:
         """Shown by the ``disconnected`` record that follows (code 1008)."""
@@ -298,6 +384,7 @@ def exchange_fields(exchange: Exchange) -> Record:
     """The ``cloudevent`` fields of an exchange with an event handler (secrets masked)."""
     request = exchange.request
     response = exchange.response
+    body = _connect_body_shown(request.body) if _is_connect(request.headers) else request.body
     answer: Record | None = None
     if response is not None:
         answer = {"status": response.status, **_http_part(response.headers, response.body)}
@@ -306,7 +393,7 @@ def exchange_fields(exchange: Exchange) -> Record:
         "ceId": _header(request.headers, "ce-id"),
         "method": request.method,
         "url": safe_url(request.url),
-        "request": _http_part(request.headers, request.body),
+        "request": _http_part(request.headers, body),
         "response": answer,
         "error": exchange.error,
         "outcome": exchange.outcome,
@@ -315,24 +402,97 @@ def exchange_fields(exchange: Exchange) -> Record:
     }
 
 
+def _request_bytes(request: UpstreamRequest) -> int:
+    """What a kept original request costs: body, URL and headers."""
+    headers = sum(len(k) + len(v) + 4 for k, v in request.headers)
+    return len(request.body) + len(request.url) + headers + 64
+
+
+def _fit(record: Record) -> bytes:
+    """``record`` serialized within :data:`RECORD_MAX_BYTES`: its request and response
+    (bodies and headers) are dropped, in that order of size, until it fits (each marked
+    ``truncated``); a record that still does not fit keeps its common fields only."""
+    for key in ("response", "request"):
+        part = record.get(key)
+        if isinstance(part, dict):
+            part.update(headers=[], body="", truncated=True)
+            part.pop("bodyEncoding", None)
+            raw = orjson.dumps(record)
+            if len(raw) <= RECORD_MAX_BYTES:
+                return raw
+    for key in list(record):
+        if key not in ("seq", "node", "time", "type", "hub", "connectionId", "userId"):
+            del record[key]
+    record["truncated"] = True
+    return orjson.dumps(record)
+
+
 def mask_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """``headers`` as ``[name, value]`` pairs, secrets shown in part only."""
-    return [[name, mask_value(name, value)] for name, value in headers]
+    """``headers`` as ``[name, value]`` pairs as a record shows them: secrets in part
+    only, long values cut (:func:`shown_value`)."""
+    return [[name, shown_value(name, value)] for name, value in headers]
+
+
+def shown_value(name: str, value: str) -> str:
+    """A header value as a record shows it: masked, and cut at :data:`HEADER_SHOWN_CHARS`."""
+    shown = mask_value(name, value)
+    if len(shown) > HEADER_SHOWN_CHARS:
+        return shown[:HEADER_SHOWN_CHARS] + "…"
+    return shown
+
+
+_SECRET_WORDS = ("key", "token", "secret", "signature", "password", "auth")
+"""A header whose name contains one of these is shown in part only."""
+CONNECT_EVENT = "azure.webpubsub.sys.connect"
 
 
 def mask_value(name: str, value: str) -> str:
     """A header's value as the trace shows it: ``ce-signature`` values keep their
     first four hex digits, ``Authorization`` (and ``Proxy-Authorization``) its scheme,
-    ``Cookie``/``Set-Cookie`` nothing."""
+    ``Cookie``/``Set-Cookie`` and any header whose name contains ``key``, ``token``,
+    ``secret``, ``signature``, ``password`` or ``auth`` its first four characters
+    (:func:`mask_secret`)."""
     lowered = name.lower()
     if lowered == "ce-signature":
         return ",".join(_masked_signature(part.strip()) for part in value.split(","))
     if lowered in ("authorization", "proxy-authorization"):
         scheme = value.strip().partition(" ")[0]
         return f"{scheme} …" if scheme and scheme != value.strip() else "…"
-    if lowered in ("cookie", "set-cookie"):
-        return "…"
+    if lowered in ("cookie", "set-cookie") or any(w in lowered for w in _SECRET_WORDS):
+        return mask_secret(value)
     return value
+
+
+def mask_secret(value: str) -> str:
+    """A secret as the trace shows it: its first four characters and ``…`` (only ``…``
+    for one of at most 8 characters, which four would nearly give away)."""
+    return f"{value[:4]}…" if len(value) > 8 else "…"
+
+
+def _is_connect(headers: Sequence[tuple[str, str]]) -> bool:
+    return _header(headers, "ce-type") == CONNECT_EVENT
+
+
+def _connect_body_shown(body: bytes) -> bytes:
+    """The body of a ``connect`` event as the trace shows it: the client's request
+    headers masked as :func:`mask_value` masks them, every query value as a secret
+    (an app's ``?sig=``, ``?code=``). The request sent is never changed."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(value, dict):
+        return body
+    for key, mask in (("headers", mask_value), ("query", lambda _name, v: mask_secret(v))):
+        part = value.get(key)
+        if isinstance(part, dict):
+            value[key] = {
+                name: [mask(name, v) if isinstance(v, str) else "…" for v in values]
+                if isinstance(values, list)
+                else "…"
+                for name, values in part.items()
+            }
+    return orjson.dumps(value)
 
 
 def _masked_signature(part: str) -> str:
@@ -343,17 +503,31 @@ def _masked_signature(part: str) -> str:
 
 
 def _http_part(headers: Sequence[tuple[str, str]], body: bytes) -> Record:
-    truncated = len(body) > BODY_LIMIT
-    kept = body[:BODY_LIMIT] if truncated else body
-    part: Record = {"headers": mask_headers(headers)}
+    truncated = len(body) > BODY_LIMIT or len(headers) > HEADERS_SHOWN
+    kept = body[:BODY_LIMIT] if len(body) > BODY_LIMIT else body
+    part: Record = {"headers": mask_headers(headers[:HEADERS_SHOWN])}
     text = _utf8(kept, truncated)
     if text is None:
         part["body"] = base64.b64encode(kept).decode()
         part["bodyEncoding"] = "base64"
     else:
-        part["body"] = text
+        shown = _fit_text(text)
+        truncated = truncated or len(shown) < len(text)
+        part["body"] = shown
     part["truncated"] = truncated
     return part
+
+
+def _fit_text(text: str) -> str:
+    """``text``, cut so that its JSON string is at most :data:`BODY_SHOWN_BYTES` (control
+    characters escape to six bytes each)."""
+    size = len(orjson.dumps(text))
+    for _ in range(8):  # each cut is proportional: a few rounds at most
+        if size <= BODY_SHOWN_BYTES:
+            return text
+        text = text[: max(0, len(text) * BODY_SHOWN_BYTES // size - 8)]
+        size = len(orjson.dumps(text))
+    return text if size <= BODY_SHOWN_BYTES else ""
 
 
 def _utf8(data: bytes, cut: bool) -> str | None:
