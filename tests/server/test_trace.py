@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import tracemalloc
 
@@ -140,6 +141,24 @@ def test_a_cloudevent_record_shows_request_and_response_with_secrets_masked() ->
     # The original keeps every byte, for the replay.
     original = ring.original(1)
     assert original is not None and ("ce-signature", SIG) in original.headers
+
+
+def test_the_attempts_of_a_retried_event_are_counted_and_a_replay_is_not_one() -> None:
+    ring = TraceRing(10, "n1")
+    first = exchange()
+    ring.cloud_event(first)
+    ring.cloud_event(first)  # the same event sent again (a retry)
+    ring.cloud_event(dataclasses.replace(first, replay=True))
+    other = dataclasses.replace(
+        first,
+        request=dataclasses.replace(
+            first.request,
+            headers=tuple((k, "8") if k == "ce-id" else (k, v) for k, v in first.request.headers),
+        ),
+    )
+    ring.cloud_event(other)
+    ring.cloud_event(first)
+    assert [r["attempt"] for r in ring.after(0, 10)] == [1, 2, 1, 1, 3]
 
 
 def test_bodies_are_cut_at_16_kib_and_binary_ones_are_base64() -> None:

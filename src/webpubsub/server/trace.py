@@ -26,7 +26,7 @@ import base64
 import contextlib
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 
@@ -69,6 +69,10 @@ RECENT_MAX_BYTES = 128 * 1024
 
 _REPLAYS: ContextVar[list[Record] | None] = ContextVar("webpubsub_trace_replays", default=None)
 """Where the records of the replays sent in this context go (:func:`catching_replays`)."""
+
+ATTEMPTS_KEPT = 4096
+"""Events whose attempts the trace counts (the newest; an older event's next attempt
+counts from 1 again)."""
 
 _PROTOCOLS = {
     ClientProtocol.SIMPLE: "simple",
@@ -127,6 +131,9 @@ class TraceRing:
         self._original_bytes = 0
         self._seq = 0
         self._wake: asyncio.Event | None = None
+        self._attempts: OrderedDict[tuple[str | None, ...], int] = OrderedDict()
+        """Requests sent per event (hub, connection, ce-id, type), the newest
+        :data:`ATTEMPTS_KEPT` events: a retried event's records count its attempts."""
 
     # -- reading ------------------------------------------------------------------
 
@@ -354,12 +361,15 @@ class TraceRing:
         request = exchange.request
         headers = request.headers
         hub = _header(headers, "ce-hub")
+        connection_id = _header(headers, "ce-connectionId")
+        fields = exchange_fields(exchange)
+        fields["attempt"] = self._attempt(hub, connection_id, exchange)
         record = self._add(
             "cloudevent",
             hub.lower() if hub is not None else None,
-            _header(headers, "ce-connectionId"),
+            connection_id,
             _header(headers, "ce-userId"),
-            exchange_fields(exchange),
+            fields,
         )
         if exchange.replay and (caught := _REPLAYS.get()) is not None:
             caught.append(record)
@@ -367,6 +377,18 @@ class TraceRing:
         self._original_bytes += _request_bytes(request)
         while self._original_bytes > ORIGINALS_MAX_BYTES:
             self._forget(next(iter(self._originals)))
+
+    def _attempt(self, hub: str | None, connection_id: str | None, exchange: Exchange) -> int:
+        """Which attempt at its event ``exchange`` is (1: the first; a replay is not one)."""
+        ce_id = _header(exchange.request.headers, "ce-id")
+        if exchange.replay or ce_id is None:
+            return 1
+        key = (hub, connection_id, ce_id, exchange.event_type)
+        attempt = self._attempts.pop(key, 0) + 1
+        self._attempts[key] = attempt
+        if len(self._attempts) > ATTEMPTS_KEPT:
+            self._attempts.popitem(last=False)
+        return attempt
 
     def _forget(self, seq: int) -> None:
         request = self._originals.pop(seq, None)

@@ -785,6 +785,7 @@ function summary(r) {
         `${r.eventType} → ${status} `,
         el("span", { class: `badge o-${r.outcome}`, text: r.outcome }),
         ` · ${ms(r.durationMs)}`,
+        r.attempt > 1 ? ` · attempt ${r.attempt}` : "",
         r.replay ? " " : "",
         r.replay ? el("span", { class: "badge b-replay", text: "replay" }) : "",
       );
