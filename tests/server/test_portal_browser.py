@@ -28,7 +28,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Locator, Page, expect
 
-from tests.conftest import ACCESS_KEY, StartService
+from tests.conftest import ACCESS_KEY, StartService, make_config
+from tests.server.test_websocket import free_port
 from tests.support.browser import chromium
 from tests.support.chat import chat_app_socket, next_text, two_users_chatting
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
@@ -542,3 +543,32 @@ async def test_two_nodes_in_one_page(
         await here.close()
         await there.close()
     assert console.errors == []
+
+
+async def test_a_node_restarted_under_its_id_is_traced_again(
+    browser: Browser, start_service: StartService
+) -> None:
+    """The page keeps records by node, seq and time: a node that restarts under the same
+    id counts its seq from 1 again, and its new records still show (the stream reconnects
+    by itself)."""
+    config = make_config(chat_hub(), port=free_port())
+    config = dataclasses.replace(
+        config, backplane=dataclasses.replace(config.backplane, node_id="n1")
+    )
+    first = await start_service(config=config)
+    page, console = await new_page(browser)
+    await page.goto(f"{first.endpoint}/portal")
+    await log_in(page, console)
+    await show_tab(page, "trace")
+    async with sdk(first) as service:
+        for _ in range(3):
+            await service.send_to_all("before", content_type="text/plain")
+    await expect(trace_rows(page, "rest")).to_have_count(3)
+    await first.stop()
+    await expect(page.locator("#trace-status")).not_to_have_text("live")
+    second = await start_service(config=config)
+    await expect(page.locator("#trace-status")).to_have_text("live", timeout=30_000)
+    async with sdk(second) as service:
+        await service.send_to_all("after", content_type="text/plain")
+    assert second.trace is not None and second.trace.last_seq <= 3  # counted from 1 again
+    await expect(trace_rows(page, "rest")).to_have_count(4)

@@ -7,6 +7,7 @@
 
 const API = "/portal/api";
 const TRACE_KEEP = 5000; // records kept in the page (and exported)
+const HUBS_LISTED = 200; // hubs the trace's hub filter offers (the first seen)
 const CONN_DETAIL_RECENT = 50;
 const TC_LOG_KEEP = 1000;
 const HUBS_REFRESH_MS = 5000;
@@ -21,7 +22,8 @@ const state = {
   trace: {
     source: null,
     records: [], // oldest first, at most TRACE_KEEP
-    lastSeq: new Map(), // node -> highest seq seen (a reconnected stream resends what it keeps)
+    keys: new Set(), // recordKey of each record kept (a reconnected stream resends what it keeps)
+    hideBefore: 0, // records up to this time were cleared: a resent one stays hidden
     paused: false,
     unseen: 0,
     selected: null, // key of the record in #record-detail
@@ -300,7 +302,8 @@ function loggedOut(message) {
   state.csrf = null;
   state.session = null;
   clearTrace();
-  state.trace.lastSeq.clear();
+  state.trace.keys.clear();
+  state.trace.hideBefore = 0;
   state.trace.hubs.clear();
   for (const option of [...$("#trace-filter-hub").options]) if (option.value) option.remove();
   state.hubs = [];
@@ -607,22 +610,25 @@ function setTraceStatus(stateName, text) {
 }
 
 function recordKey(r) {
-  return `${r.node}/${r.seq}`;
+  // A node that restarts under the same id counts its seq from 1 again: the time tells.
+  return `${r.node}/${r.seq}/${r.time}`;
 }
 
 function addRecord(record) {
   const t = state.trace;
   if (record.type !== "gap") {
-    const last = t.lastSeq.get(record.node);
-    if (last !== undefined && record.seq <= last) return; // resent after a reconnect
-    t.lastSeq.set(record.node, record.seq);
+    const key = recordKey(record);
+    if (t.keys.has(key) || record.time <= t.hideBefore) return; // resent after a reconnect
+    t.keys.add(key);
   }
   // Several nodes' records merge by time (another node's come up to half a second late).
   let at = t.records.length;
   while (at > 0 && t.records[at - 1].time > record.time) at -= 1;
   t.records.splice(at, 0, record);
-  if (t.records.length > TRACE_KEEP) t.records.splice(0, t.records.length - TRACE_KEEP);
-  if (record.hub && !t.hubs.has(record.hub)) {
+  if (t.records.length > TRACE_KEEP) {
+    for (const old of t.records.splice(0, t.records.length - TRACE_KEEP)) t.keys.delete(recordKey(old));
+  }
+  if (record.hub && !t.hubs.has(record.hub) && t.hubs.size < HUBS_LISTED) {
     t.hubs.add(record.hub);
     $("#trace-filter-hub").append(el("option", { value: record.hub, text: record.hub }));
   }
@@ -941,6 +947,8 @@ function togglePause() {
 
 function clearTrace() {
   const t = state.trace;
+  for (const r of t.records) if (r.type !== "gap") t.hideBefore = Math.max(t.hideBefore, r.time);
+  t.keys.clear();
   t.records = [];
   t.pending = [];
   t.unseen = 0;
