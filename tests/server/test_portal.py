@@ -1038,7 +1038,9 @@ async def test_a_stalled_reader_s_stream_ends_after_the_write_timeout(
         cookie = f"{portal_auth.COOKIE}={portal.session}"
         request = f"GET /portal/api/trace/stream HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"
         await loop.sock_sendall(sock, request.encode())
-        await asyncio.sleep(1.0)  # the reader stalls (longer than the write timeout)
+        # The stimulus, not a synchronisation: the reader stalls for 5 times the write
+        # timeout, then reads what the server sent before it gave up.
+        await asyncio.sleep(1.0)
         received = 0
         with contextlib.suppress(ConnectionResetError):
             async with asyncio.timeout(WAIT):  # the server gave up on it: the stream ends

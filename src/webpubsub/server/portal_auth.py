@@ -86,10 +86,9 @@ def check_csrf(request: web.Request, key: str, session: str) -> None:
 
 
 def check_origin(request: web.Request, own: Sequence[str]) -> None:
-    """A request with an ``Origin`` (or a browser's ``Sec-Fetch-Site``) must come from
-    one of the service's ``own`` origins (``scheme://host[:port]``)."""
-    if request.headers.get("Sec-Fetch-Site", "same-origin").lower() == "cross-site":
-        raise Forbidden("A cross-site request is not accepted by the portal.")
+    """A request with an ``Origin`` must come from one of the service's ``own`` origins
+    (``scheme://host[:port]``); the browser's ``Sec-Fetch-Site`` is checked before, by
+    :func:`check_fetch_metadata`."""
     origin = request.headers.get("Origin")
     if origin is None:
         return

@@ -15,8 +15,8 @@ CloudEvent (for the webhook debugger's replay) is kept beside the ring, under th
 record's ``seq``, and evicted with its record.
 
 Waiters (the portal's event streams) are woken through one :class:`asyncio.Event`
-made only while someone waits: with nobody watching, a record costs its dict and
-an append.
+made only while someone waits: with nobody watching, a record costs its dict, its
+serialisation (once, when it is added) and an append.
 """
 
 from __future__ import annotations
