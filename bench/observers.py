@@ -1,7 +1,8 @@
 """What observing one REST broadcast costs: the trace ring and the metrics, per call.
 
 A REST send to all reaches the observers twice (the REST call, and one fan-out report
-with its number of recipients), never once per recipient. This prints the time of those
+with its number of recipients), never once per recipient; so does a client's
+``sendToGroup`` (the frame, and the fan-out). This prints the time of those
 calls for the trace, the metrics and both (as the service joins them), next to the
 in-process fan-out they observe (``Hub.deliver`` of one message to N connections with
 sinks that only count, so no socket work: the cheapest the delivery itself can be), in
@@ -85,15 +86,26 @@ def main(argv: list[str] | None = None) -> None:
 
     fan_out = per_call(lambda: hub.deliver(connections, message), max(1, args.calls // 1000))
     print(f"fan-out of one message to {args.recipients} connections: {fan_out * 1e6:.1f} µs")
+    sender = connections[0]
+    frame = '{"type":"sendToGroup","group":"g","dataType":"text","data":"' + "x" * 100 + '"}'
     for name, observer in (("trace", trace), ("metrics", metrics), ("trace + metrics", both)):
 
         def observe(o: object = observer) -> None:
             o.rest_call(call)  # type: ignore[attr-defined]
             o.delivered("bench", target, message, args.recipients)  # type: ignore[attr-defined]
 
+        def client_send(o: object = observer) -> None:
+            o.received(sender, frame, "sendToGroup")  # type: ignore[attr-defined]
+            o.delivered("bench", target, message, args.recipients)  # type: ignore[attr-defined]
+
         cost = per_call(observe, args.calls)
         print(
             f"{name}: {cost * 1e6:.2f} µs per REST broadcast = "
+            f"{cost / fan_out:.2%} of the fan-out it observes"
+        )
+        cost = per_call(client_send, args.calls)
+        print(
+            f"{name}: {cost * 1e6:.2f} µs per client sendToGroup = "
             f"{cost / fan_out:.2%} of the fan-out it observes"
         )
 
