@@ -770,6 +770,42 @@ async def test_two_nodes_list_each_others_connections_and_trace(
     await here.close()
 
 
+async def test_with_redis_down_the_portal_answers_this_nodes_data_marked_partial(
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    tmp_path: Any,
+    redis_prefix: str,
+) -> None:
+    """The backplane cannot survey while Redis is down: the portal then answers from
+    this node alone (``partial``), not 503, exactly when an operator needs it."""
+    redis = RedisServer(tmp_path).start()
+    try:
+        plane = RedisBackplane(redis.url, prefix=redis_prefix, node_id="one")
+        runner = await start_service(chat_hub(), backplane=plane)
+        portal = await portal_for(http, runner)
+        ws, cid = await json_client(http, await _client_url(runner, user_id="here"))
+        assert "partial" not in await portal.get("/portal/api/session")
+        redis.stop()
+        async with asyncio.timeout(WAIT):
+            await plane.surveys_linked(up=False)
+        session = await portal.get("/portal/api/session")
+        assert session["partial"] is True and session["nodes"] == ["one"]
+        hubs = await portal.get("/portal/api/hubs")
+        assert hubs["partial"] is True
+        assert {h["name"]: h["counts"]["connections"] for h in hubs["hubs"]}["chat"] == 1
+        listed = await portal.get("/portal/api/hubs/chat/connections")
+        assert listed["partial"] is True
+        assert [c["connectionId"] for c in listed["connections"]] == [cid]
+        detail = await portal.get(f"/portal/api/hubs/chat/connections/{cid}")
+        assert detail["userId"] == "here"
+        traced = await portal.get("/portal/api/trace")
+        assert traced["partial"] is True
+        assert any(r["type"] == "connected" for r in traced["records"])
+        await ws.close()
+    finally:
+        redis.stop()
+
+
 # -- parsers ---------------------------------------------------------------------------
 
 

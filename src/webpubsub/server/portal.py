@@ -44,6 +44,7 @@ from webpubsub.server.portal_core import (
     json_object,
     json_response,
     no_content,
+    partial,
 )
 from webpubsub.server.portal_trace import record, replay, stream, trace
 from webpubsub.server.portal_view import Json
@@ -212,14 +213,17 @@ async def logout(request: web.Request, s: Session) -> web.StreamResponse:
 
 
 async def session_info(request: web.Request, s: Session) -> web.StreamResponse:
-    nodes = [node for node, _ in await ask(s, {"op": "nodes"})]
+    answers = await ask(s, {"op": "nodes"})
     return json_response(
-        {
-            "csrf": auth.csrf_token(s.key, s.value),
-            "node": s.portal.view.node_id,
-            "endpoint": public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies),
-            "nodes": nodes,
-        }
+        partial(
+            answers,
+            {
+                "csrf": auth.csrf_token(s.key, s.value),
+                "node": s.portal.view.node_id,
+                "endpoint": public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies),
+                "nodes": [node for node, _ in answers],
+            },
+        )
     )
 
 
@@ -228,7 +232,8 @@ async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
     (exact), ``users`` and ``groups`` the sums of each node's distinct counts (a user
     on two nodes counts twice; merging exactly would mean shipping every id)."""
     counts: dict[str, list[int]] = {}
-    for _, answer in await ask(s, {"op": "hubs"}):
+    answers = await ask(s, {"op": "hubs"})
+    for _, answer in answers:
         if not isinstance(answer, dict):
             continue
         for key, values in answer.items():
@@ -249,7 +254,7 @@ async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
                 "counts": {"connections": c[0], "users": c[1], "groups": c[2]},
             }
         )
-    return json_response({"hubs": listed})
+    return json_response(partial(answers, {"hubs": listed}))
 
 
 def _settings(hs: HubSettings) -> Json:
@@ -280,12 +285,13 @@ async def connections(request: web.Request, s: Session) -> web.StreamResponse:
     q = request.query.get("q", "")
     listed: list[object] = []
     truncated = False
-    for _, answer in await ask(s, {"op": "connections", "hub": hub, "q": q}):
+    answers = await ask(s, {"op": "connections", "hub": hub, "q": q})
+    for _, answer in answers:
         if isinstance(answer, dict):
             found = answer.get("connections")
             listed.extend(found if isinstance(found, list) else [])
             truncated = truncated or answer.get("truncated") is True
-    return json_response({"connections": listed, "truncated": truncated})
+    return json_response(partial(answers, {"connections": listed, "truncated": truncated}))
 
 
 async def connection(request: web.Request, s: Session) -> web.StreamResponse:

@@ -184,7 +184,16 @@ async function api(method, path, body) {
     const message = (data && data.message) || `${res.status} ${res.statusText}`;
     throw new ApiError(res.status, data && data.code, message);
   }
+  if (method === "GET" && SURVEYED.test(path)) showPartial(data);
   return data;
+}
+
+/** The API paths answered by every node (``partial`` when by this node alone). */
+const SURVEYED = /^\/(session|hubs|trace)(\?|$)|^\/hubs\/[^/]+\/connections(\?|$)/;
+
+/** Shows or hides the notice that an answer came from this node alone. */
+function showPartial(data) {
+  $("#partial-notice").hidden = !(data && data.partial === true);
 }
 
 /** Runs an action started by the user; its failure becomes a notice, not a console error. */
@@ -266,6 +275,7 @@ async function login(event) {
 }
 
 function enter(session) {
+  showPartial(session);
   state.session = session;
   state.csrf = session.csrf;
   $("#loading").hidden = true;
@@ -307,7 +317,7 @@ function loggedOut(message) {
   state.conns = { hub: null, selected: null, list: [] };
   state.replay.record = null;
   for (const id of ["#hubs-list", "#conn-list", "#tc-log", "#replay-original", "#replay-new", "#rest-response-body"]) clear($(id));
-  for (const id of ["#conn-detail", "#replay-editor", "#replay-result", "#rest-result"]) $(id).hidden = true;
+  for (const id of ["#conn-detail", "#replay-editor", "#replay-result", "#rest-result", "#partial-notice"]) $(id).hidden = true;
   $("#replay-empty").hidden = false;
   $("#replay-headers").value = "";
   $("#replay-body").value = "";
