@@ -495,6 +495,29 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
     assert cid
 
 
+async def test_the_portals_tokens_name_the_callers_origin_not_the_public_endpoint(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """The page's CSP is ``connect-src 'self'``: the URLs the portal hands its own page
+    (test client, REST console) are the caller's origin even with a public endpoint
+    configured elsewhere, and the service accepts their tokens there."""
+    service = await start_service(public_endpoint="http://pubsub.example.test")
+    portal = await portal_for(http, service)
+    issued = await portal.post("/portal/api/token", {"hub": "chat", "userId": "dave"})
+    assert issued["url"].startswith(f"ws://127.0.0.1:{service.port}/client/hubs/chat?")
+    ws, _ = await json_client(http, issued["url"])
+    rest = await portal.post(
+        "/portal/api/rest-token",
+        {"method": "POST", "path": "/api/hubs/chat/users/dave/:send?api-version=2024-12-01"},
+    )
+    assert rest["url"].startswith(f"{portal.base}/api/hubs/chat/")
+    bearer = {"Authorization": f"Bearer {rest['token']}", "Content-Type": "text/plain"}
+    async with http.post(rest["url"], data="to dave", headers=bearer) as resp:
+        assert resp.status == 202, await resp.text()
+    assert await next_data(ws) == "to dave"
+    await ws.close()
+
+
 # -- the trace with a real flow --------------------------------------------------------
 
 

@@ -542,3 +542,43 @@ async def test_two_nodes_in_one_page(
         await here.close()
         await there.close()
     assert console.errors == []
+
+
+async def test_the_test_client_connects_with_a_public_endpoint_and_shows_a_refusal(
+    browser: Browser, start_service: StartService, handler_app: EventHandlerApp
+) -> None:
+    """With ``server.public_endpoint`` elsewhere the page still connects (the portal's
+    token URL is the page's origin, which its CSP allows); a handshake the service
+    refuses ends in ``#tc-log`` as a failure (never with the token), not in
+    "connecting…" forever."""
+
+    def refuse_connect(req: Recorded) -> web.StreamResponse:
+        if req.ce_type == "azure.webpubsub.sys.connect":
+            return web.Response(status=401, text="not you")
+        return default_responder(req)
+
+    handler_app.responder = refuse_connect
+    service = await start_service(
+        chat_hub(name="open"),
+        chat_hub(handler_app.url, name="locked", system=frozenset({"connect"})),
+        public_endpoint="http://pubsub.example.test",
+    )
+    page, console = await new_page(browser)
+    await page.goto(f"http://127.0.0.1:{service.port}/portal")
+    await log_in(page, console)
+    await show_tab(page, "client")
+    status, log = page.locator("#tc-status"), page.locator("#tc-log")
+
+    await page.locator("#tc-hub").fill("open")
+    await page.locator("#tc-connect").click()
+    await expect(status).to_have_text(re.compile("^connected"))
+    await page.locator("#tc-disconnect").click()
+    await expect(status).to_have_text("disconnected")
+
+    await page.locator("#tc-hub").fill("locked")
+    await page.locator("#tc-connect").click()
+    await expect(status).to_have_text("disconnected (could not connect)")
+    await expect(log).to_contain_text("could not connect to")
+    assert "access_token" not in (await log.text_content() or "")
+    # Chromium itself logs the refused handshake (a 401) on the console: the one expected.
+    assert [e for e in console.errors if "WebSocket connection to" not in e] == []

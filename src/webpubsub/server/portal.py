@@ -343,7 +343,9 @@ async def client_token(request: web.Request, s: Session) -> web.StreamResponse:
         raise InvalidParameter("'minutes' must be a number.", target="minutes")
     if not 1 <= minutes <= MAX_TOKEN_MINUTES:
         raise InvalidParameter(f"'minutes' is 1 to {MAX_TOKEN_MINUTES}.", target="minutes")
-    base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies)
+    # The page's own origin, not ``public_endpoint``: its CSP (``connect-src 'self'``)
+    # lets it reach nothing else; the WebSocket handshake accepts the caller's origin.
+    base = caller_origin(request, s.ctx.trusted_proxies)
     token = s.ctx.operations.generate_client_token(
         hub, endpoint=base, user_id=user_id or None, roles=roles, groups=groups,
         minutes_to_expire=minutes,
@@ -377,8 +379,9 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
             "'path' must start with /api/hubs/ (no spaces, fragment or dot segments).",
             target="path",
         )
-    base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies).rstrip("/")
-    url = base + path
+    # The page's own origin (as for the client token); ``rest._authenticate`` checks
+    # ``aud`` against the origin the request came to.
+    url = caller_origin(request, s.ctx.trusted_proxies) + path
     token = issue_rest_token(
         s.ctx.access_keys[0], audience=url, now=s.ctx.clock(), ttl_seconds=REST_TOKEN_SECONDS
     )

@@ -9,6 +9,7 @@ const API = "/portal/api";
 const TRACE_KEEP = 5000; // records kept in the page (and exported)
 const CONN_DETAIL_RECENT = 50;
 const TC_LOG_KEEP = 1000;
+const TC_CONNECT_SECONDS = 10;
 const HUBS_REFRESH_MS = 5000;
 const CONN_REFRESH_MS = 3000;
 
@@ -1060,21 +1061,56 @@ async function tcConnect() {
     throw err;
   }
   tcSetState(null, "connecting…");
-  const ws = protocol ? new WebSocket(token.url, protocol) : new WebSocket(token.url);
+  const where = tcWhere(token.url); // never the token itself
+  tcLog("info", `connecting to ${where} as ${userId || "(anonymous)"}${protocol ? ` with ${protocol}` : ""}`);
+  let ws;
+  try {
+    ws = protocol ? new WebSocket(token.url, protocol) : new WebSocket(token.url);
+  } catch (err) {
+    // (Its message may quote the URL, token included: only its name is shown.)
+    tcLog("error", `cannot connect to ${where}: ${err && err.name ? err.name : "refused by the browser"}`);
+    tcSetState(false, "disconnected (could not connect)");
+    return;
+  }
   ws.binaryType = "arraybuffer";
   state.tc = { ws, protocol, ackId: 0, lastSeq: 0, acked: 0, ackScheduled: false };
-  tcLog("info", `connecting to hub ${hub} as ${userId || "(anonymous)"}${protocol ? ` with ${protocol}` : ""}`);
+  let opened = false;
+  const failed = (why) => {
+    clearTimeout(timer);
+    if (state.tc.ws !== ws) return;
+    state.tc.ws = null;
+    tcLog("error", `could not connect to ${where}: ${why}`);
+    tcSetState(false, "disconnected (could not connect)");
+    ws.close();
+  };
+  const timer = setTimeout(() => failed(`no answer within ${TC_CONNECT_SECONDS} s`), TC_CONNECT_SECONDS * 1000);
   ws.addEventListener("open", () => {
+    opened = true;
+    clearTimeout(timer);
     if (state.tc.ws !== ws) return;
     tcSetState(true, `connected${protocol ? ` · ${ws.protocol || "no subprotocol"}` : ""}`);
   });
+  ws.addEventListener("error", () => {
+    if (!opened) failed("the service refused the connection (see the live trace) or it could not be reached");
+  });
   ws.addEventListener("message", (event) => tcReceive(ws, event.data));
   ws.addEventListener("close", (event) => {
+    if (!opened) return failed(`closed before it opened (code ${event.code})`);
     if (state.tc.ws !== ws) return;
     state.tc.ws = null;
     tcLog("info", `closed: code ${event.code}${event.reason ? ` · ${event.reason}` : ""}`);
     tcSetState(false, `disconnected (${event.code})`);
   });
+}
+
+/** ``host/path`` of a client URL: what the log may show of it (no query: no token). */
+function tcWhere(url) {
+  try {
+    const u = new URL(url);
+    return `${u.host}${u.pathname}`;
+  } catch {
+    return "the service";
+  }
 }
 
 function tcReceive(ws, data) {
