@@ -371,6 +371,7 @@ async def test_reliable_client_pause_export_escaping_and_logout(
     markup = "<img src=x id=injected>"
     await page.locator("#tc-hub").fill("chat")
     await page.locator("#tc-user").fill(markup)
+    await page.locator("#tc-roles").fill("webpubsub.joinLeaveGroup,webpubsub.sendToGroup")
     await page.locator("#tc-protocol").select_option("json.reliable.webpubsub.azure.v1")
     await page.locator("#tc-connect").click()
     await expect(page.locator("#tc-status")).to_have_text(re.compile("^connected"))
@@ -380,12 +381,26 @@ async def test_reliable_client_pause_export_escaping_and_logout(
         await service.send_to_all("one", content_type="text/plain")
     await expect(log).to_contain_text('"data":"one"')
     await expect(log).to_contain_text('"sequenceId":2')
+    await page.locator("#tc-group").fill("lobby")
+    await page.locator("#tc-join").click()
+    await expect(log).to_contain_text('"success":true')
+    await page.locator("#tc-data").fill("to the lobby")
+    await page.locator("#tc-send-group").click()
+    await expect(log).to_contain_text('"data":"to the lobby"')
 
     # It acknowledged what came: the service saw its sequenceAck frames.
     await show_tab(page, "trace")
     await page.locator("#trace-filter-text").fill("sequenceAck")
     await expect(trace_rows(page, "message-in")).not_to_have_count(0)
     await page.locator("#trace-filter-text").fill("")
+    # The group filter finds the client's own joinGroup frame.
+    await page.locator("#trace-filter-group").fill("lobby")
+    await expect(trace_rows(page, "message-in", "joinGroup")).to_have_count(1)
+    await page.locator("#trace-filter-group").fill("")
+    # The user filter finds what that user sent out to the group (``fromUserId``).
+    await page.locator("#trace-filter-user").fill(markup)
+    await expect(trace_rows(page, "message-out", "to the lobby")).to_have_count(1)
+    await page.locator("#trace-filter-user").fill("")
     await expect(trace_rows(page, "connected", markup)).to_have_count(1)
     await expect(page.locator("#injected")).to_have_count(0)
 

@@ -691,7 +691,7 @@ function matches(r, f) {
       if (!LIFECYCLE.includes(r.type)) return false;
     } else if (r.type !== f.type) return false;
   }
-  if (f.user && !(r.userId || "").toLowerCase().includes(f.user)) return false;
+  if (f.user && ![r.userId, r.fromUserId].some((u) => (u || "").toLowerCase().includes(f.user))) return false;
   if (f.connection && !(r.connectionId || "").toLowerCase().includes(f.connection)) return false;
   if (f.group && !groupsOf(r).some((g) => g.toLowerCase().includes(f.group))) return false;
   if (f.text) {
