@@ -77,6 +77,9 @@ class Recorder:
     def adopted(self, conn: Connection, from_node: str | None) -> None:
         self.calls.append(("adopted", conn.connection_id, from_node))
 
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        self.calls.append(("refused", hub, status))
+
 
 def observed_node(window: float = 60.0) -> tuple[Recorder, Node]:
     recorder, node, _ = observed(window)

@@ -31,7 +31,7 @@ from playwright.async_api import Browser, ConsoleMessage, Locator, Page, expect
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.browser import chromium
 from tests.support.chat import chat_app_socket, next_text, two_users_chatting
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, refuse_connect
 from tests.support.service import chat_hub, client_url, json_client, sdk
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.chat.app import start_chat_on_socket
@@ -566,11 +566,6 @@ async def test_the_test_client_connects_with_a_public_endpoint_and_shows_a_refus
     token URL is the page's origin, which its CSP allows); a handshake the service
     refuses ends in ``#tc-log`` as a failure (never with the token), not in
     "connecting…" forever."""
-
-    def refuse_connect(req: Recorded) -> web.StreamResponse:
-        if req.ce_type == "azure.webpubsub.sys.connect":
-            return web.Response(status=401, text="not you")
-        return default_responder(req)
 
     handler_app.responder = refuse_connect
     service = await start_service(

@@ -324,6 +324,9 @@ class TraceRing:
         fields: Record = {"fromNode": from_node}
         self._add("adopted", conn.hub, conn.connection_id, conn.user_id, fields)
 
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        self._add("refused", hub, None, None, {"status": status, "reason": reason})
+
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
         if isinstance(data, str):
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))

@@ -669,7 +669,7 @@ function filters() {
 
 const searchable = new WeakMap();
 /** The records of a connection's life (the type filter "connects / disconnects"). */
-const LIFECYCLE = ["connected", "disconnected", "detached", "recovered", "moved", "adopted"];
+const LIFECYCLE = ["connected", "disconnected", "detached", "recovered", "moved", "adopted", "refused"];
 
 function groupsOf(r) {
   const groups = [];
@@ -772,6 +772,9 @@ function summary(r) {
       break;
     case "adopted":
       add(r.fromNode ? `taken over from node ${r.fromNode}` : "taken over", " · detached until its client resumes it");
+      break;
+    case "refused":
+      add(`handshake refused → ${r.status}`, r.reason ? ` · ${r.reason}` : "");
       break;
     case "message-in":
       add(`${r.kind} · ${bytes(r.size)} ${r.frame || ""}`, r.preview ? ` · ${r.preview}` : "");
