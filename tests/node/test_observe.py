@@ -26,7 +26,14 @@ from webpubsub.node.observe import (
     Observers,
     RestCall,
 )
-from webpubsub.protocol.backplane import Handover, Send, SessionState, Target
+from webpubsub.protocol.backplane import (
+    Handover,
+    Send,
+    SessionState,
+    Target,
+    decode_session,
+    encode_session,
+)
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
@@ -76,6 +83,9 @@ class Recorder:
 
     def adopted(self, conn: Connection, from_node: str | None) -> None:
         self.calls.append(("adopted", conn.connection_id, from_node))
+
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        self.calls.append(("refused", hub, status))
 
 
 def observed_node(window: float = 60.0) -> tuple[Recorder, Node]:
@@ -296,7 +306,9 @@ class PairedHandover:
             assert undelivered is not None
             undelivered()
             return
-        self.peer._adopt.pop(request_id)(session)
+        _, sent = decode_session(encode_session(request_id, session))  # as on the wire
+        assert isinstance(sent, SessionState)
+        self.peer._adopt.pop(request_id)(sent)
 
 
 def paired_nodes() -> tuple[tuple[Recorder, Node], tuple[Recorder, Node]]:
@@ -323,6 +335,19 @@ async def test_a_handover_is_reported_as_moved_by_one_node_and_adopted_by_the_ot
     ]
     assert new_rec.calls == [("adopted", "r", "a"), ("recovered", "r")]
     assert not old.hubs() and [len(h) for h in new.hubs()] == [1]
+
+
+async def test_a_handover_keeps_when_the_connection_began_and_its_counts() -> None:
+    """The portal shows a moved connection as connected since it began, with its
+    messages in and out so far: the handover carries them."""
+    (_, old), (_, new) = paired_nodes()
+    sink = RecordingSink()
+    conn = old.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r"), sink)
+    conn.connected_at, conn.messages_in, conn.messages_out = 1_700_000_000.5, 7, 3
+    old.detach(conn, sink, "The connection was lost.", recoverable=True, code=1006)
+    moved = await new.recover("chat", "r", conn.reconnection_token or "", (RELIABLE,), sink)
+    assert isinstance(moved, Connection)
+    assert (moved.connected_at, moved.messages_in, moved.messages_out) == (1_700_000_000.5, 7, 3)
 
 
 async def test_a_handover_no_node_took_is_adopted_back_by_its_owner() -> None:

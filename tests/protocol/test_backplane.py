@@ -219,6 +219,9 @@ sessions = st.builds(
     st.lists(st.tuples(st.integers(0, 2**53), st.binary(max_size=50)), max_size=3).map(tuple),
     st.integers(0, 2**31),
     opt_names,
+    st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(0, 2**53),
+    st.integers(0, 2**53),
 )
 
 
@@ -238,6 +241,21 @@ def test_a_handover_state_without_its_node_or_with_a_bad_one() -> None:
     assert decode_session(raw)[1].from_node == "a"  # type: ignore[union-attr]
     with pytest.raises(CorruptEnvelope):
         decode_session(raw.replace(b'"fn":"a"', b'"fn":1  '))
+    assert b'"ca"' not in raw and b'"mi"' not in raw and b'"mo"' not in raw  # defaults: unsent
+
+
+def test_a_handover_state_with_a_bad_start_time_or_counts_is_corrupt() -> None:
+    state = SessionState("hub", "c", None, "sp", "", (), {}, "tk", (), 1, (), 0, "a", 1.5, 20, 3000)
+    raw = encode_session("rq", state)
+    assert decode_session(raw) == ("rq", state)
+    for good, bad in (
+        (b'"ca":1.5', b'"ca":"x"'),
+        (b'"mi":20', b'"mi":-2'),
+        (b'"mo":3000', b'"mo":true'),
+    ):
+        assert good in raw and len(good) == len(bad)
+        with pytest.raises(CorruptEnvelope):
+            decode_session(raw.replace(good, bad))
 
 
 def test_survey_replies_and_handover_states_are_never_taken_for_each_other() -> None:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ACCESS_KEY, StartService, make_config
 from tests.support.cluster import service_at
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, refuse_connect
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, sdk
 from webpubsub.backplane.redis import RedisBackplane
@@ -512,3 +512,51 @@ def test_a_scrape_looks_at_a_bounded_number_of_connections(
     assert value(samples, "webpubsub_connections", hub="big", protocol="unknown") == 2
     assert value(samples, "webpubsub_unscanned_connections") == 2
     assert value(samples, "webpubsub_detached_connections") == 1
+
+
+async def test_a_refused_handshake_is_traced_and_counted_without_its_token(
+    start_service: StartService, http: aiohttp.ClientSession, handler_app: EventHandlerApp
+) -> None:
+    """A bad token, an expired one, an anonymous client where none is allowed and a
+    ``connect`` handler that says no: each a ``refused`` record (hub, status, reason:
+    never the token) and one ``webpubsub_handshakes_refused_total{hub,status}``."""
+
+    handler_app.responder = refuse_connect
+    runner = await start_service(
+        chat_hub(), chat_hub(handler_app.url, name="locked", system=frozenset({"connect"}))
+    )
+    ws = await http.ws_connect(client_url(runner, "chat"))  # "chat" now has a hub label
+    base = f"ws://127.0.0.1:{runner.port}/client/hubs"
+    forged = issue_client_token(
+        "not-the-key-" * 4, audience=f"http://127.0.0.1:{runner.port}/client/hubs/chat",
+        now=time.time(),
+    )  # fmt: skip
+    expired = issue_client_token(
+        ACCESS_KEY, audience=f"http://127.0.0.1:{runner.port}/client/hubs/chat",
+        now=time.time() - 7200, ttl_seconds=60,
+    )  # fmt: skip
+    attempts = [
+        (f"{base}/chat?access_token={forged}", 401),
+        (f"{base}/chat?access_token={expired}", 401),
+        (f"{base}/nobody", 401),  # anonymous, not allowed
+        (client_url(runner, "locked"), 401),  # the connect handler refuses
+    ]
+    for url, status in attempts:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url)
+        assert refused.value.status == status
+
+    assert runner.trace is not None
+    records = [r for r in runner.trace.after(0, 100) if r["type"] == "refused"]
+    assert [(r["hub"], r["status"]) for r in records] == [
+        ("chat", 401), ("chat", 401), ("nobody", 401), ("locked", 401),
+    ]  # fmt: skip
+    assert all(isinstance(r["reason"], str) and r["reason"] for r in records)
+    shown = orjson.dumps(records).decode()
+    assert forged not in shown and expired not in shown and "access_token" not in shown
+    samples = await scrape(http, runner)
+    name = "webpubsub_handshakes_refused_total"
+    assert value(samples, name, hub="chat", status="401") == 2
+    # Hubs no connection named yet: clients choose them, so they do not get a label.
+    assert value(samples, name, hub="_other", status="401") == 2
+    await ws.close()

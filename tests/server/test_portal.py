@@ -495,6 +495,29 @@ async def test_a_client_token_and_a_rest_token_work_against_the_service(
     assert cid
 
 
+async def test_the_portals_tokens_name_the_callers_origin_not_the_public_endpoint(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """The page's CSP is ``connect-src 'self'``: the URLs the portal hands its own page
+    (test client, REST console) are the caller's origin even with a public endpoint
+    configured elsewhere, and the service accepts their tokens there."""
+    service = await start_service(public_endpoint="http://pubsub.example.test")
+    portal = await portal_for(http, service)
+    issued = await portal.post("/portal/api/token", {"hub": "chat", "userId": "dave"})
+    assert issued["url"].startswith(f"ws://127.0.0.1:{service.port}/client/hubs/chat?")
+    ws, _ = await json_client(http, issued["url"])
+    rest = await portal.post(
+        "/portal/api/rest-token",
+        {"method": "POST", "path": "/api/hubs/chat/users/dave/:send?api-version=2024-12-01"},
+    )
+    assert rest["url"].startswith(f"{portal.base}/api/hubs/chat/")
+    bearer = {"Authorization": f"Bearer {rest['token']}", "Content-Type": "text/plain"}
+    async with http.post(rest["url"], data="to dave", headers=bearer) as resp:
+        assert resp.status == 202, await resp.text()
+    assert await next_data(ws) == "to dave"
+    await ws.close()
+
+
 # -- the trace with a real flow --------------------------------------------------------
 
 
@@ -768,6 +791,42 @@ async def test_two_nodes_list_each_others_connections_and_trace(
         while (await there.receive()).type is not aiohttp.WSMsgType.CLOSE:
             pass
     await here.close()
+
+
+async def test_with_redis_down_the_portal_answers_this_nodes_data_marked_partial(
+    start_service: StartService,
+    http: aiohttp.ClientSession,
+    tmp_path: Any,
+    redis_prefix: str,
+) -> None:
+    """The backplane cannot survey while Redis is down: the portal then answers from
+    this node alone (``partial``), not 503, exactly when an operator needs it."""
+    redis = RedisServer(tmp_path).start()
+    try:
+        plane = RedisBackplane(redis.url, prefix=redis_prefix, node_id="one")
+        runner = await start_service(chat_hub(), backplane=plane)
+        portal = await portal_for(http, runner)
+        ws, cid = await json_client(http, await _client_url(runner, user_id="here"))
+        assert "partial" not in await portal.get("/portal/api/session")
+        redis.stop()
+        async with asyncio.timeout(WAIT):
+            await plane.surveys_linked(up=False)
+        session = await portal.get("/portal/api/session")
+        assert session["partial"] is True and session["nodes"] == ["one"]
+        hubs = await portal.get("/portal/api/hubs")
+        assert hubs["partial"] is True
+        assert {h["name"]: h["counts"]["connections"] for h in hubs["hubs"]}["chat"] == 1
+        listed = await portal.get("/portal/api/hubs/chat/connections")
+        assert listed["partial"] is True
+        assert [c["connectionId"] for c in listed["connections"]] == [cid]
+        detail = await portal.get(f"/portal/api/hubs/chat/connections/{cid}")
+        assert detail["userId"] == "here"
+        traced = await portal.get("/portal/api/trace")
+        assert traced["partial"] is True
+        assert any(r["type"] == "connected" for r in traced["records"])
+        await ws.close()
+    finally:
+        redis.stop()
 
 
 # -- parsers ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tests.conftest import ACCESS_KEY, StartService, make_config
 from tests.server.test_websocket import free_port
 from tests.support.browser import chromium
 from tests.support.chat import chat_app_socket, next_text, two_users_chatting
-from tests.support.handler import EventHandlerApp, Recorded, default_responder
+from tests.support.handler import EventHandlerApp, Recorded, default_responder, refuse_connect
 from tests.support.service import chat_hub, client_url, json_client, sdk
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.chat.app import start_chat_on_socket
@@ -372,6 +372,7 @@ async def test_reliable_client_pause_export_escaping_and_logout(
     markup = "<img src=x id=injected>"
     await page.locator("#tc-hub").fill("chat")
     await page.locator("#tc-user").fill(markup)
+    await page.locator("#tc-roles").fill("webpubsub.joinLeaveGroup,webpubsub.sendToGroup")
     await page.locator("#tc-protocol").select_option("json.reliable.webpubsub.azure.v1")
     await page.locator("#tc-connect").click()
     await expect(page.locator("#tc-status")).to_have_text(re.compile("^connected"))
@@ -381,12 +382,26 @@ async def test_reliable_client_pause_export_escaping_and_logout(
         await service.send_to_all("one", content_type="text/plain")
     await expect(log).to_contain_text('"data":"one"')
     await expect(log).to_contain_text('"sequenceId":2')
+    await page.locator("#tc-group").fill("lobby")
+    await page.locator("#tc-join").click()
+    await expect(log).to_contain_text('"success":true')
+    await page.locator("#tc-data").fill("to the lobby")
+    await page.locator("#tc-send-group").click()
+    await expect(log).to_contain_text('"data":"to the lobby"')
 
     # It acknowledged what came: the service saw its sequenceAck frames.
     await show_tab(page, "trace")
     await page.locator("#trace-filter-text").fill("sequenceAck")
     await expect(trace_rows(page, "message-in")).not_to_have_count(0)
     await page.locator("#trace-filter-text").fill("")
+    # The group filter finds the client's own joinGroup frame.
+    await page.locator("#trace-filter-group").fill("lobby")
+    await expect(trace_rows(page, "message-in", "joinGroup")).to_have_count(1)
+    await page.locator("#trace-filter-group").fill("")
+    # The user filter finds what that user sent out to the group (``fromUserId``).
+    await page.locator("#trace-filter-user").fill(markup)
+    await expect(trace_rows(page, "message-out", "to the lobby")).to_have_count(1)
+    await page.locator("#trace-filter-user").fill("")
     await expect(trace_rows(page, "connected", markup)).to_have_count(1)
     await expect(page.locator("#injected")).to_have_count(0)
 
@@ -572,3 +587,38 @@ async def test_a_node_restarted_under_its_id_is_traced_again(
         await service.send_to_all("after", content_type="text/plain")
     assert second.trace is not None and second.trace.last_seq <= 3  # counted from 1 again
     await expect(trace_rows(page, "rest")).to_have_count(4)
+
+
+async def test_the_test_client_connects_with_a_public_endpoint_and_shows_a_refusal(
+    browser: Browser, start_service: StartService, handler_app: EventHandlerApp
+) -> None:
+    """With ``server.public_endpoint`` elsewhere the page still connects (the portal's
+    token URL is the page's origin, which its CSP allows); a handshake the service
+    refuses ends in ``#tc-log`` as a failure (never with the token), not in
+    "connecting…" forever."""
+
+    handler_app.responder = refuse_connect
+    service = await start_service(
+        chat_hub(name="open"),
+        chat_hub(handler_app.url, name="locked", system=frozenset({"connect"})),
+        public_endpoint="http://pubsub.example.test",
+    )
+    page, console = await new_page(browser)
+    await page.goto(f"http://127.0.0.1:{service.port}/portal")
+    await log_in(page, console)
+    await show_tab(page, "client")
+    status, log = page.locator("#tc-status"), page.locator("#tc-log")
+
+    await page.locator("#tc-hub").fill("open")
+    await page.locator("#tc-connect").click()
+    await expect(status).to_have_text(re.compile("^connected"))
+    await page.locator("#tc-disconnect").click()
+    await expect(status).to_have_text("disconnected")
+
+    await page.locator("#tc-hub").fill("locked")
+    await page.locator("#tc-connect").click()
+    await expect(status).to_have_text("disconnected (could not connect)")
+    await expect(log).to_contain_text("could not connect to")
+    assert "access_token" not in (await log.text_content() or "")
+    # Chromium itself logs the refused handshake (a 401) on the console: the one expected.
+    assert [e for e in console.errors if "WebSocket connection to" not in e] == []

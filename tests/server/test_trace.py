@@ -21,7 +21,14 @@ from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse, si
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
 from webpubsub.protocol.payload import Payload
 from webpubsub.server import trace
-from webpubsub.server.trace import BODY_LIMIT, PREVIEW_CHARS, TraceRing, mask_value
+from webpubsub.server.trace import (
+    BODY_LIMIT,
+    GROUP_FRAME_MAX_BYTES,
+    PREVIEW_CHARS,
+    TraceRing,
+    frame_group,
+    mask_value,
+)
 
 KEY = "trace-test-key-0123456789"
 SIG = signature("conn-1", [KEY])
@@ -192,6 +199,29 @@ def test_frames_in_and_fan_outs_out_are_one_record_each_with_a_preview() -> None
     assert out["recipients"] == 3 and out["dataType"] == "text" and out["fromUserId"] == "bob"
     assert reply["reply"] is True and reply["connectionId"] == "conn-1"
     assert reply["target"] == {"scope": "connection", "id": "conn-1"}
+
+
+def test_a_clients_group_frames_carry_their_group_for_the_group_filter() -> None:
+    """joinGroup / leaveGroup (kind ``group``) and sendToGroup name their group in the
+    record; other kinds, non-JSON (protobuf) and oversized frames are not parsed."""
+    ring = TraceRing(10)
+    c = conn()
+    ring.received(c, '{"type":"joinGroup","group":"room","ackId":1}', "group")
+    ring.received(c, b'{"type":"sendToGroup","group":"r\xc3\xa9","data":"hi"}', "sendToGroup")
+    ring.received(c, '{"type":"leaveGroup","group":"room"}', "group")
+    ring.received(c, '{"type":"event","group":"not-a-group-frame"}', "event")
+    ring.received(c, b"\x0a\x04room", "sendToGroup")  # protobuf: not JSON
+    big = '{"type":"sendToGroup","group":"room","data":"' + "x" * GROUP_FRAME_MAX_BYTES + '"}'
+    ring.received(c, big, "sendToGroup")
+    ring.received(c, '{"type":"joinGroup","group":5}', "group")
+    records = ring.after(0, 10)
+    assert [r.get("group") for r in records] == ["room", "ré", "room", None, None, None, None]
+
+
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200)))
+def test_any_frame_gives_a_group_or_none_without_raising(data: bytes | str) -> None:
+    group = frame_group(data)
+    assert group is None or isinstance(group, str)
 
 
 def test_connection_lifecycle_and_rest_records() -> None:

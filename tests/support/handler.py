@@ -40,6 +40,13 @@ def default_responder(req: Recorded) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def refuse_connect(req: Recorded) -> web.StreamResponse:
+    """Answers as :func:`default_responder`, but every ``connect`` event with 401."""
+    if req.ce_type == "azure.webpubsub.sys.connect":
+        return web.Response(status=401, text="not you")
+    return default_responder(req)
+
+
 def held_until(release: asyncio.Event, event: str = "connect") -> Responder:
     """Answers as :func:`default_responder`, holding each ``event`` until ``release`` is set."""
 

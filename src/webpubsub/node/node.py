@@ -450,11 +450,12 @@ class Node:
             reconnection_token=session.reconnection_token,
             on_detached_close=self._end_detached,
             max_groups=self._hub_settings(session.hub).max_groups_per_connection,
-            connected_at=self._clock(),
+            connected_at=session.connected_at or self._clock(),
         )
         for ack_id in session.ack_ids:
             conn.ack_ids.add(ack_id)
         conn.events_sent = session.events_sent
+        conn.messages_in, conn.messages_out = session.messages_in, session.messages_out
         hub = self._hubs.get(session.hub)
         if hub is None:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
@@ -501,6 +502,9 @@ class Node:
             frames=tuple(frames),
             events_sent=conn.events_sent,
             from_node=self.node_id,
+            connected_at=conn.connected_at,
+            messages_in=conn.messages_in,
+            messages_out=conn.messages_out,
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:

@@ -126,6 +126,12 @@ class Observer(Protocol):
         ``from_node`` is None when unknown, or when no node took a connection this node
         handed over and it came back."""
 
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        """A WebSocket handshake was refused with HTTP ``status`` (a bad or expired
+        token, anonymous connections not allowed, the ``connect`` handler said no, ...):
+        no connection came of it. ``hub`` is the hub key asked for (None: not a valid
+        hub name); ``reason`` is what the client was told, never its token."""
+
 
 RECEIVED_KINDS = (
     "message",  # a simple client's frame (its ``message`` event)
@@ -202,6 +208,10 @@ class Observers:
     def adopted(self, conn: Connection, from_node: str | None) -> None:
         for o in self._all:
             _call(o.adopted, conn, from_node)
+
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        for o in self._all:
+            _call(o.refused, hub, status, reason)
 
 
 NO_OBSERVER = Observers()

@@ -12,6 +12,7 @@ and their answers, for observation only (the operator portal).
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -297,6 +298,12 @@ class SessionState:
     """How many events were sent for it (its next ``ce-id`` follows)."""
     from_node: str | None = None
     """The node that hands it over (None from a node that does not say)."""
+    connected_at: float | None = None
+    """When it connected (epoch seconds; None from a node that does not say)."""
+    messages_in: int = 0
+    """Frames its client sent so far (as :attr:`Connection.messages_in`)."""
+    messages_out: int = 0
+    """Messages sent to it so far (as :attr:`Connection.messages_out`)."""
 
 
 def encode_session(request_id: str, session: SessionState | str) -> bytes:
@@ -321,6 +328,10 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
     }
     if session.from_node is not None:
         header["fn"] = session.from_node
+    if session.connected_at is not None:
+        header["ca"] = session.connected_at
+    if session.messages_in or session.messages_out:
+        header["mi"], header["mo"] = session.messages_in, session.messages_out
     return _pack(header, b"".join(frame for _, frame in session.frames))
 
 
@@ -360,6 +371,15 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         raise CorruptEnvelope("'nx' and 'ev' must be integers")
     if from_node is not None and not isinstance(from_node, str):
         raise CorruptEnvelope("'fn' must be a string")
+    connected_at, m_in, m_out = header.get("ca"), header.get("mi", 0), header.get("mo", 0)
+    if connected_at is not None and (
+        isinstance(connected_at, bool)
+        or not isinstance(connected_at, int | float)
+        or not math.isfinite(connected_at)
+    ):
+        raise CorruptEnvelope("'ca' must be a number")
+    if type(m_in) is not int or type(m_out) is not int or m_in < 0 or m_out < 0:
+        raise CorruptEnvelope("'mi' and 'mo' must be counts")
     return request_id, SessionState(
         hub=r.text("h"),
         connection_id=r.text("c"),
@@ -374,6 +394,9 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         frames=tuple(frames),
         events_sent=events,
         from_node=from_node,
+        connected_at=float(connected_at) if connected_at is not None else None,
+        messages_in=m_in,
+        messages_out=m_out,
     )
 
 

@@ -98,6 +98,10 @@ class _Bounded:
         self._other = other
         self._seen: set[str] = set()
 
+    def seen(self, value: str) -> bool:
+        """``value`` has a label of its own already (asking adds none)."""
+        return value in self._seen
+
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
@@ -208,6 +212,12 @@ class Metrics:
             ("hub", "direction"),
             registry=r,
         )
+        self._refused = Counter(
+            "webpubsub_handshakes_refused",
+            "WebSocket handshakes refused, by HTTP status (no connection came of them).",
+            ("hub", "status"),
+            registry=r,
+        )
         self._publish_seconds = Histogram(
             "webpubsub_backplane_publish_duration_seconds",
             "Backplane publish latency.",
@@ -296,6 +306,12 @@ class Metrics:
 
     def adopted(self, conn: Connection, from_node: str | None) -> None:
         self._handovers.labels(self._hub(conn.hub), "in").inc()
+
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        # Clients name the hub of a refused handshake: one not already counted by a
+        # connection is ``_other``, so refused attempts never use up the hub labels.
+        label = hub if hub is not None and self._hub.seen(hub) else OTHER
+        self._refused.labels(label, str(status)).inc()
 
     # -- labelled children ---------------------------------------------------------
 

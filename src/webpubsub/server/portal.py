@@ -44,6 +44,7 @@ from webpubsub.server.portal_core import (
     json_object,
     json_response,
     no_content,
+    partial,
 )
 from webpubsub.server.portal_trace import record, replay, stream, trace
 from webpubsub.server.portal_view import Json
@@ -212,14 +213,17 @@ async def logout(request: web.Request, s: Session) -> web.StreamResponse:
 
 
 async def session_info(request: web.Request, s: Session) -> web.StreamResponse:
-    nodes = [node for node, _ in await ask(s, {"op": "nodes"})]
+    answers = await ask(s, {"op": "nodes"})
     return json_response(
-        {
-            "csrf": auth.csrf_token(s.key, s.value),
-            "node": s.portal.view.node_id,
-            "endpoint": public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies),
-            "nodes": nodes,
-        }
+        partial(
+            answers,
+            {
+                "csrf": auth.csrf_token(s.key, s.value),
+                "node": s.portal.view.node_id,
+                "endpoint": public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies),
+                "nodes": [node for node, _ in answers],
+            },
+        )
     )
 
 
@@ -228,7 +232,8 @@ async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
     (exact), ``users`` and ``groups`` the sums of each node's distinct counts (a user
     on two nodes counts twice; merging exactly would mean shipping every id)."""
     counts: dict[str, list[int]] = {}
-    for _, answer in await ask(s, {"op": "hubs"}):
+    answers = await ask(s, {"op": "hubs"})
+    for _, answer in answers:
         if not isinstance(answer, dict):
             continue
         for key, values in answer.items():
@@ -249,7 +254,7 @@ async def hubs(request: web.Request, s: Session) -> web.StreamResponse:
                 "counts": {"connections": c[0], "users": c[1], "groups": c[2]},
             }
         )
-    return json_response({"hubs": listed})
+    return json_response(partial(answers, {"hubs": listed}))
 
 
 def _settings(hs: HubSettings) -> Json:
@@ -280,12 +285,13 @@ async def connections(request: web.Request, s: Session) -> web.StreamResponse:
     q = request.query.get("q", "")
     listed: list[object] = []
     truncated = False
-    for _, answer in await ask(s, {"op": "connections", "hub": hub, "q": q}):
+    answers = await ask(s, {"op": "connections", "hub": hub, "q": q})
+    for _, answer in answers:
         if isinstance(answer, dict):
             found = answer.get("connections")
             listed.extend(found if isinstance(found, list) else [])
             truncated = truncated or answer.get("truncated") is True
-    return json_response({"connections": listed, "truncated": truncated})
+    return json_response(partial(answers, {"connections": listed, "truncated": truncated}))
 
 
 async def connection(request: web.Request, s: Session) -> web.StreamResponse:
@@ -337,7 +343,9 @@ async def client_token(request: web.Request, s: Session) -> web.StreamResponse:
         raise InvalidParameter("'minutes' must be a number.", target="minutes")
     if not 1 <= minutes <= MAX_TOKEN_MINUTES:
         raise InvalidParameter(f"'minutes' is 1 to {MAX_TOKEN_MINUTES}.", target="minutes")
-    base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies)
+    # The page's own origin, not ``public_endpoint``: its CSP (``connect-src 'self'``)
+    # lets it reach nothing else; the WebSocket handshake accepts the caller's origin.
+    base = caller_origin(request, s.ctx.trusted_proxies)
     token = s.ctx.operations.generate_client_token(
         hub, endpoint=base, user_id=user_id or None, roles=roles, groups=groups,
         minutes_to_expire=minutes,
@@ -371,8 +379,9 @@ async def rest_token(request: web.Request, s: Session) -> web.StreamResponse:
             "'path' must start with /api/hubs/ (no spaces, fragment or dot segments).",
             target="path",
         )
-    base = public_base(request, s.ctx.public_endpoint, s.ctx.trusted_proxies).rstrip("/")
-    url = base + path
+    # The page's own origin (as for the client token); ``rest._authenticate`` checks
+    # ``aud`` against the origin the request came to.
+    url = caller_origin(request, s.ctx.trusted_proxies) + path
     token = issue_rest_token(
         s.ctx.access_keys[0], audience=url, now=s.ctx.clock(), ttl_seconds=REST_TOKEN_SECONDS
     )

@@ -15,7 +15,13 @@ import orjson
 from aiohttp import web
 
 from webpubsub.core.settings import HubSettings
-from webpubsub.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from webpubsub.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from webpubsub.protocol.payload import media_type
 from webpubsub.server.context import ServiceContext
 from webpubsub.server.portal_poll import TracePoller
@@ -120,9 +126,32 @@ def no_content() -> web.Response:
     return web.Response(status=204, headers=SECURITY_HEADERS)
 
 
-async def ask(s: Session, request: Json) -> list[tuple[str, object]]:
-    """Every node's answer to ``request`` (``portal_view``)."""
-    return await ask_nodes(s.portal.survey, request)
+class Answers(list[tuple[str, object]]):
+    """Every node's answer to a portal request; ``partial`` when only this node's (the
+    backplane could not survey: Redis down, too many surveys in flight)."""
+
+    partial = False
+
+
+async def ask(s: Session, request: Json) -> Answers:
+    """Every node's answer to ``request`` (``portal_view``); when the backplane cannot
+    survey, this node's own answer alone (``partial``): the portal stays usable, and
+    shows what this node holds, exactly when the backplane is down."""
+    try:
+        return Answers(await ask_nodes(s.portal.survey, request))
+    except ServiceUnavailable:
+        view = s.portal.view
+        raw = await view.answer(orjson.dumps(request))
+        answers = Answers([(view.node_id, orjson.loads(raw))])
+        answers.partial = True
+        return answers
+
+
+def partial(answers: Answers, body: Json) -> Json:
+    """``body``, marked ``"partial": true`` when ``answers`` are this node's alone."""
+    if answers.partial:
+        body["partial"] = True
+    return body
 
 
 async def json_object(

@@ -31,6 +31,7 @@ from webpubsub.server.portal_core import (
     ask,
     json_object,
     json_response,
+    partial,
 )
 from webpubsub.server.portal_poll import Feed, page_of, sse_event, sse_raw
 from webpubsub.server.portal_view import MAX_RECORDS, Json
@@ -86,7 +87,8 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
     after = parse_after(request.query.get("after"))
     records: list[object] = []
     cursor: dict[str, int] = {}
-    for node, answer in await ask(s, {"op": "trace", "after": after}):
+    answers = await ask(s, {"op": "trace", "after": after})
+    for node, answer in answers:
         page = page_of(answer)
         if page is None:
             if node in after:
@@ -96,7 +98,7 @@ async def trace(request: web.Request, s: Session) -> web.StreamResponse:
         records.extend(found)
         cursor[node] = _last_seq(found, after.get(node, 0) if found else last)
     records.sort(key=_record_time)
-    return json_response({"records": records, "cursor": cursor})
+    return json_response(partial(answers, {"records": records, "cursor": cursor}))
 
 
 def _last_seq(records: list[object], default: int) -> int:

@@ -37,6 +37,7 @@ from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Scope, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
+from webpubsub.protocol.names import MAX_NAME_LENGTH
 from webpubsub.protocol.payload import DataType
 from webpubsub.upstream.http import safe_url
 
@@ -66,6 +67,11 @@ HEADER_SHOWN_CHARS = 1024
 """Characters of a header value a record shows (cut with ``…``)."""
 RECENT_MAX_BYTES = 128 * 1024
 """A connection's recent records, serialized, at most."""
+GROUP_FRAME_MAX_BYTES = 64 * 1024
+"""A client's group frame (``joinGroup``, ``leaveGroup``, ``sendToGroup``) up to this
+size is parsed for its ``group`` (the group filter finds it); a larger one is not."""
+GROUP_KINDS = frozenset({"sendToGroup", "group"})
+"""The kinds of frame whose ``group`` the ``message-in`` record carries."""
 
 _REPLAYS: ContextVar[list[Record] | None] = ContextVar("webpubsub_trace_replays", default=None)
 """Where the records of the replays sent in this context go (:func:`catching_replays`)."""
@@ -93,6 +99,16 @@ def catching_replays() -> Iterator[list[Record]]:
         yield caught
     finally:
         _REPLAYS.reset(token)
+
+
+def frame_group(data: bytes | str) -> str | None:
+    """The ``group`` a JSON group frame names (None: not JSON, e.g. protobuf, or none)."""
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    group = frame.get("group") if isinstance(frame, dict) else None
+    return group if isinstance(group, str) and len(group) <= MAX_NAME_LENGTH else None
 
 
 def protocol_name(conn: Connection) -> str:
@@ -308,6 +324,9 @@ class TraceRing:
         fields: Record = {"fromNode": from_node}
         self._add("adopted", conn.hub, conn.connection_id, conn.user_id, fields)
 
+    def refused(self, hub: str | None, status: int, reason: str) -> None:
+        self._add("refused", hub, None, None, {"status": status, "reason": reason})
+
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
         if isinstance(data, str):
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
@@ -318,12 +337,17 @@ class TraceRing:
                 "preview": data[:PREVIEW_CHARS],
             }
         else:
+            size = len(data)
             fields = {
                 "kind": kind,
-                "size": len(data),
+                "size": size,
                 "frame": "binary",
                 "preview": base64.b64encode(data[:PREVIEW_BYTES]).decode(),
             }
+        if kind in GROUP_KINDS and size <= GROUP_FRAME_MAX_BYTES:
+            group = frame_group(data)
+            if group is not None:
+                fields["group"] = group
         self._add("message-in", conn.hub, conn.connection_id, conn.user_id, fields)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:

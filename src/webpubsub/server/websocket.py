@@ -22,7 +22,7 @@ from webpubsub.node.node import Handshake
 from webpubsub.node.observe import conn_fields, log_fields
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.frames import SUBPROTOCOLS
-from webpubsub.protocol.names import validate_hub
+from webpubsub.protocol.names import hub_key, validate_hub
 from webpubsub.protocol.tokens import ClientIdentity, bearer_token, verify_client_token
 from webpubsub.protocol.wsframe import CloseCode, MaskCheck, Opcode, encode_frame
 from webpubsub.server.context import SERVICE, ServiceContext
@@ -39,6 +39,9 @@ RECOVERY_TOKEN = "awps_reconnection_token"  # noqa: S105 - a parameter name
 #: Query parameters that are the service's own, not application data.
 _RESERVED_QUERY = frozenset({"access_token", "hub", RECOVERY_ID, RECOVERY_TOKEN})
 _HIDDEN_HEADERS = frozenset({"authorization"})
+
+MAX_REASON_CHARS = 512
+"""Characters of a refused handshake's reason the observers are told."""
 
 #: Frames read from one connection before the loop runs the others.
 FAIR_SLICE = 16
@@ -140,9 +143,9 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
         # The detail names the handler's address: log it, tell the client less.
         hub = request.match_info.get("hub")
         log.warning("handshake for hub %r failed: %s", hub, exc, extra=log_fields(hub))
-        return error_response(UpstreamError(exc.client_message, status=exc.status))
+        return _refused(request, ctx, UpstreamError(exc.client_message, status=exc.status))
     except WebPubSubError as exc:
-        return error_response(exc)
+        return _refused(request, ctx, exc)
 
     settings = ctx.hub_settings(admission.hub)
     ws = _websocket(ctx, admission.subprotocol, settings.keepalive_seconds)
@@ -152,6 +155,19 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     conn = ctx.node.attach(admission, outbox)
     await _serve(ws, ctx, conn, outbox)
     return ws
+
+
+def _refused(request: web.Request, ctx: ServiceContext, error: WebPubSubError) -> web.Response:
+    """The HTTP answer to a refused handshake, told to the observers (the trace and the
+    metrics) with what the client is told: never its token."""
+    if ctx.observer:
+        raw = request.match_info.get("hub") or request.query.get("hub", "")
+        try:
+            hub: str | None = hub_key(validate_hub(raw))
+        except WebPubSubError:
+            hub = None
+        ctx.observer.refused(hub, error.http_status, error.message[:MAX_REASON_CHARS])
+    return error_response(error)
 
 
 async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamResponse:

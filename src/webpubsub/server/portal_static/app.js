@@ -10,6 +10,7 @@ const TRACE_KEEP = 5000; // records kept in the page (and exported)
 const HUBS_LISTED = 200; // hubs the trace's hub filter offers (the first seen)
 const CONN_DETAIL_RECENT = 50;
 const TC_LOG_KEEP = 1000;
+const TC_CONNECT_SECONDS = 10;
 const HUBS_REFRESH_MS = 5000;
 const CONN_REFRESH_MS = 3000;
 
@@ -186,7 +187,16 @@ async function api(method, path, body) {
     const message = (data && data.message) || `${res.status} ${res.statusText}`;
     throw new ApiError(res.status, data && data.code, message);
   }
+  if (method === "GET" && SURVEYED.test(path)) showPartial(data);
   return data;
+}
+
+/** The API paths answered by every node (``partial`` when by this node alone). */
+const SURVEYED = /^\/(session|hubs|trace)(\?|$)|^\/hubs\/[^/]+\/connections(\?|$)/;
+
+/** Shows or hides the notice that an answer came from this node alone. */
+function showPartial(data) {
+  $("#partial-notice").hidden = !(data && data.partial === true);
 }
 
 /** Runs an action started by the user; its failure becomes a notice, not a console error. */
@@ -268,6 +278,7 @@ async function login(event) {
 }
 
 function enter(session) {
+  showPartial(session);
   state.session = session;
   state.csrf = session.csrf;
   $("#loading").hidden = true;
@@ -310,7 +321,7 @@ function loggedOut(message) {
   state.conns = { hub: null, selected: null, list: [] };
   state.replay.record = null;
   for (const id of ["#hubs-list", "#conn-list", "#tc-log", "#replay-original", "#replay-new", "#rest-response-body"]) clear($(id));
-  for (const id of ["#conn-detail", "#replay-editor", "#replay-result", "#rest-result"]) $(id).hidden = true;
+  for (const id of ["#conn-detail", "#replay-editor", "#replay-result", "#rest-result", "#partial-notice"]) $(id).hidden = true;
   $("#replay-empty").hidden = false;
   $("#replay-headers").value = "";
   $("#replay-body").value = "";
@@ -664,7 +675,7 @@ function filters() {
 
 const searchable = new WeakMap();
 /** The records of a connection's life (the type filter "connects / disconnects"). */
-const LIFECYCLE = ["connected", "disconnected", "detached", "recovered", "moved", "adopted"];
+const LIFECYCLE = ["connected", "disconnected", "detached", "recovered", "moved", "adopted", "refused"];
 
 function groupsOf(r) {
   const groups = [];
@@ -686,7 +697,7 @@ function matches(r, f) {
       if (!LIFECYCLE.includes(r.type)) return false;
     } else if (r.type !== f.type) return false;
   }
-  if (f.user && !(r.userId || "").toLowerCase().includes(f.user)) return false;
+  if (f.user && ![r.userId, r.fromUserId].some((u) => (u || "").toLowerCase().includes(f.user))) return false;
   if (f.connection && !(r.connectionId || "").toLowerCase().includes(f.connection)) return false;
   if (f.group && !groupsOf(r).some((g) => g.toLowerCase().includes(f.group))) return false;
   if (f.text) {
@@ -767,6 +778,9 @@ function summary(r) {
       break;
     case "adopted":
       add(r.fromNode ? `taken over from node ${r.fromNode}` : "taken over", " · detached until its client resumes it");
+      break;
+    case "refused":
+      add(`handshake refused → ${r.status}`, r.reason ? ` · ${r.reason}` : "");
       break;
     case "message-in":
       add(`${r.kind} · ${bytes(r.size)} ${r.frame || ""}`, r.preview ? ` · ${r.preview}` : "");
@@ -1058,21 +1072,56 @@ async function tcConnect() {
     throw err;
   }
   tcSetState(null, "connecting…");
-  const ws = protocol ? new WebSocket(token.url, protocol) : new WebSocket(token.url);
+  const where = tcWhere(token.url); // never the token itself
+  tcLog("info", `connecting to ${where} as ${userId || "(anonymous)"}${protocol ? ` with ${protocol}` : ""}`);
+  let ws;
+  try {
+    ws = protocol ? new WebSocket(token.url, protocol) : new WebSocket(token.url);
+  } catch (err) {
+    // (Its message may quote the URL, token included: only its name is shown.)
+    tcLog("error", `cannot connect to ${where}: ${err && err.name ? err.name : "refused by the browser"}`);
+    tcSetState(false, "disconnected (could not connect)");
+    return;
+  }
   ws.binaryType = "arraybuffer";
   state.tc = { ws, protocol, ackId: 0, lastSeq: 0, acked: 0, ackScheduled: false };
-  tcLog("info", `connecting to hub ${hub} as ${userId || "(anonymous)"}${protocol ? ` with ${protocol}` : ""}`);
+  let opened = false;
+  const failed = (why) => {
+    clearTimeout(timer);
+    if (state.tc.ws !== ws) return;
+    state.tc.ws = null;
+    tcLog("error", `could not connect to ${where}: ${why}`);
+    tcSetState(false, "disconnected (could not connect)");
+    ws.close();
+  };
+  const timer = setTimeout(() => failed(`no answer within ${TC_CONNECT_SECONDS} s`), TC_CONNECT_SECONDS * 1000);
   ws.addEventListener("open", () => {
+    opened = true;
+    clearTimeout(timer);
     if (state.tc.ws !== ws) return;
     tcSetState(true, `connected${protocol ? ` · ${ws.protocol || "no subprotocol"}` : ""}`);
   });
+  ws.addEventListener("error", () => {
+    if (!opened) failed("the service refused the connection (see the live trace) or it could not be reached");
+  });
   ws.addEventListener("message", (event) => tcReceive(ws, event.data));
   ws.addEventListener("close", (event) => {
+    if (!opened) return failed(`closed before it opened (code ${event.code})`);
     if (state.tc.ws !== ws) return;
     state.tc.ws = null;
     tcLog("info", `closed: code ${event.code}${event.reason ? ` · ${event.reason}` : ""}`);
     tcSetState(false, `disconnected (${event.code})`);
   });
+}
+
+/** ``host/path`` of a client URL: what the log may show of it (no query: no token). */
+function tcWhere(url) {
+  try {
+    const u = new URL(url);
+    return `${u.host}${u.pathname}`;
+  } catch {
+    return "the service";
+  }
 }
 
 function tcReceive(ws, data) {
