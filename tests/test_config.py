@@ -18,7 +18,7 @@ from webpubsub.config import (
     parse_access_keys,
     parse_config,
 )
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
 from webpubsub.errors import ConfigError
 
 KEY_A = "A" * 32
@@ -164,6 +164,79 @@ def test_handler_defaults(in_tmp: Path) -> None:
         system_events=frozenset(),
         timeout_seconds=20.0,
     )
+
+
+def test_group_presence_events_parse_and_route(in_tmp: Path) -> None:
+    cfg = load(
+        in_tmp,
+        """
+[[hubs.h.event_handlers]]
+url_template = "http://a/"
+system_events = ["connected"]
+[[hubs.h.event_handlers]]
+url_template = "http://rooms/{event}"
+group_presence_events = { event_names = ["joined", "left"], group_filters = ["room-*", "lobby"] }
+[[hubs.h.event_handlers]]
+url_template = "http://all/"
+group_presence_events = { event_names = ["left"] }
+""",
+    )
+    hub = cfg.hub("h")
+    plain, rooms, every = hub.event_handlers
+    assert plain.group_presence_events is None
+    assert rooms.group_presence_events == GroupPresenceEvents(
+        event_names=frozenset({"joined", "left"}), group_filters=("room-*", "lobby")
+    )
+    assert hub.wants_group_presence
+    # First handler that takes it, in order; filters are * wildcards, case-sensitive.
+    assert hub.handler_for_group_presence("joined", "room-1") is rooms
+    assert hub.handler_for_group_presence("joined", "room-") is rooms
+    assert hub.handler_for_group_presence("joined", "lobby") is rooms
+    assert hub.handler_for_group_presence("joined", "lobby2") is None
+    assert hub.handler_for_group_presence("joined", "Room-1") is None
+    assert hub.handler_for_group_presence("left", "lobby2") is every
+    assert hub.handler_for_group_presence("left", "room-1") is rooms
+    assert hub.handler_for_group_presence("connected", "room-1") is None
+    assert rooms.url_for("h", "joined") == "http://rooms/joined"
+
+
+def test_group_presence_without_event_names_sends_nothing(in_tmp: Path) -> None:
+    cfg = load(
+        in_tmp,
+        '[[hubs.h.event_handlers]]\nurl_template = "http://a/"\n'
+        "group_presence_events = { group_filters = ['*'] }\n",
+    )
+    assert cfg.hub("h").handler_for_group_presence("joined", "g") is None
+    assert not load(in_tmp, "[hubs.h]\n").hub("h").wants_group_presence
+
+
+@given(
+    filt=st.text(alphabet="ab*.?[", min_size=1, max_size=6),
+    group=st.text(alphabet="ab.?[", max_size=6),
+)
+def test_a_group_filter_is_a_star_wildcard_and_nothing_else(filt: str, group: str) -> None:
+    presence = GroupPresenceEvents(frozenset({"joined"}), (filt,))
+    parts = filt.split("*")
+    expected = (
+        len(group) >= sum(map(len, parts))
+        and group.startswith(parts[0])
+        and group.endswith(parts[-1])
+        and _in_order(group[len(parts[0]) : len(group) - len(parts[-1])], parts[1:-1])
+        if len(parts) > 1
+        else group == filt
+    )
+    assert presence.matches("joined", group) is expected
+    assert presence.matches("left", group) is False
+
+
+def _in_order(text: str, parts: list[str]) -> bool:
+    pos = 0
+    for part in parts:
+        found = text.find(part, pos)
+        if found < 0:
+            return False
+        pos = found + len(part)
+    return True
 
 
 def test_access_keys_as_one_comma_separated_string(in_tmp: Path) -> None:
@@ -421,6 +494,38 @@ CASES: list[tuple[str, str]] = [
     ),
     (H + U + "system_events = [1]\n", f"{HP}.system_events[0]: expected a string, got 1"),
     (
+        H + U + "group_presence_events = ['joined']\n",
+        f"{HP}.group_presence_events: expected a table, got an array",
+    ),
+    (
+        H + U + "group_presence_events = { event_names = 'joined' }\n",
+        f'{HP}.group_presence_events.event_names: expected an array of strings, got "joined"',
+    ),
+    (
+        H + U + "group_presence_events = { event_names = ['join'] }\n",
+        f"{HP}.group_presence_events.event_names: unknown event 'join' (expected joined, left)",
+    ),
+    (
+        H + U + "group_presence_events = { event_names = ['left', 'left'] }\n",
+        f"{HP}.group_presence_events.event_names: duplicate event 'left'",
+    ),
+    (
+        H + U + "group_presence_events = { group_filters = ['a', ''] }\n",
+        f"{HP}.group_presence_events.group_filters[1]: expected 1 to 1024 characters, got 0",
+    ),
+    (
+        H + U + "group_presence_events = { group_filters = [1] }\n",
+        f"{HP}.group_presence_events.group_filters[0]: expected a string, got 1",
+    ),
+    (
+        H + U + "group_presence_events = { event_names = [], groups = [] }\n",
+        f"{HP}.group_presence_events.groups: unknown key",
+    ),
+    (
+        H + U + f"group_presence_events = {{ group_filters = {[str(i) for i in range(101)]} }}\n",
+        f"{HP}.group_presence_events.group_filters: 101 filters, at most 100",
+    ),
+    (
         H + U + "timeout_seconds = -1.5\n",
         f"{HP}.timeout_seconds: expected a number of seconds > 0, got -1.5",
     ),
@@ -649,6 +754,9 @@ _KEYS = st.sampled_from(
         "url_template",
         "user_event_pattern",
         "system_events",
+        "group_presence_events",
+        "event_names",
+        "group_filters",
     ]
 ) | st.text(max_size=8)
 _LEAVES = (

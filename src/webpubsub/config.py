@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import SplitResult, urlsplit
 
-from webpubsub.core.settings import SYSTEM_EVENTS, EventHandlerSettings, HubSettings
+from webpubsub.core.settings import (
+    GROUP_PRESENCE_EVENTS,
+    SYSTEM_EVENTS,
+    EventHandlerSettings,
+    GroupPresenceEvents,
+    HubSettings,
+)
 from webpubsub.errors import ConfigError
 from webpubsub.protocol.names import EVENT_NAME_PATTERN, HUB_PATTERN
 from webpubsub.protocol.urls import redacted as _redacted
@@ -39,7 +45,10 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE_PLACEHOLDERS = ("hub", "event")
-_SYSTEM_EVENTS_TEXT = ", ".join(sorted(SYSTEM_EVENTS))
+MAX_GROUP_FILTERS = 100
+"""Group filters of one handler's ``group_presence_events``, at most."""
+MAX_GROUP_FILTER_CHARS = 1024
+"""Characters of one group filter, at most (Azure's group names are shorter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +533,9 @@ def _parse_handler(
         timeout_seconds=check.positive(
             t.get("timeout_seconds", default_timeout), f"{path}.timeout_seconds"
         ),
+        group_presence_events=check.group_presence(
+            t.get("group_presence_events"), f"{path}.group_presence_events"
+        ),
     )
 
 
@@ -808,20 +820,60 @@ class _Checker:
         return ",".join(items)
 
     def system_events(self, value: object, path: str) -> frozenset[str]:
-        if not isinstance(value, list | tuple):
-            self.add(path, f"expected an array of strings, got {_describe(value)}")
-            return frozenset()
+        return self._event_names(value, path, SYSTEM_EVENTS)
+
+    def _event_names(self, value: object, path: str, known: frozenset[str]) -> frozenset[str]:
         events: set[str] = set()
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.add(f"{path}[{i}]", f"expected a string, got {_describe(item)}")
-            elif item not in SYSTEM_EVENTS:
-                self.add(path, f"unknown event {_single(item)} (expected {_SYSTEM_EVENTS_TEXT})")
+        for item in self._strings(value, path):
+            if item is None:
+                continue
+            if item not in known:
+                expected = ", ".join(sorted(known))
+                self.add(path, f"unknown event {_single(item)} (expected {expected})")
             elif item in events:
                 self.add(path, f"duplicate event {_single(item)}")
             else:
                 events.add(item)
         return frozenset(events)
+
+    def _strings(self, value: object, path: str) -> list[str | None]:
+        """Each item of an array of strings (None for an item that is not one, reported)."""
+        if not isinstance(value, list | tuple):
+            self.add(path, f"expected an array of strings, got {_describe(value)}")
+            return []
+        out: list[str | None] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                self.add(f"{path}[{i}]", f"expected a string, got {_describe(item)}")
+                out.append(None)
+        return out
+
+    def group_presence(self, value: object, path: str) -> GroupPresenceEvents | None:
+        """``{ event_names = [...], group_filters = [...] }``; absent: no presence events."""
+        if value is None:
+            return None
+        t = self.table(value, path, config_keys(GroupPresenceEvents))
+        names = self._event_names(
+            t.get("event_names", []), f"{path}.event_names", GROUP_PRESENCE_EVENTS
+        )
+        fpath = f"{path}.group_filters"
+        filters = self._strings(t.get("group_filters", []), fpath)
+        if len(filters) > MAX_GROUP_FILTERS:
+            self.add(fpath, f"{len(filters)} filters, at most {MAX_GROUP_FILTERS}")
+        kept: list[str] = []
+        for i, item in enumerate(filters):
+            if item is None:
+                continue
+            if not item or len(item) > MAX_GROUP_FILTER_CHARS:
+                self.add(
+                    f"{fpath}[{i}]",
+                    f"expected 1 to {MAX_GROUP_FILTER_CHARS} characters, got {len(item)}",
+                )
+            elif item not in kept:
+                kept.append(item)
+        return GroupPresenceEvents(event_names=names, group_filters=tuple(kept))
 
 
 def _join(parent: str, key: str) -> str:

@@ -15,6 +15,7 @@ from webpubsub.core.router import (
     GROUP_CHANGED,
     CallEvent,
     CloseClient,
+    GroupChanged,
     Publish,
     Reply,
     failed,
@@ -162,7 +163,8 @@ def test_a_join_past_the_group_limit_is_a_bad_request() -> None:
     assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g1", "ackId": 10})))[
         "success"
     ]
-    assert route(conn, hub, frame({"type": "leaveGroup", "group": "g0"})) is GROUP_CHANGED
+    left = route(conn, hub, frame({"type": "leaveGroup", "group": "g0"}))
+    assert left == GroupChanged(("left", "g0"))
     assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g9", "ackId": 11})))[
         "success"
     ]

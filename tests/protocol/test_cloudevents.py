@@ -21,6 +21,7 @@ from webpubsub.protocol.cloudevents import (
     connected_request,
     disconnected_request,
     format_time,
+    group_presence_request,
     parse_connect_response,
     parse_retry_after,
     parse_user_event_response,
@@ -159,6 +160,34 @@ def test_disconnected_request_always_sends_reason() -> None:
     assert (
         disconnected_request(BARE, URL, [KEY], NOW, 'bye "x"').body == b'{"reason":"bye \\"x\\""}'
     )
+
+
+@pytest.mark.parametrize("event", ["joined", "left"])
+def test_group_presence_request(event: str) -> None:
+    req = group_presence_request(CTX, URL, [KEY], NOW, event, 'room "1"')
+    assert (req.method, req.url) == ("POST", URL)
+    assert req.body == b'{"group":"room \\"1\\""}'
+    # The headers of connected, with the type and event name of a presence event.
+    expected = connected_request(CTX, URL, [KEY], NOW).headers
+    assert req.headers == tuple(
+        ("ce-type", f"azure.webpubsub.group.{event}")
+        if k == "ce-type"
+        else ("ce-eventName", event)
+        if k == "ce-eventName"
+        else (k, v)
+        for k, v in expected
+    )
+    assert dict(req.headers)["ce-subprotocol"] == "json.webpubsub.azure.v1"
+
+
+def test_group_presence_request_of_a_bare_connection() -> None:
+    req = group_presence_request(BARE, URL, [], NOW, "left", "g")
+    assert req.body == b'{"group":"g"}'
+    assert list(req.headers) == [
+        ("Content-Type", "application/json; charset=utf-8"),
+        *common("azure.webpubsub.group.left", "left", "0"),
+        ("WebHook-Request-Origin", "pubsub.example.com"),
+    ]
 
 
 @pytest.mark.parametrize(

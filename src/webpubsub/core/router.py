@@ -49,6 +49,8 @@ class Reply:
 
     frame: bytes
     after_presence: bool = False
+    presence: tuple[str, str] | None = None
+    """(``"joined"``/``"left"``, group) when the request changed the connection's groups."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +80,14 @@ class CallEvent:
 
 @dataclass(frozen=True, slots=True)
 class GroupChanged:
-    """A join or leave without an ``ackId``, done: nothing to send."""
+    """A join or leave without an ``ackId``, done: nothing to send. ``presence``:
+    (``"joined"``/``"left"``, group) when it changed the connection's groups."""
+
+    presence: tuple[str, str] | None = None
 
 
 GROUP_CHANGED = GroupChanged()
+"""A join or leave that changed nothing (already in the group, or not in it)."""
 
 Effect = Reply | CloseClient | Publish | CallEvent | GroupChanged
 
@@ -114,11 +120,11 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
                 effect = _request(conn, hub, msg)
             except WebPubSubError as exc:
                 return Reply(encode_ack(ack_id, exc)) if ack_id is not None else None
-            if effect is None:  # a join or leave, done
+            if isinstance(effect, GroupChanged):  # a join or leave, done
                 if ack_id is None:
-                    return GROUP_CHANGED
+                    return effect
                 conn.ack_ids.add(ack_id)
-                return Reply(encode_ack(ack_id), after_presence=True)
+                return Reply(encode_ack(ack_id), after_presence=True, presence=effect.presence)
             return effect
         case _:
             assert_never(msg)
@@ -139,23 +145,24 @@ def failed(ack_id: int | None, error: WebPubSubError) -> bytes | None:
 
 def _request(
     conn: Connection, hub: Hub, msg: JoinGroup | LeaveGroup | SendToGroup | SendEvent
-) -> Publish | CallEvent | None:
-    """Check and do ``msg``; None when it is done already (join, leave)."""
+) -> Publish | CallEvent | GroupChanged:
+    """Check and do ``msg``; a :class:`GroupChanged` when it is done already (join, leave)."""
     match msg:
         case JoinGroup() | LeaveGroup():
             if not conn.permissions.allows(Permission.JOIN_LEAVE_GROUP, msg.group):
                 raise Forbidden(
                     f"The connection has no permission to join or leave group '{msg.group}'."
                 )
+            member = msg.group in conn.groups
             if isinstance(msg, JoinGroup):
                 if not hub.join(conn, msg.group):
                     raise BadRequest(
                         f"The connection is in {conn.max_groups} groups, the most a connection"
                         " may join; leave one first."
                     )
-            else:
-                hub.leave(conn, msg.group)
-            return None
+                return GroupChanged(("joined", msg.group)) if not member else GROUP_CHANGED
+            hub.leave(conn, msg.group)
+            return GroupChanged(("left", msg.group)) if member else GROUP_CHANGED
         case SendToGroup():
             if not conn.permissions.allows(Permission.SEND_TO_GROUP, msg.group):
                 raise Forbidden(f"The connection has no permission to send to group '{msg.group}'.")

@@ -315,9 +315,10 @@ class Node:
         if hub is None:
             hub = self._hubs[adm.hub] = Hub(adm.hub, self._presence)
         hub.add(conn)
-        _join_all(hub, conn, adm.groups, "its token or connect handler")
+        joined = _join_all(hub, conn, adm.groups, "its token or connect handler")
         self.observer.connected(conn)
         self._upstream.connected(self._hub_settings(adm.hub), self.context(conn))
+        self._group_presence(conn, "joined", joined)
         if held is not None:
             task = asyncio.get_running_loop().create_task(self._welcome(conn, held))
             self._welcomes.add(task)
@@ -668,9 +669,15 @@ class Node:
         effect = route(conn, hub, data)
         self.observer.received(conn, data, _kind(effect))
         match effect:
-            case None | GroupChanged():
+            case None:
+                return
+            case GroupChanged():
+                if effect.presence is not None:
+                    self._group_presence(conn, effect.presence[0], effect.presence[1:])
                 return
             case Reply():
+                if effect.presence is not None:
+                    self._group_presence(conn, effect.presence[0], effect.presence[1:])
                 if effect.after_presence and self._presence is not None:
                     # Bounded: if Redis is slow or down the ack goes out anyway.
                     with contextlib.suppress(TimeoutError):
@@ -849,6 +856,21 @@ class Node:
     def settings(self, conn: Connection) -> HubSettings:
         return self._hub_settings(conn.hub)
 
+    def _group_presence(self, conn: Connection, event: str, groups: Sequence[str]) -> None:
+        """Queue ``event`` (``joined``/``left``) of each of ``groups`` for the handler that
+        takes it (Azure's ``groupPresenceEvents``): joins and leaves by the client, by
+        REST and by its token or ``connect`` handler alike. A connection moving between
+        nodes, or leaving its groups as it closes, is not reported (its ``disconnected``
+        says that)."""
+        if not groups:
+            return
+        settings = self._hub_settings(conn.hub)
+        if not settings.wants_group_presence:
+            return
+        for group in groups:
+            if settings.handler_for_group_presence(event, group) is not None:
+                self._upstream.group_presence(settings, self.context(conn), event, group)
+
     def context(self, conn: Connection) -> EventContext:
         return EventContext(
             hub=conn.hub,
@@ -878,13 +900,19 @@ class Node:
                             conn.close(CloseCode.NORMAL, command.reason)
                 case ChangeGroup():
                     for conn in self._select(hub, command.target, command.filter):
+                        if command.action is GroupAction.ADD:
+                            joined = _join_all(hub, conn, command.groups, "a REST call")
+                            self._group_presence(conn, "joined", joined)
+                            continue
                         if command.action is GroupAction.REMOVE_ALL:
-                            hub.leave_all(conn)
-                        elif command.action is GroupAction.ADD:
-                            _join_all(hub, conn, command.groups, "a REST call")
+                            left = tuple(conn.groups)
                         else:
-                            for group in command.groups:
-                                hub.leave(conn, group)
+                            left = tuple(
+                                dict.fromkeys(g for g in command.groups if g in conn.groups)
+                            )
+                        for group in left:
+                            hub.leave(conn, group)
+                        self._group_presence(conn, "left", left)
                 case Handover():
                     self._hand_over(command)
                 case ChangePermission():
@@ -968,9 +996,17 @@ def _kind(effect: Effect | None) -> str:
             return "control"
 
 
-def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> None:
-    """Join ``groups`` up to the connection's group limit (one warning if that cut some)."""
-    refused = sum(not hub.join(conn, group) for group in groups)
+def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> tuple[str, ...]:
+    """Join ``groups`` up to the connection's group limit (one warning if that cut some);
+    the groups it was not in before and is now, in order."""
+    joined: list[str] = []
+    refused = 0
+    for group in groups:
+        member = group in conn.groups
+        if not hub.join(conn, group):
+            refused += 1
+        elif not member and group in conn.groups:
+            joined.append(group)
     if refused:
         log.warning(
             "connection %s of hub %s is in %d groups, its limit: %d more groups from %s "
@@ -982,6 +1018,7 @@ def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) ->
             source,
             extra=conn_fields(conn),
         )
+    return tuple(joined)
 
 
 def _targets(hub: Hub, target: Target) -> list[Connection]:

@@ -65,6 +65,10 @@ class EventHandlerPort(Protocol):
 
     def disconnected(self, hub: HubSettings, ctx: EventContext, reason: str) -> None: ...
 
+    def group_presence(self, hub: HubSettings, ctx: EventContext, event: str, group: str) -> None:
+        """``ctx``'s connection joined (``event == "joined"``) or left ``group``; called
+        only when ``hub.handler_for_group_presence(event, group)`` has a handler."""
+
 
 class HandoverPort(Protocol):
     """How a reliable connection moves to the node its client reconnected to."""

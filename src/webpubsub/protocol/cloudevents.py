@@ -24,6 +24,10 @@ AWPS_VERSION = "1.0"
 SPEC_VERSION = "1.0"
 SYSTEM_TYPE_PREFIX = "azure.webpubsub.sys."
 USER_TYPE_PREFIX = "azure.webpubsub.user."
+GROUP_PRESENCE_TYPE_PREFIX = "azure.webpubsub.group."
+"""``ce-type`` of a group presence event is this and its ``ce-eventName`` (``joined`` or
+``left``): a third kind beside system and user events, as the .NET and JavaScript
+handler SDKs have it; the prefix itself is our choice (docs/compatibility.md)."""
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 MAX_STATE_BYTES = 8 * 1024
 """Largest ``ce-connectionState`` a handler may set (Azure docs: CloudEvents)."""
@@ -150,14 +154,20 @@ def _headers(
 
 
 def _system_request(
-    ctx: EventContext, url: str, keys: Sequence[str], now: float, event: str, body: bytes
+    ctx: EventContext,
+    url: str,
+    keys: Sequence[str],
+    now: float,
+    event: str,
+    body: bytes,
+    type_prefix: str = SYSTEM_TYPE_PREFIX,
 ) -> UpstreamRequest:
     headers = _headers(
         ctx,
         keys,
         now,
         content_type=JSON_CONTENT_TYPE,
-        ce_type=SYSTEM_TYPE_PREFIX + event,
+        ce_type=type_prefix + event,
         event_name=event,
         with_subprotocol=event != "connect",
     )
@@ -214,6 +224,14 @@ def disconnected_request(
     """The fire-and-forget ``disconnected`` event; ``reason`` is always sent."""
     body = orjson.dumps({"reason": reason})
     return _system_request(ctx, url, keys, now, "disconnected", body)
+
+
+def group_presence_request(
+    ctx: EventContext, url: str, keys: Sequence[str], now: float, event: str, group: str
+) -> UpstreamRequest:
+    """The fire-and-forget ``joined`` / ``left`` event of ``group``: body ``{"group": ...}``."""
+    body = orjson.dumps({"group": group})
+    return _system_request(ctx, url, keys, now, event, body, GROUP_PRESENCE_TYPE_PREFIX)
 
 
 def user_event_request(

@@ -2,7 +2,8 @@
 
 * Blocking events (``connect``, user events) are sent once — the client waits
   and a retry could duplicate its message — and their errors propagate.
-* ``connected`` / ``disconnected`` are queued durably when they happen and
+* ``connected`` / ``disconnected`` and the group presence events (``joined`` /
+  ``left``) are queued durably when they happen and
   delivered at least once (``upstream/delivery.py``): retried on 408/429/5xx,
   timeouts and network errors (a failed probe too) up to a horizon, then
   dead-lettered.  A connection's ``disconnected`` goes after its ``connected``.
@@ -39,6 +40,7 @@ from webpubsub.protocol.cloudevents import (
     connect_request,
     connected_request,
     disconnected_request,
+    group_presence_request,
     parse_connect_response,
     parse_user_event_response,
     signature,
@@ -315,6 +317,16 @@ class Upstream:
         url = handler.url_for(ctx.hub, "disconnected")
         request = disconnected_request(ctx, url, self._keys, self._clock(), reason)
         self._queue_event(handler, ctx, "disconnected", request, ends=True)
+
+    def group_presence(self, hub: HubSettings, ctx: EventContext, event: str, group: str) -> None:
+        """Queue ``event`` (``joined``/``left``) of ``group``, if a handler takes it: in
+        the connection's order, after its ``connected`` and before its ``disconnected``."""
+        handler = hub.handler_for_group_presence(event, group)
+        if handler is None:
+            return
+        url = handler.url_for(ctx.hub, event)
+        request = group_presence_request(ctx, url, self._keys, self._clock(), event, group)
+        self._queue_event(handler, ctx, event, request)
 
     def _queue_event(
         self,
