@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.sdk.spec_requests import CONNECT_BODY, CONNECT_HEADERS, SPEC_KEY, event_headers
@@ -10,6 +12,8 @@ from webpubsub.sdk import (
     ConnectRequest,
     ConnectResponse,
     EventHandlerError,
+    GroupJoinedRequest,
+    GroupLeftRequest,
     Headers,
     HttpRequest,
     HttpResponse,
@@ -270,3 +274,64 @@ async def test_a_client_gone_while_its_body_is_read_gets_no_answer() -> None:
     probe = Headers({"WebHook-Request-Origin": "h"})
     answer = await handler.process_stream("OPTIONS", "/eventhandler", probe, gone)
     assert answer is not None and answer.status == 200
+
+
+def presence_request(ce_type: str, event: str, body: bytes) -> HttpRequest:
+    """A group presence event as webpubsub sends it (the connected event's headers, its
+    own type and name)."""
+    headers = event_headers(event, system=True) | {"ce-type": ce_type}
+    return HttpRequest("POST", "/eventhandler", Headers(headers), body)
+
+
+async def test_group_presence_events_reach_their_handlers() -> None:
+    seen: list[object] = []
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_group_joined=seen.append)
+
+    @handler.on_group_left
+    async def left(request: GroupLeftRequest) -> str:
+        seen.append(request)
+        return "ignored"
+
+    joined = presence_request("azure.webpubsub.group.joined", "joined", b'{"group":"g 1"}')
+    assert await handler.process(joined) == HttpResponse(204)
+    gone = presence_request("azure.webpubsub.group.left", "left", b'{"group":"g 1"}')
+    # The sync path runs the async handler to completion (outside this loop).
+    assert await asyncio.to_thread(handler.process_sync, gone) == HttpResponse(204)
+    first, second = seen
+    assert isinstance(first, GroupJoinedRequest) and isinstance(second, GroupLeftRequest)
+    assert (first.group, second.group) == ("g 1", "g 1")
+    assert first.context.event_name == "joined"
+    assert first.context.event_type == "azure.webpubsub.group.joined"
+    assert (first.context.connection_id, first.context.user_id) == ("conn1", "alice")
+
+
+async def test_a_presence_event_under_another_type_prefix_is_one_too() -> None:
+    # The name Azure gives the type is not public: any azure.webpubsub. type that is no
+    # system or user event and is named joined/left is taken as a presence event.
+    seen: list[GroupJoinedRequest] = []
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_group_joined=seen.append)
+    request = presence_request("azure.webpubsub.presence.joined", "joined", b'{"group":"g"}')
+    assert await handler.process(request) == HttpResponse(204)
+    assert [r.group for r in seen] == ["g"]
+    # A system event named joined stays a system event (unknown here: 204, no call).
+    system = presence_request("azure.webpubsub.sys.joined", "joined", b'{"group":"g"}')
+    assert await handler.process(system) == HttpResponse(204)
+    other = presence_request("azure.webpubsub.presence.moved", "moved", b"{}")
+    assert (await handler.process(other)).status == 400
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [(b"[]", b"JSON object"), (b'{"group":1}', b"'group'"), (b"{}", b"'group'"), (b"{", b"JSON")],
+)
+async def test_a_malformed_presence_event_is_answered_400(body: bytes, problem: bytes) -> None:
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_group_joined=lambda r: None)
+    answer = await handler.process(presence_request("azure.webpubsub.group.joined", "joined", body))
+    assert answer.status == 400 and problem in answer.body
+
+
+async def test_a_presence_event_without_its_handler_is_answered_204() -> None:
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY])
+    request = presence_request("azure.webpubsub.group.left", "left", b'{"group":"g"}')
+    assert await handler.process(request) == HttpResponse(204)

@@ -20,7 +20,7 @@ from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService
 from tests.sdk.conftest import Serve
 from tests.sdk.servers import Recorder
 from tests.support.service import client_url
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
 from webpubsub.sdk import (
     ConnectedRequest,
     ConnectRequest,
@@ -28,6 +28,8 @@ from webpubsub.sdk import (
     DataType,
     DisconnectedRequest,
     EventHandlerError,
+    GroupJoinedRequest,
+    GroupLeftRequest,
     UserEventRequest,
     UserEventResponse,
     WebPubSubEventHandler,
@@ -321,3 +323,39 @@ async def test_a_service_from_an_origin_that_is_not_allowed_is_never_validated(
             await http.ws_connect(url)
         assert refused.value.status == 500  # validation failed: no event was delivered
         assert connects.items == []
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_group_presence_handlers_see_joins_and_leaves(
+    serve: Serve, start_service: StartService, http: aiohttp.ClientSession, flavour: str
+) -> None:
+    joined: Recorder[GroupJoinedRequest] = Recorder()
+    left: Recorder[GroupLeftRequest] = Recorder()
+    handler = WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_group_left=flavoured(flavour, left))
+    handler.on_group_joined(flavoured(flavour, joined))
+    base = await serve(handler)
+    settings = HubSettings(
+        name=HUB,
+        event_handlers=(
+            EventHandlerSettings(
+                url_template=f"{base}/eventhandler/{{event}}",
+                group_presence_events=GroupPresenceEvents(frozenset({"joined", "left"})),
+                timeout_seconds=WAIT,
+            ),
+        ),
+    )
+    runner = await start_service(settings)
+    url = await client_url(runner, HUB, user_id="ann", roles=["webpubsub.joinLeaveGroup"])
+    async with http.ws_connect(url, protocols=[JSON_PROTOCOL]) as ws:
+        connection_id = (await receive_json(ws))["connectionId"]
+        await ws.send_json({"type": "joinGroup", "group": "room 1", "ackId": 1})
+        first = await joined.next()
+        assert (first.group, first.context.connection_id) == ("room 1", connection_id)
+        assert (first.context.user_id, first.context.event_name) == ("ann", "joined")
+        assert first.context.event_type == "azure.webpubsub.group.joined"
+        async with WebPubSubServiceClient.from_connection_string(
+            runner.connection_string, hub=HUB
+        ) as service:
+            await service.remove_user_from_group("room 1", "ann")
+        gone = await left.next()
+        assert (gone.group, gone.context.event_name) == ("room 1", "left")

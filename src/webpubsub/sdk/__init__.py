@@ -30,6 +30,8 @@ from webpubsub.sdk.events import (
     ConnectResponse,
     DisconnectedRequest,
     EventHandlerError,
+    GroupJoinedRequest,
+    GroupLeftRequest,
     UserEventRequest,
     UserEventResponse,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "DataType",
     "DisconnectedRequest",
     "EventHandlerError",
+    "GroupJoinedRequest",
+    "GroupLeftRequest",
     "Headers",
     "HttpRequest",
     "HttpResponse",

@@ -2,7 +2,8 @@
 
 One class per CloudEvent the service sends (Azure docs: CloudEvents): every event
 carries a :class:`ConnectionContext`; ``connect`` adds what the client presented,
-user events add their data, ``disconnected`` its reason. A ``connect`` handler
+user events add their data, ``disconnected`` its reason, the group presence events
+(``joined``, ``left``) their group. A ``connect`` handler
 answers with a :class:`ConnectResponse` (or ``None``), a user-event handler with
 a :class:`UserEventResponse`, ``str``, ``bytes``, a JSON ``dict``/``list`` (or
 ``None``); any handler refuses with :class:`EventHandlerError`.
@@ -29,6 +30,8 @@ __all__ = [
     "DataType",
     "DisconnectedRequest",
     "EventHandlerError",
+    "GroupJoinedRequest",
+    "GroupLeftRequest",
     "UserEventRequest",
     "UserEventResponse",
 ]
@@ -118,6 +121,24 @@ class DisconnectedRequest:
 
     context: ConnectionContext
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupJoinedRequest:
+    """The ``joined`` group presence event: the connection joined ``group`` (by its own
+    request, by REST, or by its token or ``connect`` response); answer is ignored."""
+
+    context: ConnectionContext
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLeftRequest:
+    """The ``left`` group presence event: the connection left ``group`` (by its own
+    request or by REST; not by disconnecting); answer is ignored."""
+
+    context: ConnectionContext
+    group: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +344,18 @@ def parse_disconnected(context: ConnectionContext, body: bytes) -> DisconnectedR
     if not isinstance(reason, str):
         raise MalformedEvent("disconnected field 'reason' must be a string")
     return DisconnectedRequest(context=context, reason=reason)
+
+
+def parse_group_presence(
+    context: ConnectionContext, event: str, body: bytes
+) -> GroupJoinedRequest | GroupLeftRequest:
+    """``joined`` or ``left``, from the body ``{"group": "..."}``."""
+    group = _load_object(body, event).get("group")
+    if not isinstance(group, str) or not group:
+        raise MalformedEvent(f"{event} field 'group' must be a non-empty string")
+    if event == "joined":
+        return GroupJoinedRequest(context=context, group=group)
+    return GroupLeftRequest(context=context, group=group)
 
 
 def parse_user_event(

@@ -34,11 +34,14 @@ from webpubsub.sdk.events import (
     ConnectResponse,
     DisconnectedRequest,
     EventHandlerError,
+    GroupJoinedRequest,
+    GroupLeftRequest,
     MalformedEvent,
     UserEventRequest,
     UserEventResponse,
     parse_connect,
     parse_disconnected,
+    parse_group_presence,
     parse_user_event,
 )
 from webpubsub.sdk.http import Headers, HttpRequest, HttpResponse
@@ -49,6 +52,8 @@ __all__ = [
     "ConnectHandler",
     "ConnectedHandler",
     "DisconnectedHandler",
+    "GroupJoinedHandler",
+    "GroupLeftHandler",
     "ReadBody",
     "ReadBodySync",
     "UserEventHandler",
@@ -60,6 +65,10 @@ log = logging.getLogger("webpubsub.sdk")
 _PREFIX = "azure.webpubsub."
 _SYS = "azure.webpubsub.sys."
 _USER = "azure.webpubsub.user."
+_GROUP_PRESENCE = frozenset({"joined", "left"})
+"""``ce-eventName`` of a group presence event: its ``ce-type`` is neither a system nor a
+user event type (``azure.webpubsub.group.joined`` from webpubsub; any other
+``azure.webpubsub.`` type with these names is taken as one too, docs/compatibility.md)."""
 _ORIGIN = "webhook-request-origin"
 _TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
@@ -80,11 +89,15 @@ ConnectedHandler = Callable[[ConnectedRequest], object]
 UserEventHandler = Callable[[UserEventRequest], object]
 """Returns ``None``, ``str``, ``bytes``, ``dict``/``list`` or a :class:`UserEventResponse`."""
 DisconnectedHandler = Callable[[DisconnectedRequest], object]
+GroupJoinedHandler = Callable[[GroupJoinedRequest], object]
+GroupLeftHandler = Callable[[GroupLeftRequest], object]
 
 _C = TypeVar("_C", bound=ConnectHandler)
 _CD = TypeVar("_CD", bound=ConnectedHandler)
 _U = TypeVar("_U", bound=UserEventHandler)
 _D = TypeVar("_D", bound=DisconnectedHandler)
+_GJ = TypeVar("_GJ", bound=GroupJoinedHandler)
+_GL = TypeVar("_GL", bound=GroupLeftHandler)
 
 
 def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
@@ -96,8 +109,8 @@ class _Event:
     """An event whose headers passed every check; its body is still to be read."""
 
     context: ConnectionContext
-    is_system: bool
-    name: str  # the ce-type without its prefix
+    kind: str  # "sys", "user" or "group" (presence)
+    name: str  # the ce-type without its prefix; a presence event's ce-eventName
     content_type: str | None
 
 
@@ -125,9 +138,11 @@ class WebPubSubEventHandler:
       the caller sets ``WebHook-Request-Origin``.
     * ``max_body_bytes``: larger request bodies are answered 413, and no more than
       this (plus one byte) is ever read.
-    * ``on_connect``, ``on_connected``, ``on_event``, ``on_disconnected``: the
-      handlers, plain or ``async`` functions; they can also be registered later
-      with the decorators of the same names. ``on_event`` gets every user event.
+    * ``on_connect``, ``on_connected``, ``on_event``, ``on_disconnected``,
+      ``on_group_joined``, ``on_group_left``: the handlers, plain or ``async``
+      functions; they can also be registered later with the decorators of the same
+      names. ``on_event`` gets every user event; the group presence handlers get the
+      ``joined`` / ``left`` events a hub's ``group_presence_events`` sends.
 
     Without an ``on_connect`` handler, connections are accepted as the token says;
     without ``on_event``, user events succeed with no reply.
@@ -146,6 +161,8 @@ class WebPubSubEventHandler:
         on_connected: ConnectedHandler | None = None,
         on_event: UserEventHandler | None = None,
         on_disconnected: DisconnectedHandler | None = None,
+        on_group_joined: GroupJoinedHandler | None = None,
+        on_group_left: GroupLeftHandler | None = None,
     ) -> None:
         if not hub:
             raise ValueError("hub must not be empty")
@@ -173,6 +190,8 @@ class WebPubSubEventHandler:
         self._on_connected = on_connected
         self._on_event = on_event
         self._on_disconnected = on_disconnected
+        self._on_group_joined = on_group_joined
+        self._on_group_left = on_group_left
 
     @classmethod
     def from_connection_string(
@@ -202,6 +221,16 @@ class WebPubSubEventHandler:
     def on_disconnected(self, func: _D) -> _D:
         """Decorator: handle ``disconnected`` (the return value is ignored)."""
         self._on_disconnected = func
+        return func
+
+    def on_group_joined(self, func: _GJ) -> _GJ:
+        """Decorator: handle ``joined``, a connection joined a group (return ignored)."""
+        self._on_group_joined = func
+        return func
+
+    def on_group_left(self, func: _GL) -> _GL:
+        """Decorator: handle ``left``, a connection left a group (return ignored)."""
+        self._on_group_left = func
         return func
 
     # -- routing ----------------------------------------------------------------
@@ -356,7 +385,14 @@ class WebPubSubEventHandler:
         event_type = headers.get("ce-type", "")
         if not event_type:
             raise MalformedEvent("missing ce-type header")
-        if not event_type.startswith((_SYS, _USER)):
+        event_name = headers.get("ce-eventName", "")
+        if event_type.startswith(_SYS):
+            kind, name = "sys", event_type[len(_SYS) :]
+        elif event_type.startswith(_USER):
+            kind, name = "user", event_type[len(_USER) :]
+        elif event_type.startswith(_PREFIX) and event_name in _GROUP_PRESENCE:
+            kind, name = "group", event_name
+        else:
             raise MalformedEvent(f"not a Web PubSub event type: {event_type!r}")
         connection_id = headers.get("ce-connectionId", "")
         if not connection_id:
@@ -373,12 +409,10 @@ class WebPubSubEventHandler:
         length = headers.get("content-length", "").strip()
         if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
-        is_system = event_type.startswith(_SYS)
-        name = event_type[len(_SYS if is_system else _USER) :]
         context = ConnectionContext(
             hub=hub,
             connection_id=connection_id,
-            event_name=headers.get("ce-eventName") or name,
+            event_name=event_name or name,
             event_type=event_type,
             user_id=headers.get("ce-userId") or None,
             subprotocol=headers.get("ce-subprotocol") or None,
@@ -388,7 +422,7 @@ class WebPubSubEventHandler:
             states=ConnectionState.from_header(headers.get(STATE_HEADER)),
             headers=headers,
         )
-        return _Event(context, is_system, name, headers.get("content-type"))
+        return _Event(context, kind, name, headers.get("content-type"))
 
     def _parse(self, event: _Event, body: bytes) -> HttpResponse | _Call:
         """The handler to call for an event whose headers passed, given its body."""
@@ -401,7 +435,13 @@ class WebPubSubEventHandler:
 
     def _dispatch(self, event: _Event, body: bytes) -> HttpResponse | _Call:
         context = event.context
-        if not event.is_system:
+        if event.kind == "group":
+            presence = parse_group_presence(context, event.name, body)
+            func = self._on_group_joined if event.name == "joined" else self._on_group_left
+            if func is None:
+                return HttpResponse(204)
+            return _Call(func, presence, _no_content)
+        if event.kind == "user":
             user_event = parse_user_event(context, event.content_type, body)
             if self._on_event is None:
                 return HttpResponse(204)
