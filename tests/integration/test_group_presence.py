@@ -3,7 +3,8 @@ client, the official service SDK for REST. Each route that puts a connection in 
 or takes it out (the token's groups, the client's joinGroup/leaveGroup, REST add/remove
 connection and user, remove from all groups) reaches the handler as a signed CloudEvent
 with ``ce-type`` ``azure.webpubsub.group.joined``/``left`` and body ``{"group": ...}``,
-in order after ``connected``; a handler's group filter keeps the other groups out."""
+in order after ``connected``; a handler's group filter keeps the other groups out; with
+two nodes, a REST change is told once, by the node that holds the connection."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.handler import EventHandlerApp, Recorded
 from tests.support.service import client_url, json_client, sdk
+from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
 
 WAIT = 5.0
@@ -124,3 +126,22 @@ async def test_a_group_filter_keeps_other_groups_out(
     assert [r.body for r in handler_app.requests if r.event_name in ("joined", "left")] == [
         b'{"group":"room-1"}'
     ]
+
+
+async def test_rest_on_one_node_is_told_once_by_the_connections_node(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    bus = MemoryBus()
+    settings = presence_hub(handler_app.url)
+    rest_node = await start_service(settings, backplane=MemoryBackplane(bus))
+    client_node = await start_service(settings, backplane=MemoryBackplane(bus))
+    ws, cid = await json_client(http, await client_url(client_node, user_id="carol"))
+    async with ws, sdk(rest_node) as service:
+        await service.add_user_to_group("team", "carol")
+        await service.remove_connection_from_group("team", cid)
+        rec = await next_presence(handler_app)
+        assert (rec.ce_type, rec.body) == ("azure.webpubsub.group.joined", b'{"group":"team"}')
+        rec = await next_presence(handler_app)
+        assert (rec.ce_type, rec.body) == ("azure.webpubsub.group.left", b'{"group":"team"}')
+    await handler_app.next_event("sys.disconnected", WAIT)  # after all of the connection's
+    assert len([r for r in handler_app.requests if r.event_name in ("joined", "left")]) == 2

@@ -369,12 +369,17 @@ def test_clients_cannot_push_system_event_types_into_other() -> None:
         m.cloud_event(_exchange(f"azure.webpubsub.user.e{i}"))
     for name in ("connect", "connected", "disconnected"):
         m.cloud_event(_exchange(f"azure.webpubsub.sys.{name}"))
+    for name in ("joined", "left"):
+        m.cloud_event(_exchange(f"azure.webpubsub.group.{name}"))
     m.cloud_event(_exchange(None))  # OPTIONS: validation
     m.cloud_event(_exchange("forged.by.a.replay"))
     samples = _parse(m.render())
     name = "webpubsub_cloudevent_requests_total"
     for event in ("connect", "connected", "disconnected"):
         et = f"azure.webpubsub.sys.{event}"
+        assert value(samples, name, event_type=et, outcome="success") == 1
+    for event in ("joined", "left"):
+        et = f"azure.webpubsub.group.{event}"
         assert value(samples, name, event_type=et, outcome="success") == 1
     assert value(samples, name, event_type="validation", outcome="success") == 1
     cap = metrics_module.MAX_USER_EVENTS
@@ -384,7 +389,7 @@ def test_clients_cannot_push_system_event_types_into_other() -> None:
     assert value(samples, name, event_type=other, outcome="success") == 200 - cap
     assert value(samples, name, event_type="_other", outcome="success") == 1
     labels = {dict(ls)["event_type"] for n, ls in samples if n == name}
-    assert len(labels) == cap + 6
+    assert len(labels) == cap + 8
 
 
 def test_clients_cannot_push_the_services_close_codes_into_other() -> None:

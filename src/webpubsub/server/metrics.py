@@ -39,7 +39,11 @@ from webpubsub.core.connection import Connection
 from webpubsub.errors import Unauthorized
 from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Target
-from webpubsub.protocol.cloudevents import SYSTEM_TYPE_PREFIX, USER_TYPE_PREFIX
+from webpubsub.protocol.cloudevents import (
+    GROUP_PRESENCE_TYPE_PREFIX,
+    SYSTEM_TYPE_PREFIX,
+    USER_TYPE_PREFIX,
+)
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.tokens import bearer_token
 from webpubsub.protocol.wsframe import CloseCode
@@ -60,6 +64,7 @@ MAX_USER_EVENTS = 50
 """Distinct user event types (clients name them); later ones are :data:`USER_OTHER`."""
 NAMED_EVENT_TYPES = frozenset(
     {SYSTEM_TYPE_PREFIX + name for name in ("connect", "connected", "disconnected")}
+    | {GROUP_PRESENCE_TYPE_PREFIX + name for name in ("joined", "left")}
     | {"validation", "unknown"}
 )
 """The event types the service sends (``unknown``: a request without ``ce-type``)."""
