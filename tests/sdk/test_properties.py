@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sdk.spec_requests import SPEC_KEY
-from webpubsub.sdk import WebPubSubEventHandler
+from webpubsub.protocol.cloudevents import EventContext, group_presence_request
+from webpubsub.sdk import GroupJoinedRequest, GroupLeftRequest, WebPubSubEventHandler
 from webpubsub.sdk.http import Headers, HttpRequest
 from webpubsub.sdk.state import decode_state, encode_state
 
@@ -33,6 +34,10 @@ HEADER_VALUES = st.one_of(
             "azure.webpubsub.sys.connected",
             "azure.webpubsub.sys.disconnected",
             "azure.webpubsub.user.message",
+            "azure.webpubsub.group.joined",
+            "azure.webpubsub.group.left",
+            "joined",
+            "left",
             "chat",
             "application/json",
             "text/plain",
@@ -75,3 +80,24 @@ def test_state_round_trips(values: dict[str, object]) -> None:
 @given(st.text(max_size=60))
 def test_any_state_header_decodes_to_a_dict(header: str) -> None:
     assert isinstance(decode_state(header), dict)
+
+
+@given(
+    event=st.sampled_from(["joined", "left"]),
+    group=st.text(min_size=1, max_size=40),
+    user=st.none() | st.text(min_size=1, max_size=10),
+)
+def test_a_presence_event_the_service_builds_is_what_the_sdk_reads(
+    event: str, group: str, user: str | None
+) -> None:
+    ctx = EventContext("chat", "conn1", user, None, "", "7", "pubsub.example.com")
+    built = group_presence_request(ctx, "http://app/eventhandler", [SPEC_KEY], 0.0, event, group)
+    seen: list[GroupJoinedRequest | GroupLeftRequest] = []
+    handler = WebPubSubEventHandler(
+        "chat", keys=[SPEC_KEY], on_group_joined=seen.append, on_group_left=seen.append
+    )
+    request = HttpRequest("POST", "/eventhandler", Headers(built.headers), built.body)
+    assert handler.handle_sync(request) is not None
+    (got,) = seen
+    assert isinstance(got, GroupJoinedRequest if event == "joined" else GroupLeftRequest)
+    assert (got.group, got.context.user_id, got.context.event_name) == (group, user, event)
