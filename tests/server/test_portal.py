@@ -423,6 +423,7 @@ async def test_hubs_and_connections_are_listed_and_a_connection_can_be_sent_to(
             "urlTemplate": "http://127.0.0.1:9/hook",
             "userEventPattern": "*",
             "systemEvents": ["connected"],
+            "groupPresenceEvents": None,
             "timeoutSeconds": 5.0,
         }
     ]
@@ -1286,3 +1287,16 @@ async def test_a_portal_send_past_max_message_bytes_is_413_like_rest(
     await portal.post(send, {"data": "x" * limit}, status=204)
     assert len(await next_data(ws)) == limit  # the first message to arrive: the one that fits
     await ws.close()
+
+
+def test_the_hubs_settings_show_a_handlers_group_presence_events() -> None:
+    from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
+    from webpubsub.server.portal import _settings
+
+    presence = GroupPresenceEvents(frozenset({"left", "joined"}), ("room-*", "lobby"))
+    handler = EventHandlerSettings(url_template="http://h.test/", group_presence_events=presence)
+    (shown,) = _settings(HubSettings(name="chat", event_handlers=(handler,)))["eventHandlers"]  # type: ignore[misc]
+    assert shown["groupPresenceEvents"] == {
+        "eventNames": ["joined", "left"],
+        "groupFilters": ["room-*", "lobby"],
+    }

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from webpubsub.config import DEFAULT_HUB
-from webpubsub.core.settings import HubSettings
+from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import (
     InvalidParameter,
     NotFound,
@@ -269,10 +269,21 @@ def _settings(hs: HubSettings) -> Json:
                 "urlTemplate": safe_url(h.url_template),
                 "userEventPattern": h.user_event_pattern,
                 "systemEvents": sorted(h.system_events),
+                "groupPresenceEvents": _presence(h),
                 "timeoutSeconds": h.timeout_seconds,
             }
             for h in hs.event_handlers
         ],
+    }
+
+
+def _presence(h: EventHandlerSettings) -> Json | None:
+    presence = h.group_presence_events
+    if presence is None:
+        return None
+    return {
+        "eventNames": sorted(presence.event_names),
+        "groupFilters": list(presence.group_filters),
     }
 
 

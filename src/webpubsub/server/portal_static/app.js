@@ -434,7 +434,7 @@ function hubCard(hub) {
     const table = el(
       "table",
       { class: "grid" },
-      el("thead", {}, el("tr", {}, el("th", { text: "URL template" }), el("th", { text: "User events" }), el("th", { text: "System events" }), el("th", { text: "Timeout" }))),
+      el("thead", {}, el("tr", {}, el("th", { text: "URL template" }), el("th", { text: "User events" }), el("th", { text: "System events" }), el("th", { text: "Group presence" }), el("th", { text: "Timeout" }))),
     );
     const body = el("tbody");
     for (const h of handlers) {
@@ -445,6 +445,7 @@ function hubCard(hub) {
           el("td", { class: "ids", text: h.urlTemplate }),
           el("td", { class: "mono", text: h.userEventPattern || "(none)" }),
           el("td", { class: "mono", text: (h.systemEvents || []).join(", ") || "(none)" }),
+          el("td", { class: "mono", text: presenceText(h.groupPresenceEvents) }),
           el("td", { text: h.timeoutSeconds ? `${h.timeoutSeconds} s` : "" }),
         ),
       );
@@ -453,6 +454,12 @@ function hubCard(hub) {
     card.append(table);
   }
   return card;
+}
+
+function presenceText(p) {
+  if (!p || !(p.eventNames || []).length) return "(none)";
+  const groups = (p.groupFilters || []).length ? p.groupFilters.join(", ") : "every group";
+  return `${p.eventNames.join(", ")} of ${groups}`;
 }
 
 // ---------------------------------------------------------------------------- connections
