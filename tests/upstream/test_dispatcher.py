@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from webpubsub.core.settings import EventHandlerSettings, HubSettings
+from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
 from webpubsub.errors import ConnectRejected, NoEventHandler, UpstreamError
 from webpubsub.protocol.cloudevents import (
     ConnectDecision,
@@ -550,6 +550,36 @@ async def test_disconnected_is_sent_after_connected(
     assert [s.event for s in handler.seen] == ["validate", "connected", "disconnected"]
     assert overlapped == [False]
     assert orjson.loads(handler.seen[2].body) == {"reason": "The client closed the connection."}
+
+
+async def test_group_presence_events_queue_in_the_connections_order_to_their_handler(
+    handler: HandlerApp, make_upstream: MakeUpstream
+) -> None:
+    presence = EventHandlerSettings(
+        url_template=handler.url("/presence/{hub}/{event}"),
+        group_presence_events=GroupPresenceEvents(frozenset({"joined", "left"}), ("room-*",)),
+    )
+    system = EventHandlerSettings(
+        url_template=handler.url(), system_events=frozenset({"connected", "disconnected"})
+    )
+    hub = HubSettings(name="Chat", event_handlers=(system, presence))
+    upstream = make_upstream()
+    upstream.connected(hub, ctx())
+    upstream.group_presence(hub, ctx(), "joined", "room-1")
+    upstream.group_presence(hub, ctx(), "joined", "lobby")  # no handler takes it: not queued
+    upstream.group_presence(hub, ctx(), "left", "room-1")
+    upstream.disconnected(hub, ctx(), "bye")
+    await handler.wait_until(lambda seen: len(handler.posts()) == 4)
+    posts = handler.posts()
+    assert [(s.raw_path, s.body) for s in posts[1:3]] == [
+        ("/presence/chat/joined", b'{"group":"room-1"}'),
+        ("/presence/chat/left", b'{"group":"room-1"}'),
+    ]
+    assert [s.event for s in posts] == ["connected", "joined", "left", "disconnected"]
+    assert posts[1].header("ce-type") == "azure.webpubsub.group.joined"
+    async with asyncio.timeout(WAIT):
+        await upstream.wait_until(lambda: upstream.stats.delivered == 4)
+    assert upstream.queued() == 0
 
 
 @pytest.mark.parametrize(
