@@ -1,13 +1,14 @@
 """Group presence events seen by a real event-handler app: the service on port 0, a JSON
 client, the official service SDK for REST. Each route that puts a connection in a group
 or takes it out (the token's groups, the client's joinGroup/leaveGroup, REST add/remove
-connection and user, remove from all groups) reaches the handler as a signed CloudEvent
+connection and user, remove from all groups, a connect answer's groups) reaches the handler as a signed CloudEvent
 with ``ce-type`` ``azure.webpubsub.group.joined``/``left`` and body ``{"group": ...}``,
 in order after ``connected``; a handler's group filter keeps the other groups out; with
 two nodes, a REST change is told once, by the node that holds the connection."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -15,9 +16,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.conftest import ACCESS_KEY, StartService
-from tests.support.handler import EventHandlerApp, Recorded
+from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.service import client_url, json_client, sdk
 from webpubsub.backplane.memory import MemoryBackplane, MemoryBus
 from webpubsub.core.settings import EventHandlerSettings, GroupPresenceEvents, HubSettings
@@ -123,9 +125,7 @@ async def test_a_group_filter_keeps_other_groups_out(
     # The client closed: its disconnected comes after anything else of the connection,
     # and no "left" (nor the "lobby" join) came before it.
     await handler_app.next_event("sys.disconnected", WAIT)
-    assert [r.body for r in handler_app.requests if r.event_name in ("joined", "left")] == [
-        b'{"group":"room-1"}'
-    ]
+    assert [r.body for r in posts_of(handler_app)] == [b'{"group":"room-1"}']
 
 
 async def test_rest_on_one_node_is_told_once_by_the_connections_node(
@@ -144,4 +144,32 @@ async def test_rest_on_one_node_is_told_once_by_the_connections_node(
         rec = await next_presence(handler_app)
         assert (rec.ce_type, rec.body) == ("azure.webpubsub.group.left", b'{"group":"team"}')
     await handler_app.next_event("sys.disconnected", WAIT)  # after all of the connection's
-    assert len([r for r in handler_app.requests if r.event_name in ("joined", "left")]) == 2
+    assert len(posts_of(handler_app)) == 2
+
+
+async def test_the_groups_of_a_connect_answer_are_told_after_connected(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    def respond(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "connect":
+            return web.json_response({"groups": ["from-connect", "room-2"]})
+        return default_responder(req)
+
+    handler_app.responder = respond
+    base = presence_hub(handler_app.url)
+    (handler,) = base.event_handlers
+    with_connect = dataclasses.replace(handler, system_events=frozenset({"connect", "connected"}))
+    runner = await start_service(dataclasses.replace(base, event_handlers=(with_connect,)))
+    ws, cid = await json_client(http, await client_url(runner, user_id="dave"))
+    async with ws:
+        await handler_app.next_event("sys.connected", WAIT)
+        told = [summary(await next_presence(handler_app))[::2] for _ in range(2)]
+        assert told == [
+            ("azure.webpubsub.group.joined", "from-connect"),
+            ("azure.webpubsub.group.joined", "room-2"),
+        ]
+        assert all(r.headers["ce-connectionId"] == cid for r in posts_of(handler_app))
+
+
+def posts_of(app: EventHandlerApp) -> list[Recorded]:
+    return [r for r in app.requests if r.event_name in ("joined", "left")]
