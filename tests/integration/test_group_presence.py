@@ -1,10 +1,11 @@
 """Group presence events seen by a real event-handler app: the service on port 0, a JSON
 client, the official service SDK for REST. Each route that puts a connection in a group
-or takes it out (the token's groups, the client's joinGroup/leaveGroup, REST add/remove
-connection and user, remove from all groups, a connect answer's groups) reaches the handler as a signed CloudEvent
-with ``ce-type`` ``azure.webpubsub.group.joined``/``left`` and body ``{"group": ...}``,
-in order after ``connected``; a handler's group filter keeps the other groups out; with
-two nodes, a REST change is told once, by the node that holds the connection."""
+or takes it out (the token's groups, a connect answer's groups, the client's
+joinGroup/leaveGroup, REST add/remove connection and user, remove from all groups)
+reaches the handler as a signed CloudEvent with ``ce-type``
+``azure.webpubsub.group.joined``/``left`` and body ``{"group": ...}``, in order after
+``connected``; a handler's group filter keeps the other groups out; with two nodes, a
+REST change is told once, by the node that holds the connection."""
 
 from __future__ import annotations
 
