@@ -675,7 +675,7 @@ BAD_REQUESTS: dict[str, dict[str, Any]] = {
     "send with a string noEcho": {"type": "sendToGroup", "group": "g1", "data": 1, "noEcho": "yes"},
     "event without a name": {"type": "event", "dataType": "text", "data": "x"},
     "event with a bad name": {"type": "event", "event": "1bad", "dataType": "text", "data": "x"},
-    "unknown type": {"type": "invoke", "invocationId": "1", "target": "x"},
+    "unknown type": {"type": "futureRequest", "group": "g1"},
 }
 
 
@@ -738,7 +738,7 @@ async def test_an_unknown_type_without_an_ack_id_is_ignored(
     runner = await start_service(chat_hub())
     client = await connect(minted_url(runner), JSON)
     other = await connect(minted_url(runner), RELIABLE)
-    await client.send({"type": "invoke", "invocationId": "1", "target": "x"})
+    await client.send({"type": "futureRequest", "group": "g1"})
     await client.send({"type": "streamData", "streamId": "s"})
     await client.expect_pong()
     await other.expect_pong()

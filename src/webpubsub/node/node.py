@@ -24,11 +24,14 @@ from typing import assert_never
 from webpubsub.core.connection import Connection, Sink
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.hub import Hub
+from webpubsub.core.invocations import DEFAULT_MAX_INVOCATIONS, Invocations
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import DEFAULT_MAX_BYTES as RELIABLE_MAX_BYTES
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.router import (
     CallEvent,
+    CallInvoke,
+    CancelCall,
     CloseClient,
     Effect,
     GroupChanged,
@@ -77,7 +80,17 @@ from webpubsub.protocol.backplane import (
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
-from webpubsub.protocol.json_protocol import ack_id_of, encode_ack, encode_connected
+from webpubsub.protocol.json_protocol import (
+    CancelInvocation,
+    Invoke,
+    ProtocolViolation,
+    ack_id_of,
+    decode_client_message,
+    encode_ack,
+    encode_connected,
+    encode_invoke_error,
+    encode_invoke_response,
+)
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
@@ -173,6 +186,7 @@ class Node:
         handover: HandoverPort | None = None,
         max_inflight_events: int = DEFAULT_MAX_INFLIGHT_EVENTS,
         backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
+        max_invocations: int = DEFAULT_MAX_INVOCATIONS,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
         observer: Observers = NO_OBSERVER,
@@ -188,6 +202,10 @@ class Node:
         self.backlog_max_bytes = backlog_max_bytes
         """Bytes of the messages queued behind one connection's event, at most."""
         self._backlogs: dict[Connection, _Backlog] = {}
+        self.max_invocations = max_invocations
+        """Invocations (``invoke``) one connection may have open; the next is refused."""
+        self._invocations: dict[Connection, Invocations[asyncio.Task[EventReply]]] = {}
+        """The open invocations of the connections that sent an ``invoke``."""
         self._closing_all: tuple[int, str] | None = None
         """Set by :meth:`close_all`: a connection attached later is closed at once."""
         """Connections with an event at a handler: their next messages, in order."""
@@ -353,6 +371,9 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        invocations = self._invocations.pop(conn, None)
+        for call in invocations.close_all() if invocations is not None else ():
+            call.cancel()
         self._attached(conn)
         old, conn.sink = conn.sink, sink
         if old is not None:  # the old transport is still open: the client moved on
@@ -509,6 +530,9 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        invocations = self._invocations.pop(conn, None)
+        for call in invocations.close_all() if invocations is not None else ():
+            call.cancel()
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -553,6 +577,8 @@ class Node:
         """
         if conn.closing:
             return
+        if conn.protocol.is_json and _names_invocation(data) and self._invocation_done(conn, data):
+            return
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
@@ -572,6 +598,42 @@ class Node:
                 return
         backlog.frames.append(data)
         backlog.bytes += len(data)
+
+    def _invocation_done(self, conn: Connection, data: bytes | str) -> bool:
+        """Open an ``invoke``'s invocation as its frame arrives (so duplicates and the
+        limit count those still queued), refusing it at once with a failed
+        ``invokeResponse``; carry out a ``cancelInvocation`` at once (not behind the call
+        it cancels). True: the frame needs nothing more."""
+        try:
+            msg = decode_client_message(data)
+        except ProtocolViolation:
+            return False  # the ordinary path answers it
+        match msg:
+            case Invoke():
+                invocations = self._invocations.get(conn)
+                if invocations is None:
+                    invocations = self._invocations[conn] = Invocations(self.max_invocations)
+                try:
+                    invocations.open(msg.invocation_id)
+                except WebPubSubError as exc:
+                    conn.messages_in += 1
+                    self.observer.received(conn, data, "event")
+                    conn.send_control(encode_invoke_error(msg.invocation_id, exc))
+                    return True
+                return False
+            case CancelInvocation():
+                conn.messages_in += 1
+                self.observer.received(conn, data, "control")
+                self._cancel_invocation(conn, msg.invocation_id)
+                return True
+            case _:
+                return False
+
+    def _cancel_invocation(self, conn: Connection, invocation_id: str) -> None:
+        invocations = self._invocations.get(conn)
+        call = invocations.close(invocation_id) if invocations is not None else None
+        if call is not None:
+            call.cancel()
 
     def _full(self, backlog: _Backlog, data: bytes | str) -> bool:
         if len(backlog.frames) + 1 >= self.max_inflight_events:
@@ -688,12 +750,18 @@ class Node:
                     ack = failed(effect.ack_id, exc)
                 else:
                     ack = succeeded(conn, effect.ack_id)
-            case CallEvent():
-                call = self._call(conn, effect)
+            case CallEvent() | CallInvoke():
+                if isinstance(effect, CallEvent):
+                    call = self._call(conn, effect)
+                else:
+                    call = self._invoke(conn, effect)
                 if inline:
                     await call
                 else:
                     self._in_background(conn, call)
+                return
+            case CancelCall():
+                self._cancel_invocation(conn, effect.invocation_id)
                 return
             case _:
                 assert_never(effect)
@@ -711,6 +779,33 @@ class Node:
             ack = succeeded(conn, effect.ack_id)
         if ack is not None:
             conn.send_control(ack)
+
+    async def _invoke(self, conn: Connection, effect: CallInvoke) -> None:
+        """A JSON client's invocation: the handler's reply as its ``invokeResponse``
+        (a failure as ``success: false``), unless it was cancelled meanwhile."""
+        invocations = self._invocations.get(conn)
+        if invocations is None or effect.invocation_id not in invocations:
+            return  # cancelled while it waited behind earlier messages
+        call = asyncio.create_task(self.user_event(conn, effect.event, effect.payload))
+        invocations.start(effect.invocation_id, call)
+        try:
+            await asyncio.wait([call])
+        finally:
+            call.cancel()  # no-op once done; stops the call if this work is cancelled
+        if call.cancelled():  # by the client or the connection's end: closed already
+            return
+        invocations.close(effect.invocation_id)
+        exc = call.exception()
+        if isinstance(exc, UpstreamError):
+            frame = encode_invoke_error(effect.invocation_id, exc)
+        elif exc is not None:
+            raise exc
+        else:
+            reply = call.result()
+            if reply.state is not None:
+                self.apply_reply(conn, EventReply(None, reply.state))
+            frame = encode_invoke_response(effect.invocation_id, reply.payload)
+        conn.send_control(frame)
 
     async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
         """Call the event handler for a user event; failures are logged and re-raised."""
@@ -768,6 +863,9 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        invocations = self._invocations.pop(conn, None)
+        for call in invocations.close_all() if invocations is not None else ():
+            call.cancel()
         self._attached(conn)
         conn.closing = True
         hub = self._hubs.get(conn.hub)
@@ -956,7 +1054,7 @@ def _kind(effect: Effect | None) -> str:
     match effect:
         case Publish():
             return "sendToGroup"
-        case CallEvent():
+        case CallEvent() | CallInvoke():
             return "event"
         case Reply() if effect.after_presence:
             return "group"
@@ -966,6 +1064,12 @@ def _kind(effect: Effect | None) -> str:
             return "invalid"
         case _:
             return "control"
+
+
+def _names_invocation(data: bytes | str) -> bool:
+    """Whether a JSON frame may be an ``invoke`` or ``cancelInvocation`` (both need an
+    ``invocationId``): a substring test, so other frames are not decoded twice."""
+    return (b"invocationId" in data) if isinstance(data, bytes) else ("invocationId" in data)
 
 
 def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> None:
