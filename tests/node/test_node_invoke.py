@@ -255,3 +255,35 @@ async def test_a_malformed_invoke_is_a_failed_response_and_the_connection_stays(
         }
     ]
     assert not up.calls and not conn.closing
+
+
+async def test_an_invoke_behind_a_full_backlog_is_refused_at_once_not_held() -> None:
+    """When the connection's messages fill its backlog an ``invoke`` does not wait for
+    room (the transport would stop reading): it gets a failed response at once."""
+    node, up, sink, conn = setup(max_inflight_events=2)
+    event = orjson.dumps({"type": "event", "event": "e", "dataType": "text", "data": "x"})
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, event)
+        await up.call_count(1)
+        await node.receive(conn, event)  # queued: the backlog is full
+        await node.receive(conn, invoke("1"))  # returns at once
+        assert sent(sink) == [
+            {
+                "type": "invokeResponse",
+                "invocationId": "1",
+                "success": False,
+                "error": {
+                    "name": "InternalServerError",
+                    "message": "Too many events in flight for this connection (limit 2).",
+                },
+            }
+        ]
+        up.calls[0][2].set_result(EventReply(None, None))
+        await up.call_count(2)
+        up.calls[1][2].set_result(EventReply(None, None))
+        await node.settle(conn)
+        await node.receive(conn, invoke("1"))  # the refused id is free
+        await up.call_count(3)
+        up.calls[2][2].set_result(EventReply(Payload.text("ok"), None))
+        await node.settle(conn)
+    assert sent(sink)[-1]["data"] == "ok"

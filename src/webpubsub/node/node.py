@@ -577,13 +577,31 @@ class Node:
         """
         if conn.closing:
             return
-        if conn.protocol.is_json and _names_invocation(data) and self._invocation_done(conn, data):
+        invocation_id = None
+        if conn.protocol.is_json and _names_invocation(data):
+            handled, invocation_id = self._invocation_arrived(conn, data)
+            if handled:
+                return
+        await self._enqueue(conn, data, invocation_id)
+
+    async def _enqueue(
+        self, conn: Connection, data: bytes | str, invocation_id: str | None
+    ) -> None:
+        """Handle ``data`` now or queue it behind ``conn``'s event (``invocation_id``: the
+        frame is that open invocation's ``invoke``, refused at once rather than waiting
+        for room)."""
+        if conn.closing:
             return
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
             return
         while self._full(backlog, data):  # bounded: the head event has a timeout
+            if invocation_id is not None:  # an invocation never waits: "not a hang"
+                self._refuse_invocation(
+                    conn, invocation_id, TooManyEvents(self.max_inflight_events)
+                )
+                return
             slow_in = backlog.head_since + SLOW_EVENT_SECONDS - asyncio.get_running_loop().time()
             if slow_in <= 0:
                 ack_id = ack_id_of(data) if conn.protocol.is_json else None
@@ -594,20 +612,20 @@ class Node:
                 async with asyncio.timeout(slow_in if slow_in > 0 else None):
                     await backlog.changed()
             if self._backlogs.get(conn) is not backlog:  # it drained meanwhile
-                await self.receive(conn, data)
+                await self._enqueue(conn, data, invocation_id)
                 return
         backlog.frames.append(data)
         backlog.bytes += len(data)
 
-    def _invocation_done(self, conn: Connection, data: bytes | str) -> bool:
+    def _invocation_arrived(self, conn: Connection, data: bytes | str) -> tuple[bool, str | None]:
         """Open an ``invoke``'s invocation as its frame arrives (so duplicates and the
         limit count those still queued), refusing it at once with a failed
         ``invokeResponse``; carry out a ``cancelInvocation`` at once (not behind the call
-        it cancels). True: the frame needs nothing more."""
+        it cancels). Returns whether the frame needs nothing more, and the id opened."""
         try:
             msg = decode_client_message(data)
         except ProtocolViolation:
-            return False  # the ordinary path answers it
+            return False, None  # the ordinary path answers it
         match msg:
             case Invoke():
                 invocations = self._invocations.get(conn)
@@ -619,15 +637,21 @@ class Node:
                     conn.messages_in += 1
                     self.observer.received(conn, data, "event")
                     conn.send_control(encode_invoke_error(msg.invocation_id, exc))
-                    return True
-                return False
+                    return True, None
+                return False, msg.invocation_id
             case CancelInvocation():
                 conn.messages_in += 1
                 self.observer.received(conn, data, "control")
                 self._cancel_invocation(conn, msg.invocation_id)
-                return True
+                return True, None
             case _:
-                return False
+                return False, None
+
+    def _refuse_invocation(
+        self, conn: Connection, invocation_id: str, error: WebPubSubError
+    ) -> None:
+        self._cancel_invocation(conn, invocation_id)  # open, never started
+        conn.send_control(encode_invoke_error(invocation_id, error))
 
     def _cancel_invocation(self, conn: Connection, invocation_id: str) -> None:
         invocations = self._invocations.get(conn)
