@@ -66,6 +66,16 @@ def sent(sink: RecordingSink) -> list[dict[str, object]]:
     return [t for t in sink.texts() if t.get("type") != "system"]
 
 
+def failure(invocation_id: str, name: str, message: str) -> dict[str, object]:
+    """A failed ``invokeResponse``."""
+    return {
+        "type": "invokeResponse",
+        "invocationId": invocation_id,
+        "success": False,
+        "error": {"name": name, "message": message},
+    }
+
+
 def cancel(invocation_id: str) -> bytes:
     return orjson.dumps({"type": "cancelInvocation", "invocationId": invocation_id})
 
@@ -126,24 +136,8 @@ async def test_a_failing_or_missing_handler_is_a_failed_response() -> None:
         up.calls[1][2].set_exception(NoEventHandler("add"))
         await node.settle(conn)
     assert sent(sink) == [
-        {
-            "type": "invokeResponse",
-            "invocationId": "1",
-            "success": False,
-            "error": {
-                "name": "InternalServerError",
-                "message": "The event handler failed (status 500).",
-            },
-        },
-        {
-            "type": "invokeResponse",
-            "invocationId": "2",
-            "success": False,
-            "error": {
-                "name": "InternalServerError",
-                "message": "No event handler accepts 'add' events.",
-            },
-        },
+        failure("1", "InternalServerError", "The event handler failed (status 500)."),
+        failure("2", "InternalServerError", "No event handler accepts 'add' events."),
     ]
     assert not conn.closing
 
@@ -268,15 +262,11 @@ async def test_an_invoke_behind_a_full_backlog_is_refused_at_once_not_held() -> 
         await node.receive(conn, event)  # queued: the backlog is full
         await node.receive(conn, invoke("1"))  # returns at once
         assert sent(sink) == [
-            {
-                "type": "invokeResponse",
-                "invocationId": "1",
-                "success": False,
-                "error": {
-                    "name": "InternalServerError",
-                    "message": "Too many events in flight for this connection (limit 2).",
-                },
-            }
+            failure(
+                "1",
+                "InternalServerError",
+                "Too many events in flight for this connection (limit 2).",
+            )
         ]
         up.calls[0][2].set_result(EventReply(None, None))
         await up.call_count(2)
