@@ -7,12 +7,19 @@ import asyncio
 
 import orjson
 
-from tests.node.test_node import RecordingSink, RecordingUpstream, admission, make_node
+from tests.node.test_node import (
+    RELIABLE,
+    RecordingSink,
+    RecordingUpstream,
+    admission,
+    make_node,
+)
 from webpubsub.core.connection import Connection
 from webpubsub.core.settings import HubSettings
 from webpubsub.errors import NoEventHandler, UpstreamError
 from webpubsub.node.node import Node
 from webpubsub.protocol.cloudevents import EventContext, EventReply
+from webpubsub.protocol.frames import ClientProtocol
 from webpubsub.protocol.payload import DataType, Payload
 
 
@@ -277,3 +284,34 @@ async def test_an_invoke_behind_a_full_backlog_is_refused_at_once_not_held() -> 
         up.calls[2][2].set_result(EventReply(Payload.text("ok"), None))
         await node.settle(conn)
     assert sent(sink)[-1]["data"] == "ok"
+
+
+async def test_an_invocation_survives_a_recovery_answered_or_cancelled_on_the_new_transport() -> (
+    None
+):
+    """A reliable connection keeps its open invocations while detached: an answer after
+    the client is back goes to its new transport, and a cancel sent after the recovery
+    (what the JavaScript client sends for a call its dropped socket failed) stops the
+    call still open from before."""
+    up = ScriptedUpstream()
+    node, _ = make_node(up)
+    first = RecordingSink()
+    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), first)
+    token = conn.reconnection_token or ""
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, invoke("1"))
+        await node.receive(conn, invoke("2"))
+        await up.call_count(1)
+        node.detach(conn, first, "The connection was lost.", recoverable=True)
+        second = RecordingSink()
+        assert node.resume("chat", "r1", token, (RELIABLE,), second) is conn
+        await node.receive(conn, invoke("1"))  # still open: a duplicate
+        up.calls[0][2].set_result(EventReply(Payload.text("one"), None))
+        await up.call_count(2)
+        await node.receive(conn, cancel("2"))
+        await up.cancel_count(1)
+        await node.settle(conn)
+    assert [(t["invocationId"], t["success"]) for t in sent(second)] == [("1", False), ("1", True)]
+    assert sent(second)[1]["data"] == "one"
+    assert up.cancelled == ["add"]  # invocation 2's call
+    assert sent(first) == []

@@ -371,9 +371,6 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
-        invocations = self._invocations.pop(conn, None)
-        for call in invocations.close_all() if invocations is not None else ():
-            call.cancel()
         self._attached(conn)
         old, conn.sink = conn.sink, sink
         if old is not None:  # the old transport is still open: the client moved on
@@ -530,9 +527,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
-        invocations = self._invocations.pop(conn, None)
-        for call in invocations.close_all() if invocations is not None else ():
-            call.cancel()
+        self._end_invocations(conn)  # the client failed them when its socket dropped
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -646,6 +641,12 @@ class Node:
                 return True, None
             case _:
                 return False, None
+
+    def _end_invocations(self, conn: Connection) -> None:
+        """``conn`` ends or moves to another node: its handler calls are cancelled."""
+        invocations = self._invocations.pop(conn, None)
+        for call in invocations.close_all() if invocations is not None else ():
+            call.cancel()
 
     def _refuse_invocation(
         self, conn: Connection, invocation_id: str, error: WebPubSubError
@@ -887,9 +888,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
-        invocations = self._invocations.pop(conn, None)
-        for call in invocations.close_all() if invocations is not None else ():
-            call.cancel()
+        self._end_invocations(conn)
         self._attached(conn)
         conn.closing = True
         hub = self._hubs.get(conn.hub)
