@@ -43,11 +43,11 @@ def test_a_closed_invocation_cannot_start() -> None:
     assert invocations.close("never-opened") is None
 
 
-def test_close_all_returns_the_started_calls() -> None:
+def test_close_all_returns_every_id_and_its_call() -> None:
     invocations: Invocations[str] = Invocations()
     for invocation_id in ("1", "2", "3"):
         invocations.open(invocation_id)
     invocations.start("1", "call-1")
     invocations.start("3", "call-3")
-    assert sorted(invocations.close_all()) == ["call-1", "call-3"]
+    assert invocations.close_all() == {"1": "call-1", "2": None, "3": "call-3"}
     assert len(invocations) == 0

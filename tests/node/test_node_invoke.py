@@ -286,13 +286,13 @@ async def test_an_invoke_behind_a_full_backlog_is_refused_at_once_not_held() -> 
     assert sent(sink)[-1]["data"] == "ok"
 
 
-async def test_an_invocation_survives_a_recovery_answered_or_cancelled_on_the_new_transport() -> (
+async def test_a_dropped_reliable_connection_cancels_its_invocations_and_says_so_on_recovery() -> (
     None
 ):
-    """A reliable connection keeps its open invocations while detached: an answer after
-    the client is back goes to its new transport, and a cancel sent after the recovery
-    (what the JavaScript client sends for a call its dropped socket failed) stops the
-    call still open from before."""
+    """The JavaScript client fails every pending invocation when its socket drops and
+    cannot cancel them, so the drop cancels their calls (the recovered connection's next
+    messages do not wait behind them); on recovery each gets a failed ``invokeResponse``
+    (a client that kept waiting is answered) and its id is free again."""
     up = ScriptedUpstream()
     node, _ = make_node(up)
     first = RecordingSink()
@@ -300,18 +300,28 @@ async def test_an_invocation_survives_a_recovery_answered_or_cancelled_on_the_ne
     token = conn.reconnection_token or ""
     async with asyncio.timeout(5.0):
         await node.receive(conn, invoke("1"))
-        await node.receive(conn, invoke("2"))
+        await node.receive(conn, invoke("2"))  # queued behind 1
         await up.call_count(1)
         node.detach(conn, first, "The connection was lost.", recoverable=True)
+        await up.cancel_count(1)
         second = RecordingSink()
         assert node.resume("chat", "r1", token, (RELIABLE,), second) is conn
-        await node.receive(conn, invoke("1"))  # still open: a duplicate
-        up.calls[0][2].set_result(EventReply(Payload.text("one"), None))
+        await node.receive(conn, invoke("1", "echo"))  # free again; not behind the old call
         await up.call_count(2)
-        await node.receive(conn, cancel("2"))
-        await up.cancel_count(1)
+        up.calls[1][2].set_result(EventReply(Payload.text("one"), None))
         await node.settle(conn)
-    assert [(t["invocationId"], t["success"]) for t in sent(second)] == [("1", False), ("1", True)]
-    assert sent(second)[1]["data"] == "one"
-    assert up.cancelled == ["add"]  # invocation 2's call
+    lost = "The connection dropped before the invocation completed: it was cancelled."
+    assert sent(second) == [
+        failure("1", "InternalServerError", lost),
+        failure("2", "InternalServerError", lost),
+        {
+            "type": "invokeResponse",
+            "invocationId": "1",
+            "success": True,
+            "dataType": "text",
+            "data": "one",
+        },
+    ]
+    assert [c[0] for c in up.calls] == ["add", "echo"]  # invocation 2 was never called
+    assert up.cancelled == ["add"]
     assert sent(first) == []

@@ -57,8 +57,8 @@ class Invocations(Generic[H]):
         """Close ``invocation_id`` (answered or cancelled): its call's handle, if any."""
         return self._open.pop(invocation_id, None)
 
-    def close_all(self) -> list[H]:
-        """Close every invocation (the connection ended): the handles of started calls."""
-        handles = [h for h in self._open.values() if h is not None]
-        self._open.clear()
-        return handles
+    def close_all(self) -> dict[str, H | None]:
+        """Close every invocation (the connection ended or dropped): each id with its
+        call's handle (None: not started)."""
+        closed, self._open = self._open, {}
+        return closed

@@ -122,6 +122,11 @@ SLOW_EVENT_SECONDS = 1.0
 #: Bytes of the messages queued behind an event, at most (one largest message more).
 DEFAULT_BACKLOG_MAX_BYTES = 1024 * 1024
 
+INVOCATION_LOST = WebPubSubError(
+    "The connection dropped before the invocation completed: it was cancelled."
+)
+"""The failure of an invocation open when its reliable connection dropped (sent on recovery)."""
+
 #: Bytes of a recovered connection's buffer written at a time: the next chunk waits
 #: until the transport has drained (so any buffer fits through any outbox).
 REPLAY_CHUNK_BYTES = 64 * 1024
@@ -206,6 +211,9 @@ class Node:
         """Invocations (``invoke``) one connection may have open; the next is refused."""
         self._invocations: dict[Connection, Invocations[asyncio.Task[EventReply]]] = {}
         """The open invocations of the connections that sent an ``invoke``."""
+        self._lost_invocations: dict[Connection, list[str]] = {}
+        """Detached connections' invocations cancelled by the drop (at most
+        ``max_invocations`` each): each gets a failed ``invokeResponse`` on recovery."""
         self._closing_all: tuple[int, str] | None = None
         """Set by :meth:`close_all`: a connection attached later is closed at once."""
         """Connections with an event at a handler: their next messages, in order."""
@@ -378,6 +386,8 @@ class Node:
         conn.replaying = True
         conn.close_code = None
         self.observer.recovered(conn)
+        for invocation_id in self._lost_invocations.pop(conn, ()):
+            conn.send_control(encode_invoke_error(invocation_id, INVOCATION_LOST))
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
             task = asyncio.get_running_loop().create_task(self._replay(conn, sink, cursor))
@@ -642,11 +652,17 @@ class Node:
             case _:
                 return False, None
 
-    def _end_invocations(self, conn: Connection) -> None:
-        """``conn`` ends or moves to another node: its handler calls are cancelled."""
+    def _end_invocations(self, conn: Connection) -> list[str]:
+        """``conn`` ends, drops or moves to another node: its handler calls are cancelled
+        (the client fails its pending invocations when its socket closes, and cannot
+        cancel them); the ids that were open."""
+        self._lost_invocations.pop(conn, None)
         invocations = self._invocations.pop(conn, None)
-        for call in invocations.close_all() if invocations is not None else ():
-            call.cancel()
+        closed = invocations.close_all() if invocations is not None else {}
+        for call in closed.values():
+            if call is not None:
+                call.cancel()
+        return list(closed)
 
     def _refuse_invocation(
         self, conn: Connection, invocation_id: str, error: WebPubSubError
@@ -876,6 +892,9 @@ class Node:
                 self._recovery_window, self._end, conn, "The client did not reconnect in time."
             )
             self._detached_now(conn)
+            lost = self._end_invocations(conn)
+            if lost:
+                self._lost_invocations[conn] = lost
             self.observer.detached(conn, reason)
             return
         self._end(conn, reason)
