@@ -348,9 +348,11 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
     node: str, start_service: StartService, handler_app: EventHandlerApp
 ) -> None:
     """``invokeEvent`` of @azure/web-pubsub-client: the handler's answer is the result,
-    its failure an InvocationError, and an aborted invocation's handler call is
-    cancelled by the service (``cancelInvocation``) while the connection goes on."""
+    its failure an InvocationError, an aborted invocation's handler call is cancelled by
+    the service (``cancelInvocation``) while the connection goes on, and so is the call
+    of an invocation whose transport dropped (reliable recovery)."""
     reached = asyncio.Event()
+    reached2 = asyncio.Event()
     release = asyncio.Event()
 
     async def responder(req: Recorded) -> web.StreamResponse:
@@ -363,8 +365,8 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
             return web.Response(text="echo:" + req.body.decode(), content_type="text/plain")
         if req.event_name == "fail":
             return web.Response(status=500, text="the handler broke")
-        if req.event_name == "hang":
-            reached.set()
+        if req.event_name in ("hang", "hang2"):
+            (reached if req.event_name == "hang" else reached2).set()
             await release.wait()  # set when the test ends
         return default_responder(req)
 
@@ -373,9 +375,11 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
     runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
 
     async def tell_when_reached() -> None:
-        await reached.wait()
         async with sdk(runner) as service:
+            await reached.wait()
             await service.send_to_all("abort-now", content_type="text/plain")
+            await reached2.wait()
+            await service.send_to_all("drop-now", content_type="text/plain")
 
     teller = asyncio.create_task(tell_when_reached())
     try:
@@ -398,6 +402,13 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
     # call (else the next invocation would wait behind it, and the script time out).
     assert of(obs, "after-abort") == [
         {"kind": "after-abort", "dataType": "text", "data": "echo:after"}
+    ]
+    # A dropped transport fails the pending invocation on the client; the connection
+    # recovers and is not stuck behind the call nobody waits for (still held).
+    [lost] = of(obs, "lost")
+    assert lost["name"] == "InvocationError" and "disconnected" in lost["message"]
+    assert of(obs, "after-drop") == [
+        {"kind": "after-drop", "data": "echo:again", "sameConnectionId": True}
     ]
     add = await handler_app.next_event("user.add")
     assert add.headers["Content-Type"].startswith("application/json")

@@ -1,13 +1,14 @@
 // @azure/web-pubsub-client's invokeEvent against the service and a real handler:
 // a JSON and a text answer, a handler failure, and an invocation aborted with an
 // AbortSignal while the handler holds it (the service then tells the script, by a
-// sendToAll "abort-now", that the handler has the request; the script aborts).
+// sendToAll "abort-now", that the handler has the request; the script aborts), and a
+// transport dropped while the handler holds "hang2" (told by "drop-now").
 //
 //   node invoke.mjs <connection string> <hub>
 //
 // The hub's upstream answers "add" with JSON {"sum": a + b}, "echo" with text,
-// fails "fail" with 500 and holds "hang" until the test ends.
-// Observations: connected, result, failure, aborted, after-abort.
+// fails "fail" with 500 and holds "hang" and "hang2" until the test ends.
+// Observations: connected, result, failure, aborted, after-abort, lost, after-drop.
 
 import { WebPubSubClient } from "@azure/web-pubsub-client";
 import { WebPubSubServiceClient } from "@azure/web-pubsub";
@@ -17,7 +18,8 @@ const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
 const WAIT = 5000;
 
-const service = new WebPubSubServiceClient(connectionString, hub);
+// Plain HTTP on 127.0.0.1 (the test serves no TLS): the SDK must be told.
+const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
 
 run(async () => {
   const client = new WebPubSubClient({
@@ -57,5 +59,22 @@ run(async () => {
   // The connection goes on: the next invocation is answered (not stuck behind "hang").
   const after = await withTimeout(client.invokeEvent("echo", "after", "text"), WAIT, "after abort");
   emit("after-abort", { dataType: after.dataType, data: plain(after.data) });
+
+  // The transport drops (no close frame) while the handler holds "hang2": the client
+  // fails that invocation and recovers its connection; the next invocation is answered.
+  const connectionId = client._connectionId;
+  const held = client.invokeEvent("hang2", "x", "text");
+  await rec.waitFor((m) => m.kind === "server-message" && m.data === "drop-now", "drop-now");
+  client._wsClient._socket.terminate();
+  try {
+    await withTimeout(held, WAIT, "hang2");
+    emit("result", { event: "hang2" });
+  } catch (err) {
+    emit("lost", { name: err.name, message: err.message });
+  }
+  await service.sendToAll("back", { contentType: "text/plain" }); // replayed on recovery
+  await rec.waitFor((m) => m.kind === "server-message" && m.data === "back", "back", WAIT);
+  const again = await withTimeout(client.invokeEvent("echo", "again", "text"), WAIT, "after drop");
+  emit("after-drop", { data: plain(again.data), sameConnectionId: client._connectionId === connectionId });
   client.stop();
 });

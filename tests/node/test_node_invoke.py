@@ -87,13 +87,19 @@ def cancel(invocation_id: str) -> bytes:
     return orjson.dumps({"type": "cancelInvocation", "invocationId": invocation_id})
 
 
-def setup(**node_attrs: int) -> tuple[Node, ScriptedUpstream, RecordingSink, Connection]:
+def setup(
+    *, reliable: bool = False, **node_attrs: int
+) -> tuple[Node, ScriptedUpstream, RecordingSink, Connection]:
+    """A node with ``node_attrs`` set and one connection (``r1`` when ``reliable``)."""
     up = ScriptedUpstream()
     node, _ = make_node(up)
     for name, value in node_attrs.items():
         setattr(node, name, value)
     sink = RecordingSink()
-    conn = node.attach(admission(), sink)
+    if reliable:
+        conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), sink)
+    else:
+        conn = node.attach(admission(), sink)
     return node, up, sink, conn
 
 
@@ -293,10 +299,7 @@ async def test_a_dropped_reliable_connection_cancels_its_invocations_and_says_so
     cannot cancel them, so the drop cancels their calls (the recovered connection's next
     messages do not wait behind them); on recovery each gets a failed ``invokeResponse``
     (a client that kept waiting is answered) and its id is free again."""
-    up = ScriptedUpstream()
-    node, _ = make_node(up)
-    first = RecordingSink()
-    conn = node.attach(admission(ClientProtocol.JSON_RELIABLE, connection_id="r1"), first)
+    node, up, first, conn = setup(reliable=True)
     token = conn.reconnection_token or ""
     async with asyncio.timeout(5.0):
         await node.receive(conn, invoke("1"))
@@ -325,3 +328,19 @@ async def test_a_dropped_reliable_connection_cancels_its_invocations_and_says_so
     assert [c[0] for c in up.calls] == ["add", "echo"]  # invocation 2 was never called
     assert up.cancelled == ["add"]
     assert sent(first) == []
+
+
+async def test_a_recovery_before_the_drop_is_noticed_cancels_the_invocations_too() -> None:
+    """The client may be back before the service has seen its old socket close: the
+    recovery closes that socket, and its invocations end as if it had dropped first."""
+    node, up, _first, conn = setup(reliable=True)
+    token = conn.reconnection_token or ""
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, invoke("1"))
+        await up.call_count(1)
+        second = RecordingSink()
+        assert node.resume("chat", "r1", token, (RELIABLE,), second) is conn  # no detach
+        await up.cancel_count(1)
+        await node.settle(conn)
+    lost = "The connection dropped before the invocation completed: it was cancelled."
+    assert sent(second) == [failure("1", "InternalServerError", lost)]

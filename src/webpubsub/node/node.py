@@ -381,12 +381,14 @@ class Node:
             timer.cancel()
         self._attached(conn)
         old, conn.sink = conn.sink, sink
+        lost = self._lost_invocations.pop(conn, [])
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
+            lost = self._end_invocations(conn)  # as if it had dropped first
         conn.replaying = True
         conn.close_code = None
         self.observer.recovered(conn)
-        for invocation_id in self._lost_invocations.pop(conn, ()):
+        for invocation_id in lost:
             conn.send_control(encode_invoke_error(invocation_id, INVOCATION_LOST))
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
