@@ -111,6 +111,13 @@ class Duplicate(WebPubSubError):
         super().__init__(f"Message with ack-id: {ack_id} has been processed")
 
 
+class DuplicateInvocation(Duplicate):
+    """An ``invoke`` reuses the id of an invocation still open on its connection."""
+
+    def __init__(self, invocation_id: str) -> None:
+        WebPubSubError.__init__(self, f"Invocation '{invocation_id}' is already in progress.")
+
+
 class NotFound(WebPubSubError):
     """The addressed connection, user, group or route does not exist."""
 
@@ -216,6 +223,13 @@ class TooManyRequests(WebPubSubError):
     code = "Error.TooManyRequests"
     http_status = 429
     ack_name = "TooManyRequests"
+
+
+class TooManyInvocations(TooManyRequests):
+    """A connection already has its limit of invocations open (``invoke``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Too many invocations in progress for this connection (limit {limit}).")
 
 
 class SlowClient(WebPubSubError):

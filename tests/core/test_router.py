@@ -14,6 +14,8 @@ from webpubsub.core.permissions import Permissions
 from webpubsub.core.router import (
     GROUP_CHANGED,
     CallEvent,
+    CallInvoke,
+    CancelCall,
     CloseClient,
     GroupChanged,
     Publish,
@@ -168,3 +170,36 @@ def test_a_join_past_the_group_limit_is_a_bad_request() -> None:
     assert ack(route(conn, hub, frame({"type": "joinGroup", "group": "g9", "ackId": 11})))[
         "success"
     ]
+
+
+def test_an_invoke_becomes_a_call_and_a_cancel_a_cancel() -> None:
+    conn, hub = client()
+    effect = route(
+        conn,
+        hub,
+        frame(
+            {
+                "type": "invoke",
+                "invocationId": "i1",
+                "target": "event",
+                "event": "add",
+                "dataType": "text",
+                "data": "x",
+            }
+        ),
+    )
+    assert effect == CallInvoke("i1", "add", Payload.text("x"))
+    assert route(conn, hub, frame({"type": "cancelInvocation", "invocationId": "i1"})) == (
+        CancelCall("i1")
+    )
+
+
+def test_a_bad_invoke_gets_a_failed_invoke_response() -> None:
+    conn, hub = client()
+    effect = route(conn, hub, frame({"type": "invoke", "invocationId": "i1", "event": "9x"}))
+    assert isinstance(effect, Reply)
+    reply = orjson.loads(effect.frame)
+    assert reply["invocationId"] == "i1" and reply["success"] is False
+    assert reply["error"]["name"] == "BadRequest"
+    no_id = route(conn, hub, frame({"type": "invoke", "event": "e"}))
+    assert isinstance(no_id, CloseClient) and no_id.code == CloseCode.POLICY_VIOLATION

@@ -27,6 +27,7 @@ from tests.conftest import SECOND_KEY, StartService, tls_files
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
+from tests.support.service import sdk
 from webpubsub.backplane.redis import RedisBackplane
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.devcert import DevCert
@@ -341,3 +342,74 @@ async def test_service_sdk_token_url_is_accepted_and_send_to_all_arrives(
     ]
     # The URL is accepted because of its signature: the same SDK with another key is refused.
     assert of(obs, "refused") == [{"kind": "refused", "status": 401}]
+
+
+async def test_client_sdk_invoke_event_answers_fails_and_aborts(
+    node: str, start_service: StartService, handler_app: EventHandlerApp
+) -> None:
+    """``invokeEvent`` of @azure/web-pubsub-client: the handler's answer is the result,
+    its failure an InvocationError, an aborted invocation's handler call is cancelled by
+    the service (``cancelInvocation``) while the connection goes on, and so is the call
+    of an invocation whose transport dropped (reliable recovery)."""
+    reached = asyncio.Event()
+    reached2 = asyncio.Event()
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.method != "POST":
+            return default_responder(req)
+        if req.event_name == "add":
+            body = json.loads(req.body)
+            return web.json_response({"sum": body["a"] + body["b"]})
+        if req.event_name == "echo":
+            return web.Response(text="echo:" + req.body.decode(), content_type="text/plain")
+        if req.event_name == "fail":
+            return web.Response(status=500, text="the handler broke")
+        if req.event_name in ("hang", "hang2"):
+            (reached if req.event_name == "hang" else reached2).set()
+            await release.wait()  # set when the test ends
+        return default_responder(req)
+
+    handler_app.responder = responder
+    handler = EventHandlerSettings(url_template=handler_app.url, user_event_pattern="*")
+    runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
+
+    async def tell_when_reached() -> None:
+        async with sdk(runner) as service:
+            await reached.wait()
+            await service.send_to_all("abort-now", content_type="text/plain")
+            await reached2.wait()
+            await service.send_to_all("drop-now", content_type="text/plain")
+
+    teller = asyncio.create_task(tell_when_reached())
+    try:
+        obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat")
+    finally:
+        teller.cancel()
+        release.set()
+
+    results = [(o["event"], o["dataType"], o["data"]) for o in of(obs, "result")]
+    assert results == [("add", "json", {"sum": 3}), ("echo", "text", "echo:hi")]
+    [failure] = of(obs, "failure")
+    assert failure["name"] == "InvocationError"
+    assert failure["errorDetail"] == {
+        "name": "InternalServerError",
+        "message": "The event handler failed (status 500).",
+    }
+    [aborted] = of(obs, "aborted")
+    assert aborted["name"] == "InvocationError" and "abort" in aborted["message"]
+    # Answered although "hang" is still held by the handler: the service cancelled that
+    # call (else the next invocation would wait behind it, and the script time out).
+    assert of(obs, "after-abort") == [
+        {"kind": "after-abort", "dataType": "text", "data": "echo:after"}
+    ]
+    # A dropped transport fails the pending invocation on the client; the connection
+    # recovers and is not stuck behind the call nobody waits for (still held).
+    [lost] = of(obs, "lost")
+    assert lost["name"] == "InvocationError" and "disconnected" in lost["message"]
+    assert of(obs, "after-drop") == [
+        {"kind": "after-drop", "data": "echo:again", "sameConnectionId": True}
+    ]
+    add = await handler_app.next_event("user.add")
+    assert add.headers["Content-Type"].startswith("application/json")
+    assert json.loads(add.body) == {"a": 1, "b": 2}

@@ -21,8 +21,12 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.protocol.json_protocol import (
+    EMPTY_PAYLOAD,
     MAX_DATA_DEPTH,
+    MAX_INVOCATION_ID,
     PONG,
+    CancelInvocation,
+    Invoke,
     JoinGroup,
     LeaveGroup,
     Ping,
@@ -36,6 +40,8 @@ from webpubsub.protocol.json_protocol import (
     encode_connected,
     encode_data_body,
     encode_disconnected,
+    encode_invoke_error,
+    encode_invoke_response,
     with_sequence_id,
 )
 from webpubsub.protocol.payload import DataType, Payload
@@ -89,7 +95,8 @@ def test_data_type_defaults_to_json_and_type_is_case_insensitive() -> None:
 
 
 def test_unknown_types_are_unsupported_not_fatal() -> None:
-    assert decode_client_message('{"type": "invoke", "ackId": 3}') == Unsupported("invoke", 3)
+    frame = '{"type": "futureRequest", "ackId": 3}'
+    assert decode_client_message(frame) == Unsupported("futureRequest", 3)
 
 
 @pytest.mark.parametrize(
@@ -202,6 +209,13 @@ json_values = st.recursive(
 )
 
 
+def wire_data(kind: str, value: object, raw: bytes) -> object:
+    """The ``data`` member a client sends for ``kind`` (JSON data is never null)."""
+    if kind == "json":
+        return 0 if value is None else value
+    return str(value) if kind == "text" else base64.b64encode(raw).decode()
+
+
 @given(
     group=st.text(min_size=1, max_size=50).filter(lambda g: g.strip()),
     kind=st.sampled_from(["text", "json", "binary"]),
@@ -221,11 +235,7 @@ def test_publish_round_trip(
     user: str | None,
 ) -> None:
     """What a client publishes reaches others with the same data and data type."""
-    if kind == "json" and value is None:
-        value = 0
-    data: object = {"text": str(value), "json": value, "binary": base64.b64encode(raw).decode()}[
-        kind
-    ]
+    data = wire_data(kind, value, raw)
     frame = {
         "type": "sendToGroup",
         "group": group,
@@ -252,9 +262,31 @@ def test_arbitrary_input_raises_only_protocol_violation(frame: bytes | str) -> N
 @given(
     st.dictionaries(
         st.sampled_from(
-            ["type", "group", "ackId", "data", "dataType", "event", "noEcho", "sequenceId"]
+            [
+                "type",
+                "group",
+                "ackId",
+                "data",
+                "dataType",
+                "event",
+                "noEcho",
+                "sequenceId",
+                "invocationId",
+                "target",
+            ]
         ),
-        json_values | st.sampled_from(["joinGroup", "sendToGroup", "event", "sequenceAck", "ping"]),
+        json_values
+        | st.sampled_from(
+            [
+                "joinGroup",
+                "sendToGroup",
+                "event",
+                "sequenceAck",
+                "ping",
+                "invoke",
+                "cancelInvocation",
+            ]
+        ),
     )
 )
 def test_arbitrary_objects_raise_only_protocol_violation(obj: dict[str, object]) -> None:
@@ -343,3 +375,145 @@ def test_any_depth_raises_only_protocol_violation(depth: int, opener: str) -> No
     else:
         assert depth <= MAX_DATA_DEPTH
         assert isinstance(msg, SendEvent) and msg.payload.data == data.encode()
+
+
+# -- invoke -------------------------------------------------------------------------
+# Frames as @azure/web-pubsub-client 1.1.0 writes them (dist/esm/protocols/jsonProtocolBase.js,
+# ``writeMessage``: ``dataType``/``data`` only when the data is not null).
+INVOKE_FRAMES = [
+    (
+        '{"type":"invoke","invocationId":"1","target":"event","event":"add",'
+        '"dataType":"json","data":{"a":1}}',
+        Invoke("1", "add", Payload(DataType.JSON, b'{"a":1}')),
+    ),
+    (
+        '{"type":"invoke","invocationId":"2","target":"event","event":"echo",'
+        '"dataType":"text","data":"hi"}',
+        Invoke("2", "echo", Payload.text("hi")),
+    ),
+    (
+        '{"type":"invoke","invocationId":"x","target":"event","event":"raw",'
+        '"dataType":"binary","data":"AAH/"}',
+        Invoke("x", "raw", Payload.binary(b"\x00\x01\xff")),
+    ),
+    (
+        '{"type":"invoke","invocationId":"3","target":"event","event":"nothing"}',
+        Invoke("3", "nothing", EMPTY_PAYLOAD),
+    ),
+    ('{"type":"cancelInvocation","invocationId":"1"}', CancelInvocation("1")),
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), INVOKE_FRAMES)
+def test_decodes_the_invocations_the_js_client_sends(frame: str, expected: object) -> None:
+    assert decode_client_message(frame) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "invocation_id", "message"),
+    [
+        ('{"type":"invoke","invocationId":"1","target":"group","event":"e"}', "1", "target"),
+        ('{"type":"invoke","invocationId":"1","target":"event"}', "1", "'event'"),
+        ('{"type":"invoke","invocationId":"1","event":"9bad"}', "1", "event name"),
+        (
+            '{"type":"invoke","invocationId":"1","event":"e","dataType":"xml","data":"a"}',
+            "1",
+            "dataType",
+        ),
+        ('{"type":"invoke","event":"e"}', None, "invocationId"),
+        ('{"type":"invoke","invocationId":"","event":"e"}', None, "invocationId"),
+        ('{"type":"invoke","invocationId":7,"event":"e"}', None, "invocationId"),
+        ('{"type":"cancelInvocation"}', None, "invocationId"),
+        (
+            '{"type":"invoke","invocationId":"' + "i" * (MAX_INVOCATION_ID + 1) + '","event":"e"}',
+            None,
+            "longer",
+        ),
+    ],
+)
+def test_bad_invocations_keep_their_id_when_readable(
+    frame: str, invocation_id: str | None, message: str
+) -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        decode_client_message(frame)
+    assert info.value.invocation_id == invocation_id
+    assert message in info.value.message
+    assert not info.value.fatal and info.value.ack_id is None
+
+
+def test_invoke_responses_are_what_the_js_client_parses() -> None:
+    """``parseMessages`` in jsonProtocolBase.js reads type, invocationId, success,
+    dataType/data (parsed by dataType) and error."""
+    assert (
+        encode_invoke_response("1", Payload(DataType.JSON, b'{"sum":3}'))
+        == b'{"type":"invokeResponse","invocationId":"1","success":true,'
+        b'"dataType":"json","data":{"sum":3}}'
+    )
+    assert (
+        encode_invoke_response("2", Payload.text("hi"))
+        == b'{"type":"invokeResponse","invocationId":"2","success":true,'
+        b'"dataType":"text","data":"hi"}'
+    )
+    assert (
+        encode_invoke_response("3", Payload.binary(b"\x00\x01\xff"))
+        == b'{"type":"invokeResponse","invocationId":"3","success":true,'
+        b'"dataType":"binary","data":"AAH/"}'
+    )
+    assert (
+        encode_invoke_response("4", None)
+        == b'{"type":"invokeResponse","invocationId":"4","success":true}'
+    )
+    assert (
+        encode_invoke_error("5", UpstreamError("http://secret/ refused", status=500))
+        == b'{"type":"invokeResponse","invocationId":"5","success":false,'
+        b'"error":{"name":"InternalServerError",'
+        b'"message":"The event handler failed (status 500)."}}'
+    )
+    assert json.loads(encode_invoke_error("6", BadRequest("no"))) == {
+        "type": "invokeResponse",
+        "invocationId": "6",
+        "success": False,
+        "error": {"name": "BadRequest", "message": "no"},
+    }
+
+
+@given(
+    invocation_id=st.text(min_size=1, max_size=MAX_INVOCATION_ID),
+    event=st.from_regex(r"[A-Za-z][A-Za-z0-9_.\-]{0,20}", fullmatch=True),
+    kind=st.sampled_from(["text", "json", "binary"]),
+    value=json_values,
+    raw=st.binary(max_size=64),
+)
+def test_invoke_round_trip(
+    invocation_id: str, event: str, kind: str, value: object, raw: bytes
+) -> None:
+    """An invoke's data reaches the handler as sent, and the same payload as a response
+    reads back as that data with its data type."""
+    data = wire_data(kind, value, raw)
+    frame = {
+        "type": "invoke",
+        "invocationId": invocation_id,
+        "target": "event",
+        "event": event,
+        "dataType": kind,
+        "data": data,
+    }
+    msg = decode_client_message(orjson.dumps(frame))
+    assert isinstance(msg, Invoke)
+    assert (msg.invocation_id, msg.event, msg.payload.data_type.value) == (
+        invocation_id,
+        event,
+        kind,
+    )
+    out = orjson.loads(encode_invoke_response(invocation_id, msg.payload))
+    assert out == {
+        "type": "invokeResponse",
+        "invocationId": invocation_id,
+        "success": True,
+        "dataType": kind,
+        "data": data,
+    }
+    cancel = decode_client_message(
+        orjson.dumps({"type": "cancelInvocation", "invocationId": invocation_id})
+    )
+    assert cancel == CancelInvocation(invocation_id)

@@ -267,6 +267,42 @@ async def test_a_failed_user_event_is_an_error_ack(
         assert (await receive_json(ws))["data"] == "fine"
 
 
+async def test_an_app_answers_an_invoke_as_it_answers_a_user_event(
+    serve: Serve, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """An ``invoke`` reaches ``on_event`` as the user event it names; what the app returns
+    is the ``invokeResponse`` data, an :class:`EventHandlerError` its failure."""
+    events: Recorder[UserEventRequest] = Recorder()
+
+    def event(request: UserEventRequest) -> object:
+        events(request)
+        if request.context.event_name == "fail":
+            raise EventHandlerError(400, "cannot add that")
+        body = request.data
+        return {"sum": body["a"] + body["b"]}
+
+    base = await serve(WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_event=event))
+    runner = await start_service(hub_settings(f"{base}/eventhandler"))
+    url = await client_url(runner, HUB, user_id="alice")
+    async with http.ws_connect(url, protocols=[JSON_PROTOCOL]) as ws:
+        assert (await receive_json(ws))["event"] == "connected"
+        invoke = {"type": "invoke", "invocationId": "1", "target": "event"}
+        await ws.send_json({**invoke, "event": "add", "dataType": "json", "data": {"a": 1, "b": 2}})
+        assert await receive_json(ws) == {
+            "type": "invokeResponse",
+            "invocationId": "1",
+            "success": True,
+            "dataType": "json",
+            "data": {"sum": 3},
+        }
+        await ws.send_json({**invoke, "event": "fail", "dataType": "text", "data": "x"})
+        failed = await receive_json(ws)
+        assert (failed["invocationId"], failed["success"]) == ("1", False)
+        assert failed["error"]["name"] == "InternalServerError"
+    seen = await events.next()
+    assert (seen.context.event_name, seen.context.user_id) == ("add", "alice")
+
+
 @pytest.mark.parametrize(
     ("service_keys", "handler_keys", "accepted"),
     [

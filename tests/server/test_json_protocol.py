@@ -675,7 +675,7 @@ BAD_REQUESTS: dict[str, dict[str, Any]] = {
     "send with a string noEcho": {"type": "sendToGroup", "group": "g1", "data": 1, "noEcho": "yes"},
     "event without a name": {"type": "event", "dataType": "text", "data": "x"},
     "event with a bad name": {"type": "event", "event": "1bad", "dataType": "text", "data": "x"},
-    "unknown type": {"type": "invoke", "invocationId": "1", "target": "x"},
+    "unknown type": {"type": "futureRequest", "group": "g1"},
 }
 
 
@@ -708,6 +708,7 @@ NOT_REQUESTS: dict[str, str | bytes] = {
         '{"type":"sendToGroup","group":"g1","dataType":"binary","data":"!"}'
     ),
     "a bad sequenceAck": '{"type":"sequenceAck","sequenceId":"x"}',
+    "an invoke without an invocationId": '{"type":"invoke","target":"event","event":"e"}',
     "binary garbage": b"\xff\x00\xfe",
 }
 
@@ -738,7 +739,7 @@ async def test_an_unknown_type_without_an_ack_id_is_ignored(
     runner = await start_service(chat_hub())
     client = await connect(minted_url(runner), JSON)
     other = await connect(minted_url(runner), RELIABLE)
-    await client.send({"type": "invoke", "invocationId": "1", "target": "x"})
+    await client.send({"type": "futureRequest", "group": "g1"})
     await client.send({"type": "streamData", "streamId": "s"})
     await client.expect_pong()
     await other.expect_pong()
@@ -1134,3 +1135,23 @@ async def test_the_recovery_window_expiry_ends_the_connection_once(
         event = await handler_app.next_event("sys.disconnected")
         assert event.headers["ce-connectionId"] == other.id
         assert len(posts(handler_app, "disconnected", client.id)) == 1
+
+
+async def test_a_malformed_invoke_is_answered_by_its_invocation_id_and_the_client_stays(
+    start_service: StartService, connect: Connect
+) -> None:
+    runner = await start_service(chat_hub())
+    client = await connect(minted_url(runner), RELIABLE)
+    await client.send({"type": "invoke", "invocationId": "7", "target": "group", "event": "e"})
+    assert await client.recv() == {
+        "type": "invokeResponse",
+        "invocationId": "7",
+        "success": False,
+        "error": {"name": "BadRequest", "message": "'target' must be \"event\"."},
+    }
+    # No handler for the event: a failed response, not a close.
+    await client.send({"type": "invoke", "invocationId": "8", "target": "event", "event": "e"})
+    answer = await client.recv()
+    assert (answer["invocationId"], answer["success"]) == ("8", False)
+    assert answer["error"]["name"] == "InternalServerError"
+    await client.expect_pong()

@@ -26,6 +26,8 @@ from webpubsub.protocol.backplane import Command, Send, Target
 from webpubsub.protocol.frames import DataMessage, Origin
 from webpubsub.protocol.json_protocol import (
     PONG,
+    CancelInvocation,
+    Invoke,
     JoinGroup,
     LeaveGroup,
     Ping,
@@ -36,6 +38,7 @@ from webpubsub.protocol.json_protocol import (
     Unsupported,
     decode_client_message,
     encode_ack,
+    encode_invoke_error,
 )
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import CloseCode
@@ -79,6 +82,26 @@ class CallEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CallInvoke:
+    """Call the event handler with user event ``event`` for invocation
+    ``invocation_id``; its reply becomes the ``invokeResponse`` (no data message, no
+    ack). The node opened the invocation when its frame arrived (duplicates and the
+    per-connection limit are refused there)."""
+
+    invocation_id: str
+    event: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCall:
+    """Stop waiting for invocation ``invocation_id``: its handler call is cancelled and
+    no ``invokeResponse`` is sent."""
+
+    invocation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupChanged:
     """A join or leave without an ``ackId``, done: nothing to send. ``presence``:
     (``"joined"``/``"left"``, group) when it changed the connection's groups."""
@@ -89,7 +112,7 @@ class GroupChanged:
 GROUP_CHANGED = GroupChanged()
 """A join or leave that changed nothing (already in the group, or not in it)."""
 
-Effect = Reply | CloseClient | Publish | CallEvent | GroupChanged
+Effect = Reply | CloseClient | Publish | CallEvent | CallInvoke | CancelCall | GroupChanged
 
 
 def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
@@ -97,6 +120,8 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
     try:
         msg = decode_client_message(frame)
     except ProtocolViolation as exc:
+        if exc.invocation_id is not None:
+            return Reply(encode_invoke_error(exc.invocation_id, exc))
         if exc.fatal or exc.ack_id is None:
             return CloseClient(CloseCode.POLICY_VIOLATION, f"Invalid message: {exc.message}")
         return Reply(encode_ack(exc.ack_id, exc))
@@ -107,6 +132,10 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
             return None
         case Ping():
             return Reply(PONG)
+        case Invoke():
+            return CallInvoke(msg.invocation_id, msg.event, msg.payload)
+        case CancelInvocation():
+            return CancelCall(msg.invocation_id)
         case Unsupported():
             if msg.ack_id is None:
                 return None

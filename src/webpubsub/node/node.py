@@ -24,11 +24,14 @@ from typing import assert_never
 from webpubsub.core.connection import Connection, Sink
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.hub import Hub
+from webpubsub.core.invocations import DEFAULT_MAX_INVOCATIONS, Invocations
 from webpubsub.core.permissions import Permission, Permissions
 from webpubsub.core.reliable import DEFAULT_MAX_BYTES as RELIABLE_MAX_BYTES
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.router import (
     CallEvent,
+    CallInvoke,
+    CancelCall,
     CloseClient,
     Effect,
     GroupChanged,
@@ -77,7 +80,17 @@ from webpubsub.protocol.backplane import (
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
-from webpubsub.protocol.json_protocol import ack_id_of, encode_ack, encode_connected
+from webpubsub.protocol.json_protocol import (
+    CancelInvocation,
+    Invoke,
+    ProtocolViolation,
+    ack_id_of,
+    decode_client_message,
+    encode_ack,
+    encode_connected,
+    encode_invoke_error,
+    encode_invoke_response,
+)
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
@@ -108,6 +121,11 @@ DEFAULT_MAX_INFLIGHT_EVENTS = 16
 SLOW_EVENT_SECONDS = 1.0
 #: Bytes of the messages queued behind an event, at most (one largest message more).
 DEFAULT_BACKLOG_MAX_BYTES = 1024 * 1024
+
+INVOCATION_LOST = WebPubSubError(
+    "The connection dropped before the invocation completed: it was cancelled."
+)
+"""The failure of an invocation open when its reliable connection dropped (sent on recovery)."""
 
 #: Bytes of a recovered connection's buffer written at a time: the next chunk waits
 #: until the transport has drained (so any buffer fits through any outbox).
@@ -173,6 +191,7 @@ class Node:
         handover: HandoverPort | None = None,
         max_inflight_events: int = DEFAULT_MAX_INFLIGHT_EVENTS,
         backlog_max_bytes: int = DEFAULT_BACKLOG_MAX_BYTES,
+        max_invocations: int = DEFAULT_MAX_INVOCATIONS,
         reliable_max_bytes: int = RELIABLE_MAX_BYTES,
         detached: DetachedSessions | None = None,
         observer: Observers = NO_OBSERVER,
@@ -188,6 +207,13 @@ class Node:
         self.backlog_max_bytes = backlog_max_bytes
         """Bytes of the messages queued behind one connection's event, at most."""
         self._backlogs: dict[Connection, _Backlog] = {}
+        self.max_invocations = max_invocations
+        """Invocations (``invoke``) one connection may have open; the next is refused."""
+        self._invocations: dict[Connection, Invocations[asyncio.Task[EventReply]]] = {}
+        """The open invocations of the connections that sent an ``invoke``."""
+        self._lost_invocations: dict[Connection, list[str]] = {}
+        """Detached connections' invocations cancelled by the drop (at most
+        ``max_invocations`` each): each gets a failed ``invokeResponse`` on recovery."""
         self._closing_all: tuple[int, str] | None = None
         """Set by :meth:`close_all`: a connection attached later is closed at once."""
         """Connections with an event at a handler: their next messages, in order."""
@@ -356,11 +382,15 @@ class Node:
             timer.cancel()
         self._attached(conn)
         old, conn.sink = conn.sink, sink
+        lost = self._lost_invocations.pop(conn, [])
         if old is not None:  # the old transport is still open: the client moved on
             old.close(CloseCode.POLICY_VIOLATION, "The connection was recovered elsewhere.")
+            lost = self._end_invocations(conn)  # as if it had dropped first
         conn.replaying = True
         conn.close_code = None
         self.observer.recovered(conn)
+        for invocation_id in lost:
+            conn.send_control(encode_invoke_error(invocation_id, INVOCATION_LOST))
         cursor = _replay_chunk(conn, sink, 0)
         if cursor is not None:
             task = asyncio.get_running_loop().create_task(self._replay(conn, sink, cursor))
@@ -510,6 +540,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        self._end_invocations(conn)  # the client failed them when its socket dropped
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -554,11 +585,31 @@ class Node:
         """
         if conn.closing:
             return
+        invocation_id = None
+        if conn.protocol.is_json and _names_invocation(data):
+            handled, invocation_id = self._invocation_arrived(conn, data)
+            if handled:
+                return
+        await self._enqueue(conn, data, invocation_id)
+
+    async def _enqueue(
+        self, conn: Connection, data: bytes | str, invocation_id: str | None
+    ) -> None:
+        """Handle ``data`` now or queue it behind ``conn``'s event (``invocation_id``: the
+        frame is that open invocation's ``invoke``, refused at once rather than waiting
+        for room)."""
+        if conn.closing:
+            return
         backlog = self._backlogs.get(conn)
         if backlog is None:
             await self._handle(conn, data, inline=False)
             return
         while self._full(backlog, data):  # bounded: the head event has a timeout
+            if invocation_id is not None:  # an invocation never waits: "not a hang"
+                self._refuse_invocation(
+                    conn, invocation_id, TooManyEvents(self.max_inflight_events)
+                )
+                return
             slow_in = backlog.head_since + SLOW_EVENT_SECONDS - asyncio.get_running_loop().time()
             if slow_in <= 0:
                 ack_id = ack_id_of(data) if conn.protocol.is_json else None
@@ -569,10 +620,64 @@ class Node:
                 async with asyncio.timeout(slow_in if slow_in > 0 else None):
                     await backlog.changed()
             if self._backlogs.get(conn) is not backlog:  # it drained meanwhile
-                await self.receive(conn, data)
+                await self._enqueue(conn, data, invocation_id)
                 return
         backlog.frames.append(data)
         backlog.bytes += len(data)
+
+    def _invocation_arrived(self, conn: Connection, data: bytes | str) -> tuple[bool, str | None]:
+        """Open an ``invoke``'s invocation as its frame arrives (so duplicates and the
+        limit count those still queued), refusing it at once with a failed
+        ``invokeResponse``; carry out a ``cancelInvocation`` at once (not behind the call
+        it cancels). Returns whether the frame needs nothing more, and the id opened."""
+        try:
+            msg = decode_client_message(data)
+        except ProtocolViolation:
+            return False, None  # the ordinary path answers it
+        match msg:
+            case Invoke():
+                invocations = self._invocations.get(conn)
+                if invocations is None:
+                    invocations = self._invocations[conn] = Invocations(self.max_invocations)
+                try:
+                    invocations.open(msg.invocation_id)
+                except WebPubSubError as exc:
+                    conn.messages_in += 1
+                    self.observer.received(conn, data, "event")
+                    conn.send_control(encode_invoke_error(msg.invocation_id, exc))
+                    return True, None
+                return False, msg.invocation_id
+            case CancelInvocation():
+                conn.messages_in += 1
+                self.observer.received(conn, data, "control")
+                self._cancel_invocation(conn, msg.invocation_id)
+                return True, None
+            case _:
+                return False, None
+
+    def _end_invocations(self, conn: Connection) -> list[str]:
+        """``conn`` ends, drops or moves to another node: its handler calls are cancelled
+        (the client fails its pending invocations when its socket closes, and cannot
+        cancel them); the ids that were open."""
+        self._lost_invocations.pop(conn, None)
+        invocations = self._invocations.pop(conn, None)
+        closed = invocations.close_all() if invocations is not None else {}
+        for call in closed.values():
+            if call is not None:
+                call.cancel()
+        return list(closed)
+
+    def _refuse_invocation(
+        self, conn: Connection, invocation_id: str, error: WebPubSubError
+    ) -> None:
+        self._cancel_invocation(conn, invocation_id)  # open, never started
+        conn.send_control(encode_invoke_error(invocation_id, error))
+
+    def _cancel_invocation(self, conn: Connection, invocation_id: str) -> None:
+        invocations = self._invocations.get(conn)
+        call = invocations.close(invocation_id) if invocations is not None else None
+        if call is not None:
+            call.cancel()
 
     def _full(self, backlog: _Backlog, data: bytes | str) -> bool:
         if len(backlog.frames) + 1 >= self.max_inflight_events:
@@ -695,12 +800,18 @@ class Node:
                     ack = failed(effect.ack_id, exc)
                 else:
                     ack = succeeded(conn, effect.ack_id)
-            case CallEvent():
-                call = self._call(conn, effect)
+            case CallEvent() | CallInvoke():
+                if isinstance(effect, CallEvent):
+                    call = self._call(conn, effect)
+                else:
+                    call = self._invoke(conn, effect)
                 if inline:
                     await call
                 else:
                     self._in_background(conn, call)
+                return
+            case CancelCall():
+                self._cancel_invocation(conn, effect.invocation_id)
                 return
             case _:
                 assert_never(effect)
@@ -718,6 +829,33 @@ class Node:
             ack = succeeded(conn, effect.ack_id)
         if ack is not None:
             conn.send_control(ack)
+
+    async def _invoke(self, conn: Connection, effect: CallInvoke) -> None:
+        """A JSON client's invocation: the handler's reply as its ``invokeResponse``
+        (a failure as ``success: false``), unless it was cancelled meanwhile."""
+        invocations = self._invocations.get(conn)
+        if invocations is None or effect.invocation_id not in invocations:
+            return  # cancelled while it waited behind earlier messages
+        call = asyncio.create_task(self.user_event(conn, effect.event, effect.payload))
+        invocations.start(effect.invocation_id, call)
+        try:
+            await asyncio.wait([call])
+        finally:
+            call.cancel()  # no-op once done; stops the call if this work is cancelled
+        if call.cancelled():  # by the client or the connection's end: closed already
+            return
+        invocations.close(effect.invocation_id)
+        exc = call.exception()
+        if isinstance(exc, UpstreamError):
+            frame = encode_invoke_error(effect.invocation_id, exc)
+        elif exc is not None:
+            raise exc
+        else:
+            reply = call.result()
+            if reply.state is not None:
+                self.apply_reply(conn, EventReply(None, reply.state))
+            frame = encode_invoke_response(effect.invocation_id, reply.payload)
+        conn.send_control(frame)
 
     async def user_event(self, conn: Connection, name: str, payload: Payload) -> EventReply:
         """Call the event handler for a user event; failures are logged and re-raised."""
@@ -763,6 +901,9 @@ class Node:
                 self._recovery_window, self._end, conn, "The client did not reconnect in time."
             )
             self._detached_now(conn)
+            lost = self._end_invocations(conn)
+            if lost:
+                self._lost_invocations[conn] = lost
             self.observer.detached(conn, reason)
             return
         self._end(conn, reason)
@@ -775,6 +916,7 @@ class Node:
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        self._end_invocations(conn)
         self._attached(conn)
         conn.closing = True
         hub = self._hubs.get(conn.hub)
@@ -984,7 +1126,7 @@ def _kind(effect: Effect | None) -> str:
     match effect:
         case Publish():
             return "sendToGroup"
-        case CallEvent():
+        case CallEvent() | CallInvoke():
             return "event"
         case Reply() if effect.after_presence:
             return "group"
@@ -994,6 +1136,12 @@ def _kind(effect: Effect | None) -> str:
             return "invalid"
         case _:
             return "control"
+
+
+def _names_invocation(data: bytes | str) -> bool:
+    """Whether a JSON frame may be an ``invoke`` or ``cancelInvocation`` (both need an
+    ``invocationId``): a substring test, so other frames are not decoded twice."""
+    return (b"invocationId" in data) if isinstance(data, bytes) else ("invocationId" in data)
 
 
 def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> tuple[str, ...]:

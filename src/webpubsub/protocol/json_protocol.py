@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from webpubsub.errors import BadRequest, InvalidName, WebPubSubError
+from webpubsub.errors import BadRequest, InvalidName, UpstreamError, WebPubSubError
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
 
@@ -25,6 +25,8 @@ JSON_RELIABLE_SUBPROTOCOL = "json.reliable.webpubsub.azure.v1"
 MAX_ACK_ID = 2**64 - 1
 MAX_DATA_DEPTH = 128
 """How deeply JSON ``data`` may nest (arrays and objects); deeper is a ``BadRequest``."""
+MAX_INVOCATION_ID = 128
+"""The longest ``invocationId`` accepted (characters); longer is a ``BadRequest``."""
 
 #: Digits as ``0``, everything else as itself: a frame so translated holds
 #: :data:`_LONG_DIGITS` where the frame holds 19 digits in a row, which a number orjson
@@ -38,14 +40,24 @@ class ProtocolViolation(BadRequest):
     """A client message the service cannot accept.
 
     ``ack_id`` is the request's ackId when one could be read (the service then
-    answers with a ``BadRequest`` ack); ``fatal`` means the frame was not a
-    request at all (not JSON, not an object, no type), which closes the connection.
+    answers with a ``BadRequest`` ack); ``invocation_id`` is an ``invoke``'s id when
+    one could be read (answered with a failed ``invokeResponse``); ``fatal`` means the
+    frame was not a request at all (not JSON, not an object, no type), which closes
+    the connection.
     """
 
-    def __init__(self, message: str, *, ack_id: int | None = None, fatal: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        ack_id: int | None = None,
+        fatal: bool = False,
+        invocation_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.ack_id = ack_id
         self.fatal = fatal
+        self.invocation_id = invocation_id
 
 
 # -- client → service ------------------------------------------------------------------
@@ -89,6 +101,23 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Invoke:
+    """A request for the event handler's answer to user event ``event``
+    (``target: "event"``); no ``data`` is an empty binary payload."""
+
+    invocation_id: str
+    event: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class CancelInvocation:
+    """The client no longer waits for invocation ``invocation_id``."""
+
+    invocation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unsupported:
     """A well-formed request of a type this service does not implement."""
 
@@ -96,7 +125,20 @@ class Unsupported:
     ack_id: int | None = None
 
 
-ClientMessage = JoinGroup | LeaveGroup | SendToGroup | SendEvent | SequenceAck | Ping | Unsupported
+ClientMessage = (
+    JoinGroup
+    | LeaveGroup
+    | SendToGroup
+    | SendEvent
+    | Invoke
+    | CancelInvocation
+    | SequenceAck
+    | Ping
+    | Unsupported
+)
+
+EMPTY_PAYLOAD = Payload(DataType.BINARY, b"")
+"""An ``invoke`` without ``data``: what its handler receives."""
 
 
 def decode_client_message(frame: str | bytes) -> ClientMessage:
@@ -129,6 +171,10 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             if not isinstance(name, str):
                 raise ProtocolViolation("'event' must be a string.", ack_id=ack_id)
             return SendEvent(validate_event_name(name), _payload(obj, ack_id, frame), ack_id)
+        if kind_lower == "invoke":
+            return _invoke(obj, frame)
+        if kind_lower == "cancelinvocation":
+            return CancelInvocation(_invocation_id(obj))
         if kind_lower == "sequenceack":
             seq = obj.get("sequenceId")
             if not _is_uint64(seq):
@@ -157,6 +203,30 @@ def _ack_id(obj: dict[str, object]) -> int | None:
     if not _is_uint64(value):
         raise ProtocolViolation("'ackId' must be an unsigned 64-bit integer.", fatal=True)
     return value  # type: ignore[return-value]
+
+
+def _invocation_id(obj: dict[str, object]) -> str:
+    value = obj.get("invocationId")
+    if not isinstance(value, str) or not value:
+        raise ProtocolViolation("'invocationId' must be a non-empty string.")
+    if len(value) > MAX_INVOCATION_ID:
+        raise ProtocolViolation(f"'invocationId' is longer than {MAX_INVOCATION_ID} characters.")
+    return value
+
+
+def _invoke(obj: dict[str, object], frame: str | bytes) -> Invoke:
+    invocation_id = _invocation_id(obj)
+    try:
+        if obj.get("target", "event") != "event":
+            raise ProtocolViolation("'target' must be \"event\".")
+        name = obj.get("event")
+        if not isinstance(name, str):
+            raise ProtocolViolation("'event' must be a string.")
+        event = validate_event_name(name)
+        payload = _payload(obj, None, frame) if obj.get("data") is not None else EMPTY_PAYLOAD
+    except (ProtocolViolation, InvalidName) as exc:
+        raise ProtocolViolation(exc.message, invocation_id=invocation_id) from None
+    return Invoke(invocation_id, event, payload)
 
 
 def _is_uint64(value: object) -> bool:
@@ -277,6 +347,46 @@ def encode_ack(ack_id: int, error: WebPubSubError | None = None) -> bytes:
 PONG = b'{"type":"pong"}'
 
 
+def encode_invoke_response(invocation_id: str, payload: Payload | None) -> bytes:
+    """The successful ``invokeResponse`` of ``invocation_id``: the handler's body as
+    ``dataType``/``data`` (as a data message carries it), none when it had none."""
+    head = b'{"type":"invokeResponse","invocationId":' + orjson.dumps(invocation_id)
+    head += b',"success":true'
+    if payload is None:
+        return head + b"}"
+    return (
+        head
+        + b',"dataType":"'
+        + payload.data_type.value.encode()
+        + b'","data":'
+        + _data(payload)
+        + b"}"
+    )
+
+
+def encode_invoke_error(invocation_id: str, error: WebPubSubError) -> bytes:
+    """The failed ``invokeResponse`` of ``invocation_id``: ``error`` by its ``ack_name``
+    and message (an upstream failure by its :attr:`~UpstreamError.client_message`)."""
+    message = error.client_message if isinstance(error, UpstreamError) else error.message
+    return orjson.dumps(
+        {
+            "type": "invokeResponse",
+            "invocationId": invocation_id,
+            "success": False,
+            "error": {"name": error.ack_name, "message": message},
+        }
+    )
+
+
+def _data(payload: Payload) -> bytes:
+    """``payload`` as the JSON value of a ``data`` member."""
+    if payload.data_type is DataType.JSON:
+        return payload.data
+    if payload.data_type is DataType.TEXT:
+        return orjson.dumps(payload.data.decode("utf-8", errors="replace"))
+    return b'"' + base64.b64encode(payload.data) + b'"'
+
+
 def encode_data_body(
     payload: Payload,
     *,
@@ -288,12 +398,7 @@ def encode_data_body(
     JSON data is spliced in as the JSON text it already is; binary and protobuf
     data are base64 strings.
     """
-    if payload.data_type is DataType.JSON:
-        data = payload.data
-    elif payload.data_type is DataType.TEXT:
-        data = orjson.dumps(payload.data.decode("utf-8", errors="replace"))
-    else:
-        data = b'"' + base64.b64encode(payload.data) + b'"'
+    data = _data(payload)
     if group is None:
         head = b'{"type":"message","from":"server"'
     else:
