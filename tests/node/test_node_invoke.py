@@ -344,3 +344,27 @@ async def test_a_recovery_before_the_drop_is_noticed_cancels_the_invocations_too
         await node.settle(conn)
     lost = "The connection dropped before the invocation completed: it was cancelled."
     assert sent(second) == [failure("1", "InternalServerError", lost)]
+
+
+async def test_an_invoke_with_its_key_spelt_with_an_escape_is_answered() -> None:
+    node, up, sink, conn = setup()
+    frame = b'{"type":"invoke","invocation\\u0049d":"1","target":"event","event":"add"}'
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, frame)
+        await up.call_count(1)
+        up.calls[0][2].set_result(EventReply(None, None))
+        await node.settle(conn)
+    assert sent(sink) == [{"type": "invokeResponse", "invocationId": "1", "success": True}]
+
+
+async def test_a_cancel_after_the_handler_answered_still_means_no_response() -> None:
+    node, up, sink, conn = setup()
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, invoke("1"))
+        await up.call_count(1)
+        up.calls[0][2].set_result(EventReply(Payload(DataType.JSON, b"1"), None))
+        # One loop turn: the handler call finishes; the invocation has not sent yet.
+        await asyncio.sleep(0)
+        await node.receive(conn, cancel("1"))
+        await node.settle(conn)
+    assert sent(sink) == []

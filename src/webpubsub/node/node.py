@@ -844,7 +844,8 @@ class Node:
             call.cancel()  # no-op once done; stops the call if this work is cancelled
         if call.cancelled():  # by the client or the connection's end: closed already
             return
-        invocations.close(effect.invocation_id)
+        if invocations.close(effect.invocation_id) is None:
+            return  # cancelled (or the connection dropped) after the call was done
         exc = call.exception()
         if isinstance(exc, UpstreamError):
             frame = encode_invoke_error(effect.invocation_id, exc)
@@ -1140,8 +1141,11 @@ def _kind(effect: Effect | None) -> str:
 
 def _names_invocation(data: bytes | str) -> bool:
     """Whether a JSON frame may be an ``invoke`` or ``cancelInvocation`` (both need an
-    ``invocationId``): a substring test, so other frames are not decoded twice."""
-    return (b"invocationId" in data) if isinstance(data, bytes) else ("invocationId" in data)
+    ``invocationId``): a substring test, so other frames are not decoded twice. A frame
+    with a ``\\u`` escape may spell the key escaped: it is decoded to be sure."""
+    if isinstance(data, bytes):
+        return b"invocationId" in data or b"\\u" in data
+    return "invocationId" in data or "\\u" in data
 
 
 def _join_all(hub: Hub, conn: Connection, groups: Sequence[str], source: str) -> tuple[str, ...]:
