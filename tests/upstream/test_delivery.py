@@ -376,3 +376,41 @@ async def test_events_adopted_on_hold_are_sent_only_once_released(
     await drained(delivery)
     assert delivered(handler_app) == [("own", "connected"), ("K", "connected")]
     assert delivery.stats.taken_over == 1
+
+
+# -- group presence events: buried alone, and bounded --------------------------------
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["queued-behind", "queued-after"])
+async def test_a_dead_presence_event_is_buried_alone_and_its_chain_goes_on(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery, behind: bool
+) -> None:
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "joined":
+            await release.wait()
+            return web.Response(status=404)  # refused for good
+        return default_responder(req)
+
+    handler_app.responder = responder
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue)
+    delivery.add(event(handler_app, "A"))
+    delivery.add(event(handler_app, "A", "joined"))
+    if behind:  # waiting behind the joined when it dies
+        delivery.add(event(handler_app, "A", "left"))
+        delivery.add(event(handler_app, "A", "disconnected"))
+    release.set()
+    await drained(delivery)
+    if not behind:  # queued after the joined died: a new chain
+        delivery.add(event(handler_app, "A", "left"))
+        delivery.add(event(handler_app, "A", "disconnected"))
+        await drained(delivery)
+    assert delivered(handler_app) == [
+        ("A", "connected"),
+        ("A", "joined"),
+        ("A", "left"),
+        ("A", "disconnected"),
+    ]
+    assert buried(queue) == [("A", "joined", "status 404")]

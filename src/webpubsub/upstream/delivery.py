@@ -46,6 +46,7 @@ from webpubsub.node.ports import EventMirrorPort
 from webpubsub.protocol.cloudevents import async_outcome
 from webpubsub.upstream.http import HttpTransport, safe_url
 from webpubsub.upstream.queue import (
+    BURIED_ALONE,
     STORAGE_ERRORS,
     CorruptRecord,
     EventQueue,
@@ -124,6 +125,8 @@ class _Item:
     created: float
     attempts: int = 0
     next_at: float = 0.0
+    alone: bool = False
+    """A group presence event: dead-lettered alone, its chain goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +375,7 @@ class Delivery:
             created=event.created,
             attempts=event.attempts,
             next_at=event.next_at,
+            alone=event.event in BURIED_ALONE,
         )
         chain = self._chains.get(event.chain)
         if chain is None:
@@ -618,13 +622,14 @@ class Delivery:
 
     def _dead(self, item: _Item, event: QueuedEvent | None, reason: str) -> None:
         """Dead-letter the head of a chain, then the events queued behind it (a chain
-        follows its first event: no ``disconnected`` without its ``connected``)."""
+        follows its first event: no ``disconnected`` without its ``connected``); a group
+        presence event alone (its connection's later events go on)."""
         if event is not None:
             self._bury(event, reason)
         else:  # purged meanwhile
             self._unmirrored(item.seq)
         chain = self._chains[item.chain]
-        while len(chain.items) > 1:
+        while len(chain.items) > 1 and not item.alone:
             behind = chain.items[1]
             queued = self.queue.get(behind.seq)
             if queued is not None:
