@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.support.handler import EventHandlerApp, Recorded, default_responder
 from webpubsub.protocol.cloudevents import UpstreamRequest
-from webpubsub.upstream.delivery import Delivery, RetryPolicy
+from webpubsub.upstream.delivery import MAX_PRESENCE_WAITING, PRESENCE_FULL, Delivery, RetryPolicy
 from webpubsub.upstream.http import HttpTransport
 from webpubsub.upstream.queue import (
     MEMORY,
@@ -343,14 +343,16 @@ async def test_events_taken_over_by_a_full_queue_stay_in_the_other_nodes_copy(
 ) -> None:
     """The queue has room for two: of five new connections' events taken over, two are
     queued (and counted) and the rest are not taken (left in the dead node's copy), not
-    dead-lettered here without one attempt; an event of a chain queued here still goes
-    in, as the node's own do."""
+    dead-lettered here without one attempt; a ``disconnected`` of a chain queued here
+    still goes in, as the node's own do (a ``joined`` does not)."""
     release = answer_when_released(handler_app)
     queue = SqliteEventQueue(MEMORY)
     delivery = make_delivery(queue=queue, max_queued=2)
     records = [encode_record(event(handler_app, f"c{i}")) for i in range(5)]
     assert delivery.adopt(records) == [1, 2]
     assert buried(queue) == [] and delivery.stats.taken_over == 2
+    joined = encode_record(event(handler_app, "c0", "joined"))
+    assert delivery.adopt([joined]) == []  # a presence event is bounded on its chain too
     follows = encode_record(event(handler_app, "c0", "disconnected"))
     assert delivery.adopt([follows, records[2]]) == [3]
     assert buried(queue) == [] and delivery.stats.taken_over == 3
@@ -376,3 +378,89 @@ async def test_events_adopted_on_hold_are_sent_only_once_released(
     await drained(delivery)
     assert delivered(handler_app) == [("own", "connected"), ("K", "connected")]
     assert delivery.stats.taken_over == 1
+
+
+# -- group presence events: buried alone, and bounded --------------------------------
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["queued-behind", "queued-after"])
+async def test_a_dead_presence_event_is_buried_alone_and_its_chain_goes_on(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery, behind: bool
+) -> None:
+    release = asyncio.Event()
+
+    async def responder(req: Recorded) -> web.StreamResponse:
+        if req.event_name == "joined":
+            await release.wait()
+            return web.Response(status=404)  # refused for good
+        return default_responder(req)
+
+    handler_app.responder = responder
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue)
+    delivery.add(event(handler_app, "A"))
+    delivery.add(event(handler_app, "A", "joined"))
+    if behind:  # waiting behind the joined when it dies
+        delivery.add(event(handler_app, "A", "left"))
+        delivery.add(event(handler_app, "A", "disconnected"))
+    release.set()
+    await drained(delivery)
+    if not behind:  # queued after the joined died: a new chain
+        delivery.add(event(handler_app, "A", "left"))
+        delivery.add(event(handler_app, "A", "disconnected"))
+        await drained(delivery)
+    assert delivered(handler_app) == [
+        ("A", "connected"),
+        ("A", "joined"),
+        ("A", "left"),
+        ("A", "disconnected"),
+    ]
+    assert buried(queue) == [("A", "joined", "status 404")]
+
+
+async def test_a_connections_presence_events_are_bounded_by_the_queue(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    release = answer_when_released(handler_app)
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue, max_queued=10)
+    delivery.add(event(handler_app, "A"))
+    await handler_app.next_event("", timeout=WAIT)  # A's connected is being delivered
+    for _ in range(1000):  # a client's join/leave loop while its handler is slow
+        delivery.add(event(handler_app, "A", "joined"))
+    assert len(delivery) == 10
+    delivery.add(event(handler_app, "A", "disconnected"))  # queued all the same
+    assert len(delivery) == 11 and delivery.stats.queue_full == 991
+    release.set()
+    await drained(delivery)
+    assert delivered(handler_app) == [
+        ("A", "connected"),
+        *[("A", "joined")] * 9,
+        ("A", "disconnected"),
+    ]
+    assert set(buried(queue)) == {("A", "joined", "the event queue was full")}
+
+
+async def test_a_connection_has_at_most_its_cap_of_presence_events_waiting(
+    handler_app: EventHandlerApp, make_delivery: MakeDelivery
+) -> None:
+    release = answer_when_released(handler_app)
+    queue = SqliteEventQueue(MEMORY)
+    delivery = make_delivery(queue=queue)
+    delivery.add(event(handler_app, "A"))
+    delivery.add(event(handler_app, "B"))
+    await handler_app.next_event("", timeout=WAIT)
+    for _ in range(MAX_PRESENCE_WAITING + 50):
+        delivery.add(event(handler_app, "A", "joined"))
+    delivery.add(event(handler_app, "B", "left"))  # another connection's own cap
+    delivery.add(event(handler_app, "A", "disconnected"))
+    assert len(delivery) == 2 + MAX_PRESENCE_WAITING + 2
+    assert [reason for *_, reason in buried(queue)] == [PRESENCE_FULL] * 50
+    release.set()
+    await drained(delivery)
+    mine = [e for e in delivered(handler_app) if e[0] == "A"]
+    assert mine == [
+        ("A", "connected"),
+        *[("A", "joined")] * MAX_PRESENCE_WAITING,
+        ("A", "disconnected"),
+    ]

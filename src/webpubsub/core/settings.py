@@ -6,7 +6,6 @@ tried in order and the first whose pattern matches an event gets it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,19 +28,35 @@ class GroupPresenceEvents:
     group_filters: tuple[str, ...] = ()
 
     @cached_property
-    def _regex(self) -> re.Pattern[str] | None:
-        if not self.group_filters:
-            return None
-        alternatives = (
-            "\\A" + ".*".join(map(re.escape, f.split("*"))) + "\\Z" for f in self.group_filters
-        )
-        return re.compile("|".join(alternatives), re.DOTALL)
+    def _globs(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(f.split("*")) for f in self.group_filters)
 
     def matches(self, event: str, group: str) -> bool:
         if event not in self.event_names:
             return False
-        regex = self._regex
-        return regex is None or regex.match(group) is not None
+        return not self.group_filters or any(_glob_matches(g, group) for g in self._globs)
+
+
+def _glob_matches(pieces: tuple[str, ...], name: str) -> bool:
+    """Whether ``name`` matches the filter split on ``*`` into ``pieces``, in linear
+    time (a client chooses group names: no backtracking): it starts with the first
+    piece, ends with the last, and holds the middle ones in order; for ``*``-only
+    globs the leftmost match of each middle piece is always as good as any.
+    """
+    if len(pieces) == 1:
+        return name == pieces[0]
+    first, *middle, last = pieces
+    if len(name) < len(first) + len(last):
+        return False
+    if not (name.startswith(first) and name.endswith(last)):
+        return False
+    at, end = len(first), len(name) - len(last)
+    for piece in middle:
+        found = name.find(piece, at, end)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from webpubsub.node.ports import EventMirrorPort
 from webpubsub.protocol.cloudevents import async_outcome
 from webpubsub.upstream.http import HttpTransport, safe_url
 from webpubsub.upstream.queue import (
+    BURIED_ALONE,
     STORAGE_ERRORS,
     CorruptRecord,
     EventQueue,
@@ -74,6 +75,10 @@ STORE_LOG_SECONDS = 60.0
 """At most one warning this often about the queue's file failing."""
 FULL = "the event queue was full"
 FOLLOWS = "an earlier event of its connection was dead-lettered"
+MAX_PRESENCE_WAITING = 100
+"""Group presence events (``joined``/``left``) of one connection waiting at most: a
+client looping join/leave while its handler is slow cannot grow its chain further."""
+PRESENCE_FULL = f"{MAX_PRESENCE_WAITING} group presence events of its connection were waiting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,9 @@ class DeliveryStats:
     """Events of a dead node this node took over (queued here, with their ``ce-id``)."""
     taken_by_others: int = 0
     """Events of this node another took over while it was taken for dead (not sent here)."""
+    presence_full: int = 0
+    """Group presence events dead-lettered: :data:`MAX_PRESENCE_WAITING` of their
+    connection were waiting."""
 
 
 @dataclass(slots=True)
@@ -124,6 +132,8 @@ class _Item:
     created: float
     attempts: int = 0
     next_at: float = 0.0
+    alone: bool = False
+    """A group presence event: dead-lettered alone, its chain goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +151,12 @@ class _Write:
 class _Chain:
     items: deque[_Item] = field(default_factory=deque)
     running: bool = False
+
+
+def _presence_waiting(chain: _Chain) -> int:
+    """The group presence events waiting in ``chain`` (a short scan: the chain holds
+    at most MAX_PRESENCE_WAITING of them, and its connected and disconnected)."""
+    return sum(item.alone for item in chain.items)
 
 
 Validate = Callable[[str], Awaitable[None]]
@@ -284,19 +300,23 @@ class Delivery:
         if event is None:
             self._write_live(write)
             return
-        if write.chain not in self._chains:
-            reason = ""
-            # A connected starts its chain: only a later event can follow a dead one.
-            if event.event != "connected" and self.queue.has_dead(write.chain):
-                reason = FOLLOWS
-                _log.info("%s event of %s dead-lettered: %s", event.event, event.chain, reason)
-            elif self._count >= self._max_queued:
-                reason = FULL
-                self._log_full(event)
-            if reason:
-                self._bury(event, reason)
-                self._write_live(write)
-                return
+        reason = ""
+        chain = self._chains.get(write.chain)
+        presence = event.event in BURIED_ALONE
+        # A connected starts its chain: only a later event can follow a dead one.
+        if chain is None and event.event != "connected" and self.queue.has_dead(write.chain):
+            reason = FOLLOWS
+            _log.info("%s event of %s dead-lettered: %s", event.event, event.chain, reason)
+        elif (chain is None or presence) and self._count >= self._max_queued:
+            reason = FULL  # a disconnected behind its connection's events goes in anyway
+            self._log_full(event)
+        elif presence and chain is not None and _presence_waiting(chain) >= MAX_PRESENCE_WAITING:
+            reason = PRESENCE_FULL
+            self._log_presence_full(event)
+        if reason:
+            self._bury(event, reason)
+            self._write_live(write)
+            return
         stored = self.queue.add(event, opens=write.opens, ends=write.ends)
         self._track(stored)
         self._mirrored(stored)
@@ -316,6 +336,17 @@ class Delivery:
     def _unmirrored(self, seq: int) -> None:
         if self._mirror is not None:
             self._mirror.settled(seq)
+
+    def _log_presence_full(self, event: QueuedEvent) -> None:
+        self.stats.presence_full += 1
+        if self.stats.presence_full == 1 or self.stats.presence_full % 1000 == 0:
+            _log.warning(
+                "%s event of %s dead-lettered: %s (%d so far; see `webpubsub events dead`)",
+                event.event,
+                event.chain,
+                PRESENCE_FULL,
+                self.stats.presence_full,
+            )
 
     def _log_full(self, event: QueuedEvent) -> None:
         self.stats.queue_full += 1
@@ -372,6 +403,7 @@ class Delivery:
             created=event.created,
             attempts=event.attempts,
             next_at=event.next_at,
+            alone=event.event in BURIED_ALONE,
         )
         chain = self._chains.get(event.chain)
         if chain is None:
@@ -618,13 +650,14 @@ class Delivery:
 
     def _dead(self, item: _Item, event: QueuedEvent | None, reason: str) -> None:
         """Dead-letter the head of a chain, then the events queued behind it (a chain
-        follows its first event: no ``disconnected`` without its ``connected``)."""
+        follows its first event: no ``disconnected`` without its ``connected``); a group
+        presence event alone (its connection's later events go on)."""
         if event is not None:
             self._bury(event, reason)
         else:  # purged meanwhile
             self._unmirrored(item.seq)
         chain = self._chains[item.chain]
-        while len(chain.items) > 1:
+        while len(chain.items) > 1 and not item.alone:
             behind = chain.items[1]
             queued = self.queue.get(behind.seq)
             if queued is not None:
@@ -697,9 +730,11 @@ class Delivery:
                 _log.warning("an event taken over from another node is unreadable: %s", exc)
                 adopted.append(0)
                 continue
-            if event.chain not in self._chains and self._count >= self._max_queued:
+            bounded = event.chain not in self._chains or event.event in BURIED_ALONE
+            if bounded and self._count >= self._max_queued:
                 # Full: left in the other node's copy for a later pass, not dead-lettered
-                # here without one attempt (an event of a chain queued here still goes in).
+                # here without one attempt (a connected/disconnected of a chain queued
+                # here still goes in).
                 _log.warning(
                     "the event queue is full (%d events): events of another node wait in its copy",
                     self._count,

@@ -6,7 +6,8 @@
   ``left``) are queued durably when they happen and
   delivered at least once (``upstream/delivery.py``): retried on 408/429/5xx,
   timeouts and network errors (a failed probe too) up to a horizon, then
-  dead-lettered.  A connection's ``disconnected`` goes after its ``connected``.
+  dead-lettered.  A connection's ``disconnected`` goes after its ``connected``;
+  a dead ``connected`` takes its later events along, a dead ``joined``/``left`` goes alone.
 * With ``track_connections`` (a backplane that does not end a dead node's
   connections itself), the queue also records each connection whose hub
   subscribes to ``disconnected``; a start after a crash queues the ``disconnected``
@@ -320,7 +321,9 @@ class Upstream:
 
     def group_presence(self, hub: HubSettings, ctx: EventContext, event: str, group: str) -> None:
         """Queue ``event`` (``joined``/``left``) of ``group``, if a handler takes it: in
-        the connection's order, after its ``connected`` and before its ``disconnected``."""
+        the connection's order, after its ``connected`` and before its ``disconnected``;
+        dead-lettered alone (its connection's later events go on), and bounded even on a
+        queued connection (``upstream/delivery.py``: MAX_PRESENCE_WAITING)."""
         handler = hub.handler_for_group_presence(event, group)
         if handler is None:
             return

@@ -107,7 +107,8 @@ class EventQueue(Protocol):
         """The live connections recorded (at a start: those the last run left)."""
 
     def has_dead(self, chain: str) -> bool:
-        """Whether an event of ``chain`` is among the dead letters."""
+        """Whether an event of ``chain`` that its later events follow is among the dead
+        letters (not a group presence event: that one is buried alone)."""
 
     def get(self, seq: int) -> QueuedEvent | None:
         """A pending event (None if it was delivered, buried or purged meanwhile)."""
@@ -176,6 +177,10 @@ CREATE TABLE IF NOT EXISTS live (chain TEXT PRIMARY KEY, connection BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
 """
+BURIED_ALONE = ("joined", "left")
+"""Events whose dead letter leaves the rest of their chain going on (group presence:
+a connection's later events do not need it delivered)."""
+_HAS_DEAD = "SELECT 1 FROM dead WHERE chain = ? AND event NOT IN (?, ?) LIMIT 1"
 SCHEMA_VERSION = 1
 """The layout of a queue file (``PRAGMA user_version``); a file of another is refused."""
 
@@ -434,7 +439,7 @@ class SqliteEventQueue:
         return [_live(str(chain), bytes(data)) for chain, data in rows.fetchall()]
 
     def has_dead(self, chain: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM dead WHERE chain = ? LIMIT 1", (chain,))
+        row = self._db.execute(_HAS_DEAD, (chain, *BURIED_ALONE))
         return row.fetchone() is not None
 
     def get(self, seq: int) -> QueuedEvent | None:
