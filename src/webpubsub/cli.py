@@ -28,6 +28,7 @@ from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.errors import BadRequest, ConfigError, ServiceUnavailable
 from webpubsub.protocol.connection_string import generate_access_key
 from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.protocol.urls import websocket_base
 from webpubsub.server.logs import TEXT_FORMAT, use_log_format
 
 if TYPE_CHECKING:
@@ -571,8 +572,7 @@ def token(
         roles=roles,
         groups=groups,
     )
-    ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
-    click.echo(f"{ws}/client/hubs/{hub}?access_token={jwt}")
+    click.echo(f"{websocket_base(base)}/client/hubs/{hub}?access_token={jwt}")
 
 
 # -- events: the queue of connected/disconnected events ----------------------------------

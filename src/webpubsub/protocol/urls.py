@@ -1,4 +1,5 @@
-"""Redaction of URLs for logs and error messages."""
+"""URLs: their redaction for logs and error messages, and the WebSocket base of an
+HTTP one."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def redacted(url: str) -> str:
     if cut >= 0:
         rest = rest[:cut] + "?..."
     return f"{scheme}{sep}{rest}"
+
+
+def websocket_base(http_base: str) -> str:
+    """The ``ws://`` (``wss://`` for ``https://``) URL of an ``http(s)://`` base, where
+    clients connect."""
+    if http_base.startswith("https"):
+        return "wss" + http_base[5:]
+    return "ws" + http_base[4:]

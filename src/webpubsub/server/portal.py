@@ -31,6 +31,7 @@ from webpubsub.errors import (
 from webpubsub.protocol.names import hub_key, validate_hub
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import issue_portal_token, issue_rest_token, verify_portal_token
+from webpubsub.protocol.urls import websocket_base
 from webpubsub.server import portal_auth as auth
 from webpubsub.server.context import SERVICE, ServiceContext
 from webpubsub.server.origin import caller_origin, public_base
@@ -361,8 +362,8 @@ async def client_token(request: web.Request, s: Session) -> web.StreamResponse:
         hub, endpoint=base, user_id=user_id or None, roles=roles, groups=groups,
         minutes_to_expire=minutes,
     )  # fmt: skip
-    ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
-    url = f"{ws.rstrip('/')}/client/hubs/{quote(hub, safe='')}?access_token={token}"
+    ws = websocket_base(base).rstrip("/")
+    url = f"{ws}/client/hubs/{quote(hub, safe='')}?access_token={token}"
     return json_response({"url": url, "token": token})
 
 
