@@ -25,6 +25,16 @@ from webpubsub.protocol.json_protocol import (
     MAX_DATA_DEPTH,
     MAX_INVOCATION_ID,
     PONG,
+    decode_client_message,
+    encode_ack,
+    encode_connected,
+    encode_data_body,
+    encode_disconnected,
+    encode_invoke_error,
+    encode_invoke_response,
+    with_sequence_id,
+)
+from webpubsub.protocol.messages import (
     CancelInvocation,
     Invoke,
     JoinGroup,
@@ -35,14 +45,6 @@ from webpubsub.protocol.json_protocol import (
     SendToGroup,
     SequenceAck,
     Unsupported,
-    decode_client_message,
-    encode_ack,
-    encode_connected,
-    encode_data_body,
-    encode_disconnected,
-    encode_invoke_error,
-    encode_invoke_response,
-    with_sequence_id,
 )
 from webpubsub.protocol.payload import DataType, Payload
 

@@ -26,6 +26,11 @@ from webpubsub.protocol.backplane import Command, Send, Target
 from webpubsub.protocol.frames import DataMessage, Origin
 from webpubsub.protocol.json_protocol import (
     PONG,
+    decode_client_message,
+    encode_ack,
+    encode_invoke_error,
+)
+from webpubsub.protocol.messages import (
     CancelInvocation,
     Invoke,
     JoinGroup,
@@ -35,10 +40,11 @@ from webpubsub.protocol.json_protocol import (
     SendEvent,
     SendToGroup,
     SequenceAck,
+    StreamData,
+    StreamEnd,
+    StreamProblem,
+    StreamStart,
     Unsupported,
-    decode_client_message,
-    encode_ack,
-    encode_invoke_error,
 )
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import CloseCode
@@ -136,6 +142,8 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
             return CallInvoke(msg.invocation_id, msg.event, msg.payload)
         case CancelInvocation():
             return CancelCall(msg.invocation_id)
+        case StreamStart() | StreamData() | StreamEnd() | StreamProblem():
+            return None  # group streams: not yet routed
         case Unsupported():
             if msg.ack_id is None:
                 return None

@@ -81,15 +81,17 @@ from webpubsub.protocol.backplane import (
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import (
-    CancelInvocation,
-    Invoke,
-    ProtocolViolation,
     ack_id_of,
     decode_client_message,
     encode_ack,
     encode_connected,
     encode_invoke_error,
     encode_invoke_response,
+)
+from webpubsub.protocol.messages import (
+    CancelInvocation,
+    Invoke,
+    ProtocolViolation,
 )
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter

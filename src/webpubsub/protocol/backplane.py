@@ -22,6 +22,7 @@ import orjson
 
 from webpubsub.errors import CorruptEnvelope
 from webpubsub.protocol.frames import DataMessage, Origin
+from webpubsub.protocol.messages import StreamError, StreamInfo
 from webpubsub.protocol.payload import DataType, Payload
 
 E = TypeVar("E", bound=enum.Enum)
@@ -202,6 +203,8 @@ def encode_command(command: Command) -> bytes:
                 "x": sorted(command.excluded),
                 "f": command.filter,
             }
+            if message.stream is not None:
+                header["s"] = _stream(message.stream)
             data = message.payload.data
         case Close():
             header = {
@@ -244,6 +247,26 @@ def encode_command(command: Command) -> bytes:
     return _pack(header, data)
 
 
+def _stream(info: StreamInfo) -> list[object]:
+    error = info.error
+    errors = None if error is None else [error.name, error.message, error.user_error_code]
+    return [info.stream_id, info.sequence_id, info.end, errors]
+
+
+def _read_stream(value: object) -> StreamInfo:
+    """The ``stream`` of a group message from its header (see :func:`_stream`)."""
+    if not (isinstance(value, list) and len(value) == 4):
+        raise CorruptEnvelope("'s' must be [id, sequence id, end, error]")
+    r = _Reader(dict(zip(("i", "n", "e", "r"), value, strict=True)))
+    error = None
+    if value[3] is not None:
+        if not (isinstance(value[3], list) and len(value[3]) == 3):
+            raise CorruptEnvelope("a stream error must be [name, message, code]")
+        er = _Reader(dict(zip(("n", "m", "c"), value[3], strict=True)))
+        error = StreamError(er.text("n"), er.text("m"), er.opt_text("c"))
+    return StreamInfo(r.text("i"), r.count("n"), r.flag("e"), error)
+
+
 def decode_command(raw: bytes) -> Command:
     header, data = _unpack(raw)
     r = _Reader(header)
@@ -254,6 +277,7 @@ def decode_command(raw: bytes) -> Command:
             r.choice("o", Origin),
             r.opt_text("g"),
             r.opt_text("u"),
+            _read_stream(header["s"]) if "s" in header else None,
         )
         return Send(r.text("h"), r.target("t"), message, frozenset(r.texts("x")), r.text("f"))
     if data:

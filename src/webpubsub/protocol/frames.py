@@ -18,6 +18,7 @@ from webpubsub.protocol.json_protocol import (
     JSON_SUBPROTOCOL,
     encode_data_body,
 )
+from webpubsub.protocol.messages import StreamInfo
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import Opcode, encode_frame
 
@@ -54,18 +55,23 @@ class DataMessage:
     origin: Origin = Origin.SERVER
     group: str | None = None
     from_user_id: str | None = None
+    stream: StreamInfo | None = None
+    """Set on a group message that belongs to a group stream."""
 
 
 def encode_for(protocol: ClientProtocol, message: DataMessage) -> bytes:
     """The bytes carrying ``message`` to a client speaking ``protocol``."""
     payload = message.payload
     if protocol is ClientProtocol.SIMPLE:
+        if message.stream is not None and not payload.data:
+            return b""  # a stream's empty terminal message: nothing for a raw client
         opcode = Opcode.TEXT if payload.is_text_frame else Opcode.BINARY
         return encode_frame(opcode, payload.data)
     body = encode_data_body(
         payload,
         group=message.group if message.origin is Origin.GROUP else None,
         from_user_id=message.from_user_id,
+        stream=message.stream,
     )
     if protocol is ClientProtocol.JSON_RELIABLE:
         return body

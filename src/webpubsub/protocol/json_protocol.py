@@ -11,11 +11,31 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 
 import orjson
 
-from webpubsub.errors import BadRequest, InvalidName, UpstreamError, WebPubSubError
+from webpubsub.errors import InvalidName, UpstreamError, WebPubSubError
+from webpubsub.protocol.messages import (
+    MAX_STREAM_ID,
+    CancelInvocation,
+    ClientMessage,
+    Invoke,
+    JoinGroup,
+    LeaveGroup,
+    Ping,
+    ProtocolViolation,
+    SendEvent,
+    SendToGroup,
+    SequenceAck,
+    StreamData,
+    StreamEnd,
+    StreamEndError,
+    StreamError,
+    StreamInfo,
+    StreamProblem,
+    StreamStart,
+    Unsupported,
+)
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
 
@@ -27,6 +47,10 @@ MAX_DATA_DEPTH = 128
 """How deeply JSON ``data`` may nest (arrays and objects); deeper is a ``BadRequest``."""
 MAX_INVOCATION_ID = 128
 """The longest ``invocationId`` accepted (characters); longer is a ``BadRequest``."""
+MAX_IDLE_TIMEOUT_MS = 2**32 - 1
+"""The largest ``idleTimeoutMs`` of a stream (the protobuf schema's ``uint32``)."""
+MAX_STREAM_ERROR = 4096
+"""The longest error a publisher may end its stream with (message and code, characters)."""
 
 #: Digits as ``0``, everything else as itself: a frame so translated holds
 #: :data:`_LONG_DIGITS` where the frame holds 19 digits in a row, which a number orjson
@@ -35,107 +59,6 @@ MAX_INVOCATION_ID = 128
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS = b"0" * 19
 
-
-class ProtocolViolation(BadRequest):
-    """A client message the service cannot accept.
-
-    ``ack_id`` is the request's ackId when one could be read (the service then
-    answers with a ``BadRequest`` ack); ``invocation_id`` is an ``invoke``'s id when
-    one could be read (answered with a failed ``invokeResponse``); ``fatal`` means the
-    frame was not a request at all (not JSON, not an object, no type), which closes
-    the connection.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        ack_id: int | None = None,
-        fatal: bool = False,
-        invocation_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.ack_id = ack_id
-        self.fatal = fatal
-        self.invocation_id = invocation_id
-
-
-# -- client → service ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JoinGroup:
-    group: str
-    ack_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaveGroup:
-    group: str
-    ack_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendToGroup:
-    group: str
-    payload: Payload
-    no_echo: bool = False
-    ack_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendEvent:
-    event: str
-    payload: Payload
-    ack_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SequenceAck:
-    sequence_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Invoke:
-    """A request for the event handler's answer to user event ``event``
-    (``target: "event"``); no ``data`` is an empty binary payload."""
-
-    invocation_id: str
-    event: str
-    payload: Payload
-
-
-@dataclass(frozen=True, slots=True)
-class CancelInvocation:
-    """The client no longer waits for invocation ``invocation_id``."""
-
-    invocation_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unsupported:
-    """A well-formed request of a type this service does not implement."""
-
-    type: str
-    ack_id: int | None = None
-
-
-ClientMessage = (
-    JoinGroup
-    | LeaveGroup
-    | SendToGroup
-    | SendEvent
-    | Invoke
-    | CancelInvocation
-    | SequenceAck
-    | Ping
-    | Unsupported
-)
 
 EMPTY_PAYLOAD = Payload(DataType.BINARY, b"")
 """An ``invoke`` without ``data``: what its handler receives."""
@@ -165,6 +88,8 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             no_echo = obj.get("noEcho", False)
             if not isinstance(no_echo, bool):
                 raise ProtocolViolation("'noEcho' must be a boolean.", ack_id=ack_id)
+            if obj.get("stream") is not None:
+                return _stream_start(obj, no_echo, ack_id)
             return SendToGroup(_group(obj), _payload(obj, ack_id, frame), no_echo, ack_id)
         if kind_lower == "event":
             name = obj.get("event")
@@ -182,6 +107,10 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             return SequenceAck(seq)  # type: ignore[arg-type]
         if kind_lower == "ping":
             return Ping()
+        if kind_lower == "streamdata":
+            return _stream_data(obj, frame)
+        if kind_lower == "streamend":
+            return _stream_end(obj)
     except InvalidName as exc:
         raise ProtocolViolation(exc.message, ack_id=ack_id) from None
     return Unsupported(kind, ack_id)
@@ -227,6 +156,75 @@ def _invoke(obj: dict[str, object], frame: str | bytes) -> Invoke:
     except (ProtocolViolation, InvalidName) as exc:
         raise ProtocolViolation(exc.message, invocation_id=invocation_id) from None
     return Invoke(invocation_id, event, payload)
+
+
+def _stream_id(value: object) -> str:
+    """A ``streamId``: a non-empty string of at most :data:`MAX_STREAM_ID` characters."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolViolation("'streamId' must be a non-empty string.")
+    if len(value) > MAX_STREAM_ID:
+        raise ProtocolViolation(f"'streamId' is longer than {MAX_STREAM_ID} characters.")
+    return value
+
+
+def _stream_start(
+    obj: dict[str, object], no_echo: bool, ack_id: int | None
+) -> StreamStart | StreamProblem:
+    """A ``sendToGroup`` with ``stream``: the start of a stream (no data allowed)."""
+    stream = obj["stream"]
+    if not isinstance(stream, dict):
+        raise ProtocolViolation("'stream' must be an object.", ack_id=ack_id)
+    try:
+        stream_id = _stream_id(stream.get("streamId"))
+    except ProtocolViolation as exc:
+        raise ProtocolViolation(exc.message, ack_id=ack_id) from None
+    group = _group(obj)
+    timeout = stream.get("idleTimeoutMs")
+    if timeout is not None and not (
+        isinstance(timeout, int) and _is_uint64(timeout) and 0 < timeout <= MAX_IDLE_TIMEOUT_MS
+    ):
+        return StreamProblem(
+            stream_id, f"'idleTimeoutMs' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}."
+        )
+    if "data" in obj or "dataType" in obj:
+        return StreamProblem(stream_id, "A stream start carries no 'data' or 'dataType'.")
+    return StreamStart(group, stream_id, timeout, no_echo, ack_id)
+
+
+def _stream_data(obj: dict[str, object], frame: str | bytes) -> StreamData | StreamProblem:
+    """A ``streamData``: a fragment (sequence id, data type and data) or a keep-alive."""
+    stream_id = _stream_id(obj.get("streamId"))
+    present = [key in obj for key in ("streamSequenceId", "dataType", "data")]
+    if not any(present):
+        return StreamData(stream_id)
+    if not all(present):
+        return StreamProblem(
+            stream_id, "A stream fragment carries 'streamSequenceId', 'dataType' and 'data'."
+        )
+    sequence_id = obj["streamSequenceId"]
+    if not isinstance(sequence_id, int) or not _is_uint64(sequence_id) or sequence_id == 0:
+        return StreamProblem(stream_id, "'streamSequenceId' must be a positive integer.")
+    try:
+        payload = _payload(obj, None, frame)
+    except ProtocolViolation as exc:
+        return StreamProblem(stream_id, exc.message)
+    return StreamData(stream_id, sequence_id, payload)
+
+
+def _stream_end(obj: dict[str, object]) -> StreamEnd | StreamProblem:
+    """A ``streamEnd``, with the publisher's optional ``error`` {message, userErrorCode}."""
+    stream_id = _stream_id(obj.get("streamId"))
+    error = obj.get("error")
+    if error is None:
+        return StreamEnd(stream_id)
+    if not isinstance(error, dict):
+        return StreamProblem(stream_id, "'error' must be an object.")
+    message, code = error.get("message"), error.get("userErrorCode")
+    if not isinstance(message, str | None) or not isinstance(code, str | None):
+        return StreamProblem(stream_id, "'error.message' and 'error.userErrorCode' are strings.")
+    if len(message or "") + len(code or "") > MAX_STREAM_ERROR:
+        return StreamProblem(stream_id, f"'error' is longer than {MAX_STREAM_ERROR} characters.")
+    return StreamEnd(stream_id, StreamEndError(message, code))
 
 
 def _is_uint64(value: object) -> bool:
@@ -378,6 +376,47 @@ def encode_invoke_error(invocation_id: str, error: WebPubSubError) -> bytes:
     )
 
 
+def encode_stream_ack(stream_id: str, expected_sequence_id: int) -> bytes:
+    """``streamAck``: every fragment before ``expected_sequence_id`` is accepted."""
+    return orjson.dumps(
+        {"type": "streamAck", "streamId": stream_id, "expectedSequenceId": expected_sequence_id}
+    )
+
+
+def encode_stream_nack(stream_id: str, expected_sequence_id: int, name: str, message: str) -> bytes:
+    """``streamNack`` (``InvalidSequenceId`` or ``TransientError``): the stream lives on."""
+    return orjson.dumps(
+        {
+            "type": "streamNack",
+            "streamId": stream_id,
+            "expectedSequenceId": expected_sequence_id,
+            "name": name,
+            "message": message,
+        }
+    )
+
+
+def encode_stream_closed(stream_id: str, error: StreamError | None = None) -> bytes:
+    """``streamClosed``: the publisher's stream is over (``error`` absent: normally)."""
+    msg: dict[str, object] = {"type": "streamClosed", "streamId": stream_id}
+    if error is not None:
+        msg["error"] = {"name": error.name, "message": error.message}
+    return orjson.dumps(msg)
+
+
+def _stream(info: StreamInfo) -> bytes:
+    """``info`` as the JSON value of a group message's ``stream`` member."""
+    member: dict[str, object] = {"streamId": info.stream_id, "streamSequenceId": info.sequence_id}
+    if info.end:
+        member["endOfStream"] = True
+    if info.error is not None:
+        error: dict[str, object] = {"name": info.error.name, "message": info.error.message}
+        if info.error.user_error_code is not None:
+            error["userErrorCode"] = info.error.user_error_code
+        member["error"] = error
+    return orjson.dumps(member)
+
+
 def _data(payload: Payload) -> bytes:
     """``payload`` as the JSON value of a ``data`` member."""
     if payload.data_type is DataType.JSON:
@@ -392,8 +431,10 @@ def encode_data_body(
     *,
     group: str | None = None,
     from_user_id: str | None = None,
+    stream: StreamInfo | None = None,
 ) -> bytes:
-    """The envelope of a data message, ``from: group`` when ``group`` is given.
+    """The envelope of a data message, ``from: group`` when ``group`` is given, with
+    ``stream`` metadata when it belongs to a group stream.
 
     JSON data is spliced in as the JSON text it already is; binary and protobuf
     data are base64 strings.
@@ -404,7 +445,8 @@ def encode_data_body(
     else:
         head = b'{"type":"message","from":"group","group":' + orjson.dumps(group)
         head += b',"fromUserId":' + orjson.dumps(from_user_id)
-    return head + b',"dataType":"' + payload.data_type.value.encode() + b'","data":' + data + b"}"
+    tail = b"}" if stream is None else b',"stream":' + _stream(stream) + b"}"
+    return head + b',"dataType":"' + payload.data_type.value.encode() + b'","data":' + data + tail
 
 
 def with_sequence_id(body: bytes, sequence_id: int) -> bytes:
