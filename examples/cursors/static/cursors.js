@@ -10,7 +10,7 @@
 // - Every other page's stream (onGroupStream) is a cursor on our board, removed when
 //   that stream ends or fails.
 
-import { WebPubSubClient } from "@azure/web-pubsub-client";
+import { WebPubSubClient, WebPubSubJsonProtocol } from "@azure/web-pubsub-client";
 
 const GROUP = "room";
 const MAX_CURSORS = 100; // remote cursors shown at once; later streams are ignored
@@ -29,9 +29,12 @@ function setStatus(text, state) {
   }
 }
 
-function note(text) {
+function note(text, detail) {
   const item = document.createElement("li");
   item.textContent = text;
+  if (detail) {
+    item.title = detail;
+  }
   $("log").prepend(item);
   while ($("log").children.length > MAX_LOG) {
     $("log").lastElementChild.remove();
@@ -188,6 +191,7 @@ async function showCursor(stream) {
   let cursor = null;
   let who = "someone";
   let ending = "ended";
+  let detail = "";
   try {
     for await (const fragment of stream) {
       if (!isPosition(fragment.data)) {
@@ -211,27 +215,25 @@ async function showCursor(stream) {
       cursor.style.top = `${fragment.data.y * 100}%`;
     }
   } catch (error) {
-    ending = error?.name ?? "error"; // IdleTimeout, or the error the stream ended with
+    // IdleTimeout (the service's, or ours: see onGroupStream below), Cancelled (the
+    // publisher went away), or the error the publisher ended its stream with.
+    ending = error?.name ?? "error";
+    detail = error?.message ?? "";
   } finally {
     if (cursor !== null) {
       cursor.remove();
-      note(`${who}'s cursor is gone (${ending})`);
+      note(`${who}'s cursor is gone (${ending})`, detail);
     }
   }
 }
 
 // -- start --------------------------------------------------------------------------
 
-async function start() {
-  const client = new WebPubSubClient({ getClientAccessUrl });
-  client.on("disconnected", () => setStatus("disconnected, reconnecting…"));
-  client.on("connected", () => setStatus("connected"));
-  client.on("stopped", () => setStatus("stopped", "stopped"));
-  await client.start();
-  await client.joinGroup(GROUP);
+const me = {}; // what the app server said of us: name, colour, here, idleTimeoutMs
 
+async function hello(client) {
   const answer = await client.invokeEvent("hello", {}, "json");
-  const me = answer.data;
+  Object.assign(me, answer.data);
   $("me").replaceChildren(swatch(me.colour), `You are ${me.name}`);
   $("me").dataset.name = me.name;
   $("me").dataset.colour = me.colour;
@@ -242,6 +244,28 @@ async function start() {
     return item;
   });
   $("here").replaceChildren(...(here.length ? here : ["nobody yet"]));
+}
+
+async function start() {
+  // The plain JSON subprotocol, not the reliable one (the client's default): a cursor
+  // is worth nothing late, and a page that goes away should take its cursor with it at
+  // once, not after the service's recovery window. After a reconnection (a new
+  // connection: the client rejoins the room) the page says hello again.
+  const client = new WebPubSubClient({ getClientAccessUrl }, { protocol: WebPubSubJsonProtocol() });
+  let started = false;
+  client.on("disconnected", () => setStatus("disconnected, reconnecting…"));
+  client.on("connected", () => {
+    setStatus("connected");
+    if (started) {
+      hello(client).catch((error) => setStatus(`hello failed: ${error.message}`));
+    }
+  });
+  client.on("stopped", () => setStatus("stopped", "stopped"));
+  addEventListener("pagehide", () => client.stop());
+  await client.start();
+  await client.joinGroup(GROUP);
+  await hello(client);
+  started = true;
 
   // A publisher that vanished without ending its stream: given up after three of its
   // idle timeouts (the service's own idle timeout normally ends it first).
