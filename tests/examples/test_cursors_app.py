@@ -20,9 +20,11 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import aiohttp
 import jwt
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tests.conftest import ACCESS_KEY, StartService
-from tests.examples.cursors import Cursors, cursors_module, serve_cursors
+from tests.examples.cursors import NODE_MODULES, Cursors, cursors_module, serve_cursors
 from tests.integration.test_js_clients import node  # noqa: F401 (installs tests/js/node_modules)
 from tests.support.service import json_client
 
@@ -293,3 +295,27 @@ def test_colours_are_reused_once_free_and_shared_past_the_palette() -> None:
     assert room.hello("extra", "x")[0].colour in palette
     with pytest.raises(ValueError, match="max_members"):
         app_module.Room(max_members=0)
+
+
+SEGMENTS = st.sampled_from(
+    ["@azure", "web-pubsub-client", "@typespec", "dist", "browser", "index.js", "..", ".", ""]
+)
+
+
+@example(path="@azure/web-pubsub-client/dist/browser/index.js")  # served
+@example(path="@azure/web-pubsub-client/dist/browser/../../../../../etc/passwd")
+@example(path="@azure/web-pubsub-client/dist/browser/../../../web-pubsub/dist/browser/index.js")
+@given(
+    path=st.one_of(
+        st.text(max_size=80),
+        st.lists(SEGMENTS | st.text(max_size=8), max_size=8).map("/".join),
+    )
+)
+def test_vendor_serves_nothing_outside_the_clients_packages(path: str) -> None:
+    node_modules = NODE_MODULES.resolve()
+    packages = {node_modules / p for p, _ in app_module.BROWSER_MODULES.values()}
+    file = app_module.vendor_file(node_modules, path)
+    if file is not None:
+        resolved = file.resolve()
+        assert any(resolved.is_relative_to(p) for p in packages), path
+        assert resolved.suffix in (".js", ".mjs") and resolved.is_file()
