@@ -44,6 +44,7 @@ from webpubsub.core.router import (
     succeeded,
 )
 from webpubsub.core.settings import HubSettings
+from webpubsub.core.streams import GroupStream
 from webpubsub.errors import (
     BadRequest,
     InvalidName,
@@ -78,6 +79,7 @@ from webpubsub.protocol.backplane import (
     Scope,
     Send,
     SessionState,
+    StreamSession,
     Target,
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
@@ -513,6 +515,7 @@ class Node:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
         hub.add(conn)
         _join_all(hub, conn, session.groups, "the node it moved from")
+        self._streams_arriving(conn, session.streams)
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
@@ -557,12 +560,12 @@ class Node:
             connected_at=conn.connected_at,
             messages_in=conn.messages_in,
             messages_out=conn.messages_out,
+            streams=self._streams_leaving(conn),
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
         self._end_invocations(conn)  # the client failed them when its socket dropped
-        self._end_streams(conn, "The publisher's connection moved to another node.")
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -917,6 +920,43 @@ class Node:
         error = StreamError("Cancelled", reason)
         for stream in conn.streams.clear():
             self._publish_later(conn, end_message(conn, stream, error))
+
+    def _streams_leaving(self, conn: Connection) -> tuple[StreamSession, ...]:
+        """The open streams of ``conn``, which moves to another node (they go on there)."""
+        timer = self._stream_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if not conn.has_streams:
+            return ()
+        now = asyncio.get_running_loop().time()
+        return tuple(
+            StreamSession(
+                s.stream_id,
+                s.group,
+                s.no_echo,
+                s.idle_timeout,
+                max(s.deadline - now, 0.0),
+                s.expected,
+                s.carried,
+            )
+            for s in conn.streams.clear()
+        )
+
+    def _streams_arriving(self, conn: Connection, streams: Sequence[StreamSession]) -> None:
+        """Open the streams of a connection handed over to this node, as they were."""
+        if not streams:
+            return
+        now = asyncio.get_running_loop().time()
+        for s in streams:
+            last_active = now - max(s.idle_timeout - s.idle_left, 0.0)
+            stream = GroupStream(
+                s.stream_id, s.group, s.no_echo, s.idle_timeout, last_active, s.expected, s.carried
+            )
+            refused = conn.streams.open(stream)
+            if refused is not None:  # a node with a lower limit: end it for its subscribers
+                error = StreamError("Cancelled", refused)
+                self._publish_later(conn, end_message(conn, stream, error))
+        self._watch_streams(conn)
 
     def _publish_later(self, conn: Connection, command: Send) -> None:
         task = asyncio.get_running_loop().create_task(self._publish_quietly(conn, command))

@@ -595,7 +595,7 @@ def _message_fields(
         preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
     else:
         preview = base64.b64encode(data[:PREVIEW_BYTES]).decode()
-    return {
+    fields: Record = {
         "target": {"scope": scope, "id": target_id},
         "group": message.group if message.origin is Origin.GROUP else None,
         "recipients": recipients,
@@ -604,6 +604,15 @@ def _message_fields(
         "preview": preview,
         "fromUserId": message.from_user_id,
     }
+    stream = message.stream
+    if stream is not None:  # a group stream's fragment or end: which and where
+        fields["stream"] = {
+            "streamId": stream.stream_id,
+            "sequenceId": stream.sequence_id,
+            "end": stream.end,
+            "error": stream.error.name if stream.error is not None else None,
+        }
+    return fields
 
 
 def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
