@@ -5,6 +5,7 @@ recovery window, apply, answer, and the disconnected event of a reaped connectio
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import orjson
@@ -13,7 +14,7 @@ import pytest
 from tests.core.test_hub import RecordingSink as HubSink
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.settings import HubSettings
-from webpubsub.errors import BadRequest, Unauthorized, UpstreamError
+from webpubsub.errors import BadRequest, ServiceUnavailable, Unauthorized, UpstreamError
 from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
@@ -507,3 +508,46 @@ async def test_data_queued_behind_a_replay_is_bounded_by_the_same_budget() -> No
     assert code == 1008 and "210000 bytes" in reason
     assert fresh.sequence_ids() == [1, 2, None]  # then disconnected: the rest never goes
     assert fresh.texts()[-1]["event"] == "disconnected"
+
+
+# -- group streams -----------------------------------------------------------------------
+
+
+async def test_a_fragment_the_backplane_refuses_is_nacked_transient_and_sent_again() -> None:
+    """The backplane fails one publish: the fragment is not accepted (the stream is
+    rewound to it and the client told ``TransientError``); sent again, it goes."""
+    attempts: list[object] = []
+
+    async def publish(command: object) -> None:
+        attempts.append(command)
+        if len(attempts) == 1:
+            raise ServiceUnavailable("Redis is unreachable.")
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "c1",
+    )
+    sink = RecordingSink()
+    conn = node.attach(admission(roles=("webpubsub.sendToGroup",)), sink)
+    start = {"type": "sendToGroup", "group": "g", "stream": {"streamId": "s"}}
+    await node.receive(conn, json.dumps(start))
+    fragment = {"type": "streamData", "streamId": "s", "streamSequenceId": 1}
+    fragment |= {"dataType": "text", "data": "abc"}
+    await node.receive(conn, json.dumps(fragment))
+    *_, opened, nack = sink.texts()
+    assert opened == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 1}
+    assert nack == {
+        "type": "streamNack",
+        "streamId": "s",
+        "expectedSequenceId": 1,
+        "name": "TransientError",
+        "message": "Redis is unreachable.",
+    }
+    stream = conn.streams.get("s")
+    assert stream is not None and (stream.expected, stream.carried) == (1, 0)
+    await node.receive(conn, json.dumps(fragment))
+    assert sink.texts()[-1] == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 2}
+    assert len(attempts) == 2

@@ -3,6 +3,7 @@ service (one node, and two nodes over Redis), frame for frame."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -173,3 +174,37 @@ async def test_a_stream_crosses_nodes_over_redis(
         "endOfStream": True,
         "error": {"name": "UserError", "message": "m", "userErrorCode": "E"},
     }
+
+
+async def test_duplicates_are_dropped_gaps_nacked_and_keep_alives_keep_a_stream_open(
+    start_service: StartService, connect: Connect
+) -> None:
+    runner = await start_service(chat_hub())
+    sub = await subscriber(connect, minted_url(runner, roles=ALL_ROLES))
+    pub = await connect(minted_url(runner, roles=ALL_ROLES), JSON)
+    await pub.send({**START, "stream": {"streamId": "s", "idleTimeoutMs": 400}})
+    assert (await pub.recv())["type"] == "streamAck"
+    await pub.send(fragment(1, "a"))
+    await pub.send(fragment(1, "a"))  # a duplicate: acknowledged, not delivered again
+    await pub.send(fragment(3, "c"))  # a gap
+    assert [await pub.recv() for _ in range(3)] == [
+        {"type": "streamAck", "streamId": "s", "expectedSequenceId": 2},
+        {"type": "streamAck", "streamId": "s", "expectedSequenceId": 2},
+        {
+            "type": "streamNack",
+            "streamId": "s",
+            "expectedSequenceId": 2,
+            "name": "InvalidSequenceId",
+            "message": "Expected fragment 2, got 3.",
+        },
+    ]
+    # Keep-alives every 200 ms keep the stream past its 400 ms idle timeout (the sleeps
+    # are the stimulus: time passing without data), with nothing sent back.
+    for _ in range(4):
+        await asyncio.sleep(0.2)
+        await pub.send({"type": "streamData", "streamId": "s"})
+    await pub.send(fragment(2, "b"))
+    assert await pub.recv() == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 3}
+    assert [(await sub.recv())["data"] for _ in range(2)] == ["a", "b"]  # "a" once
+    closed = await pub.recv()  # then silence: it times out
+    assert closed["type"] == "streamClosed" and closed["error"]["name"] == "IdleTimeout"
