@@ -344,13 +344,19 @@ async def test_service_sdk_token_url_is_accepted_and_send_to_all_arrives(
     assert of(obs, "refused") == [{"kind": "refused", "status": 401}]
 
 
+@pytest.mark.parametrize("topology", ["one node", "two nodes over Redis"])
 async def test_client_sdk_invoke_event_answers_fails_and_aborts(
-    node: str, start_service: StartService, handler_app: EventHandlerApp
+    node: str,
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    request: pytest.FixtureRequest,
+    topology: str,
 ) -> None:
     """``invokeEvent`` of @azure/web-pubsub-client: the handler's answer is the result,
     its failure an InvocationError, an aborted invocation's handler call is cancelled by
     the service (``cancelInvocation``) while the connection goes on, and so is the call
-    of an invocation whose transport dropped (reliable recovery)."""
+    of an invocation whose transport dropped (reliable recovery). Over Redis the
+    recovery reaches the other node, which answers the next invocation."""
     reached = asyncio.Event()
     reached2 = asyncio.Event()
     release = asyncio.Event()
@@ -372,7 +378,21 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
 
     handler_app.responder = responder
     handler = EventHandlerSettings(url_template=handler_app.url, user_event_pattern="*")
-    runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
+    hub = HubSettings(name="chat", event_handlers=(handler,))
+    other: ServiceRunner | None = None
+    if topology == "one node":
+        runner = await start_service(hub)
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        runner = await start_service(
+            hub, backplane=RedisBackplane(redis.url, prefix=prefix, node_id="a")
+        )
+        other = await start_service(
+            hub,
+            backplane=RedisBackplane(redis.url, prefix=prefix, node_id="b"),
+            public_endpoint=runner.endpoint,
+        )
 
     async def tell_when_reached() -> None:
         async with sdk(runner) as service:
@@ -383,7 +403,15 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
 
     teller = asyncio.create_task(tell_when_reached())
     try:
-        obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat")
+        if other is None:
+            obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat")
+        else:
+            async with TcpProxy(runner.port) as proxy:
+                proxy.alternate(runner.port, other.port)  # the recovery: the other node
+                via = f"{runner.port}:{proxy.port}"
+                obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat", via)
+                assert proxy.accepted == 2
+            assert other.node is not None and other.node.connection_count() == 1
     finally:
         teller.cancel()
         release.set()
