@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import orjson
 
+from tests.core.test_hub import make_conn
 from tests.core.test_router import client, frame
 from webpubsub.core.connection import Connection
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission
-from webpubsub.core.router import StreamStep, route
+from webpubsub.core.router import STREAM_END_PAYLOAD, StreamStep, route
 from webpubsub.core.streams import DEFAULT_IDLE_TIMEOUT_MS, GroupStream, Streams
 from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
 from webpubsub.protocol.messages import StreamError, StreamInfo
 from webpubsub.protocol.payload import DataType, Payload
 
@@ -210,3 +212,16 @@ def test_streams_expire_by_deadline_and_are_bounded() -> None:
     assert [s.stream_id for s in streams.expired(1.0)] == ["a"]
     assert streams.next_deadline() == 5.0 and len(streams) == 1
     assert [s.stream_id for s in streams.clear()] == ["b"] and streams.next_deadline() is None
+
+
+def test_a_streams_end_is_not_offered_to_simple_clients() -> None:
+    simple, simple_sink = make_conn("raw")
+    json_conn, json_sink = make_conn("js", protocol=ClientProtocol.JSON)
+    hub = Hub("h")
+    info = StreamInfo("s", 2, end=True)
+    end = DataMessage(STREAM_END_PAYLOAD, Origin.GROUP, "g", "u", info)
+    assert hub.deliver([simple, json_conn], end) == 1
+    assert simple_sink.frames == [] and simple.messages_out == 0
+    assert len(json_sink.frames) == 1
+    fragment = DataMessage(Payload.text("a"), Origin.GROUP, "g", "u", StreamInfo("s", 1))
+    assert hub.deliver([simple, json_conn], fragment) == 2
