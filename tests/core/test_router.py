@@ -108,12 +108,12 @@ def test_an_event_becomes_a_call_whose_failure_acks_internal_server_error() -> N
         conn, hub, frame({"type": "event", "event": "e", "dataType": "json", "data": 1, "ackId": 4})
     )
     assert effect == CallEvent("e", Payload(DataType.JSON, b"1"), 4)
-    failure = orjson.loads(failed(4, UpstreamError("The event handler failed.")) or b"")
+    failure = orjson.loads(failed(conn, 4, UpstreamError("The event handler failed.")) or b"")
     assert failure["error"] == {
         "name": "InternalServerError",
         "message": "The event handler failed.",
     }
-    assert failed(None, UpstreamError("x")) is None
+    assert failed(conn, None, UpstreamError("x")) is None
 
 
 @pytest.mark.parametrize(

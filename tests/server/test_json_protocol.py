@@ -740,7 +740,7 @@ async def test_an_unknown_type_without_an_ack_id_is_ignored(
     client = await connect(minted_url(runner), JSON)
     other = await connect(minted_url(runner), RELIABLE)
     await client.send({"type": "futureRequest", "group": "g1"})
-    await client.send({"type": "streamData", "streamId": "s"})
+    await client.send({"type": "setGroupState", "group": "g1"})  # a type this service lacks
     await client.expect_pong()
     await other.expect_pong()
 

@@ -16,9 +16,9 @@ from typing import Protocol
 
 from webpubsub.core.permissions import Permissions
 from webpubsub.core.reliable import BufferOverflow, ReliableBuffer
+from webpubsub.core.streams import Streams
 from webpubsub.protocol.frames import ClientProtocol
-from webpubsub.protocol.json_protocol import encode_disconnected
-from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
+from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 
 class Sink(Protocol):
@@ -105,6 +105,19 @@ class Connection:
     """Frames read from the client."""
     messages_out: int = 0
     """Data messages sent to the client (acks and system messages not counted)."""
+    _streams: Streams | None = None
+
+    @property
+    def streams(self) -> Streams:
+        """The group streams this connection publishes (made on first use: most
+        connections never open one)."""
+        if self._streams is None:
+            self._streams = Streams()
+        return self._streams
+
+    @property
+    def has_streams(self) -> bool:
+        return self._streams is not None and len(self._streams) > 0
 
     def next_event_id(self) -> str:
         """The ``ce-id`` of this connection's next event: ``0`` is ``connect``."""
@@ -134,16 +147,17 @@ class Connection:
             sink.offer(encoded)
 
     def send_control(self, message: bytes) -> None:
-        """Send a JSON system message, ack or pong (never sequenced, never buffered)."""
+        """Send a system message, ack or pong encoded by this protocol's codec (never
+        sequenced, never buffered)."""
         if not self.closing and self.sink is not None:
-            self.sink.offer(encode_frame(Opcode.TEXT, message))
+            self.sink.offer(encode_frame(self.protocol.codec.OPCODE, message))
 
     def close(self, code: int, reason: str) -> None:
         """Close for good: subprotocol clients first get ``disconnected`` with the reason."""
         if self.closing:
             return
-        if self.protocol.is_json:
-            self.send_control(encode_disconnected(reason))
+        if self.protocol.is_pubsub:
+            self.send_control(self.protocol.codec.encode_disconnected(reason))
         self.closing = True
         self.close_reason = reason
         self.close_code = code

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from webpubsub.protocol.json_protocol import with_sequence_id
-from webpubsub.protocol.wsframe import Opcode, encode_frame
+from webpubsub.protocol import json_protocol
+from webpubsub.protocol.frames import Codec
+from webpubsub.protocol.wsframe import encode_frame
 
 DEFAULT_MAX_MESSAGES = 1000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -27,8 +28,14 @@ class BufferOverflow(Exception):
 
 class ReliableBuffer:
     def __init__(
-        self, *, max_messages: int = DEFAULT_MAX_MESSAGES, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        *,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        codec: Codec = json_protocol,
     ) -> None:
+        self._codec = codec
+        """Splices each message's ``sequenceId`` into its encoded body."""
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._next = 1
@@ -58,7 +65,8 @@ class ReliableBuffer:
         :class:`BufferOverflow` when the buffer would exceed its bounds.
         """
         sequence_id = self._next
-        frame = encode_frame(Opcode.TEXT, with_sequence_id(body, sequence_id))
+        codec = self._codec
+        frame = encode_frame(codec.OPCODE, codec.with_sequence_id(body, sequence_id))
         if (
             len(self._frames) + 1 > self._max_messages
             or self._bytes + held + len(frame) > self._max_bytes
@@ -117,8 +125,9 @@ class ReliableBuffer:
         frames: list[tuple[int, bytes]],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        codec: Codec = json_protocol,
     ) -> ReliableBuffer:
-        buffer = cls(max_bytes=max_bytes)
+        buffer = cls(max_bytes=max_bytes, codec=codec)
         buffer._next = next_sequence_id
         buffer._frames = deque(frames)
         buffer._bytes = sum(len(frame) for _, frame in frames)

@@ -7,10 +7,18 @@ for the node to carry out: a frame to send back, a close, a command to publish,
 an event to call — each saying which ack follows it. The asyncio side only
 executes effects; every decision is here, testable without a socket.
 
+Group streams (``sendToGroup`` with ``stream``, ``streamData``, ``streamEnd``) are
+checked and sequenced here too (:mod:`webpubsub.core.streams`): each becomes a
+:class:`StreamStep`, a fragment to publish and the stream answers that follow it.
+
+Every frame the router makes is encoded by the connection's codec
+(:attr:`~webpubsub.protocol.frames.ClientProtocol.codec`), so the JSON and protobuf
+subprotocols share this one path.
+
 Requests with an ``ackId`` are answered with an ``ack`` and are idempotent: a
 repeated ackId that succeeded is answered ``Duplicate`` without running again.
 Failures are raised as the error types of :mod:`webpubsub.errors` and mapped to
-an ack in one place (:func:`webpubsub.protocol.json_protocol.encode_ack`).
+an ack in one place (the codec's ``encode_ack``).
 """
 
 from __future__ import annotations
@@ -21,15 +29,11 @@ from typing import assert_never
 from webpubsub.core.connection import Connection
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission
+from webpubsub.core.streams import DEFAULT_IDLE_TIMEOUT_MS, GroupStream
 from webpubsub.errors import BadRequest, Duplicate, Forbidden, WebPubSubError
 from webpubsub.protocol.backplane import Command, Send, Target
 from webpubsub.protocol.frames import DataMessage, Origin
-from webpubsub.protocol.json_protocol import (
-    PONG,
-    decode_client_message,
-    encode_ack,
-    encode_invoke_error,
-)
+from webpubsub.protocol.json_protocol import encode_invoke_error
 from webpubsub.protocol.messages import (
     CancelInvocation,
     Invoke,
@@ -42,11 +46,13 @@ from webpubsub.protocol.messages import (
     SequenceAck,
     StreamData,
     StreamEnd,
+    StreamError,
+    StreamInfo,
     StreamProblem,
     StreamStart,
     Unsupported,
 )
-from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.wsframe import CloseCode
 
 
@@ -118,37 +124,62 @@ class GroupChanged:
 GROUP_CHANGED = GroupChanged()
 """A join or leave that changed nothing (already in the group, or not in it)."""
 
-Effect = Reply | CloseClient | Publish | CallEvent | CallInvoke | CancelCall | GroupChanged
+
+@dataclass(frozen=True, slots=True)
+class StreamStep:
+    """A stream message carried out: publish ``command`` when given (a fragment, or a
+    stream's terminal message), then send ``frames`` (``streamAck``, ``streamNack``,
+    ``streamClosed``, an ``ack``). ``fragment``: the stream and sequence id a published
+    fragment advanced; if the publish fails, the node rewinds the stream to it and
+    answers ``TransientError`` instead of ``frames``."""
+
+    command: Send | None
+    frames: tuple[bytes, ...]
+    fragment: tuple[GroupStream, int] | None = None
 
 
-def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
-    """The effect of one client ``frame`` on ``conn`` of ``hub`` (None: nothing to do)."""
+Effect = (
+    Reply | CloseClient | Publish | CallEvent | CallInvoke | CancelCall | GroupChanged | StreamStep
+)
+
+STREAM_END_PAYLOAD = Payload(DataType.BINARY, b"")
+"""What a stream's terminal group message carries (JSON clients: binary ``""``)."""
+
+
+def route(conn: Connection, hub: Hub, frame: str | bytes, *, now: float = 0.0) -> Effect | None:
+    """The effect of one client ``frame`` on ``conn`` of ``hub`` (None: nothing to do);
+    ``now`` (seconds, the node's clock) is when a stream was last active."""
+    codec = conn.protocol.codec
     try:
-        msg = decode_client_message(frame)
+        msg = codec.decode_client_message(frame)
     except ProtocolViolation as exc:
         if exc.invocation_id is not None:
             return Reply(encode_invoke_error(exc.invocation_id, exc))
         if exc.fatal or exc.ack_id is None:
             return CloseClient(CloseCode.POLICY_VIOLATION, f"Invalid message: {exc.message}")
-        return Reply(encode_ack(exc.ack_id, exc))
+        return Reply(codec.encode_ack(exc.ack_id, exc))
     match msg:
         case SequenceAck():
             if conn.reliable is not None:
                 conn.reliable.ack(msg.sequence_id)
             return None
         case Ping():
-            return Reply(PONG)
+            return Reply(codec.PONG)
         case Invoke():
             return CallInvoke(msg.invocation_id, msg.event, msg.payload)
         case CancelInvocation():
             return CancelCall(msg.invocation_id)
-        case StreamStart() | StreamData() | StreamEnd() | StreamProblem():
-            return None  # group streams: not yet routed
+        case StreamStart():
+            return _start_stream(conn, msg, now)
+        case StreamData():
+            return _stream_data(conn, msg, now)
+        case StreamEnd() | StreamProblem():
+            return _end_stream(conn, msg)
         case Unsupported():
             if msg.ack_id is None:
                 return None
             error = BadRequest(f"Message type '{msg.type}' is not supported.")
-            return Reply(encode_ack(msg.ack_id, error))
+            return Reply(codec.encode_ack(msg.ack_id, error))
         case JoinGroup() | LeaveGroup() | SendToGroup() | SendEvent():
             ack_id = msg.ack_id
             try:
@@ -156,12 +187,14 @@ def route(conn: Connection, hub: Hub, frame: str | bytes) -> Effect | None:
                     raise Duplicate(ack_id)
                 effect = _request(conn, hub, msg)
             except WebPubSubError as exc:
-                return Reply(encode_ack(ack_id, exc)) if ack_id is not None else None
+                return Reply(codec.encode_ack(ack_id, exc)) if ack_id is not None else None
             if isinstance(effect, GroupChanged):  # a join or leave, done
                 if ack_id is None:
                     return effect
                 conn.ack_ids.add(ack_id)
-                return Reply(encode_ack(ack_id), after_presence=True, presence=effect.presence)
+                return Reply(
+                    codec.encode_ack(ack_id), after_presence=True, presence=effect.presence
+                )
             return effect
         case _:
             assert_never(msg)
@@ -172,12 +205,113 @@ def succeeded(conn: Connection, ack_id: int | None) -> bytes | None:
     if ack_id is None:
         return None
     conn.ack_ids.add(ack_id)
-    return encode_ack(ack_id)
+    return conn.protocol.codec.encode_ack(ack_id)
 
 
-def failed(ack_id: int | None, error: WebPubSubError) -> bytes | None:
+def failed(conn: Connection, ack_id: int | None, error: WebPubSubError) -> bytes | None:
     """The ack of a request whose effect failed (its ackId may be tried again)."""
-    return encode_ack(ack_id, error) if ack_id is not None else None
+    return conn.protocol.codec.encode_ack(ack_id, error) if ack_id is not None else None
+
+
+# -- group streams ---------------------------------------------------------------------
+
+
+def end_message(conn: Connection, stream: GroupStream, error: StreamError | None) -> Send:
+    """The terminal group message of ``stream`` (``endOfStream``, with ``error``)."""
+    info = StreamInfo(stream.stream_id, stream.expected, end=True, error=error)
+    return _stream_send(conn, stream, STREAM_END_PAYLOAD, info)
+
+
+def _stream_send(conn: Connection, stream: GroupStream, payload: Payload, info: StreamInfo) -> Send:
+    message = DataMessage(payload, Origin.GROUP, stream.group, conn.user_id, info)
+    excluded = frozenset({conn.connection_id}) if stream.no_echo else frozenset()
+    return Send(conn.hub, Target.group(stream.group), message, excluded)
+
+
+def _closed(conn: Connection, stream_id: str, name: str, message: str) -> StreamStep:
+    """Refuse a stream message: ``streamClosed`` with ``name``, nothing published."""
+    codec = conn.protocol.codec
+    return StreamStep(None, (codec.encode_stream_closed(stream_id, StreamError(name, message)),))
+
+
+def _stream_ended(conn: Connection, stream: GroupStream, error: StreamError) -> StreamStep:
+    """The service ends ``stream``: subscribers get its terminal message with
+    ``error``, the publisher ``streamClosed`` with it."""
+    conn.streams.remove(stream.stream_id)
+    closed = conn.protocol.codec.encode_stream_closed(stream.stream_id, error)
+    return StreamStep(end_message(conn, stream, error), (closed,))
+
+
+def _start_stream(conn: Connection, msg: StreamStart, now: float) -> StreamStep:
+    codec = conn.protocol.codec
+    after = (codec.encode_ack(msg.ack_id),) if msg.ack_id is not None else ()
+    if not conn.permissions.allows(Permission.SEND_TO_GROUP, msg.group):
+        forbidden = f"The connection has no permission to send to group '{msg.group}'."
+        step = _closed(conn, msg.stream_id, "Forbidden", forbidden)
+        if msg.ack_id is None:
+            return step
+        return StreamStep(None, (*step.frames, codec.encode_ack(msg.ack_id, Forbidden(forbidden))))
+    timeout = msg.idle_timeout_ms if msg.idle_timeout_ms is not None else DEFAULT_IDLE_TIMEOUT_MS
+    stream = GroupStream(msg.stream_id, msg.group, msg.no_echo, timeout / 1000, now)
+    refused = conn.streams.open(stream)
+    if refused is not None:
+        step = _closed(conn, msg.stream_id, "BadRequest", refused)
+        if msg.ack_id is None:
+            return step
+        return StreamStep(None, (*step.frames, codec.encode_ack(msg.ack_id, BadRequest(refused))))
+    return StreamStep(None, (codec.encode_stream_ack(msg.stream_id, 1), *after))
+
+
+def _stream_data(conn: Connection, msg: StreamData, now: float) -> StreamStep | None:
+    codec = conn.protocol.codec
+    stream = conn.streams.get(msg.stream_id)
+    if stream is None:
+        return _closed(conn, msg.stream_id, "StreamNotFound", _not_found(msg.stream_id))
+    if msg.sequence_id is None or msg.payload is None:  # a keep-alive
+        stream.last_active = now
+        return None
+    if not conn.permissions.allows(Permission.SEND_TO_GROUP, stream.group):
+        forbidden = f"The connection has no permission to send to group '{stream.group}'."
+        return _stream_ended(conn, stream, StreamError("Forbidden", forbidden))
+    expected = stream.expected
+    if msg.sequence_id < expected:  # a duplicate (a replay after recovery): not again
+        return StreamStep(None, (codec.encode_stream_ack(stream.stream_id, expected),))
+    if msg.sequence_id > expected:
+        message = f"Expected fragment {expected}, got {msg.sequence_id}."
+        nack = codec.encode_stream_nack(stream.stream_id, expected, "InvalidSequenceId", message)
+        return StreamStep(None, (nack,))
+    size = len(msg.payload.data)
+    limit = conn.streams.max_bytes
+    if stream.carried + size > limit:
+        too_much = f"The stream carried {stream.carried} bytes; a stream may carry {limit}."
+        return _stream_ended(conn, stream, StreamError("BadRequest", too_much))
+    stream.expected = expected + 1
+    stream.carried += size
+    stream.last_active = now
+    info = StreamInfo(stream.stream_id, expected)
+    send = _stream_send(conn, stream, msg.payload, info)
+    ack = codec.encode_stream_ack(stream.stream_id, expected + 1)
+    return StreamStep(send, (ack,), (stream, expected))
+
+
+def _end_stream(conn: Connection, msg: StreamEnd | StreamProblem) -> StreamStep:
+    stream = conn.streams.get(msg.stream_id)
+    if isinstance(msg, StreamProblem):
+        if stream is None:
+            return _closed(conn, msg.stream_id, "BadRequest", msg.message)
+        return _stream_ended(conn, stream, StreamError("BadRequest", msg.message))
+    if stream is None:
+        return _closed(conn, msg.stream_id, "StreamNotFound", _not_found(msg.stream_id))
+    conn.streams.remove(stream.stream_id)
+    error = None
+    if msg.error is not None:
+        error = StreamError("UserError", msg.error.message or "", msg.error.user_error_code)
+    closed = conn.protocol.codec.encode_stream_closed(stream.stream_id)
+    return StreamStep(end_message(conn, stream, error), (closed,))
+
+
+def _not_found(stream_id: str) -> str:
+    return f"Stream '{stream_id}' is not open on this connection."
 
 
 def _request(

@@ -37,6 +37,8 @@ from webpubsub.core.router import (
     GroupChanged,
     Publish,
     Reply,
+    StreamStep,
+    end_message,
     failed,
     route,
     succeeded,
@@ -81,10 +83,7 @@ from webpubsub.protocol.backplane import (
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
 from webpubsub.protocol.frames import SUBPROTOCOLS, ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.json_protocol import (
-    ack_id_of,
     decode_client_message,
-    encode_ack,
-    encode_connected,
     encode_invoke_error,
     encode_invoke_response,
 )
@@ -92,12 +91,13 @@ from webpubsub.protocol.messages import (
     CancelInvocation,
     Invoke,
     ProtocolViolation,
+    StreamError,
 )
 from webpubsub.protocol.names import validate_group, validate_user_id
 from webpubsub.protocol.odata import Filter, FilterSubject, parse_filter
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.tokens import ClientIdentity
-from webpubsub.protocol.wsframe import CloseCode, Opcode, encode_frame
+from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 log = logging.getLogger("webpubsub.node")
 
@@ -238,6 +238,10 @@ class Node:
         """Connections closing whose ``disconnected`` event another node already sent."""
         self._publish = publish
         self._filters: dict[str, Filter] = {}
+        self._stream_timers: dict[Connection, asyncio.TimerHandle] = {}
+        """One idle timer per connection with open group streams."""
+        self._stream_tasks: set[asyncio.Task[None]] = set()
+        """Streams' terminal messages being published (idle, the publisher gone)."""
 
     # -- transport side --------------------------------------------------------------
 
@@ -321,23 +325,27 @@ class Node:
             hub=adm.hub,
             user_id=adm.user_id,
             protocol=adm.protocol,
-            subprotocol=adm.subprotocol if adm.protocol.is_json else None,
+            subprotocol=adm.subprotocol if adm.protocol.is_pubsub else None,
             sink=sink,
             permissions=Permissions.from_roles(adm.roles),
             state=adm.state,
-            reliable=ReliableBuffer(max_bytes=self._reliable_max_bytes) if reliable else None,
+            reliable=ReliableBuffer(max_bytes=self._reliable_max_bytes, codec=adm.protocol.codec)
+            if reliable
+            else None,
             reconnection_token=secrets.token_urlsafe(24) if reliable else None,
             on_detached_close=self._end_detached,
             max_groups=self._hub_settings(adm.hub).max_groups_per_connection,
             connected_at=self._clock(),
         )
         held: _Held | None = None
-        if conn.protocol.is_json:
-            connected = encode_connected(conn.connection_id, conn.user_id, conn.reconnection_token)
+        if conn.protocol.is_pubsub:
+            connected = conn.protocol.codec.encode_connected(
+                conn.connection_id, conn.user_id, conn.reconnection_token
+            )
             if self._presence is None:
                 conn.send_control(connected)
             else:
-                held = _Held(sink, connected)
+                held = _Held(sink, encode_frame(conn.protocol.codec.OPCODE, connected))
                 conn.sink = held
         hub = self._hubs.get(adm.hub)
         if hub is None:
@@ -468,17 +476,21 @@ class Node:
     def _adopt(self, session: SessionState, from_node: str | None) -> Connection:
         """A reliable connection handed over by node ``from_node`` (None: unknown, or
         this node's own that no node took), detached until resumed."""
+        protocol = SUBPROTOCOLS.get(session.subprotocol.lower(), ClientProtocol.JSON_RELIABLE)
         conn = Connection(
             connection_id=session.connection_id,
             hub=session.hub,
             user_id=session.user_id,
-            protocol=ClientProtocol.JSON_RELIABLE,
+            protocol=protocol,
             subprotocol=session.subprotocol,
             sink=None,
             permissions=Permissions.restore(session.permissions),
             state=session.state,
             reliable=ReliableBuffer.restore(
-                session.next_sequence_id, list(session.frames), max_bytes=self._reliable_max_bytes
+                session.next_sequence_id,
+                list(session.frames),
+                max_bytes=self._reliable_max_bytes,
+                codec=protocol.codec,
             ),
             reconnection_token=session.reconnection_token,
             on_detached_close=self._end_detached,
@@ -543,6 +555,7 @@ class Node:
         if timer is not None:
             timer.cancel()
         self._end_invocations(conn)  # the client failed them when its socket dropped
+        self._end_streams(conn, "The publisher's connection moved to another node.")
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -614,9 +627,11 @@ class Node:
                 return
             slow_in = backlog.head_since + SLOW_EVENT_SECONDS - asyncio.get_running_loop().time()
             if slow_in <= 0:
-                ack_id = ack_id_of(data) if conn.protocol.is_json else None
+                codec = conn.protocol.codec
+                ack_id = codec.ack_id_of(data) if conn.protocol.is_pubsub else None
                 if ack_id is not None:
-                    conn.send_control(encode_ack(ack_id, TooManyEvents(self.max_inflight_events)))
+                    error = TooManyEvents(self.max_inflight_events)
+                    conn.send_control(codec.encode_ack(ack_id, error))
                     return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(slow_in if slow_in > 0 else None):
@@ -696,7 +711,7 @@ class Node:
 
     async def _handle(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
         conn.messages_in += 1
-        if conn.protocol.is_json:
+        if conn.protocol.is_pubsub:
             await self._request(conn, data, inline=inline)
             return
         self.observer.received(conn, data, "message")
@@ -761,10 +776,11 @@ class Node:
             reason,
             extra=conn_fields(conn),
         )
-        if conn.protocol.is_json and data is not None:
-            ack_id = ack_id_of(data)
+        if conn.protocol.is_pubsub and data is not None:
+            codec = conn.protocol.codec
+            ack_id = codec.ack_id_of(data)
             if ack_id is not None:
-                conn.send_control(encode_ack(ack_id, TooManyRequests(reason)))
+                conn.send_control(codec.encode_ack(ack_id, TooManyRequests(reason)))
         conn.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _request(self, conn: Connection, data: bytes | str, *, inline: bool) -> None:
@@ -773,7 +789,7 @@ class Node:
         hub = self._hubs.get(conn.hub)
         if hub is None:  # pragma: no cover - an attached connection always has its hub
             return
-        effect = route(conn, hub, data)
+        effect = route(conn, hub, data, now=asyncio.get_running_loop().time())
         self.observer.received(conn, data, _kind(effect))
         match effect:
             case None:
@@ -799,7 +815,7 @@ class Node:
                 try:
                     await self._publish(effect.command)
                 except WebPubSubError as exc:  # the backplane is down: say so, keep the client
-                    ack = failed(effect.ack_id, exc)
+                    ack = failed(conn, effect.ack_id, exc)
                 else:
                     ack = succeeded(conn, effect.ack_id)
             case CallEvent() | CallInvoke():
@@ -815,17 +831,109 @@ class Node:
             case CancelCall():
                 self._cancel_invocation(conn, effect.invocation_id)
                 return
+            case StreamStep():
+                await self._stream_step(conn, effect)
+                return
             case _:
                 assert_never(effect)
         if ack is not None:
             conn.send_control(ack)
+
+    # -- group streams ---------------------------------------------------------------
+
+    async def _stream_step(self, conn: Connection, step: StreamStep) -> None:
+        """Publish a stream's fragment (or terminal message), then answer the publisher.
+        A fragment the backplane could not take is not accepted: the stream is rewound
+        to it and the client told ``TransientError`` (it sends it again)."""
+        if step.command is not None:
+            try:
+                await self._publish(step.command)
+            except WebPubSubError as exc:
+                if step.fragment is None:  # a terminal message: the stream is over anyway
+                    log.warning(
+                        "the end of stream of connection %s (hub %s) was not published: %s",
+                        conn.connection_id,
+                        conn.hub,
+                        exc.message,
+                        extra=conn_fields(conn),
+                    )
+                else:
+                    stream, sequence_id = step.fragment
+                    stream.expected = sequence_id
+                    stream.carried -= len(step.command.message.payload.data)
+                    nack = conn.protocol.codec.encode_stream_nack(
+                        stream.stream_id, sequence_id, "TransientError", exc.message
+                    )
+                    conn.send_control(nack)
+                    return
+        for frame in step.frames:
+            conn.send_control(frame)
+        self._watch_streams(conn)
+
+    def _watch_streams(self, conn: Connection) -> None:
+        """Keep one timer per connection with streams, due at its earliest idle deadline
+        (a stream that was active since is looked at and the timer set again)."""
+        timer = self._stream_timers.get(conn)
+        deadline = conn.streams.next_deadline() if conn.has_streams else None
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                del self._stream_timers[conn]
+            return
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._stream_timers[conn] = loop.call_at(deadline, self._streams_idle, conn)
+
+    def _streams_idle(self, conn: Connection) -> None:
+        """End the streams of ``conn`` idle past their timeout: ``IdleTimeout`` to their
+        subscribers and to the publisher."""
+        self._stream_timers.pop(conn, None)
+        now = asyncio.get_running_loop().time()
+        for stream in conn.streams.expired(now):
+            timeout_ms = round(stream.idle_timeout * 1000)
+            error = StreamError("IdleTimeout", f"No data or keep-alive within {timeout_ms} ms.")
+            conn.send_control(conn.protocol.codec.encode_stream_closed(stream.stream_id, error))
+            self._publish_later(conn, end_message(conn, stream, error))
+        self._watch_streams(conn)
+
+    def _end_streams(self, conn: Connection, reason: str) -> None:
+        """``conn`` ends (or leaves this node): its streams end for their subscribers
+        with ``Cancelled``; there is no publisher left to tell."""
+        timer = self._stream_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if not conn.has_streams:
+            return
+        error = StreamError("Cancelled", reason)
+        for stream in conn.streams.clear():
+            self._publish_later(conn, end_message(conn, stream, error))
+
+    def _publish_later(self, conn: Connection, command: Send) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish_quietly(conn, command))
+        self._stream_tasks.add(task)
+        task.add_done_callback(self._stream_tasks.discard)
+
+    async def _publish_quietly(self, conn: Connection, command: Send) -> None:
+        try:
+            await self._publish(command)
+        except WebPubSubError as exc:
+            log.warning(
+                "the end of a stream of connection %s (hub %s) was not published: %s",
+                conn.connection_id,
+                conn.hub,
+                exc.message,
+                extra=conn_fields(conn),
+            )
 
     async def _call(self, conn: Connection, effect: CallEvent) -> None:
         """A JSON client's event: the handler's reply, then the ack."""
         try:
             reply = await self.user_event(conn, effect.event, effect.payload)
         except UpstreamError as exc:
-            ack = failed(effect.ack_id, UpstreamError(exc.client_message, status=exc.status))
+            ack = failed(conn, effect.ack_id, UpstreamError(exc.client_message, status=exc.status))
         else:
             self.apply_reply(conn, reply)  # the reply reaches the client before the ack
             ack = succeeded(conn, effect.ack_id)
@@ -920,6 +1028,7 @@ class Node:
         if timer is not None:
             timer.cancel()
         self._end_invocations(conn)
+        self._end_streams(conn, conn.close_reason or reason)
         self._attached(conn)
         conn.closing = True
         hub = self._hubs.get(conn.hub)
@@ -1137,6 +1246,8 @@ def _kind(effect: Effect | None) -> str:
             return "group"
         case CloseClient():
             return "invalid"
+        case StreamStep():
+            return "stream"
         case _:
             return "control"
 
@@ -1216,8 +1327,9 @@ class _Held:
     """Frames held at most; past that they go out at once (the outbox bounds them)."""
 
     def __init__(self, target: Sink, connected: bytes) -> None:
+        """``connected``: the framed ``connected`` message."""
         self.target = target
-        self._frames: list[bytes] = [encode_frame(Opcode.TEXT, connected)]
+        self._frames: list[bytes] = [connected]
         self._close: tuple[int, str] | None = None
         self._released = False
 

@@ -140,6 +140,7 @@ RECEIVED_KINDS = (
     "group",  # joinGroup / leaveGroup
     "control",  # ping, sequenceAck, or a request the service refused with a failed ack
     "invalid",  # a frame that closes the connection
+    "stream",  # a group stream's start, fragment, keep-alive or end
 )
 
 

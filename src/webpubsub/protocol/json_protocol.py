@@ -38,9 +38,13 @@ from webpubsub.protocol.messages import (
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
+from webpubsub.protocol.wsframe import Opcode
 
 JSON_SUBPROTOCOL = "json.webpubsub.azure.v1"
 JSON_RELIABLE_SUBPROTOCOL = "json.reliable.webpubsub.azure.v1"
+
+OPCODE = Opcode.TEXT
+"""JSON messages travel in text frames (a binary frame of UTF-8 JSON is read too)."""
 
 MAX_ACK_ID = 2**64 - 1
 MAX_DATA_DEPTH = 128
