@@ -13,10 +13,18 @@ Wire format: a field is ``varint(number << 3 | wire_type)`` then a varint (type 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+from aiohttp import WSMsgType
+
 VARINT, LEN = 0, 2
+PROTOBUF = "protobuf.webpubsub.azure.v1"
+PROTOBUF_RELIABLE = "protobuf.reliable.webpubsub.azure.v1"
+WAIT = 5.0
+"""Upper bound for anything that should happen promptly."""
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -351,3 +359,72 @@ def _data_message(body: dict[str, Any]) -> dict[str, Any]:
             stream["error"] = {"name": "", "message": "", "user_error_code": ""} | info["error"]
         out["stream"] = stream
     return out
+
+
+# -- over a real WebSocket -------------------------------------------------------------
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The next message: a binary frame holding a ``DownstreamMessage``."""
+    msg = await ws.receive(timeout=WAIT)
+    assert msg.type is WSMsgType.BINARY, msg
+    return decode(msg.data)
+
+
+@dataclass
+class ProtobufClient:
+    """A protobuf subprotocol client: an aiohttp WebSocket and its ``connected`` message."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    connected: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        connection_id: str = self.connected["connectionId"]
+        return connection_id
+
+    @property
+    def reconnection_token(self) -> str:
+        token: str = self.connected["reconnectionToken"]
+        return token
+
+    async def recv(self) -> dict[str, Any]:
+        return await receive(self.ws)
+
+    async def send(self, frame: bytes) -> None:
+        await self.ws.send_bytes(frame)
+
+    async def call(self, frame: bytes, ack_id: int) -> list[dict[str, Any]]:
+        """Send a request with ``ack_id``: what arrived up to and including its ack."""
+        await self.send(frame)
+        seen: list[dict[str, Any]] = []
+        for _ in range(50):
+            seen.append(await self.recv())
+            if seen[-1]["type"] == "ack" and seen[-1]["ackId"] == ack_id:
+                return seen
+        raise AssertionError(f"no ack {ack_id}: {seen}")
+
+    async def ack(self, frame: bytes, ack_id: int) -> dict[str, Any]:
+        """The ack of ``frame``, which must be the next message."""
+        (ack,) = await self.call(frame, ack_id)
+        return ack
+
+    async def expect_pong(self) -> None:
+        """A ping round trip: nothing else is pending, and the connection still works."""
+        await self.send(ping())
+        assert await self.recv() == {"type": "pong"}
+
+
+async def connect(
+    http: aiohttp.ClientSession,
+    url: str,
+    protocol: str = PROTOBUF,
+    *,
+    protocols: Sequence[str] | None = None,
+) -> ProtobufClient:
+    """A client at ``url`` offering ``protocol`` (or ``protocols``), once its ``connected``
+    message came."""
+    ws = await http.ws_connect(url, protocols=protocols or [protocol])
+    connected = await receive(ws)
+    assert (connected["type"], connected["event"]) == ("system", "connected"), connected
+    return ProtobufClient(ws, connected)
