@@ -20,7 +20,6 @@ import struct
 from typing import Any
 
 import orjson
-from google.protobuf.message import DecodeError
 
 from webpubsub.errors import InvalidName, WebPubSubError
 from webpubsub.protocol.json_protocol import (
@@ -49,7 +48,7 @@ from webpubsub.protocol.messages import (
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
-from webpubsub.protocol.protobuf_schema import message_class
+from webpubsub.protocol.protobuf_schema import DecodeError, message_class
 from webpubsub.protocol.wsframe import Opcode
 
 PROTOBUF_SUBPROTOCOL = "protobuf.webpubsub.azure.v1"

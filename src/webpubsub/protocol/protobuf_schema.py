@@ -14,8 +14,13 @@ import functools
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 PACKAGE = "webpubsub.protocol"
+
+__all__ = ["SCHEMA", "DecodeError", "message_class"]
+"""``DecodeError``: what parsing bytes that are not the message raises (the only module
+importing ``protobuf`` is this one)."""
 
 # (field, number, type, how): ``how`` is "" (singular), "?" (proto3 ``optional``) or
 # the name of the oneof the field belongs to.  A type starting with an upper-case
