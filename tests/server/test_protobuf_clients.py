@@ -33,7 +33,9 @@ from tests.support import protobuf_client as pc
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
 from tests.support.protobuf_client import PROTOBUF, PROTOBUF_RELIABLE, Data, ProtobufClient
 from tests.support.proxy import TcpProxy
+from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, sdk
+from webpubsub.backplane.redis import RedisBackplane
 
 ALL_ROLES = ("webpubsub.joinLeaveGroup", "webpubsub.sendToGroup")
 SYSTEM = frozenset({"connect", "connected", "disconnected"})
@@ -310,6 +312,45 @@ async def test_a_dropped_reliable_connection_is_recovered_with_its_unacked_messa
             assert await pc.receive(ws) == {"type": "pong"}
             assert len(posts(handler_app, "connect")) == 1  # no connect webhook on recovery
             assert not posts(handler_app, "disconnected")
+
+
+async def test_a_reliable_protobuf_connection_recovers_on_another_node(
+    start_service: StartService,
+    redis_server: RedisServer,
+    redis_prefix: str,
+    connect: Connect,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The handover carries the protobuf frames as they were sequenced; the new node goes
+    on in protobuf (its codec found from the session's subprotocol)."""
+    a = await start_service(
+        chat_hub(), backplane=RedisBackplane(redis_server.url, prefix=redis_prefix, node_id="a")
+    )
+    b = await start_service(
+        chat_hub(),
+        backplane=RedisBackplane(redis_server.url, prefix=redis_prefix, node_id="b"),
+        public_endpoint=a.endpoint,
+    )
+    async with TcpProxy(a.port) as proxy, sdk(a) as service:
+        url = minted_url(a, proxy.port, groups=["g1"], roles=ALL_ROLES)
+        client = await connect(url, PROTOBUF_RELIABLE)
+        await service.send_to_group("g1", b"\x01", content_type="application/octet-stream")
+        assert (await client.recv())["sequenceId"] == 1
+        assert await proxy.cut() == 1
+        await service.send_to_group("g1", {"n": 2})
+        recovery = recovery_url(a, client.id, client.reconnection_token)
+        recovery = recovery.replace(f":{a.port}/", f":{b.port}/")
+        async with http.ws_connect(recovery, protocols=[PROTOBUF_RELIABLE]) as ws:
+            replayed = [await pc.receive(ws) for _ in range(2)]
+            assert [(m["sequenceId"], m["dataType"], m["data"]) for m in replayed] == [
+                (1, "binary", b"\x01"),
+                (2, "json", '{"n": 2}'),
+            ]
+            await service.send_to_group("g1", "three", content_type="text/plain")
+            assert (await pc.receive(ws))["sequenceId"] == 3
+            await ws.send_bytes(pc.join_group("g2", 7))
+            assert await pc.receive(ws) == success(7)  # acknowledged by node b, in protobuf
+            assert b.node is not None and b.node.connection_count() == 1
 
 
 async def test_recovery_with_the_json_subprotocol_is_refused(
