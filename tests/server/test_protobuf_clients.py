@@ -191,6 +191,37 @@ async def test_an_event_reaches_the_handler_with_its_data_and_its_reply_precedes
     assert recorded.ce_type == "azure.webpubsub.user.myEvent"
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body", "data_type", "data"),
+    [
+        ("text/plain", b"t", "text", "t"),
+        ("application/json", b'{"j":1}', "json", '{"j":1}'),
+        ("application/octet-stream", b"\x00", "binary", b"\x00"),
+        ("application/x-protobuf", ANY, "binary", ANY),
+    ],
+)
+async def test_a_handlers_reply_reaches_the_protobuf_client_by_its_media_type(
+    handler_app: EventHandlerApp,
+    start_service: StartService,
+    connect: Connect,
+    content_type: str,
+    body: bytes,
+    data_type: str,
+    data: object,
+) -> None:
+    def responder(req: Recorded) -> web.StreamResponse:
+        if req.method == "POST":
+            return web.Response(body=body, headers={"Content-Type": content_type})
+        return default_responder(req)
+
+    handler_app.responder = responder
+    runner = await start_service(chat_hub(handler_app.url))
+    client = await connect(minted_url(runner))
+    reply, ack = await client.call(pc.event("ask", Data("text", "?"), 1), 1)
+    assert ack == success(1)
+    assert reply == {"type": "message", "from": "server", "dataType": data_type, "data": data}
+
+
 async def test_an_event_without_a_handler_is_a_failed_ack(
     start_service: StartService, connect: Connect
 ) -> None:
@@ -225,21 +256,31 @@ async def test_the_four_data_kinds_between_protobuf_clients(
                        "dataType": data.kind, "data": data.value, "sequenceId": n}  # fmt: skip
 
 
-async def test_a_protobuf_clients_messages_reach_json_clients(
-    start_service: StartService, connect: Connect, connect_json: Connect
+async def test_a_protobuf_clients_messages_reach_json_and_simple_clients(
+    start_service: StartService,
+    connect: Connect,
+    connect_json: Connect,
+    http: aiohttp.ClientSession,
 ) -> None:
     """The JSON side sees text as text, binary and protobuf as base64 (dataType
-    ``protobuf``: the serialized Any), JSON as the JSON value; and a fromUserId."""
+    ``protobuf``: the serialized Any), JSON as the JSON value, and a fromUserId; a simple
+    client the payload itself (the Any's bytes in a binary frame)."""
     runner = await start_service(chat_hub())
     sender = await connect(minted_url(runner, user_id="pat", roles=ALL_ROLES))
     json_client = await connect_json(minted_url(runner, groups=["room"]))
     expected = ["héllo", base64.b64encode(b"\x00\x01\xff").decode(),
                 base64.b64encode(ANY).decode(), {"a": [1, 2, {"b": None}]}]  # fmt: skip
+    simple = await http.ws_connect(minted_url(runner, groups=["room"]))  # no subprotocol
+    raw = [(WSMsgType.TEXT, "héllo"), (WSMsgType.BINARY, b"\x00\x01\xff"),
+           (WSMsgType.BINARY, ANY), (WSMsgType.TEXT, '{"a":[1,2,{"b":null}]}')]  # fmt: skip
     for n, (data, value) in enumerate(zip(KINDS, expected, strict=True), start=1):
         assert await sender.ack(pc.send_to_group("room", data, n, no_echo=True), n) == success(n)
         got = await json_client.recv()
         assert got == {"type": "message", "from": "group", "group": "room", "fromUserId": "pat",
                        "dataType": data.kind, "data": value}  # fmt: skip
+        frame = await simple.receive(timeout=pc.WAIT)  # a simple client gets the bare payload
+        assert (frame.type, frame.data) == raw[n - 1]
+    await simple.close()
 
 
 async def test_json_clients_and_rest_reach_protobuf_clients(
