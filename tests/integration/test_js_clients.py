@@ -413,3 +413,52 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
     add = await handler_app.next_event("user.add")
     assert add.headers["Content-Type"].startswith("application/json")
     assert json.loads(add.body) == {"a": 1, "b": 2}
+
+
+async def test_client_sdk_group_streams_publish_recover_time_out_and_refuse(
+    node: str, start_service: StartService
+) -> None:
+    """``openGroupStream`` / ``onGroupStream`` of @azure/web-pubsub-client: two
+    publishers' streams reach a reliable and a plain JSON subscriber whole and in order
+    (text, JSON and binary fragments); a publisher whose transport drops mid-stream
+    recovers and its stream arrives with nothing lost and nothing twice; an idle stream
+    is ended by the service (``IdleTimeout`` to the publisher and the subscribers); an
+    aborted one carries the publisher's error as ``UserError``; a start without
+    permission to send to the group is refused ``Forbidden``."""
+    runner = await start_service(HubSettings(name="chat"))
+    obs = await run_node(node, "streams.mjs", runner.connection_string, "chat", timeout=60)
+
+    streams = {(o["at"], o["streamId"]): o for o in of(obs, "stream")}
+    for at in ("carol", "dave"):
+        assert streams[at, "alice-1"]["chunks"] == ["a1", "a2", "a3", "a4", "a5"]
+        assert streams[at, "alice-1"]["error"] is None
+        assert streams[at, "bob-1"]["chunks"] == [
+            {"n": 1},
+            {"n": 2},
+            {"n": 3},
+            {"n": 4},
+            {"n": 5},
+            {"base64": "AQID"},
+        ]
+        assert streams[at, "alice-drop"]["chunks"] == ["d1", "d2", "d3", "d4", "d5", "d6"]
+        assert streams[at, "alice-drop"]["error"] is None
+        assert streams[at, "alice-1"]["group"] == "room"
+    assert of(obs, "dropped") == [{"kind": "dropped", "sameConnectionId": True}]
+    [metadata] = of(obs, "group-message")
+    assert metadata["stream"] == {"streamId": "alice-1", "streamSequenceId": 1}
+    assert metadata["fromUserId"] == "alice"
+
+    [idle_error] = of(obs, "publisher-error")
+    assert idle_error["name"] == "IdleTimeout" and "300 ms" in idle_error["message"]
+    idle = streams["carol", "bob-idle"]
+    assert idle["chunks"] == ["only"] and idle["error"]["name"] == "IdleTimeout"
+
+    aborted = streams["carol", "bob-abort"]
+    assert aborted["chunks"] == ["partial"]
+    assert aborted["error"] == {
+        "name": "UserError",
+        "message": "the source failed",
+        "userErrorCode": "E42",
+    }
+    [forbidden] = of(obs, "forbidden")
+    assert forbidden["refused"] is True and forbidden["name"] == "Forbidden"

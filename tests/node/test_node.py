@@ -248,9 +248,12 @@ async def test_resume_refuses_with_a_reason_then_recovers_and_replays() -> None:
     )
     fresh = RecordingSink()
     assert node.resume("chat", "r1", token, (RELIABLE,), fresh) is conn
-    # The old transport is closed, the unacknowledged message replayed on the new one.
+    # The old transport is closed; the new one gets ``connected`` again (same id and
+    # token: the JS client resumes its group streams on it), then the replay.
     assert sink.closed == [(1008, "The connection was recovered elsewhere.")]
-    [replayed] = fresh.frames
+    [connected, replayed] = fresh.frames
+    assert b'"event":"connected"' in connected and b'"connectionId":"r1"' in connected
+    assert token.encode() in connected
     assert b'"m1"' in replayed and b'"sequenceId":1' in replayed
 
 
@@ -405,7 +408,8 @@ class PacedSink(RecordingSink):
                 await self._offered.wait()
 
     def sequence_ids(self) -> list[object]:
-        return [t.get("sequenceId") for t in self.texts()]
+        """Of the data messages (the ``connected`` a recovery sends first has none)."""
+        return [t.get("sequenceId") for t in self.texts() if t.get("event") != "connected"]
 
 
 def send(node: Node, text: str, target: Target | None = None) -> None:

@@ -48,13 +48,18 @@ from webpubsub.protocol.backplane import (
     encode_survey_request,
 )
 from webpubsub.protocol.frames import DataMessage, Origin
+from webpubsub.protocol.messages import StreamError, StreamInfo
 from webpubsub.protocol.payload import DataType, Payload
 
 names = st.text(max_size=40)
 opt_names = st.none() | names
 targets = st.builds(Target, st.sampled_from(Scope), names)
 payloads = st.builds(Payload, st.sampled_from(DataType), st.binary(max_size=300))
-messages = st.builds(DataMessage, payloads, st.sampled_from(Origin), opt_names, opt_names)
+stream_errors = st.none() | st.builds(StreamError, names, names, opt_names)
+streams = st.none() | st.builds(
+    StreamInfo, names, st.integers(0, 2**64 - 1), st.booleans(), stream_errors
+)
+messages = st.builds(DataMessage, payloads, st.sampled_from(Origin), opt_names, opt_names, streams)
 excluded = st.frozensets(names, max_size=5)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(Send, names, targets, messages, excluded, names),

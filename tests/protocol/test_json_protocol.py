@@ -32,6 +32,9 @@ from webpubsub.protocol.json_protocol import (
     encode_disconnected,
     encode_invoke_error,
     encode_invoke_response,
+    encode_stream_ack,
+    encode_stream_closed,
+    encode_stream_nack,
     with_sequence_id,
 )
 from webpubsub.protocol.messages import (
@@ -44,6 +47,13 @@ from webpubsub.protocol.messages import (
     SendEvent,
     SendToGroup,
     SequenceAck,
+    StreamData,
+    StreamEnd,
+    StreamEndError,
+    StreamError,
+    StreamInfo,
+    StreamProblem,
+    StreamStart,
     Unsupported,
 )
 from webpubsub.protocol.payload import DataType, Payload
@@ -275,6 +285,10 @@ def test_arbitrary_input_raises_only_protocol_violation(frame: bytes | str) -> N
                 "sequenceId",
                 "invocationId",
                 "target",
+                "stream",
+                "streamId",
+                "streamSequenceId",
+                "error",
             ]
         ),
         json_values
@@ -287,8 +301,11 @@ def test_arbitrary_input_raises_only_protocol_violation(frame: bytes | str) -> N
                 "ping",
                 "invoke",
                 "cancelInvocation",
+                "streamData",
+                "streamEnd",
             ]
-        ),
+        )
+        | st.fixed_dictionaries({"streamId": json_values | st.text(max_size=5)}),
     )
 )
 def test_arbitrary_objects_raise_only_protocol_violation(obj: dict[str, object]) -> None:
@@ -519,3 +536,130 @@ def test_invoke_round_trip(
         orjson.dumps({"type": "cancelInvocation", "invocationId": invocation_id})
     )
     assert cancel == CancelInvocation(invocation_id)
+
+
+# -- group streams -----------------------------------------------------------------------
+
+
+def test_stream_messages_decode_as_the_js_client_sends_them() -> None:
+    start = {"type": "sendToGroup", "group": "g", "noEcho": True}
+    start["stream"] = {"streamId": "s", "idleTimeoutMs": 5000}
+    assert decode_client_message(orjson.dumps(start)) == StreamStart("g", "s", 5000, True)
+    fragment = {"type": "streamData", "streamId": "s", "streamSequenceId": 3}
+    fragment |= {"dataType": "json", "data": {"x": 1}}
+    assert decode_client_message(orjson.dumps(fragment)) == StreamData(
+        "s", 3, Payload(DataType.JSON, b'{"x":1}')
+    )
+    keep_alive = {"type": "streamData", "streamId": "s"}
+    assert decode_client_message(orjson.dumps(keep_alive)) == StreamData("s")
+    end = {"type": "streamEnd", "streamId": "s", "error": {"message": "m", "userErrorCode": "E"}}
+    assert decode_client_message(orjson.dumps(end)) == StreamEnd("s", StreamEndError("m", "E"))
+    assert decode_client_message(orjson.dumps({"type": "streamEnd", "streamId": "s"})) == (
+        StreamEnd("s")
+    )
+
+
+@pytest.mark.parametrize(
+    ("obj", "why"),
+    [
+        ({"type": "streamData", "streamId": "s", "streamSequenceId": 1}, "carries"),
+        ({"type": "streamData", "streamId": "s", "dataType": "text", "data": "x"}, "carries"),
+        (
+            {"type": "streamData", "streamId": "s", "streamSequenceId": 0}
+            | {"dataType": "text", "data": "x"},
+            "positive",
+        ),
+        (
+            {"type": "streamData", "streamId": "s", "streamSequenceId": 1}
+            | {"dataType": "binary", "data": "!"},
+            "base64",
+        ),
+        ({"type": "streamEnd", "streamId": "s", "error": "no"}, "object"),
+        ({"type": "streamEnd", "streamId": "s", "error": {"message": 1}}, "strings"),
+        (
+            {"type": "streamEnd", "streamId": "s", "error": {"message": "x" * 5000}},
+            "longer",
+        ),
+        (
+            {"type": "sendToGroup", "group": "g", "stream": {"streamId": "s", "idleTimeoutMs": 0}},
+            "idleTimeoutMs",
+        ),
+        (
+            {"type": "sendToGroup", "group": "g", "stream": {"streamId": "s"}, "data": "x"},
+            "no 'data'",
+        ),
+    ],
+)
+def test_a_bad_stream_message_is_a_problem_of_its_stream(obj: dict[str, object], why: str) -> None:
+    problem = decode_client_message(orjson.dumps(obj))
+    assert isinstance(problem, StreamProblem) and problem.stream_id == "s"
+    assert why in problem.message
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "streamData"},
+        {"type": "streamData", "streamId": ""},
+        {"type": "streamEnd", "streamId": "x" * 129},
+        {"type": "sendToGroup", "group": "g", "stream": {"streamId": 5}, "ackId": 2},
+        {"type": "sendToGroup", "group": "g", "stream": "s", "ackId": 2},
+    ],
+)
+def test_a_stream_message_without_a_usable_stream_id_is_a_violation(obj: dict[str, object]) -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        decode_client_message(orjson.dumps(obj))
+    assert info.value.ack_id == obj.get("ackId")
+
+
+@given(
+    stream_id=st.text(min_size=1, max_size=128),
+    seq=st.integers(1, 2**64 - 1),
+    text=st.text(max_size=50),
+    end=st.booleans(),
+    error=st.none()
+    | st.tuples(st.text(max_size=20), st.text(max_size=20), st.none() | st.text(max_size=10)),
+)
+def test_stream_fragments_and_metadata_round_trip(
+    stream_id: str,
+    seq: int,
+    text: str,
+    end: bool,
+    error: tuple[str, str, str | None] | None,
+) -> None:
+    raw = {"type": "streamData", "streamId": stream_id, "streamSequenceId": seq}
+    raw |= {"dataType": "text", "data": text}
+    assert decode_client_message(orjson.dumps(raw)) == StreamData(
+        stream_id, seq, Payload.text(text)
+    )
+    info = StreamInfo(stream_id, seq, end, StreamError(*error) if error else None)
+    body = orjson.loads(encode_data_body(Payload.text(text), group="g", stream=info))
+    expected: dict[str, object] = {"streamId": stream_id, "streamSequenceId": seq}
+    if end:
+        expected["endOfStream"] = True
+    if error:
+        expected["error"] = {"name": error[0], "message": error[1]}
+        if error[2] is not None:
+            expected["error"]["userErrorCode"] = error[2]  # type: ignore[index]
+    assert body["stream"] == expected and body["data"] == text
+
+
+def test_stream_answers_are_encoded_as_the_reference_shows() -> None:
+    assert orjson.loads(encode_stream_ack("s", 2)) == {
+        "type": "streamAck",
+        "streamId": "s",
+        "expectedSequenceId": 2,
+    }
+    assert orjson.loads(encode_stream_nack("s", 2, "InvalidSequenceId", "m")) == {
+        "type": "streamNack",
+        "streamId": "s",
+        "expectedSequenceId": 2,
+        "name": "InvalidSequenceId",
+        "message": "m",
+    }
+    assert orjson.loads(encode_stream_closed("s")) == {"type": "streamClosed", "streamId": "s"}
+    assert orjson.loads(encode_stream_closed("s", StreamError("IdleTimeout", "m", "x"))) == {
+        "type": "streamClosed",
+        "streamId": "s",
+        "error": {"name": "IdleTimeout", "message": "m"},
+    }

@@ -76,6 +76,13 @@ async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     return obj
 
 
+async def reconnected(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The ``connected`` message a recovered connection gets again, first."""
+    msg = await recv(ws)
+    assert (msg["type"], msg["event"]) == ("system", "connected"), msg
+    return msg
+
+
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
     msg = await ws.receive(timeout=WAIT)
     assert msg.type is WSMsgType.CLOSE, msg
@@ -311,6 +318,7 @@ async def test_recovery_with_another_subprotocol_is_closed_with_1008(
         assert "subprotocol" in await refused_recovery(wrong)
     # the failed attempt did not end the connection: it recovers with its own subprotocol
     async with await http.ws_connect(url, protocols=[RELIABLE]) as right, sdk(runner) as service:
+        await reconnected(right)
         assert right.protocol == RELIABLE
         await service.send_to_connection(client.id, "back", content_type="text/plain")
         assert (await recv(right))["data"] == "back"
@@ -324,6 +332,7 @@ async def test_recovery_echoes_the_connection_subprotocol_among_those_offered(
     await client.ws.close(code=4000)
     url = recovery_url(runner, client.id, client.reconnection_token)
     async with await http.ws_connect(url, protocols=[JSON, RELIABLE]) as ws, sdk(runner) as service:
+        await reconnected(ws)
         assert ws.protocol == RELIABLE
         await service.send_to_connection(client.id, "still reliable", content_type="text/plain")
         assert (await recv(ws))["sequenceId"] == 1
@@ -824,6 +833,7 @@ async def test_sequence_acks_are_cumulative_and_release_only_what_they_cover(
         await client.ws.close(code=4001)  # frames are handled in order: the acks came first
         url = recovery_url(runner, client.id, client.reconnection_token)
         async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+            await reconnected(ws)
             replayed = [await recv(ws) for _ in range(2)]
             assert [(m["sequenceId"], m["data"]) for m in replayed] == [(4, "m4"), (5, "m5")]
             await service.send_to_connection(client.id, "m6", content_type="text/plain")
@@ -927,6 +937,7 @@ async def test_a_dropped_connection_is_kept_buffered_and_recovered_in_order(
 
         url = recovery_url(runner, client.id, client.reconnection_token)
         async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+            await reconnected(ws)
             assert ws.protocol == RELIABLE
             replayed = [await recv(ws) for _ in range(5)]
             assert [(m["sequenceId"], m["data"]) for m in replayed] == [
@@ -960,6 +971,7 @@ async def test_a_recovery_replays_10_mib_in_full_and_later_messages_queue_behind
     await rest_sends(http, runner, client.id, bodies)
     url = recovery_url(runner, client.id, client.reconnection_token)
     async with await http.ws_connect(url, protocols=[RELIABLE], max_msg_size=0) as ws:
+        await reconnected(ws)
         later = [f"later {n}" for n in range(20)]
         await rest_sends(http, runner, client.id, later)  # the replay has not been read yet
         received = [await recv(ws) for _ in range(len(bodies) + len(later))]
@@ -1001,6 +1013,7 @@ async def test_one_users_abandoned_connections_hold_at_most_its_cap_oldest_ended
     survivor = abandoned[4]
     url = recovery_url(runner, survivor.id, survivor.reconnection_token)
     async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+        await reconnected(ws)
         assert [(await recv(ws))["sequenceId"] for _ in range(8)] == list(range(1, 9))
     url = recovery_url(runner, abandoned[0].id, abandoned[0].reconnection_token)
     async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
@@ -1016,6 +1029,7 @@ async def test_recovery_keeps_ack_ids_and_groups(
     await client.ws.close(code=4002)
     url = recovery_url(runner, client.id, client.reconnection_token)
     async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+        await reconnected(ws)
         recovered = Client(ws, client.connected)
         failure(await recovered.ack({"type": "leaveGroup", "group": "g1", "ackId": 1}), "Duplicate")
         send = {"type": "sendToGroup", "group": "g1", "ackId": 2, "dataType": "text", "data": "x"}
@@ -1033,6 +1047,7 @@ async def test_recovering_an_attached_connection_takes_it_over(
         assert (await client.recv())["sequenceId"] == 1
         url = recovery_url(runner, client.id, client.reconnection_token)
         async with await http.ws_connect(url, protocols=[RELIABLE]) as ws:
+            await reconnected(ws)
             assert (await recv(ws))["data"] == "first"  # not acknowledged: replayed
             code, _ = await closed_with(client.ws)
             assert code == 1008  # the old transport must not try to recover

@@ -370,7 +370,8 @@ class Node:
         """Recover a reliable connection onto a new transport (reliable JSON subprotocol).
 
         Returns the connection, or the reason recovery is impossible (the caller closes
-        with 1008).  Its unacknowledged messages are replayed in order, the first chunk
+        with 1008).  The client gets ``connected`` again, then its unacknowledged
+        messages are replayed in order, the first chunk
         at once and the rest as the transport drains; data sent meanwhile follows them.
         """
         hub = self._hubs.get(hub_key)
@@ -390,6 +391,12 @@ class Node:
         conn.replaying = True
         conn.close_code = None
         self.observer.recovered(conn)
+        # ``connected`` again (same id and token): the JS client resumes its paused
+        # group streams on it; clients take it as a token update, not a new connection.
+        codec = conn.protocol.codec
+        conn.send_control(
+            codec.encode_connected(conn.connection_id, conn.user_id, conn.reconnection_token)
+        )
         for invocation_id in lost:
             conn.send_control(encode_invoke_error(invocation_id, INVOCATION_LOST))
         cursor = _replay_chunk(conn, sink, 0)
