@@ -343,7 +343,8 @@ async def test_a_dropped_reliable_connection_is_recovered_with_its_unacked_messa
         recovery = recovery_url(runner, client.id, client.reconnection_token)
         async with http.ws_connect(recovery, protocols=[PROTOBUF_RELIABLE]) as ws:
             assert ws.protocol == PROTOBUF_RELIABLE
-            replayed = [await pc.receive(ws) for _ in range(4)]  # no new connected message
+            assert await pc.receive(ws) == client.connected  # connected again: same id, token
+            replayed = [await pc.receive(ws) for _ in range(4)]
             assert [(m["sequenceId"], m["data"], m["group"]) for m in replayed] == [
                 (n, f"m{n}", "g1") for n in range(2, 6)
             ]
@@ -382,6 +383,7 @@ async def test_a_reliable_protobuf_connection_recovers_on_another_node(
         recovery = recovery_url(a, client.id, client.reconnection_token)
         recovery = recovery.replace(f":{a.port}/", f":{b.port}/")
         async with http.ws_connect(recovery, protocols=[PROTOBUF_RELIABLE]) as ws:
+            assert await pc.receive(ws) == client.connected  # from node b, in protobuf
             replayed = [await pc.receive(ws) for _ in range(2)]
             assert [(m["sequenceId"], m["dataType"], m["data"]) for m in replayed] == [
                 (1, "binary", b"\x01"),
