@@ -26,7 +26,7 @@ from webpubsub.protocol.json_protocol import (
     MAX_DATA_DEPTH,
     MAX_IDLE_TIMEOUT_MS,
     MAX_STREAM_ERROR,
-    _too_deep,
+    too_deep,
 )
 from webpubsub.protocol.messages import (
     MAX_STREAM_ID,
@@ -228,7 +228,7 @@ def _check_json(text: str, ack_id: int | None) -> None:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise ProtocolViolation("'json_data' is not valid JSON.", ack_id=ack_id) from None
-    if _too_deep(value, text):
+    if too_deep(value, text):
         raise ProtocolViolation(
             f"JSON 'data' is nested more than {MAX_DATA_DEPTH} levels deep.", ack_id=ack_id
         )
