@@ -14,7 +14,7 @@ import pytest
 from tests.core.test_hub import RecordingSink as HubSink
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.settings import HubSettings
-from webpubsub.errors import BadRequest, ServiceUnavailable, Unauthorized, UpstreamError
+from webpubsub.errors import ServiceUnavailable, Unauthorized, UpstreamError
 from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
@@ -148,14 +148,14 @@ async def test_admit_refuses_anonymous_clients_unless_the_hub_allows_them() -> N
     assert (adm.hub, adm.user_id, adm.protocol) == ("chat", None, ClientProtocol.SIMPLE)
 
 
-async def test_admit_refuses_the_protobuf_subprotocols_alone() -> None:
+async def test_admit_negotiates_the_protobuf_subprotocols() -> None:
     node, _ = make_node()
-    with pytest.raises(BadRequest, match="not supported"):
-        await node.admit(Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1")))
-    adm = await node.admit(
-        Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1", JSON))
-    )
-    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.JSON, JSON)
+    protobuf, reliable = "protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"
+    adm = await node.admit(Handshake("chat", identity(), offering(protobuf)))
+    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.PROTOBUF, protobuf)
+    adm = await node.admit(Handshake("chat", identity(), offering("chat.v1", reliable, JSON)))
+    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.PROTOBUF_RELIABLE, reliable)
+    assert adm.protocol.is_reliable and not adm.protocol.is_json
 
 
 async def test_admit_applies_the_connect_handlers_answer() -> None:

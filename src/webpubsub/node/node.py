@@ -46,7 +46,6 @@ from webpubsub.core.router import (
 from webpubsub.core.settings import HubSettings
 from webpubsub.core.streams import GroupStream
 from webpubsub.errors import (
-    BadRequest,
     InvalidName,
     TooManyEvents,
     TooManyRequests,
@@ -102,11 +101,6 @@ from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 log = logging.getLogger("webpubsub.node")
-
-#: Service-defined subprotocols that exist but this build does not speak.
-UNSUPPORTED_SUBPROTOCOLS = frozenset(
-    {"protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"}
-)
 
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
@@ -269,9 +263,6 @@ class Node:
         if hs.identity is None and not settings.anonymous_connect:
             raise Unauthorized("An access token is required to connect to this hub.")
         identity = hs.identity or ClientIdentity(user_id=None, roles=(), groups=(), claims={})
-        unsupported = [p for p in hs.subprotocols if p.lower() in UNSUPPORTED_SUBPROTOCOLS]
-        if unsupported and not any(p.lower() in SUBPROTOCOLS for p in hs.subprotocols):
-            raise BadRequest(f"Subprotocol {unsupported[0]!r} is not supported by this service.")
         connection_id = self._new_id()
         ctx = EventContext(
             hub=key,

@@ -275,7 +275,7 @@ def _json_text(data: object, frame: str | bytes, ack_id: int | None) -> bytes:
     digits may hold an integer outside 64 bits, which orjson reads as a float: that
     frame is parsed again by the standard library, whose integers are exact.
     """
-    if _too_deep(data, frame):
+    if too_deep(data, frame):
         raise ProtocolViolation(
             f"JSON 'data' is nested more than {MAX_DATA_DEPTH} levels deep.", ack_id=ack_id
         )
@@ -289,7 +289,7 @@ def _json_text(data: object, frame: str | bytes, ack_id: int | None) -> bytes:
     return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _too_deep(data: object, frame: str | bytes) -> bool:
+def too_deep(data: object, frame: str | bytes) -> bool:
     """Whether ``data`` nests deeper than :data:`MAX_DATA_DEPTH` (``[1]`` is 1 deep)."""
     if isinstance(frame, str):
         brackets = frame.count("[") + frame.count("{")
