@@ -319,6 +319,28 @@ async def test_json_clients_and_rest_reach_protobuf_clients(
     assert (got[1]["data"], got[2]["data"]) == ("plain", b"\x01\x02")
 
 
+async def test_protobuf_data_that_is_no_any_reaches_protobuf_clients_as_binary(
+    start_service: StartService, connect: Connect, connect_json: Connect
+) -> None:
+    """A JSON client's base64 "protobuf" data that does not parse as an Any would make
+    the whole DownstreamMessage unreadable in protobuf_data: it goes as binary_data; the
+    next message (a real Any) goes as protobuf_data."""
+    runner = await start_service(chat_hub())
+    receiver = await connect(minted_url(runner, groups=["room"]))
+    json_client = await connect_json(minted_url(runner, roles=ALL_ROLES))
+    not_any = b"\x00\x01\x02"  # field number 0: no protobuf message parses it
+    for n, data in enumerate((not_any, ANY), start=1):
+        request = {"type": "sendToGroup", "group": "room", "ackId": n, "dataType": "protobuf",
+                   "data": base64.b64encode(data).decode()}  # fmt: skip
+        assert await json_client.ack(request) == success(n)
+    assert [await receiver.recv() for _ in range(2)] == [
+        {"type": "message", "from": "group", "group": "room", "dataType": "binary",
+         "data": not_any},
+        {"type": "message", "from": "group", "group": "room", "dataType": "protobuf",
+         "data": ANY},
+    ]  # fmt: skip
+
+
 # -- reliable: sequence ids and recovery ---------------------------------------------
 
 

@@ -73,6 +73,7 @@ _DATA_KIND_TAGS = {
 }
 _UPSTREAM = message_class("UpstreamMessage")
 _DATA_MESSAGE = message_class("DataMessage")
+_MESSAGE_DATA = message_class("MessageData")
 _DATA_KINDS = {
     "text_data": DataType.TEXT,
     "binary_data": DataType.BINARY,
@@ -357,11 +358,15 @@ def encode_data_body(
 
     The protobuf ``DataMessage`` has no sender's user id: ``from_user_id`` is not sent.
     The fields are written in field-number order by hand (the payload's bytes copied
-    once, never parsed: a protobuf payload is the serialized ``Any`` as it came); the
-    rare stream metadata is serialized by the ``protobuf`` package.
+    once; a protobuf payload is the serialized ``Any`` as it came, once checked to be
+    one: see :func:`_is_any`); the rare stream metadata is serialized by the
+    ``protobuf`` package.
     """
     data = _utf8(payload) if payload.data_type is DataType.TEXT else payload.data
-    member = _DATA_KIND_TAGS[payload.data_type]
+    kind = payload.data_type
+    if kind is DataType.PROTOBUF and not _is_any(data):
+        kind = DataType.BINARY  # a JSON client's "protobuf" bytes that are not an Any
+    member = _DATA_KIND_TAGS[kind]
     parts = [_FROM_SERVER if group is None else _FROM_GROUP]
     if group is not None:
         name = group.encode("utf-8", "replace")
@@ -374,6 +379,18 @@ def encode_data_body(
         parts.append(tail.SerializeToString())
     inner = b"".join(parts)
     return b"".join((_DATA_MESSAGE_TAG, _varint(len(inner)), inner))
+
+
+def _is_any(data: bytes) -> bool:
+    """Whether ``data`` parses as a ``google.protobuf.Any``: a protobuf client's
+    ``protobuf_data`` always does (the codec re-serialized it), a JSON client's base64
+    ``protobuf`` data need not; put in ``protobuf_data`` as it is, it would make the
+    whole message unreadable to its recipients, so it goes as ``binary_data``."""
+    try:
+        _MESSAGE_DATA.FromString(b"\x1a" + _varint(len(data)) + data)
+    except DecodeError:
+        return False
+    return True
 
 
 def with_sequence_id(body: bytes, sequence_id: int) -> bytes:
