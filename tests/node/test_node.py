@@ -23,8 +23,10 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    Handover,
     ListGroup,
     Send,
+    SessionState,
     Target,
 )
 from webpubsub.protocol.cloudevents import (
@@ -38,6 +40,7 @@ from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import ClientIdentity
 
 RELIABLE = "json.reliable.webpubsub.azure.v1"
+SENDS = ("webpubsub.sendToGroup",)
 JSON = "json.webpubsub.azure.v1"
 
 
@@ -513,15 +516,19 @@ async def test_data_queued_behind_a_replay_is_bounded_by_the_same_budget() -> No
 # -- group streams -----------------------------------------------------------------------
 
 
-async def test_a_fragment_the_backplane_refuses_is_nacked_transient_and_sent_again() -> None:
-    """The backplane fails one publish: the fragment is not accepted (the stream is
-    rewound to it and the client told ``TransientError``); sent again, it goes."""
+async def test_a_fragment_the_backplane_refuses_ends_its_stream_internal_server_error() -> None:
+    """The backplane fails a fragment's publish: the stream ends (the JS client would not
+    send the fragment again on a nack: the rest would be lost unseen), the publisher
+    told ``InternalServerError``; the terminal message is tried for the subscribers, and
+    a fragment sent later is answered with the same reason."""
     attempts: list[object] = []
+    second = asyncio.Event()
 
     async def publish(command: object) -> None:
         attempts.append(command)
         if len(attempts) == 1:
             raise ServiceUnavailable("Redis is unreachable.")
+        second.set()
 
     node = Node(
         hub_settings=lambda name: HubSettings(name=name),
@@ -537,17 +544,115 @@ async def test_a_fragment_the_backplane_refuses_is_nacked_transient_and_sent_aga
     fragment = {"type": "streamData", "streamId": "s", "streamSequenceId": 1}
     fragment |= {"dataType": "text", "data": "abc"}
     await node.receive(conn, json.dumps(fragment))
-    *_, opened, nack = sink.texts()
+    *_, opened, closed = sink.texts()
     assert opened == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 1}
-    assert nack == {
-        "type": "streamNack",
-        "streamId": "s",
-        "expectedSequenceId": 1,
-        "name": "TransientError",
-        "message": "Redis is unreachable.",
+    error = {
+        "name": "InternalServerError",
+        "message": "The service could not publish the fragment: Redis is unreachable.",
     }
-    stream = conn.streams.get("s")
-    assert stream is not None and (stream.expected, stream.carried) == (1, 0)
-    await node.receive(conn, json.dumps(fragment))
-    assert sink.texts()[-1] == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 2}
-    assert len(attempts) == 2
+    assert closed == {"type": "streamClosed", "streamId": "s", "error": error}
+    assert conn.streams.get("s") is None
+    async with asyncio.timeout(5):
+        await second.wait()  # the terminal message, from the background
+    terminal = attempts[1]
+    assert isinstance(terminal, Send) and terminal.message.stream is not None
+    assert terminal.message.stream.end and terminal.message.stream.error is not None
+    assert terminal.message.stream.error.name == "InternalServerError"
+    await node.receive(conn, json.dumps({**fragment, "streamSequenceId": 2}))
+    assert sink.texts()[-1] == {"type": "streamClosed", "streamId": "s", "error": error}
+
+
+def stream_fragment(n: int) -> str:
+    return json.dumps(
+        {"type": "streamData", "streamId": "s", "streamSequenceId": n}
+        | {"dataType": "text", "data": f"f{n}"}
+    )
+
+
+STREAM_START = json.dumps({"type": "sendToGroup", "group": "g", "stream": {"streamId": "s"}})
+
+
+async def test_a_recovered_transport_waits_for_the_frame_its_old_one_is_handling() -> None:
+    """A reliable publisher recovers while its old transport's fragment 1 is still being
+    published (a slow backplane): the new transport's frames (1 again, then 2) wait for
+    it, so fragments are published once and in order, and acknowledged in order."""
+    gate = asyncio.Event()
+    published: list[int] = []
+
+    async def publish(command: Send) -> None:
+        stream = command.message.stream
+        assert stream is not None
+        if stream.sequence_id == 1 and not published:
+            await gate.wait()  # the backplane is slow
+        published.append(stream.sequence_id)
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "r1",
+    )
+    conn = node.attach(
+        admission(ClientProtocol.JSON_RELIABLE, connection_id="r1", roles=SENDS), RecordingSink()
+    )
+    await node.receive(conn, STREAM_START)
+    old_reader = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    await asyncio.sleep(0)  # fragment 1 is being published (the stimulus: one loop turn)
+    new = RecordingSink()
+    assert node.resume("chat", "r1", conn.reconnection_token or "", (RELIABLE,), new) is conn
+    replay = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    going_on = asyncio.create_task(node.receive(conn, stream_fragment(2)))
+    await asyncio.sleep(0)
+    assert published == [] and not replay.done() and not going_on.done()  # they wait
+    gate.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(old_reader, replay, going_on)
+    assert published == [1, 2]
+    acks = [f["expectedSequenceId"] for f in new.texts() if f.get("type") == "streamAck"]
+    assert acks == [2, 2, 3]  # fragment 1's (on the new transport), the duplicate's, 2's
+
+
+async def test_a_handover_during_a_fragments_publish_moves_the_stream_from_that_fragment() -> None:
+    """Handed over while fragment 1 is being published: the session says the other node
+    expects fragment 1 (the client sends it again, unacknowledged), not 2: at least
+    once, never lost."""
+    gate = asyncio.Event()
+
+    async def publish(command: Send) -> None:
+        await gate.wait()
+        raise ServiceUnavailable("Redis timed out.")
+
+    sessions: list[SessionState] = []
+
+    class Port:
+        async def take_over(self, *args: object, **kwargs: object) -> None:
+            return None
+
+        def hand_over(self, to_node: str, request_id: str, session: object, *rest: object) -> None:
+            assert isinstance(session, SessionState)
+            sessions.append(session)
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "r1",
+        handover=Port(),  # type: ignore[arg-type]
+        node_id="a",
+    )
+    conn = node.attach(
+        admission(ClientProtocol.JSON_RELIABLE, connection_id="r1", roles=SENDS), RecordingSink()
+    )
+    await node.receive(conn, STREAM_START)
+    reader = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    await asyncio.sleep(0)
+    token = conn.reconnection_token or ""
+    node.apply(Handover("chat", "r1", token, (RELIABLE,), "b", "rq1"))
+    gate.set()
+    async with asyncio.timeout(5):
+        await reader
+    [session] = sessions
+    [moved] = session.streams
+    assert (moved.stream_id, moved.expected) == ("s", 1)

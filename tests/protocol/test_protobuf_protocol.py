@@ -373,7 +373,6 @@ BAD_REQUESTS = {
         pc.send_to_group("g", None, 5, stream=("s" * (MAX_STREAM_ID + 1), None)),
         "longer",
     ),
-    "a stream start with a bad group": (pc.send_to_group("", None, 5, stream=("s", 1)), "group"),
 }
 
 
@@ -444,6 +443,7 @@ STREAM_PROBLEMS = {
         "no 'data'",
     ),
     "a fragment with bad JSON": (pc.stream_data("s", 1, pc.Data("json", "{")), "JSON"),
+    "a stream start with a bad group": (pc.send_to_group("", None, 5, stream=("s", 1)), "group"),
     "an end error too long": (
         pc.stream_end("s", ("m" * MAX_STREAM_ERROR, "c")),
         "longer",
@@ -457,6 +457,8 @@ def test_stream_problems_close_only_the_stream(name: str) -> None:
     problem = pb.decode_client_message(frame)
     assert isinstance(problem, StreamProblem) and problem.stream_id == "s"
     assert message in problem.message
+    # A refused start leaves an open stream of its id alone; other problems end it.
+    assert problem.start == name.startswith(("a stream start", "an idle timeout"))
 
 
 def test_an_end_error_at_the_limit_is_accepted() -> None:

@@ -505,6 +505,9 @@ async def test_a_group_stream_from_a_protobuf_publisher_to_both_protocols(
     assert [m["stream"]["streamSequenceId"] for m in seen] == [1, 2, 3]
     assert seen[0]["data"] == "chunk-1" and seen[2]["stream"]["endOfStream"] is True
     await publisher.send(pc.stream_data("s1", 3, Data("text", "late")))
+    again = await publisher.recv()  # ended recently: its streamClosed again, as it was
+    assert again["type"] == "streamClosed" and "error" not in again
+    await publisher.send(pc.stream_data("never", 1, Data("text", "x")))
     closed = await publisher.recv()
     assert (closed["type"], closed["error"]["name"]) == ("streamClosed", "StreamNotFound")
     await publisher.send(pc.send_to_group("room", None, 2, stream=("s2", 0)))

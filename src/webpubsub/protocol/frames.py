@@ -132,7 +132,7 @@ def encode_for(protocol: ClientProtocol, message: DataMessage) -> bytes:
     """The bytes carrying ``message`` to a client speaking ``protocol``."""
     payload = message.payload
     if protocol is ClientProtocol.SIMPLE:
-        if message.stream is not None and not payload.data:
+        if message.stream is not None and message.stream.end and not payload.data:
             return b""  # a stream's empty terminal message: nothing for a raw client
         opcode = Opcode.TEXT if payload.is_text_frame else Opcode.BINARY
         return encode_frame(opcode, payload.data)

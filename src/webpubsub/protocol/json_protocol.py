@@ -182,16 +182,23 @@ def _stream_start(
         stream_id = _stream_id(stream.get("streamId"))
     except ProtocolViolation as exc:
         raise ProtocolViolation(exc.message, ack_id=ack_id) from None
-    group = _group(obj)
+    try:
+        group = _group(obj)
+    except InvalidName as exc:  # the stream is refused, the connection stays
+        return StreamProblem(stream_id, exc.message, start=True)
     timeout = stream.get("idleTimeoutMs")
     if timeout is not None and not (
         isinstance(timeout, int) and _is_uint64(timeout) and 0 < timeout <= MAX_IDLE_TIMEOUT_MS
     ):
         return StreamProblem(
-            stream_id, f"'idleTimeoutMs' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}."
+            stream_id,
+            f"'idleTimeoutMs' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}.",
+            start=True,
         )
     if "data" in obj or "dataType" in obj:
-        return StreamProblem(stream_id, "A stream start carries no 'data' or 'dataType'.")
+        return StreamProblem(
+            stream_id, "A stream start carries no 'data' or 'dataType'.", start=True
+        )
     return StreamStart(group, stream_id, timeout, no_echo, ack_id)
 
 

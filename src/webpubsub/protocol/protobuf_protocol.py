@@ -160,16 +160,21 @@ def _stream_start(msg: Any, no_echo: bool, ack_id: int | None) -> StreamStart | 
         stream_id = _stream_id(str(msg.stream.stream_id))
     except ProtocolViolation as exc:
         raise ProtocolViolation(exc.message, ack_id=ack_id) from None
-    group = _group(msg)
+    try:
+        group = _group(msg)
+    except InvalidName as exc:  # the stream is refused, the connection stays
+        return StreamProblem(stream_id, exc.message, start=True)
     timeout: int | None = None
     if msg.stream.HasField("idle_timeout_ms"):
         timeout = int(msg.stream.idle_timeout_ms)
         if timeout == 0:  # a uint32: never above MAX_IDLE_TIMEOUT_MS
             return StreamProblem(
-                stream_id, f"'idle_timeout_ms' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}."
+                stream_id,
+                f"'idle_timeout_ms' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}.",
+                start=True,
             )
     if msg.HasField("data"):
-        return StreamProblem(stream_id, "A stream start carries no 'data'.")
+        return StreamProblem(stream_id, "A stream start carries no 'data'.", start=True)
     return StreamStart(group, stream_id, timeout, no_echo, ack_id)
 
 
