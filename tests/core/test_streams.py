@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import orjson
 
+from tests.core.test_hub import make_conn
 from tests.core.test_router import client, frame
 from webpubsub.core.connection import Connection
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permission
-from webpubsub.core.router import StreamStep, route
+from webpubsub.core.router import STREAM_END_PAYLOAD, StreamStep, route
 from webpubsub.core.streams import DEFAULT_IDLE_TIMEOUT_MS, GroupStream, Streams
 from webpubsub.protocol.backplane import Send, Target
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin, encode_for
 from webpubsub.protocol.messages import StreamError, StreamInfo
 from webpubsub.protocol.payload import DataType, Payload
 
@@ -118,10 +120,14 @@ def test_an_end_publishes_the_terminal_message_and_closes_for_the_publisher() ->
     assert message.payload == Payload(DataType.BINARY, b"")
     assert frames(end) == [{"type": "streamClosed", "streamId": "s1"}]
     assert conn.streams.get("s1") is None
-    gone = step(conn, hub, data(2, "b"))
-    assert frames(gone)[0]["error"] == {  # type: ignore[index]
+    # Sent again (a client that missed the streamClosed): told again, as it was.
+    again = step(conn, hub, data(2, "b"))
+    assert again.command is None
+    assert frames(again) == [{"type": "streamClosed", "streamId": "s1"}]
+    never = step(conn, hub, data(1, "b", stream_id="zz"))
+    assert frames(never)[0]["error"] == {  # type: ignore[index]
         "name": "StreamNotFound",
-        "message": "Stream 's1' is not open on this connection.",
+        "message": "Stream 'zz' is not open on this connection.",
     }
 
 
@@ -208,5 +214,63 @@ def test_streams_expire_by_deadline_and_are_bounded() -> None:
     assert streams.open(GroupStream("c", "g", False, 5.0, 0.0)) is not None
     assert streams.next_deadline() == 1.0
     assert [s.stream_id for s in streams.expired(1.0)] == ["a"]
+    streams.remove("a", StreamError("IdleTimeout", "m"))
     assert streams.next_deadline() == 5.0 and len(streams) == 1
+    assert streams.closed_as("a") == (True, StreamError("IdleTimeout", "m"))
     assert [s.stream_id for s in streams.clear()] == ["b"] and streams.next_deadline() is None
+
+
+def test_a_streams_end_is_not_offered_to_simple_clients() -> None:
+    simple, simple_sink = make_conn("raw")
+    json_conn, json_sink = make_conn("js", protocol=ClientProtocol.JSON)
+    hub = Hub("h")
+    info = StreamInfo("s", 2, end=True)
+    end = DataMessage(STREAM_END_PAYLOAD, Origin.GROUP, "g", "u", info)
+    assert hub.deliver([simple, json_conn], end) == 1
+    assert simple_sink.frames == [] and simple.messages_out == 0
+    assert len(json_sink.frames) == 1
+    fragment = DataMessage(Payload.text("a"), Origin.GROUP, "g", "u", StreamInfo("s", 1))
+    assert hub.deliver([simple, json_conn], fragment) == 2
+
+
+def test_a_recently_closed_stream_is_answered_with_its_reason_and_bounded() -> None:
+    conn, hub = opened()
+    keep_alive = frame({"type": "streamData", "streamId": "s1"})
+    conn.permissions.revoke(Permission.SEND_TO_GROUP, None)
+    ended = step(conn, hub, keep_alive)  # a keep-alive checks the permission too
+    assert ended.command is not None and frames(ended)[0]["error"]["name"] == "Forbidden"  # type: ignore[index]
+    assert frames(step(conn, hub, data(1, "a")))[0]["error"]["name"] == "Forbidden"  # type: ignore[index]
+    streams = Streams()
+    for n in range(20):
+        streams.open(GroupStream(f"s{n}", "g", False, 1.0, 0.0))
+        streams.remove(f"s{n}")
+    assert streams.closed_as("s19") == (True, None)
+    assert streams.closed_as("s0") == (False, None)  # only the last 16 are remembered
+
+
+def test_a_bad_start_refuses_itself_and_leaves_an_open_stream_of_its_id() -> None:
+    conn, hub = opened()
+    bad = step(conn, hub, start(idleTimeoutMs=0))
+    assert bad.command is None and frames(bad)[0]["error"]["name"] == "BadRequest"  # type: ignore[index]
+    assert conn.streams.get("s1") is not None
+    bad_group = frame({"type": "sendToGroup", "group": " ", "stream": {"streamId": "s2"}})
+    refused = step(conn, hub, bad_group)  # refused for the stream, the connection stays
+    assert frames(refused)[0]["streamId"] == "s2"
+    assert frames(refused)[0]["error"]["name"] == "BadRequest"  # type: ignore[index]
+
+
+def test_a_start_ack_id_counts_against_duplicates() -> None:
+    conn, hub = client(SENDER)
+    raw = frame({"type": "sendToGroup", "group": "g", "ackId": 7, "stream": {"streamId": "s1"}})
+    step(conn, hub, raw)
+    again = frame({"type": "sendToGroup", "group": "g", "ackId": 7, "stream": {"streamId": "s2"}})
+    [ack] = frames(step(conn, hub, again))
+    assert ack["type"] == "ack" and ack["error"]["name"] == "Duplicate"  # type: ignore[index]
+    assert conn.streams.get("s2") is None
+
+
+def test_an_empty_fragment_reaches_simple_clients_but_an_empty_end_does_not() -> None:
+    empty = DataMessage(Payload.text(""), Origin.GROUP, "g", "u", StreamInfo("s", 1))
+    assert encode_for(ClientProtocol.SIMPLE, empty) != b""
+    end = DataMessage(STREAM_END_PAYLOAD, Origin.GROUP, "g", "u", StreamInfo("s", 2, end=True))
+    assert encode_for(ClientProtocol.SIMPLE, end) == b""

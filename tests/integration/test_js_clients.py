@@ -344,13 +344,19 @@ async def test_service_sdk_token_url_is_accepted_and_send_to_all_arrives(
     assert of(obs, "refused") == [{"kind": "refused", "status": 401}]
 
 
+@pytest.mark.parametrize("topology", ["one node", "two nodes over Redis"])
 async def test_client_sdk_invoke_event_answers_fails_and_aborts(
-    node: str, start_service: StartService, handler_app: EventHandlerApp
+    node: str,
+    start_service: StartService,
+    handler_app: EventHandlerApp,
+    request: pytest.FixtureRequest,
+    topology: str,
 ) -> None:
     """``invokeEvent`` of @azure/web-pubsub-client: the handler's answer is the result,
     its failure an InvocationError, an aborted invocation's handler call is cancelled by
     the service (``cancelInvocation``) while the connection goes on, and so is the call
-    of an invocation whose transport dropped (reliable recovery)."""
+    of an invocation whose transport dropped (reliable recovery). Over Redis the
+    recovery reaches the other node, which answers the next invocation."""
     reached = asyncio.Event()
     reached2 = asyncio.Event()
     release = asyncio.Event()
@@ -372,7 +378,21 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
 
     handler_app.responder = responder
     handler = EventHandlerSettings(url_template=handler_app.url, user_event_pattern="*")
-    runner = await start_service(HubSettings(name="chat", event_handlers=(handler,)))
+    hub = HubSettings(name="chat", event_handlers=(handler,))
+    other: ServiceRunner | None = None
+    if topology == "one node":
+        runner = await start_service(hub)
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        runner = await start_service(
+            hub, backplane=RedisBackplane(redis.url, prefix=prefix, node_id="a")
+        )
+        other = await start_service(
+            hub,
+            backplane=RedisBackplane(redis.url, prefix=prefix, node_id="b"),
+            public_endpoint=runner.endpoint,
+        )
 
     async def tell_when_reached() -> None:
         async with sdk(runner) as service:
@@ -383,7 +403,15 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
 
     teller = asyncio.create_task(tell_when_reached())
     try:
-        obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat")
+        if other is None:
+            obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat")
+        else:
+            async with TcpProxy(runner.port) as proxy:
+                proxy.alternate(runner.port, other.port)  # the recovery: the other node
+                via = f"{runner.port}:{proxy.port}"
+                obs = await run_node(node, "invoke.mjs", runner.connection_string, "chat", via)
+                assert proxy.accepted == 2
+            assert other.node is not None and other.node.connection_count() == 1
     finally:
         teller.cancel()
         release.set()
@@ -415,8 +443,9 @@ async def test_client_sdk_invoke_event_answers_fails_and_aborts(
     assert json.loads(add.body) == {"a": 1, "b": 2}
 
 
+@pytest.mark.parametrize("topology", ["one node", "two nodes over Redis"])
 async def test_client_sdk_group_streams_publish_recover_time_out_and_refuse(
-    node: str, start_service: StartService
+    node: str, start_service: StartService, request: pytest.FixtureRequest, topology: str
 ) -> None:
     """``openGroupStream`` / ``onGroupStream`` of @azure/web-pubsub-client: two
     publishers' streams reach a reliable and a plain JSON subscriber whole and in order
@@ -424,9 +453,31 @@ async def test_client_sdk_group_streams_publish_recover_time_out_and_refuse(
     recovers and its stream arrives with nothing lost and nothing twice; an idle stream
     is ended by the service (``IdleTimeout`` to the publisher and the subscribers); an
     aborted one carries the publisher's error as ``UserError``; a start without
-    permission to send to the group is refused ``Forbidden``."""
-    runner = await start_service(HubSettings(name="chat"))
-    obs = await run_node(node, "streams.mjs", runner.connection_string, "chat", timeout=60)
+    permission to send to the group is refused ``Forbidden``. Over Redis the publisher's
+    reconnection reaches the other node: its open stream moves with it."""
+    if topology == "one node":
+        runner = await start_service(HubSettings(name="chat"))
+        obs = await run_node(node, "streams.mjs", runner.connection_string, "chat", timeout=60)
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        runner = await start_service(
+            HubSettings(name="chat"),
+            backplane=RedisBackplane(redis.url, prefix=prefix, node_id="a"),
+        )
+        other = await start_service(
+            HubSettings(name="chat"),
+            backplane=RedisBackplane(redis.url, prefix=prefix, node_id="b"),
+            public_endpoint=runner.endpoint,
+        )
+        async with TcpProxy(runner.port) as proxy:
+            proxy.alternate(runner.port, other.port)  # her reconnection: the other node
+            via = f"{runner.port}:{proxy.port}"
+            obs = await run_node(
+                node, "streams.mjs", runner.connection_string, "chat", via, timeout=60
+            )
+            assert proxy.accepted == 2  # her connection, then its recovery elsewhere
+        assert other.node is not None and other.node.connection_count() == 1
 
     streams = {(o["at"], o["streamId"]): o for o in of(obs, "stream")}
     for at in ("carol", "dave"):
@@ -444,9 +495,9 @@ async def test_client_sdk_group_streams_publish_recover_time_out_and_refuse(
         assert streams[at, "alice-drop"]["error"] is None
         assert streams[at, "alice-1"]["group"] == "room"
     assert of(obs, "dropped") == [{"kind": "dropped", "sameConnectionId": True}]
-    [metadata] = of(obs, "group-message")
-    assert metadata["stream"] == {"streamId": "alice-1", "streamSequenceId": 1}
-    assert metadata["fromUserId"] == "alice"
+    [metadata] = of(obs, "group-message")  # the first, whichever publisher's it was
+    publisher = metadata["fromUserId"]
+    assert metadata["stream"] == {"streamId": f"{publisher}-1", "streamSequenceId": 1}
 
     [idle_error] = of(obs, "publisher-error")
     assert idle_error["name"] == "IdleTimeout" and "300 ms" in idle_error["message"]

@@ -4,7 +4,10 @@
 // sendToAll "abort-now", that the handler has the request; the script aborts), and a
 // transport dropped while the handler holds "hang2" (told by "drop-now").
 //
-//   node invoke.mjs <connection string> <hub>
+//   node invoke.mjs <connection string> <hub> [<port>:<proxy port>]
+//
+// With the third argument the client connects through a proxy (the port of its URL
+// replaced): the test makes it send the recovery to another node.
 //
 // The hub's upstream answers "add" with JSON {"sum": a + b}, "echo" with text,
 // fails "fail" with 500 and holds "hang" and "hang2" until the test ends.
@@ -23,7 +26,13 @@ const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecur
 
 run(async () => {
   const client = new WebPubSubClient({
-    getClientAccessUrl: async () => (await service.getClientAccessToken({ userId: "alice" })).url,
+    getClientAccessUrl: async () => {
+      const { url } = await service.getClientAccessToken({ userId: "alice" });
+      const via = process.argv[4];
+      if (via == null) return url;
+      const [port, proxyPort] = via.split(":");
+      return url.replace(`:${port}/`, `:${proxyPort}/`);
+    },
   });
   const rec = new Recorder();
   client.on("connected", (e) => {

@@ -4,7 +4,10 @@
 // twice), an idle stream timed out by the service, a stream aborted with an
 // application error, and a start refused for want of permission.
 //
-//   node streams.mjs <connection string> <hub>
+//   node streams.mjs <connection string> <hub> [<port>:<proxy port>]
+//
+// With the third argument the publisher "alice" connects through a proxy (the port of
+// her URL replaced): the test makes it send her reconnection to another node.
 //
 // Observations: stream (a subscriber's complete stream: chunks, error), group-message
 // (the stream metadata a plain group-message callback sees), publisher-error,
@@ -16,17 +19,21 @@ import { Recorder, arg, emit, plain, run, withTimeout } from "./common.mjs";
 
 const connectionString = arg(0, "connection string");
 const hub = arg(1, "hub");
+const via = process.argv[4]; // "<port>:<proxy port>", or none
 const WAIT = 8000;
 const GROUP = "room";
 const ROLES = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"];
 
 const service = new WebPubSubServiceClient(connectionString, hub, { allowInsecureConnection: true });
 
-function client(userId, roles = ROLES, options = {}) {
-  return new WebPubSubClient(
-    { getClientAccessUrl: async () => (await service.getClientAccessToken({ userId, roles })).url },
-    options,
-  );
+function client(userId, roles = ROLES, options = {}, proxied = false) {
+  const url = async () => {
+    const { url } = await service.getClientAccessToken({ userId, roles });
+    if (!proxied || via == null) return url;
+    const [port, proxyPort] = via.split(":");
+    return url.replace(`:${port}/`, `:${proxyPort}/`);
+  };
+  return new WebPubSubClient({ getClientAccessUrl: url }, options);
 }
 
 /** Every stream `sub` sees, complete (or failed), as one observation each. */
@@ -47,7 +54,7 @@ function collect(sub, label, rec) {
 
 run(async () => {
   const rec = new Recorder();
-  const alice = client("alice");
+  const alice = client("alice", ROLES, {}, true);
   const bob = client("bob");
   const carol = client("carol"); // reliable (the default protocol)
   const dave = client("dave", ROLES, { protocol: WebPubSubJsonProtocol() });

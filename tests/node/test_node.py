@@ -5,6 +5,7 @@ recovery window, apply, answer, and the disconnected event of a reaped connectio
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import orjson
@@ -13,7 +14,7 @@ import pytest
 from tests.core.test_hub import RecordingSink as HubSink
 from webpubsub.core.detached import DetachedSessions
 from webpubsub.core.settings import HubSettings
-from webpubsub.errors import BadRequest, Unauthorized, UpstreamError
+from webpubsub.errors import ServiceUnavailable, Unauthorized, UpstreamError
 from webpubsub.node.node import NODE_LOST, Admission, Handshake, Node
 from webpubsub.node.ports import ReapedConnection
 from webpubsub.protocol.backplane import (
@@ -22,8 +23,10 @@ from webpubsub.protocol.backplane import (
     Exists,
     GroupAction,
     GroupMember,
+    Handover,
     ListGroup,
     Send,
+    SessionState,
     Target,
 )
 from webpubsub.protocol.cloudevents import (
@@ -37,6 +40,7 @@ from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import ClientIdentity
 
 RELIABLE = "json.reliable.webpubsub.azure.v1"
+SENDS = ("webpubsub.sendToGroup",)
 JSON = "json.webpubsub.azure.v1"
 
 
@@ -147,14 +151,14 @@ async def test_admit_refuses_anonymous_clients_unless_the_hub_allows_them() -> N
     assert (adm.hub, adm.user_id, adm.protocol) == ("chat", None, ClientProtocol.SIMPLE)
 
 
-async def test_admit_refuses_the_protobuf_subprotocols_alone() -> None:
+async def test_admit_negotiates_the_protobuf_subprotocols() -> None:
     node, _ = make_node()
-    with pytest.raises(BadRequest, match="not supported"):
-        await node.admit(Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1")))
-    adm = await node.admit(
-        Handshake("chat", identity(), offering("protobuf.webpubsub.azure.v1", JSON))
-    )
-    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.JSON, JSON)
+    protobuf, reliable = "protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"
+    adm = await node.admit(Handshake("chat", identity(), offering(protobuf)))
+    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.PROTOBUF, protobuf)
+    adm = await node.admit(Handshake("chat", identity(), offering("chat.v1", reliable, JSON)))
+    assert (adm.protocol, adm.subprotocol) == (ClientProtocol.PROTOBUF_RELIABLE, reliable)
+    assert adm.protocol.is_reliable and not adm.protocol.is_json
 
 
 async def test_admit_applies_the_connect_handlers_answer() -> None:
@@ -507,3 +511,148 @@ async def test_data_queued_behind_a_replay_is_bounded_by_the_same_budget() -> No
     assert code == 1008 and "210000 bytes" in reason
     assert fresh.sequence_ids() == [1, 2, None]  # then disconnected: the rest never goes
     assert fresh.texts()[-1]["event"] == "disconnected"
+
+
+# -- group streams -----------------------------------------------------------------------
+
+
+async def test_a_fragment_the_backplane_refuses_ends_its_stream_internal_server_error() -> None:
+    """The backplane fails a fragment's publish: the stream ends (the JS client would not
+    send the fragment again on a nack: the rest would be lost unseen), the publisher
+    told ``InternalServerError``; the terminal message is tried for the subscribers, and
+    a fragment sent later is answered with the same reason."""
+    attempts: list[object] = []
+    second = asyncio.Event()
+
+    async def publish(command: object) -> None:
+        attempts.append(command)
+        if len(attempts) == 1:
+            raise ServiceUnavailable("Redis is unreachable.")
+        second.set()
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "c1",
+    )
+    sink = RecordingSink()
+    conn = node.attach(admission(roles=("webpubsub.sendToGroup",)), sink)
+    start = {"type": "sendToGroup", "group": "g", "stream": {"streamId": "s"}}
+    await node.receive(conn, json.dumps(start))
+    fragment = {"type": "streamData", "streamId": "s", "streamSequenceId": 1}
+    fragment |= {"dataType": "text", "data": "abc"}
+    await node.receive(conn, json.dumps(fragment))
+    *_, opened, closed = sink.texts()
+    assert opened == {"type": "streamAck", "streamId": "s", "expectedSequenceId": 1}
+    error = {
+        "name": "InternalServerError",
+        "message": "The service could not publish the fragment: Redis is unreachable.",
+    }
+    assert closed == {"type": "streamClosed", "streamId": "s", "error": error}
+    assert conn.streams.get("s") is None
+    async with asyncio.timeout(5):
+        await second.wait()  # the terminal message, from the background
+    terminal = attempts[1]
+    assert isinstance(terminal, Send) and terminal.message.stream is not None
+    assert terminal.message.stream.end and terminal.message.stream.error is not None
+    assert terminal.message.stream.error.name == "InternalServerError"
+    await node.receive(conn, json.dumps({**fragment, "streamSequenceId": 2}))
+    assert sink.texts()[-1] == {"type": "streamClosed", "streamId": "s", "error": error}
+
+
+def stream_fragment(n: int) -> str:
+    return json.dumps(
+        {"type": "streamData", "streamId": "s", "streamSequenceId": n}
+        | {"dataType": "text", "data": f"f{n}"}
+    )
+
+
+STREAM_START = json.dumps({"type": "sendToGroup", "group": "g", "stream": {"streamId": "s"}})
+
+
+async def test_a_recovered_transport_waits_for_the_frame_its_old_one_is_handling() -> None:
+    """A reliable publisher recovers while its old transport's fragment 1 is still being
+    published (a slow backplane): the new transport's frames (1 again, then 2) wait for
+    it, so fragments are published once and in order, and acknowledged in order."""
+    gate = asyncio.Event()
+    published: list[int] = []
+
+    async def publish(command: Send) -> None:
+        stream = command.message.stream
+        assert stream is not None
+        if stream.sequence_id == 1 and not published:
+            await gate.wait()  # the backplane is slow
+        published.append(stream.sequence_id)
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "r1",
+    )
+    conn = node.attach(
+        admission(ClientProtocol.JSON_RELIABLE, connection_id="r1", roles=SENDS), RecordingSink()
+    )
+    await node.receive(conn, STREAM_START)
+    old_reader = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    await asyncio.sleep(0)  # fragment 1 is being published (the stimulus: one loop turn)
+    new = RecordingSink()
+    assert node.resume("chat", "r1", conn.reconnection_token or "", (RELIABLE,), new) is conn
+    replay = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    going_on = asyncio.create_task(node.receive(conn, stream_fragment(2)))
+    await asyncio.sleep(0)
+    assert published == [] and not replay.done() and not going_on.done()  # they wait
+    gate.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(old_reader, replay, going_on)
+    assert published == [1, 2]
+    acks = [f["expectedSequenceId"] for f in new.texts() if f.get("type") == "streamAck"]
+    assert acks == [2, 2, 3]  # fragment 1's (on the new transport), the duplicate's, 2's
+
+
+async def test_a_handover_during_a_fragments_publish_moves_the_stream_from_that_fragment() -> None:
+    """Handed over while fragment 1 is being published: the session says the other node
+    expects fragment 1 (the client sends it again, unacknowledged), not 2: at least
+    once, never lost."""
+    gate = asyncio.Event()
+
+    async def publish(command: Send) -> None:
+        await gate.wait()
+        raise ServiceUnavailable("Redis timed out.")
+
+    sessions: list[SessionState] = []
+
+    class Port:
+        async def take_over(self, *args: object, **kwargs: object) -> None:
+            return None
+
+        def hand_over(self, to_node: str, request_id: str, session: object, *rest: object) -> None:
+            assert isinstance(session, SessionState)
+            sessions.append(session)
+
+    node = Node(
+        hub_settings=lambda name: HubSettings(name=name),
+        upstream=RecordingUpstream(),  # type: ignore[arg-type]
+        origin="localhost",
+        publish=publish,  # type: ignore[arg-type]
+        id_factory=lambda: "r1",
+        handover=Port(),  # type: ignore[arg-type]
+        node_id="a",
+    )
+    conn = node.attach(
+        admission(ClientProtocol.JSON_RELIABLE, connection_id="r1", roles=SENDS), RecordingSink()
+    )
+    await node.receive(conn, STREAM_START)
+    reader = asyncio.create_task(node.receive(conn, stream_fragment(1)))
+    await asyncio.sleep(0)
+    token = conn.reconnection_token or ""
+    node.apply(Handover("chat", "r1", token, (RELIABLE,), "b", "rq1"))
+    gate.set()
+    async with asyncio.timeout(5):
+        await reader
+    [session] = sessions
+    [moved] = session.streams
+    assert (moved.stream_id, moved.expected) == ("s", 1)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ACCESS_KEY, StartService, make_config
 from tests.support.cluster import service_at
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, refuse_connect
+from tests.support.protobuf_client import PROTOBUF, PROTOBUF_RELIABLE
 from tests.support.redis_server import RedisServer
 from tests.support.service import chat_hub, json_client, sdk
 from webpubsub.backplane.redis import RedisBackplane
@@ -283,6 +284,25 @@ async def test_reliable_buffers_are_summed_at_scrape_time(
     assert value(m, "webpubsub_reliable_buffered_bytes") == sum(sizes)
     assert value(m, "webpubsub_reliable_largest_buffered_bytes") == max(sizes)
     assert value(m, "webpubsub_connections", hub="r", protocol="json.reliable") == 2
+    for ws in clients:
+        await ws.close()
+
+
+async def test_protobuf_connections_are_counted_by_their_protocol(
+    start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_service(HubSettings(name="p"))
+    clients = []
+    for protocol in (PROTOBUF, PROTOBUF_RELIABLE, PROTOBUF_RELIABLE, "json.webpubsub.azure.v1"):
+        ws = await http.ws_connect(client_url(runner, "p"), protocols=(protocol,))
+        assert (await ws.receive(timeout=WAIT)).type in (aiohttp.WSMsgType.BINARY,
+                                                          aiohttp.WSMsgType.TEXT)  # fmt: skip
+        clients.append(ws)
+    m = await scrape(http, runner)
+    assert value(m, "webpubsub_connections", hub="p", protocol="protobuf") == 1
+    assert value(m, "webpubsub_connections", hub="p", protocol="protobuf.reliable") == 2
+    assert value(m, "webpubsub_connections", hub="p", protocol="json") == 1
+    assert value(m, "webpubsub_connects_total", hub="p", protocol="protobuf.reliable") == 2
     for ws in clients:
         await ws.close()
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import protobuf_client as pc
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permissions
 from webpubsub.node.observe import Exchange, RestCall
@@ -218,9 +219,26 @@ def test_a_clients_group_frames_carry_their_group_for_the_group_filter() -> None
     assert [r.get("group") for r in records] == ["room", "ré", "room", None, None, None, None]
 
 
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200)))
-def test_any_frame_gives_a_group_or_none_without_raising(data: bytes | str) -> None:
-    group = frame_group(data)
+def test_a_protobuf_clients_group_frames_carry_their_group() -> None:
+    ring = TraceRing(10)
+    c = Connection("conn-2", "chat", "bob", ClientProtocol.PROTOBUF,
+                   "protobuf.webpubsub.azure.v1", None, Permissions())  # fmt: skip
+    ring.received(c, pc.join_group("room", 1), "group")
+    ring.received(c, pc.send_to_group("r\u00e9", pc.Data("text", "hi")), "sendToGroup")
+    ring.received(c, pc.join_group(" ", 1), "group")  # not a valid group: none
+    ring.received(c, b"\xff\xff", "group")  # not protobuf
+    records = ring.after(0, 10)
+    assert [r.get("group") for r in records] == ["room", "r\u00e9", None, None]
+
+
+@given(
+    st.one_of(st.binary(max_size=200), st.text(max_size=200)),
+    st.sampled_from([ClientProtocol.JSON, ClientProtocol.PROTOBUF]),
+)
+def test_any_frame_gives_a_group_or_none_without_raising(
+    data: bytes | str, protocol: ClientProtocol
+) -> None:
+    group = frame_group(data, protocol)
     assert group is None or isinstance(group, str)
 
 

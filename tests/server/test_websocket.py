@@ -256,20 +256,6 @@ async def test_a_custom_subprotocol_is_echoed_and_the_client_is_simple(
         assert (msg.type, msg.json()) == (WSMsgType.TEXT, {"x": 1})
 
 
-async def test_the_protobuf_subprotocols_are_refused_with_a_clear_error(
-    start_service: StartService, http: aiohttp.ClientSession
-) -> None:
-    runner = await start_service(chat_hub(anonymous=True))
-    url = endpoint(runner)
-    assert await refused(http, url, protocols=["protobuf.webpubsub.azure.v1"]) == 400
-    status, body = await error_of(
-        http, url, {"Sec-WebSocket-Protocol": "protobuf.reliable.webpubsub.azure.v1"}
-    )
-    assert status == 400
-    assert "protobuf.reliable.webpubsub.azure.v1" in body["message"]
-    assert "not supported" in body["message"]
-
-
 # -- simple clients: messages --------------------------------------------------------
 
 

@@ -139,7 +139,9 @@ class Hub:
         *,
         excluded: Collection[str] = (),
     ) -> int:
-        """Offer ``message`` to every recipient not excluded; returns how many got it.
+        """Offer ``message`` to every recipient not excluded; returns how many got it
+        (a protocol that carries nothing of it, e.g. a stream's empty end to simple
+        clients, is skipped).
 
         The message is encoded at most once per client protocol for this call.
         """
@@ -151,6 +153,8 @@ class Hub:
             frame = frames.get(conn.protocol)
             if frame is None:
                 frame = frames[conn.protocol] = encode_for(conn.protocol, message)
+            if not frame:  # nothing for this protocol (a stream's end to a simple client)
+                continue
             conn.send_data(frame)
             count += 1
         return count

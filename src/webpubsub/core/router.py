@@ -234,16 +234,28 @@ def _closed(conn: Connection, stream_id: str, name: str, message: str) -> Stream
     return StreamStep(None, (codec.encode_stream_closed(stream_id, StreamError(name, message)),))
 
 
-def _stream_ended(conn: Connection, stream: GroupStream, error: StreamError) -> StreamStep:
+def _unknown(conn: Connection, stream_id: str) -> StreamStep:
+    """A message for a stream that is not open: ``StreamNotFound``, or the reason it
+    closed when it did so recently (a client recovering after it missed the
+    ``streamClosed``: it ended while the client was away)."""
+    known, error = conn.streams.closed_as(stream_id)
+    if not known:
+        return _closed(conn, stream_id, "StreamNotFound", _not_found(stream_id))
+    return StreamStep(None, (conn.protocol.codec.encode_stream_closed(stream_id, error),))
+
+
+def stream_ended(conn: Connection, stream: GroupStream, error: StreamError) -> StreamStep:
     """The service ends ``stream``: subscribers get its terminal message with
     ``error``, the publisher ``streamClosed`` with it."""
-    conn.streams.remove(stream.stream_id)
+    conn.streams.remove(stream.stream_id, error)
     closed = conn.protocol.codec.encode_stream_closed(stream.stream_id, error)
     return StreamStep(end_message(conn, stream, error), (closed,))
 
 
 def _start_stream(conn: Connection, msg: StreamStart, now: float) -> StreamStep:
     codec = conn.protocol.codec
+    if msg.ack_id is not None and msg.ack_id in conn.ack_ids:
+        return StreamStep(None, (codec.encode_ack(msg.ack_id, Duplicate(msg.ack_id)),))
     after = (codec.encode_ack(msg.ack_id),) if msg.ack_id is not None else ()
     if not conn.permissions.allows(Permission.SEND_TO_GROUP, msg.group):
         forbidden = f"The connection has no permission to send to group '{msg.group}'."
@@ -259,6 +271,8 @@ def _start_stream(conn: Connection, msg: StreamStart, now: float) -> StreamStep:
         if msg.ack_id is None:
             return step
         return StreamStep(None, (*step.frames, codec.encode_ack(msg.ack_id, BadRequest(refused))))
+    if msg.ack_id is not None:
+        conn.ack_ids.add(msg.ack_id)
     return StreamStep(None, (codec.encode_stream_ack(msg.stream_id, 1), *after))
 
 
@@ -266,13 +280,13 @@ def _stream_data(conn: Connection, msg: StreamData, now: float) -> StreamStep | 
     codec = conn.protocol.codec
     stream = conn.streams.get(msg.stream_id)
     if stream is None:
-        return _closed(conn, msg.stream_id, "StreamNotFound", _not_found(msg.stream_id))
+        return _unknown(conn, msg.stream_id)
+    if not conn.permissions.allows(Permission.SEND_TO_GROUP, stream.group):
+        forbidden = f"The connection has no permission to send to group '{stream.group}'."
+        return stream_ended(conn, stream, StreamError("Forbidden", forbidden))
     if msg.sequence_id is None or msg.payload is None:  # a keep-alive
         stream.last_active = now
         return None
-    if not conn.permissions.allows(Permission.SEND_TO_GROUP, stream.group):
-        forbidden = f"The connection has no permission to send to group '{stream.group}'."
-        return _stream_ended(conn, stream, StreamError("Forbidden", forbidden))
     expected = stream.expected
     if msg.sequence_id < expected:  # a duplicate (a replay after recovery): not again
         return StreamStep(None, (codec.encode_stream_ack(stream.stream_id, expected),))
@@ -284,10 +298,11 @@ def _stream_data(conn: Connection, msg: StreamData, now: float) -> StreamStep | 
     limit = conn.streams.max_bytes
     if stream.carried + size > limit:
         too_much = f"The stream carried {stream.carried} bytes; a stream may carry {limit}."
-        return _stream_ended(conn, stream, StreamError("BadRequest", too_much))
+        return stream_ended(conn, stream, StreamError("BadRequest", too_much))
     stream.expected = expected + 1
     stream.carried += size
     stream.last_active = now
+    stream.in_flight = expected  # until the node has published it
     info = StreamInfo(stream.stream_id, expected)
     send = _stream_send(conn, stream, msg.payload, info)
     ack = codec.encode_stream_ack(stream.stream_id, expected + 1)
@@ -297,11 +312,11 @@ def _stream_data(conn: Connection, msg: StreamData, now: float) -> StreamStep | 
 def _end_stream(conn: Connection, msg: StreamEnd | StreamProblem) -> StreamStep:
     stream = conn.streams.get(msg.stream_id)
     if isinstance(msg, StreamProblem):
-        if stream is None:
+        if stream is None or msg.start:  # a bad start leaves an open stream of its id be
             return _closed(conn, msg.stream_id, "BadRequest", msg.message)
-        return _stream_ended(conn, stream, StreamError("BadRequest", msg.message))
+        return stream_ended(conn, stream, StreamError("BadRequest", msg.message))
     if stream is None:
-        return _closed(conn, msg.stream_id, "StreamNotFound", _not_found(msg.stream_id))
+        return _unknown(conn, msg.stream_id)
     conn.streams.remove(stream.stream_id)
     error = None
     if msg.error is not None:

@@ -12,8 +12,11 @@ of data per stream over its life. No I/O and no clock of its own: times are give
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from webpubsub.protocol.messages import StreamError
 
 DEFAULT_MAX_STREAMS = 16
 """Streams one connection may have open at a time (the next start is refused)."""
@@ -21,6 +24,9 @@ DEFAULT_MAX_STREAM_BYTES = 64 * 1024 * 1024
 """Data one stream may carry over its life (bytes of its fragments' payloads)."""
 DEFAULT_IDLE_TIMEOUT_MS = 300_000
 """A stream's idle timeout when its start names none (the protocol's default)."""
+RECENTLY_CLOSED = 16
+"""Closed streams a connection remembers, so that a fragment its client sends again
+after a recovery (it missed the ``streamClosed``) is answered with the real reason."""
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +43,9 @@ class GroupStream:
     """The sequence id of the next fragment (every one before it is accepted)."""
     carried: int = 0
     """Bytes of payload published so far."""
+    in_flight: int | None = None
+    """The sequence id of the fragment being published (``expected`` is past it): not
+    yet delivered, so a handover moves the stream from it, not after it."""
 
     @property
     def deadline(self) -> float:
@@ -46,7 +55,7 @@ class GroupStream:
 class Streams:
     """A connection's open streams by id, at most ``limit`` at a time."""
 
-    __slots__ = ("_open", "limit", "max_bytes")
+    __slots__ = ("_closed", "_open", "limit", "max_bytes")
 
     def __init__(
         self, limit: int = DEFAULT_MAX_STREAMS, max_bytes: int = DEFAULT_MAX_STREAM_BYTES
@@ -54,6 +63,7 @@ class Streams:
         self.limit = limit
         self.max_bytes = max_bytes
         self._open: dict[str, GroupStream] = {}
+        self._closed: OrderedDict[str, StreamError | None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -76,21 +86,33 @@ class Streams:
         self._open[stream.stream_id] = stream
         return None
 
-    def remove(self, stream_id: str) -> GroupStream | None:
-        return self._open.pop(stream_id, None)
+    def remove(self, stream_id: str, error: StreamError | None = None) -> GroupStream | None:
+        """Close ``stream_id`` (``error``: why, as its ``streamClosed`` said)."""
+        stream = self._open.pop(stream_id, None)
+        if stream is not None:
+            self._closed[stream_id] = error
+            self._closed.move_to_end(stream_id)
+            if len(self._closed) > RECENTLY_CLOSED:
+                self._closed.popitem(last=False)
+        return stream
+
+    def closed_as(self, stream_id: str) -> tuple[bool, StreamError | None]:
+        """Whether ``stream_id`` closed recently, and with what error (None: normally)."""
+        if stream_id not in self._closed:
+            return False, None
+        return True, self._closed[stream_id]
 
     def expired(self, now: float) -> list[GroupStream]:
-        """The streams idle past their timeout at ``now``, removed."""
-        gone = [s for s in self._open.values() if s.deadline <= now]
-        for stream in gone:
-            del self._open[stream.stream_id]
-        return gone
+        """The streams idle past their timeout at ``now`` (still open: the caller closes
+        each with its reason)."""
+        return [s for s in self._open.values() if s.deadline <= now]
 
     def next_deadline(self) -> float | None:
         return min((s.deadline for s in self._open.values()), default=None)
 
     def clear(self) -> list[GroupStream]:
-        """Every open stream, removed (the connection ends)."""
+        """Every open stream, removed (the connection ends, or moves to another node)."""
         streams = list(self._open.values())
         self._open.clear()
+        self._closed.clear()
         return streams

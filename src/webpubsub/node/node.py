@@ -41,11 +41,12 @@ from webpubsub.core.router import (
     end_message,
     failed,
     route,
+    stream_ended,
     succeeded,
 )
 from webpubsub.core.settings import HubSettings
+from webpubsub.core.streams import GroupStream
 from webpubsub.errors import (
-    BadRequest,
     InvalidName,
     TooManyEvents,
     TooManyRequests,
@@ -78,6 +79,7 @@ from webpubsub.protocol.backplane import (
     Scope,
     Send,
     SessionState,
+    StreamSession,
     Target,
 )
 from webpubsub.protocol.cloudevents import ConnectRequest, EventContext, EventReply
@@ -100,11 +102,6 @@ from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 log = logging.getLogger("webpubsub.node")
-
-#: Service-defined subprotocols that exist but this build does not speak.
-UNSUPPORTED_SUBPROTOCOLS = frozenset(
-    {"protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"}
-)
 
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
@@ -242,6 +239,11 @@ class Node:
         """One idle timer per connection with open group streams."""
         self._stream_tasks: set[asyncio.Task[None]] = set()
         """Streams' terminal messages being published (idle, the publisher gone)."""
+        self._handling: set[Connection] = set()
+        """Connections a frame of which is being handled now (not in the background)."""
+        self._handling_done: dict[Connection, asyncio.Event] = {}
+        """Set when the frame is done, for whoever waits (a recovered transport's next
+        frame, a stream's terminal message): made only when someone waits."""
 
     # -- transport side --------------------------------------------------------------
 
@@ -267,9 +269,6 @@ class Node:
         if hs.identity is None and not settings.anonymous_connect:
             raise Unauthorized("An access token is required to connect to this hub.")
         identity = hs.identity or ClientIdentity(user_id=None, roles=(), groups=(), claims={})
-        unsupported = [p for p in hs.subprotocols if p.lower() in UNSUPPORTED_SUBPROTOCOLS]
-        if unsupported and not any(p.lower() in SUBPROTOCOLS for p in hs.subprotocols):
-            raise BadRequest(f"Subprotocol {unsupported[0]!r} is not supported by this service.")
         connection_id = self._new_id()
         ctx = EventContext(
             hub=key,
@@ -513,6 +512,7 @@ class Node:
             hub = self._hubs[session.hub] = Hub(session.hub, self._presence)
         hub.add(conn)
         _join_all(hub, conn, session.groups, "the node it moved from")
+        self._streams_arriving(conn, session.streams)
         self._expiry[conn] = asyncio.get_running_loop().call_later(
             self._recovery_window, self._end, conn, "The client did not reconnect in time."
         )
@@ -557,12 +557,12 @@ class Node:
             connected_at=conn.connected_at,
             messages_in=conn.messages_in,
             messages_out=conn.messages_out,
+            streams=self._streams_leaving(conn),
         )
         timer = self._expiry.pop(conn, None)
         if timer is not None:
             timer.cancel()
         self._end_invocations(conn)  # the client failed them when its socket dropped
-        self._end_streams(conn, "The publisher's connection moved to another node.")
         self._attached(conn)
         conn.moved_to = command.to_node
         old, conn.sink = conn.sink, None
@@ -624,7 +624,18 @@ class Node:
             return
         backlog = self._backlogs.get(conn)
         if backlog is None:
-            await self._handle(conn, data, inline=False)
+            if conn in self._handling:  # a frame of its previous transport (a recovery
+                await self._handled(conn)  # raced it) is still being handled: after it
+                await self._enqueue(conn, data, invocation_id)
+                return
+            self._handling.add(conn)
+            try:
+                await self._handle(conn, data, inline=False)
+            finally:
+                self._handling.discard(conn)
+                done = self._handling_done.pop(conn, None)
+                if done is not None:
+                    done.set()
             return
         while self._full(backlog, data):  # bounded: the head event has a timeout
             if invocation_id is not None:  # an invocation never waits: "not a hang"
@@ -648,6 +659,15 @@ class Node:
                 return
         backlog.frames.append(data)
         backlog.bytes += len(data)
+
+    async def _handled(self, conn: Connection) -> None:
+        """Return once no frame of ``conn`` is being handled (bounded: a frame's work
+        has its own timeouts)."""
+        while conn in self._handling:
+            done = self._handling_done.get(conn)
+            if done is None:
+                done = self._handling_done[conn] = asyncio.Event()
+            await done.wait()
 
     def _invocation_arrived(self, conn: Connection, data: bytes | str) -> tuple[bool, str | None]:
         """Open an ``invoke``'s invocation as its frame arrives (so duplicates and the
@@ -850,8 +870,12 @@ class Node:
 
     async def _stream_step(self, conn: Connection, step: StreamStep) -> None:
         """Publish a stream's fragment (or terminal message), then answer the publisher.
-        A fragment the backplane could not take is not accepted: the stream is rewound
-        to it and the client told ``TransientError`` (it sends it again)."""
+
+        A fragment the backplane cannot take ends its stream, ``InternalServerError`` for
+        the publisher and (if the backplane takes that) the subscribers: the JavaScript
+        client does not send a fragment again on a ``TransientError`` nack (it only
+        trims its buffer), so a rewound stream would silently lose the rest.
+        """
         if step.command is not None:
             try:
                 await self._publish(step.command)
@@ -865,14 +889,19 @@ class Node:
                         extra=conn_fields(conn),
                     )
                 else:
-                    stream, sequence_id = step.fragment
-                    stream.expected = sequence_id
-                    stream.carried -= len(step.command.message.payload.data)
-                    nack = conn.protocol.codec.encode_stream_nack(
-                        stream.stream_id, sequence_id, "TransientError", exc.message
-                    )
-                    conn.send_control(nack)
+                    stream = step.fragment[0]
+                    stream.in_flight = None
+                    if conn.streams.get(stream.stream_id) is stream:
+                        lost = f"The service could not publish the fragment: {exc.message}"
+                        ended = stream_ended(conn, stream, StreamError("InternalServerError", lost))
+                        for frame in ended.frames:
+                            conn.send_control(frame)
+                        if ended.command is not None:
+                            self._publish_later(conn, ended.command)
+                    self._watch_streams(conn)
                     return
+        if step.fragment is not None:
+            step.fragment[0].in_flight = None
         for frame in step.frames:
             conn.send_control(frame)
         self._watch_streams(conn)
@@ -900,10 +929,16 @@ class Node:
         self._stream_timers.pop(conn, None)
         now = asyncio.get_running_loop().time()
         for stream in conn.streams.expired(now):
+            if stream.in_flight is not None:  # its fragment is being published: active
+                stream.last_active = now
+                continue
             timeout_ms = round(stream.idle_timeout * 1000)
             error = StreamError("IdleTimeout", f"No data or keep-alive within {timeout_ms} ms.")
-            conn.send_control(conn.protocol.codec.encode_stream_closed(stream.stream_id, error))
-            self._publish_later(conn, end_message(conn, stream, error))
+            ended = stream_ended(conn, stream, error)  # told again on a recovery, if missed
+            for frame in ended.frames:
+                conn.send_control(frame)
+            if ended.command is not None:
+                self._publish_later(conn, ended.command)
         self._watch_streams(conn)
 
     def _end_streams(self, conn: Connection, reason: str) -> None:
@@ -918,6 +953,45 @@ class Node:
         for stream in conn.streams.clear():
             self._publish_later(conn, end_message(conn, stream, error))
 
+    def _streams_leaving(self, conn: Connection) -> tuple[StreamSession, ...]:
+        """The open streams of ``conn``, which moves to another node (they go on there)."""
+        timer = self._stream_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if not conn.has_streams:
+            return ()
+        now = asyncio.get_running_loop().time()
+        return tuple(
+            StreamSession(
+                s.stream_id,
+                s.group,
+                s.no_echo,
+                s.idle_timeout,
+                max(s.deadline - now, 0.0),
+                # A fragment still being published is not delivered yet: the other node
+                # takes it again (the client sends it, unacknowledged) rather than lose it.
+                s.in_flight if s.in_flight is not None else s.expected,
+                s.carried,
+            )
+            for s in conn.streams.clear()
+        )
+
+    def _streams_arriving(self, conn: Connection, streams: Sequence[StreamSession]) -> None:
+        """Open the streams of a connection handed over to this node, as they were."""
+        if not streams:
+            return
+        now = asyncio.get_running_loop().time()
+        for s in streams:
+            last_active = now - max(s.idle_timeout - s.idle_left, 0.0)
+            stream = GroupStream(
+                s.stream_id, s.group, s.no_echo, s.idle_timeout, last_active, s.expected, s.carried
+            )
+            refused = conn.streams.open(stream)
+            if refused is not None:  # a node with a lower limit: end it for its subscribers
+                error = StreamError("Cancelled", refused)
+                self._publish_later(conn, end_message(conn, stream, error))
+        self._watch_streams(conn)
+
     def _publish_later(self, conn: Connection, command: Send) -> None:
         task = asyncio.get_running_loop().create_task(self._publish_quietly(conn, command))
         self._stream_tasks.add(task)
@@ -925,6 +999,7 @@ class Node:
 
     async def _publish_quietly(self, conn: Connection, command: Send) -> None:
         try:
+            await self._handled(conn)  # after a fragment still being published
             await self._publish(command)
         except WebPubSubError as exc:
             log.warning(

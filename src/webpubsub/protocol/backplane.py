@@ -302,6 +302,22 @@ def decode_command(raw: bytes) -> Command:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSession:
+    """An open group stream of a connection being handed over (its publisher recovers
+    on the node it moves to and goes on from ``expected``)."""
+
+    stream_id: str
+    group: str
+    no_echo: bool
+    idle_timeout: float
+    """Seconds (as :attr:`~webpubsub.core.streams.GroupStream.idle_timeout`)."""
+    idle_left: float
+    """Seconds left before it would time out, as of the handover."""
+    expected: int
+    carried: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionState:
     """A reliable connection, as its owner hands it to the node its client moved to."""
 
@@ -328,6 +344,8 @@ class SessionState:
     """Frames its client sent so far (as :attr:`Connection.messages_in`)."""
     messages_out: int = 0
     """Messages sent to it so far (as :attr:`Connection.messages_out`)."""
+    streams: tuple[StreamSession, ...] = ()
+    """The group streams it has open."""
 
 
 def encode_session(request_id: str, session: SessionState | str) -> bytes:
@@ -356,6 +374,11 @@ def encode_session(request_id: str, session: SessionState | str) -> bytes:
         header["ca"] = session.connected_at
     if session.messages_in or session.messages_out:
         header["mi"], header["mo"] = session.messages_in, session.messages_out
+    if session.streams:
+        header["ss"] = [
+            [s.stream_id, s.group, s.no_echo, s.idle_timeout, s.idle_left, s.expected, s.carried]
+            for s in session.streams
+        ]
     return _pack(header, b"".join(frame for _, frame in session.frames))
 
 
@@ -421,7 +444,37 @@ def _session(header: dict[str, object], data: bytes) -> tuple[str, SessionState 
         connected_at=float(connected_at) if connected_at is not None else None,
         messages_in=m_in,
         messages_out=m_out,
+        streams=_read_streams(header.get("ss", [])),
     )
+
+
+def _read_streams(value: object) -> tuple[StreamSession, ...]:
+    """A session's open streams (see :func:`encode_session`)."""
+    if not isinstance(value, list):
+        raise CorruptEnvelope("'ss' must be a list")
+    streams = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 7):
+            raise CorruptEnvelope("a stream is [id, group, no echo, timeout, left, next, bytes]")
+        r = _Reader(dict(zip(("i", "g", "e", "t", "l", "n", "b"), item, strict=True)))
+        timeout, left = item[3], item[4]
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in (timeout, left)
+        ):
+            raise CorruptEnvelope("a stream's timeouts must be non-negative numbers")
+        streams.append(
+            StreamSession(
+                r.text("i"),
+                r.text("g"),
+                r.flag("e"),
+                float(timeout),
+                float(left),
+                r.count("n"),
+                r.count("b"),
+            )
+        )
+    return tuple(streams)
 
 
 # -- surveys: opaque questions to every node, for observation only ---------------------

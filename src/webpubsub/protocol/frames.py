@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from webpubsub.errors import WebPubSubError
-from webpubsub.protocol import json_protocol
+from webpubsub.protocol import json_protocol, protobuf_protocol
 from webpubsub.protocol.json_protocol import JSON_RELIABLE_SUBPROTOCOL, JSON_SUBPROTOCOL
 from webpubsub.protocol.messages import ClientMessage, StreamError, StreamInfo
 from webpubsub.protocol.payload import Payload
+from webpubsub.protocol.protobuf_protocol import (
+    PROTOBUF_RELIABLE_SUBPROTOCOL,
+    PROTOBUF_SUBPROTOCOL,
+)
 from webpubsub.protocol.wsframe import Opcode, encode_frame
 
 
@@ -73,6 +77,9 @@ class ClientProtocol(enum.Enum):
     """No service subprotocol: frames are raw payloads (Azure docs: client protocols)."""
     JSON = JSON_SUBPROTOCOL
     JSON_RELIABLE = JSON_RELIABLE_SUBPROTOCOL
+    PROTOBUF = PROTOBUF_SUBPROTOCOL
+    """Binary frames of protobuf messages (Azure docs: protobuf subprotocol)."""
+    PROTOBUF_RELIABLE = PROTOBUF_RELIABLE_SUBPROTOCOL
 
     @property
     def is_pubsub(self) -> bool:
@@ -85,7 +92,7 @@ class ClientProtocol(enum.Enum):
 
     @property
     def is_reliable(self) -> bool:
-        return self is ClientProtocol.JSON_RELIABLE
+        return self in (ClientProtocol.JSON_RELIABLE, ClientProtocol.PROTOBUF_RELIABLE)
 
     @property
     def codec(self) -> Codec:
@@ -98,6 +105,8 @@ _CODECS: dict[ClientProtocol, Codec] = {
     ClientProtocol.SIMPLE: json_protocol,
     ClientProtocol.JSON: json_protocol,
     ClientProtocol.JSON_RELIABLE: json_protocol,
+    ClientProtocol.PROTOBUF: protobuf_protocol,
+    ClientProtocol.PROTOBUF_RELIABLE: protobuf_protocol,
 }
 
 #: The service-defined subprotocols this service speaks, by lower-cased name.
@@ -123,7 +132,7 @@ def encode_for(protocol: ClientProtocol, message: DataMessage) -> bytes:
     """The bytes carrying ``message`` to a client speaking ``protocol``."""
     payload = message.payload
     if protocol is ClientProtocol.SIMPLE:
-        if message.stream is not None and not payload.data:
+        if message.stream is not None and message.stream.end and not payload.data:
             return b""  # a stream's empty terminal message: nothing for a raw client
         opcode = Opcode.TEXT if payload.is_text_frame else Opcode.BINARY
         return encode_frame(opcode, payload.data)

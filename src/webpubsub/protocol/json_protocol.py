@@ -182,16 +182,23 @@ def _stream_start(
         stream_id = _stream_id(stream.get("streamId"))
     except ProtocolViolation as exc:
         raise ProtocolViolation(exc.message, ack_id=ack_id) from None
-    group = _group(obj)
+    try:
+        group = _group(obj)
+    except InvalidName as exc:  # the stream is refused, the connection stays
+        return StreamProblem(stream_id, exc.message, start=True)
     timeout = stream.get("idleTimeoutMs")
     if timeout is not None and not (
         isinstance(timeout, int) and _is_uint64(timeout) and 0 < timeout <= MAX_IDLE_TIMEOUT_MS
     ):
         return StreamProblem(
-            stream_id, f"'idleTimeoutMs' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}."
+            stream_id,
+            f"'idleTimeoutMs' must be an integer from 1 to {MAX_IDLE_TIMEOUT_MS}.",
+            start=True,
         )
     if "data" in obj or "dataType" in obj:
-        return StreamProblem(stream_id, "A stream start carries no 'data' or 'dataType'.")
+        return StreamProblem(
+            stream_id, "A stream start carries no 'data' or 'dataType'.", start=True
+        )
     return StreamStart(group, stream_id, timeout, no_echo, ack_id)
 
 
@@ -275,7 +282,7 @@ def _json_text(data: object, frame: str | bytes, ack_id: int | None) -> bytes:
     digits may hold an integer outside 64 bits, which orjson reads as a float: that
     frame is parsed again by the standard library, whose integers are exact.
     """
-    if _too_deep(data, frame):
+    if too_deep(data, frame):
         raise ProtocolViolation(
             f"JSON 'data' is nested more than {MAX_DATA_DEPTH} levels deep.", ack_id=ack_id
         )
@@ -289,7 +296,7 @@ def _json_text(data: object, frame: str | bytes, ack_id: int | None) -> bytes:
     return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _too_deep(data: object, frame: str | bytes) -> bool:
+def too_deep(data: object, frame: str | bytes) -> bool:
     """Whether ``data`` nests deeper than :data:`MAX_DATA_DEPTH` (``[1]`` is 1 deep)."""
     if isinstance(frame, str):
         brackets = frame.count("[") + frame.count("{")

@@ -148,6 +148,8 @@ class StreamProblem:
 
     stream_id: str
     message: str
+    start: bool = False
+    """A refused *start*: an open stream of that id (if any) is not touched."""
 
 
 ClientMessage = (

@@ -83,8 +83,12 @@ PROTOCOL_LABELS = {
     ClientProtocol.SIMPLE: "simple",
     ClientProtocol.JSON: "json",
     ClientProtocol.JSON_RELIABLE: "json.reliable",
+    ClientProtocol.PROTOBUF: "protobuf",
+    ClientProtocol.PROTOBUF_RELIABLE: "protobuf.reliable",
 }
 SIMPLE = ClientProtocol.SIMPLE
+PROTOBUF = ClientProtocol.PROTOBUF
+PROTOBUF_RELIABLE = ClientProtocol.PROTOBUF_RELIABLE
 REPLY = "reply"
 """The ``kind`` of an event handler's answer sent back to its connection."""
 
@@ -399,16 +403,21 @@ def _scan(hubs: Iterable[Hub], hub_label: Callable[[str], str]) -> _Scan:
             scan.unscanned += len(hub)
             continue
         budget -= len(hub)
-        simple = json = reliable = 0  # identity tests: an Enum hashes slowly
-        for conn in hub.connections():
+        simple = json = reliable = protobuf = protobuf_reliable = 0  # identity tests:
+        for conn in hub.connections():  # an Enum hashes slowly
             buffer = conn.reliable
             if buffer is None:
                 if conn.protocol is SIMPLE:
                     simple += 1
+                elif conn.protocol is PROTOBUF:
+                    protobuf += 1
                 else:
                     json += 1
                 continue
-            reliable += 1
+            if conn.protocol is PROTOBUF_RELIABLE:
+                protobuf_reliable += 1
+            else:
+                reliable += 1
             size = buffer.buffered_bytes
             scan.buffered += size
             if size > scan.largest:
@@ -418,6 +427,8 @@ def _scan(hubs: Iterable[Hub], hub_label: Callable[[str], str]) -> _Scan:
         scan.add(label, "simple", simple)
         scan.add(label, "json", json)
         scan.add(label, "json.reliable", reliable)
+        scan.add(label, "protobuf", protobuf)
+        scan.add(label, "protobuf.reliable", protobuf_reliable)
     return scan
 
 

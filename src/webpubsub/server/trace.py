@@ -37,6 +37,7 @@ from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Scope, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
+from webpubsub.protocol.messages import ProtocolViolation
 from webpubsub.protocol.names import MAX_NAME_LENGTH
 from webpubsub.protocol.payload import DataType
 from webpubsub.upstream.http import safe_url
@@ -84,6 +85,8 @@ _PROTOCOLS = {
     ClientProtocol.SIMPLE: "simple",
     ClientProtocol.JSON: "json",
     ClientProtocol.JSON_RELIABLE: "json.reliable",
+    ClientProtocol.PROTOBUF: "protobuf",
+    ClientProtocol.PROTOBUF_RELIABLE: "protobuf.reliable",
 }
 _TEXT_TYPES = (DataType.TEXT, DataType.JSON)
 
@@ -101,8 +104,16 @@ def catching_replays() -> Iterator[list[Record]]:
         _REPLAYS.reset(token)
 
 
-def frame_group(data: bytes | str) -> str | None:
-    """The ``group`` a JSON group frame names (None: not JSON, e.g. protobuf, or none)."""
+def frame_group(data: bytes | str, protocol: ClientProtocol = ClientProtocol.JSON) -> str | None:
+    """The ``group`` a group frame of ``protocol`` names (None: none, or not readable);
+    a protobuf frame is decoded by its codec, a JSON one parsed alone."""
+    if not protocol.is_json:
+        try:
+            msg = protocol.codec.decode_client_message(data)
+        except ProtocolViolation:
+            return None
+        group = getattr(msg, "group", None)
+        return group if isinstance(group, str) else None
     try:
         frame = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -345,7 +356,7 @@ class TraceRing:
                 "preview": base64.b64encode(data[:PREVIEW_BYTES]).decode(),
             }
         if kind in GROUP_KINDS and size <= GROUP_FRAME_MAX_BYTES:
-            group = frame_group(data)
+            group = frame_group(data, conn.protocol)
             if group is not None:
                 fields["group"] = group
         self._add("message-in", conn.hub, conn.connection_id, conn.user_id, fields)
@@ -595,7 +606,7 @@ def _message_fields(
         preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
     else:
         preview = base64.b64encode(data[:PREVIEW_BYTES]).decode()
-    return {
+    fields: Record = {
         "target": {"scope": scope, "id": target_id},
         "group": message.group if message.origin is Origin.GROUP else None,
         "recipients": recipients,
@@ -604,6 +615,15 @@ def _message_fields(
         "preview": preview,
         "fromUserId": message.from_user_id,
     }
+    stream = message.stream
+    if stream is not None:  # a group stream's fragment or end: which and where
+        fields["stream"] = {
+            "streamId": stream.stream_id,
+            "sequenceId": stream.sequence_id,
+            "end": stream.end,
+            "error": stream.error.name if stream.error is not None else None,
+        }
+    return fields
 
 
 def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
