@@ -341,6 +341,26 @@ async def test_messages_behind_an_event_at_a_handler_queue_in_order_and_are_boun
     assert sink.texts()[-1] == {"type": "ack", "ackId": 5, "success": True}
 
 
+async def test_a_ping_behind_an_event_at_a_handler_is_answered_at_once() -> None:
+    """A client's ``ping`` does not wait behind its event at a slow handler (the JS
+    client takes 120 s without an answer for a dead connection); the event's ack and
+    the requests behind it keep their order."""
+    up = HangingUpstream()
+    node, _ = make_node(up)
+    sink = RecordingSink()
+    conn = node.attach(admission(), sink)
+    event = {"type": "event", "event": "e", "dataType": "text", "data": "x", "ackId": 1}
+    async with asyncio.timeout(5.0):
+        await node.receive(conn, orjson.dumps(event))
+        await up.called.wait()
+        await node.receive(conn, orjson.dumps({**event, "ackId": 2}))  # waits behind it
+        await node.receive(conn, b'{"type":"ping"}')
+        assert sink.texts()[-1] == {"type": "pong"}  # while the handler still holds 1
+        up.release.set()
+        await node.settle(conn)
+    assert [t.get("ackId") for t in sink.texts()[-2:]] == [1, 2]
+
+
 async def test_messages_queued_behind_an_event_are_bounded_in_bytes_too() -> None:
     """At most ``backlog_max_bytes`` wait behind an event (one message always may): a
     larger backlog would hold full-size messages the socket would otherwise keep."""

@@ -92,6 +92,7 @@ from webpubsub.protocol.json_protocol import (
 from webpubsub.protocol.messages import (
     CancelInvocation,
     Invoke,
+    Ping,
     ProtocolViolation,
     StreamError,
 )
@@ -102,6 +103,10 @@ from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 log = logging.getLogger("webpubsub.node")
+
+PING_MAX_BYTES = 64
+"""Frames behind an event at most this long are looked at for a ``ping`` to answer at
+once (a ping is ``{"type":"ping"}``, or two bytes of protobuf)."""
 
 #: The ``disconnected`` reason of a connection whose node died.
 NODE_LOST = "The connection was lost: its service node stopped."
@@ -637,6 +642,8 @@ class Node:
                 if done is not None:
                     done.set()
             return
+        if conn.protocol.is_pubsub and len(data) <= PING_MAX_BYTES and self._pinged(conn, data):
+            return  # answered at once: a slow handler must not look like a dead service
         while self._full(backlog, data):  # bounded: the head event has a timeout
             if invocation_id is not None:  # an invocation never waits: "not a hang"
                 self._refuse_invocation(
@@ -659,6 +666,20 @@ class Node:
                 return
         backlog.frames.append(data)
         backlog.bytes += len(data)
+
+    def _pinged(self, conn: Connection, data: bytes | str) -> bool:
+        """Answer a ``ping`` that would wait behind an event: its ``pong`` goes now (a
+        pong has no place in the order of the connection's other answers)."""
+        try:
+            msg = conn.protocol.codec.decode_client_message(data)
+        except ProtocolViolation:
+            return False
+        if not isinstance(msg, Ping):
+            return False
+        conn.messages_in += 1
+        self.observer.received(conn, data, "control")
+        conn.send_control(conn.protocol.codec.PONG)
+        return True
 
     async def _handled(self, conn: Connection) -> None:
         """Return once no frame of ``conn`` is being handled (bounded: a frame's work
