@@ -152,6 +152,8 @@ async def _serve(
     )
     config = dataclasses.replace(
         config,
+        # The event queue in memory: no file shared with another service on the machine.
+        server=dataclasses.replace(config.server, data_dir=":memory:"),
         portal=PortalSettings(enabled=observers != "none"),
         metrics=MetricsSettings(enabled=observers == "default"),
     )

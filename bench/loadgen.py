@@ -1,5 +1,5 @@
 """The load generator of bench/scenarios.py: one process on uvloop holding a share of the
-WebSocket clients, and a share of the sending.
+WebSocket clients (:class:`rawws.RawWebSocket`), and a share of the sending.
 
 The orchestrator drives it over a pipe: ``("connect",)`` opens its clients;
 ``("step", rate, t0, duration, warmup, drain)`` sends at ``rate`` per second on the
@@ -17,17 +17,20 @@ import math
 import re
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import own_cpu_seconds, payload, raise_fd_limit, read_stamp
+from harness import own_cpu_seconds, payload, raise_fd_limit
+from rawws import OnStamp, RawWebSocket
 
 OPEN_CONCURRENCY = 64
 """WebSocket handshakes one generator process runs at once."""
 NS = 1_000_000_000
 REQUEST_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 3600.0
 
 
 # -- what a generator process is given ----------------------------------------------------
@@ -55,6 +58,9 @@ class GeneratorSpec:
     rest_key: str | None = None
     """Sign each REST request with this key (as the SDKs do: ``aud`` = the URL)."""
     concurrency: int = 16
+    senders: int = 1
+    """Generators sharing the sending: REST targets are taken round-robin over all of
+    them (this one's sends are ``index``, ``index + senders``, ...)."""
 
 
 @dataclass
@@ -73,6 +79,7 @@ class StepReport:
     """Sends due within the measured window (sent or not)."""
     sent: int
     send_errors: int
+    first_error: str
     received: int
     """Deliveries of measured messages."""
     received_all: int
@@ -107,94 +114,62 @@ class _Window:
 
 
 async def _generator(pipe: Pipe, spec: GeneratorSpec) -> None:
-    import aiohttp
-
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
-
-    def on_command() -> None:
+    def next_command() -> Any:
+        """The orchestrator's next command, read in a thread: the pipe stays blocking
+        (a loop reader would make it non-blocking, and a large report would then fail
+        to send). Its end, or an hour of silence, is a stop."""
         try:
-            commands.put_nowait(pipe.recv())
+            return pipe.recv() if pipe.poll(COMMAND_TIMEOUT) else ("stop",)
         except (EOFError, OSError):
-            commands.put_nowait(("stop",))
+            return ("stop",)
 
-    loop.add_reader(pipe.fileno(), on_command)
     window = _Window()
-    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    sockets: list[RawWebSocket] = []
     closed = [0]
-    monotonic_ns = time.monotonic_ns
-    text = aiohttp.WSMsgType.TEXT
-    binary = aiohttp.WSMsgType.BINARY
 
-    async def consume(ws: aiohttp.ClientWebSocketResponse, sio: bool) -> None:
-        receive = ws.receive
+    def on_stamp(sent: int, now: int) -> None:
         w = window
-        try:
-            while True:  # bounded: ends with the connection (closed at "stop")
-                msg = await receive()
-                now = monotonic_ns()
-                if msg.type is text:
-                    data = msg.data
-                    if sio and data == "2":  # Engine.IO ping
-                        await ws.send_str("3")
-                        continue
-                elif msg.type is binary:
-                    data = msg.data.decode("latin-1")
-                else:
-                    break
-                found = read_stamp(data)
-                if found is None:
-                    continue
-                sent = found[1]
-                if w.t0 <= sent < w.end:
-                    w.received_all += 1
-                    if sent >= w.start:
-                        w.received += 1
-                        w.latencies.append(now - sent)
-        finally:
-            closed[0] += 1
+        if w.t0 <= sent < w.end:
+            w.received_all += 1
+            if sent >= w.start:
+                w.received += 1
+                w.latencies.append(now - sent)
 
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, connect=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        rest = RestPool(spec.concurrency)
-        consumers: list[asyncio.Task[None]] = []
-        frames: list[tuple[str, str]] = []
-        opened: list[ClientSpec] = []
-        try:
-            while True:  # bounded: by the orchestrator's "stop" (or its pipe's end)
-                command = await commands.get()
-                kind = command[0]
-                if kind == "stop":
-                    break
-                if kind == "connect":
-                    report = await _connect(session, spec, sockets, opened)
-                    frames = [c.frame for c in opened]
-                    pipe.send(("connected", report))
-                    for ws, client in zip(sockets, opened, strict=True):
-                        consumers.append(
-                            asyncio.create_task(consume(ws, client.sio_auth is not None))
-                        )
-                elif kind == "step":
-                    _, rate, t0, duration, warm, drain = command
-                    report = await _step(
-                        spec, rest, sockets, frames, window, rate, t0, duration, warm, drain
-                    )
-                    report.closed = closed[0]
-                    pipe.send(("step", report))
-                elif kind == "cpu":
-                    pipe.send(("cpu", own_cpu_seconds()))
-        finally:
-            loop.remove_reader(pipe.fileno())
-            rest.close()
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-            for task in consumers:
-                task.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
+    def on_close() -> None:
+        closed[0] += 1
+
+    rest = RestPool(spec.concurrency)
+    frames: list[tuple[str, str]] = []
+    try:
+        while True:  # bounded: by the orchestrator's "stop" (or its pipe's end)
+            command = await asyncio.to_thread(next_command)
+            kind = command[0]
+            if kind == "stop":
+                break
+            if kind == "connect":
+                opened: list[ClientSpec] = []
+                report = await _connect(spec, sockets, opened, on_stamp, on_close)
+                frames = [c.frame for c in opened]
+                pipe.send(("connected", report))
+            elif kind == "step":
+                _, rate, t0, duration, warm, drain = command
+                report = await _step(
+                    spec, rest, sockets, frames, window, rate, t0, duration, warm, drain
+                )
+                report.closed = closed[0]
+                pipe.send(("step", report))
+    finally:
+        rest.close()
+        for ws in sockets:
+            ws.close()
 
 
 async def _connect(
-    session: Any, spec: GeneratorSpec, sockets: list[Any], opened: list[ClientSpec]
+    spec: GeneratorSpec,
+    sockets: list[RawWebSocket],
+    opened: list[ClientSpec],
+    on_stamp: OnStamp,
+    on_close: Callable[[], None],
 ) -> ConnectReport:
     """Open every client (``OPEN_CONCURRENCY`` at once); a client counts once it can be
     used: upgraded (simple), ``connected`` received (JSON), namespace joined (socket.io)."""
@@ -203,24 +178,23 @@ async def _connect(
     start = time.monotonic_ns()
     errors: list[str] = []
 
-    async def open_one(client: ClientSpec) -> Any:
+    async def open_one(client: ClientSpec) -> RawWebSocket:
+        sio = client.sio_auth is not None
         async with gate:
-            protocols = (client.subprotocol,) if client.subprotocol else ()
-            ws = await session.ws_connect(
-                client.url, protocols=protocols, max_msg_size=0, autoclose=True
-            )
+            ws = await RawWebSocket.connect(client.url, client.subprotocol, on_stamp, on_close, sio)
             if client.subprotocol:
-                first = await asyncio.wait_for(ws.receive(), 30)
-                if '"connected"' not in str(first.data):
-                    raise RuntimeError(f"no connected message: {first.data!r:.200}")
+                first = await ws.next_message()
+                if b'"connected"' not in first:
+                    raise RuntimeError(f"no connected message: {first!r:.200}")
             if client.sio_auth is not None:
-                opened = await asyncio.wait_for(ws.receive(), 30)  # 0{"sid":...}
-                if not str(opened.data).startswith("0"):
-                    raise RuntimeError(f"no Engine.IO open packet: {opened.data!r:.200}")
-                await ws.send_str("40" + client.sio_auth)
-                joined = await asyncio.wait_for(ws.receive(), 30)
-                if not str(joined.data).startswith("40"):
-                    raise RuntimeError(f"no socket.io CONNECT: {joined.data!r:.200}")
+                hello = await ws.next_message()  # 0{"sid":...}
+                if not hello.startswith(b"0"):
+                    raise RuntimeError(f"no Engine.IO open packet: {hello!r:.200}")
+                ws.send(("40" + client.sio_auth).encode())
+                joined = await ws.next_message()
+                if not joined.startswith(b"40"):
+                    raise RuntimeError(f"no socket.io CONNECT: {joined!r:.200}")
+            ws.ready()
             return ws
 
     results = await asyncio.gather(*(open_one(c) for c in spec.clients), return_exceptions=True)
@@ -251,7 +225,7 @@ def due_in(t0: int, interval_ns: float, start: int, end: int) -> int:
 async def _step(
     spec: GeneratorSpec,
     rest: RestPool,
-    sockets: list[Any],
+    sockets: list[RawWebSocket],
     frames: list[tuple[str, str]],
     window: _Window,
     rate: float,
@@ -273,6 +247,7 @@ async def _step(
     sent = errors = 0
     lags = array("q")
     pending: set[asyncio.Task[None]] = set()
+    first_error = [""]
     gate = asyncio.Semaphore(max(1, spec.concurrency))
     monotonic_ns = time.monotonic_ns
     interval = NS / rate if rate > 0 and spec.sends != "none" else 0.0
@@ -283,10 +258,13 @@ async def _step(
             token = None
             if spec.rest_key:
                 token = issue_rest_token(spec.rest_key, audience=url, now=time.time())
-            if await rest.post(url, body, token) >= 300:
+            status = await rest.post(url, body, token)
+            if status >= 300:
                 errors += 1
-        except Exception:  # refused, reset, timed out, not HTTP: all one error
+                first_error[0] = first_error[0] or f"HTTP {status} from {url[:120]}"
+        except Exception as exc:  # refused, reset, timed out, not HTTP: all one error
             errors += 1
+            first_error[0] = first_error[0] or repr(exc)[:300]
         finally:
             gate.release()
 
@@ -295,6 +273,7 @@ async def _step(
         await asyncio.sleep(wait)
     i = 0
     targets = spec.rest_urls or [""]
+    stride = max(1, spec.senders)
     while interval and sockets:  # bounded: by the schedule's end, or the hard stop
         due = t0 + int(i * interval)
         if due >= end:
@@ -307,15 +286,17 @@ async def _step(
         body = payload(i, due, spec.size)
         if spec.sends == "rest":
             await gate.acquire()
-            task = asyncio.create_task(post(targets[i % len(targets)], body))
+            task = asyncio.create_task(
+                post(targets[(i * stride + spec.index) % len(targets)], body)
+            )
             pending.add(task)
             task.add_done_callback(pending.discard)
         else:
             k = i % len(sockets)
             prefix, suffix = frames[k]
             try:
-                await sockets[k].send_str(prefix + body + suffix)
-            except (ConnectionError, RuntimeError):
+                sockets[k].send((prefix + body + suffix).encode())
+            except ConnectionError:
                 errors += 1
         sent += 1
         if i % 16 == 0:
@@ -334,6 +315,7 @@ async def _step(
         scheduled=due_in(t0, interval, t0 + warm, end) if interval else 0,
         sent=sent,
         send_errors=errors,
+        first_error=first_error[0],
         received=window.received,
         received_all=window.received_all,
         latencies_ns=window.latencies.tobytes(),

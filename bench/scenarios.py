@@ -303,9 +303,10 @@ async def run_one(args: argparse.Namespace, stack: str, scenario: Scenario, n: i
                 clients=share,
                 size=args.size,
                 sends=scenario.sends if g < senders else "none",
-                rest_urls=shares(rest_urls, senders)[g] if rest_urls and g < senders else [],
+                rest_urls=rest_urls if g < senders else [],
                 rest_key=key,
                 concurrency=concurrency,
+                senders=senders,
             )
             gen_pipes.append(procs.start(generator, spec))
         await asyncio.sleep(0.5)  # the generators import and start their loops
@@ -482,7 +483,8 @@ async def _one_step(
     if closed:
         why.append(f"{closed} clients closed")
     if errors:
-        why.append(f"{errors} send errors")
+        first = next(r.first_error for r in reports if r.first_error)
+        why.append(f"{errors} send errors (first: {first})")
     if not p99 < args.p99_bound * 1e3:
         why.append(f"p99 {p99:.0f} ms >= {args.p99_bound * 1e3:.0f} ms")
     measured = (duration - warm) / NS

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from bench.harness import (
+from harness import (
     STAMP_SIZE,
     RateSearch,
     payload,
