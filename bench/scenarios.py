@@ -213,7 +213,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"== {self.stack} {self.scenario}, {self.connections} connections =="]
+        inflight = f", {self.concurrency} REST calls in flight" if self.concurrency else ""
+        lines = [f"== {self.stack} {self.scenario}, {self.connections} connections{inflight} =="]
         lines.append(
             f"connected {self.connected}/{self.connections} at "
             f"{self.connect_per_second:,.0f}/s; server RSS {self.rss_mib:.1f} MiB, "
@@ -292,6 +293,8 @@ async def run_one(args: argparse.Namespace, stack: str, scenario: Scenario, n: i
             pipe = procs.start(serve, 0, None, None, None, "default", handler_url)
             server_pid, connection_string = await recv(pipe, left())
             endpoint = connection_string.split(";")[0].removeprefix("Endpoint=")
+        who = f", handler pid {handler_pids[0]}" if handler_pids else ""
+        print(f"  server pid {server_pid}{who} (to profile: py-spy record -p PID)", flush=True)
         clients, rest_urls, key = plan(stack, scenario, n, endpoint)
         gens = max(1, min(args.generator_procs, n))
         senders = gens if scenario.sends != "rest" else min(gens, args.concurrency)
@@ -533,7 +536,8 @@ def table(results: list[RunResult]) -> str:
                 f"| {b.p99_ms:.1f} | {b.cpu_per_million:.2f} "
             )
         rows.append(
-            f"| {r.scenario} | {r.connections:,} | {r.stack} | {rate} {rest}"
+            f"| {r.scenario}{f' ({r.concurrency} in flight)' if r.concurrency else ''} "
+            f"| {r.connections:,} | {r.stack} | {rate} {rest}"
             f"| {r.rss_mib:.0f} ({r.rss_per_connection_kib:.1f}) | {r.limited_by or '–'} |"
         )
     return "\n".join(rows)
@@ -548,22 +552,23 @@ def record(path: Path, result: RunResult) -> None:
 
 async def main_async(args: argparse.Namespace) -> list[RunResult]:
     deadline = time.monotonic() + args.timeout
-    runs: list[tuple[str, Scenario, int]] = []
+    runs: list[tuple[str, Scenario, int, int]] = []
     names = list(SCENARIOS) if args.all else [args.scenario]
     for n in args.connections:
         for name in names:
-            runs += [
-                (stack, SCENARIOS[name], n)
-                for stack in args.stacks
-                if stack in SCENARIOS[name].stacks
-            ]
+            scenario = SCENARIOS[name]
+            # --all: send-to-user sequentially (1 in flight) and with --concurrency.
+            levels = [1, args.concurrency] if args.all and name == "send-to-user" else []
+            for stack in (s for s in args.stacks if s in scenario.stacks):
+                runs += [(stack, scenario, n, c) for c in levels or [args.concurrency]]
     results = []
-    for stack, scenario, n in runs:  # bounded: the list
+    for stack, scenario, n, concurrency in runs:  # bounded: the list
         remaining = deadline - time.monotonic()
         if remaining < 20:
             print(f"--timeout: skipped {stack} {scenario.name} at {n}", flush=True)
             continue
         args.run_timeout = remaining
+        args.concurrency = concurrency
         print(f"-- {stack} {scenario.name}, {n} connections", flush=True)
         result = await run_one(args, stack, scenario, n)
         print(result.text(), flush=True)
