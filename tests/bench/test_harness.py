@@ -113,3 +113,19 @@ def test_the_search_stops_at_its_ceiling() -> None:
     search = run(RateSearch(10, max_steps=10, ceiling=35), threshold=1000)
     assert [r for r, _ in search.steps] == [10, 20, 35]
     assert search.best == 35
+
+
+@given(
+    st.integers(0, 10**6),
+    st.floats(1.0, 10**5),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+)
+def test_the_sends_due_in_a_window_are_counted_exactly(
+    t0: int, interval: float, a: int, b: int
+) -> None:
+    from loadgen import due_in
+
+    start, end = t0 + min(a, b), t0 + max(a, b)
+    brute = sum(1 for i in range(10**6 // int(interval) + 2) if start <= t0 + i * interval < end)
+    assert due_in(t0, interval, start, end) == brute
