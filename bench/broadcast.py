@@ -28,10 +28,7 @@ import asyncio
 import contextlib
 import io
 import multiprocessing as mp
-import os
 import re
-import resource
-import shlex
 import signal
 import struct
 import sys
@@ -39,92 +36,30 @@ import time
 from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
 
-HUB = "bench"
-ACCESS_KEY = "bench-access-key-0123456789-abcdefghijklmnop"
+from harness import (
+    ACCESS_KEY,
+    HUB,
+    children_of,
+    command_line,
+    cpu_seconds,
+    machine_cpu,
+    own_cpu_seconds,
+    percentile,
+    raise_fd_limit,
+    recv,
+    rss_bytes,
+    serve,
+    write_syscalls,
+)
+
 HEADER = struct.Struct("!IQ")
 """seq (u32), send time (u64, ``time.monotonic_ns()``)."""
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 OPEN_CONCURRENCY = 64
 """How many WebSocket handshakes a client process runs at once."""
 
 
-# -- /proc readings --------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(utime, stime) of ``pid`` (all its threads) in seconds, from ``/proc/<pid>/stat``."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def write_syscalls(pid: int) -> int | None:
-    """``syscw`` from ``/proc/<pid>/io``: write-family system calls made so far."""
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            for line in f:
-                if line.startswith("syscw:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def children_of(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(c) for c in f.read().split()]
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU-seconds of the whole machine so far, from ``/proc/stat``."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal
-    idle = ticks[3] + ticks[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 # -- the service process ---------------------------------------------------------------
-
-
-def serve(
-    pipe: Pipe,
-    gc_threshold: int,
-    redis_url: str | None = None,
-    node_id: str | None = None,
-    public_endpoint: str | None = None,
-    observers: str = "default",
-) -> None:
-    raise_fd_limit()
-    if gc_threshold:
-        import gc
-
-        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
-    import uvloop
-
-    uvloop.run(_serve(pipe, redis_url, node_id, public_endpoint, observers))
 
 
 OBSERVER_SETUPS = {
@@ -133,40 +68,6 @@ OBSERVER_SETUPS = {
     "default": "portal and metrics on (the defaults), nobody watching",
 }
 """``--observers`` runs: what the service observes (the trace ring, the metrics)."""
-
-
-async def _serve(
-    pipe: Pipe,
-    redis_url: str | None,
-    node_id: str | None,
-    public_endpoint: str | None,
-    observers: str,
-) -> None:
-    import dataclasses
-
-    from webpubsub.config import MetricsSettings, PortalSettings, default_config
-    from webpubsub.server.app import ServiceRunner
-
-    config = default_config().with_overrides(
-        host="127.0.0.1",
-        port=0,
-        access_keys=ACCESS_KEY,
-        redis_url=redis_url,
-        node_id=node_id,
-        public_endpoint=public_endpoint,
-    )
-    config = dataclasses.replace(
-        config,
-        portal=PortalSettings(enabled=observers != "none"),
-        metrics=MetricsSettings(enabled=observers == "default"),
-    )
-    runner = ServiceRunner(config, advertised_host="127.0.0.1")
-    await runner.start()
-    pipe.send((os.getpid(), runner.connection_string))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)  # any message, or EOF
-    await stop.wait()
-    await runner.stop()
 
 
 async def start_cli(
@@ -327,24 +228,6 @@ async def _clients(
 
 
 # -- the orchestrator ------------------------------------------------------------------
-
-
-async def recv(pipe: Pipe, within: float) -> Any:
-    """The next message on ``pipe`` (bounded), without blocking the event loop."""
-
-    def wait() -> Any:
-        if not pipe.poll(within):
-            raise TimeoutError(f"no message from a child process within {within:.0f} s")
-        return pipe.recv()
-
-    return await asyncio.to_thread(wait)
-
-
-def percentile(sorted_values: array[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return float(sorted_values[index])
 
 
 class RedisProcess:
@@ -762,8 +645,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    words = sys.argv if argv is None else [sys.argv[0], *argv]
-    args.command = shlex.join([os.path.relpath(sys.executable), *words])
+    args.command = command_line(argv)
     raise_fd_limit()
     import uvloop
 
