@@ -587,8 +587,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gc-threshold",
         type=int,
         default=0,
-        help="experiment: the server's generation-0 GC threshold (gc.set_threshold); "
-        "0 keeps Python's default, as `webpubsub serve` does (0)",
+        help="the server's collector: 0 as `webpubsub serve` sets it up (frozen start-up, "
+        "raised thresholds), -1 Python's defaults, N > 0 generation 0's threshold (0)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="uncounted warm-up messages (5)")
     parser.add_argument(
@@ -633,8 +633,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be within 2..min(clients, 8), and not with --nodes")
     if args.concurrency < 1 or args.rate < 0 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--concurrency >= 1, --rate >= 0, --warmup >= 0, --timeout > 0")
-    if args.gc_threshold < 0:
-        parser.error("--gc-threshold must be >= 0")
+    if args.gc_threshold < -1:
+        parser.error("--gc-threshold must be -1, 0 or positive")
     if args.observers and (args.nodes > 1 or args.workers):
         parser.error("--observers runs one node: not with --nodes or --workers")
     if not 1 <= args.repeats <= 20:

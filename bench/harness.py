@@ -9,12 +9,15 @@ the benchmarks import this module as ``harness`` (they run as ``python bench/X.p
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import resource
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
 from typing import Any
 
 HUB = "bench"
@@ -119,13 +122,11 @@ def serve(
     once it listens and stops on any message (or EOF). With ``handler_url`` hub
     :data:`HUB` sends every user event there (no system events)."""
     raise_fd_limit()
-    if gc_threshold:
-        import gc
-
-        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     import uvloop
 
-    uvloop.run(_serve(pipe, redis_url, node_id, public_endpoint, observers, handler_url))
+    uvloop.run(
+        _serve(pipe, redis_url, node_id, public_endpoint, observers, handler_url, gc_threshold)
+    )
 
 
 async def _serve(
@@ -135,8 +136,12 @@ async def _serve(
     public_endpoint: str | None,
     observers: str,
     handler_url: str | None,
+    gc_threshold: int = 0,
 ) -> None:
+    """``gc_threshold``: 0 sets the collector up as ``webpubsub serve`` does
+    (``tune_gc``), -1 keeps Python's defaults, N > 0 sets generation 0's threshold."""
     import dataclasses
+    import gc
 
     from webpubsub.config import MetricsSettings, PortalSettings, default_config
     from webpubsub.core.settings import EventHandlerSettings, HubSettings
@@ -164,11 +169,42 @@ async def _serve(
         )
     runner = ServiceRunner(config, advertised_host="127.0.0.1")
     await runner.start()
+    if gc_threshold == 0:
+        from webpubsub.server.app import tune_gc
+
+        tune_gc()
+    elif gc_threshold > 0:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
+    report = os.environ.get("BENCH_GC_REPORT")  # a file: the collector's time, at the end
+    spent = _gc_timer() if report else None
     pipe.send((os.getpid(), runner.connection_string))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)  # any message, or EOF
     await stop.wait()
+    if report and spent is not None:
+        line = json.dumps({"threshold": gc.get_threshold(), "generations": spent})
+        with Path(report).open("a") as out:  # noqa: ASYNC230 - once, at the very end
+            out.write(line + "\n")
     await runner.stop()
+
+
+def _gc_timer() -> dict[int, list[float]]:
+    """Collections and seconds spent in them, by generation, from now on."""
+    import gc
+
+    spent: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+    started = [0.0]
+
+    def timing(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            entry = spent[info["generation"]]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(timing)
+    return spent
 
 
 # -- the latency stamp -----------------------------------------------------------------

@@ -379,6 +379,8 @@ def _end_with_parent() -> None:
 async def _start(runner: ServiceRunner) -> None:
     """Start ``runner``; a certificate that cannot be loaded or a Redis that cannot be
     reached is reported in one line, not a traceback."""
+    from webpubsub.server.app import tune_gc
+
     try:
         await runner.start()
     except (ConfigError, ServiceUnavailable) as exc:
@@ -387,6 +389,7 @@ async def _start(runner: ServiceRunner) -> None:
         for problem in problems:
             click.echo(problem, err=True)
         raise SystemExit(1) from None
+    tune_gc()
 
 
 @main.command("check-config")

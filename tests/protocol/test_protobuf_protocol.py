@@ -42,6 +42,7 @@ from webpubsub.protocol.messages import (
     StreamInfo,
     StreamProblem,
     StreamStart,
+    Unsupported,
 )
 from webpubsub.protocol.payload import DataType, Payload
 from webpubsub.protocol.wsframe import Opcode
@@ -310,11 +311,17 @@ def test_every_error_maps_to_its_ack_name() -> None:
 # -- what is not a request, and bad requests -----------------------------------------
 
 
+def test_a_request_of_a_newer_schema_is_ignored_not_fatal() -> None:
+    """Only fields this schema lacks (a newer client's request, e.g. a group-state one):
+    ignored, as the JSON codec ignores an unknown type, not a reason to close."""
+    assert pb.decode_client_message(bytes.fromhex("5001")) == Unsupported("field 10")
+    assert pb.decode_client_message(pc.upstream(15, b"\x0a\x01g")) == Unsupported("field 15")
+
+
 @pytest.mark.parametrize(
     "frame",
     [
         b"",  # no oneof member set
-        bytes.fromhex("5001"),  # only an unknown field (10, varint)
         bytes.fromhex("0a0b0a0167"),  # truncated
         bytes.fromhex("3a0a"),  # a length past the end
         bytes.fromhex("3204 0a02ff31"),  # a group that is not UTF-8
@@ -776,3 +783,45 @@ def test_an_idle_timeout_is_a_uint32_on_the_wire() -> None:
     """The schema's uint32 reads the low 32 bits of a longer varint, as protobuf does."""
     frame = pc.send_to_group("g", None, stream=("s", 2**32 + 5))
     assert pb.decode_client_message(frame) == StreamStart("g", "s", 5)
+
+
+# -- what counts as a google.protobuf.Any (protobufjs reads fields 1 and 2 by number) ----
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        (ANY, True),
+        (b"", True),  # an empty Any
+        (bytes.fromhex("0a01781801"), True),  # an unknown varint field: skipped
+        (bytes.fromhex("0a01781d0000803f"), True),  # an unknown fixed32 field (3)
+        (b"\x08\x01", False),  # field 1 as a varint: a bare message, not an Any
+        (bytes.fromhex("0d00000000"), False),  # field 1 as fixed32
+        (bytes.fromhex("1001"), False),  # field 2 as a varint
+        (bytes.fromhex("0a05ff"), False),  # a length past the end
+        (bytes.fromhex("0a01ff"), False),  # a type_url that is not UTF-8
+        (bytes.fromhex("1b1c"), False),  # a group
+        (b"\x00\x01", False),  # field number 0
+    ],
+)
+def test_an_any_is_what_every_client_can_read(raw: bytes, ok: bool) -> None:
+    assert pb._is_any(raw) is ok
+    body = pb.encode_data_body(Payload(DataType.PROTOBUF, raw), group="g")
+    assert pc.decode(body)["dataType"] == ("protobuf" if ok else "binary")
+
+
+def test_a_protobuf_clients_any_of_the_wrong_shape_is_refused_with_its_ack_id() -> None:
+    frame = pc.send_to_group("g", pc.Data("protobuf", b"\x08\x01"), 7)
+    with pytest.raises(ProtocolViolation) as info:
+        pb.decode_client_message(frame)
+    assert info.value.ack_id == 7 and "google.protobuf.Any" in info.value.message
+
+
+@given(st.text(max_size=40), st.binary(max_size=64))
+def test_every_serialized_any_is_an_any(type_url: str, value: bytes) -> None:
+    assert pb._is_any(pc.any_message(type_url, value))
+
+
+@given(st.binary(max_size=64))
+def test_the_any_check_never_raises(raw: bytes) -> None:
+    pb._is_any(raw)

@@ -45,6 +45,7 @@ from webpubsub.protocol.messages import (
     StreamInfo,
     StreamProblem,
     StreamStart,
+    Unsupported,
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
@@ -73,7 +74,6 @@ _DATA_KIND_TAGS = {
 }
 _UPSTREAM = message_class("UpstreamMessage")
 _DATA_MESSAGE = message_class("DataMessage")
-_MESSAGE_DATA = message_class("MessageData")
 _DATA_KINDS = {
     "text_data": DataType.TEXT,
     "binary_data": DataType.BINARY,
@@ -88,13 +88,18 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         raise ProtocolViolation("A protobuf client sends binary frames, not text.", fatal=True)
     try:
         upstream = _UPSTREAM.FromString(frame)
-    except DecodeError:
+    except (DecodeError, UnicodeDecodeError, RecursionError):  # the latter two: pure Python
         raise ProtocolViolation(
             "The message is not a protobuf UpstreamMessage.", fatal=True
         ) from None
     kind = upstream.WhichOneof("message")
     if kind is None:
-        raise ProtocolViolation("The message holds no request this service knows.", fatal=True)
+        if not frame:
+            raise ProtocolViolation("The message holds no request.", fatal=True)
+        # Only fields this schema lacks: a newer client's request (its ack id, if any,
+        # cannot be read), ignored as the JSON codec ignores an unknown type.
+        tag, _ = _read_varint(frame, 0)
+        return Unsupported(f"field {tag >> 3}")
     msg = getattr(upstream, kind)
     ack_id = _ack_id(msg) if kind not in _NO_ACK_ID else None
     try:
@@ -221,7 +226,14 @@ def _payload(msg: Any, ack_id: int | None) -> Payload:
     if kind is DataType.BINARY:
         return Payload(kind, bytes(data.binary_data))
     if kind is DataType.PROTOBUF:  # the serialized google.protobuf.Any, unknown fields kept
-        return Payload(kind, bytes(data.protobuf_data.SerializeToString()))
+        raw = bytes(data.protobuf_data.SerializeToString())
+        if not _is_any(raw):
+            raise ProtocolViolation(
+                "'protobuf_data' is not a google.protobuf.Any: 'type_url' (1) and 'value' (2)"
+                " must be length-delimited.",
+                ack_id=ack_id,
+            )
+        return Payload(kind, raw)
     text = str(getattr(data, member))
     if kind is DataType.JSON:
         _check_json(text, ack_id)
@@ -387,15 +399,58 @@ def encode_data_body(
 
 
 def _is_any(data: bytes) -> bool:
-    """Whether ``data`` parses as a ``google.protobuf.Any``: a protobuf client's
-    ``protobuf_data`` always does (the codec re-serialized it), a JSON client's base64
-    ``protobuf`` data need not; put in ``protobuf_data`` as it is, it would make the
-    whole message unreadable to its recipients, so it goes as ``binary_data``."""
-    try:
-        _MESSAGE_DATA.FromString(b"\x1a" + _varint(len(data)) + data)
-    except DecodeError:
-        return False
+    """Whether ``data`` is a ``google.protobuf.Any`` every protobuf client can read.
+
+    A parser such as upb keeps a ``type_url`` (1) or ``value`` (2) of the wrong wire type
+    as an unknown field, but generated clients (protobufjs) read those two by number
+    alone and fail on the whole message. So the fields are walked here: 1 and 2 must be
+    length-delimited, any other field well formed (groups are refused). A JSON client's
+    base64 ``protobuf`` data that fails goes to protobuf clients as ``binary_data``; a
+    protobuf client's ``protobuf_data`` that fails is refused (``BadRequest``).
+    """
+    at, end = 0, len(data)
+    while at < end:
+        tag, at = _read_varint(data, at)
+        field, wire = tag >> 3, tag & 7
+        if at < 0 or field == 0 or (field in (1, 2) and wire != 2):
+            return False
+        if wire == 0:
+            _, at = _read_varint(data, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        elif wire == 2:
+            length, at = _read_varint(data, at)
+            if at < 0:
+                return False
+            if field == 1:
+                try:
+                    data[at : at + length].decode("utf-8")
+                except UnicodeDecodeError:
+                    return False
+            at += length
+        else:  # 3, 4 (groups), 6, 7
+            return False
+        if at < 0 or at > end:
+            return False
     return True
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """(value, next offset) of the varint at ``at``; the offset is -1 when it is
+    truncated or longer than ten bytes."""
+    value = shift = 0
+    for _ in range(10):
+        if at >= len(data):
+            return 0, -1
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    return 0, -1
 
 
 def with_sequence_id(body: bytes, sequence_id: int) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import ssl
@@ -50,6 +51,25 @@ log = logging.getLogger("webpubsub.server")
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 _LOOPBACK_OR_ANY = {"127.0.0.1", "localhost", "0.0.0.0", "::", "::1", ""}  # noqa: S104
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds in a serving process (Python's are 700, 10, 10).
+A fan-out allocates a few container objects per recipient, nearly all freed by their
+reference counts; with Python's thresholds the young generation is collected every 700
+of them, a large share of the CPU at high fan-out (docs/performance.md). Cycles still
+get collected, a little later."""
+
+
+def tune_gc() -> None:
+    """Set up the garbage collector for a process that serves (``webpubsub serve`` and
+    ``demo``, once the service is up): what start-up made is frozen out of every
+    collection (it lives as long as the process), and the thresholds are raised
+    (:data:`GC_THRESHOLDS`). Not done by :class:`ServiceRunner` itself: the process
+    embedding it (a test, an app) owns its collector."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class ServiceRunner:

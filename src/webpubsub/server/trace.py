@@ -123,7 +123,8 @@ def frame_group(data: bytes | str, protocol: ClientProtocol = ClientProtocol.JSO
 
 
 def protocol_name(conn: Connection) -> str:
-    """``simple``, ``json`` or ``json.reliable``: how the portal names a protocol."""
+    """``simple``, ``json``, ``json.reliable``, ``protobuf`` or ``protobuf.reliable``: how
+    the portal names a protocol."""
     return _PROTOCOLS[conn.protocol]
 
 
