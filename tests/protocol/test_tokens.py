@@ -895,3 +895,94 @@ def test_errors_are_web_pubsub_errors_without_secrets(aud: str, extra: dict[str,
         except WebPubSubError as error:
             assert isinstance(error, Unauthorized | BadRequest)
             assert KEY not in str(error) and token not in str(error)
+
+
+# -- the HS256 verifier against PyJWT's verdicts ----------------------------------------
+
+from webpubsub.protocol import tokens as _tokens  # noqa: E402
+
+_any_claims = st.dictionaries(
+    st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.lists(st.text(max_size=4), max_size=3),
+    max_size=5,
+)
+
+
+def _pyjwt_verdict(token: str, key: str) -> dict[str, Any] | None:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.encode(),
+            algorithms=["HS256"],
+            options={"verify_signature": True}
+            | {f"verify_{c}": False for c in ("exp", "nbf", "iat", "aud", "iss", "sub", "jti")},
+        )
+    except (jwt.PyJWTError, ValueError):
+        return None
+    return claims
+
+
+def _our_verdict(token: str, key: str) -> dict[str, Any] | None:
+    try:
+        return _tokens._decode(token, keys=[key], now=0.0, leeway=float("inf"))
+    except Unauthorized:
+        return None
+
+
+@pytest.mark.filterwarnings("ignore:The HMAC key is")
+@given(
+    claims=_any_claims,
+    key=st.text(min_size=1, max_size=20),
+    other_key=st.text(min_size=1, max_size=20),
+    header=st.sampled_from(
+        [{}, {"kid": "k"}, {"kid": 3}, {"alg": "HS512"}, {"alg": "none"}, {"typ": "x"}]
+    ),
+    tamper=st.none() | st.tuples(st.integers(0, 2), st.integers(0, 200), st.characters()),
+)
+def test_the_verifier_agrees_with_pyjwt(
+    claims: dict[str, Any],
+    key: str,
+    other_key: str,
+    header: dict[str, Any],
+    tamper: tuple[int, int, str] | None,
+) -> None:
+    """Signed (by PyJWT) with ``key`` or another key, with odd headers, a character of a
+    segment changed: accepted exactly when PyJWT accepts, with the same claims (an
+    ``exp`` is added: a token without one is refused by both callers' rules)."""
+    algorithm = header.get("alg", "HS256")
+    extra = {k: v for k, v in header.items() if k != "alg"}
+    signing_key = key.encode() if algorithm != "none" else None
+    payload = {**claims, "exp": 10}
+    if algorithm == "none":
+        token = jwt.encode(payload, None, algorithm="none", headers=extra or None)
+    else:
+        try:
+            token = jwt.encode(payload, signing_key, algorithm=algorithm, headers=extra or None)
+        except (jwt.PyJWTError, TypeError):
+            return
+    if tamper is not None:
+        parts = token.split(".")
+        segment, at, char = tamper
+        text = parts[segment]
+        if text:
+            at %= len(text)
+            parts[segment] = text[:at] + char + text[at + 1 :]
+        token = ".".join(parts)
+    for verifying in (key, other_key):
+        theirs, ours = _pyjwt_verdict(token, verifying), _our_verdict(token, verifying)
+        if theirs is None:
+            assert ours is None, (token, verifying)
+        else:  # PyJWT accepts: so do we, unless the token is stricter-refused (see below)
+            strict_refusal = not all(_tokens._SEGMENT.fullmatch(p) for p in token.split("."))
+            assert ours == theirs or (ours is None and strict_refusal), (token, verifying)
+
+
+@given(st.text(max_size=300))
+def test_the_verifier_refuses_anything_with_unauthorized_only(token: str) -> None:
+    with contextlib.suppress(Unauthorized):
+        _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)

@@ -13,14 +13,19 @@ token raises :class:`~webpubsub.errors.BadRequest` (the handshake answers 400).
 
 from __future__ import annotations
 
+import base64
+import functools
+import hmac
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 import jwt
+import orjson
 
 from webpubsub.errors import BadRequest, Unauthorized
 from webpubsub.protocol.names import validate_group, validate_user_id
@@ -157,11 +162,7 @@ def verify_rest_token(
     request = _Url.parse(method_url)
     if request is None:
         raise Unauthorized("invalid request URL")
-    origins = {request.origin}
-    for endpoint in endpoints:
-        parsed = _Url.parse(endpoint)
-        if parsed is not None:
-            origins.add(parsed.origin)
+    origins = {request.origin, *_origins(tuple(endpoints))}
     path, query = _routed_path(request.raw_path), _routed_query(request.query)
     for aud in _audiences(payload):
         target = _Url.parse(aud)
@@ -176,39 +177,79 @@ def verify_rest_token(
     raise Unauthorized("audience mismatch")
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+"""A JWT segment: base64url without padding (RFC 7515 §2)."""
+
+
+@functools.lru_cache(maxsize=16)
+def _origins(endpoints: tuple[str, ...]) -> frozenset[tuple[str, str, int | None]]:
+    """The origins of the service's endpoints (the same few on every request: parsed once)."""
+    return frozenset(parsed.origin for parsed in map(_Url.parse, endpoints) if parsed is not None)
+
+
 def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> dict[str, Any]:
-    """Check format, algorithm, signature (any key) and ``exp``/``nbf``; return the claims."""
+    """Check format, algorithm, signature (any key) and ``exp``/``nbf``; return the claims.
+
+    HS256 only, verified here rather than by PyJWT (which makes each token: see
+    :func:`issue_client_token`), a third of the REST path's CPU with it (issue 13,
+    docs/performance.md): three base64url segments, the header a JSON object whose
+    ``alg`` is ``HS256`` (and whose ``kid``, if any, is a string), the signature the
+    HMAC-SHA256 of the first two segments under one of ``keys`` (compared in constant
+    time), the payload a JSON object. Tests hold it to PyJWT's verdicts.
+    """
     if not keys:
         raise Unauthorized("no access key is configured")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        raise Unauthorized("token is not a JWT")
+    head, body, signature = parts
     try:
-        header = jwt.get_unverified_header(token)
-    except (jwt.PyJWTError, ValueError):
+        header = _json_object(_b64url(head))
+    except ValueError:
         raise Unauthorized("token is not a JWT") from None
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Unauthorized("token is not a JWT")
     if header.get("alg") != ALGORITHM:
         raise Unauthorized("unsupported token algorithm")
+    try:
+        given = _b64url(signature)
+    except ValueError:
+        raise Unauthorized("malformed token") from None
+    signed = f"{head}.{body}".encode("ascii")
     for key in keys:
+        if hmac.compare_digest(hmac.digest(key.encode(), signed, "sha256"), given):
+            break
+    else:
+        raise Unauthorized("invalid signature")
+    try:
+        payload = _json_object(_b64url(body))
+    except ValueError:
+        raise Unauthorized("malformed token") from None
+    _check_lifetime(payload, now=now, leeway=leeway)
+    return payload
+
+
+def _b64url(segment: str) -> bytes:
+    """A base64url segment without padding (its alphabet checked by the caller);
+    ``ValueError`` when its length cannot be base64 (4n + 1)."""
+    if len(segment) % 4 == 1:
+        raise ValueError("not base64")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object (``ValueError`` otherwise); numbers as the standard
+    library reads them when orjson cannot hold them (an integer over 64 bits)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         try:
-            payload = jwt.decode(
-                token,
-                key.encode(),
-                algorithms=[ALGORITHM],
-                options={
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                    "verify_sub": False,
-                    "verify_jti": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
-            continue
-        except (jwt.PyJWTError, ValueError):
-            raise Unauthorized("malformed token") from None
-        _check_lifetime(payload, now=now, leeway=leeway)
-        return payload
-    raise Unauthorized("invalid signature")
+            value = json.loads(raw)  # big integers, NaN: what PyJWT would have read
+        except (ValueError, RecursionError):
+            raise ValueError("not JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
 
 
 def _check_lifetime(payload: dict[str, Any], *, now: float, leeway: float) -> None:

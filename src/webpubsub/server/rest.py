@@ -130,8 +130,15 @@ async def _body(call: Call) -> bytes:
     idle = ctx.request_timeout
     limit = ctx.max_message_bytes
     content = call.request.content
-    chunks: list[bytes] = []
-    size = 0
+    length = call.request.content_length
+    if length is not None and length <= limit:  # the common case: all of it is here
+        data = content.read_nowait(length)
+        if len(data) == length and (length == 0 or content.at_eof()):
+            return data
+        chunks: list[bytes] = [data] if data else []
+        size = len(data)
+    else:
+        chunks, size = [], 0
     try:
         async with asyncio.timeout(idle * BODY_DEADLINE_FACTOR):
             while chunk := await _next_chunk(content, idle):  # bounded by the size limit
