@@ -533,6 +533,12 @@ async def health(request: web.Request) -> web.StreamResponse:
     return _json(request.app[HEALTH]())
 
 
+_ROUTES_BY_LENGTH: dict[int, tuple[Route, ...]] = {
+    n: tuple(r for r in ROUTES if len(r.pattern) == n) for n in {len(r.pattern) for r in ROUTES}
+}
+"""The routes by their number of segments, in :data:`ROUTES` order: only those can match."""
+
+
 def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str]:
     """The route of ``method`` on a raw ``/api/...`` path and its decoded parameters.
 
@@ -544,7 +550,7 @@ def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str
     if segments and segments[-1] == "":
         segments.pop()
     allowed: list[str] = []
-    for candidate in ROUTES:
+    for candidate in _ROUTES_BY_LENGTH.get(len(segments), ()):
         params = candidate.match(segments)
         if params is None:
             continue
