@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 
 from tests.conftest import ACCESS_KEY, SECOND_KEY, StartService, make_config
 from tests.support.handler import EventHandlerApp, Recorded, default_responder, posts
+from tests.support.proxy import TcpProxy
 from tests.support.service import client_url, json_client, sdk
 from webpubsub.core.settings import EventHandlerSettings, HubSettings
 from webpubsub.protocol.cloudevents import MAX_STATE_BYTES
@@ -582,3 +583,25 @@ async def test_user_events_hanging_on_a_handler_do_not_delay_handshakes(
     ws, _ = await json_client(http, await client_url(runner))  # connect: its own budget
     assert time.monotonic() - started < 2.0
     await ws.close()
+
+
+async def test_events_to_a_handler_reuse_one_keep_alive_connection(
+    handler_app: EventHandlerApp, start_service: StartService, http: aiohttp.ClientSession
+) -> None:
+    """No per-event connection set-up (issue 13): a client's events, one after the other,
+    reach the handler over one kept-alive connection of the handler origin's pool."""
+    async with TcpProxy(handler_app.port) as proxy:
+        url = handler_app.url.replace(f":{handler_app.port}/", f":{proxy.port}/")
+        runner = await start_service(hub_settings(url, system=frozenset()))
+        ws, _ = await json_client(http, await client_url(runner))
+        for i in range(20):  # one at a time: each waits for its ack
+            await ws.send_json(
+                {"type": "event", "event": "e", "dataType": "text", "data": "x", "ackId": i}
+            )
+            ack = await ws.receive_json(timeout=5)
+            assert ack == {"type": "ack", "ackId": i, "success": True}
+        assert len(posts(handler_app, "e")) == 20
+        # One connection for the events, one of the separate pool of probes and connect
+        # calls (the abuse-protection OPTIONS came first): never one per event.
+        assert [r.method for r in handler_app.requests].count("OPTIONS") == 1
+        assert proxy.accepted == 2
