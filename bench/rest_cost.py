@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=5000, help="per batch (5000)")
     parser.add_argument("--concurrency", type=int, default=16, help="in flight (16)")
     parser.add_argument("--repeats", type=int, default=3, help="batches per server (3)")
+    parser.add_argument(
+        "--observers",
+        choices=("default", "trace", "none"),
+        default="default",
+        help="the service's portal trace and metrics: both (default), the trace only, none",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.concurrency <= 1000:
         parser.error("--requests within 1..1000000, --concurrency within 1..1000")
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
-    for target, extra in ((serve, (0, None, None, None, "default", None)), (plain_server, ())):
+    service_args = (0, None, None, None, args.observers, None)
+    for target, extra in ((serve, service_args), (plain_server, ())):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=target, args=(child, *extra), daemon=True)
         proc.start()

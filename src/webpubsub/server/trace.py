@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
+import functools
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 
 import orjson
@@ -153,7 +155,8 @@ class TraceRing:
         self._raw: deque[bytes] = deque()
         """Each record serialized (once, when it is added): what pages and streams send."""
         self._bytes = 0
-        self._originals: dict[int, UpstreamRequest] = {}
+        self._originals: dict[int, tuple[UpstreamRequest, int]] = {}
+        """The original requests of cloudevent records by seq, with what each costs."""
         """The full request of each CloudEvent record still in the ring, by seq (oldest
         first), :data:`ORIGINALS_MAX_BYTES` at most in all."""
         self._original_bytes = 0
@@ -214,7 +217,8 @@ class TraceRing:
 
     def original(self, seq: int) -> UpstreamRequest | None:
         """The full request of CloudEvent record ``seq``, while the ring keeps it."""
-        return self._originals.get(seq)
+        kept = self._originals.get(seq)
+        return kept[0] if kept is not None else None
 
     def recent(self, hub: str, connection_id: str, limit: int = 50) -> list[Record]:
         """The newest ``limit`` records of a connection (of the last :data:`RECENT_SCAN`),
@@ -395,28 +399,30 @@ class TraceRing:
 
     def cloud_event(self, exchange: Exchange) -> None:
         request = exchange.request
-        headers = request.headers
-        hub = _header(headers, "ce-hub")
-        connection_id = _header(headers, "ce-connectionId")
-        fields = exchange_fields(exchange)
-        fields["attempt"] = self._attempt(hub, connection_id, exchange)
+        ce = _ce_headers(request.headers)
+        hub = ce.get("ce-hub")
+        connection_id = ce.get("ce-connectionid")
+        fields = exchange_fields(exchange, ce)
+        fields["attempt"] = self._attempt(hub, connection_id, exchange, ce.get("ce-id"))
         record = self._add(
             "cloudevent",
             hub.lower() if hub is not None else None,
             connection_id,
-            _header(headers, "ce-userId"),
+            ce.get("ce-userid"),
             fields,
         )
         if exchange.replay and (caught := _REPLAYS.get()) is not None:
             caught.append(record)
-        self._originals[self._seq] = request
-        self._original_bytes += _request_bytes(request)
+        size = _request_bytes(request)
+        self._originals[self._seq] = (request, size)
+        self._original_bytes += size
         while self._original_bytes > ORIGINALS_MAX_BYTES:
             self._forget(next(iter(self._originals)))
 
-    def _attempt(self, hub: str | None, connection_id: str | None, exchange: Exchange) -> int:
+    def _attempt(
+        self, hub: str | None, connection_id: str | None, exchange: Exchange, ce_id: str | None
+    ) -> int:
         """Which attempt at its event ``exchange`` is (1: the first; a replay is not one)."""
-        ce_id = _header(exchange.request.headers, "ce-id")
         if exchange.replay or ce_id is None:
             return 1
         key = (hub, connection_id, ce_id, exchange.event_type)
@@ -427,9 +433,9 @@ class TraceRing:
         return attempt
 
     def _forget(self, seq: int) -> None:
-        request = self._originals.pop(seq, None)
-        if request is not None:
-            self._original_bytes -= _request_bytes(request)
+        kept = self._originals.pop(seq, None)
+        if kept is not None:
+            self._original_bytes -= kept[1]
 
     def slow_client(self, conn: Connection) -> None:
         """Shown by the ``disconnected`` record that follows (code 1008)."""
@@ -438,17 +444,31 @@ class TraceRing:
         """Backplane latency is the metrics' concern, not the trace's."""
 
 
-def exchange_fields(exchange: Exchange) -> Record:
-    """The ``cloudevent`` fields of an exchange with an event handler (secrets masked)."""
+def _ce_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The ``ce-*`` headers of a request by lower-cased name (the first of each): one
+    pass, where each lookup would be one."""
+    found: dict[str, str] = {}
+    for key, value in headers:
+        if key[:3].lower() == "ce-":
+            found.setdefault(key.lower(), value)
+    return found
+
+
+def exchange_fields(exchange: Exchange, ce: Mapping[str, str] | None = None) -> Record:
+    """The ``cloudevent`` fields of an exchange with an event handler (secrets masked);
+    ``ce``: its request's ``ce-*`` headers, when the caller has them already."""
     request = exchange.request
     response = exchange.response
-    body = _connect_body_shown(request.body) if _is_connect(request.headers) else request.body
+    if ce is None:
+        ce = _ce_headers(request.headers)
+    connect = ce.get("ce-type") == CONNECT_EVENT
+    body = _connect_body_shown(request.body) if connect else request.body
     answer: Record | None = None
     if response is not None:
         answer = {"status": response.status, **_http_part(response.headers, response.body)}
     return {
         "eventType": exchange.event_type,
-        "ceId": _header(request.headers, "ce-id"),
+        "ceId": ce.get("ce-id"),
         "method": request.method,
         "url": safe_url(request.url),
         "request": _http_part(request.headers, body),
@@ -510,25 +530,42 @@ def mask_value(name: str, value: str) -> str:
     ``Cookie``/``Set-Cookie`` and any header whose name contains ``key``, ``token``,
     ``secret``, ``signature``, ``password`` or ``auth`` its first four characters
     (:func:`mask_secret`)."""
-    lowered = name.lower()
-    if lowered == "ce-signature":
+    kind = _masking(name)
+    if kind is _Masking.NONE:
+        return value
+    if kind is _Masking.SIGNATURE:
         return ",".join(_masked_signature(part.strip()) for part in value.split(","))
-    if lowered in ("authorization", "proxy-authorization"):
+    if kind is _Masking.SCHEME:
         scheme = value.strip().partition(" ")[0]
         return f"{scheme} …" if scheme and scheme != value.strip() else "…"
+    return mask_secret(value)
+
+
+class _Masking(enum.Enum):
+    NONE = 0
+    SIGNATURE = 1
+    SCHEME = 2
+    SECRET = 3
+
+
+@functools.lru_cache(maxsize=512)
+def _masking(name: str) -> _Masking:
+    """How a header of ``name`` is masked: decided once per name (an event's headers
+    are the same few names every time; the cache is bounded)."""
+    lowered = name.lower()
+    if lowered == "ce-signature":
+        return _Masking.SIGNATURE
+    if lowered in ("authorization", "proxy-authorization"):
+        return _Masking.SCHEME
     if lowered in ("cookie", "set-cookie") or any(w in lowered for w in _SECRET_WORDS):
-        return mask_secret(value)
-    return value
+        return _Masking.SECRET
+    return _Masking.NONE
 
 
 def mask_secret(value: str) -> str:
     """A secret as the trace shows it: its first four characters and ``…`` (only ``…``
     for one of at most 8 characters, which four would nearly give away)."""
     return f"{value[:4]}…" if len(value) > 8 else "…"
-
-
-def _is_connect(headers: Sequence[tuple[str, str]]) -> bool:
-    return _header(headers, "ce-type") == CONNECT_EVENT
 
 
 def _connect_body_shown(body: bytes) -> bytes:
