@@ -156,9 +156,8 @@ class TraceRing:
         """Each record serialized (once, when it is added): what pages and streams send."""
         self._bytes = 0
         self._originals: dict[int, tuple[UpstreamRequest, int]] = {}
-        """The original requests of cloudevent records by seq, with what each costs."""
         """The full request of each CloudEvent record still in the ring, by seq (oldest
-        first), :data:`ORIGINALS_MAX_BYTES` at most in all."""
+        first), with what it costs; :data:`ORIGINALS_MAX_BYTES` at most in all."""
         self._original_bytes = 0
         self._seq = 0
         self._wake: asyncio.Event | None = None
