@@ -130,8 +130,8 @@ class StreamStep:
     """A stream message carried out: publish ``command`` when given (a fragment, or a
     stream's terminal message), then send ``frames`` (``streamAck``, ``streamNack``,
     ``streamClosed``, an ``ack``). ``fragment``: the stream and sequence id a published
-    fragment advanced; if the publish fails, the node rewinds the stream to it and
-    answers ``TransientError`` instead of ``frames``."""
+    fragment advanced (it is ``in_flight`` until published); if the publish fails, the
+    node ends the stream ``InternalServerError`` instead of sending ``frames``."""
 
     command: Send | None
     frames: tuple[bytes, ...]
