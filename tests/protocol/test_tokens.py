@@ -940,7 +940,16 @@ def _our_verdict(token: str, key: str) -> dict[str, Any] | None:
     key=st.text(min_size=1, max_size=20),
     other_key=st.text(min_size=1, max_size=20),
     header=st.sampled_from(
-        [{}, {"kid": "k"}, {"kid": 3}, {"alg": "HS512"}, {"alg": "none"}, {"typ": "x"}]
+        [
+            {},
+            {"kid": "k"},
+            {"kid": 3},
+            {"alg": "HS512"},
+            {"alg": "none"},
+            {"typ": "x"},
+            {"crit": ["exp"]},
+            {"b64": False},
+        ]
     ),
     tamper=st.none() | st.tuples(st.integers(0, 2), st.integers(0, 200), st.characters()),
 )
@@ -978,11 +987,78 @@ def test_the_verifier_agrees_with_pyjwt(
         if theirs is None:
             assert ours is None, (token, verifying)
         else:  # PyJWT accepts: so do we, unless the token is stricter-refused (see below)
-            strict_refusal = not all(_tokens._SEGMENT.fullmatch(p) for p in token.split("."))
+            strict_refusal = not all(_canonical(p) for p in token.split("."))
             assert ours == theirs or (ours is None and strict_refusal), (token, verifying)
+
+
+def _canonical(segment: str) -> bool:
+    """A base64url segment in its one spelling (the verifier is stricter than PyJWT
+    there: outside the alphabet, or spare bits set in its last character)."""
+    if not _tokens._SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        return False
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment
 
 
 @given(st.text(max_size=300))
 def test_the_verifier_refuses_anything_with_unauthorized_only(token: str) -> None:
     with contextlib.suppress(Unauthorized):
         _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
+
+
+def _signed(header: dict[str, Any], payload: dict[str, Any], key: str) -> str:
+    """A token made by hand (any header): base64url segments, HMAC-SHA256 under ``key``."""
+    import hashlib
+    import hmac as hmac_module
+
+    def segment(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = segment(json.dumps(header).encode()) + "." + segment(json.dumps(payload).encode())
+    mac = hmac_module.new(key.encode(), head.encode(), hashlib.sha256).digest()
+    return head + "." + segment(mac)
+
+
+def test_an_empty_key_verifies_nothing() -> None:
+    forged = _signed({"alg": "HS256", "typ": "JWT"}, {"exp": 10**10}, "")
+    with pytest.raises(Unauthorized):
+        _tokens._decode(forged, keys=["", "a-real-key"], now=0.0, leeway=0.0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256", "crit": ["exp"]},
+        {"alg": "HS256", "crit": []},
+        {"alg": "HS256", "b64": False},
+        {"alg": "HS256", "b64": False, "crit": ["b64"]},
+    ],
+)
+def test_headers_with_extensions_are_refused(header: dict[str, Any]) -> None:
+    token = _signed(header, {"exp": 10**10}, "k")
+    with pytest.raises(Unauthorized, match="unsupported token header"):
+        _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
+
+
+def test_a_token_has_one_spelling() -> None:
+    """The last character of a segment whose length is not a multiple of 4 has spare
+    bits: another character with the same top bits decodes to the same bytes. Refused."""
+    token = _signed({"alg": "HS256"}, {"exp": 10**10}, "k")
+    head, body, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    other = alphabet[last ^ 1]  # 43 characters: the last carries 4 bits and 2 spare ones
+    assert base64.urlsafe_b64decode(signature[:-1] + other + "=") == base64.urlsafe_b64decode(
+        signature + "="
+    )
+    _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)  # the canonical one passes
+    with pytest.raises(Unauthorized):
+        _tokens._decode(f"{head}.{body}.{signature[:-1]}{other}", keys=["k"], now=0.0, leeway=0.0)
+
+
+def test_big_integers_in_claims_are_kept_exactly() -> None:
+    big = 12345678901234567890123
+    token = _signed({"alg": "HS256"}, {"exp": 10**10, "n": big, "m": 2**64}, "k")
+    claims = _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
+    assert claims["n"] == big and isinstance(claims["n"], int)
+    assert claims["m"] == 2**64 and isinstance(claims["m"], int)

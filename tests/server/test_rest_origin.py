@@ -4,6 +4,7 @@ else the request's own scheme and host."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -177,3 +178,38 @@ async def test_python_sdk_pages_through_a_tls_terminator(
         assert proxy.accepted >= 1
         for ws in sockets:
             await ws.close()
+
+
+async def _raw_post(port: int, target: str, host: str, token: str) -> tuple[int, bytes]:
+    """One raw HTTP/1.1 POST with a ``Host`` header of the caller's choosing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest
+
+
+async def test_a_host_that_smuggles_a_path_cannot_stretch_a_token_to_another_hub(
+    start_service: StartService,
+) -> None:
+    """A token signed for hub A's URL, used on hub B with a ``Host`` that carries hub A's
+    path, query and a ``#`` (so that the joined URL the audience is checked against would
+    parse as hub A's): refused, 400, never carried out."""
+    runner = await start_service()
+    origin = f"127.0.0.1:{runner.port}"
+    a_path = "/api/hubs/hubA/:send?api-version=2024-01-01"
+    b_path = "/api/hubs/hubB/:send?api-version=2024-01-01"
+    token = issue_rest_token(ACCESS_KEY, audience=f"http://{origin}{a_path}", now=time.time())
+    assert (await _raw_post(runner.port, a_path, origin, token))[0] == 202
+    assert (await _raw_post(runner.port, b_path, origin, token))[0] == 401
+    for host in (f"{origin}{a_path}#", f"{origin}{a_path}&x=", f"{origin}/api"):
+        status, rest = await _raw_post(runner.port, b_path, host, token)
+        assert status == 400, (host, status)
+        assert b"is not a host" in rest

@@ -163,8 +163,8 @@ def verify_rest_token(
     if method_url in audiences and "#" not in method_url:
         return  # the SDKs sign the very URL: it is the request's own origin, path and query
     request = _Url.parse(method_url)
-    if request is None:
-        raise Unauthorized("invalid request URL")
+    if request is None or request.fragment or "#" in method_url:
+        raise Unauthorized("invalid request URL")  # a request has no fragment
     origins = {request.origin, *_origins(tuple(endpoints))}
     path, query = _routed_path(request.raw_path), _routed_query(request.query)
     for aud in audiences:
@@ -212,6 +212,8 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
         raise Unauthorized("token is not a JWT") from None
     if "kid" in header and not isinstance(header["kid"], str):
         raise Unauthorized("token is not a JWT")
+    if "crit" in header or "b64" in header:  # extensions this verifier does not implement
+        raise Unauthorized("unsupported token header")
     if header.get("alg") != ALGORITHM:
         raise Unauthorized("unsupported token algorithm")
     try:
@@ -220,8 +222,8 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
         raise Unauthorized("malformed token") from None
     signed = f"{head}.{body}".encode("ascii")
     for key in keys:
-        if hmac.compare_digest(hmac.digest(key.encode(), signed, "sha256"), given):
-            break
+        if key and hmac.compare_digest(hmac.digest(key.encode(), signed, "sha256"), given):
+            break  # (an empty key verifies nothing, as PyJWT refuses one)
     else:
         raise Unauthorized("invalid signature")
     try:
@@ -233,21 +235,35 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
 
 
 def _b64url(segment: str) -> bytes:
-    """A base64url segment without padding (its alphabet checked by the caller);
-    ``ValueError`` when its length cannot be base64 (4n + 1)."""
+    """A base64url segment without padding (its alphabet checked by the caller), in its
+    one canonical spelling (no stray bits in its last character: a token has one form);
+    ``ValueError`` otherwise."""
     if len(segment) % 4 == 1:
         raise ValueError("not base64")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise ValueError("not canonical base64")
+    return raw
+
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+"""A run of 19 digits may be an integer orjson reads as a float (over 64 bits)."""
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object (``ValueError`` otherwise); numbers as the standard
-    library reads them when orjson cannot hold them (an integer over 64 bits)."""
+    """``raw`` as a JSON object (``ValueError`` otherwise), every number as the standard
+    library reads it: orjson, unless the text holds a run of 19 digits or more (an
+    integer over 64 bits, which orjson would turn into a float) or orjson refuses it
+    (NaN, another encoding): what PyJWT read."""
+    value: object
     try:
+        if _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO):
+            raise orjson.JSONDecodeError("long digits", "", 0)
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         try:
-            value = json.loads(raw)  # big integers, NaN: what PyJWT would have read
+            value = json.loads(raw)
         except (ValueError, RecursionError):
             raise ValueError("not JSON") from None
     if not isinstance(value, dict):

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from webpubsub.errors import BadRequest
+
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")
 
 
@@ -33,6 +35,8 @@ def caller_origin(request: web.Request, trusted_proxies: Sequence[str] = ()) -> 
         authority = urlsplit(request.raw_path).netloc
         if authority:
             host = authority
+    if not _HOST.fullmatch(host):  # e.g. a Host that smuggles a path, query or fragment
+        raise BadRequest("The Host header (or the request target's authority) is not a host.")
     if trusted_proxies and _is_trusted(request.remote, trusted_proxies):
         proto = _last(request.headers.get("X-Forwarded-Proto"))
         if proto is not None and proto.lower() in ("http", "https"):
