@@ -35,6 +35,7 @@ from webpubsub.protocol.messages import (
     StreamProblem,
     StreamStart,
     Unsupported,
+    ack_id_in,
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
@@ -122,11 +123,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
 
 def ack_id_of(frame: str | bytes) -> int | None:
     """The ackId of a client frame, if it has a valid one (whatever else is wrong)."""
-    try:
-        msg = decode_client_message(frame)
-    except ProtocolViolation as exc:
-        return exc.ack_id
-    return getattr(msg, "ack_id", None)
+    return ack_id_in(decode_client_message, frame)
 
 
 def _ack_id(obj: dict[str, object]) -> int | None:

@@ -8,6 +8,7 @@ is one code path (Azure docs: client protocols; docs/compatibility.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from webpubsub.errors import BadRequest
@@ -150,6 +151,17 @@ class StreamProblem:
     message: str
     start: bool = False
     """A refused *start*: an open stream of that id (if any) is not touched."""
+
+
+def ack_id_in(decode: Callable[[str | bytes], ClientMessage], frame: str | bytes) -> int | None:
+    """The ack id of ``frame`` as ``decode`` (a codec's decoder) reads it, if it has a valid
+    one, whatever else is wrong with it (a failed ack can then name it)."""
+    try:
+        msg = decode(frame)
+    except ProtocolViolation as exc:
+        return exc.ack_id
+    ack_id: int | None = getattr(msg, "ack_id", None)
+    return ack_id
 
 
 ClientMessage = (

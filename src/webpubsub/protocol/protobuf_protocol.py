@@ -46,6 +46,7 @@ from webpubsub.protocol.messages import (
     StreamProblem,
     StreamStart,
     Unsupported,
+    ack_id_in,
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
@@ -134,12 +135,8 @@ _NO_ACK_ID = frozenset(
 
 
 def ack_id_of(frame: str | bytes) -> int | None:
-    """The ack_id of a client frame, if it has one (whatever else is wrong)."""
-    try:
-        msg = decode_client_message(frame)
-    except ProtocolViolation as exc:
-        return exc.ack_id
-    return getattr(msg, "ack_id", None)
+    """The ack_id of a client frame, if it has a valid one (whatever else is wrong)."""
+    return ack_id_in(decode_client_message, frame)
 
 
 def _ack_id(msg: Any) -> int | None:
