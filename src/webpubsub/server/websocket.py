@@ -134,11 +134,27 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[SERVICE]
     if RECOVERY_ID in request.query:
         return await _recover(request, ctx)
+    admitted = await _admit(request, ctx)
+    if not isinstance(admitted, tuple):  # refused, or the client left before the upgrade
+        return admitted
+    conn, ws, outbox = admitted
+    await _serve(ws, ctx, conn, outbox)
+    return ws
+
+
+async def _admit(
+    request: web.Request, ctx: ServiceContext
+) -> web.StreamResponse | tuple[Connection, ClientSocket, Outbox]:
+    """Check the handshake, upgrade and attach; the refusal's response otherwise.
+
+    Its own coroutine, so that what only the handshake needs (the ``connect`` request
+    with its headers and query, the token's claims, the admission) is freed when it
+    returns: the frame that serves the connection keeps only the connection.
+    """
     transport = request.transport
     try:
         with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
-            handshake = _handshake(request, ctx)
-            admission = await ctx.node.admit(handshake)
+            admission = await ctx.node.admit(_handshake(request, ctx))
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
         hub = request.match_info.get("hub")
@@ -152,9 +168,7 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     outbox = await _upgrade(ws, request, ctx)
     if outbox is None:
         return ws
-    conn = ctx.node.attach(admission, outbox)
-    await _serve(ws, ctx, conn, outbox)
-    return ws
+    return ctx.node.attach(admission, outbox), ws, outbox
 
 
 def _refused(request: web.Request, ctx: ServiceContext, error: WebPubSubError) -> web.Response:

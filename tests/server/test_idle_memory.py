@@ -1,0 +1,43 @@
+"""What the service keeps for an idle connection (the ``idle`` benchmark's RSS per
+connection, docs/performance.md): the handshake's objects are freed once the client is
+upgraded, and structures most connections never use are not made for them."""
+
+from __future__ import annotations
+
+import gc
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from tests.conftest import StartService
+from tests.support.service import chat_hub, client_url, sdk
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permission
+from webpubsub.protocol.cloudevents import ConnectRequest
+from webpubsub.protocol.tokens import ClientIdentity
+
+WAIT = 5.0
+
+
+def alive(kind: type) -> list[object]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, kind)]
+
+
+async def test_an_idle_connection_keeps_no_handshake_objects(
+    start_service: StartService,
+) -> None:
+    """The ``connect`` request (every header and query parameter, the token's claims) is
+    needed until the connection is attached, not while it is served."""
+    runner = await start_service(chat_hub())
+    url = await client_url(runner, user_id="ann", roles=["webpubsub.sendToGroup.g"])
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        msg = await ws.receive(timeout=WAIT)
+        assert (msg.type, msg.data) == (WSMsgType.TEXT, "attached")
+        (conn,) = alive(Connection)
+        assert isinstance(conn, Connection) and conn.user_id == "ann"
+        assert conn.permissions.allows(Permission.SEND_TO_GROUP, "g")  # the token's role
+        assert alive(ConnectRequest) == []
+        assert alive(ClientIdentity) == []
