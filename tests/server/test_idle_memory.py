@@ -5,6 +5,7 @@ upgraded, and structures most connections never use are not made for them."""
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -15,6 +16,7 @@ from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permission
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.tokens import ClientIdentity
+from webpubsub.server.outbox import Outbox
 
 WAIT = 5.0
 
@@ -41,3 +43,29 @@ async def test_an_idle_connection_keeps_no_handshake_objects(
         assert conn.permissions.allows(Permission.SEND_TO_GROUP, "g")  # the token's role
         assert alive(ConnectRequest) == []
         assert alive(ClientIdentity) == []
+
+
+async def test_an_upgraded_connection_keeps_no_http_parser(start_service: StartService) -> None:
+    """After the 101 the connection only carries WebSocket frames: aiohttp's HTTP request
+    parser (with its buffers) is freed, and frames still flow both ways."""
+    runner = await start_service(chat_hub())
+    url = await client_url(runner)
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "attached"
+        (conn,) = alive(Connection)
+        assert isinstance(conn, Connection) and isinstance(conn.sink, Outbox)
+        handler = _protocol(conn.sink)
+        assert handler._parser is None
+        assert handler._payload_parser is not None
+        assert conn.ack_ids._seen is None  # nothing made for ackIds never sent
+        await ws.ping()  # answered by the service (its pong is read by the client)
+        async with sdk(runner) as service:
+            await service.send_to_all("still attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "still attached"
+
+
+def _protocol(outbox: Outbox) -> Any:
+    transport: Any = outbox._transport
+    return transport.get_protocol()

@@ -97,16 +97,25 @@ class ClientSocket(web.WebSocketResponse):
         if early_refused:
             handler._message_tail = b""
         super()._post_start(request, protocol, writer)
-        reader = self._reader
-
-        def unmasked() -> None:
-            self.refusal = UNMASKED
-            if reader is not None:
-                reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
-
-        handler._payload_parser = _MaskGuard(handler._payload_parser, check, unmasked)
+        handler._payload_parser = _MaskGuard(handler._payload_parser, check, self._unmasked)
+        # An upgraded connection never parses HTTP again (aiohttp feeds its reader only,
+        # once ``_payload_parser`` is set): free the HTTP parser and its buffers.
+        handler._parser = None
         if early_refused:
-            unmasked()
+            self._unmasked()
+
+    def _unmasked(self) -> None:
+        self.refusal = UNMASKED
+        if self._reader is not None:
+            self._reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` from a callback (the outbox's closer)."""
+        task = asyncio.get_running_loop().create_task(
+            self.close(code=code, message=_close_message(reason))
+        )
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
 
 
 class _MaskGuard:
@@ -252,9 +261,7 @@ def _websocket(
     )
 
 
-async def _upgrade(
-    ws: web.WebSocketResponse, request: web.Request, ctx: ServiceContext
-) -> Outbox | None:
+async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) -> Outbox | None:
     """Send the 101 and build the connection's outbox; None if the client left."""
     try:
         await ws.prepare(request)
@@ -265,18 +272,10 @@ async def _upgrade(
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
         return None
-
-    def closer(code: int, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            ws.close(code=code, message=_close_message(reason))
-        )
-        _closing_tasks.add(task)
-        task.add_done_callback(_closing_tasks.discard)
-
     return Outbox(
         transport,
         limit=ctx.outbox_max_bytes,
-        closer=closer,
+        closer=ws.close_soon,
         flusher=ctx.flusher,
         drain=request.writer.drain,
     )
