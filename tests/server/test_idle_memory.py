@@ -17,6 +17,7 @@ from webpubsub.core.permissions import Permission
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.server.outbox import Outbox
+from webpubsub.server.websocket import ClientSocket
 
 WAIT = 5.0
 
@@ -45,7 +46,7 @@ async def test_an_idle_connection_keeps_no_handshake_objects(
         assert alive(ClientIdentity) == []
 
 
-async def test_an_upgraded_connection_keeps_no_http_parser(start_service: StartService) -> None:
+async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_headers(start_service: StartService) -> None:
     """After the 101 the connection only carries WebSocket frames: aiohttp's HTTP request
     parser (with its buffers) is freed, and frames still flow both ways."""
     runner = await start_service(chat_hub())
@@ -60,6 +61,10 @@ async def test_an_upgraded_connection_keeps_no_http_parser(start_service: StartS
         assert handler._parser is None
         assert handler._payload_parser is not None
         assert conn.ack_ids._seen is None  # nothing made for ackIds never sent
+        (socket_,) = alive(ClientSocket)
+        assert isinstance(socket_, ClientSocket) and socket_._req is not None
+        assert len(socket_.headers) == 0  # the 101's headers, written, are not kept
+        assert socket_._req._cache == {}  # nor the request's parsed query (with the token)
         await ws.ping()  # answered by the service (its pong is read by the client)
         async with sdk(runner) as service:
             await service.send_to_all("still attached", content_type="text/plain")

@@ -272,6 +272,7 @@ async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) 
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
         return None
+    _forget_handshake(ws, request)
     return Outbox(
         transport,
         limit=ctx.outbox_max_bytes,
@@ -279,6 +280,15 @@ async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) 
         flusher=ctx.flusher,
         drain=request.writer.drain,
     )
+
+
+def _forget_handshake(ws: ClientSocket, request: web.Request) -> None:
+    """Free what the HTTP exchange cached once the 101 is sent: the response's headers
+    (written) and the request's parsed properties (its query with the token, the raw
+    path...; aiohttp computes them again if asked). The request stays alive as long as
+    the connection (aiohttp's handler frames hold it): its cache need not."""
+    ws.headers.clear()
+    request._cache.clear()
 
 
 async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
