@@ -46,7 +46,9 @@ async def test_an_idle_connection_keeps_no_handshake_objects(
         assert alive(ClientIdentity) == []
 
 
-async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_headers(start_service: StartService) -> None:
+async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_headers(
+    start_service: StartService,
+) -> None:
     """After the 101 the connection only carries WebSocket frames: aiohttp's HTTP request
     parser (with its buffers) is freed, and frames still flow both ways."""
     runner = await start_service(chat_hub())
