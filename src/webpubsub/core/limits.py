@@ -59,7 +59,6 @@ class InboundLimit:
             )
         if not self._bytes.take(size, now):
             return (
-                "TooManyRequests: the client sent more than "
-                f"{self._bytes.rate} bytes per second."
+                f"TooManyRequests: the client sent more than {self._bytes.rate} bytes per second."
             )
         return None
