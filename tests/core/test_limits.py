@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,3 +47,12 @@ def test_the_limit_names_what_was_exceeded() -> None:
         "TooManyRequests: the client sent more than 2 messages per second."
     )
     assert limit.admit(10, 1.0) is None
+
+
+def test_the_limit_keeps_no_reference_to_the_hub_settings() -> None:
+    """For a hub without settings of its own each connection gets a fresh copy: the
+    limit must not keep it alive for the connection's lifetime (its rates are in the
+    buckets)."""
+    settings = HubSettings(name="h", client_messages_per_second=2, client_bytes_per_second=100)
+    limit = InboundLimit(settings, max_message_bytes=1000, now=0.0)
+    assert all(settings not in gc.get_referents(part) for part in (limit, *gc.get_referents(limit)))

@@ -260,6 +260,28 @@ def test_connections_do_not_share_state() -> None:
     assert not b.allows(SEND, "g")
 
 
+def test_a_connection_without_roles_holds_no_grant_structures() -> None:
+    """Memory per idle connection: nothing is made for a permission never granted, and
+    reading or revoking one never writes to the shared empty grants."""
+    p = Permissions.from_roles(["not.a.role"])
+    assert p._grants == {}
+    assert not p.allows(SEND, "g") and not p.has(SEND, None) and p.roles() == ()
+    p.revoke(SEND, "g")
+    p.revoke(JOIN, None)
+    assert p._grants == {}
+    assert p.snapshot()["sendToGroup"] == {
+        "all": False,
+        "groups": [],
+        "patterns": [],
+        "excluded": [],
+    }
+    p.grant(SEND, "g")
+    assert list(p._grants) == [SEND]
+    assert p.allows(SEND, "g") and not Permissions().allows(SEND, "g")
+    p.revoke(SEND, None)
+    assert not p.allows(SEND, "g")
+
+
 # -- property tests -------------------------------------------------------------------------
 
 

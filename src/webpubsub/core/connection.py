@@ -41,27 +41,35 @@ class Sink(Protocol):
 
 
 class AckIds:
-    """The ackIds a connection has processed successfully, bounded (oldest forgotten)."""
+    """The ackIds a connection has processed successfully, bounded (oldest forgotten).
+
+    The ordered dict is made with the first ackId: most connections never send one.
+    """
+
+    __slots__ = ("_limit", "_seen")
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._seen: OrderedDict[int, None] | None = None
 
     def __contains__(self, ack_id: int) -> bool:
-        return ack_id in self._seen
+        return self._seen is not None and ack_id in self._seen
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return 0 if self._seen is None else len(self._seen)
 
     def __iter__(self) -> Iterator[int]:
         """Oldest first."""
-        return iter(self._seen)
+        return iter(() if self._seen is None else self._seen)
 
     def add(self, ack_id: int) -> None:
-        self._seen[ack_id] = None
-        self._seen.move_to_end(ack_id)
-        if len(self._seen) > self._limit:
-            self._seen.popitem(last=False)
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = OrderedDict()
+        seen[ack_id] = None
+        seen.move_to_end(ack_id)
+        if len(seen) > self._limit:
+            seen.popitem(last=False)
 
 
 @dataclass(eq=False, slots=True)

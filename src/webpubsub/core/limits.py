@@ -40,10 +40,11 @@ class TokenBucket:
 class InboundLimit:
     """The inbound budget of one connection of a hub."""
 
-    __slots__ = ("_bytes", "_messages", "_settings")
+    __slots__ = ("_bytes", "_messages")
 
     def __init__(self, settings: HubSettings, max_message_bytes: int, now: float) -> None:
-        self._settings = settings
+        # The buckets keep the rates: no reference to ``settings`` (for a hub with no
+        # settings of its own, a copy made for this connection).
         messages = settings.client_messages_per_second
         octets = settings.client_bytes_per_second
         self._messages = TokenBucket.full(messages, messages, now)
@@ -54,11 +55,10 @@ class InboundLimit:
         if not self._messages.take(1, now):
             return (
                 "TooManyRequests: the client sent more than "
-                f"{self._settings.client_messages_per_second} messages per second."
+                f"{self._messages.rate} messages per second."
             )
         if not self._bytes.take(size, now):
             return (
-                "TooManyRequests: the client sent more than "
-                f"{self._settings.client_bytes_per_second} bytes per second."
+                f"TooManyRequests: the client sent more than {self._bytes.rate} bytes per second."
             )
         return None

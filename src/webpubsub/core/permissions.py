@@ -155,6 +155,10 @@ class _Grants:
         return self.all_groups or any(p.fullmatch(group) for p in self.patterns.values())
 
 
+_NONE = _Grants()
+"""What a connection holds for a permission it was never granted: read, never written."""
+
+
 class Permissions:
     """The mutable group permissions of one connection.
 
@@ -168,7 +172,19 @@ class Permissions:
     __slots__ = ("_grants",)
 
     def __init__(self) -> None:
-        self._grants = {permission: _Grants() for permission in Permission}
+        self._grants: dict[Permission, _Grants] = {}
+        """Only the permissions something was ever granted for (most connections hold
+        none: an empty dict costs less than one :class:`_Grants` per permission)."""
+
+    def _held(self, perm: Permission) -> _Grants:
+        """What is held for ``perm`` (the shared empty grants if nothing: never mutated)."""
+        return self._grants.get(perm, _NONE)
+
+    def _writable(self, perm: Permission) -> _Grants:
+        grants = self._grants.get(perm)
+        if grants is None:
+            grants = self._grants[perm] = _Grants()
+        return grants
 
     @classmethod
     def from_roles(cls, roles: Iterable[str]) -> Permissions:
@@ -192,15 +208,15 @@ class Permissions:
                 pattern = rest[len(name) + 2 :]
                 compiled = compile_group_pattern(pattern)
                 if compiled is not None:
-                    self._grants[permission].patterns[pattern] = compiled
+                    self._writable(permission).patterns[pattern] = compiled
 
     def allows(self, perm: Permission, group: str) -> bool:
         """Whether the connection may use ``perm`` on ``group``."""
-        return self._grants[perm].allows(group)
+        return self._held(perm).allows(group)
 
     def grant(self, perm: Permission, target: str | None) -> None:
         """Grant ``perm`` on group ``target``, or on every group when ``target`` is None."""
-        grants = self._grants[perm]
+        grants = self._writable(perm)
         if target is None:
             grants.all_groups = True
             grants.excluded.clear()
@@ -210,9 +226,11 @@ class Permissions:
 
     def revoke(self, perm: Permission, target: str | None) -> None:
         """Revoke ``perm`` on group ``target``, or every grant of ``perm`` when None."""
-        grants = self._grants[perm]
+        grants = self._grants.get(perm)
+        if grants is None:  # nothing held: nothing to revoke
+            return
         if target is None:
-            self._grants[perm] = _Grants()
+            del self._grants[perm]
             return
         grants.groups.discard(target)
         if grants.broadly_allows(target):
@@ -220,7 +238,7 @@ class Permissions:
 
     def has(self, perm: Permission, target: str | None) -> bool:
         """Whether ``perm`` is held on ``target``; for None: all groups, with no exclusion."""
-        grants = self._grants[perm]
+        grants = self._held(perm)
         if target is None:
             return grants.all_groups and not grants.excluded
         return grants.allows(target)
@@ -234,7 +252,8 @@ class Permissions:
                 "patterns": sorted(grants.patterns),
                 "excluded": sorted(grants.excluded),
             }
-            for permission, grants in self._grants.items()
+            for permission in Permission
+            for grants in (self._held(permission),)
         }
 
     @classmethod
@@ -247,7 +266,7 @@ class Permissions:
             item = data.get(permission.value)
             if not isinstance(item, dict):
                 continue
-            grants = permissions._grants[permission]
+            grants = permissions._writable(permission)
             grants.all_groups = item.get("all") is True
             grants.groups = {g for g in item.get("groups", ()) if isinstance(g, str)}
             grants.excluded = {g for g in item.get("excluded", ()) if isinstance(g, str)}
@@ -261,7 +280,7 @@ class Permissions:
         """The grants as role strings (exclusions are not expressible and are left out)."""
         result: list[str] = []
         for permission in Permission:
-            grants = self._grants[permission]
+            grants = self._held(permission)
             prefix = _ROLE_PREFIX + permission.value
             if grants.all_groups:
                 result.append(prefix)

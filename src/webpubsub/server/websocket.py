@@ -97,16 +97,25 @@ class ClientSocket(web.WebSocketResponse):
         if early_refused:
             handler._message_tail = b""
         super()._post_start(request, protocol, writer)
-        reader = self._reader
-
-        def unmasked() -> None:
-            self.refusal = UNMASKED
-            if reader is not None:
-                reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
-
-        handler._payload_parser = _MaskGuard(handler._payload_parser, check, unmasked)
+        handler._payload_parser = _MaskGuard(handler._payload_parser, check, self._unmasked)
+        # An upgraded connection never parses HTTP again (aiohttp feeds its reader only,
+        # once ``_payload_parser`` is set): free the HTTP parser and its buffers.
+        handler._parser = None
         if early_refused:
-            unmasked()
+            self._unmasked()
+
+    def _unmasked(self) -> None:
+        self.refusal = UNMASKED
+        if self._reader is not None:
+            self._reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` from a callback (the outbox's closer)."""
+        task = asyncio.get_running_loop().create_task(
+            self.close(code=code, message=_close_message(reason))
+        )
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
 
 
 class _MaskGuard:
@@ -134,11 +143,27 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[SERVICE]
     if RECOVERY_ID in request.query:
         return await _recover(request, ctx)
+    admitted = await _admit(request, ctx)
+    if not isinstance(admitted, tuple):  # refused, or the client left before the upgrade
+        return admitted
+    conn, ws, outbox = admitted
+    await _serve(ws, ctx, conn, outbox)
+    return ws
+
+
+async def _admit(
+    request: web.Request, ctx: ServiceContext
+) -> web.StreamResponse | tuple[Connection, ClientSocket, Outbox]:
+    """Check the handshake, upgrade and attach; the refusal's response otherwise.
+
+    Its own coroutine, so that what only the handshake needs (the ``connect`` request
+    with its headers and query, the token's claims, the admission) is freed when it
+    returns: the frame that serves the connection keeps only the connection.
+    """
     transport = request.transport
     try:
         with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
-            handshake = _handshake(request, ctx)
-            admission = await ctx.node.admit(handshake)
+            admission = await ctx.node.admit(_handshake(request, ctx))
     except UpstreamError as exc:
         # The detail names the handler's address: log it, tell the client less.
         hub = request.match_info.get("hub")
@@ -152,9 +177,7 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
     outbox = await _upgrade(ws, request, ctx)
     if outbox is None:
         return ws
-    conn = ctx.node.attach(admission, outbox)
-    await _serve(ws, ctx, conn, outbox)
-    return ws
+    return ctx.node.attach(admission, outbox), ws, outbox
 
 
 def _refused(request: web.Request, ctx: ServiceContext, error: WebPubSubError) -> web.Response:
@@ -238,9 +261,7 @@ def _websocket(
     )
 
 
-async def _upgrade(
-    ws: web.WebSocketResponse, request: web.Request, ctx: ServiceContext
-) -> Outbox | None:
+async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) -> Outbox | None:
     """Send the 101 and build the connection's outbox; None if the client left."""
     try:
         await ws.prepare(request)
@@ -251,21 +272,23 @@ async def _upgrade(
     transport = request.transport
     if transport is None:  # the client went away during the upgrade
         return None
-
-    def closer(code: int, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            ws.close(code=code, message=_close_message(reason))
-        )
-        _closing_tasks.add(task)
-        task.add_done_callback(_closing_tasks.discard)
-
+    _forget_handshake(ws, request)
     return Outbox(
         transport,
         limit=ctx.outbox_max_bytes,
-        closer=closer,
+        closer=ws.close_soon,
         flusher=ctx.flusher,
         drain=request.writer.drain,
     )
+
+
+def _forget_handshake(ws: ClientSocket, request: web.Request) -> None:
+    """Free what the HTTP exchange cached once the 101 is sent: the response's headers
+    (written) and the request's parsed properties (its query with the token, the raw
+    path...; aiohttp computes them again if asked). The request stays alive as long as
+    the connection (aiohttp's handler frames hold it): its cache need not."""
+    ws.headers.clear()
+    request._cache.clear()
 
 
 async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:

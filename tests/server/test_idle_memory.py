@@ -1,0 +1,78 @@
+"""What the service keeps for an idle connection (the ``idle`` benchmark's RSS per
+connection, docs/performance.md): the handshake's objects are freed once the client is
+upgraded, and structures most connections never use are not made for them."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from tests.conftest import StartService
+from tests.support.service import chat_hub, client_url, sdk
+from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permission
+from webpubsub.protocol.cloudevents import ConnectRequest
+from webpubsub.protocol.tokens import ClientIdentity
+from webpubsub.server.outbox import Outbox
+from webpubsub.server.websocket import ClientSocket
+
+WAIT = 5.0
+
+
+def alive(kind: type) -> list[object]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, kind)]
+
+
+async def test_an_idle_connection_keeps_no_handshake_objects(
+    start_service: StartService,
+) -> None:
+    """The ``connect`` request (every header and query parameter, the token's claims) is
+    needed until the connection is attached, not while it is served."""
+    runner = await start_service(chat_hub())
+    url = await client_url(runner, user_id="ann", roles=["webpubsub.sendToGroup.g"])
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        msg = await ws.receive(timeout=WAIT)
+        assert (msg.type, msg.data) == (WSMsgType.TEXT, "attached")
+        (conn,) = alive(Connection)
+        assert isinstance(conn, Connection) and conn.user_id == "ann"
+        assert conn.permissions.allows(Permission.SEND_TO_GROUP, "g")  # the token's role
+        assert alive(ConnectRequest) == []
+        assert alive(ClientIdentity) == []
+
+
+async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_headers(
+    start_service: StartService,
+) -> None:
+    """After the 101 the connection only carries WebSocket frames: aiohttp's HTTP request
+    parser (with its buffers) is freed, and frames still flow both ways."""
+    runner = await start_service(chat_hub())
+    url = await client_url(runner)
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "attached"
+        (conn,) = alive(Connection)
+        assert isinstance(conn, Connection) and isinstance(conn.sink, Outbox)
+        handler = _protocol(conn.sink)
+        assert handler._parser is None
+        assert handler._payload_parser is not None
+        assert conn.ack_ids._seen is None  # nothing made for ackIds never sent
+        (socket_,) = alive(ClientSocket)
+        assert isinstance(socket_, ClientSocket) and socket_._req is not None
+        assert len(socket_.headers) == 0  # the 101's headers, written, are not kept
+        assert socket_._req._cache == {}  # nor the request's parsed query (with the token)
+        await ws.ping()  # answered by the service (its pong is read by the client)
+        async with sdk(runner) as service:
+            await service.send_to_all("still attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "still attached"
+
+
+def _protocol(outbox: Outbox) -> Any:
+    transport: Any = outbox._transport
+    return transport.get_protocol()
