@@ -24,8 +24,9 @@ from webpubsub.errors import (
     WebPubSubError,
 )
 from webpubsub.protocol import protobuf_protocol as pb
-from webpubsub.protocol.json_protocol import MAX_DATA_DEPTH, MAX_STREAM_ERROR
+from webpubsub.protocol.json_protocol import MAX_DATA_DEPTH
 from webpubsub.protocol.messages import (
+    MAX_STREAM_ERROR,
     MAX_STREAM_ID,
     ClientMessage,
     JoinGroup,

@@ -16,7 +16,7 @@ import orjson
 
 from webpubsub.errors import InvalidName, UpstreamError, WebPubSubError
 from webpubsub.protocol.messages import (
-    MAX_STREAM_ID,
+    MAX_IDLE_TIMEOUT_MS,
     CancelInvocation,
     ClientMessage,
     Invoke,
@@ -29,13 +29,14 @@ from webpubsub.protocol.messages import (
     SequenceAck,
     StreamData,
     StreamEnd,
-    StreamEndError,
     StreamError,
     StreamInfo,
     StreamProblem,
     StreamStart,
     Unsupported,
     ack_id_in,
+    checked_stream_id,
+    stream_end,
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
@@ -52,10 +53,6 @@ MAX_DATA_DEPTH = 128
 """How deeply JSON ``data`` may nest (arrays and objects); deeper is a ``BadRequest``."""
 MAX_INVOCATION_ID = 128
 """The longest ``invocationId`` accepted (characters); longer is a ``BadRequest``."""
-MAX_IDLE_TIMEOUT_MS = 2**32 - 1
-"""The largest ``idleTimeoutMs`` of a stream (the protobuf schema's ``uint32``)."""
-MAX_STREAM_ERROR = 4096
-"""The longest error a publisher may end its stream with (message and code, characters)."""
 
 #: Digits as ``0``, everything else as itself: a frame so translated holds
 #: :data:`_LONG_DIGITS` where the frame holds 19 digits in a row, which a number orjson
@@ -160,12 +157,7 @@ def _invoke(obj: dict[str, object], frame: str | bytes) -> Invoke:
 
 
 def _stream_id(value: object) -> str:
-    """A ``streamId``: a non-empty string of at most :data:`MAX_STREAM_ID` characters."""
-    if not isinstance(value, str) or not value:
-        raise ProtocolViolation("'streamId' must be a non-empty string.")
-    if len(value) > MAX_STREAM_ID:
-        raise ProtocolViolation(f"'streamId' is longer than {MAX_STREAM_ID} characters.")
-    return value
+    return checked_stream_id(value, "streamId")
 
 
 def _stream_start(
@@ -230,9 +222,7 @@ def _stream_end(obj: dict[str, object]) -> StreamEnd | StreamProblem:
     message, code = error.get("message"), error.get("userErrorCode")
     if not isinstance(message, str | None) or not isinstance(code, str | None):
         return StreamProblem(stream_id, "'error.message' and 'error.userErrorCode' are strings.")
-    if len(message or "") + len(code or "") > MAX_STREAM_ERROR:
-        return StreamProblem(stream_id, f"'error' is longer than {MAX_STREAM_ERROR} characters.")
-    return StreamEnd(stream_id, StreamEndError(message, code))
+    return stream_end(stream_id, message, code)
 
 
 def _is_uint64(value: object) -> bool:

@@ -16,6 +16,28 @@ from webpubsub.protocol.payload import Payload
 
 MAX_STREAM_ID = 128
 """The longest ``streamId`` accepted (characters); longer is refused for that stream."""
+MAX_IDLE_TIMEOUT_MS = 2**32 - 1
+"""The largest ``idleTimeoutMs`` of a stream (the protobuf schema's ``uint32``)."""
+MAX_STREAM_ERROR = 4096
+"""The longest error a publisher may end its stream with (message and code, characters)."""
+
+
+def checked_stream_id(value: object, name: str) -> str:
+    """A stream id as a codec read it from its field ``name``: a non-empty string of at
+    most :data:`MAX_STREAM_ID` characters, else a :class:`ProtocolViolation`."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolViolation(f"'{name}' must be a non-empty string.")
+    if len(value) > MAX_STREAM_ID:
+        raise ProtocolViolation(f"'{name}' is longer than {MAX_STREAM_ID} characters.")
+    return value
+
+
+def stream_end(stream_id: str, message: str | None, code: str | None) -> StreamEnd | StreamProblem:
+    """The publisher ends ``stream_id`` with an error (either part may be None), bounded
+    by :data:`MAX_STREAM_ERROR`."""
+    if len(message or "") + len(code or "") > MAX_STREAM_ERROR:
+        return StreamProblem(stream_id, f"'error' is longer than {MAX_STREAM_ERROR} characters.")
+    return StreamEnd(stream_id, StreamEndError(message, code))
 
 
 class ProtocolViolation(BadRequest):

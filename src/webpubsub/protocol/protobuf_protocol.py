@@ -24,12 +24,10 @@ import orjson
 from webpubsub.errors import InvalidName, WebPubSubError
 from webpubsub.protocol.json_protocol import (
     MAX_DATA_DEPTH,
-    MAX_IDLE_TIMEOUT_MS,
-    MAX_STREAM_ERROR,
     too_deep,
 )
 from webpubsub.protocol.messages import (
-    MAX_STREAM_ID,
+    MAX_IDLE_TIMEOUT_MS,
     ClientMessage,
     JoinGroup,
     LeaveGroup,
@@ -40,13 +38,14 @@ from webpubsub.protocol.messages import (
     SequenceAck,
     StreamData,
     StreamEnd,
-    StreamEndError,
     StreamError,
     StreamInfo,
     StreamProblem,
     StreamStart,
     Unsupported,
     ack_id_in,
+    checked_stream_id,
+    stream_end,
 )
 from webpubsub.protocol.names import validate_event_name, validate_group
 from webpubsub.protocol.payload import DataType, Payload
@@ -148,12 +147,7 @@ def _group(msg: Any) -> str:
 
 
 def _stream_id(value: str) -> str:
-    """A ``stream_id``: a non-empty string of at most :data:`MAX_STREAM_ID` characters."""
-    if not value:
-        raise ProtocolViolation("'stream_id' must be a non-empty string.")
-    if len(value) > MAX_STREAM_ID:
-        raise ProtocolViolation(f"'stream_id' is longer than {MAX_STREAM_ID} characters.")
-    return value
+    return checked_stream_id(value, "stream_id")
 
 
 def _stream_start(msg: Any, no_echo: bool, ack_id: int | None) -> StreamStart | StreamProblem:
@@ -208,9 +202,7 @@ def _stream_end(msg: Any) -> StreamEnd | StreamProblem:
     error = msg.error
     message = str(error.message) if error.HasField("message") else None
     code = str(error.user_error_code) if error.HasField("user_error_code") else None
-    if len(message or "") + len(code or "") > MAX_STREAM_ERROR:
-        return StreamProblem(stream_id, f"'error' is longer than {MAX_STREAM_ERROR} characters.")
-    return StreamEnd(stream_id, StreamEndError(message, code))
+    return stream_end(stream_id, message, code)
 
 
 def _payload(msg: Any, ack_id: int | None) -> Payload:
