@@ -81,7 +81,7 @@ def test_fragments_are_published_in_order_with_their_stream_metadata() -> None:
     assert (message.group, message.from_user_id) == ("g", "u")
     assert message.stream == StreamInfo("s1", 1)
     assert frames(first) == [{"type": "streamAck", "streamId": "s1", "expectedSequenceId": 2}]
-    assert first.fragment is not None and first.fragment[1] == 1
+    assert first.fragment is not None and first.fragment.in_flight == 1
     assert conn.streams.get("s1").last_active == 5.0  # type: ignore[union-attr]
     second = step(conn, hub, data(2, "b"), now=6.0)
     assert second.command is not None and second.command.message.stream == StreamInfo("s1", 2)

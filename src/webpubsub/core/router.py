@@ -129,13 +129,13 @@ GROUP_CHANGED = GroupChanged()
 class StreamStep:
     """A stream message carried out: publish ``command`` when given (a fragment, or a
     stream's terminal message), then send ``frames`` (``streamAck``, ``streamNack``,
-    ``streamClosed``, an ``ack``). ``fragment``: the stream and sequence id a published
-    fragment advanced (it is ``in_flight`` until published); if the publish fails, the
-    node ends the stream ``InternalServerError`` instead of sending ``frames``."""
+    ``streamClosed``, an ``ack``). ``fragment``: the stream a published fragment advanced
+    (the fragment is its ``in_flight`` until published); if the publish fails, the node
+    ends the stream ``InternalServerError`` instead of sending ``frames``."""
 
     command: Send | None
     frames: tuple[bytes, ...]
-    fragment: tuple[GroupStream, int] | None = None
+    fragment: GroupStream | None = None
 
 
 Effect = (
@@ -306,7 +306,7 @@ def _stream_data(conn: Connection, msg: StreamData, now: float) -> StreamStep | 
     info = StreamInfo(stream.stream_id, expected)
     send = _stream_send(conn, stream, msg.payload, info)
     ack = codec.encode_stream_ack(stream.stream_id, expected + 1)
-    return StreamStep(send, (ack,), (stream, expected))
+    return StreamStep(send, (ack,), stream)
 
 
 def _end_stream(conn: Connection, msg: StreamEnd | StreamProblem) -> StreamStep:

@@ -902,15 +902,9 @@ class Node:
                 await self._publish(step.command)
             except WebPubSubError as exc:
                 if step.fragment is None:  # a terminal message: the stream is over anyway
-                    log.warning(
-                        "the end of stream of connection %s (hub %s) was not published: %s",
-                        conn.connection_id,
-                        conn.hub,
-                        exc.message,
-                        extra=conn_fields(conn),
-                    )
+                    _end_not_published(conn, exc)
                 else:
-                    stream = step.fragment[0]
+                    stream = step.fragment
                     stream.in_flight = None
                     if conn.streams.get(stream.stream_id) is stream:
                         lost = f"The service could not publish the fragment: {exc.message}"
@@ -922,7 +916,7 @@ class Node:
                     self._watch_streams(conn)
                     return
         if step.fragment is not None:
-            step.fragment[0].in_flight = None
+            step.fragment.in_flight = None
         for frame in step.frames:
             conn.send_control(frame)
         self._watch_streams(conn)
@@ -1023,13 +1017,7 @@ class Node:
             await self._handled(conn)  # after a fragment still being published
             await self._publish(command)
         except WebPubSubError as exc:
-            log.warning(
-                "the end of a stream of connection %s (hub %s) was not published: %s",
-                conn.connection_id,
-                conn.hub,
-                exc.message,
-                extra=conn_fields(conn),
-            )
+            _end_not_published(conn, exc)
 
     async def _call(self, conn: Connection, effect: CallEvent) -> None:
         """A JSON client's event: the handler's reply, then the ack."""
@@ -1334,6 +1322,17 @@ class Node:
                 return query.group in conn.groups or len(conn.groups) < query.limit
             case _:
                 assert_never(query)
+
+
+def _end_not_published(conn: Connection, exc: WebPubSubError) -> None:
+    """A stream's terminal message the backplane did not take: logged (it is over)."""
+    log.warning(
+        "the end of a stream of connection %s (hub %s) was not published: %s",
+        conn.connection_id,
+        conn.hub,
+        exc.message,
+        extra=conn_fields(conn),
+    )
 
 
 def _kind(effect: Effect | None) -> str:
