@@ -473,6 +473,9 @@ async def test_a_cut_off_nodes_queued_disconnected_goes_once_its_end_was_reporte
             await delivered(a, 1)
             async with asyncio.timeout(WAIT):
                 await cut_off.synced()
+                # The delivered connected's removal has reached Redis: otherwise b takes
+                # it over as still queued and sends it again (at least once, same ce-id).
+                await cut_off.mirror_flushed()
             handler.down = True
             link.retarget(closed_port())
             await link.cut()
