@@ -2,7 +2,8 @@
 
 - unset (what ``make test`` runs): Hypothesis' own quick settings, 100 inputs per
   property unless a test asks for more (its built-in ``ci`` profile when it sees a CI
-  environment, its ``default`` otherwise).
+  environment; elsewhere ``local``, its ``default`` without the per-input deadline,
+  which a machine busy with other work overran now and then).
 - ``fuzz`` (``make fuzz``): :data:`FUZZ_EXAMPLES` inputs per property and no deadline
   (a loaded machine is slow, not wrong).
 
@@ -26,8 +27,11 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+settings.register_profile("local", deadline=None)
 if os.environ.get(PROFILE_VARIABLE):
     settings.load_profile(os.environ[PROFILE_VARIABLE])
+elif not os.environ.get("CI"):
+    settings.load_profile("local")
 
 
 def at_least(examples: int) -> int:
