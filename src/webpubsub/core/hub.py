@@ -146,15 +146,29 @@ class Hub:
         The message is encoded at most once per client protocol for this call.
         """
         frames: dict[ClientProtocol, bytes] = {}
+        # Recipients mostly share one protocol: the last one's frame is at hand without
+        # a dict lookup (an enum member's hash is a Python call).
+        last: ClientProtocol | None = None
+        frame = b""
         count = 0
         for conn in recipients:
             if conn.closing or conn.connection_id in excluded:
                 continue
-            frame = frames.get(conn.protocol)
-            if frame is None:
-                frame = frames[conn.protocol] = encode_for(conn.protocol, message)
+            protocol = conn.protocol
+            if protocol is not last:
+                last = protocol
+                found = frames.get(protocol)
+                if found is None:
+                    found = frames[protocol] = encode_for(protocol, message)
+                frame = found
             if not frame:  # nothing for this protocol (a stream's end to a simple client)
                 continue
-            conn.send_data(frame)
+            sink = conn.sink
+            if conn.reliable is None and sink is not None:
+                # Connection.send_data's plain case, inlined (one call less per recipient)
+                conn.messages_out += 1
+                sink.offer(frame)
+            else:
+                conn.send_data(frame)
             count += 1
         return count

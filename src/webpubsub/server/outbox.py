@@ -97,6 +97,8 @@ class Outbox:
         self._flusher = flusher or Flusher(self._loop)
         self._pending: list[bytes] = []
         self._size = 0
+        self._held = 0
+        """The transport's buffer when the turn's first frame was queued."""
         self._scheduled = False
         self._closed = False
         self.on_overflow: Callable[[], None] | None = None
@@ -127,13 +129,20 @@ class Outbox:
         if self._closed:
             return
         # The bound applies to the backlog a frame joins, so that a single frame larger
-        # than the bound still reaches a client that has nothing outstanding.
-        backlog = self._size + self._transport.get_write_buffer_size()
-        if backlog and backlog + len(frame) > self._limit:
-            self._overflow(backlog + len(frame))
+        # than the bound still reaches a client that has nothing outstanding.  The
+        # transport's buffer is read at the turn's first frame: within a turn only the
+        # flush (which ends the turn's queue) and aiohttp's own control frames add to it.
+        if self._scheduled:
+            backlog = self._size + self._held
+        else:
+            self._held = self._transport.get_write_buffer_size()
+            backlog = self._size + self._held
+        size = len(frame)
+        if backlog and backlog + size > self._limit:
+            self._overflow(backlog + size)
             return
         self._pending.append(frame)
-        self._size += len(frame)
+        self._size += size
         if not self._scheduled:
             self._scheduled = True
             self._flusher.schedule(self)
@@ -148,17 +157,24 @@ class Outbox:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
-        pending, self._pending, self._size = self._pending, [], 0
+        # One write of the turn's frames; the list is kept (cleared, not replaced): no
+        # allocation per connection per turn.
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        count = len(pending)
+        pending.clear()
+        self._size = 0
         if self._closed or self._transport.is_closing():
             return
-        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        self.frames_written += len(pending)
+        self._transport.write(data)
+        self.frames_written += count
         self.writes += 1
 
     def _overflow(self, backlog: int) -> None:
-        self._pending, self._size = [], 0
+        self._pending.clear()
+        self._size = 0
         log.warning(
             "closing a slow client: %d bytes outstanding exceed the bound of %d",
             backlog,
