@@ -25,8 +25,10 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+from webpubsub.core.connection import Sink
 
 log = logging.getLogger("webpubsub.outbox")
 
@@ -126,26 +128,38 @@ class Outbox:
             await self._drain()
 
     def offer(self, frame: bytes) -> None:
-        if self._closed:
-            return
-        # The bound applies to the backlog a frame joins, so that a single frame larger
-        # than the bound still reaches a client that has nothing outstanding.  The
-        # transport's buffer is read at the turn's first frame: within a turn only the
-        # flush (which ends the turn's queue) and aiohttp's own control frames add to it.
-        if self._scheduled:
-            backlog = self._size + self._held
-        else:
-            self._held = self._transport.get_write_buffer_size()
-            backlog = self._size + self._held
+        self.offer_each(frame, (self,))
+
+    @staticmethod
+    def offer_each(frame: bytes, sinks: Sequence[Sink]) -> None:
+        """Offer ``frame`` to each of ``sinks`` (a broadcast's plain recipients): the
+        per-recipient step of a fan-out, an append and a flag for an outbox.  A sink
+        that is not an outbox (a new connection's held sink) gets its own ``offer``."""
         size = len(frame)
-        if backlog and backlog + size > self._limit:
-            self._overflow(backlog + size)
-            return
-        self._pending.append(frame)
-        self._size += size
-        if not self._scheduled:
-            self._scheduled = True
-            self._flusher.schedule(self)
+        for sink in sinks:
+            if sink.__class__ is not Outbox and not isinstance(sink, Outbox):
+                sink.offer(frame)
+                continue
+            outbox: Outbox = sink
+            if outbox._closed:
+                continue
+            # The bound applies to the backlog a frame joins, so that a single frame
+            # larger than the bound still reaches a client that has nothing outstanding.
+            # The transport's buffer is read at the turn's first frame: until the flush
+            # only aiohttp's own control frames (a ping, a close) can add to it.
+            if outbox._scheduled:
+                backlog = outbox._size + outbox._held
+            else:
+                outbox._held = outbox._transport.get_write_buffer_size()
+                backlog = outbox._size + outbox._held
+            if backlog and backlog + size > outbox._limit:
+                outbox._overflow(backlog + size)
+                continue
+            outbox._pending.append(frame)
+            outbox._size += size
+            if not outbox._scheduled:
+                outbox._scheduled = True
+                outbox._flusher.schedule(outbox)
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued, then close the WebSocket with ``code``."""
