@@ -157,8 +157,10 @@ class Hub:
         frame = b""
         batch: list[Sink] = []
         count = 0
+        if excluded:  # most sends exclude nobody: no check per recipient then
+            recipients = [c for c in recipients if c.connection_id not in excluded]
         for conn in recipients:
-            if conn.closing or conn.connection_id in excluded:
+            if conn.closing:
                 continue
             protocol = conn.protocol
             if protocol is not last:
