@@ -12,7 +12,9 @@ from webpubsub.core import hub as hub_module
 from webpubsub.core.connection import Connection
 from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permissions
+from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.settings import HubSettings
+from webpubsub.protocol import json_protocol
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import Opcode, encode_frame
@@ -182,6 +184,71 @@ def test_binary_payload_is_a_binary_frame() -> None:
     hub.add(conn)
     hub.deliver([conn], DataMessage(Payload.binary(b"\x00\x01")))
     assert sink.frames == [b"\x82\x02\x00\x01"]
+
+
+class BatchingSink(RecordingSink):
+    """A sink with the batch form of ``offer`` (as the outbox has): records each batch."""
+
+    def __init__(self, batches: list[tuple[bytes, list[object]]]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def offer_each(self, frame: bytes, sinks: list[RecordingSink]) -> None:
+        self.batches.append((frame, list(sinks)))
+        for sink in sinks:
+            sink.offer(frame)
+
+
+def batching_conn(
+    cid: str, batches: list[tuple[bytes, list[object]]], protocol: ClientProtocol
+) -> tuple[Connection, BatchingSink]:
+    conn, _ = make_conn(cid, protocol=protocol)
+    sink = conn.sink = BatchingSink(batches)
+    return conn, sink
+
+
+def test_plain_recipients_get_their_protocols_frame_in_one_batch_each() -> None:
+    """Recipients of mixed protocols: one batch per protocol's frame, in recipient order,
+    each recipient in it once; the batch goes through its first sink's ``offer_each``
+    (which takes the sinks without one too), or one ``offer`` each if it has none."""
+    batches: list[tuple[bytes, list[object]]] = []
+    hub = Hub("h")
+    simple1, s1 = batching_conn("s1", batches, ClientProtocol.SIMPLE)
+    json1, j1 = batching_conn("j1", batches, ClientProtocol.JSON)
+    simple2, s2 = make_conn("s2")  # no offer_each of its own
+    json2, j2 = make_conn("j2", protocol=ClientProtocol.JSON)
+    proto1, p1 = make_conn("p1", protocol=ClientProtocol.PROTOBUF)  # first: no batch form
+    proto2, p2 = batching_conn("p2", batches, ClientProtocol.PROTOBUF)
+    for conn in (simple1, json1, simple2, json2, proto1, proto2):
+        hub.add(conn)
+
+    assert hub.deliver(hub.connections(), TEXT) == 6
+
+    json_frame = encode_for(ClientProtocol.JSON, TEXT)
+    assert batches == [(TEXT_FRAME, [s1, s2]), (json_frame, [j1, j2])]
+    assert s1.frames == s2.frames == [TEXT_FRAME]
+    assert j1.frames == j2.frames == [json_frame]
+    assert p1.frames == p2.frames == [encode_for(ClientProtocol.PROTOBUF, TEXT)]
+    assert [c.messages_out for c in (simple1, json1, simple2, json2, proto1, proto2)] == [1] * 6
+
+
+def test_reliable_recipients_are_stamped_each_beside_the_batch() -> None:
+    """A reliable recipient's frame differs (its own sequence id): it is not batched."""
+    batches: list[tuple[bytes, list[object]]] = []
+    hub = Hub("h")
+    plain, plain_sink = batching_conn("p", batches, ClientProtocol.JSON)
+    reliable, reliable_sink = make_conn("r", protocol=ClientProtocol.JSON_RELIABLE)
+    reliable.reliable = ReliableBuffer()
+    hub.add(plain)
+    hub.add(reliable)
+    for _ in range(2):
+        assert hub.deliver(hub.connections(), TEXT) == 2
+    body = encode_for(ClientProtocol.JSON_RELIABLE, TEXT)
+    assert reliable_sink.frames == [
+        encode_frame(Opcode.TEXT, json_protocol.with_sequence_id(body, n)) for n in (1, 2)
+    ]
+    assert plain_sink.frames == [encode_for(ClientProtocol.JSON, TEXT)] * 2
+    assert [sinks for _, sinks in batches] == [[plain_sink], [plain_sink]]
 
 
 # -- membership -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -34,7 +35,7 @@ from tests.support.service import client_url
 from webpubsub.core.connection import Connection
 from webpubsub.core.settings import HubSettings
 from webpubsub.protocol.backplane import Close, Send, Target
-from webpubsub.protocol.frames import DataMessage
+from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.wsframe import Opcode, encode_frame
 from webpubsub.server import outbox as outbox_module
@@ -134,6 +135,72 @@ async def test_frame_larger_than_the_bound_reaches_an_idle_client(
     assert (await ws.receive(timeout=WAIT)).data == "after"
     assert await runner.operations.connection_exists(HUB, connections(runner)[0].connection_id)
     await ws.close()
+
+
+async def raw_client(url: str, subprotocol: str | None, *, deflate: bool) -> RawClient:
+    """A raw client speaking ``subprotocol``, offering permessage-deflate if ``deflate``;
+    a subprotocol client's ``connected`` message is read. The service never takes the
+    extension (compression is off): the frames are plain whatever the client offers."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 << 20)
+    extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    if deflate:
+        extra += "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    writer.write(handshake_request(url).replace(b"\r\n\r\n", f"\r\n{extra}\r\n".encode()))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"sec-websocket-extensions" not in head.lower()
+    client = RawClient(reader, writer)
+    if subprotocol:
+        first, _connected = await client.read_frame()
+        # A final frame of the subprotocol's type, without RSV1: not compressed.
+        assert first in (0x80 | Opcode.TEXT, 0x80 | Opcode.BINARY)
+    return client
+
+
+KINDS = [(p.value if p.is_pubsub else None, p) for p in ClientProtocol]
+"""Every client protocol, by the subprotocol a client asks for (none: a simple client)."""
+
+
+async def test_a_broadcast_reaches_every_kind_of_client_byte_exact(
+    start_service: StartService,
+) -> None:
+    """One fan-out to clients of every protocol, each with and without offering
+    permessage-deflate: the plain ones share their protocol's frame (one batch each), the
+    reliable ones get it with their own sequence ids; on the wire, exactly the frames
+    the codecs make, coalesced per turn, in order."""
+    runner = await start_service()
+    url = await client_url(runner, HUB)
+    clients = [
+        (protocol, await raw_client(url, subprotocol, deflate=deflate))
+        for subprotocol, protocol in KINDS
+        for deflate in (False, True)
+    ]
+    await attached(runner, len(clients))
+    messages = [
+        DataMessage(Payload.text("hello")),
+        DataMessage(Payload.binary(bytes(range(200)))),
+        DataMessage(Payload.text("é" * 70)),  # 140 bytes: a 16-bit length
+    ]
+    assert runner.node is not None
+    for message in messages:  # one turn: one write per client
+        runner.node.apply(Send(HUB, Target.all(), message))
+    await next_turn()  # the next send comes in a turn of its own
+    runner.node.apply(Send(HUB, Target.all(), messages[0]))
+    try:
+        for protocol, client in clients:
+            expected = b""
+            for n, message in enumerate([*messages, messages[0]], start=1):
+                encoded = encode_for(protocol, message)
+                if protocol.is_reliable:
+                    codec = protocol.codec
+                    encoded = encode_frame(codec.OPCODE, codec.with_sequence_id(encoded, n))
+                expected += encoded
+            assert await client.read(len(expected)) == expected, protocol
+    finally:
+        for _, client in clients:
+            await client.aclose()
 
 
 # -- (b) one transport write per connection per loop turn ------------------------------
@@ -439,9 +506,11 @@ async def test_sdk_close_after_sends_with_aiohttp_client(
 class _RecordingTransport:
     """A stand-in for the socket transport (not one of our components)."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, buffered: int = 0) -> None:
         self.writes: list[bytes] = []
         self.fail = fail
+        self.buffered = buffered
+        self.buffer_reads = 0
 
     def write(self, data: bytes) -> None:
         if self.fail:
@@ -452,13 +521,100 @@ class _RecordingTransport:
         return False
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        self.buffer_reads += 1
+        return self.buffered
 
     def abort(self) -> None:
         pass
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
+
+
+async def next_turn() -> None:
+    """Return after the callbacks scheduled so far (the flusher's) have run."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
+class _OfferedSink:
+    """A sink that is not an outbox (as a new connection's held sink is)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def offer(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+    buffered_bytes = 0
+
+    async def drained(self) -> None:
+        return None
+
+
+async def test_offer_each_queues_the_frame_in_every_outbox_and_offers_other_sinks() -> None:
+    flusher = Flusher()
+    transports = [_RecordingTransport() for _ in range(3)]
+    outboxes = [
+        Outbox(t, limit=1 << 20, closer=lambda code, reason: None, flusher=flusher)
+        for t in transports
+    ]
+    other = _OfferedSink()
+    sinks = [outboxes[0], other, outboxes[1], outboxes[2]]
+    Outbox.offer_each(b"a", sinks)
+    outboxes[1].offer(b"own")  # a frame of its own between two of the batch's
+    Outbox.offer_each(b"b", sinks)
+    assert other.frames == [b"a", b"b"]
+    assert [o.pending_bytes for o in outboxes] == [2, 5, 2]
+    await next_turn()
+    assert [t.writes for t in transports] == [[b"ab"], [b"aownb"], [b"ab"]]
+    assert [o.frames_written for o in outboxes] == [2, 3, 2]
+    Outbox.offer_each(b"c", sinks)  # the next turn: a write of its own
+    await next_turn()
+    assert [t.writes for t in transports] == [[b"ab", b"c"], [b"aownb", b"c"], [b"ab", b"c"]]
+
+
+async def test_offer_each_closes_only_the_outbox_over_its_bound() -> None:
+    flusher = Flusher()
+    closed: list[tuple[int, str]] = []
+    full = _RecordingTransport(buffered=100)  # the kernel has not taken 100 bytes yet
+    fine = _RecordingTransport()
+    slow = Outbox(full, limit=128, closer=lambda c, r: closed.append((c, r)), flusher=flusher)
+    told: list[str] = []
+    slow.on_overflow = lambda: told.append("overflow")
+    other = Outbox(fine, limit=128, closer=lambda c, r: closed.append((c, r)), flusher=flusher)
+    Outbox.offer_each(b"x" * 20, [slow, other])  # 120 outstanding: within the bound
+    Outbox.offer_each(b"y" * 20, [slow, other])  # 140: the slow one is over it
+    assert told == ["overflow"]
+    assert closed == [(1008, "SlowClient: the client did not read its messages fast enough.")]
+    Outbox.offer_each(b"z", [slow, other])  # a closed outbox takes nothing more
+    await next_turn()
+    assert full.writes == []  # what it held was dropped: the close goes first
+    assert fine.writes == [b"x" * 20 + b"y" * 20 + b"z"]
+    # A frame larger than the bound still reaches an outbox with nothing outstanding.
+    Outbox.offer_each(b"w" * 200, [other])
+    await next_turn()
+    assert fine.writes[-1] == b"w" * 200
+
+
+async def test_the_transports_buffer_is_read_once_per_turn() -> None:
+    """The bound's view of the transport is taken at the turn's first frame, not per frame
+    (the per-recipient step of a fan-out stays an append)."""
+    transport = _RecordingTransport()
+    outbox = Outbox(transport, limit=1 << 20, closer=lambda code, reason: None)
+    for _ in range(10):
+        Outbox.offer_each(b"f", [outbox])
+    assert transport.buffer_reads == 1
+    await next_turn()
+    outbox.offer(b"g")
+    outbox.offer(b"h")
+    assert transport.buffer_reads == 2
+    await next_turn()
+    assert transport.writes == [b"f" * 10, b"gh"]
 
 
 async def test_one_flusher_callback_per_turn_serves_every_outbox(

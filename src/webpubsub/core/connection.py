@@ -22,7 +22,12 @@ from webpubsub.protocol.wsframe import CloseCode, encode_frame
 
 
 class Sink(Protocol):
-    """Where a connection's outgoing frames go (implemented by the transport)."""
+    """Where a connection's outgoing frames go (implemented by the transport).
+
+    A sink may also have ``offer_each(frame, sinks)``, the batch form of ``offer``: the
+    fan-out gives it a whole batch of plain recipients' sinks, itself first and sinks of
+    any kind among them (``core/hub.offer_each``).
+    """
 
     def offer(self, frame: bytes) -> None:
         """Queue one complete frame; never blocks; overflow closes the connection."""

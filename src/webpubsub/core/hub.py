@@ -1,7 +1,8 @@
 """A hub: the connections of one node in one hub, indexed by id, user and group.
 
 Synchronous and I/O-free.  Fan-out encodes a message once per client protocol
-and offers the same frame bytes to every recipient's sink.
+and offers the same frame bytes to every recipient's sink: the sinks of plain
+(not reliable) recipients in one batch per frame (:func:`offer_each`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Protocol
 
-from webpubsub.core.connection import Connection
+from webpubsub.core.connection import Connection, Sink
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, encode_for
 
 
@@ -146,15 +147,52 @@ class Hub:
         The message is encoded at most once per client protocol for this call.
         """
         frames: dict[ClientProtocol, bytes] = {}
+        # A plain (not reliable) recipient's step is one append: its sink joins the batch
+        # of its protocol's frame, offered to them all at the end (each connection gets
+        # one frame of this message, so its order is kept).
+        batches: dict[ClientProtocol, list[Sink]] = {}
+        # Recipients mostly share one protocol: the last one's frame and batch are at
+        # hand without a dict lookup (an enum member's hash is a Python call).
+        last: ClientProtocol | None = None
+        frame = b""
+        batch: list[Sink] = []
         count = 0
+        if excluded:  # most sends exclude nobody: no check per recipient then
+            recipients = [c for c in recipients if c.connection_id not in excluded]
         for conn in recipients:
-            if conn.closing or conn.connection_id in excluded:
+            if conn.closing:
                 continue
-            frame = frames.get(conn.protocol)
-            if frame is None:
-                frame = frames[conn.protocol] = encode_for(conn.protocol, message)
+            protocol = conn.protocol
+            if protocol is not last:
+                last = protocol
+                found = frames.get(protocol)
+                if found is None:
+                    found = frames[protocol] = encode_for(protocol, message)
+                    batches[protocol] = []
+                frame = found
+                batch = batches[protocol]
             if not frame:  # nothing for this protocol (a stream's end to a simple client)
                 continue
-            conn.send_data(frame)
+            sink = conn.sink
+            if conn.reliable is None and sink is not None:  # send_data's plain case
+                conn.messages_out += 1
+                batch.append(sink)
+            else:
+                conn.send_data(frame)
             count += 1
+        for protocol, sinks in batches.items():
+            if sinks:
+                offer_each(frames[protocol], sinks)
         return count
+
+
+def offer_each(frame: bytes, sinks: list[Sink]) -> None:
+    """Offer ``frame`` to every sink of ``sinks``, in order: through the first one's
+    ``offer_each(frame, sinks)`` if it has one (a sink's batch form of ``offer``, which
+    takes sinks of any kind), else one ``offer`` each."""
+    batched = getattr(sinks[0], "offer_each", None)
+    if batched is not None:
+        batched(frame, sinks)
+        return
+    for sink in sinks:
+        sink.offer(frame)

@@ -25,8 +25,10 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+from webpubsub.core.connection import Sink
 
 log = logging.getLogger("webpubsub.outbox")
 
@@ -97,6 +99,8 @@ class Outbox:
         self._flusher = flusher or Flusher(self._loop)
         self._pending: list[bytes] = []
         self._size = 0
+        self._held = 0
+        """The transport's buffer when the turn's first frame was queued."""
         self._scheduled = False
         self._closed = False
         self.on_overflow: Callable[[], None] | None = None
@@ -124,19 +128,38 @@ class Outbox:
             await self._drain()
 
     def offer(self, frame: bytes) -> None:
-        if self._closed:
-            return
-        # The bound applies to the backlog a frame joins, so that a single frame larger
-        # than the bound still reaches a client that has nothing outstanding.
-        backlog = self._size + self._transport.get_write_buffer_size()
-        if backlog and backlog + len(frame) > self._limit:
-            self._overflow(backlog + len(frame))
-            return
-        self._pending.append(frame)
-        self._size += len(frame)
-        if not self._scheduled:
-            self._scheduled = True
-            self._flusher.schedule(self)
+        self.offer_each(frame, (self,))
+
+    @staticmethod
+    def offer_each(frame: bytes, sinks: Sequence[Sink]) -> None:
+        """Offer ``frame`` to each of ``sinks`` (a broadcast's plain recipients): the
+        per-recipient step of a fan-out, an append and a flag for an outbox.  A sink
+        that is not an outbox (a new connection's held sink) gets its own ``offer``."""
+        size = len(frame)
+        for sink in sinks:
+            if sink.__class__ is not Outbox and not isinstance(sink, Outbox):
+                sink.offer(frame)
+                continue
+            outbox: Outbox = sink
+            if outbox._closed:
+                continue
+            # The bound applies to the backlog a frame joins, so that a single frame
+            # larger than the bound still reaches a client that has nothing outstanding.
+            # The transport's buffer is read at the turn's first frame: until the flush
+            # only aiohttp's own control frames (a ping, a close) can add to it.
+            if outbox._scheduled:
+                backlog = outbox._size + outbox._held
+            else:
+                outbox._held = outbox._transport.get_write_buffer_size()
+                backlog = outbox._size + outbox._held
+            if backlog and backlog + size > outbox._limit:
+                outbox._overflow(backlog + size)
+                continue
+            outbox._pending.append(frame)
+            outbox._size += size
+            if not outbox._scheduled:
+                outbox._scheduled = True
+                outbox._flusher.schedule(outbox)
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued, then close the WebSocket with ``code``."""
@@ -148,17 +171,24 @@ class Outbox:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
-        pending, self._pending, self._size = self._pending, [], 0
+        # One write of the turn's frames; the list is kept (cleared, not replaced): no
+        # allocation per connection per turn.
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        count = len(pending)
+        pending.clear()
+        self._size = 0
         if self._closed or self._transport.is_closing():
             return
-        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        self.frames_written += len(pending)
+        self._transport.write(data)
+        self.frames_written += count
         self.writes += 1
 
     def _overflow(self, backlog: int) -> None:
-        self._pending, self._size = [], 0
+        self._pending.clear()
+        self._size = 0
         log.warning(
             "closing a slow client: %d bytes outstanding exceed the bound of %d",
             backlog,
