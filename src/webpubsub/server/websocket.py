@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_request import BaseRequest
 
 from webpubsub.core.connection import Connection
@@ -72,6 +73,34 @@ class ClientSocket(web.WebSocketResponse):
     on_refusal: Callable[[int, str], None] | None = None
     refusal: str | None = None
     """Why the service refused what the client sent, once it did."""
+
+    # What ``WebSocketResponse.__init__`` would store in every instance, the same for
+    # every client: class attributes here. An instance of a class without
+    # ``__slots__`` keeps its attributes in a compact array shared with its class
+    # only while it has fewer than 30 (CPython's shared-key limit); from the 30th it
+    # gets a dict of its own, 1.3 KiB more per connection.
+    # ``tests/server/test_idle_memory.py`` checks these are aiohttp's own values.
+    _timeout = 10.0
+    _receive_timeout: float | None = None
+    _autoclose = False  # the endpoint answers a client's close with the client's own code
+    _autoping = False  # the endpoint counts a client's pings against its rate
+    _compress: bool | int = False  # per-message compression is off (docs/architecture.md)
+    _decode_text = True
+    _writer_limit = DEFAULT_CHUNK_SIZE
+    _heartbeat: float | None = None
+
+    def __init__(
+        self, *, protocols: Sequence[str], max_msg_size: int, heartbeat: float | None
+    ) -> None:
+        web.StreamResponse.__init__(self, status=101)
+        # Set before any attribute a closing socket adds, so that the class's shared
+        # keys always have room for every attribute an open socket holds.
+        self.on_refusal = None
+        self._protocols = protocols
+        self._max_msg_size = max_msg_size
+        if heartbeat is not None:
+            self._heartbeat = heartbeat
+            self._pong_heartbeat = heartbeat / 2.0
 
     async def close(
         self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
@@ -252,12 +281,9 @@ def _websocket(
 ) -> ClientSocket:
     return ClientSocket(
         protocols=(subprotocol,) if subprotocol else (),
-        compress=False,
         # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
         max_msg_size=ctx.max_message_bytes + 1,
         heartbeat=float(keepalive_seconds),
-        autoping=False,  # _serve counts a client's pings against its rate, then answers them
-        autoclose=False,  # _serve answers a client's close with the client's own code
     )
 
 
