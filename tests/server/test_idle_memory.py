@@ -62,6 +62,7 @@ async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_header
         handler = _protocol(conn.sink)
         assert handler._parser is None
         assert handler._payload_parser is not None
+        assert handler._messages == ()  # nor its (empty) queue of HTTP requests
         assert conn.ack_ids._seen is None  # nothing made for ackIds never sent
         (socket_,) = alive(ClientSocket)
         assert isinstance(socket_, ClientSocket) and socket_._req is not None

@@ -130,6 +130,11 @@ class ClientSocket(web.WebSocketResponse):
         # An upgraded connection never parses HTTP again (aiohttp feeds its reader only,
         # once ``_payload_parser`` is set): free the HTTP parser and its buffers.
         handler._parser = None
+        # Nor queues HTTP requests: aiohttp's request deque, empty since the upgrade's
+        # was taken, costs 760 bytes; an empty tuple reads the same to aiohttp's checks
+        # (``not``, ``len``) and would fail loudly if it were ever appended to.
+        if not handler._messages:
+            handler._messages = ()  # type: ignore[assignment]
         if early_refused:
             self._unmasked()
 
