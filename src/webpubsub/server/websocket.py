@@ -59,6 +59,9 @@ REFUSALS: dict[int, str] = {
 
 
 UNMASKED = "The client sent an unmasked frame (RFC 6455 section 5.1)."
+NO_ANSWER = "the client did not answer the keep-alive ping"
+
+_PING = encode_frame(Opcode.PING, b"")
 
 
 class ClientSocket(web.WebSocketResponse):
@@ -87,20 +90,18 @@ class ClientSocket(web.WebSocketResponse):
     _compress: bool | int = False  # per-message compression is off (docs/architecture.md)
     _decode_text = True
     _writer_limit = DEFAULT_CHUNK_SIZE
-    _heartbeat: float | None = None
+    _heartbeat: float | None = None  # the service's KeepAlive pings, not aiohttp's timers
 
-    def __init__(
-        self, *, protocols: Sequence[str], max_msg_size: int, heartbeat: float | None
-    ) -> None:
+    intake: _Intake | None = None
+    """What the client sends goes through it, once upgraded (the keep-alive's member)."""
+
+    def __init__(self, *, protocols: Sequence[str], max_msg_size: int) -> None:
         web.StreamResponse.__init__(self, status=101)
         # Set before any attribute a closing socket adds, so that the class's shared
         # keys always have room for every attribute an open socket holds.
         self.on_refusal = None
         self._protocols = protocols
         self._max_msg_size = max_msg_size
-        if heartbeat is not None:
-            self._heartbeat = heartbeat
-            self._pong_heartbeat = heartbeat / 2.0
 
     async def close(
         self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
@@ -126,7 +127,7 @@ class ClientSocket(web.WebSocketResponse):
         if early_refused:
             handler._message_tail = b""
         super()._post_start(request, protocol, writer)
-        handler._payload_parser = _MaskGuard(handler._payload_parser, check, self._unmasked)
+        self.intake = handler._payload_parser = _Intake(handler._payload_parser, check, self)
         # An upgraded connection never parses HTTP again (aiohttp feeds its reader only,
         # once ``_payload_parser`` is set): free the HTTP parser and its buffers.
         handler._parser = None
@@ -143,6 +144,21 @@ class ClientSocket(web.WebSocketResponse):
         if self._reader is not None:
             self._reader.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, UNMASKED))
 
+    @property
+    def gone(self) -> bool:
+        return self._closed or self._closing
+
+    def keepalive_ping(self) -> None:
+        """Ping the client (the keep-alive found it silent for an interval)."""
+        writer = self._writer
+        if writer is not None and not writer.transport.is_closing():
+            writer.transport.write(_PING)
+
+    def keepalive_expired(self) -> None:
+        """Close the connection as aiohttp's heartbeat does when no pong comes: 1006,
+        the transport closed, ``receive()`` returning an ERROR message with why."""
+        self._handle_ping_pong_exception(TimeoutError(NO_ANSWER))
+
     def close_soon(self, code: int, reason: str) -> None:
         """Close with ``code`` and ``reason`` from a callback (the outbox's closer)."""
         task = asyncio.get_running_loop().create_task(
@@ -152,25 +168,39 @@ class ClientSocket(web.WebSocketResponse):
         task.add_done_callback(_closing_tasks.discard)
 
 
-class _MaskGuard:
-    """Feeds aiohttp's WebSocket reader only what :class:`MaskCheck` lets through."""
+class _Intake:
+    """Feeds aiohttp's WebSocket reader only what :class:`MaskCheck` lets through, and
+    notes that the client was heard: the connection's member of the :class:`KeepAlive`."""
 
-    __slots__ = ("_check", "_parser", "_refuse")
+    __slots__ = ("_check", "_parser", "_socket", "heard", "silent")
 
-    def __init__(self, parser: Any, check: MaskCheck, refuse: Callable[[], None]) -> None:
+    def __init__(self, parser: Any, check: MaskCheck, socket: ClientSocket) -> None:
         self._parser = parser
         self._check = check
-        self._refuse = refuse
+        self._socket = socket
+        self.heard = False
+        self.silent = 0
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.heard = True
         if self._check.feed(data):
             result: tuple[bool, bytes] = self._parser.feed_data(data)
             return result
-        self._refuse()
+        self._socket._unmasked()
         return False, b""
 
     def feed_eof(self) -> None:
         self._parser.feed_eof()
+
+    @property
+    def gone(self) -> bool:
+        return self._socket.gone
+
+    def ping(self) -> None:
+        self._socket.keepalive_ping()
+
+    def expire(self) -> None:
+        self._socket.keepalive_expired()
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
@@ -206,9 +236,8 @@ async def _admit(
     except WebPubSubError as exc:
         return _refused(request, ctx, exc)
 
-    settings = ctx.hub_settings(admission.hub)
-    ws = _websocket(ctx, admission.subprotocol, settings.keepalive_seconds)
-    outbox = await _upgrade(ws, request, ctx)
+    ws = _websocket(ctx, admission.subprotocol)
+    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(admission.hub).keepalive_seconds)
     if outbox is None:
         return ws
     return ctx.node.attach(admission, outbox), ws, outbox
@@ -242,8 +271,8 @@ async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamRespo
     hub = request.match_info.get("hub") or request.query.get("hub", "")
     connection_id = request.query.get(RECOVERY_ID, "")
     echo = _recovery_echo(ctx, hub.lower(), connection_id, offered)
-    ws = _websocket(ctx, echo, ctx.hub_settings(hub).keepalive_seconds)
-    outbox = await _upgrade(ws, request, ctx)
+    ws = _websocket(ctx, echo)
+    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(hub).keepalive_seconds)
     if outbox is None:
         return ws
     result = await ctx.node.recover(
@@ -262,6 +291,7 @@ async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamRespo
         )
         outbox.close(CloseCode.POLICY_VIOLATION, result)
         await _drain(ws)
+        _unwatch(ws, ctx)
         return ws
     await _serve(ws, ctx, result, outbox)
     return ws
@@ -281,19 +311,19 @@ def _recovery_echo(
     )
 
 
-def _websocket(
-    ctx: ServiceContext, subprotocol: str | None, keepalive_seconds: int
-) -> ClientSocket:
+def _websocket(ctx: ServiceContext, subprotocol: str | None) -> ClientSocket:
     return ClientSocket(
         protocols=(subprotocol,) if subprotocol else (),
         # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
         max_msg_size=ctx.max_message_bytes + 1,
-        heartbeat=float(keepalive_seconds),
     )
 
 
-async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) -> Outbox | None:
-    """Send the 101 and build the connection's outbox; None if the client left."""
+async def _upgrade(
+    ws: ClientSocket, request: web.Request, ctx: ServiceContext, keepalive_seconds: int
+) -> Outbox | None:
+    """Send the 101, watch the connection's keep-alive and build its outbox; None if the
+    client left."""
     try:
         await ws.prepare(request)
     except ConnectionResetError:  # the client went away during the connect webhook
@@ -304,6 +334,8 @@ async def _upgrade(ws: ClientSocket, request: web.Request, ctx: ServiceContext) 
     if transport is None:  # the client went away during the upgrade
         return None
     _forget_handshake(ws, request)
+    if ws.intake is not None:
+        ctx.keepalive.watch(ws.intake, keepalive_seconds)
     return Outbox(
         transport,
         limit=ctx.outbox_max_bytes,
@@ -387,6 +419,13 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
         ctx.node.detach(conn, outbox, reason, recoverable=recoverable, code=client_close_code)
         if not ws.closed:
             await ws.close()
+        _unwatch(ws, ctx)
+
+
+def _unwatch(ws: ClientSocket, ctx: ServiceContext) -> None:
+    """The connection ended: no more keep-alive (the sweep would drop it on its next tick)."""
+    if ws.intake is not None:
+        ctx.keepalive.forget(ws.intake)
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
