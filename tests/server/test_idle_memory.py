@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WebSocketWriter
 
 from tests.conftest import StartService
 from tests.support.service import chat_hub, client_url, sdk
@@ -16,6 +17,7 @@ from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permission
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.tokens import ClientIdentity
+from webpubsub.server import websocket
 from webpubsub.server.outbox import Outbox
 from webpubsub.server.websocket import ClientSocket
 
@@ -71,6 +73,10 @@ async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_header
         # Under CPython's 30 shared keys, its attributes stay in the class's compact
         # layout instead of a dict of its own (1.3 KiB more).
         assert len(vars(socket_)) < 30
+        writer = socket_._writer  # never masks nor compresses: keeps nothing for either
+        assert writer is not None and not writer.use_mask and not writer.compress
+        assert writer.get_random_bits is websocket._RANDOM_BITS
+        assert writer._background_tasks == frozenset()
         await ws.ping()  # answered by the service (its pong is read by the client)
         async with sdk(runner) as service:
             await service.send_to_all("still attached", content_type="text/plain")
@@ -93,3 +99,11 @@ def test_a_client_socket_is_made_as_aiohttp_would_make_it() -> None:
     for name, value in vars(theirs).items():
         assert getattr(ours, name) == value, name
     assert len(vars(ours)) < len(vars(theirs))
+
+
+def test_the_writer_attributes_the_endpoint_shares_are_aiohttp_s() -> None:
+    """What the endpoint replaces in aiohttp's WebSocket writer is there to replace (a
+    renamed one would be added beside it, and nothing freed)."""
+    writer = WebSocketWriter(Any, Any)  # type: ignore[arg-type]  # stored only
+    assert {"get_random_bits", "_background_tasks", "use_mask", "compress"} <= set(vars(writer))
+    assert type(writer._background_tasks) is set and not writer._background_tasks

@@ -8,7 +8,9 @@ JSON error body; once upgraded, each frame is handed to the node in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +64,8 @@ UNMASKED = "The client sent an unmasked frame (RFC 6455 section 5.1)."
 NO_ANSWER = "the client did not answer the keep-alive ping"
 
 _PING = encode_frame(Opcode.PING, b"")
+_RANDOM_BITS = functools.partial(random.getrandbits, 32)
+_NO_TASKS: frozenset[Any] = frozenset()
 
 
 class ClientSocket(web.WebSocketResponse):
@@ -127,6 +131,11 @@ class ClientSocket(web.WebSocketResponse):
         if early_refused:
             handler._message_tail = b""
         super()._post_start(request, protocol, writer)
+        # A server's frames are never masked, and ours never compressed: what aiohttp's
+        # writer keeps for either (a mask generator, a set of compression tasks; 480
+        # bytes) is shared by every connection.
+        writer.get_random_bits = _RANDOM_BITS
+        writer._background_tasks = _NO_TASKS
         self.intake = handler._payload_parser = _Intake(handler._payload_parser, check, self)
         # An upgraded connection never parses HTTP again (aiohttp feeds its reader only,
         # once ``_payload_parser`` is set): free the HTTP parser and its buffers.
