@@ -4,6 +4,7 @@ upgraded, and structures most connections never use are not made for them."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -107,3 +108,36 @@ def test_the_writer_attributes_the_endpoint_shares_are_aiohttp_s() -> None:
     writer = WebSocketWriter(Any, Any)  # type: ignore[arg-type]  # stored only
     assert {"get_random_bits", "_background_tasks", "use_mask", "compress"} <= set(vars(writer))
     assert type(writer._background_tasks) is set and not writer._background_tasks
+
+
+async def test_an_idle_connection_holds_no_middleware_frame_of_ours(
+    start_service: StartService,
+) -> None:
+    """Each coroutine in the chain that serves a connection stays alive as long as it
+    does: of ours, only the endpoint's. The middleware that tells the guard a request
+    started returns the handler's awaitable instead of awaiting it in a frame of its own
+    (which aiohttp accepts: it awaits whatever a middleware returns)."""
+    runner = await start_service(chat_hub())
+    url = await client_url(runner)
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "attached"
+        (chain,) = (c for c in map(_awaiting, asyncio.all_tasks()) if "client_endpoint" in c)
+        ours = [name for name in chain if name in _OURS]
+        assert ours == ["error_middleware", "client_endpoint", "_serve"]
+
+
+_OURS = {"request_started", "error_middleware", "client_endpoint", "_serve"}
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines ``task`` is suspended in, outermost first."""
+    names: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        code = getattr(coro, "cr_code", None)
+        if code is not None:
+            names.append(code.co_qualname)
+        coro = getattr(coro, "cr_await", None)
+    return names
