@@ -213,158 +213,21 @@ class _Intake:
 
 
 async def client_endpoint(request: web.Request) -> web.StreamResponse:
+    """Admit (or recover) the client, then hand each of its frames to the node, in order,
+    until the transport ends.
+
+    The loop is here, not in a coroutine of its own: every coroutine suspended below
+    another lives as long as the connection (the handshake's return once it is attached).
+    """
     ctx = request.app[SERVICE]
     if RECOVERY_ID in request.query:
-        return await _recover(request, ctx)
-    admitted = await _admit(request, ctx)
-    if not isinstance(admitted, tuple):  # refused, or the client left before the upgrade
-        return admitted
-    conn, ws, outbox = admitted
-    await _serve(ws, ctx, conn, outbox)
-    return ws
-
-
-async def _admit(
-    request: web.Request, ctx: ServiceContext
-) -> web.StreamResponse | tuple[Connection, ClientSocket, Outbox]:
-    """Check the handshake, upgrade and attach; the refusal's response otherwise.
-
-    Its own coroutine, so that what only the handshake needs (the ``connect`` request
-    with its headers and query, the token's claims, the admission) is freed when it
-    returns: the frame that serves the connection keeps only the connection.
-    """
-    transport = request.transport
-    try:
-        with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
-            admission = await ctx.node.admit(_handshake(request, ctx))
-    except UpstreamError as exc:
-        # The detail names the handler's address: log it, tell the client less.
-        hub = request.match_info.get("hub")
-        log.warning("handshake for hub %r failed: %s", hub, exc, extra=log_fields(hub))
-        return _refused(request, ctx, UpstreamError(exc.client_message, status=exc.status))
-    except WebPubSubError as exc:
-        return _refused(request, ctx, exc)
-
-    ws = _websocket(ctx, admission.subprotocol)
-    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(admission.hub).keepalive_seconds)
-    if outbox is None:
-        return ws
-    return ctx.node.attach(admission, outbox), ws, outbox
-
-
-def _refused(request: web.Request, ctx: ServiceContext, error: WebPubSubError) -> web.Response:
-    """The HTTP answer to a refused handshake, told to the observers (the trace and the
-    metrics) with what the client is told: never its token."""
-    if ctx.observer:
-        raw = request.match_info.get("hub") or request.query.get("hub", "")
-        try:
-            hub: str | None = hub_key(validate_hub(raw))
-        except WebPubSubError:
-            hub = None
-        ctx.observer.refused(hub, error.http_status, error.message[:MAX_REASON_CHARS])
-    return error_response(error)
-
-
-async def _recover(request: web.Request, ctx: ServiceContext) -> web.StreamResponse:
-    """A reliable client resuming its connection (Azure docs: reliable JSON subprotocol).
-
-    The access token is not checked and no ``connect`` webhook is sent; a failed
-    recovery is still upgraded, then closed with 1008 so that the client stops
-    retrying and opens a new connection.  No ``disconnected`` message precedes that
-    close: the SDKs report the last one they got, which must stay the one that
-    ended the connection (e.g. a REST close's reason).
-    """
-    offered = _subprotocols(request)
-    if not _is_upgrade(request, offered):
-        return error_response(BadRequest("This endpoint accepts WebSocket upgrade requests only."))
-    hub = request.match_info.get("hub") or request.query.get("hub", "")
-    connection_id = request.query.get(RECOVERY_ID, "")
-    echo = _recovery_echo(ctx, hub.lower(), connection_id, offered)
-    ws = _websocket(ctx, echo)
-    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(hub).keepalive_seconds)
-    if outbox is None:
-        return ws
-    result = await ctx.node.recover(
-        hub.lower(),
-        connection_id,
-        request.query.get(RECOVERY_TOKEN, ""),
-        offered,
-        outbox,
-    )
-    if isinstance(result, str):
-        log.info(
-            "recovery refused for hub %r: %s",
-            hub,
-            result,
-            extra=log_fields(hub.lower(), connection_id),
-        )
-        outbox.close(CloseCode.POLICY_VIOLATION, result)
-        await _drain(ws)
-        _unwatch(ws, ctx)
-        return ws
-    await _serve(ws, ctx, result, outbox)
-    return ws
-
-
-def _recovery_echo(
-    ctx: ServiceContext, hub_key: str, connection_id: str, offered: Sequence[str]
-) -> str | None:
-    """The subprotocol to echo to a recovering client: the connection's own when it
-    is offered (it never changes), else the first service value offered."""
-    hub = ctx.node.hub(hub_key)
-    conn = hub.get(connection_id) if hub is not None else None
-    own = conn.subprotocol.lower() if conn is not None and conn.subprotocol else None
-    return next(
-        (p for p in offered if p.lower() == own),
-        next((p for p in offered if p.lower() in SUBPROTOCOLS), offered[0] if offered else None),
-    )
-
-
-def _websocket(ctx: ServiceContext, subprotocol: str | None) -> ClientSocket:
-    return ClientSocket(
-        protocols=(subprotocol,) if subprotocol else (),
-        # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
-        max_msg_size=ctx.max_message_bytes + 1,
-    )
-
-
-async def _upgrade(
-    ws: ClientSocket, request: web.Request, ctx: ServiceContext, keepalive_seconds: int
-) -> Outbox | None:
-    """Send the 101, watch the connection's keep-alive and build its outbox; None if the
-    client left."""
-    try:
-        await ws.prepare(request)
-    except ConnectionResetError:  # the client went away during the connect webhook
-        hub = request.match_info.get("hub")
-        log.info("a client of hub %r left before the upgrade", hub, extra=log_fields(hub))
-        return None
-    transport = request.transport
-    if transport is None:  # the client went away during the upgrade
-        return None
-    _forget_handshake(ws, request)
-    if ws.intake is not None:
-        ctx.keepalive.watch(ws.intake, keepalive_seconds)
-    return Outbox(
-        transport,
-        limit=ctx.outbox_max_bytes,
-        closer=ws.close_soon,
-        flusher=ctx.flusher,
-        drain=request.writer.drain,
-    )
-
-
-def _forget_handshake(ws: ClientSocket, request: web.Request) -> None:
-    """Free what the HTTP exchange cached once the 101 is sent: the response's headers
-    (written) and the request's parsed properties (its query with the token, the raw
-    path...; aiohttp computes them again if asked). The request stays alive as long as
-    the connection (aiohttp's handler frames hold it): its cache need not."""
-    ws.headers.clear()
-    request._cache.clear()
-
-
-async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox: Outbox) -> None:
-    """Hand each client frame to the node, in order, until the transport ends."""
+        attached = await _recover(request, ctx)
+    else:
+        attached = await _admit(request, ctx)
+    if not isinstance(attached, tuple):  # refused, or the client left before the upgrade
+        return attached
+    conn, ws, outbox = attached
+    del attached
 
     def overflow() -> None:
         ctx.observer.slow_client(conn)
@@ -429,6 +292,147 @@ async def _serve(ws: ClientSocket, ctx: ServiceContext, conn: Connection, outbox
         if not ws.closed:
             await ws.close()
         _unwatch(ws, ctx)
+    return ws
+
+
+async def _admit(
+    request: web.Request, ctx: ServiceContext
+) -> web.StreamResponse | tuple[Connection, ClientSocket, Outbox]:
+    """Check the handshake, upgrade and attach; the refusal's response otherwise.
+
+    Its own coroutine, so that what only the handshake needs (the ``connect`` request
+    with its headers and query, the token's claims, the admission) is freed when it
+    returns: the frame that serves the connection keeps only the connection.
+    """
+    transport = request.transport
+    try:
+        with ctx.handshakes.slot(peer_of(transport) if transport else str(request.remote)):
+            admission = await ctx.node.admit(_handshake(request, ctx))
+    except UpstreamError as exc:
+        # The detail names the handler's address: log it, tell the client less.
+        hub = request.match_info.get("hub")
+        log.warning("handshake for hub %r failed: %s", hub, exc, extra=log_fields(hub))
+        return _refused(request, ctx, UpstreamError(exc.client_message, status=exc.status))
+    except WebPubSubError as exc:
+        return _refused(request, ctx, exc)
+
+    ws = _websocket(ctx, admission.subprotocol)
+    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(admission.hub).keepalive_seconds)
+    if outbox is None:
+        return ws
+    return ctx.node.attach(admission, outbox), ws, outbox
+
+
+def _refused(request: web.Request, ctx: ServiceContext, error: WebPubSubError) -> web.Response:
+    """The HTTP answer to a refused handshake, told to the observers (the trace and the
+    metrics) with what the client is told: never its token."""
+    if ctx.observer:
+        raw = request.match_info.get("hub") or request.query.get("hub", "")
+        try:
+            hub: str | None = hub_key(validate_hub(raw))
+        except WebPubSubError:
+            hub = None
+        ctx.observer.refused(hub, error.http_status, error.message[:MAX_REASON_CHARS])
+    return error_response(error)
+
+
+async def _recover(
+    request: web.Request, ctx: ServiceContext
+) -> web.StreamResponse | tuple[Connection, ClientSocket, Outbox]:
+    """A reliable client resuming its connection (Azure docs: reliable JSON subprotocol).
+
+    The access token is not checked and no ``connect`` webhook is sent; a failed
+    recovery is still upgraded, then closed with 1008 so that the client stops
+    retrying and opens a new connection.  No ``disconnected`` message precedes that
+    close: the SDKs report the last one they got, which must stay the one that
+    ended the connection (e.g. a REST close's reason).
+    """
+    offered = _subprotocols(request)
+    if not _is_upgrade(request, offered):
+        return error_response(BadRequest("This endpoint accepts WebSocket upgrade requests only."))
+    hub = request.match_info.get("hub") or request.query.get("hub", "")
+    connection_id = request.query.get(RECOVERY_ID, "")
+    echo = _recovery_echo(ctx, hub.lower(), connection_id, offered)
+    ws = _websocket(ctx, echo)
+    outbox = await _upgrade(ws, request, ctx, ctx.hub_settings(hub).keepalive_seconds)
+    if outbox is None:
+        return ws
+    result = await ctx.node.recover(
+        hub.lower(),
+        connection_id,
+        request.query.get(RECOVERY_TOKEN, ""),
+        offered,
+        outbox,
+    )
+    if isinstance(result, str):
+        log.info(
+            "recovery refused for hub %r: %s",
+            hub,
+            result,
+            extra=log_fields(hub.lower(), connection_id),
+        )
+        outbox.close(CloseCode.POLICY_VIOLATION, result)
+        await _drain(ws)
+        _unwatch(ws, ctx)
+        return ws
+    return result, ws, outbox
+
+
+def _recovery_echo(
+    ctx: ServiceContext, hub_key: str, connection_id: str, offered: Sequence[str]
+) -> str | None:
+    """The subprotocol to echo to a recovering client: the connection's own when it
+    is offered (it never changes), else the first service value offered."""
+    hub = ctx.node.hub(hub_key)
+    conn = hub.get(connection_id) if hub is not None else None
+    own = conn.subprotocol.lower() if conn is not None and conn.subprotocol else None
+    return next(
+        (p for p in offered if p.lower() == own),
+        next((p for p in offered if p.lower() in SUBPROTOCOLS), offered[0] if offered else None),
+    )
+
+
+def _websocket(ctx: ServiceContext, subprotocol: str | None) -> ClientSocket:
+    return ClientSocket(
+        protocols=(subprotocol,) if subprotocol else (),
+        # aiohttp refuses a message of max_msg_size bytes; the limit is the largest accepted.
+        max_msg_size=ctx.max_message_bytes + 1,
+    )
+
+
+async def _upgrade(
+    ws: ClientSocket, request: web.Request, ctx: ServiceContext, keepalive_seconds: int
+) -> Outbox | None:
+    """Send the 101, watch the connection's keep-alive and build its outbox; None if the
+    client left."""
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the client went away during the connect webhook
+        hub = request.match_info.get("hub")
+        log.info("a client of hub %r left before the upgrade", hub, extra=log_fields(hub))
+        return None
+    transport = request.transport
+    if transport is None:  # the client went away during the upgrade
+        return None
+    _forget_handshake(ws, request)
+    if ws.intake is not None:
+        ctx.keepalive.watch(ws.intake, keepalive_seconds)
+    return Outbox(
+        transport,
+        limit=ctx.outbox_max_bytes,
+        closer=ws.close_soon,
+        flusher=ctx.flusher,
+        drain=request.writer.drain,
+    )
+
+
+def _forget_handshake(ws: ClientSocket, request: web.Request) -> None:
+    """Free what the HTTP exchange cached once the 101 is sent: the response's headers
+    (written) and the request's parsed properties (its query with the token, the raw
+    path...; aiohttp computes them again if asked). The request stays alive as long as
+    the connection (aiohttp's handler frames hold it): its cache need not."""
+    ws.headers.clear()
+    request._cache.clear()
 
 
 def _unwatch(ws: ClientSocket, ctx: ServiceContext) -> None:
