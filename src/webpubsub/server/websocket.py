@@ -263,7 +263,7 @@ async def client_endpoint(request: web.Request) -> web.StreamResponse:
                 else:
                     ctx.node.throttle(conn, None, over)
             elif msg.type is WSMsgType.PONG:
-                pass  # any frame counts as a keep-alive answer (aiohttp's reader resets it)
+                pass  # anything received counts as a keep-alive answer (the intake notes it)
             elif msg.type is WSMsgType.CLOSE:
                 client_close_code = int(msg.data)
                 if not ws.closed:  # RFC 6455 §5.5.1: echo the status code received
