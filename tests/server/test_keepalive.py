@@ -52,7 +52,7 @@ async def test_a_silent_member_is_pinged_after_an_interval_and_expires_half_one_
     sweep = Sweep(20.0, asyncio.get_running_loop())
     member = Member()
     sweep.add(member)
-    sweeps(sweep, PING_TICK - 1)
+    sweeps(sweep, PING_TICK)  # the first notes it joined (heard); PING_TICK - 1 silent
     assert member.pings == 0
     sweep.run()
     assert (member.pings, member.expired) == (1, 0)
@@ -75,7 +75,7 @@ async def test_a_member_heard_is_never_pinged_and_an_answer_to_a_ping_keeps_it()
     assert answers.expired == 1  # never heard: closed
     quiet = Member()
     sweep.add(quiet)
-    sweeps(sweep, PING_TICK)
+    sweeps(sweep, PING_TICK + 1)
     assert quiet.pings == 1
     quiet.heard = True  # its pong (or anything) arrives before the next sweep
     sweeps(sweep, PING_TICK)  # that sweep notes it; PING_TICK - 1 silent ones follow
@@ -106,7 +106,7 @@ async def test_one_failing_ping_does_not_stop_the_sweep(caplog: pytest.LogCaptur
     sweep.add(broken)
     sweep.add(fine)
     with caplog.at_level(logging.ERROR):
-        sweeps(sweep, PING_TICK)
+        sweeps(sweep, PING_TICK + 1)
     assert (broken.pings, fine.pings) == (1, 1)
     assert "keep-alive" in caplog.text
     sweep.close()

@@ -88,7 +88,8 @@ class Sweep:
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, member: Beat) -> None:
-        member.heard, member.silent = False, 0
+        # Heard as it joins (its handshake): the next sweep, however soon, starts its count.
+        member.heard, member.silent = True, 0
         self.members[member] = None
         if self._timer is None:
             self._arm()
