@@ -5,7 +5,9 @@ upgraded, and structures most connections never use are not made for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,10 +21,22 @@ from webpubsub.core.permissions import Permission
 from webpubsub.protocol.cloudevents import ConnectRequest
 from webpubsub.protocol.tokens import ClientIdentity
 from webpubsub.server import websocket
+from webpubsub.server.app import ServiceRunner
 from webpubsub.server.outbox import Outbox
 from webpubsub.server.websocket import ClientSocket
 
 WAIT = 5.0
+
+
+@contextlib.asynccontextmanager
+async def attached_client(runner: ServiceRunner) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A client of ``chat``, connected and attached (it received a broadcast)."""
+    url = await client_url(runner)
+    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
+        async with sdk(runner) as service:
+            await service.send_to_all("attached", content_type="text/plain")
+        assert (await ws.receive(timeout=WAIT)).data == "attached"
+        yield ws
 
 
 def alive(kind: type) -> list[object]:
@@ -55,11 +69,7 @@ async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_header
     """After the 101 the connection only carries WebSocket frames: aiohttp's HTTP request
     parser (with its buffers) is freed, and frames still flow both ways."""
     runner = await start_service(chat_hub())
-    url = await client_url(runner)
-    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
-        async with sdk(runner) as service:
-            await service.send_to_all("attached", content_type="text/plain")
-        assert (await ws.receive(timeout=WAIT)).data == "attached"
+    async with attached_client(runner) as ws:
         (conn,) = alive(Connection)
         assert isinstance(conn, Connection) and isinstance(conn.sink, Outbox)
         handler = _protocol(conn.sink)
@@ -119,11 +129,7 @@ async def test_an_idle_connection_holds_no_middleware_frame_of_ours(
     the handler's awaitable instead of awaiting it in a frame of its own (which aiohttp
     accepts: it awaits whatever a middleware returns)."""
     runner = await start_service(chat_hub())
-    url = await client_url(runner)
-    async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
-        async with sdk(runner) as service:
-            await service.send_to_all("attached", content_type="text/plain")
-        assert (await ws.receive(timeout=WAIT)).data == "attached"
+    async with attached_client(runner):
         (chain,) = (c for c in map(_awaiting, asyncio.all_tasks()) if "client_endpoint" in c)
         ours = [name for name in chain if name in _OURS]
         assert ours == ["error_middleware", "client_endpoint"]
