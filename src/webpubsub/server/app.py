@@ -35,6 +35,7 @@ from webpubsub.server import portal, rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
 from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
+from webpubsub.server.keepalive import KeepAlive
 from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
 from webpubsub.server.portal_core import Portal
@@ -98,6 +99,7 @@ class ServiceRunner:
         """Share the port with other processes (``SO_REUSEPORT``: ``serve --workers``)."""
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._keepalive: KeepAlive | None = None
         self.site: GuardedSite | None = None
         """The listening site, once started (its guard: connections waiting for a request)."""
         self._ssl: ssl.SSLContext | None = None
@@ -208,6 +210,7 @@ class ServiceRunner:
         if self.trace is not None:
             self.trace.node_id = self.node.node_id
         endpoints: list[str] = []
+        keepalive = self._keepalive = KeepAlive()
         ctx = ServiceContext(
             node=self.node,
             operations=self.operations,
@@ -221,6 +224,7 @@ class ServiceRunner:
             clock=self._clock,
             flusher=Flusher(),
             handshakes=HandshakeGate(server.max_pending_handshakes),
+            keepalive=keepalive,
             request_timeout=server.header_timeout_seconds,
             observer=self.observer,
         )
@@ -355,6 +359,9 @@ class ServiceRunner:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None
         # Deliver first, then leave: deliveries still reach the event mirror, and what is
         # left stays there, for a survivor to take over if this node does not come back.
         if self.upstream is not None:

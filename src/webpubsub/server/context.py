@@ -12,6 +12,7 @@ from webpubsub.node.node import Node
 from webpubsub.node.observe import NO_OBSERVER, Observers
 from webpubsub.node.operations import Operations
 from webpubsub.server.guard import HandshakeGate
+from webpubsub.server.keepalive import KeepAlive
 from webpubsub.server.outbox import Flusher
 
 
@@ -34,6 +35,8 @@ class ServiceContext:
     """Schedules every connection's outbox flush: one loop callback per turn."""
     handshakes: HandshakeGate
     """WebSocket handshakes being admitted, at most ``server.max_pending_handshakes``."""
+    keepalive: KeepAlive
+    """Pings the silent client connections and closes the dead ones (one sweep per interval)."""
     request_timeout: float
     """``server.header_timeout_seconds``: the longest pause in a REST body."""
     observer: Observers = NO_OBSERVER

@@ -31,7 +31,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -353,12 +353,15 @@ class GuardedHandler(RequestHandler):
 
 
 @web.middleware
-async def request_started(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The head of a request arrived: its connection no longer waits for one."""
+def request_started(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """The head of a request arrived: its connection no longer waits for one.
+
+    A plain function returning the handler's awaitable (aiohttp awaits what a middleware
+    returns): no frame of its own stays alive as long as a WebSocket connection."""
     protocol = request.protocol
     if isinstance(protocol, GuardedHandler):
         protocol.request_started()
-    return await handler(request)
+    return handler(request)
 
 
 class GuardedSite(web.BaseSite):
