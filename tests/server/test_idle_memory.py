@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,9 +40,39 @@ async def attached_client(runner: ServiceRunner) -> AsyncIterator[aiohttp.Client
         yield ws
 
 
-def alive(kind: type) -> list[object]:
+def alive(kind: type) -> list[Any]:
     gc.collect()
     return [o for o in gc.get_objects() if isinstance(o, kind)]
+
+
+def of_user(kind: type, user_id: str) -> list[Any]:
+    """The live ``kind`` objects that belong to ``user_id``'s connection: a test worker
+    may hold other tests' services (and their connections) meanwhile."""
+    mine = []
+    for o in alive(kind):
+        if isinstance(o, ConnectRequest):
+            if any(user_id in value for values in o.claims.values() for value in values):
+                mine.append(o)
+        elif getattr(o, "user_id", None) == user_id:
+            mine.append(o)
+    return mine
+
+
+def this_service(runner: ServiceRunner) -> list[Connection]:
+    """The connections of ``runner`` (the test's own service)."""
+    assert runner.node is not None
+    return [c for hub in runner.node.hubs() for c in hub.connections()]
+
+
+def socket_of(conn: Connection) -> list[ClientSocket]:
+    """The live ``ClientSocket`` that writes to ``conn``'s transport."""
+    assert isinstance(conn.sink, Outbox)
+    transport = conn.sink._transport
+    return [
+        o
+        for o in alive(ClientSocket)
+        if o._writer is not None and getattr(o._writer, "transport", None) is transport
+    ]
 
 
 async def test_an_idle_connection_keeps_no_handshake_objects(
@@ -50,17 +81,18 @@ async def test_an_idle_connection_keeps_no_handshake_objects(
     """The ``connect`` request (every header and query parameter, the token's claims) is
     needed until the connection is attached, not while it is served."""
     runner = await start_service(chat_hub())
-    url = await client_url(runner, user_id="ann", roles=["webpubsub.sendToGroup.g"])
+    user = f"ann-{uuid.uuid4().hex}"
+    url = await client_url(runner, user_id=user, roles=["webpubsub.sendToGroup.g"])
     async with aiohttp.ClientSession() as http, await http.ws_connect(url) as ws:
         async with sdk(runner) as service:
             await service.send_to_all("attached", content_type="text/plain")
         msg = await ws.receive(timeout=WAIT)
         assert (msg.type, msg.data) == (WSMsgType.TEXT, "attached")
-        (conn,) = alive(Connection)
-        assert isinstance(conn, Connection) and conn.user_id == "ann"
+        (conn,) = of_user(Connection, user)
+        assert isinstance(conn, Connection) and conn.user_id == user
         assert conn.permissions.allows(Permission.SEND_TO_GROUP, "g")  # the token's role
-        assert alive(ConnectRequest) == []
-        assert alive(ClientIdentity) == []
+        assert of_user(ConnectRequest, user) == []
+        assert of_user(ClientIdentity, user) == []
 
 
 async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_headers(
@@ -70,14 +102,14 @@ async def test_an_upgraded_connection_keeps_no_http_parser_nor_its_cached_header
     parser (with its buffers) is freed, and frames still flow both ways."""
     runner = await start_service(chat_hub())
     async with attached_client(runner) as ws:
-        (conn,) = alive(Connection)
+        (conn,) = this_service(runner)
         assert isinstance(conn, Connection) and isinstance(conn.sink, Outbox)
         handler = _protocol(conn.sink)
         assert handler._parser is None
         assert handler._payload_parser is not None
         assert handler._messages == ()  # nor its (empty) queue of HTTP requests
         assert conn.ack_ids._seen is None  # nothing made for ackIds never sent
-        (socket_,) = alive(ClientSocket)
+        (socket_,) = socket_of(conn)
         assert isinstance(socket_, ClientSocket) and socket_._req is not None
         assert len(socket_.headers) == 0  # the 101's headers, written, are not kept
         assert socket_._req._cache == {}  # nor the request's parsed query (with the token)
