@@ -10,6 +10,7 @@ body); a response that breaks the rules raises :class:`HttpResponseError`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_HEADER_COUNT = 256
@@ -17,6 +18,10 @@ MAX_CHUNK_LINE = 1024
 """A chunk-size line (hex size and extensions) longer than this is refused."""
 
 _CRLF = b"\r\n"
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _NO_BODY = frozenset({204, 304})
 
 
@@ -36,7 +41,7 @@ class InvalidRequest(ValueError):
     """A header name or value that would break the request's framing (CR, LF, NUL)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     status: int
     headers: tuple[tuple[str, str], ...]
@@ -238,41 +243,44 @@ class ResponseParser:
     def _head(self, block: bytes) -> bool | None:
         """Parse the status line and headers; None for a 1xx to skip, True when the
         response has no body, False when the body follows."""
-        lines = block.split(_CRLF)
-        status_line = lines[0]
+        first = block.find(_CRLF)
+        status_line = block if first < 0 else block[:first]
         if len(status_line) > self._max_line:
             raise HttpResponseError("response header line too long")
         version, status = _status_of(status_line)
-        if len(lines) - 1 > MAX_HEADER_COUNT:
-            raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
         headers: list[tuple[str, str]] = []
         length: int | None = None
         chunked = False
         connection = ""
-        max_line = self._max_line
-        for line in lines[1:]:
-            if len(line) > max_line:
-                raise HttpResponseError("response header line too long")
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
+        if first >= 0:
+            fields = block[first + 2 :] + _CRLF
+            # One pass in C checks every line (token name, colon, no stray CR/LF/NUL).
+            if _FIELDS.fullmatch(fields) is None:
                 raise HttpResponseError("malformed response header")
-            if b"\r" in line or b"\n" in line or b"\0" in line:
-                raise HttpResponseError("malformed response header")
-            key = _decode(name)
-            text = _decode(value.strip(b" \t"))
-            headers.append((key, text))
-            lowered = key.lower()
-            if lowered == "content-length":
-                if length is not None and _length(text) != length:
-                    raise HttpResponseError("conflicting Content-Length headers")
-                length = _length(text)
-            elif lowered == "transfer-encoding":
-                codings = [c.strip().lower() for c in text.split(",")]
-                if codings[-1] != "chunked" or chunked:
-                    raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
-                chunked = True
-            elif lowered == "connection":
-                connection += "," + text.lower()
+            found = _FIELD.findall(fields)
+            if len(found) > MAX_HEADER_COUNT:
+                raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
+            max_line = self._max_line
+            for name, value in found:
+                if len(name) + len(value) >= max_line:
+                    raise HttpResponseError("response header line too long")
+                key = _decode(name)
+                text = _decode(value.rstrip(b" \t"))
+                headers.append((key, text))
+                lowered = key.lower()
+                if lowered not in _FRAMING:
+                    continue
+                if lowered == "content-length":
+                    if length is not None and _length(text) != length:
+                        raise HttpResponseError("conflicting Content-Length headers")
+                    length = _length(text)
+                elif lowered == "transfer-encoding":
+                    codings = [c.strip().lower() for c in text.split(",")]
+                    if codings[-1] != "chunked" or chunked:
+                        raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
+                    chunked = True
+                else:
+                    connection += "," + text.lower()
         if 100 <= status <= 199:
             if status == 101:
                 raise HttpResponseError("unexpected 101 Switching Protocols")
