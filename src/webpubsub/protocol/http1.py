@@ -147,14 +147,8 @@ class ResponseParser:
                 if done:
                     return self._finish(buf)
             elif mode == "length":
-                need = self._remaining
-                if len(buf) < need:
-                    self._remaining -= len(buf)
-                    if buf:
-                        self._chunks.append(buf)
-                    return None
-                self._chunks.append(buf[:need])
-                return self._finish(buf[need:])
+                rest = self._take(buf)
+                return None if rest is None else self._finish(rest)
             elif mode == "close":
                 if buf:
                     self._size += len(buf)
@@ -182,14 +176,10 @@ class ResponseParser:
                 self._remaining = size
                 self._mode = "chunk-data"
             elif mode == "chunk-data":
-                need = self._remaining
-                if len(buf) < need:
-                    self._remaining -= len(buf)
-                    if buf:
-                        self._chunks.append(buf)
+                rest = self._take(buf)
+                if rest is None:
                     return None
-                self._chunks.append(buf[:need])
-                buf = buf[need:]
+                buf = rest
                 self._mode = "chunk-end"
             elif mode == "chunk-end":
                 if len(buf) < 2:
@@ -217,6 +207,18 @@ class ResponseParser:
                     return self._finish(buf)
             else:
                 raise HttpResponseError("response already complete")
+
+    def _take(self, buf: bytes) -> bytes | None:
+        """Keep the body bytes still due out of ``buf``: what follows them, or None
+        while more are due."""
+        need = self._remaining
+        if len(buf) < need:
+            self._remaining -= len(buf)
+            if buf:
+                self._chunks.append(buf)
+            return None
+        self._chunks.append(buf[:need])
+        return buf[need:]
 
     def feed_eof(self) -> Response:
         """The peer closed: the response if its body ran until the close; raises
