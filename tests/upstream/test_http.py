@@ -152,6 +152,7 @@ class RawServer:
         self.max_open = 0
         self.requests: list[bytes] = []
         self.all_closed = asyncio.Event()
+        self.arrived = asyncio.Event()
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self.close_after: set[int] = set()
@@ -188,6 +189,7 @@ class RawServer:
                         length = int(line.split(b":", 1)[1])
                 body = await reader.readexactly(length)
                 self.requests.append(head + body)
+                self.arrived.set()
                 answer = self.answer(len(self.requests))
                 if answer is None:
                     break
@@ -344,3 +346,16 @@ async def test_a_probe_closed_unanswered_on_a_kept_alive_connection_goes_once_mo
         assert (await transport.send(probe, timeout=WAIT)).body == b"ok"
         await transport.close()
     assert len(server.requests) == 3 and server.accepted == 2
+
+
+async def test_closing_fails_the_requests_in_flight_and_those_waiting_for_a_slot() -> None:
+    async with RawServer(lambda _: b"HTTP/1.1 200 OK\r\n") as server:  # never a whole answer
+        transport = HttpTransport(max_connections=1)
+        calls = [asyncio.create_task(transport.send(post(server), timeout=WAIT)) for _ in range(2)]
+        async with asyncio.timeout(WAIT):
+            await server.arrived.wait()  # the first is in flight, the second waits
+        await transport.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [type(r) for r in results] == [UpstreamError, UpstreamError]
+    assert "closed before the whole answer" in str(results[0])
+    assert "transport is closed" in str(results[1])

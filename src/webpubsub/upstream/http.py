@@ -11,6 +11,7 @@ by ``scheme://host/path`` only: a URL's query may carry a secret (``?code=``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ssl
 import time
@@ -37,6 +38,8 @@ IDLE_SECONDS = 15.0
 """A kept-alive connection idle longer than this is closed rather than reused (servers
 close theirs after a while: aiohttp's after 75 s, nginx's after 75 s, Node's after 5 s
 once idle; an idle connection the server closed is noticed and never reused)."""
+CLOSE_SECONDS = 1.0
+"""How long :meth:`HttpTransport.close` waits for its connections to be closed."""
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_URLS = 1024
 """Handler URLs whose parsed form is cached (hub names in them come from clients)."""
@@ -118,11 +121,13 @@ class _ConnectionLost(Exception):
 class _Connection(asyncio.Protocol):
     """One kept-alive connection to a handler; one request at a time."""
 
-    __slots__ = ("_parser", "_waiter", "closed", "idle_since", "transport")
+    __slots__ = ("_parser", "_waiter", "closed", "gone", "idle_since", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.gone = asyncio.get_running_loop().create_future()
+        """Done once the connection is lost (:meth:`HttpTransport.close` waits on it)."""
         self.idle_since = 0.0
         self._parser: ResponseParser | None = None
         self._waiter: asyncio.Future[Response] | None = None
@@ -166,6 +171,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.gone.done():
+            self.gone.set_result(None)
         parser, waiter = self._parser, self._waiter
         self._parser = self._waiter = None
         if waiter is not None and not waiter.done():
@@ -192,12 +199,14 @@ class _Origin:
     """The connections to one (pool, origin): at most ``limit`` open; requests beyond
     wait, in order, for one to come back."""
 
-    __slots__ = ("idle", "limit", "open", "waiters")
+    __slots__ = ("busy", "idle", "limit", "open", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.idle: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        """The connections carrying a request now."""
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     def take_idle(self, now: float) -> _Connection | None:
@@ -231,6 +240,7 @@ class _Origin:
                 return
 
     def give_back(self, conn: _Connection, reusable: bool, now: float) -> None:
+        self.busy.discard(conn)
         if reusable and not conn.closed:
             conn.idle_since = now
             self.idle.append(conn)
@@ -361,6 +371,8 @@ class HttpTransport:
         loop = asyncio.get_running_loop()
         retry = method in _IDEMPOTENT
         while True:
+            if self._closed:  # it closed while this request waited for a connection
+                raise UpstreamError("the upstream transport is closed")
             conn = origin.take_idle(loop.time())
             reused = conn is not None
             if conn is None:
@@ -373,6 +385,7 @@ class HttpTransport:
                 except BaseException:
                     origin.lost()
                     raise
+            origin.busy.add(conn)
             parser = ResponseParser(
                 max_line=MAX_HEADER_LINE_BYTES,
                 max_head=MAX_HEADER_BYTES,
@@ -407,16 +420,25 @@ class HttpTransport:
         return conn
 
     async def close(self) -> None:
-        """Close the pools; later sends fail (connections in use close when their
-        exchange ends)."""
+        """Close every connection, the idle ones and those carrying a request (which
+        fails), and wait (a little) until they are closed; later sends fail."""
         self._closed = True
         origins, self._origins = list(self._origins.values()), {}
+        conns: list[_Connection] = []
         for origin in origins:
-            for conn in origin.idle:
-                conn.close()
+            conns += origin.idle
+            conns += origin.busy
             origin.idle.clear()
             while origin.waiters:
-                origin.waiters.popleft().cancel()
+                waiter = origin.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(UpstreamError("the upstream transport is closed"))
+        for conn in conns:
+            conn.close()
+        if conns:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await asyncio.gather(*(conn.gone for conn in conns))
 
 
 def _where(request: UpstreamRequest) -> str:
