@@ -4,7 +4,7 @@ endpoint must not stall handshakes, nor the handlers of another origin."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -135,3 +135,227 @@ async def test_an_observed_timeout_is_a_timeout_and_a_refusal_an_error(
         await transport.send(refused, timeout=2.0)
     assert [(e.timed_out, e.outcome) for e in seen] == [(True, "timeout"), (False, "error")]
     slow.release.set()
+
+
+# -- the client's own connections, against a raw server that answers as told -----
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that reads one request head (and its Content-Length
+    body) at a time and answers with ``answer(request_number)``'s bytes; ``None`` closes
+    the connection instead. Counts the connections it accepted and has open."""
+
+    def __init__(self, answer: Callable[[int], bytes | None]) -> None:
+        self.answer = answer
+        self.accepted = 0
+        self.open = 0
+        self.max_open = 0
+        self.requests: list[bytes] = []
+        self.all_closed = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.close_after: set[int] = set()
+        """Requests after whose answer the server closes the connection (idle, then)."""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    def url(self, path: str = "/h") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.all_closed.clear()
+        self._writers.add(writer)
+        self.max_open = max(self.max_open, self.open)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                self.requests.append(head + body)
+                self.arrived.set()
+                answer = self.answer(len(self.requests))
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if len(self.requests) in self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            if not self.open:
+                self.all_closed.set()
+            self._writers.discard(writer)
+            writer.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def post(server: RawServer, body: bytes = b"x") -> UpstreamRequest:
+    return UpstreamRequest("POST", server.url(), (("ce-id", "1"),), body)
+
+
+async def test_the_request_on_the_wire_and_a_chunked_answer() -> None:
+    chunked = (
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    )
+    async with RawServer(lambda _: chunked) as server:
+        transport = HttpTransport()
+        request = UpstreamRequest("POST", server.url("/h?code=s"), (("ce-id", "1"),), b"body")
+        response = await transport.send(request, timeout=WAIT)
+        await transport.close()
+    assert (response.status, response.body) == (201, b"hi")
+    assert response.header_values("x-a") == ["1"]
+    assert server.requests == [
+        f"POST /h?code=s HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nce-id: 1\r\n".encode()
+        + b"Content-Length: 4\r\n\r\nbody"
+    ]
+
+
+async def test_a_connection_is_reused_only_after_a_whole_reusable_answer() -> None:
+    answers = {2: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"}
+    async with RawServer(lambda n: answers.get(n, OK)) as server:
+        transport = HttpTransport()
+        for _ in range(4):
+            assert (await transport.send(post(server), timeout=WAIT)).body in (b"ok", b"")
+        await transport.close()
+    assert server.accepted == 2  # the Connection: close answer ended the first
+
+
+async def test_a_connection_the_handler_closed_while_idle_is_not_reused() -> None:
+    async with RawServer(lambda _: OK) as server:
+        server.close_after = {1}
+        transport = HttpTransport()
+        await transport.send(post(server), timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            await server.all_closed.wait()
+        async with RawServer(lambda _: OK) as other:  # a round trip: the loop saw the FIN
+            await transport.send(post(other), timeout=WAIT)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+async def test_a_handler_closing_instead_of_answering_is_an_error_once() -> None:
+    async with RawServer(lambda n: None if n == 2 else OK) as server:
+        transport = HttpTransport()
+        await transport.send(post(server), timeout=WAIT)
+        with pytest.raises(UpstreamError, match="closed before the whole answer"):
+            await transport.send(post(server), timeout=WAIT)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SMTP ready\r\n\r\n", "invalid response .not an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "no answer within"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n", "response too large"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", None),
+    ],
+)
+async def test_bad_answers_are_errors_and_never_reused(answer: bytes, error: str | None) -> None:
+    async with RawServer(lambda n: answer if n == 1 else OK) as server:
+        transport = HttpTransport(max_response_bytes=1000)
+        if error is None:  # bytes past the answer: it counts, the connection does not
+            assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        else:
+            with pytest.raises(UpstreamError, match=error):
+                await transport.send(post(server), timeout=0.5)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+async def test_a_header_that_would_smuggle_another_is_refused_before_sending() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport()
+        request = UpstreamRequest("POST", server.url(), (("ce-state", "a\r\nX-B: 1"),), b"")
+        with pytest.raises(UpstreamError, match="CR, LF or NUL"):
+            await transport.send(request, timeout=WAIT)
+        await transport.close()
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/h", "http:///h", "http://u:p@127.0.0.1/h"])
+async def test_an_unusable_url_is_an_error(url: str) -> None:
+    transport = HttpTransport()
+    with pytest.raises(UpstreamError, match="invalid event handler URL"):
+        await transport.send(UpstreamRequest("POST", url, (), b""), timeout=WAIT)
+    await transport.close()
+
+
+async def test_at_most_the_pool_size_is_open_to_an_origin_and_waiters_go_in_turn() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport(max_connections=3)
+        calls = [asyncio.create_task(transport.send(post(server), timeout=WAIT)) for _ in range(20)]
+        done = await asyncio.gather(*calls)
+        await transport.close()
+    assert [r.body for r in done] == [b"ok"] * 20
+    assert server.max_open <= 3 and server.accepted <= 3
+
+
+async def test_a_timed_out_request_closes_its_connection_and_frees_its_slot() -> None:
+    async with RawServer(lambda n: OK if n > 1 else b"HTTP/1.1 200 OK\r\n") as server:
+        transport = HttpTransport(max_connections=1)
+        with pytest.raises(UpstreamTimeout):
+            await transport.send(post(server), timeout=0.3)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+async def test_a_closed_transport_refuses_and_closes_its_idle_connections() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport()
+        await transport.send(post(server), timeout=WAIT)
+        await transport.close()
+        with pytest.raises(UpstreamError, match="closed"):
+            await transport.send(post(server), timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            await server.all_closed.wait()
+
+
+async def test_a_probe_closed_unanswered_on_a_kept_alive_connection_goes_once_more() -> None:
+    async with RawServer(lambda n: None if n == 2 else OK) as server:
+        transport = HttpTransport()
+        probe = UpstreamRequest("OPTIONS", server.url(), (), b"")
+        await transport.send(probe, timeout=WAIT)
+        assert (await transport.send(probe, timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert len(server.requests) == 3 and server.accepted == 2
+
+
+async def test_closing_fails_the_requests_in_flight_and_those_waiting_for_a_slot() -> None:
+    async with RawServer(lambda _: b"HTTP/1.1 200 OK\r\n") as server:  # never a whole answer
+        transport = HttpTransport(max_connections=1)
+        calls = [asyncio.create_task(transport.send(post(server), timeout=WAIT)) for _ in range(2)]
+        async with asyncio.timeout(WAIT):
+            await server.arrived.wait()  # the first is in flight, the second waits
+        await transport.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [type(r) for r in results] == [UpstreamError, UpstreamError]
+    assert "closed before the whole answer" in str(results[0])
+    assert "transport is closed" in str(results[1])

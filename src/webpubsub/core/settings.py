@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from urllib.parse import quote
 
 SYSTEM_EVENTS = frozenset({"connect", "connected", "disconnected"})
@@ -87,9 +87,13 @@ class EventHandlerSettings:
 
     def url_for(self, hub: str, event: str) -> str:
         """The template with ``{hub}`` and ``{event}`` substituted, URL-escaped."""
-        return self.url_template.replace("{hub}", quote(hub, safe="")).replace(
-            "{event}", quote(event, safe="")
-        )
+        return _url_for(self.url_template, hub, event)
+
+
+@lru_cache(maxsize=1024)
+def _url_for(template: str, hub: str, event: str) -> str:
+    """Every event of a hub asks for the same few URLs (its event and ``validate``)."""
+    return template.replace("{hub}", quote(hub, safe="")).replace("{event}", quote(event, safe=""))
 
 
 @dataclass(frozen=True, slots=True)

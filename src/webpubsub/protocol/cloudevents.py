@@ -8,6 +8,7 @@ is the job of ``webpubsub.upstream``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,13 @@ class EventReply:
 
 def signature(connection_id: str, keys: Sequence[str]) -> str:
     """``ce-signature``: ``sha256=<hex>`` per access key, joined with ``,``."""
+    return _signature(connection_id, tuple(keys))
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(connection_id: str, keys: tuple[str, ...]) -> str:
+    """Every event of a connection carries the same signature: it is computed once
+    per connection (and key set) while the connection is among the recent ones."""
     message = connection_id.encode("utf-8")
     return ",".join(
         "sha256=" + hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
@@ -113,7 +121,12 @@ def signature(connection_id: str, keys: Sequence[str]) -> str:
 
 def format_time(now: float) -> str:
     """``ce-time``: ISO-8601 UTC to the whole second, e.g. ``2024-05-01T10:00:00Z``."""
-    return datetime.fromtimestamp(int(now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_second(int(now))
+
+
+@functools.lru_cache(maxsize=4)
+def _format_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- building -------------------------------------------------------------------

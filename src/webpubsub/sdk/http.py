@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, overload
+
+_T = TypeVar("_T")
 
 
 class Headers(Mapping[str, str]):
@@ -23,14 +26,26 @@ class Headers(Mapping[str, str]):
 
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
-        self._items = tuple((str(k), str(v)) for k, v in pairs)
+        self._set([(str(k), str(v)) for k, v in pairs])
+
+    def _set(self, items: list[tuple[str, str]]) -> None:
         first: dict[str, str] = {}
-        for name, value in self._items:
-            first.setdefault(name.lower(), value)
+        keep = first.setdefault  # the first of a repeated header wins
+        for name, value in items:
+            keep(name.lower(), value)
+        self._items = tuple(items)
         self._first = first
 
     def __getitem__(self, name: str) -> str:
         return self._first[name.lower()]
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str | _T) -> str | _T: ...
+    def get(self, name: str, default: object = None) -> object:
+        """Mapping.get, without its try/except around ``__getitem__``."""
+        return self._first.get(name.lower(), default)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._first
@@ -48,7 +63,9 @@ class Headers(Mapping[str, str]):
         Values are UTF-8 when they decode as such (the service, like most HTTP
         clients, writes a non-ASCII user id as UTF-8), ISO-8859-1 otherwise.
         """
-        return cls((k.decode("latin-1"), _text(v)) for k, v in items)
+        made = cls.__new__(cls)
+        made._set([(k.decode("latin-1"), _text(v)) for k, v in items])
+        return made
 
     def get_all(self, name: str) -> list[str]:
         """Every value of header ``name``, in the order received."""

@@ -1,4 +1,8 @@
-"""Sending CloudEvents requests to event handlers over HTTP (the only aiohttp client).
+"""Sending CloudEvents requests to event handlers over HTTP/1.1 keep-alive connections.
+
+The client is ours (``protocol/http1.py`` frames the bytes; this module owns the
+sockets): an event costs one write and one parse, where aiohttp's ``ClientSession``
+spent most of the service's time per echoed message (docs/architecture.md).
 
 Every failure becomes an :class:`UpstreamError` whose message names the handler
 by ``scheme://host/path`` only: a URL's query may carry a secret (``?code=``).
@@ -7,18 +11,38 @@ by ``scheme://host/path`` only: a URL's query may carry a secret (``?code=``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import ssl
 import time
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from webpubsub.errors import UpstreamError
 from webpubsub.node.observe import NO_OBSERVER, Exchange, Observers
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
+from webpubsub.protocol.http1 import (
+    HttpResponseError,
+    InvalidRequest,
+    Response,
+    ResponseParser,
+    ResponseTooLarge,
+    encode_request,
+)
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
 DEFAULT_CONNECTIONS_PER_ORIGIN = 100
+IDLE_SECONDS = 15.0
+"""A kept-alive connection idle longer than this is closed rather than reused (servers
+close theirs after a while: aiohttp's after 75 s, nginx's after 75 s, Node's after 5 s
+once idle; an idle connection the server closed is noticed and never reused)."""
+CLOSE_SECONDS = 1.0
+"""How long :meth:`HttpTransport.close` waits for its connections to be closed."""
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_URLS = 1024
+"""Handler URLs whose parsed form is cached (hub names in them come from clients)."""
 
 
 class Pool(enum.Enum):
@@ -32,9 +56,11 @@ class Pool(enum.Enum):
 
 
 MAX_HEADER_LINE_BYTES = 128 * 1024
-"""Header lines read from a handler's answer: far past an 8 KiB ``ce-connectionState``
-(aiohttp's default, 8190 bytes, cut it short), so that a larger state is refused by
-``protocol.cloudevents`` with its limit named, not by the HTTP parser."""
+"""Header lines read from a handler's answer: far past an 8 KiB ``ce-connectionState``,
+so that a larger state is refused by ``protocol.cloudevents`` with its limit named, not
+by the HTTP parser."""
+MAX_HEADER_BYTES = 256 * 1024
+"""The whole header block of a handler's answer."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -55,8 +81,182 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A handler URL as the client needs it."""
+
+    origin: tuple[bool, str, int]
+    """(TLS, host, port): the pool key."""
+    host_header: str
+    target: str
+
+
+def _target_of(url: str) -> _Target | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return None
+    tls = scheme == "https"
+    default = 443 if tls else 80
+    port = port if port is not None else default
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target((tls, host, port), host_header, target)
+
+
+class _ConnectionLost(Exception):
+    """The connection ended before the whole response (``started``: after some of it)."""
+
+    def __init__(self, started: bool) -> None:
+        super().__init__("the connection closed")
+        self.started = started
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection to a handler; one request at a time."""
+
+    __slots__ = ("_parser", "_waiter", "closed", "gone", "idle_since", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.gone = asyncio.get_running_loop().create_future()
+        """Done once the connection is lost (:meth:`HttpTransport.close` waits on it)."""
+        self.idle_since = 0.0
+        self._parser: ResponseParser | None = None
+        self._waiter: asyncio.Future[Response] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport
+
+    def exchange(self, data: bytes, parser: ResponseParser) -> asyncio.Future[Response]:
+        """Write a request; the future gets its response (or the error)."""
+        assert self.transport is not None
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._parser = parser
+        self._waiter = waiter
+        self.transport.write(data)
+        return waiter
+
+    def data_received(self, data: bytes) -> None:
+        parser, waiter = self._parser, self._waiter
+        if parser is None or waiter is None or waiter.done():
+            self.close()  # bytes nobody asked for: the connection is out of step
+            return
+        try:
+            response = parser.feed(data)
+        except HttpResponseError as exc:
+            self._fail(exc)
+            return
+        if response is not None:
+            self._parser = self._waiter = None
+            waiter.set_result(response)
+
+    def eof_received(self) -> bool:
+        parser, waiter = self._parser, self._waiter
+        if parser is not None and waiter is not None and not waiter.done():
+            self._parser = self._waiter = None
+            try:
+                waiter.set_result(parser.feed_eof())
+            except HttpResponseError as exc:
+                waiter.set_exception(_ConnectionLost(parser.started) if _closed(exc) else exc)
+        self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.gone.done():
+            self.gone.set_result(None)
+        parser, waiter = self._parser, self._waiter
+        self._parser = self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_ConnectionLost(parser is not None and parser.started))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self._waiter
+        self._parser = self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _closed(exc: HttpResponseError) -> bool:
+    return str(exc).startswith("connection closed")
+
+
+class _Origin:
+    """The connections to one (pool, origin): at most ``limit`` open; requests beyond
+    wait, in order, for one to come back."""
+
+    __slots__ = ("busy", "idle", "limit", "open", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.idle: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        """The connections carrying a request now."""
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_idle(self, now: float) -> _Connection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # the most recent: the warmest, and the others age out
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+                return conn
+            conn.close()
+            self.open -= 1
+        return None
+
+    async def wait(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.wake()  # woken, then cancelled: pass the turn on
+            else:
+                waiter.cancel()
+            raise
+
+    def wake(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def give_back(self, conn: _Connection, reusable: bool, now: float) -> None:
+        self.busy.discard(conn)
+        if reusable and not conn.closed:
+            conn.idle_since = now
+            self.idle.append(conn)
+        else:
+            conn.close()
+            self.open -= 1
+        self.wake()
+
+    def lost(self) -> None:
+        """A connection being opened failed."""
+        self.open -= 1
+        self.wake()
+
+
 class HttpTransport:
-    """Pooled HTTP clients for all event handlers.
+    """Pooled HTTP/1.1 keep-alive connections to all event handlers.
 
     Each :class:`Pool` is bounded per handler origin (scheme, host, port):
     ``max_connections`` for events, ``connect_connections`` for ``connect`` calls
@@ -64,9 +264,11 @@ class HttpTransport:
     another origin (origins come from the configuration, so the total is bounded
     too). A request's timeout covers the wait for a free connection as well.
 
-    Sessions are created on first use, inside the running event loop.
-    Redirects are not followed (a 3xx is returned as the answer) and cookies are
-    not kept, so nothing leaks from one connection's events to another's.
+    A connection goes back to its pool only after a whole response was read (and the
+    handler did not ask to close it); a request that fails or times out closes its
+    connection. Redirects are not followed (a 3xx is returned as the answer), cookies
+    are not kept, and nothing is retried here: user events are sent once, the
+    asynchronous events' retries are ``upstream/delivery.py``'s.
     """
 
     def __init__(
@@ -75,30 +277,16 @@ class HttpTransport:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_connections: int = DEFAULT_CONNECTIONS_PER_ORIGIN,
         connect_connections: int = DEFAULT_CONNECTIONS_PER_ORIGIN,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._max_response_bytes = max_response_bytes
         self._limits = {Pool.EVENTS: max_connections, Pool.CONNECT: connect_connections}
-        self._sessions: dict[Pool, aiohttp.ClientSession] = {}
+        self._origins: dict[tuple[Pool, tuple[bool, str, int]], _Origin] = {}
+        self._targets: dict[str, _Target | None] = {}
+        self._ssl = ssl_context
         self._closed = False
         self.observer: Observers = NO_OBSERVER
         """Told of every exchange (request, answer or error, duration)."""
-
-    def _get_session(self, pool: Pool) -> aiohttp.ClientSession:
-        if self._closed:
-            raise UpstreamError("the upstream transport is closed")
-        session = self._sessions.get(pool)
-        if session is None:
-            session = self._sessions[pool] = aiohttp.ClientSession(
-                # limit=0: no cap across origins; limit_per_host: per (host, port, TLS).
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._limits[pool]),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                raise_for_status=False,
-                max_field_size=MAX_HEADER_LINE_BYTES,
-                # send() bounds each call with the handler's own timeout; aiohttp's
-                # default 300 s total would silently cap longer ones.
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
-        return session
 
     async def send(
         self,
@@ -126,58 +314,133 @@ class HttpTransport:
         self.observer.cloud_event(Exchange(request, response, None, elapsed, replay))
         return response
 
+    def _target(self, url: str) -> _Target | None:
+        targets = self._targets
+        try:
+            return targets[url]
+        except KeyError:
+            pass
+        if len(targets) >= MAX_URLS:
+            targets.clear()
+        found = targets[url] = _target_of(url)
+        return found
+
     async def _send(
         self,
         request: UpstreamRequest,
         timeout: float,  # noqa: ASYNC109
         pool: Pool,
     ) -> UpstreamResponse:
-        where = f"{request.method} {safe_url(request.url)}"
-        session = self._get_session(pool)
+        if self._closed:
+            raise UpstreamError("the upstream transport is closed")
+        target = self._target(request.url)
+        if target is None:
+            raise UpstreamError(f"{_where(request)}: invalid event handler URL")
+        key = (pool, target.origin)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin(self._limits[pool])
+        try:
+            data = encode_request(
+                request.method, target.target, target.host_header, request.headers, request.body
+            )
+        except InvalidRequest as exc:
+            raise UpstreamError(f"{_where(request)}: {exc}") from None
         try:
             async with asyncio.timeout(timeout):
-                return await self._exchange(session, request, where)
+                response = await self._exchange(origin, target, request.method, data)
         except TimeoutError:
-            raise UpstreamTimeout(f"{where}: no answer within {timeout:g} s") from None
-        except aiohttp.InvalidURL:
-            raise UpstreamError(f"{where}: invalid event handler URL") from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or type(exc.os_error).__name__
-            raise UpstreamError(f"{where}: cannot connect ({reason})") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{where}: {type(exc).__name__}") from None
-        except (OSError, ValueError) as exc:
-            raise UpstreamError(f"{where}: {type(exc).__name__}") from None
+            raise UpstreamTimeout(f"{_where(request)}: no answer within {timeout:g} s") from None
+        except ResponseTooLarge as exc:
+            where = _where(request)
+            raise UpstreamError(f"{where}: response too large", status=exc.status) from None
+        except HttpResponseError as exc:
+            raise UpstreamError(f"{_where(request)}: invalid response ({exc})") from None
+        except _ConnectionLost:
+            raise UpstreamError(
+                f"{_where(request)}: the connection closed before the whole answer"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UpstreamError(f"{_where(request)}: cannot connect ({reason})") from None
+        return UpstreamResponse(response.status, response.headers, response.body)
 
     async def _exchange(
-        self, session: aiohttp.ClientSession, request: UpstreamRequest, where: str
-    ) -> UpstreamResponse:
-        limit = self._max_response_bytes
-        async with session.request(
-            request.method,
-            request.url,
-            headers=list(request.headers),
-            data=request.body or None,
-            allow_redirects=False,
-        ) as resp:
-            if resp.content_length is not None and resp.content_length > limit:
-                raise UpstreamError(f"{where}: response too large", status=resp.status)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamError(f"{where}: response too large", status=resp.status)
-                chunks.append(chunk)
-            return UpstreamResponse(
-                status=resp.status,
-                headers=tuple(resp.headers.items()),
-                body=b"".join(chunks),
+        self, origin: _Origin, target: _Target, method: str, data: bytes
+    ) -> Response:
+        loop = asyncio.get_running_loop()
+        retry = method in _IDEMPOTENT
+        while True:
+            if self._closed:  # it closed while this request waited for a connection
+                raise UpstreamError("the upstream transport is closed")
+            conn = origin.take_idle(loop.time())
+            reused = conn is not None
+            if conn is None:
+                if origin.open >= origin.limit:
+                    await origin.wait()
+                    continue
+                origin.open += 1
+                try:
+                    conn = await self._open(target)
+                except BaseException:
+                    origin.lost()
+                    raise
+            origin.busy.add(conn)
+            parser = ResponseParser(
+                max_line=MAX_HEADER_LINE_BYTES,
+                max_head=MAX_HEADER_BYTES,
+                max_body=self._max_response_bytes,
+                no_body=method == "HEAD",
             )
+            reusable = False
+            try:
+                response = await conn.exchange(data, parser)
+                reusable = response.reusable and not self._closed
+                return response
+            except _ConnectionLost as exc:
+                # A kept-alive connection the handler closed as the request went out:
+                # a probe goes again on a new one (an event is never sent twice).
+                if not (retry and reused and not exc.started):
+                    raise
+                retry = False
+            finally:
+                origin.give_back(conn, reusable, loop.time())
+
+    async def _open(self, target: _Target) -> _Connection:
+        tls, host, port = target.origin
+        loop = asyncio.get_running_loop()
+        context = None
+        if tls:
+            context = self._ssl
+            if context is None:
+                context = self._ssl = ssl.create_default_context()
+        _, conn = await loop.create_connection(
+            _Connection, host, port, ssl=context, server_hostname=host if tls else None
+        )
+        return conn
 
     async def close(self) -> None:
-        """Close the pools; later sends fail."""
+        """Close every connection, the idle ones and those carrying a request (which
+        fails), and wait (a little) until they are closed; later sends fail."""
         self._closed = True
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        origins, self._origins = list(self._origins.values()), {}
+        conns: list[_Connection] = []
+        for origin in origins:
+            conns += origin.idle
+            conns += origin.busy
+            origin.idle.clear()
+            while origin.waiters:
+                waiter = origin.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(UpstreamError("the upstream transport is closed"))
+        for conn in conns:
+            conn.close()
+        if conns:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await asyncio.gather(*(conn.gone for conn in conns))
+
+
+def _where(request: UpstreamRequest) -> str:
+    """How errors name the request (made only for an error: it parses the URL)."""
+    return f"{request.method} {safe_url(request.url)}"

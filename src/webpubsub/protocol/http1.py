@@ -1,0 +1,344 @@
+"""HTTP/1.1 requests to event handlers and their answers (RFC 9112), sans-I/O.
+
+What the webhook client needs and no more: :func:`encode_request` builds a request's
+bytes; :class:`ResponseParser` reads one response from the bytes a connection
+receives — ``Content-Length``, ``chunked`` or read-until-close bodies, interim 1xx
+answers skipped — and says whether the connection may carry another request.
+Everything is bounded (one header line, the header block, the header count, the
+body); a response that breaks the rules raises :class:`HttpResponseError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_HEADER_COUNT = 256
+MAX_CHUNK_LINE = 1024
+"""A chunk-size line (hex size and extensions) longer than this is refused."""
+
+_CRLF = b"\r\n"
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_NO_BODY = frozenset({204, 304})
+
+
+class HttpResponseError(ValueError):
+    """The bytes received are not an acceptable HTTP/1.x response."""
+
+
+class ResponseTooLarge(HttpResponseError):
+    """The body is longer than the limit (``status``: the response's)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__("response too large")
+        self.status = status
+
+
+class InvalidRequest(ValueError):
+    """A header name or value that would break the request's framing (CR, LF, NUL)."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    reusable: bool
+    """The connection may carry another request: HTTP/1.1 (or 1.0 with
+    ``keep-alive``), no ``Connection: close``, the body framed, nothing after it."""
+
+
+def encode_request(
+    method: str,
+    target: str,
+    host: str,
+    headers: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+    body: bytes,
+) -> bytes:
+    """The request's bytes: ``target`` is the path and query, ``host`` the ``Host``
+    header. ``Content-Length`` is sent for a body, and for every POST.
+
+    Raises :class:`InvalidRequest` for a header that contains CR, LF or NUL (or a name
+    with a colon or space), which would smuggle another header or request."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers:
+        lines.append(f"{name}: {value}\r\n")
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    head = "".join(lines)
+    # One check over the whole block: every CR and LF is a line end we wrote.
+    count = len(headers) + 2 + (1 if body or method == "POST" else 0)
+    if head.count("\n") != count or head.count("\r") != count or "\0" in head:
+        raise InvalidRequest("a header name or value contains CR, LF or NUL")
+    for name, _ in headers:
+        if not name or ":" in name or " " in name or "\t" in name:
+            raise InvalidRequest(f"invalid header name {name[:64]!r}")
+    if " " in target or not target.startswith(("/", "*")):
+        raise InvalidRequest("invalid request target")
+    return head.encode("utf-8") + _CRLF + body
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class ResponseParser:
+    """One response, fed as it arrives.
+
+    ``max_line``: one header line (the status line too); ``max_head``: the header
+    block; ``max_body``: the body (decoded from chunks). :meth:`feed` returns the
+    :class:`Response` once complete (bytes past its end mark the connection not
+    reusable), :meth:`feed_eof` when the peer closed. Not reusable after that.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_chunks",
+        "_headers",
+        "_keep_alive",
+        "_max_body",
+        "_max_head",
+        "_max_line",
+        "_mode",
+        "_no_body",
+        "_remaining",
+        "_size",
+        "_status",
+        "_trailer_bytes",
+    )
+
+    def __init__(self, *, max_line: int, max_head: int, max_body: int, no_body: bool = False):
+        self._max_line = max_line
+        self._max_head = max_head
+        self._max_body = max_body
+        self._no_body = no_body
+        """The request was HEAD: its answer has no body whatever it says."""
+        self._buf = b""
+        self._mode = "head"
+        self._status = 0
+        self._headers: tuple[tuple[str, str], ...] = ()
+        self._keep_alive = True
+        self._remaining = 0
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._trailer_bytes = 0
+
+    def feed(self, data: bytes) -> Response | None:
+        """Take ``data``; the response once it is complete, else None."""
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        while True:
+            mode = self._mode
+            if mode == "head":
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    self._check_partial_head(buf)
+                    self._buf = buf
+                    return None
+                if end + 4 > self._max_head:
+                    raise HttpResponseError("response header block too large")
+                done = self._head(buf[:end])
+                buf = buf[end + 4 :]
+                if done is None:  # an interim 1xx answer: the real one follows
+                    continue
+                if done:
+                    return self._finish(buf)
+            elif mode == "length":
+                rest = self._take(buf)
+                return None if rest is None else self._finish(rest)
+            elif mode == "close":
+                if buf:
+                    self._size += len(buf)
+                    if self._size > self._max_body:
+                        raise ResponseTooLarge(self._status)
+                    self._chunks.append(buf)
+                return None
+            elif mode == "chunk-size":
+                end = buf.find(_CRLF)
+                if end < 0:
+                    if len(buf) > MAX_CHUNK_LINE:
+                        raise HttpResponseError("chunk size line too long")
+                    self._buf = buf
+                    return None
+                if end > MAX_CHUNK_LINE:
+                    raise HttpResponseError("chunk size line too long")
+                size = _chunk_size(buf[:end])
+                buf = buf[end + 2 :]
+                if size == 0:
+                    self._mode = "trailers"
+                    continue
+                self._size += size
+                if self._size > self._max_body:
+                    raise ResponseTooLarge(self._status)
+                self._remaining = size
+                self._mode = "chunk-data"
+            elif mode == "chunk-data":
+                rest = self._take(buf)
+                if rest is None:
+                    return None
+                buf = rest
+                self._mode = "chunk-end"
+            elif mode == "chunk-end":
+                if len(buf) < 2:
+                    if buf and buf != b"\r":
+                        raise HttpResponseError("chunk data not followed by CRLF")
+                    self._buf = buf
+                    return None
+                if buf[:2] != _CRLF:
+                    raise HttpResponseError("chunk data not followed by CRLF")
+                buf = buf[2:]
+                self._mode = "chunk-size"
+            elif mode == "trailers":  # trailer fields are read and dropped
+                end = buf.find(_CRLF)
+                if end < 0:
+                    self._trailer_bytes += len(buf)
+                    if self._trailer_bytes > self._max_head:
+                        raise HttpResponseError("response trailers too large")
+                    self._buf = buf
+                    return None
+                self._trailer_bytes += end + 2
+                if self._trailer_bytes > self._max_head:
+                    raise HttpResponseError("response trailers too large")
+                line, buf = buf[:end], buf[end + 2 :]
+                if not line:
+                    return self._finish(buf)
+            else:
+                raise HttpResponseError("response already complete")
+
+    def _take(self, buf: bytes) -> bytes | None:
+        """Keep the body bytes still due out of ``buf``: what follows them, or None
+        while more are due."""
+        need = self._remaining
+        if len(buf) < need:
+            self._remaining -= len(buf)
+            if buf:
+                self._chunks.append(buf)
+            return None
+        self._chunks.append(buf[:need])
+        return buf[need:]
+
+    def feed_eof(self) -> Response:
+        """The peer closed: the response if its body ran until the close; raises
+        :class:`HttpResponseError` if the connection ended inside a response."""
+        if self._mode == "close":
+            self._keep_alive = False
+            return self._finish(b"")
+        if self._mode == "head" and not self._buf:
+            raise HttpResponseError("connection closed before a response")
+        raise HttpResponseError("connection closed inside the response")
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the response has arrived."""
+        return bool(self._buf) or self._mode != "head" or self._status != 0
+
+    def _check_partial_head(self, buf: bytes) -> None:
+        if len(buf) > self._max_head:
+            raise HttpResponseError("response header block too large")
+        last = buf.rfind(_CRLF)
+        if len(buf) - (last + 2 if last >= 0 else 0) > self._max_line:
+            raise HttpResponseError("response header line too long")
+
+    def _head(self, block: bytes) -> bool | None:
+        """Parse the status line and headers; None for a 1xx to skip, True when the
+        response has no body, False when the body follows."""
+        first = block.find(_CRLF)
+        status_line = block if first < 0 else block[:first]
+        if len(status_line) > self._max_line:
+            raise HttpResponseError("response header line too long")
+        version, status = _status_of(status_line)
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        chunked = False
+        connection = ""
+        if first >= 0:
+            fields = block[first + 2 :] + _CRLF
+            # One pass in C checks every line (token name, colon, no stray CR/LF/NUL).
+            if _FIELDS.fullmatch(fields) is None:
+                raise HttpResponseError("malformed response header")
+            found = _FIELD.findall(fields)
+            if len(found) > MAX_HEADER_COUNT:
+                raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
+            max_line = self._max_line
+            for name, value in found:
+                if len(name) + len(value) >= max_line:
+                    raise HttpResponseError("response header line too long")
+                key = _decode(name)
+                text = _decode(value.rstrip(b" \t"))
+                headers.append((key, text))
+                lowered = key.lower()
+                if lowered not in _FRAMING:
+                    continue
+                if lowered == "content-length":
+                    if length is not None and _length(text) != length:
+                        raise HttpResponseError("conflicting Content-Length headers")
+                    length = _length(text)
+                elif lowered == "transfer-encoding":
+                    codings = [c.strip().lower() for c in text.split(",")]
+                    if codings[-1] != "chunked" or chunked:
+                        raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
+                    chunked = True
+                else:
+                    connection += "," + text.lower()
+        if 100 <= status <= 199:
+            if status == 101:
+                raise HttpResponseError("unexpected 101 Switching Protocols")
+            return None
+        self._status = status
+        self._headers = tuple(headers)
+        tokens = {t.strip() for t in connection.split(",")}
+        if version == b"HTTP/1.0":
+            self._keep_alive = "keep-alive" in tokens
+        else:
+            self._keep_alive = "close" not in tokens
+        if self._no_body or status in _NO_BODY:
+            return True
+        if chunked:
+            if length is not None:  # RFC 9112 §6.1: a request smuggling sign
+                raise HttpResponseError("both Transfer-Encoding and Content-Length")
+            self._mode = "chunk-size"
+            return False
+        if length is not None:
+            if length > self._max_body:
+                raise ResponseTooLarge(status)
+            if length == 0:
+                return True
+            self._remaining = length
+            self._mode = "length"
+            return False
+        self._mode = "close"
+        self._keep_alive = False
+        return False
+
+    def _finish(self, rest: bytes) -> Response:
+        self._mode = "done"
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        return Response(self._status, self._headers, body, self._keep_alive and not rest)
+
+
+def _status_of(line: bytes) -> tuple[bytes, int]:
+    version, sep, rest = line.partition(b" ")
+    if not sep or version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise HttpResponseError("not an HTTP/1.x status line")
+    code = rest[:3]
+    if len(code) != 3 or not code.isdigit() or (len(rest) > 3 and rest[3:4] != b" "):
+        raise HttpResponseError("malformed status line")
+    return version, int(code)
+
+
+def _length(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise HttpResponseError("malformed Content-Length")
+    return int(text)
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip(b" \t")
+    if not size or len(size) > 15 or size.strip(b"0123456789abcdefABCDEF"):
+        raise HttpResponseError("malformed chunk size")
+    return int(size, 16)

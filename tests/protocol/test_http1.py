@@ -1,0 +1,283 @@
+"""The webhook client's HTTP/1.1 framing: literal responses, bounds, and hypothesis
+round trips fed in arbitrary pieces."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webpubsub.protocol.http1 import (
+    MAX_HEADER_COUNT,
+    HttpResponseError,
+    InvalidRequest,
+    Response,
+    ResponseParser,
+    ResponseTooLarge,
+    encode_request,
+)
+
+LINE, HEAD, BODY = 1024, 4096, 10_000
+
+
+def parser(*, max_body: int = BODY, no_body: bool = False) -> ResponseParser:
+    return ResponseParser(max_line=LINE, max_head=HEAD, max_body=max_body, no_body=no_body)
+
+
+def parse(data: bytes, **kwargs: object) -> Response | None:
+    return parser(**kwargs).feed(data)  # type: ignore[arg-type]
+
+
+def test_a_content_length_response_with_its_headers_in_order() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nx-a:  2 \r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    assert parse(raw) == Response(
+        200,
+        (("Content-Type", "text/plain"), ("X-A", "1"), ("x-a", "2"), ("Content-Length", "5")),
+        b"hello",
+        True,
+    )
+
+
+def test_a_chunked_response_with_extensions_and_trailers() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    response = parse(raw)
+    assert response is not None and response.body == b"hello!" and response.reusable
+
+
+def test_interim_answers_are_skipped_and_204_has_no_body() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"
+    assert parse(raw) == Response(204, (("Content-Length", "7"),), b"", True)
+
+
+def test_a_head_answer_has_no_body_whatever_it_says() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"
+    assert parse(raw, no_body=True) == Response(200, (("Content-Length", "7"),), b"", True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reusable"),
+    [
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n", False),  # extra
+    ],
+)
+def test_when_the_connection_may_carry_another_request(raw: bytes, reusable: bool) -> None:
+    response = parse(raw)
+    assert response is not None and response.reusable is reusable
+
+
+def test_a_body_without_length_runs_until_the_close() -> None:
+    p = parser()
+    assert p.feed(b"HTTP/1.1 200 OK\r\n\r\nsome") is None
+    assert p.feed(b" body") is None
+    assert p.feed_eof() == Response(200, (), b"some body", False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nContent-",
+        b"",
+    ],
+)
+def test_a_close_inside_a_response_is_an_error(raw: bytes) -> None:
+    p = parser()
+    assert p.feed(raw) is None
+    with pytest.raises(HttpResponseError, match="connection closed"):
+        p.feed_eof()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"HTTP/2 200 OK\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"ICY 200 OK\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed response header"),
+        (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", "malformed response header"),
+        (b"HTTP/1.1 200 OK\r\n: x\r\n\r\n", "malformed response header"),
+        (b"HTTP/1.1 200 OK\r\nA: x\ry\r\n\r\n", "malformed response header"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "malformed Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", "malformed Content-Length"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "conflicting Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported Transfer-Encoding"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab", "not followed by CRLF"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "unexpected 101"),
+    ],
+)
+def test_malformed_responses_are_refused(raw: bytes, message: str) -> None:
+    with pytest.raises(HttpResponseError, match=message):
+        parse(raw)
+
+
+def test_every_size_is_bounded() -> None:
+    with pytest.raises(HttpResponseError, match="header line too long"):
+        parse(b"HTTP/1.1 200 OK\r\nX: " + b"a" * LINE)
+    with pytest.raises(HttpResponseError, match="header block too large"):
+        parse(b"HTTP/1.1 200 OK\r\n" + b"X: aaaaaaaa\r\n" * (HEAD // 10))
+    many = b"".join(b"X: a\r\n" for _ in range(MAX_HEADER_COUNT + 1))
+    with pytest.raises(HttpResponseError, match="response headers"):
+        ResponseParser(max_line=LINE, max_head=10 * HEAD, max_body=BODY).feed(
+            b"HTTP/1.1 200 OK\r\n" + many + b"\r\n"
+        )
+    with pytest.raises(ResponseTooLarge) as declared:
+        parse(b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\n", max_body=10)
+    assert declared.value.status == 201
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\n"
+    with pytest.raises(ResponseTooLarge):
+        parse(chunked, max_body=10)
+    p = parser(max_body=10)
+    p.feed(b"HTTP/1.1 200 OK\r\n\r\n123456")
+    with pytest.raises(ResponseTooLarge):
+        p.feed(b"78901")
+    with pytest.raises(HttpResponseError, match="chunk size line too long"):
+        parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"x" * 2000)
+    with pytest.raises(HttpResponseError, match="trailers too large"):
+        parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: x\r\n" * HEAD)
+
+
+def test_a_request_carries_host_length_and_headers() -> None:
+    data = encode_request("POST", "/h?code=1", "example.com:8080", [("ce-id", "1")], b"body")
+    assert data == (
+        b"POST /h?code=1 HTTP/1.1\r\nHost: example.com:8080\r\nce-id: 1\r\n"
+        b"Content-Length: 4\r\n\r\nbody"
+    )
+    assert (
+        encode_request("OPTIONS", "/h", "h", (), b"") == b"OPTIONS /h HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert b"Content-Length: 0\r\n" in encode_request("POST", "/h", "h", (), b"")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("ce-connectionState", "a\r\nInjected: yes"),
+        ("ce-connectionState", "a\nb"),
+        ("ce-connectionState", "a\rb"),
+        ("X", "a\0b"),
+        ("Bad:Name", "x"),
+        ("Bad Name", "x"),
+        ("", "x"),
+    ],
+)
+def test_a_header_that_would_break_the_framing_is_refused(header: tuple[str, str]) -> None:
+    with pytest.raises(InvalidRequest):
+        encode_request("POST", "/h", "h", [header], b"")
+
+
+# -- properties ------------------------------------------------------------------
+
+_token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
+    min_size=1,
+    max_size=20,
+)
+_value = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E) | st.sampled_from(" é€"),
+    max_size=40,
+).map(str.strip)
+_headers = st.lists(
+    st.tuples(_token, _value).filter(
+        lambda h: h[0].lower() not in ("content-length", "transfer-encoding", "connection")
+    ),
+    max_size=8,
+)
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _feed_all(p: ResponseParser, pieces: list[bytes]) -> Response | None:
+    got = None
+    for piece in pieces:
+        assert got is None, "bytes after a complete response"
+        got = p.feed(piece)
+    return got
+
+
+@given(
+    status=st.integers(200, 599).filter(lambda s: s not in (204, 304)),
+    headers=_headers,
+    body=st.binary(max_size=3000),
+    chunked=st.booleans(),
+    chunk_sizes=st.lists(st.integers(1, 700), min_size=1, max_size=10),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_a_response_parses_back_however_it_is_split(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    chunked: bool,
+    chunk_sizes: list[int],
+    cuts: list[int],
+) -> None:
+    head = f"HTTP/1.1 {status} Reason\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    if chunked:
+        framing = ("Transfer-Encoding", "chunked")
+        encoded, rest, i = b"", body, 0
+        while rest:
+            size = chunk_sizes[i % len(chunk_sizes)]
+            encoded += b"%x\r\n" % len(rest[:size]) + rest[:size] + b"\r\n"
+            rest, i = rest[size:], i + 1
+        encoded += b"0\r\n\r\n"
+    else:
+        framing = ("Content-Length", str(len(body)))
+        encoded = body
+    raw = (head + f"{framing[0]}: {framing[1]}\r\n\r\n").encode() + encoded
+    got = _feed_all(parser(), _pieces(raw, cuts))
+    assert got == Response(status, (*headers, framing), body, True)
+
+
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=6))
+def test_arbitrary_bytes_raise_only_the_parsers_error(data: bytes, cuts: list[int]) -> None:
+    p = ResponseParser(max_line=64, max_head=256, max_body=128)
+    try:
+        for piece in _pieces(data, cuts):
+            if p.feed(piece) is not None:
+                break
+        else:
+            p.feed_eof()
+    except HttpResponseError:
+        pass
+
+
+@given(
+    prefix=st.sampled_from(
+        [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    ),
+    data=st.binary(max_size=400),
+)
+def test_arbitrary_bytes_after_a_status_line_raise_only_the_parsers_error(
+    prefix: bytes, data: bytes
+) -> None:
+    p = ResponseParser(max_line=64, max_head=256, max_body=128)
+    try:
+        if p.feed(prefix + data) is None:
+            p.feed_eof()
+    except HttpResponseError:
+        pass
