@@ -150,6 +150,9 @@ class Observers:
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self._all = tuple(observers)
+        self._rest_calls = tuple(o.rest_call for o in self._all)
+        self._publishes = tuple(o.published for o in self._all)
+        """The methods of the calls made per REST request, bound once."""
 
     def __bool__(self) -> bool:
         return bool(self._all)
@@ -187,8 +190,11 @@ class Observers:
             _call(o.replied, conn, message)
 
     def rest_call(self, call: RestCall) -> None:
-        for o in self._all:
-            _call(o.rest_call, call)
+        for method in self._rest_calls:
+            try:
+                method(call)
+            except Exception as exc:
+                _failed(method, exc)
 
     def cloud_event(self, exchange: Exchange) -> None:
         for o in self._all:
@@ -199,8 +205,11 @@ class Observers:
             _call(o.slow_client, conn)
 
     def published(self, duration: float, error: str | None) -> None:
-        for o in self._all:
-            _call(o.published, duration, error)
+        for method in self._publishes:
+            try:
+                method(duration, error)
+            except Exception as exc:
+                _failed(method, exc)
 
     def moved(self, conn: Connection, to_node: str) -> None:
         for o in self._all:
@@ -270,9 +279,14 @@ def _call(method: Callable[..., None], *args: object) -> None:
     try:
         method(*args)
     except Exception as exc:
-        owner = getattr(method, "__self__", None)
-        name = getattr(method, "__name__", "?")
-        _failures.failed(f"{type(owner).__name__}.{name}" if owner is not None else name, exc)
+        _failed(method, exc)
+
+
+def _failed(method: Callable[..., None], exc: Exception) -> None:
+    """``method`` of an observer raised ``exc`` (call it from an ``except`` block)."""
+    owner = getattr(method, "__self__", None)
+    name = getattr(method, "__name__", "?")
+    _failures.failed(f"{type(owner).__name__}.{name}" if owner is not None else name, exc)
 
 
 def log_fields(
