@@ -143,14 +143,19 @@ RECEIVED_KINDS = (
 )
 
 
+def _bound(observers: tuple[Observer, ...], name: str) -> tuple[Callable[..., None], ...]:
+    """Method ``name`` of each observer that has it."""
+    return tuple(m for o in observers if (m := getattr(o, name, None)) is not None)
+
+
 class Observers:
     """Several observers as one; an observer that raises is logged, never the caller's
     problem."""
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self._all = tuple(observers)
-        self._rest_calls = tuple(o.rest_call for o in self._all)
-        self._publishes = tuple(o.published for o in self._all)
+        self._rest_calls = _bound(self._all, "rest_call")
+        self._publishes = _bound(self._all, "published")
         """The methods of the calls made per REST request, bound once."""
 
     def __bool__(self) -> bool:
