@@ -518,3 +518,13 @@ async def test_a_live_reader_gets_each_record_built_when_it_comes() -> None:
         await waiting
     (raw,) = ring.after_raw(0, 10, 1 << 30)
     assert orjson.loads(raw)["operation"] == "SendToUser" and ring._pending == 0
+
+
+def test_a_record_that_cannot_be_serialized_is_read_as_unreadable_not_an_error() -> None:
+    ring = TraceRing(10, "n1")
+    ring.rest_call(RestCall("Chat", "SendToAll", "POST", "/api/hubs/chat/\udc80", 202, 0.1, ""))
+    _observe(ring, "rest", 1)
+    bad, good = ring.after(0, 10)
+    assert bad["type"] == "unreadable" and bad["truncated"] is True and bad["seq"] == 1
+    assert good["type"] == "rest" and good["seq"] == 2
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))

@@ -333,7 +333,13 @@ class TraceRing:
         if isinstance(raw, bytes):
             return cast(Record, entry), raw
         when, node, build, facts = cast(Pending, entry)
-        record, built = _record(self._seq - len(self._ring) + 1 + index, node, when, build(facts))
+        seq = self._seq - len(self._ring) + 1 + index
+        try:
+            record, built = _record(seq, node, when, build(facts))
+        except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
+            record, built = _record(seq, node, when, ("unreadable", None, None, None, {}))
+            record["truncated"] = True
+            built = orjson.dumps(record)
         self._ring[index] = record
         self._raw[index] = built
         self._bytes += len(built) - raw
