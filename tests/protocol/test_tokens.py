@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -1062,3 +1063,39 @@ def test_big_integers_in_claims_are_kept_exactly() -> None:
     claims = _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
     assert claims["n"] == big and isinstance(claims["n"], int)
     assert claims["m"] == 2**64 and isinstance(claims["m"], int)
+
+
+@given(key=st.text(max_size=100), message=st.binary(max_size=300))
+def test_the_hs256_of_the_keys_hashed_pads_is_hmac_sha256(key: str, message: bytes) -> None:
+    """Keys shorter and longer than SHA-256's block (long ones are hashed first)."""
+    assert _tokens._hs256(key, message) == hmac.digest(key.encode(), message, "sha256")
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]*", fullmatch=True))
+def test_a_segment_decodes_exactly_when_it_is_canonical_base64url(segment: str) -> None:
+    if not _canonical(segment):
+        with pytest.raises(ValueError):
+            _tokens._b64url(segment)
+    else:
+        assert _tokens._b64url(segment) == base64.urlsafe_b64decode(
+            segment + "=" * (-len(segment) % 4)
+        )
+
+
+def test_only_a_header_that_passed_is_remembered_and_the_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_tokens, "_good_headers", {})
+    bad = jwt.encode({"exp": 10}, "k" * 64, algorithm="HS512")
+    for _ in range(2):  # refused each time: a refused header is not remembered
+        assert _our_verdict(bad, "k" * 64) is None
+    assert not _tokens._good_headers
+    good = jwt.encode({"exp": 10}, "k" * 32, algorithm="HS256")
+    assert _our_verdict(good, "k" * 32) == {"exp": 10}
+    assert list(_tokens._good_headers) == [good.split(".")[0]]
+    for i in range(2 * _tokens.GOOD_HEADERS_KEPT):
+        token = jwt.encode({"exp": 10}, "k" * 32, algorithm="HS256", headers={"kid": str(i)})
+        assert _our_verdict(token, "k" * 32) == {"exp": 10}
+    assert len(_tokens._good_headers) == _tokens.GOOD_HEADERS_KEPT
+    forged = good.split(".")[0] + "." + bad.split(".", 1)[1]  # a good header, a bad signature
+    assert _our_verdict(forged, "k" * 32) is None

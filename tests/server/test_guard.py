@@ -171,6 +171,32 @@ async def test_a_keep_alive_connection_waits_its_own_time_and_is_closed_quietly(
     assert any("no next request within 1 s" in r.getMessage() for r in caplog.records)
 
 
+async def test_keep_alive_requests_reuse_their_connection_s_one_timer(
+    start_service: StartService,
+) -> None:
+    """No timer is made and cancelled per request: the one set at the first wait fires
+    at its time, finds the connection served since, and is set for its current wait."""
+    idle = 2 * DEADLINE
+    runner = await start_service(header_timeout_seconds=DEADLINE, keepalive_timeout_seconds=idle)
+    assert runner.site is not None and runner.site.guard is not None
+    guard = runner.site.guard
+    health = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = await Raw.open(runner, health)
+    assert (await raw.answer())[0].startswith(b"HTTP/1.1 200 ")
+    (handler,) = guard._waiting  # answered: it waits for its next head
+    timer = handler.deadline_timer
+    assert timer is not None
+    for _ in range(19):
+        raw.writer.write(health)
+        status, _ = await raw.answer()
+        assert status.startswith(b"HTTP/1.1 200 ")
+    answered = time.monotonic()
+    assert handler.deadline_timer is timer and handler.requests == 20
+    await raw.closed_after()  # the timer fired early (the first head's deadline), was set again
+    assert time.monotonic() - answered >= idle * 0.9
+    assert not guard._waiting and handler.deadline_timer is None
+
+
 # -- handshakes in flight ---------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import logging
 import string
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote
 
 import aiohttp
 import orjson
@@ -28,6 +28,7 @@ from webpubsub.server.rest import (
     ROUTES,
     add_user_to_group,
     int_param,
+    query_pairs,
     remove_connection_from_group,
     route,
     send_to_user,
@@ -104,6 +105,43 @@ def test_unknown_shapes_and_wrong_methods() -> None:
 def test_arbitrary_paths_route_or_not_without_raising(path: str) -> None:
     found = route("POST", "/api/" + path)
     assert isinstance(found, list | tuple)
+
+
+def _first_matches(method: str, raw_path: str) -> tuple[object, dict[str, str]] | list[str]:
+    """Routing as a scan of every route in order (what ``route`` must agree with)."""
+    segments = [unquote(s) for s in raw_path.split("/")[2:]]
+    if segments and segments[-1] == "":
+        segments.pop()
+    allowed: list[str] = []
+    for candidate in ROUTES:
+        params = candidate.match(segments)
+        if params is not None:
+            if candidate.method == method:
+                return candidate, params
+            allowed.append(candidate.method)
+    return allowed
+
+
+_SEGMENTS = st.sampled_from(
+    sorted({p for r in ROUTES for p in r.pattern if not p.startswith("{")} | {"", "x", "%41"})
+)
+
+
+@given(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]),
+    st.lists(_SEGMENTS | IDS.map(lambda t: quote(t, safe="")), max_size=8),
+    st.booleans(),
+)
+def test_routing_finds_the_first_route_that_matches_in_order(
+    method: str, segments: list[str], slash: bool
+) -> None:
+    path = "/api/" + "/".join(segments) + ("/" if slash else "")
+    assert route(method, path) == _first_matches(method, path)
+
+
+@given(st.text(alphabet="ab=&%+2 é", max_size=30) | st.text(max_size=30))
+def test_a_query_splits_as_parse_qsl_splits_it(raw: str) -> None:
+    assert query_pairs(raw) == parse_qsl(raw, keep_blank_values=True)
 
 
 @given(raw=st.text(max_size=30) | st.from_regex(r"\A[0-9]{1,6000}\Z"), low=st.integers(0, 5))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import itertools
+import sys
 import tracemalloc
 
 import orjson
@@ -384,3 +385,146 @@ def test_any_connect_body_is_shown_without_raising_and_its_query_never_whole(bod
                 assert all(
                     v == trace.mask_secret(o) for v, o in zip(shown[name], values, strict=True)
                 )
+
+
+# -- records made lazily ---------------------------------------------------------------
+
+LAZY_CALLS = st.sampled_from(["rest", "event", "big-event", "connect", "out", "reply", "in"])
+
+
+def _observe(ring: TraceRing, what: str, i: int) -> None:
+    """One observer call of kind ``what`` (the hot paths' are made lazily)."""
+    if what == "rest":
+        path = f"/api/hubs/chat/users/u{i}\x01é/:send"  # escapes and non-ASCII too
+        ring.rest_call(RestCall("Chat", "SendToUser", "POST", path, 202, i / 1e4, "::1"))
+    elif what == "event":
+        ring.cloud_event(exchange(b'{"i":%d}' % i, answer=b"\x00\xff" * i))
+    elif what == "big-event":  # cut bodies, more headers than a record shows
+        many = tuple((f"x-h{n}", "v" * 2000) for n in range(trace.HEADERS_SHOWN + 5))
+        big = Exchange(
+            UpstreamRequest("POST", "http://127.0.0.1:9/h?code=c", exchange().request.headers,
+                            b"\x01" * (BODY_LIMIT + 5)),
+            UpstreamResponse(200, many, "é".encode() * BODY_LIMIT),
+            None,
+            0.5,
+        )  # fmt: skip
+        ring.cloud_event(big)
+    elif what == "connect":
+        body = orjson.dumps({"headers": {"Authorization": ["Bearer abcdefghijk"]}, "i": i})
+        event = exchange(body)
+        headers = tuple(
+            (k, "azure.webpubsub.sys.connect" if k == "ce-type" else v)
+            for k, v in event.request.headers
+        )
+        ring.cloud_event(dataclasses.replace(
+            event, request=dataclasses.replace(event.request, headers=headers)
+        ))  # fmt: skip
+    elif what == "out":
+        message = DataMessage(Payload.text("ü" * (i % 400)), Origin.GROUP, "room", "bob")
+        ring.delivered("chat", Target.group("room"), message, i)
+    elif what == "reply":
+        ring.replied(conn(), DataMessage(Payload.binary(bytes(range(256)) * 2)))
+    else:
+        frame = f'{{"type":"sendToGroup","group":"g{i}","data":"x"}}'
+        ring.received(conn(), frame, "sendToGroup")
+
+
+@given(
+    st.lists(st.tuples(LAZY_CALLS, st.booleans()), max_size=40),
+    st.integers(min_value=1, max_value=12),
+    st.sampled_from([4 * 1024, 64 * 1024, trace.DEFAULT_MAX_BYTES]),
+)
+def test_a_record_read_late_is_the_record_read_at_once(
+    calls: list[tuple[str, bool]], capacity: int, max_bytes: int
+) -> None:
+    """Whenever a record is first read (at once, later, or never before it is evicted),
+    it is the record the eager path made: the same bytes, the same bounds kept."""
+    eager = TraceRing(capacity, "n1", max_bytes=max_bytes, clock=itertools.count(1).__next__)
+    lazy = TraceRing(capacity, "n1", max_bytes=max_bytes, clock=itertools.count(1).__next__)
+    for i, (what, read) in enumerate(calls):
+        _observe(eager, what, i)
+        eager.after(eager.last_seq - 1, 1)  # built at once, as the eager path did
+        _observe(lazy, what, i)
+        if read:
+            lazy.get(lazy.last_seq - 1)  # now and then an older one, out of order
+    assert (lazy.first_seq, lazy.last_seq) == (eager.first_seq, eager.last_seq)
+    assert lazy.after_raw(0, 100, 1 << 30) == eager.after_raw(0, 100, 1 << 30)
+    assert lazy.after(0, 100) == eager.after(0, 100)
+    assert lazy.size_bytes == eager.size_bytes <= max(max_bytes, trace.RECORD_MAX_BYTES)
+    for raw in lazy.after_raw(0, 100, 1 << 30):
+        assert SIG not in raw.decode() and b"very-secret-token" not in raw
+        assert b"abcdefghijk" not in raw and b"secret-code" not in raw
+
+
+def test_a_record_not_read_is_built_only_when_it_is_read() -> None:
+    ring = TraceRing(100, "n1", clock=itertools.count(1).__next__)
+    for i in range(10):
+        _observe(ring, "rest", i)
+        _observe(ring, "event", i)
+        _observe(ring, "out", i)
+    assert ring._pending == 30 and len(ring) == 30
+    assert all(isinstance(entry, tuple) for entry in ring._ring)  # facts only, no record
+    record = ring.get(2)
+    assert record is not None and record["type"] == "cloudevent" and record["seq"] == 2
+    assert record["time"] == 2 and record["node"] == "n1"  # taken when it was added
+    assert ring._pending == 29
+    page = ring.after(10, 5)
+    assert [r["seq"] for r in page] == [11, 12, 13, 14, 15] and ring._pending == 24
+    assert ring.size_bytes < 30 * 4096  # the bounds of the records not built are tight enough
+
+
+def test_the_facts_kept_of_a_message_are_its_preview_not_its_data() -> None:
+    ring = TraceRing(10, "n1")
+    data = b"x" * (1024 * 1024)
+    refs = sys.getrefcount(data)
+    message = DataMessage(Payload.binary(data))
+    ring.delivered("chat", Target.all(), message, 5)
+    ring.replied(conn(), message)
+    del message
+    assert sys.getrefcount(data) == refs  # neither pending record holds the megabyte
+    assert ring.size_bytes < 2 * 8 * 1024
+    out = ring.after(0, 1)[0]
+    assert out["size"] == 1024 * 1024 and base64.b64decode(out["preview"]) == data[:192]  # type: ignore[arg-type]
+
+
+def test_an_exchange_is_kept_cut_until_its_record_is_read() -> None:
+    ring = TraceRing(10, "n1")
+    _observe(ring, "big-event", 0)
+    ((_, _, _, facts),) = ring._ring  # type: ignore[misc]
+    kept = facts[0]
+    assert len(kept.request.body) == len(kept.response.body) == BODY_LIMIT + 1
+    assert len(kept.response.headers) == trace.HEADERS_SHOWN + 1
+    assert ring.original(1) is not None and len(ring.original(1).body) == BODY_LIMIT + 5  # type: ignore[union-attr]
+    record = ring.get(1)
+    assert record is not None
+    assert record["request"]["truncated"] is True and record["response"]["truncated"] is True  # type: ignore[index]
+
+
+def test_the_byte_bound_holds_for_records_not_built_by_building_them_first() -> None:
+    ring = TraceRing(100_000, "n", max_bytes=64 * 1024)
+    for i in range(2000):
+        _observe(ring, "rest", i)
+    assert ring.size_bytes <= 64 * 1024
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 100_000, 1 << 30))
+    assert ring.last_seq == 2000 and 64 * 1024 // 400 < len(ring) < 64 * 1024 // 200
+
+
+async def test_a_live_reader_gets_each_record_built_when_it_comes() -> None:
+    ring = TraceRing(10, "n1")
+    waiting = asyncio.create_task(ring.wait(0, 5.0))
+    await asyncio.sleep(0)
+    _observe(ring, "rest", 1)
+    async with asyncio.timeout(2):
+        await waiting
+    (raw,) = ring.after_raw(0, 10, 1 << 30)
+    assert orjson.loads(raw)["operation"] == "SendToUser" and ring._pending == 0
+
+
+def test_a_record_that_cannot_be_serialized_is_read_as_unreadable_not_an_error() -> None:
+    ring = TraceRing(10, "n1")
+    ring.rest_call(RestCall("Chat", "SendToAll", "POST", "/api/hubs/chat/\udc80", 202, 0.1, ""))
+    _observe(ring, "rest", 1)
+    bad, good = ring.after(0, 10)
+    assert bad["type"] == "unreadable" and bad["truncated"] is True and bad["seq"] == 1
+    assert good["type"] == "rest" and good["seq"] == 2
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))

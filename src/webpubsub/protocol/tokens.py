@@ -13,8 +13,9 @@ token raises :class:`~webpubsub.errors.BadRequest` (the handshake answers 400).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
+import hashlib
 import hmac
 import json
 import math
@@ -180,10 +181,6 @@ def verify_rest_token(
     raise Unauthorized("audience mismatch")
 
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
-"""A JWT segment: base64url without padding (RFC 7515 §2)."""
-
-
 @functools.lru_cache(maxsize=16)
 def _origins(endpoints: tuple[str, ...]) -> frozenset[tuple[str, str, int | None]]:
     """The origins of the service's endpoints (the same few on every request: parsed once)."""
@@ -202,27 +199,18 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     """
     if not keys:
         raise Unauthorized("no access key is configured")
-    parts = token.split(".")
-    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+    if not _TOKEN.fullmatch(token):
         raise Unauthorized("token is not a JWT")
-    head, body, signature = parts
-    try:
-        header = _json_object(_b64url(head))
-    except ValueError:
-        raise Unauthorized("token is not a JWT") from None
-    if "kid" in header and not isinstance(header["kid"], str):
-        raise Unauthorized("token is not a JWT")
-    if "crit" in header or "b64" in header:  # extensions this verifier does not implement
-        raise Unauthorized("unsupported token header")
-    if header.get("alg") != ALGORITHM:
-        raise Unauthorized("unsupported token algorithm")
+    head, body, signature = token.split(".")
+    if head not in _good_headers:
+        _check_header(head)
     try:
         given = _b64url(signature)
     except ValueError:
         raise Unauthorized("malformed token") from None
     signed = f"{head}.{body}".encode("ascii")
     for key in keys:
-        if key and hmac.compare_digest(hmac.digest(key.encode(), signed, "sha256"), given):
+        if key and hmac.compare_digest(_hs256(key, signed), given):
             break  # (an empty key verifies nothing, as PyJWT refuses one)
     else:
         raise Unauthorized("invalid signature")
@@ -234,16 +222,78 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     return payload
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+"""A JWT segment: base64url without padding (RFC 7515 §2)."""
+_TOKEN = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+"""A JWT: three such segments."""
+GOOD_HEADERS_KEPT = 64
+_good_headers: dict[str, None] = {}
+"""Header segments that passed :func:`_check_header` (every token of an SDK has the
+same one), the first :data:`GOOD_HEADERS_KEPT`."""
+
+
+def _check_header(head: str) -> None:
+    """A token's header segment: a JSON object whose ``alg`` is HS256 (and whose
+    ``kid``, if any, is a string), without extensions; Unauthorized otherwise."""
+    try:
+        header = _json_object(_b64url(head))
+    except ValueError:
+        raise Unauthorized("token is not a JWT") from None
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Unauthorized("token is not a JWT")
+    if "crit" in header or "b64" in header:  # extensions this verifier does not implement
+        raise Unauthorized("unsupported token header")
+    if header.get("alg") != ALGORITHM:
+        raise Unauthorized("unsupported token algorithm")
+    if len(_good_headers) < GOOD_HEADERS_KEPT:
+        _good_headers[head] = None
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_SHA256_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: str) -> tuple[Any, Any]:
+    """SHA-256 states after ``key``'s inner and outer HMAC pads (RFC 2104): the same
+    few keys sign every token, so each is padded and hashed once."""
+    raw = key.encode()
+    if len(raw) > _SHA256_BLOCK:
+        raw = hashlib.sha256(raw).digest()
+    raw = raw.ljust(_SHA256_BLOCK, b"\0")
+    return hashlib.sha256(raw.translate(_IPAD)), hashlib.sha256(raw.translate(_OPAD))
+
+
+def _hs256(key: str, message: bytes) -> bytes:
+    """HMAC-SHA256 of ``message`` under the UTF-8 of ``key`` (``hmac.digest``'s result,
+    from the key's hashed pads: one OpenSSL HMAC set-up per token was a tenth of the
+    token check)."""
+    inner, outer = _keyed(key)
+    inner = inner.copy()
+    inner.update(message)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return bytes(outer.digest())
+
+
+_B64URL_VALUES = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64url(segment: str) -> bytes:
     """A base64url segment without padding (its alphabet checked by the caller), in its
     one canonical spelling (no stray bits in its last character: a token has one form);
     ``ValueError`` otherwise."""
-    if len(segment) % 4 == 1:
+    left = len(segment) % 4
+    if left == 1:
         raise ValueError("not base64")
-    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
-        raise ValueError("not canonical base64")
-    return raw
+    if left and _B64URL_VALUES.get(segment[-1], 0xFF) & (0x0F if left == 2 else 0x03):
+        raise ValueError("not canonical base64")  # bits the decoded bytes do not hold
+    data = segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
+    return binascii.a2b_base64(data)
 
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")

@@ -34,7 +34,7 @@ from webpubsub.protocol.wsframe import CloseCode
 from webpubsub.server import portal, rest, tls, websocket
 from webpubsub.server.context import HEALTH, SERVICE, ServiceContext
 from webpubsub.server.errors import error_middleware
-from webpubsub.server.guard import GuardedSite, HandshakeGate, request_started
+from webpubsub.server.guard import GuardedSite, HandshakeGate
 from webpubsub.server.keepalive import KeepAlive
 from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
@@ -229,7 +229,7 @@ class ServiceRunner:
             observer=self.observer,
         )
         app = web.Application(
-            middlewares=[request_started, error_middleware],
+            middlewares=[error_middleware],
             client_max_size=server.max_message_bytes,
         )
         app[SERVICE] = ctx

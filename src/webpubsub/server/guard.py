@@ -31,7 +31,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,7 +42,6 @@ from aiohttp.http_exceptions import (
     HttpProcessingError,
     LineTooLong,
 )
-from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from webpubsub.errors import BadRequest, ServiceUnavailable
@@ -180,8 +179,9 @@ class ConnectionGuard:
         self._loop = loop
         self.connections = 0
         """Sockets taken and not yet lost."""
-        self._waiting: dict[GuardedHandler, asyncio.TimerHandle] = {}
-        """Connections waiting for a request head, the longest-waiting first."""
+        self._waiting: dict[GuardedHandler, float] = {}
+        """Connections waiting for a request head, the longest-waiting first, each with
+        its deadline (``loop.time()``)."""
         self.refused = Throttle(clock=clock)
         self.reaped = Throttle(clock=clock)
         self.malformed = Throttle(clock=clock)
@@ -213,13 +213,23 @@ class ConnectionGuard:
 
     def wait_for_request(self, handler: GuardedHandler) -> None:
         """``handler`` waits for a request head from now on: its first for at most
-        ``header_timeout``, a next one (after an answer) for ``keepalive_timeout``."""
-        self._unwait(handler)
+        ``header_timeout``, a next one (after an answer) for ``keepalive_timeout``.
+
+        Each connection has one timer, set again only when it fires before the deadline
+        (a keep-alive connection's next request usually comes first): no timer is made
+        and cancelled per request."""
+        self._waiting.pop(handler, None)  # (to the end: the longest-waiting stay first)
         timeout = self.keepalive_timeout if handler.requests else self.header_timeout
-        self._waiting[handler] = self._loop.call_later(timeout, self._reap, handler)
+        deadline = self._loop.time() + timeout
+        self._waiting[handler] = deadline
+        timer = handler.deadline_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            handler.deadline_timer = self._loop.call_at(deadline, self._check, handler)
 
     def request_started(self, handler: GuardedHandler) -> None:
-        self._unwait(handler)
+        self._waiting.pop(handler, None)  # (its timer, if it fires, finds it not waiting)
 
     def lost(self, handler: GuardedHandler) -> None:
         self._unwait(handler)
@@ -227,14 +237,31 @@ class ConnectionGuard:
 
     def close(self) -> None:
         """Stop every deadline (the site stops serving)."""
-        for timer in self._waiting.values():
-            timer.cancel()
+        for handler in self._waiting:
+            self._stop_timer(handler)
         self._waiting.clear()
 
     def _unwait(self, handler: GuardedHandler) -> None:
-        timer = self._waiting.pop(handler, None)
+        self._waiting.pop(handler, None)
+        self._stop_timer(handler)
+
+    @staticmethod
+    def _stop_timer(handler: GuardedHandler) -> None:
+        timer, handler.deadline_timer = handler.deadline_timer, None
         if timer is not None:
             timer.cancel()
+
+    def _check(self, handler: GuardedHandler) -> None:
+        """``handler``'s timer fired: reap it if it is still waiting past its deadline,
+        else set the timer for the deadline it waits for now (if it waits)."""
+        handler.deadline_timer = None
+        deadline = self._waiting.get(handler)
+        if deadline is None:
+            return  # it got a request; its next wait sets a timer again
+        if self._loop.time() < deadline:
+            handler.deadline_timer = self._loop.call_at(deadline, self._check, handler)
+            return
+        self._reap(handler)
 
     def _reap(self, handler: GuardedHandler) -> None:
         self._waiting.pop(handler, None)
@@ -283,7 +310,7 @@ _CLIENT_CAUSED = (ConnectionError, HttpProcessingError, web.RequestPayloadError)
 class GuardedHandler(RequestHandler):
     """aiohttp's HTTP protocol for one connection, held to the :class:`ConnectionGuard`."""
 
-    __slots__ = ("_guard", "_taken", "peer", "requests")
+    __slots__ = ("_guard", "_taken", "deadline_timer", "peer", "requests")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -292,6 +319,9 @@ class GuardedHandler(RequestHandler):
         self.peer = "an unknown peer"
         self.requests = 0
         """Requests whose head arrived on this connection."""
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        """The guard's timer for this connection's wait for a request (see
+        :meth:`ConnectionGuard.wait_for_request`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.peer = peer_of(transport)
@@ -300,6 +330,15 @@ class GuardedHandler(RequestHandler):
             return
         self._taken = True
         super().connection_made(transport)
+        factory = self._request_factory
+        if factory is not None:  # aiohttp makes each request as its head arrives
+
+            def request_factory(*args: Any) -> web.BaseRequest:
+                self.request_started()  # its connection waits for a request no more
+                return factory(*args)
+
+            # (aiohttp drops it when the connection is lost: no cycle is left behind)
+            self._request_factory = request_factory
         self._guard.wait_for_request(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -350,18 +389,6 @@ class GuardedHandler(RequestHandler):
             )
             return
         super().log_exception(*args, **kw)
-
-
-@web.middleware
-def request_started(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """The head of a request arrived: its connection no longer waits for one.
-
-    A plain function returning the handler's awaitable (aiohttp awaits what a middleware
-    returns): no frame of its own stays alive as long as a WebSocket connection."""
-    protocol = request.protocol
-    if isinstance(protocol, GuardedHandler):
-        protocol.request_started()
-    return handler(request)
 
 
 class GuardedSite(web.BaseSite):

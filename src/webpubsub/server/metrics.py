@@ -60,6 +60,9 @@ need none of the 1.0.0 format's escaping)."""
 
 MAX_HUBS = 1000
 """Distinct hub label values; later hubs are counted as :data:`OTHER`."""
+MAX_REST_LABELS = 1024
+"""(operation, status) pairs whose labelled children are cached (the operations and
+the statuses are the service's own: a few dozen pairs)."""
 MAX_USER_EVENTS = 50
 """Distinct user event types (clients name them); later ones are :data:`USER_OTHER`."""
 NAMED_EVENT_TYPES = frozenset(
@@ -240,6 +243,8 @@ class Metrics:
         """(hub, kind) → the received children: the hot path's one lookup."""
         self._out: dict[tuple[str, Any], _Pair] = {}
         """(hub, target scope or ``reply``) → the delivered children."""
+        self._calls: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        """(operation, status) → the REST children: the same few pairs on every request."""
         self._hubs: Callable[[], Iterable[Hub]] = lambda: ()
         self._upstream: Upstream | None = None
         r.register(_StateCollector(self))
@@ -294,8 +299,16 @@ class Metrics:
         pair[1].inc(len(message.payload.data))
 
     def rest_call(self, call: RestCall) -> None:
-        self._rest.labels(call.operation, str(call.status)).inc()
-        self._rest_seconds.labels(call.operation).observe(call.duration)
+        children = self._calls.get((call.operation, call.status))
+        if children is None:
+            children = (
+                self._rest.labels(call.operation, str(call.status)),
+                self._rest_seconds.labels(call.operation),
+            )
+            if len(self._calls) < MAX_REST_LABELS:  # (operations and statuses are ours)
+                self._calls[(call.operation, call.status)] = children
+        children[0].inc()
+        children[1].observe(call.duration)
 
     def cloud_event(self, exchange: Exchange) -> None:
         event_type = self._event_type(exchange.event_type)

@@ -13,6 +13,8 @@ import base64
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import orjson
@@ -47,8 +49,7 @@ INT32_MAX = 2**31 - 1
 """The REST API reference declares the integer query parameters ``int32``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One REST request, routed: path parameters, query and body."""
 
     params: dict[str, str]
@@ -116,21 +117,23 @@ async def _payload(call: Call) -> Payload:
     length = call.request.content_length
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
-    body = await _body(call)
+    body = await _body(call, length)
     _int_arg(call, "messageTtlSeconds", low=0, high=300)  # validated; delivery is immediate
     return Payload.from_rest_body(call.request.headers.get("Content-Type"), body)
 
 
-async def _body(call: Call) -> bytes:
+async def _body(call: Call, length: int | None = None) -> bytes:
     """The whole body, bounded in size (``server.max_message_bytes``) and in time: it must
     keep coming, with no pause longer than ``server.header_timeout_seconds`` (a body that
     stops holds a connection; one that arrives slowly is a slow uplink, not an attack),
-    and be complete within :data:`BODY_DEADLINE_FACTOR` times that."""
+    and be complete within :data:`BODY_DEADLINE_FACTOR` times that. ``length``: the
+    request's ``Content-Length``, when the caller has read it."""
     ctx = call.request.app[SERVICE]
     idle = ctx.request_timeout
     limit = ctx.max_message_bytes
     content = call.request.content
-    length = call.request.content_length
+    if length is None:
+        length = call.request.content_length
     if length is not None and length <= limit:  # the common case: all of it is here
         data = content.read_nowait(length)
         if len(data) == length and (length == 0 or content.at_eof()):
@@ -533,10 +536,49 @@ async def health(request: web.Request) -> web.StreamResponse:
     return _json(request.app[HEALTH]())
 
 
-_ROUTES_BY_LENGTH: dict[int, tuple[Route, ...]] = {
-    n: tuple(r for r in ROUTES if len(r.pattern) == n) for n in {len(r.pattern) for r in ROUTES}
-}
-"""The routes by their number of segments, in :data:`ROUTES` order: only those can match."""
+def _picker(positions: tuple[int, ...]) -> Callable[[list[str]], tuple[str, ...]]:
+    """The segments at ``positions``, as a tuple (``itemgetter`` of one gives no tuple)."""
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda segments: (segments[only],)
+    return itemgetter(*positions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The routes with one number of segments and their parameters at the same places,
+    by their literal segments (each such route matches only its own literals)."""
+
+    literals: Callable[[list[str]], tuple[str, ...]]
+    values: Callable[[list[str]], tuple[str, ...]]
+    routes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, Route], ...]]]
+    """Literal segments → the parameters' names and the routes (index in ROUTES)."""
+
+
+def _shapes(routes: tuple[Route, ...]) -> dict[int, tuple[_Shape, ...]]:
+    found: dict[tuple[int, tuple[int, ...]], dict[tuple[str, ...], list[tuple[int, Route]]]] = {}
+    for index, r in enumerate(routes):
+        params = tuple(i for i, part in enumerate(r.pattern) if part.startswith("{"))
+        literal = tuple(part for part in r.pattern if not part.startswith("{"))
+        found.setdefault((len(r.pattern), params), {}).setdefault(literal, []).append((index, r))
+    shapes: dict[int, list[_Shape]] = {}
+    for (length, params), table in found.items():
+        shapes.setdefault(length, []).append(
+            _Shape(
+                literals=_picker(tuple(i for i in range(length) if i not in params)),
+                values=_picker(params),
+                routes={
+                    literal: (tuple(same[0][1].pattern[i][1:-1] for i in params), tuple(same))
+                    for literal, same in table.items()
+                },
+            )
+        )
+    return {length: tuple(found) for length, found in shapes.items()}
+
+
+_SHAPES = _shapes(ROUTES)
+"""The routes by their number of segments and their parameters' places (every route has
+literal segments and parameters)."""
 
 
 def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str]:
@@ -544,20 +586,31 @@ def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str
 
     The path is split on ``/`` before each segment is percent-decoded, so ``%2F`` in
     an id stays inside its segment.  When nothing matches, the methods the path does
-    allow (empty when no route has that shape).
+    allow (empty when no route has that shape). The first of :data:`ROUTES` that
+    matches wins (:meth:`Route.match`: its literals, each parameter not empty).
     """
-    segments = [unquote(s) for s in raw_path.split("/")[2:]]  # drop "" and "api"
+    segments = raw_path.split("/")[2:]  # drop "" and "api"
+    if "%" in raw_path:
+        segments = [unquote(s) for s in segments]
     if segments and segments[-1] == "":
         segments.pop()
-    allowed: list[str] = []
-    for candidate in _ROUTES_BY_LENGTH.get(len(segments), ()):
-        params = candidate.match(segments)
-        if params is None:
+    matched: list[tuple[int, Route, dict[str, str]]] = []
+    for shape in _SHAPES.get(len(segments), ()):
+        found = shape.routes.get(shape.literals(segments))
+        if found is None:
             continue
+        values = shape.values(segments)
+        if "" in values:
+            continue
+        names, candidates = found
+        params = dict(zip(names, values, strict=True))
+        matched.extend((index, candidate, params) for index, candidate in candidates)
+    if len(matched) > 1:
+        matched.sort(key=lambda found: found[0])
+    for _, candidate, params in matched:
         if candidate.method == method:
             return candidate, params
-        allowed.append(candidate.method)
-    return allowed
+    return [candidate.method for _, candidate, _ in matched]
 
 
 async def api_endpoint(request: web.Request) -> web.StreamResponse:
@@ -584,7 +637,7 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
         _authenticate(request, ctx, raw_target)
         matched, params = found
         hub = params["hub"] = validate_hub(params["hub"])
-        call = Call(params, parse_qsl(raw_query, keep_blank_values=True), request)
+        call = Call(params, query_pairs(raw_query), request)
         try:
             answer = await matched.handler(ctx.operations, call)
         except InvalidParameter as exc:
@@ -613,6 +666,19 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
                     caller=request.remote or "",
                 )
             )
+
+
+def query_pairs(raw: str) -> list[tuple[str, str]]:
+    """``parse_qsl(raw, keep_blank_values=True)``; a query with nothing to decode (no
+    ``%``, no ``+``: ``api-version=2024-12-01``) is only split."""
+    if "%" in raw or "+" in raw:
+        return parse_qsl(raw, keep_blank_values=True)
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split("&") if raw else ():
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return pairs
 
 
 def _origin_form(target: str) -> str:

@@ -3,10 +3,20 @@
 :class:`TraceRing` is an :class:`~webpubsub.node.observe.Observer`: each call becomes
 one record (a plain dict, the JSON object of the portal contract) with this node's
 next ``seq``, appended to a ``deque`` of at most ``[portal] trace_buffer`` records and
-``[portal] trace_max_bytes`` bytes (each record is serialized once, when it is added,
-and kept so: pages and streams send those bytes; one record is at most
-:data:`RECORD_MAX_BYTES`). One record per client frame and one per fan-out (never one
-per recipient); bodies are cut at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
+``[portal] trace_max_bytes`` bytes (each record is serialized once and kept so: pages
+and streams send those bytes; one record is at most :data:`RECORD_MAX_BYTES`). One
+record per client frame and one per fan-out (never one per recipient); bodies are cut
+at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
+
+The records of the hot paths (a REST call, a CloudEvent, a fan-out, a reply) are made
+lazily: the ring keeps the facts they are made of (objects the caller had already,
+bodies cut at :data:`BODY_LIMIT`, the first :data:`HEADERS_SHOWN` headers) with a bound
+of what they cost (held in memory, and serialized), and builds, masks and serializes
+the record only when it is read (a page, a stream, one record, a connection's recent
+traffic), or when the ring's bytes would pass ``trace_max_bytes`` by those bounds (the
+records are built then, and the bound holds for their exact sizes, as before). A record
+built late is the record the eager path made: its time, its node and its facts were
+taken when it was added, and the facts are never changed.
 
 Secrets are shown in part only: every ``ce-signature`` value as ``sha256=ab12…``
 (its first four hex digits) and every ``Authorization`` value as its scheme and
@@ -15,8 +25,8 @@ CloudEvent (for the webhook debugger's replay) is kept beside the ring, under th
 record's ``seq``, and evicted with its record.
 
 Waiters (the portal's event streams) are woken through one :class:`asyncio.Event`
-made only while someone waits: with nobody watching, a record costs its dict, its
-serialisation (once, when it is added) and an append.
+made only while someone waits: with nobody watching, a hot-path record costs a tuple
+of its facts and an append.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import enum
 import functools
 import itertools
@@ -31,6 +42,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from typing import Any, cast
 
 import orjson
 
@@ -39,12 +51,18 @@ from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Scope, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
-from webpubsub.protocol.messages import ProtocolViolation
+from webpubsub.protocol.messages import ProtocolViolation, StreamInfo
 from webpubsub.protocol.names import MAX_NAME_LENGTH
 from webpubsub.protocol.payload import DataType
 from webpubsub.upstream.http import safe_url
 
 Record = dict[str, object]
+
+Built = tuple[str, str | None, str | None, str | None, Record]
+"""What a record is made of: its type, hub, connection id, user id and fields."""
+Pending = tuple[float, str, Callable[[Any], Built], Any]
+"""A record not built yet: its time, its node, the function that makes it and the facts
+it makes it of (never changed after)."""
 
 BODY_LIMIT = 16 * 1024
 """Bytes of a CloudEvent's request or response body kept in its record."""
@@ -151,10 +169,14 @@ class TraceRing:
         self._clock = clock
         self._capacity = capacity
         self._max_bytes = max_bytes
-        self._ring: deque[Record] = deque()
-        self._raw: deque[bytes] = deque()
-        """Each record serialized (once, when it is added): what pages and streams send."""
+        self._ring: deque[Record | Pending] = deque()
+        """Each record, or what it is made of until it is read (:meth:`_built`)."""
+        self._raw: deque[bytes | int] = deque()
+        """Each record serialized (once): what pages and streams send; for a record not
+        built yet, a bound of what it costs (its facts held, and serialized)."""
         self._bytes = 0
+        self._pending = 0
+        """Records not built yet."""
         self._originals: dict[int, tuple[UpstreamRequest, int]] = {}
         """The full request of each CloudEvent record still in the ring, by seq (oldest
         first), with what it costs; :data:`ORIGINALS_MAX_BYTES` at most in all."""
@@ -173,7 +195,7 @@ class TraceRing:
 
     @property
     def size_bytes(self) -> int:
-        """The kept records' serialized size."""
+        """The kept records' serialized size (for a record not built yet, a bound of it)."""
         return self._bytes
 
     @property
@@ -192,7 +214,9 @@ class TraceRing:
     def after(self, seq: int, limit: int) -> list[Record]:
         """At most ``limit`` records newer than ``seq``, oldest first."""
         start = max(0, seq - self.first_seq + 1)
-        return list(itertools.islice(self._ring, start, start + max(0, limit)))
+        stop = min(len(self._ring), start + max(0, limit))
+        self._build_range(start, stop)
+        return list(itertools.islice(self._ring, start, stop))  # type: ignore[arg-type]
 
     def after_raw(self, seq: int, limit: int, max_bytes: int) -> list[bytes]:
         """At most ``limit`` serialized records newer than ``seq``, oldest first, at most
@@ -200,7 +224,8 @@ class TraceRing:
         start = max(0, seq - self.first_seq + 1)
         found: list[bytes] = []
         size = 0
-        for raw in itertools.islice(self._raw, start, start + max(0, limit)):
+        for index in range(start, min(len(self._ring), start + max(0, limit))):
+            raw = self._built(index)[1]
             size += len(raw)
             if found and size > max_bytes:
                 break
@@ -211,7 +236,7 @@ class TraceRing:
         """The record ``seq``, while the ring keeps it."""
         index = seq - self.first_seq
         if 0 <= index < len(self._ring):
-            return self._ring[index]
+            return self._built(index)[0]
         return None
 
     def original(self, seq: int) -> UpstreamRequest | None:
@@ -224,8 +249,9 @@ class TraceRing:
         oldest first, :data:`RECENT_MAX_BYTES` of them serialized at most."""
         found: list[Record] = []
         size = 0
-        pairs = zip(reversed(self._ring), reversed(self._raw), strict=True)
-        for record, raw in itertools.islice(pairs, RECENT_SCAN):
+        newest = len(self._ring) - 1
+        for index in range(newest, max(-1, newest - RECENT_SCAN), -1):
+            record, raw = self._built(index)
             if record["connectionId"] == connection_id and record["hub"] == hub:
                 size += len(raw)
                 if size > RECENT_MAX_BYTES:
@@ -265,40 +291,83 @@ class TraceRing:
         user_id: str | None,
         fields: Record,
     ) -> Record:
+        """Add a record built now."""
         self._seq += 1
-        record: Record = {
-            "seq": self._seq,
-            "node": self.node_id,
-            "time": self._clock(),
-            "type": kind,
-            "hub": hub,
-            "connectionId": connection_id,
-            "userId": user_id,
-        }
-        record.update(fields)
-        raw = orjson.dumps(record)
-        if len(raw) > RECORD_MAX_BYTES:
-            raw = _fit(record)
-        if len(raw) > 512:  # orjson's buffer may be several times larger: keep a tight copy
-            raw = bytes(memoryview(raw))
+        record, raw = _record(
+            self._seq, self.node_id, self._clock(), (kind, hub, connection_id, user_id, fields)
+        )
         self._ring.append(record)
         self._raw.append(raw)
         self._bytes += len(raw)
-        while len(self._ring) > self._capacity or (
-            self._bytes > self._max_bytes and len(self._ring) > 1
-        ):
+        self._added()
+        return record
+
+    def _add_lazy(self, build: Callable[[Any], Built], facts: object, cost: int) -> None:
+        """Add a record that ``build(facts)`` makes when it is first read; ``cost``
+        bounds both what ``facts`` hold in memory and the record serialized."""
+        self._seq += 1
+        self._ring.append((self._clock(), self.node_id, build, facts))
+        self._raw.append(cost)
+        self._bytes += cost
+        self._pending += 1
+        self._added()
+
+    def _added(self) -> None:
+        """Keep the bounds (records, bytes) and wake the waiters."""
+        if len(self._ring) > self._capacity:
             self._evict()
+        if self._bytes > self._max_bytes:
+            self._build_pending()  # their exact sizes (each is at most its bound)
+            while self._bytes > self._max_bytes and len(self._ring) > 1:
+                self._evict()
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
-        return record
+
+    def _built(self, index: int) -> tuple[Record, bytes]:
+        """The record at ``index`` (0: the oldest kept) and its bytes, built now if it was
+        not yet."""
+        entry = self._ring[index]
+        raw = self._raw[index]
+        if isinstance(raw, bytes):
+            return cast(Record, entry), raw
+        when, node, build, facts = cast(Pending, entry)
+        seq = self._seq - len(self._ring) + 1 + index
+        try:
+            record, built = _record(seq, node, when, build(facts))
+        except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
+            record, built = _record(seq, node, when, ("unreadable", None, None, None, {}))
+            record["truncated"] = True
+            built = orjson.dumps(record)
+        self._ring[index] = record
+        self._raw[index] = built
+        self._bytes += len(built) - raw
+        self._pending -= 1
+        return record, built
+
+    def _build_range(self, start: int, stop: int) -> None:
+        if self._pending:
+            for index in range(start, stop):
+                self._built(index)
+
+    def _build_pending(self) -> None:
+        """Build every record not built yet (the newest first: reads build the older)."""
+        index = len(self._ring) - 1
+        while self._pending and index >= 0:
+            self._built(index)
+            index -= 1
 
     def _evict(self) -> None:
         """Drop the oldest record (and its original request)."""
         seq = self.first_seq
         self._ring.popleft()
-        self._bytes -= len(self._raw.popleft())
+        raw = self._raw.popleft()
+        if isinstance(raw, bytes):
+            self._bytes -= len(raw)
+        else:
+            self._bytes -= raw
+            self._pending -= 1
         if self._originals:
             self._forget(seq)
 
@@ -366,52 +435,36 @@ class TraceRing:
         self._add("message-in", conn.hub, conn.connection_id, conn.user_id, fields)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
-        scope = target.scope
-        self._add(
-            "message-out",
-            hub,
-            target.id if scope is Scope.CONNECTION else None,
-            target.id if scope is Scope.USER else None,
-            _message_fields(message, scope.value, target.id or None, recipients),
+        facts = _message_facts(message)
+        self._add_lazy(
+            _delivered_record, (hub, target, facts, recipients), _message_cost(hub, target, facts)
         )
 
     def replied(self, conn: Connection, message: DataMessage) -> None:
-        fields = _message_fields(message, Scope.CONNECTION.value, conn.connection_id, 1)
-        fields["reply"] = True
-        self._add("message-out", conn.hub, conn.connection_id, conn.user_id, fields)
+        facts = _message_facts(message)
+        who = (conn.hub, conn.connection_id, conn.user_id)
+        cost = _message_cost(conn.hub, conn.connection_id, facts) + 6 * len(conn.user_id or "")
+        self._add_lazy(_replied_record, (who, facts), cost)
 
     def rest_call(self, call: RestCall) -> None:
-        self._add(
-            "rest",
-            call.hub.lower() if call.hub is not None else None,
-            None,
-            None,
-            {
-                "operation": call.operation,
-                "method": call.method,
-                "path": call.path,
-                "status": call.status,
-                "durationMs": round(call.duration * 1000, 3),
-                "caller": call.caller,
-            },
-        )
+        self._add_lazy(_rest_record, call, _rest_cost(call))
 
     def cloud_event(self, exchange: Exchange) -> None:
         request = exchange.request
         ce = _ce_headers(request.headers)
         hub = ce.get("ce-hub")
         connection_id = ce.get("ce-connectionid")
-        fields = exchange_fields(exchange, ce)
-        fields["attempt"] = self._attempt(hub, connection_id, exchange, ce.get("ce-id"))
-        record = self._add(
-            "cloudevent",
-            hub.lower() if hub is not None else None,
-            connection_id,
-            ce.get("ce-userid"),
-            fields,
-        )
-        if exchange.replay and (caught := _REPLAYS.get()) is not None:
-            caught.append(record)
+        attempt = self._attempt(hub, connection_id, exchange, ce.get("ce-id"))
+        caught = _REPLAYS.get() if exchange.replay else None
+        if caught is not None or ce.get("ce-type") == CONNECT_EVENT:
+            # A replay's record is wanted at once; a connect event's body is masked
+            # whole (it is not cut first): both are built now.
+            caught_record = self._add(*_cloudevent_record((exchange, ce, attempt)))
+            if caught is not None:
+                caught.append(caught_record)
+        else:
+            facts = (_bounded_exchange(exchange), ce, attempt)
+            self._add_lazy(_cloudevent_record, facts, _exchange_cost(facts[0], ce))
         size = _request_bytes(request)
         self._originals[self._seq] = (request, size)
         self._original_bytes += size
@@ -441,6 +494,152 @@ class TraceRing:
 
     def published(self, duration: float, error: str | None) -> None:
         """Backplane latency is the metrics' concern, not the trace's."""
+
+
+def _record(seq: int, node: str, when: float, built: Built) -> tuple[Record, bytes]:
+    """Record ``seq`` and its bytes (at most :data:`RECORD_MAX_BYTES`)."""
+    kind, hub, connection_id, user_id, fields = built
+    record: Record = {
+        "seq": seq,
+        "node": node,
+        "time": when,
+        "type": kind,
+        "hub": hub,
+        "connectionId": connection_id,
+        "userId": user_id,
+    }
+    record.update(fields)
+    raw = orjson.dumps(record)
+    if len(raw) > RECORD_MAX_BYTES:
+        raw = _fit(record)
+    if len(raw) > 512:  # orjson's buffer may be several times larger: keep a tight copy
+        raw = bytes(memoryview(raw))
+    return record, raw
+
+
+_RECORD_COST = 512
+"""A record's common fields and the rest of its keys and numbers, serialized, at most."""
+_ESCAPED = 6
+"""Bytes one character may take in a JSON string (a control character: ``\\u0000``),
+and at most in memory."""
+
+
+def _rest_record(call: RestCall) -> Built:
+    fields: Record = {
+        "operation": call.operation,
+        "method": call.method,
+        "path": call.path,
+        "status": call.status,
+        "durationMs": round(call.duration * 1000, 3),
+        "caller": call.caller,
+    }
+    return "rest", call.hub.lower() if call.hub is not None else None, None, None, fields
+
+
+def _rest_cost(call: RestCall) -> int:
+    strings = len(call.hub or "") + len(call.operation) + len(call.method) + len(call.path)
+    return _RECORD_COST + _ESCAPED * (strings + len(call.caller))
+
+
+MessageFacts = tuple[DataType, int, bytes, str | None, str | None, StreamInfo | None]
+"""A message as a record shows it: its data type, its data's size and first bytes (not
+the data: a message may be large), its group (a group message's), the sender's user id
+and its group stream."""
+
+
+def _message_facts(message: DataMessage) -> MessageFacts:
+    payload = message.payload
+    data = payload.data
+    text = payload.data_type in _TEXT_TYPES
+    head = data[: PREVIEW_CHARS * 4] if text else data[:PREVIEW_BYTES]
+    group = message.group if message.origin is Origin.GROUP else None
+    return payload.data_type, len(data), head, group, message.from_user_id, message.stream
+
+
+def _message_cost(hub: str, target: object, facts: MessageFacts) -> int:
+    strings = len(hub) + len(facts[3] or "") + len(facts[4] or "")
+    target_id = getattr(target, "id", target)
+    if isinstance(target_id, str):
+        strings += len(target_id)
+    stream = facts[5]
+    if stream is not None:
+        strings += len(stream.stream_id) + 64
+    # the preview: at most PREVIEW_CHARS characters (6 bytes each escaped) or base64
+    return _RECORD_COST + _ESCAPED * (strings + PREVIEW_CHARS) + 2 * len(facts[2])
+
+
+def _delivered_record(facts: tuple[str, Target, MessageFacts, int]) -> Built:
+    hub, target, message, recipients = facts
+    scope = target.scope
+    fields = _message_fields(message, scope.value, target.id or None, recipients)
+    return (
+        "message-out",
+        hub,
+        target.id if scope is Scope.CONNECTION else None,
+        target.id if scope is Scope.USER else None,
+        fields,
+    )
+
+
+def _replied_record(facts: tuple[tuple[str, str, str | None], MessageFacts]) -> Built:
+    (hub, connection_id, user_id), message = facts
+    fields = _message_fields(message, Scope.CONNECTION.value, connection_id, 1)
+    fields["reply"] = True
+    return "message-out", hub, connection_id, user_id, fields
+
+
+def _bounded_exchange(exchange: Exchange) -> Exchange:
+    """``exchange`` as its record shows it: bodies cut after :data:`BODY_LIMIT` bytes
+    (and one more, so that the record still says it was cut), the response's first
+    :data:`HEADERS_SHOWN` headers (and one more; the request's are the service's own,
+    and name the event)."""
+    request, response = exchange.request, exchange.response
+    if len(request.body) > BODY_LIMIT + 1 or (
+        response is not None
+        and (len(response.body) > BODY_LIMIT + 1 or len(response.headers) > HEADERS_SHOWN + 1)
+    ):
+        request = dataclasses.replace(request, body=request.body[: BODY_LIMIT + 1])
+        if response is not None:
+            response = dataclasses.replace(
+                response,
+                headers=tuple(response.headers[: HEADERS_SHOWN + 1]),
+                body=response.body[: BODY_LIMIT + 1],
+            )
+        exchange = dataclasses.replace(exchange, request=request, response=response)
+    return exchange
+
+
+def _exchange_cost(exchange: Exchange, ce: Mapping[str, str]) -> int:
+    """A bound of what a bounded exchange (:func:`_bounded_exchange`) holds and of its
+    record serialized."""
+    request, response = exchange.request, exchange.response
+    strings = len(request.url) + len(request.method) + len(exchange.error or "")
+    strings += sum(len(v) for v in ce.values())  # the type, id, hub, connection and user
+    cost = _RECORD_COST + _ESCAPED * strings + _part_cost(request.headers, request.body)
+    if response is not None:
+        cost += _part_cost(response.headers, response.body)
+    return cost
+
+
+def _part_cost(headers: Sequence[tuple[str, str]], body: bytes) -> int:
+    """A bound of a request's or response's headers and body, held and as a record
+    shows them (masked values are a few bytes longer at most: ``Bearer …``)."""
+    shown = sum(len(k) + len(v) + 4 for k, v in headers)
+    return 64 + _ESCAPED * shown + min(BODY_SHOWN_BYTES, _ESCAPED * len(body)) + len(body)
+
+
+def _cloudevent_record(facts: tuple[Exchange, Mapping[str, str], int]) -> Built:
+    exchange, ce, attempt = facts
+    hub = ce.get("ce-hub")
+    fields = exchange_fields(exchange, ce)
+    fields["attempt"] = attempt
+    return (
+        "cloudevent",
+        hub.lower() if hub is not None else None,
+        ce.get("ce-connectionid"),
+        ce.get("ce-userid"),
+        fields,
+    )
 
 
 def _ce_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -635,24 +834,22 @@ def _utf8(data: bytes, cut: bool) -> str | None:
 
 
 def _message_fields(
-    message: DataMessage, scope: str, target_id: str | None, recipients: int
+    facts: MessageFacts, scope: str, target_id: str | None, recipients: int
 ) -> Record:
-    payload = message.payload
-    data = payload.data
-    if payload.data_type in _TEXT_TYPES:
-        preview = data[: PREVIEW_CHARS * 4].decode("utf-8", "replace")[:PREVIEW_CHARS]
+    data_type, size, head, group, from_user_id, stream = facts
+    if data_type in _TEXT_TYPES:
+        preview = head.decode("utf-8", "replace")[:PREVIEW_CHARS]
     else:
-        preview = base64.b64encode(data[:PREVIEW_BYTES]).decode()
+        preview = base64.b64encode(head).decode()
     fields: Record = {
         "target": {"scope": scope, "id": target_id},
-        "group": message.group if message.origin is Origin.GROUP else None,
+        "group": group,
         "recipients": recipients,
-        "size": len(data),
-        "dataType": payload.data_type.value,
+        "size": size,
+        "dataType": data_type.value,
         "preview": preview,
-        "fromUserId": message.from_user_id,
+        "fromUserId": from_user_id,
     }
-    stream = message.stream
     if stream is not None:  # a group stream's fragment or end: which and where
         fields["stream"] = {
             "streamId": stream.stream_id,
