@@ -657,3 +657,23 @@ async def test_a_broken_transport_does_not_starve_the_other_outboxes() -> None:
     asyncio.get_running_loop().call_soon(done.set_result, None)
     await done
     assert healthy.writes == [b"x"]
+
+
+async def test_a_buffer_that_drained_since_the_turns_first_frame_does_not_close_the_client() -> (
+    None
+):
+    """The view taken at the turn's first frame can only be too high (uvloop may move the
+    transport's buffer into the kernel before the flush): before closing a client for its
+    backlog, the outbox reads the buffer again."""
+    closed: list[tuple[int, str]] = []
+    transport = _RecordingTransport(buffered=900)
+    outbox = Outbox(
+        transport, limit=1000, closer=lambda code, reason: closed.append((code, reason))
+    )
+    outbox.offer(b"a" * 50)  # 950 outstanding: within the bound
+    transport.buffered = 0  # the kernel took the transport's buffer meanwhile
+    outbox.offer(b"b" * 100)  # 1,050 by the stale view, 150 in truth
+    assert closed == []
+    transport.buffered = 900  # and one that is really over the bound still closes it
+    outbox.offer(b"c" * 900)
+    assert closed and closed[0][0] == 1008

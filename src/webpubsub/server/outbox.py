@@ -146,15 +146,21 @@ class Outbox:
             # The bound applies to the backlog a frame joins, so that a single frame
             # larger than the bound still reaches a client that has nothing outstanding.
             # The transport's buffer is read at the turn's first frame: until the flush
-            # only aiohttp's own control frames (a ping, a close) can add to it.
+            # only aiohttp's own control frames (a ping, a close: a few bytes) can add
+            # to it, though it may shrink.
             if outbox._scheduled:
                 backlog = outbox._size + outbox._held
             else:
                 outbox._held = outbox._transport.get_write_buffer_size()
                 backlog = outbox._size + outbox._held
             if backlog and backlog + size > outbox._limit:
-                outbox._overflow(backlog + size)
-                continue
+                # The view taken at the turn's first frame can only be too high (uvloop
+                # may have moved the buffer into the kernel since): look again first.
+                outbox._held = outbox._transport.get_write_buffer_size()
+                backlog = outbox._size + outbox._held
+                if backlog and backlog + size > outbox._limit:
+                    outbox._overflow(backlog + size)
+                    continue
             outbox._pending.append(frame)
             outbox._size += size
             if not outbox._scheduled:
