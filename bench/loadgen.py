@@ -216,10 +216,21 @@ async def _connect(
 
 
 def due_in(t0: int, interval_ns: float, start: int, end: int) -> int:
-    """How many sends of the schedule ``t0 + i * interval_ns`` fall in [start, end)."""
-    first = max(0, math.ceil((start - t0) / interval_ns))
-    last = max(0, math.ceil((end - t0) / interval_ns))
-    return max(0, last - first)
+    """How many sends of the schedule ``t0 + int(i * interval_ns)`` fall in [start, end)."""
+    return max(0, _first_at(t0, interval_ns, end) - _first_at(t0, interval_ns, start))
+
+
+def _first_at(t0: int, interval_ns: float, bound: int) -> int:
+    """The first ``i >= 0`` whose send time ``t0 + int(i * interval_ns)`` (as the sender
+    computes it) is at or after ``bound``, i.e. ``i * interval_ns >= bound - t0``: the
+    quotient's ceiling, moved by the one step its rounding can be off."""
+    k = bound - t0
+    i = max(0, math.ceil(k / interval_ns))
+    if i > 0 and (i - 1) * interval_ns >= k:
+        i -= 1
+    elif i * interval_ns < k:
+        i += 1
+    return i
 
 
 async def _step(

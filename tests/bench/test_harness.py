@@ -127,5 +127,7 @@ def test_the_sends_due_in_a_window_are_counted_exactly(
     from loadgen import due_in
 
     start, end = t0 + min(a, b), t0 + max(a, b)
-    brute = sum(1 for i in range(10**6 // int(interval) + 2) if start <= t0 + i * interval < end)
+    brute = sum(
+        1 for i in range(10**6 // int(interval) + 2) if start <= t0 + int(i * interval) < end
+    )
     assert due_in(t0, interval, start, end) == brute
