@@ -420,7 +420,11 @@ class HttpTransport:
         while True:
             if self._closed:
                 raise UpstreamError("the upstream transport is closed")
-            conn = await origin.acquire(loop.time())
+            now = loop.time()
+            # The usual case without a coroutine: an idle connection and nobody waiting.
+            conn = None if origin.waiters else origin.take_idle(now)
+            if conn is None:
+                conn = await origin.acquire(now)
             reused = conn is not None
             if conn is None:
                 try:
