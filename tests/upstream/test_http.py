@@ -395,6 +395,30 @@ async def test_a_waiter_for_a_slot_is_served_before_a_later_request() -> None:
     assert server.accepted == 1
 
 
+async def test_a_waiter_cancelled_once_its_turn_came_passes_it_on() -> None:
+    """A's connection is handed to B, and B is cancelled before it runs (by A's
+    observer, told synchronously as A ends): C, behind B, gets the connection."""
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport(max_connections=1)
+        tasks: dict[bytes, asyncio.Task[object]] = {}
+
+        class CancelB:
+            def cloud_event(self, exchange: Exchange) -> None:
+                if exchange.request.body == b"A":
+                    tasks[b"B"].cancel()
+
+        transport.observer = Observers([CancelB()])  # type: ignore[list-item]
+        for name in (b"A", b"B", b"C"):  # A opens the one connection, B and C wait
+            request = UpstreamRequest("POST", server.url(), (), name)
+            tasks[name] = asyncio.create_task(transport.send(request, timeout=WAIT))
+        assert (await tasks[b"C"]).body == b"ok"  # type: ignore[attr-defined]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[b"B"]
+        await transport.close()
+    assert [r.rsplit(b"\r\n", 1)[1] for r in server.requests] == [b"A", b"C"]
+    assert server.accepted == 1
+
+
 async def test_closing_while_a_connection_opens_stops_its_request() -> None:
     async with RawServer(lambda _: OK) as server:
         transport = HttpTransport()
