@@ -354,6 +354,18 @@ def test_connection_state_over_8_kib_is_an_upstream_error() -> None:
         parse_user_event_response(answer(200, big))
 
 
+def test_connection_state_that_is_not_utf_8_is_an_upstream_error() -> None:
+    """The parser keeps a handler's non-UTF-8 header bytes as lone surrogates: such a
+    state could never be sent back on the next event, so the answer is refused."""
+    bad = ("ce-connectionState", b"\xff\xfe".decode("utf-8", "surrogateescape"))
+    with pytest.raises(UpstreamError, match="not UTF-8") as info:
+        parse_connect_response(answer(204, bad))
+    assert info.value.status == 204
+    with pytest.raises(UpstreamError, match="not UTF-8"):
+        parse_user_event_response(answer(200, bad))
+    assert parse_user_event_response(answer(200, ("ce-connectionState", "é€"))).state == "é€"
+
+
 # -- user event answers -------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ round trips fed in arbitrary pieces."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from hypothesis import given
@@ -125,6 +126,21 @@ def test_a_close_inside_a_response_is_an_error(raw: bytes) -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab", "not followed by CRLF"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "unexpected 101"),
+        (b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 000 Odd\r\nContent-Length: 0\r\n\r\n", "malformed status line"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "unsupported Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "unsupported Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n0\r\n\r\n",
+            "unsupported Transfer-Encoding",
+        ),
     ],
 )
 def test_malformed_responses_are_refused(raw: bytes, message: str) -> None:
@@ -158,6 +174,56 @@ def test_every_size_is_bounded() -> None:
         parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: x\r\n" * HEAD)
 
 
+def test_a_trailer_fed_byte_by_byte_is_counted_once() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        b"X-T: " + b"v" * 1000 + b"\r\n\r\n"
+    )
+    p = parser()
+    got = None
+    for i in range(len(raw)):
+        assert got is None
+        got = p.feed(raw[i : i + 1])
+    assert got == Response(200, (("Transfer-Encoding", "chunked"),), b"a", True)
+
+
+def _head_of(size: int) -> bytes:
+    line = b"X-Long: " + b"a" * 990 + b"\r\n"  # 1000 bytes: under the header count too
+    return b"HTTP/1.1 200 OK\r\n" + line * (size // len(line)) + b"Content-Length: 0\r\n\r\n"
+
+
+def _seconds_to_feed(head: bytes, piece: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        p = ResponseParser(max_line=128 * 1024, max_head=256 * 1024, max_body=BODY)
+        started = time.perf_counter()
+        got = None
+        for i in range(0, len(head), piece):
+            got = p.feed(head[i : i + piece])
+        best = min(best, time.perf_counter() - started)
+        assert got is not None and got.status == 200
+    return best
+
+
+def test_a_head_fed_in_small_pieces_parses_in_linear_time() -> None:
+    """4x the bytes must cost about 4x (quadratic: 16x); the factor is generous for a
+    loaded machine, and each figure is the best of three."""
+    small, large = _head_of(50 * 1024), _head_of(200 * 1024)
+    ratio = _seconds_to_feed(large, 16) / _seconds_to_feed(small, 16)
+    assert ratio < 9, ratio
+
+
+def test_a_keep_alive_timeout_is_read() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+    got = parse(ok + b"Keep-Alive: timeout=5, max=1000\r\n\r\n")
+    assert got is not None and got.keep_alive_timeout == 5
+    for value in (b"max=3", b"timeout=x", b"timeout=-1", b""):
+        got = parse(ok + b"Keep-Alive: " + value + b"\r\n\r\n")
+        assert got is not None and got.keep_alive_timeout is None, value
+    got = parse(ok + b"\r\n")
+    assert got is not None and got.keep_alive_timeout is None
+
+
 def test_a_request_carries_host_length_and_headers() -> None:
     data = encode_request("POST", "/h?code=1", "example.com:8080", [("ce-id", "1")], b"body")
     assert data == (
@@ -180,6 +246,7 @@ def test_a_request_carries_host_length_and_headers() -> None:
         ("Bad:Name", "x"),
         ("Bad Name", "x"),
         ("", "x"),
+        ("ce-connectionState", "\udcff\udcfe"),  # a handler's non-UTF-8 bytes, kept
     ],
 )
 def test_a_header_that_would_break_the_framing_is_refused(header: tuple[str, str]) -> None:
@@ -226,7 +293,10 @@ def _feed_all(p: ResponseParser, pieces: list[bytes]) -> Response | None:
     body=st.binary(max_size=3000),
     chunked=st.booleans(),
     chunk_sizes=st.lists(st.integers(1, 700), min_size=1, max_size=10),
-    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+    trailers=st.lists(
+        st.tuples(_token, _value | st.text("tv", min_size=300, max_size=900)), max_size=3
+    ),
+    cuts=st.lists(st.integers(0, 10_000), max_size=40),
 )
 def test_a_response_parses_back_however_it_is_split(
     status: int,
@@ -234,6 +304,7 @@ def test_a_response_parses_back_however_it_is_split(
     body: bytes,
     chunked: bool,
     chunk_sizes: list[int],
+    trailers: list[tuple[str, str]],
     cuts: list[int],
 ) -> None:
     head = f"HTTP/1.1 {status} Reason\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
@@ -244,13 +315,17 @@ def test_a_response_parses_back_however_it_is_split(
             size = chunk_sizes[i % len(chunk_sizes)]
             encoded += b"%x\r\n" % len(rest[:size]) + rest[:size] + b"\r\n"
             rest, i = rest[size:], i + 1
-        encoded += b"0\r\n\r\n"
+        fields = "".join(f"{k}: {v}\r\n" for k, v in trailers).encode()
+        encoded += b"0\r\n" + fields + b"\r\n"
     else:
         framing = ("Content-Length", str(len(body)))
         encoded = body
     raw = (head + f"{framing[0]}: {framing[1]}\r\n\r\n").encode() + encoded
-    got = _feed_all(parser(), _pieces(raw, cuts))
-    assert got == Response(status, (*headers, framing), body, True)
+    at_once = parser().feed(raw)
+    assert at_once == Response(status, (*headers, framing), body, True)
+    assert _feed_all(parser(), _pieces(raw, cuts)) == at_once
+    # byte by byte, the worst split
+    assert _feed_all(parser(), [raw[i : i + 1] for i in range(len(raw))]) == at_once
 
 
 @given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=6))

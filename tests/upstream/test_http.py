@@ -12,7 +12,7 @@ from aiohttp import web
 from webpubsub.errors import UpstreamError
 from webpubsub.node.observe import Exchange, Observers
 from webpubsub.protocol.cloudevents import UpstreamRequest
-from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout
+from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout, _target_of
 
 WAIT = 5.0
 
@@ -299,7 +299,17 @@ async def test_a_header_that_would_smuggle_another_is_refused_before_sending() -
     assert server.requests == []
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/h", "http:///h", "http://u:p@127.0.0.1/h"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1/h",
+        "http:///h",
+        "http://u:p@127.0.0.1/h",
+        "http://" + "a" * 64 + ".example/h",  # a label over 63: IDNA refuses the host
+        "http://a..b/h",
+        "http://127.0.0.1/\udcff",  # a lone surrogate: no bytes to send for the path
+    ],
+)
 async def test_an_unusable_url_is_an_error(url: str) -> None:
     transport = HttpTransport()
     with pytest.raises(UpstreamError, match="invalid event handler URL"):
@@ -359,3 +369,115 @@ async def test_closing_fails_the_requests_in_flight_and_those_waiting_for_a_slot
     assert [type(r) for r in results] == [UpstreamError, UpstreamError]
     assert "closed before the whole answer" in str(results[0])
     assert "transport is closed" in str(results[1])
+
+
+async def test_a_waiter_for_a_slot_is_served_before_a_later_request() -> None:
+    """One connection: while A's first request is in flight, B waits; when A's answer
+    comes back, B goes next, not A's next request (which would take the idle
+    connection first, every time: B would starve until its timeout)."""
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport(max_connections=1)
+
+        def request(body: bytes) -> UpstreamRequest:
+            return UpstreamRequest("POST", server.url(), (), body)
+
+        async def back_to_back() -> None:
+            for i in range(3):
+                await transport.send(request(b"A%d" % i), timeout=WAIT)
+
+        sender = asyncio.create_task(back_to_back())
+        async with asyncio.timeout(WAIT):
+            await server.arrived.wait()  # A0 holds the connection
+        await transport.send(request(b"B"), timeout=WAIT)
+        await sender
+        await transport.close()
+    assert [r.rsplit(b"\r\n", 1)[1] for r in server.requests] == [b"A0", b"B", b"A1", b"A2"]
+    assert server.accepted == 1
+
+
+async def test_a_waiter_cancelled_once_its_turn_came_passes_it_on() -> None:
+    """A's connection is handed to B, and B is cancelled before it runs (by A's
+    observer, told synchronously as A ends): C, behind B, gets the connection."""
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport(max_connections=1)
+        tasks: dict[bytes, asyncio.Task[object]] = {}
+
+        class CancelB:
+            def cloud_event(self, exchange: Exchange) -> None:
+                if exchange.request.body == b"A":
+                    tasks[b"B"].cancel()
+
+        transport.observer = Observers([CancelB()])  # type: ignore[list-item]
+        for name in (b"A", b"B", b"C"):  # A opens the one connection, B and C wait
+            request = UpstreamRequest("POST", server.url(), (), name)
+            tasks[name] = asyncio.create_task(transport.send(request, timeout=WAIT))
+        assert (await tasks[b"C"]).body == b"ok"  # type: ignore[attr-defined]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[b"B"]
+        await transport.close()
+    assert [r.rsplit(b"\r\n", 1)[1] for r in server.requests] == [b"A", b"C"]
+    assert server.accepted == 1
+
+
+async def test_closing_while_a_connection_opens_stops_its_request() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport()
+        task = asyncio.create_task(transport.send(post(server), timeout=WAIT))
+        await asyncio.sleep(0)  # one turn: the task runs until it waits in create_connection
+        assert [o.open for o in transport._origins.values()] == [1]  # it is opening
+        await transport.close()
+        with pytest.raises(UpstreamError, match="closed"):
+            await task
+        async with asyncio.timeout(WAIT):
+            await server.all_closed.wait()
+    assert server.requests == []
+
+
+async def test_a_header_that_is_not_utf_8_is_an_error_not_a_crash() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport()
+        state = b"\xff".decode("utf-8", "surrogateescape")
+        request = UpstreamRequest("POST", server.url(), (("ce-connectionState", state),), b"")
+        with pytest.raises(UpstreamError, match="not UTF-8"):
+            await transport.send(request, timeout=WAIT)
+        await transport.close()
+    assert server.requests == []
+
+
+async def test_a_path_and_query_are_percent_encoded_on_the_wire() -> None:
+    async with RawServer(lambda _: OK) as server:
+        transport = HttpTransport()
+        url = server.url("/h/é b/%41?q=é x&r=%2F;s:t@u")
+        await transport.send(UpstreamRequest("POST", url, (), b""), timeout=WAIT)
+        await transport.close()
+    assert server.requests[0].startswith(
+        b"POST /h/%C3%A9%20b/%41?q=%C3%A9%20x&r=%2F;s:t@u HTTP/1.1\r\n"
+    )
+
+
+def test_an_idn_host_is_sent_and_connected_to_as_punycode() -> None:
+    target = _target_of("https://Bücher.example:8443/h")
+    assert target is not None
+    assert target.origin == (True, "xn--bcher-kva.example", 8443)
+    assert target.host_header == "xn--bcher-kva.example:8443"
+    v6 = _target_of("http://[::1]:8080/h")
+    assert v6 is not None and v6.origin == (False, "::1", 8080)
+    assert v6.host_header == "[::1]:8080"
+
+
+async def test_a_handlers_keep_alive_timeout_shortens_the_idle_time() -> None:
+    """``Keep-Alive: timeout=1``: the handler closes it after 1 s idle, so the
+    connection is not kept at all (at most N - 1 s)."""
+    short = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(lambda _: short) as server:
+        transport = HttpTransport()
+        for _ in range(2):
+            await transport.send(post(server), timeout=WAIT)
+        await transport.close()
+    assert server.accepted == 2
+    async with RawServer(lambda _: short.replace(b"=1", b"=30")) as server:
+        transport = HttpTransport()
+        for _ in range(2):
+            await transport.send(post(server), timeout=WAIT)
+        await transport.close()
+    assert server.accepted == 1

@@ -309,7 +309,14 @@ def _state_of(response: UpstreamResponse) -> str | None:
     if not values:
         return None
     state = values[-1]
-    if len(state.encode("utf-8", "replace")) > MAX_STATE_BYTES:
+    try:
+        size = len(state.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes that were not UTF-8: no later event could carry it
+        raise UpstreamError(
+            "the event handler set a connection state that is not UTF-8 text",
+            status=response.status,
+        ) from None
+    if size > MAX_STATE_BYTES:
         raise UpstreamError(
             f"the event handler set a connection state over {MAX_STATE_BYTES} bytes",
             status=response.status,

@@ -21,7 +21,7 @@ _CRLF = b"\r\n"
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
 _FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
-_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY = frozenset({204, 304})
 
 
@@ -49,6 +49,9 @@ class Response:
     reusable: bool
     """The connection may carry another request: HTTP/1.1 (or 1.0 with
     ``keep-alive``), no ``Connection: close``, the body framed, nothing after it."""
+    keep_alive_timeout: int | None = None
+    """The ``timeout=`` of a ``Keep-Alive`` header, in seconds: how long the server
+    keeps the connection idle (None when it did not say)."""
 
 
 def encode_request(
@@ -78,7 +81,11 @@ def encode_request(
             raise InvalidRequest(f"invalid header name {name[:64]!r}")
     if " " in target or not target.startswith(("/", "*")):
         raise InvalidRequest("invalid request target")
-    return head.encode("utf-8") + _CRLF + body
+    try:
+        encoded = head.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes a handler sent that were not UTF-8
+        raise InvalidRequest("a header name or value is not UTF-8 text") from None
+    return encoded + _CRLF + body
 
 
 def _decode(raw: bytes) -> str:
@@ -95,10 +102,13 @@ class ResponseParser:
     """
 
     __slots__ = (
+        "_block",
         "_buf",
         "_chunks",
         "_headers",
         "_keep_alive",
+        "_keep_alive_timeout",
+        "_line_start",
         "_max_body",
         "_max_head",
         "_max_line",
@@ -107,7 +117,6 @@ class ResponseParser:
         "_remaining",
         "_size",
         "_status",
-        "_trailer_bytes",
     )
 
     def __init__(self, *, max_line: int, max_head: int, max_body: int, no_body: bool = False):
@@ -117,14 +126,20 @@ class ResponseParser:
         self._no_body = no_body
         """The request was HEAD: its answer has no body whatever it says."""
         self._buf = b""
+        """A partial chunk-size line or chunk end (both short)."""
+        self._block = bytearray()
+        """A partial header (or trailer) block: searched from where the last search
+        ended, so that a block fed in small pieces costs linear time."""
+        self._line_start = 0
+        """Where the block's last (partial) line starts."""
         self._mode = "head"
         self._status = 0
         self._headers: tuple[tuple[str, str], ...] = ()
         self._keep_alive = True
+        self._keep_alive_timeout: int | None = None
         self._remaining = 0
         self._chunks: list[bytes] = []
         self._size = 0
-        self._trailer_bytes = 0
 
     def feed(self, data: bytes) -> Response | None:
         """Take ``data``; the response once it is complete, else None."""
@@ -133,15 +148,11 @@ class ResponseParser:
         while True:
             mode = self._mode
             if mode == "head":
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    self._check_partial_head(buf)
-                    self._buf = buf
+                found = self._take_block(buf, "response header block too large")
+                if found is None:
                     return None
-                if end + 4 > self._max_head:
-                    raise HttpResponseError("response header block too large")
-                done = self._head(buf[:end])
-                buf = buf[end + 4 :]
+                block, buf = found
+                done = self._head(block)
                 if done is None:  # an interim 1xx answer: the real one follows
                     continue
                 if done:
@@ -168,6 +179,9 @@ class ResponseParser:
                 size = _chunk_size(buf[:end])
                 buf = buf[end + 2 :]
                 if size == 0:
+                    # The trailer section ends like a header block: at CRLF CRLF, counting
+                    # the CRLF of the last chunk's line (none: an empty line at once).
+                    self._block += _CRLF
                     self._mode = "trailers"
                     continue
                 self._size += size
@@ -192,19 +206,8 @@ class ResponseParser:
                 buf = buf[2:]
                 self._mode = "chunk-size"
             elif mode == "trailers":  # trailer fields are read and dropped
-                end = buf.find(_CRLF)
-                if end < 0:
-                    self._trailer_bytes += len(buf)
-                    if self._trailer_bytes > self._max_head:
-                        raise HttpResponseError("response trailers too large")
-                    self._buf = buf
-                    return None
-                self._trailer_bytes += end + 2
-                if self._trailer_bytes > self._max_head:
-                    raise HttpResponseError("response trailers too large")
-                line, buf = buf[:end], buf[end + 2 :]
-                if not line:
-                    return self._finish(buf)
+                found = self._take_block(buf, "response trailers too large")
+                return None if found is None else self._finish(found[1])
             else:
                 raise HttpResponseError("response already complete")
 
@@ -226,21 +229,44 @@ class ResponseParser:
         if self._mode == "close":
             self._keep_alive = False
             return self._finish(b"")
-        if self._mode == "head" and not self._buf:
+        if self._mode == "head" and not self._block:
             raise HttpResponseError("connection closed before a response")
         raise HttpResponseError("connection closed inside the response")
 
     @property
     def started(self) -> bool:
         """Whether any byte of the response has arrived."""
-        return bool(self._buf) or self._mode != "head" or self._status != 0
+        return bool(self._block) or self._mode != "head" or self._status != 0
 
-    def _check_partial_head(self, buf: bytes) -> None:
-        if len(buf) > self._max_head:
-            raise HttpResponseError("response header block too large")
-        last = buf.rfind(_CRLF)
-        if len(buf) - (last + 2 if last >= 0 else 0) > self._max_line:
-            raise HttpResponseError("response header line too long")
+    def _take_block(self, data: bytes, too_large: str) -> tuple[bytes, bytes] | None:
+        """Add ``data`` to the block being read: (the block without its CRLF CRLF, the
+        bytes after it) once it is whole, else None. Each byte is searched once: the
+        end from where the last search stopped (less 3: CRLF CRLF may straddle), the
+        last line's start in the new bytes only."""
+        acc = self._block
+        start = len(acc)
+        if start:
+            acc += data
+            end = acc.find(b"\r\n\r\n", max(0, start - 3))
+        else:
+            end = data.find(b"\r\n\r\n")  # the usual case: a whole head in one piece
+        if end < 0:
+            if not start:
+                acc += data
+            if len(acc) > self._max_head:
+                raise HttpResponseError(too_large)
+            last = acc.rfind(_CRLF, max(self._line_start, start - 1))
+            if last >= 0:
+                self._line_start = last + 2
+            if len(acc) - self._line_start > self._max_line:
+                raise HttpResponseError("response header line too long")
+            return None
+        if end + 4 > self._max_head:
+            raise HttpResponseError(too_large)
+        whole = bytes(acc) if start else data
+        acc.clear()
+        self._line_start = 0
+        return whole[:end], whole[end + 4 :]
 
     def _head(self, block: bytes) -> bool | None:
         """Parse the status line and headers; None for a 1xx to skip, True when the
@@ -254,6 +280,7 @@ class ResponseParser:
         length: int | None = None
         chunked = False
         connection = ""
+        keep_alive_timeout = None
         if first >= 0:
             fields = block[first + 2 :] + _CRLF
             # One pass in C checks every line (token name, colon, no stray CR/LF/NUL).
@@ -277,10 +304,12 @@ class ResponseParser:
                         raise HttpResponseError("conflicting Content-Length headers")
                     length = _length(text)
                 elif lowered == "transfer-encoding":
-                    codings = [c.strip().lower() for c in text.split(",")]
-                    if codings[-1] != "chunked" or chunked:
+                    # We send no TE: ``chunked`` alone is the only coding an answer may have.
+                    if text.lower() != "chunked" or chunked:
                         raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
                     chunked = True
+                elif lowered == "keep-alive":
+                    keep_alive_timeout = _keep_alive_timeout(text)
                 else:
                     connection += "," + text.lower()
         if 100 <= status <= 199:
@@ -289,6 +318,7 @@ class ResponseParser:
             return None
         self._status = status
         self._headers = tuple(headers)
+        self._keep_alive_timeout = keep_alive_timeout
         tokens = {t.strip() for t in connection.split(",")}
         if version == b"HTTP/1.0":
             self._keep_alive = "keep-alive" in tokens
@@ -318,7 +348,8 @@ class ResponseParser:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
-        return Response(self._status, self._headers, body, self._keep_alive and not rest)
+        reusable = self._keep_alive and not rest
+        return Response(self._status, self._headers, body, reusable, self._keep_alive_timeout)
 
 
 def _status_of(line: bytes) -> tuple[bytes, int]:
@@ -328,7 +359,21 @@ def _status_of(line: bytes) -> tuple[bytes, int]:
     code = rest[:3]
     if len(code) != 3 or not code.isdigit() or (len(rest) > 3 and rest[3:4] != b" "):
         raise HttpResponseError("malformed status line")
-    return version, int(code)
+    status = int(code)
+    if status < 100:
+        raise HttpResponseError("malformed status line")
+    return version, status
+
+
+def _keep_alive_timeout(text: str) -> int | None:
+    """``timeout=N`` of a ``Keep-Alive`` value (``timeout=5, max=1000``), else None."""
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "timeout":
+            value = value.strip()
+            if value.isascii() and value.isdigit() and len(value) <= 9:
+                return int(value)
+    return None
 
 
 def _length(text: str) -> int:

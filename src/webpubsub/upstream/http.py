@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from webpubsub.errors import UpstreamError
 from webpubsub.node.observe import NO_OBSERVER, Exchange, Observers
@@ -37,10 +37,15 @@ DEFAULT_CONNECTIONS_PER_ORIGIN = 100
 IDLE_SECONDS = 15.0
 """A kept-alive connection idle longer than this is closed rather than reused (servers
 close theirs after a while: aiohttp's after 75 s, nginx's after 75 s, Node's after 5 s
-once idle; an idle connection the server closed is noticed and never reused)."""
+once idle; an idle connection the server closed is noticed and never reused). A
+handler that says ``Keep-Alive: timeout=N`` (Node does) gets at most N - 1 s: a POST
+written as the handler closes the connection would fail, and is never sent twice."""
 CLOSE_SECONDS = 1.0
 """How long :meth:`HttpTransport.close` waits for its connections to be closed."""
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+"""What a request target keeps as it is when percent-encoding the rest: the reserved
+characters and ``%`` (a URL's own ``%XX`` stays as written)."""
 MAX_URLS = 1024
 """Handler URLs whose parsed form is cached (hub names in them come from clients)."""
 
@@ -104,9 +109,16 @@ def _target_of(url: str) -> _Target | None:
     tls = scheme == "https"
     default = 443 if tls else 80
     port = port if port is not None else default
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        if ":" not in host:  # a name (or IPv4): an IDN goes as punycode, on the wire and to DNS
+            host = host.encode("idna").decode("ascii")
+        # Non-ASCII, spaces and controls percent-encoded (UTF-8), as a browser would.
+        target = quote(target, safe=_TARGET_SAFE)
+    except UnicodeError:  # a label empty or over 63, a lone surrogate
+        return None
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return _Target((tls, host, port), host_header, target)
 
 
@@ -121,7 +133,15 @@ class _ConnectionLost(Exception):
 class _Connection(asyncio.Protocol):
     """One kept-alive connection to a handler; one request at a time."""
 
-    __slots__ = ("_parser", "_waiter", "closed", "gone", "idle_since", "transport")
+    __slots__ = (
+        "_parser",
+        "_waiter",
+        "closed",
+        "gone",
+        "idle_seconds",
+        "idle_since",
+        "transport",
+    )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -129,6 +149,9 @@ class _Connection(asyncio.Protocol):
         self.gone = asyncio.get_running_loop().create_future()
         """Done once the connection is lost (:meth:`HttpTransport.close` waits on it)."""
         self.idle_since = 0.0
+        self.idle_seconds = IDLE_SECONDS
+        """How long it may stay idle and still be reused (a handler's ``Keep-Alive:
+        timeout=N`` makes it N - 1 s at most: it closes the connection at N)."""
         self._parser: ResponseParser | None = None
         self._waiter: asyncio.Future[Response] | None = None
 
@@ -197,62 +220,83 @@ def _closed(exc: HttpResponseError) -> bool:
 
 class _Origin:
     """The connections to one (pool, origin): at most ``limit`` open; requests beyond
-    wait, in order, for one to come back."""
+    wait, in order, and each is handed a connection (or a slot to open one in) as one
+    comes back, before any later request: a request that finds others waiting waits
+    behind them even if a connection is idle for a moment."""
 
     __slots__ = ("busy", "idle", "limit", "open", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        """Connections open or being opened (the slots taken)."""
         self.idle: list[_Connection] = []
         self.busy: set[_Connection] = set()
         """The connections carrying a request now."""
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        """Only requests still waiting: one is removed as it is handed its turn or
+        gives up."""
 
     def take_idle(self, now: float) -> _Connection | None:
         idle = self.idle
         while idle:
             conn = idle.pop()  # the most recent: the warmest, and the others age out
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if not conn.closed and now - conn.idle_since < conn.idle_seconds:
                 return conn
             conn.close()
             self.open -= 1
         return None
 
-    async def wait(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def acquire(self, now: float) -> _Connection | None:
+        """A connection to reuse, or None: a slot (counted in ``open``) to open one in,
+        which the caller gives back with :meth:`lost` if the opening fails."""
+        if not self.waiters:
+            conn = self.take_idle(now)
+            if conn is not None:
+                return conn
+            if self.open < self.limit:
+                self.open += 1
+                return None
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
-            await waiter
+            conn = await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.wake()  # woken, then cancelled: pass the turn on
-            else:
+            if not waiter.done() or waiter.cancelled():  # given up while still waiting
                 waiter.cancel()
+                with contextlib.suppress(ValueError):  # not there once the transport closed
+                    self.waiters.remove(waiter)
+            elif waiter.exception() is None:
+                # handed its turn, then cancelled: pass the turn on
+                handed = waiter.result()
+                if handed is None:
+                    self.lost()
+                else:
+                    self.give_back(handed, True, handed.idle_since)
             raise
-
-    def wake(self) -> None:
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        if conn is not None and conn.closed:  # the handler closed it meanwhile: its slot
+            conn = None
+        return conn
 
     def give_back(self, conn: _Connection, reusable: bool, now: float) -> None:
         self.busy.discard(conn)
         if reusable and not conn.closed:
             conn.idle_since = now
-            self.idle.append(conn)
+            if self.waiters:
+                self.waiters.popleft().set_result(conn)
+            else:
+                self.idle.append(conn)
         else:
             conn.close()
-            self.open -= 1
-        self.wake()
+            self.lost()
 
     def lost(self) -> None:
-        """A connection being opened failed."""
-        self.open -= 1
-        self.wake()
+        """A slot is free (a connection closed, or one being opened failed): the
+        first waiter takes it over, else it is given up."""
+        if self.waiters:
+            self.waiters.popleft().set_result(None)
+        else:
+            self.open -= 1
 
 
 class HttpTransport:
@@ -363,6 +407,9 @@ class HttpTransport:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise UpstreamError(f"{_where(request)}: cannot connect ({reason})") from None
+        except ValueError as exc:  # e.g. a UnicodeError from the resolver (IDNA)
+            reason = str(exc)[:200] or type(exc).__name__
+            raise UpstreamError(f"{_where(request)}: cannot connect ({reason})") from None
         return UpstreamResponse(response.status, response.headers, response.body)
 
     async def _exchange(
@@ -371,20 +418,24 @@ class HttpTransport:
         loop = asyncio.get_running_loop()
         retry = method in _IDEMPOTENT
         while True:
-            if self._closed:  # it closed while this request waited for a connection
+            if self._closed:
                 raise UpstreamError("the upstream transport is closed")
-            conn = origin.take_idle(loop.time())
+            now = loop.time()
+            # The usual case without a coroutine: an idle connection and nobody waiting.
+            conn = None if origin.waiters else origin.take_idle(now)
+            if conn is None:
+                conn = await origin.acquire(now)
             reused = conn is not None
             if conn is None:
-                if origin.open >= origin.limit:
-                    await origin.wait()
-                    continue
-                origin.open += 1
                 try:
                     conn = await self._open(target)
                 except BaseException:
                     origin.lost()
                     raise
+            if self._closed:  # it closed while this connection was opened (or handed over)
+                conn.close()
+                origin.lost()
+                raise UpstreamError("the upstream transport is closed")
             origin.busy.add(conn)
             parser = ResponseParser(
                 max_line=MAX_HEADER_LINE_BYTES,
@@ -396,6 +447,9 @@ class HttpTransport:
             try:
                 response = await conn.exchange(data, parser)
                 reusable = response.reusable and not self._closed
+                limit = response.keep_alive_timeout
+                if limit is not None:
+                    conn.idle_seconds = min(IDLE_SECONDS, limit - 1.0)
                 return response
             except _ConnectionLost as exc:
                 # A kept-alive connection the handler closed as the request went out:
