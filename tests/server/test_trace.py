@@ -528,3 +528,24 @@ def test_a_record_that_cannot_be_serialized_is_read_as_unreadable_not_an_error()
     assert bad["type"] == "unreadable" and bad["truncated"] is True and bad["seq"] == 1
     assert good["type"] == "rest" and good["seq"] == 2
     assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))
+
+
+def test_an_eager_record_that_cannot_be_serialized_keeps_the_seqs_in_order() -> None:
+    # a connect event is built at once; its handler's header decoded with surrogateescape
+    ring = TraceRing(10, "n1")
+    _observe(ring, "rest", 1)
+    request = UpstreamRequest(
+        "POST", "http://h/e", (("ce-type", trace.CONNECT_EVENT), ("ce-hub", "chat")), b"{}"
+    )
+    answer = UpstreamResponse(
+        200, (("X-Name", b"caf\xe9".decode("utf-8", "surrogateescape")),), b"{}"
+    )
+    ring.cloud_event(Exchange(request, answer, None, 0.01))  # no error to the handler's caller
+    _observe(ring, "rest", 3)
+    assert [r["seq"] for r in ring.after(0, 10)] == [1, 2, 3]
+    assert ring.get(2) == ring.after(1, 1)[0]
+    bad = ring.get(2)
+    assert bad is not None and bad["type"] == "unreadable" and bad["truncated"] is True
+    assert ring.original(2) is request
+    assert [r["seq"] for r in ring.after(2, 10)] == [3]
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))

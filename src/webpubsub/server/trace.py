@@ -291,11 +291,16 @@ class TraceRing:
         user_id: str | None,
         fields: Record,
     ) -> Record:
-        """Add a record built now."""
-        self._seq += 1
-        record, raw = _record(
-            self._seq, self.node_id, self._clock(), (kind, hub, connection_id, user_id, fields)
-        )
+        """Add a record built now (serialized before it takes a seq: one that cannot be
+        is added as an unreadable record, and the seqs stay those of the ring's places)."""
+        seq, when = self._seq + 1, self._clock()
+        try:
+            record, raw = _record(
+                seq, self.node_id, when, (kind, hub, connection_id, user_id, fields)
+            )
+        except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
+            record, raw = _unreadable(seq, self.node_id, when)
+        self._seq = seq
         self._ring.append(record)
         self._raw.append(raw)
         self._bytes += len(raw)
@@ -337,9 +342,7 @@ class TraceRing:
         try:
             record, built = _record(seq, node, when, build(facts))
         except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
-            record, built = _record(seq, node, when, ("unreadable", None, None, None, {}))
-            record["truncated"] = True
-            built = orjson.dumps(record)
+            record, built = _unreadable(seq, node, when)
         self._ring[index] = record
         self._raw[index] = built
         self._bytes += len(built) - raw
@@ -515,6 +518,13 @@ def _record(seq: int, node: str, when: float, built: Built) -> tuple[Record, byt
     if len(raw) > 512:  # orjson's buffer may be several times larger: keep a tight copy
         raw = bytes(memoryview(raw))
     return record, raw
+
+
+def _unreadable(seq: int, node: str, when: float) -> tuple[Record, bytes]:
+    """Record ``seq`` in place of one that no JSON can hold: its type says so."""
+    record, _ = _record(seq, node, when, ("unreadable", None, None, None, {}))
+    record["truncated"] = True
+    return record, orjson.dumps(record)
 
 
 _RECORD_COST = 512
