@@ -1099,3 +1099,19 @@ def test_only_a_header_that_passed_is_remembered_and_the_memory_is_bounded(
     assert len(_tokens._good_headers) == _tokens.GOOD_HEADERS_KEPT
     forged = good.split(".")[0] + "." + bad.split(".", 1)[1]  # a good header, a bad signature
     assert _our_verdict(forged, "k" * 32) is None
+
+
+def test_only_a_header_whose_signature_verified_is_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forged tokens (junk signatures, each a header of its own) cannot fill the cache
+    of good headers before the SDK's header is seen."""
+    monkeypatch.setattr(_tokens, "_good_headers", {})
+    for i in range(_tokens.GOOD_HEADERS_KEPT + 6):
+        forged = _signed({"alg": "HS256", "j": i}, {"exp": 10**10}, "not-the-key")
+        with pytest.raises(Unauthorized, match="invalid signature"):
+            _tokens._decode(forged, keys=["k"], now=0.0, leeway=0.0)
+    assert _tokens._good_headers == {}
+    token = _signed({"alg": "HS256", "typ": "JWT"}, {"exp": 10**10}, "k")
+    _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
+    assert list(_tokens._good_headers) == [token.split(".")[0]]

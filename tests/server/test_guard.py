@@ -24,7 +24,7 @@ from tests.support.service import chat_hub, client_url, json_client
 from webpubsub import devcert
 from webpubsub.protocol.tokens import issue_client_token, issue_rest_token
 from webpubsub.server.app import ServiceRunner
-from webpubsub.server.guard import FdBudget, Throttle, fd_reserve
+from webpubsub.server.guard import FdBudget, GuardedHandler, Throttle, fd_reserve
 
 DEADLINE = 0.5
 """``server.header_timeout_seconds`` in these tests (closes are checked not to come more
@@ -357,3 +357,27 @@ async def test_a_rest_body_that_stops_coming_is_408_at_the_deadline(
     assert orjson.loads(body)["code"] == "Error.RequestTimeout"
     assert DEADLINE * 0.9 <= await raw.closed_after() < WAIT  # and the connection ends
     assert_no_tracebacks(caplog)
+
+
+async def test_a_deadline_between_the_loop_s_milliseconds_is_kept_without_spinning(
+    start_service: StartService,
+) -> None:
+    """uvloop's timers may fire up to a millisecond before a deadline that is not a
+    whole millisecond (its clock counts them): the timer is set again once at most, not
+    at once again and again until the clock passes the deadline."""
+    timeout = 0.0503
+    runner = await start_service(header_timeout_seconds=timeout)
+    assert runner.site is not None and runner.site.guard is not None
+    guard = runner.site.guard
+    checks: dict[object, int] = {}
+    check = guard._check
+
+    def counted(handler: GuardedHandler) -> None:
+        checks[handler] = checks.get(handler, 0) + 1
+        check(handler)
+
+    guard._check = counted  # type: ignore[method-assign]
+    stalled = [await Raw.open(runner) for _ in range(5)]
+    for raw in stalled:
+        assert timeout * 0.9 <= await raw.closed_after() < WAIT
+    assert len(checks) == 5 and max(checks.values()) <= 2, checks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gc
 import itertools
 import sys
 import tracemalloc
@@ -21,6 +22,7 @@ from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Target
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse, signature
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
+from webpubsub.protocol.messages import MAX_STREAM_ERROR, StreamError, StreamInfo
 from webpubsub.protocol.payload import Payload
 from webpubsub.server import trace
 from webpubsub.server.trace import (
@@ -528,3 +530,56 @@ def test_a_record_that_cannot_be_serialized_is_read_as_unreadable_not_an_error()
     assert bad["type"] == "unreadable" and bad["truncated"] is True and bad["seq"] == 1
     assert good["type"] == "rest" and good["seq"] == 2
     assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))
+
+
+def test_an_eager_record_that_cannot_be_serialized_keeps_the_seqs_in_order() -> None:
+    # a connect event is built at once; its handler's header decoded with surrogateescape
+    ring = TraceRing(10, "n1")
+    _observe(ring, "rest", 1)
+    request = UpstreamRequest(
+        "POST", "http://h/e", (("ce-type", trace.CONNECT_EVENT), ("ce-hub", "chat")), b"{}"
+    )
+    answer = UpstreamResponse(
+        200, (("X-Name", b"caf\xe9".decode("utf-8", "surrogateescape")),), b"{}"
+    )
+    ring.cloud_event(Exchange(request, answer, None, 0.01))  # no error to the handler's caller
+    _observe(ring, "rest", 3)
+    assert [r["seq"] for r in ring.after(0, 10)] == [1, 2, 3]
+    assert ring.get(2) == ring.after(1, 1)[0]
+    bad = ring.get(2)
+    assert bad is not None and bad["type"] == "unreadable" and bad["truncated"] is True
+    assert ring.original(2) is request
+    assert [r["seq"] for r in ring.after(2, 10)] == [3]
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))
+
+
+def test_a_pending_stream_end_holds_its_facts_not_its_error_message() -> None:
+    """The cost of a record not built yet bounds what it holds: a stream's end keeps its
+    id, sequence id, end flag and error's name, not the publisher's error message."""
+    error = StreamError("UserError", "\U0001f600" * (MAX_STREAM_ERROR - 96), "c" * 96)
+    message = DataMessage(Payload.text("end"), Origin.GROUP, "room", "bob",
+                          StreamInfo("s1", 2, True, error))  # fmt: skip
+    ring = TraceRing(10, "n1", clock=itertools.count(100).__next__)
+    ring.delivered("chat", Target.group("room"), message, 3)
+    assert ring._pending == 1
+    held: list[object] = []
+    todo: list[object] = [ring._ring[0][3]]  # what the record is made of
+    while todo:
+        held.append(item := todo.pop())
+        if isinstance(item, tuple) or (
+            dataclasses.is_dataclass(item) and not isinstance(item, type)
+        ):
+            todo.extend(gc.get_referents(item))
+    assert not any(item is error or item is error.message for item in held)
+    cost = ring._raw[0]
+    assert isinstance(cost, int)
+    assert cost >= sum(sys.getsizeof(item) for item in held if isinstance(item, str | bytes))
+    (raw,) = ring.after_raw(0, 10, 1 << 30)
+    assert raw == orjson.dumps(
+        {"seq": 1, "node": "n1", "time": 100, "type": "message-out", "hub": "chat",
+         "connectionId": None, "userId": None, "target": {"scope": "group", "id": "room"},
+         "group": "room", "recipients": 3, "size": 3, "dataType": "text", "preview": "end",
+         "fromUserId": "bob",
+         "stream": {"streamId": "s1", "sequenceId": 2, "end": True, "error": "UserError"}}
+    )  # fmt: skip
+    assert len(raw) <= cost

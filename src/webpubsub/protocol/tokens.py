@@ -202,7 +202,8 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     if not _TOKEN.fullmatch(token):
         raise Unauthorized("token is not a JWT")
     head, body, signature = token.split(".")
-    if head not in _good_headers:
+    known = head in _good_headers
+    if not known:
         _check_header(head)
     try:
         given = _b64url(signature)
@@ -214,6 +215,8 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
             break  # (an empty key verifies nothing, as PyJWT refuses one)
     else:
         raise Unauthorized("invalid signature")
+    if not known and len(_good_headers) < GOOD_HEADERS_KEPT:
+        _good_headers[head] = None  # (signed: a forger's headers cannot fill the cache)
     try:
         payload = _json_object(_b64url(body))
     except ValueError:
@@ -228,8 +231,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 """A JWT: three such segments."""
 GOOD_HEADERS_KEPT = 64
 _good_headers: dict[str, None] = {}
-"""Header segments that passed :func:`_check_header` (every token of an SDK has the
-same one), the first :data:`GOOD_HEADERS_KEPT`."""
+"""Header segments that passed :func:`_check_header` in a token whose signature
+verified (every token of an SDK has the same one), the first :data:`GOOD_HEADERS_KEPT`."""
 
 
 def _check_header(head: str) -> None:
@@ -245,8 +248,6 @@ def _check_header(head: str) -> None:
         raise Unauthorized("unsupported token header")
     if header.get("alg") != ALGORITHM:
         raise Unauthorized("unsupported token algorithm")
-    if len(_good_headers) < GOOD_HEADERS_KEPT:
-        _good_headers[head] = None
 
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))

@@ -161,6 +161,12 @@ class FdBudget:
         return self.limit - fd_reserve(self.limit) - self._others - connections
 
 
+CLOCK_STEP = 0.001
+"""uvloop's clock counts milliseconds, and its timers may fire up to one before a
+deadline between two: a deadline this close is passed (a timer set again for it would
+fire at once, again and again, until the clock passes it)."""
+
+
 class ConnectionGuard:
     """Every connection of one listening site, and those waiting for a request head."""
 
@@ -252,13 +258,14 @@ class ConnectionGuard:
             timer.cancel()
 
     def _check(self, handler: GuardedHandler) -> None:
-        """``handler``'s timer fired: reap it if it is still waiting past its deadline,
-        else set the timer for the deadline it waits for now (if it waits)."""
+        """``handler``'s timer fired: reap it if it is still waiting past its deadline
+        (or within :data:`CLOCK_STEP` of it), else set the timer for the deadline it waits
+        for now (if it waits)."""
         handler.deadline_timer = None
         deadline = self._waiting.get(handler)
         if deadline is None:
             return  # it got a request; its next wait sets a timer again
-        if self._loop.time() < deadline:
+        if deadline - self._loop.time() > CLOCK_STEP:
             handler.deadline_timer = self._loop.call_at(deadline, self._check, handler)
             return
         self._reap(handler)

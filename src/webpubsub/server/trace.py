@@ -51,7 +51,7 @@ from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Scope, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest
 from webpubsub.protocol.frames import ClientProtocol, DataMessage, Origin
-from webpubsub.protocol.messages import ProtocolViolation, StreamInfo
+from webpubsub.protocol.messages import ProtocolViolation
 from webpubsub.protocol.names import MAX_NAME_LENGTH
 from webpubsub.protocol.payload import DataType
 from webpubsub.upstream.http import safe_url
@@ -291,11 +291,16 @@ class TraceRing:
         user_id: str | None,
         fields: Record,
     ) -> Record:
-        """Add a record built now."""
-        self._seq += 1
-        record, raw = _record(
-            self._seq, self.node_id, self._clock(), (kind, hub, connection_id, user_id, fields)
-        )
+        """Add a record built now (serialized before it takes a seq: one that cannot be
+        is added as an unreadable record, and the seqs stay those of the ring's places)."""
+        seq, when = self._seq + 1, self._clock()
+        try:
+            record, raw = _record(
+                seq, self.node_id, when, (kind, hub, connection_id, user_id, fields)
+            )
+        except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
+            record, raw = _unreadable(seq, self.node_id, when)
+        self._seq = seq
         self._ring.append(record)
         self._raw.append(raw)
         self._bytes += len(raw)
@@ -337,9 +342,7 @@ class TraceRing:
         try:
             record, built = _record(seq, node, when, build(facts))
         except (TypeError, ValueError):  # e.g. a lone surrogate: no JSON string holds it
-            record, built = _record(seq, node, when, ("unreadable", None, None, None, {}))
-            record["truncated"] = True
-            built = orjson.dumps(record)
+            record, built = _unreadable(seq, node, when)
         self._ring[index] = record
         self._raw[index] = built
         self._bytes += len(built) - raw
@@ -517,6 +520,13 @@ def _record(seq: int, node: str, when: float, built: Built) -> tuple[Record, byt
     return record, raw
 
 
+def _unreadable(seq: int, node: str, when: float) -> tuple[Record, bytes]:
+    """Record ``seq`` in place of one that no JSON can hold: its type says so."""
+    record, _ = _record(seq, node, when, ("unreadable", None, None, None, {}))
+    record["truncated"] = True
+    return record, orjson.dumps(record)
+
+
 _RECORD_COST = 512
 """A record's common fields and the rest of its keys and numbers, serialized, at most."""
 _ESCAPED = 6
@@ -541,7 +551,11 @@ def _rest_cost(call: RestCall) -> int:
     return _RECORD_COST + _ESCAPED * (strings + len(call.caller))
 
 
-MessageFacts = tuple[DataType, int, bytes, str | None, str | None, StreamInfo | None]
+StreamFacts = tuple[str, int, bool, str | None]
+"""A group stream's message as a record shows it: the stream's id, the message's
+sequence id, whether it ends the stream and its error's name (not the error's message:
+a publisher's may be :data:`~webpubsub.protocol.messages.MAX_STREAM_ERROR` long)."""
+MessageFacts = tuple[DataType, int, bytes, str | None, str | None, StreamFacts | None]
 """A message as a record shows it: its data type, its data's size and first bytes (not
 the data: a message may be large), its group (a group message's), the sender's user id
 and its group stream."""
@@ -553,7 +567,15 @@ def _message_facts(message: DataMessage) -> MessageFacts:
     text = payload.data_type in _TEXT_TYPES
     head = data[: PREVIEW_CHARS * 4] if text else data[:PREVIEW_BYTES]
     group = message.group if message.origin is Origin.GROUP else None
-    return payload.data_type, len(data), head, group, message.from_user_id, message.stream
+    return payload.data_type, len(data), head, group, message.from_user_id, _stream_facts(message)
+
+
+def _stream_facts(message: DataMessage) -> StreamFacts | None:
+    stream = message.stream
+    if stream is None:
+        return None
+    error = stream.error.name if stream.error is not None else None
+    return stream.stream_id, stream.sequence_id, stream.end, error
 
 
 def _message_cost(hub: str, target: object, facts: MessageFacts) -> int:
@@ -562,8 +584,8 @@ def _message_cost(hub: str, target: object, facts: MessageFacts) -> int:
     if isinstance(target_id, str):
         strings += len(target_id)
     stream = facts[5]
-    if stream is not None:
-        strings += len(stream.stream_id) + 64
+    if stream is not None:  # its id and error's name, and 64 for its number and keys
+        strings += len(stream[0]) + len(stream[3] or "") + 64
     # the preview: at most PREVIEW_CHARS characters (6 bytes each escaped) or base64
     return _RECORD_COST + _ESCAPED * (strings + PREVIEW_CHARS) + 2 * len(facts[2])
 
@@ -851,11 +873,12 @@ def _message_fields(
         "fromUserId": from_user_id,
     }
     if stream is not None:  # a group stream's fragment or end: which and where
+        stream_id, sequence_id, end, error = stream
         fields["stream"] = {
-            "streamId": stream.stream_id,
-            "sequenceId": stream.sequence_id,
-            "end": stream.end,
-            "error": stream.error.name if stream.error is not None else None,
+            "streamId": stream_id,
+            "sequenceId": sequence_id,
+            "end": end,
+            "error": error,
         }
     return fields
 
