@@ -12,7 +12,7 @@ from aiohttp import web
 from webpubsub.errors import UpstreamError
 from webpubsub.node.observe import Exchange, Observers
 from webpubsub.protocol.cloudevents import UpstreamRequest
-from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout, _target_of
+from webpubsub.upstream.http import HttpTransport, Pool, UpstreamTimeout, _Origin, _target_of
 
 WAIT = 5.0
 
@@ -481,3 +481,36 @@ async def test_a_handlers_keep_alive_timeout_shortens_the_idle_time() -> None:
             await transport.send(post(server), timeout=WAIT)
         await transport.close()
     assert server.accepted == 1
+
+
+async def _waiting(origin: _Origin, count: int) -> None:
+    """Return once ``count`` requests wait for the origin (bounded: a few loop turns)."""
+    for _ in range(100):
+        if len(origin.waiters) >= count:
+            return
+        await asyncio.sleep(0)  # one loop turn, not a timed wait
+    raise AssertionError("the requests never waited")
+
+
+async def test_a_waiter_cancelled_in_the_turn_a_slot_comes_back_is_passed_over() -> None:
+    """A task's cancel (its timeout) cancels the future it waits on at once, but it leaves
+    the queue only when the task runs again: a slot or connection coming back in
+    between goes to the next live waiter, or back to the pool."""
+    origin = _Origin(1)
+    assert await origin.acquire(0.0) is None  # the one slot, taken
+    gone = asyncio.create_task(origin.acquire(0.0))
+    kept = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 2)
+    gone.cancel()
+    origin.lost()  # the slot comes back while the cancelled waiter is still queued
+    assert await kept is None  # the live waiter was handed the slot
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert origin.open == 1 and not origin.waiters
+    late = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 1)
+    late.cancel()
+    origin.lost()  # nobody live waits: the slot is given up
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert origin.open == 0 and not origin.waiters

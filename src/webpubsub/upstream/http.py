@@ -282,9 +282,7 @@ class _Origin:
         self.busy.discard(conn)
         if reusable and not conn.closed:
             conn.idle_since = now
-            if self.waiters:
-                self.waiters.popleft().set_result(conn)
-            else:
+            if not self._hand(conn):
                 self.idle.append(conn)
         else:
             conn.close()
@@ -293,10 +291,20 @@ class _Origin:
     def lost(self) -> None:
         """A slot is free (a connection closed, or one being opened failed): the
         first waiter takes it over, else it is given up."""
-        if self.waiters:
-            self.waiters.popleft().set_result(None)
-        else:
+        if not self._hand(None):
             self.open -= 1
+
+    def _hand(self, conn: _Connection | None) -> bool:
+        """Give ``conn`` (None: a slot) to the first waiter still waiting. A cancelled
+        one (its task's timeout cancels the future at once, the task leaves the queue
+        only when it runs again) is passed over."""
+        waiters = self.waiters
+        while waiters:  # bounded: each turn removes one
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
 
 
 class HttpTransport:
