@@ -148,11 +148,9 @@ class Outbox:
             # The transport's buffer is read at the turn's first frame: until the flush
             # only aiohttp's own control frames (a ping, a close: a few bytes) can add
             # to it, though it may shrink.
-            if outbox._scheduled:
-                backlog = outbox._size + outbox._held
-            else:
+            if not outbox._scheduled:
                 outbox._held = outbox._transport.get_write_buffer_size()
-                backlog = outbox._size + outbox._held
+            backlog = outbox._size + outbox._held
             if backlog and backlog + size > outbox._limit:
                 # The view taken at the turn's first frame can only be too high (uvloop
                 # may have moved the buffer into the kernel since): look again first.
