@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -166,6 +167,27 @@ async def test_decorators_register_and_return_the_function() -> None:
         b'{"room":"r1"}',
         None,
     )
+
+
+async def test_a_handler_registered_again_is_called_the_way_the_new_one_needs() -> None:
+    """Plain functions run in a worker thread, ``async def`` ones on the loop: decided
+    per registration, so replacing one kind with the other switches how it is called."""
+    threads: list[tuple[str, bool]] = []
+    loop_thread = threading.get_ident()
+
+    def plain(request: UserEventRequest) -> None:
+        threads.append(("plain", threading.get_ident() == loop_thread))
+
+    async def coroutine(request: UserEventRequest) -> None:
+        threads.append(("async", threading.get_ident() == loop_thread))
+
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_event=coroutine)
+    message = HttpRequest("POST", "/eventhandler", Headers(event_headers("message")), b"x")
+    for func in (plain, coroutine, plain):
+        assert (await handler.process(message)).status == 204
+        handler.on_event(func)
+    assert (await handler.process(message)).status == 204
+    assert threads == [("async", True), ("plain", False), ("async", True), ("plain", False)]
 
 
 async def test_a_probe_passed_to_process_directly_needs_an_origin() -> None:

@@ -101,3 +101,45 @@ def test_a_presence_event_the_service_builds_is_what_the_sdk_reads(
     (got,) = seen
     assert isinstance(got, GroupJoinedRequest if event == "joined" else GroupLeftRequest)
     assert (got.group, got.context.user_id, got.context.event_name) == (group, user, event)
+
+
+def reference_from_raw(
+    items: list[tuple[bytes, bytes]],
+) -> tuple[tuple[tuple[str, str], ...], list[tuple[str, str]]]:
+    """What ``Headers.from_raw`` promises, header by header: latin-1 names, UTF-8 values
+    where they decode (ISO-8859-1 otherwise), the first of a repeated name wins."""
+    pairs = []
+    for name, value in items:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        pairs.append((name.decode("latin-1"), text))
+    first: dict[str, str] = {}
+    for name, text in pairs:
+        first.setdefault(name.lower(), text)
+    return tuple(pairs), list(first.items())
+
+
+RAW_NAMES = st.sampled_from([b"ce-type", b"CE-Type", b"Ce-UserId", b"x-\xe9", b"a"]) | st.binary(
+    max_size=6
+)
+RAW_VALUES = st.sampled_from([b"", b"v", "zo\u00eb \u2713".encode(), b"caf\xe9"]) | st.binary(
+    max_size=8
+)
+
+
+@given(
+    items=st.lists(st.tuples(RAW_NAMES, RAW_VALUES), max_size=8),
+    as_generator=st.booleans(),
+)
+def test_headers_from_raw_decode_as_documented(
+    items: list[tuple[bytes, bytes]], as_generator: bool
+) -> None:
+    # A generator is read once: the UTF-8 fallback must not read it again.
+    headers = Headers.from_raw(iter(items) if as_generator else items)
+    pairs, first = reference_from_raw(items)
+    assert headers.items_all() == pairs
+    assert list(headers.items()) == first
+    for name, value in first:
+        assert headers[name.upper() if name.isascii() else name] == value

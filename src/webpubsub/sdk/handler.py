@@ -18,12 +18,12 @@ called for a request that passed those checks, and asked for at most
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from webpubsub.protocol.cloudevents import host_of, signature
 from webpubsub.protocol.connection_string import parse_connection_string
@@ -46,6 +46,9 @@ from webpubsub.sdk.events import (
 )
 from webpubsub.sdk.http import Headers, HttpRequest, HttpResponse
 from webpubsub.sdk.state import STATE_HEADER, ConnectionState
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -70,6 +73,7 @@ _GROUP_PRESENCE = frozenset({"joined", "left"})
 user event type (``azure.webpubsub.group.joined`` from webpubsub; any other
 ``azure.webpubsub.`` type with these names is taken as one too, docs/compatibility.md)."""
 _ORIGIN = "webhook-request-origin"
+_STATE = STATE_HEADER.lower()
 _TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024 + 64 * 1024
@@ -100,12 +104,26 @@ _GJ = TypeVar("_GJ", bound=GroupJoinedHandler)
 _GL = TypeVar("_GL", bound=GroupLeftHandler)
 
 
+def _lowered(headers: Headers) -> Mapping[str, str]:
+    """``headers`` by lower-cased name, the first value of each (what ``headers.get``
+    answers, without lower-casing each name asked for)."""
+    if isinstance(headers, Headers):
+        return headers._first
+    return Headers(headers)._first  # a plain mapping passed for Headers
+
+
+@functools.lru_cache(maxsize=4096)
+def _expected_signatures(connection_id: str, keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The ``sha256=<hex>`` entry of each key, as bytes to compare with; every event of a
+    connection carries the same one, so it is made once per recent connection."""
+    return tuple(signature(connection_id, (key,)).encode("ascii") for key in keys)
+
+
 def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
     return HttpResponse(status, _TEXT + extra, message.encode("utf-8"))
 
 
-@dataclass(frozen=True, slots=True)
-class _Event:
+class _Event(NamedTuple):
     """An event whose headers passed every check; its body is still to be read."""
 
     context: ConnectionContext
@@ -114,13 +132,23 @@ class _Event:
     content_type: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
+class _App(NamedTuple):
+    """A registered handler, and whether it is an ``async def`` (asked once, not per event)."""
+
+    func: Callable[[Any], Any]
+    is_async: bool
+
+
+def _app(func: Callable[[Any], object] | None) -> _App | None:
+    return None if func is None else _App(func, inspect.iscoroutinefunction(func))
+
+
+class _Call(NamedTuple):
     """A handler to call with ``event``, and how to turn its result into a response."""
 
-    func: Callable[[Any], object]
+    app: _App
     event: Any
-    finish: Callable[[object], HttpResponse]
+    finish: Callable[[object, ConnectionContext], HttpResponse]
 
 
 class WebPubSubEventHandler:
@@ -169,7 +197,9 @@ class WebPubSubEventHandler:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
         self.hub = hub
+        self._hub_lower = hub.lower()
         self.path = path.rstrip("/") or "/"
+        self._sub_paths = self.path.rstrip("/") + "/"
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
         if any(not k for k in self._keys):
             raise ValueError("access keys must not be empty")
@@ -186,12 +216,12 @@ class WebPubSubEventHandler:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
         self.max_body_bytes = max_body_bytes
-        self._on_connect = on_connect
-        self._on_connected = on_connected
-        self._on_event = on_event
-        self._on_disconnected = on_disconnected
-        self._on_group_joined = on_group_joined
-        self._on_group_left = on_group_left
+        self._on_connect = _app(on_connect)
+        self._on_connected = _app(on_connected)
+        self._on_event = _app(on_event)
+        self._on_disconnected = _app(on_disconnected)
+        self._on_group_joined = _app(on_group_joined)
+        self._on_group_left = _app(on_group_left)
 
     @classmethod
     def from_connection_string(
@@ -205,32 +235,32 @@ class WebPubSubEventHandler:
 
     def on_connect(self, func: _C) -> _C:
         """Decorator: handle ``connect``; return a :class:`ConnectResponse` or ``None``."""
-        self._on_connect = func
+        self._on_connect = _app(func)
         return func
 
     def on_connected(self, func: _CD) -> _CD:
         """Decorator: handle ``connected`` (the return value is ignored)."""
-        self._on_connected = func
+        self._on_connected = _app(func)
         return func
 
     def on_event(self, func: _U) -> _U:
         """Decorator: handle every user event; return the reply to the client or ``None``."""
-        self._on_event = func
+        self._on_event = _app(func)
         return func
 
     def on_disconnected(self, func: _D) -> _D:
         """Decorator: handle ``disconnected`` (the return value is ignored)."""
-        self._on_disconnected = func
+        self._on_disconnected = _app(func)
         return func
 
     def on_group_joined(self, func: _GJ) -> _GJ:
         """Decorator: handle ``joined``, a connection joined a group (return ignored)."""
-        self._on_group_joined = func
+        self._on_group_joined = _app(func)
         return func
 
     def on_group_left(self, func: _GL) -> _GL:
         """Decorator: handle ``left``, a connection left a group (return ignored)."""
-        self._on_group_left = func
+        self._on_group_left = _app(func)
         return func
 
     # -- routing ----------------------------------------------------------------
@@ -244,16 +274,17 @@ class WebPubSubEventHandler:
         ``ce-hub`` equal to this handler's hub (case-insensitive). Anything else, such
         as an app route under the same path or a CORS preflight, belongs to the app.
         """
-        if path != self.path and not path.startswith(self.path.rstrip("/") + "/"):
+        if path != self.path and not path.startswith(self._sub_paths):
             return False
         method = method.upper()
+        if method == "POST":
+            first = _lowered(headers)
+            return (
+                first.get("ce-type", "").startswith(_PREFIX)
+                and first.get("ce-hub", "").lower() == self._hub_lower
+            )
         if method in ("OPTIONS", "GET"):
             return _ORIGIN in headers
-        if method == "POST":
-            return (
-                headers.get("ce-type", "").startswith(_PREFIX)
-                and headers.get("ce-hub", "").lower() == self.hub.lower()
-            )
         return False
 
     async def handle(self, request: HttpRequest) -> HttpResponse | None:
@@ -318,41 +349,43 @@ class WebPubSubEventHandler:
     async def _run(self, step: HttpResponse | _Call) -> HttpResponse:
         if isinstance(step, HttpResponse):
             return step
+        app, event, finish = step
         try:
-            if inspect.iscoroutinefunction(step.func):
-                result = await step.func(step.event)
+            if app.is_async:
+                result = await app.func(event)
             else:
-                result = await asyncio.to_thread(step.func, step.event)
+                result = await asyncio.to_thread(app.func, event)
                 if inspect.isawaitable(result):
                     result = await result
-            return step.finish(result)
+            return finish(result, event.context)
         except Exception as exc:
-            return _failure(exc, step.event)
+            return _failure(exc, event)
 
     def _run_sync(self, step: HttpResponse | _Call) -> HttpResponse:
         if isinstance(step, HttpResponse):
             return step
+        app, event, finish = step
         try:
-            result = step.func(step.event)
+            result = app.func(event)
             if inspect.isawaitable(result):
                 result = asyncio.run(_wait(result))
-            return step.finish(result)
+            return finish(result, event.context)
         except Exception as exc:
-            return _failure(exc, step.event)
+            return _failure(exc, event)
 
     # -- the protocol -----------------------------------------------------------
 
     def _check(self, method: str, headers: Headers) -> HttpResponse | _Event:
         """Everything the request line and headers decide, before the body is read."""
         method = method.upper()
+        if method == "POST":
+            try:
+                return self._event_headers(headers)
+            except MalformedEvent as exc:
+                return _text(400, str(exc))
         if method in ("OPTIONS", "GET"):
             return self._validate(headers)
-        if method != "POST":
-            return _text(405, "method not allowed")
-        try:
-            return self._event_headers(headers)
-        except MalformedEvent as exc:
-            return _text(400, str(exc))
+        return _text(405, "method not allowed")
 
     def _origin_allowed(self, origin: str) -> bool:
         return self._any_origin or (bool(origin) and host_of(origin) in self._allowed_hosts)
@@ -370,11 +403,11 @@ class WebPubSubEventHandler:
 
     def _signature_valid(self, connection_id: str, header: str) -> bool:
         """Any ``sha256=<hex>`` entry made with any key (case-insensitive hex)."""
-        expected = [signature(connection_id, (key,)) for key in self._keys]
+        expected = _expected_signatures(connection_id, self._keys)
         for item in header.split(","):
             candidate = item.strip().lower().encode("utf-8", "replace")
             for sig in expected:
-                if hmac.compare_digest(candidate, sig.encode("ascii")):
+                if hmac.compare_digest(candidate, sig):
                     return True
         return False
 
@@ -382,47 +415,50 @@ class WebPubSubEventHandler:
         return _text(413, f"the request body exceeds {self.max_body_bytes} bytes")
 
     def _event_headers(self, headers: Headers) -> HttpResponse | _Event:
-        event_type = headers.get("ce-type", "")
+        first = _lowered(headers)
+        get = first.get
+        event_type = get("ce-type", "")
         if not event_type:
             raise MalformedEvent("missing ce-type header")
-        event_name = headers.get("ce-eventName", "")
-        if event_type.startswith(_SYS):
-            kind, name = "sys", event_type[len(_SYS) :]
-        elif event_type.startswith(_USER):
+        event_name = get("ce-eventname", "")
+        if event_type.startswith(_USER):
             kind, name = "user", event_type[len(_USER) :]
+        elif event_type.startswith(_SYS):
+            kind, name = "sys", event_type[len(_SYS) :]
         elif event_type.startswith(_PREFIX) and event_name in _GROUP_PRESENCE:
             kind, name = "group", event_name
         else:
             raise MalformedEvent(f"not a Web PubSub event type: {event_type!r}")
-        connection_id = headers.get("ce-connectionId", "")
+        connection_id = get("ce-connectionid", "")
         if not connection_id:
             raise MalformedEvent("missing ce-connectionId header")
-        hub = headers.get("ce-hub", "")
+        hub = get("ce-hub", "")
         if not hub:
             raise MalformedEvent("missing ce-hub header")
-        sig = headers.get("ce-signature", "")
+        sig = get("ce-signature", "")
         if self.verify_signature and not self._signature_valid(connection_id, sig):
             return _text(401, "invalid ce-signature")
-        origin = headers.get(_ORIGIN, "")
-        if not self._origin_allowed(origin):
+        origin = get(_ORIGIN, "")
+        if not self._any_origin and not self._origin_allowed(origin):
             return _text(403, "origin not allowed")
-        length = headers.get("content-length", "").strip()
+        length = get("content-length", "").strip()
         if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
+        state = get(_STATE)
         context = ConnectionContext(
             hub=hub,
             connection_id=connection_id,
             event_name=event_name or name,
             event_type=event_type,
-            user_id=headers.get("ce-userId") or None,
-            subprotocol=headers.get("ce-subprotocol") or None,
+            user_id=get("ce-userid") or None,
+            subprotocol=get("ce-subprotocol") or None,
             origin=origin,
             signature=sig,
-            event_id=headers.get("ce-id", ""),
-            states=ConnectionState.from_header(headers.get(STATE_HEADER)),
+            event_id=get("ce-id", ""),
+            states=ConnectionState.from_header(state) if state else ConnectionState(),
             headers=headers,
         )
-        return _Event(context, kind, name, headers.get("content-type"))
+        return _Event(context, kind, name, get("content-type"))
 
     def _parse(self, event: _Event, body: bytes) -> HttpResponse | _Call:
         """The handler to call for an event whose headers passed, given its body."""
@@ -435,22 +471,22 @@ class WebPubSubEventHandler:
 
     def _dispatch(self, event: _Event, body: bytes) -> HttpResponse | _Call:
         context = event.context
-        if event.kind == "group":
-            presence = parse_group_presence(context, event.name, body)
-            func = self._on_group_joined if event.name == "joined" else self._on_group_left
-            if func is None:
-                return HttpResponse(204)
-            return _Call(func, presence, _no_content)
         if event.kind == "user":
             user_event = parse_user_event(context, event.content_type, body)
             if self._on_event is None:
                 return HttpResponse(204)
-            return _Call(self._on_event, user_event, lambda r: _user_event_response(r, context))
+            return _Call(self._on_event, user_event, _user_event_response)
+        if event.kind == "group":
+            presence = parse_group_presence(context, event.name, body)
+            app = self._on_group_joined if event.name == "joined" else self._on_group_left
+            if app is None:
+                return HttpResponse(204)
+            return _Call(app, presence, _no_content)
         if event.name == "connect":
             connect = parse_connect(context, body)
             if self._on_connect is None:
                 return HttpResponse(204)
-            return _Call(self._on_connect, connect, lambda r: _connect_response(r, context))
+            return _Call(self._on_connect, connect, _connect_response)
         if event.name == "connected":
             if self._on_connected is None:
                 return HttpResponse(204)
@@ -492,7 +528,7 @@ def _user_event_response(result: object, context: ConnectionContext) -> HttpResp
     return HttpResponse(200, (("Content-Type", reply.content_type), *state), reply.body)
 
 
-def _no_content(result: object) -> HttpResponse:
+def _no_content(result: object, context: ConnectionContext) -> HttpResponse:
     return HttpResponse(204)
 
 

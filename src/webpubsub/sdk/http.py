@@ -64,7 +64,16 @@ class Headers(Mapping[str, str]):
         clients, writes a non-ASCII user id as UTF-8), ISO-8859-1 otherwise.
         """
         made = cls.__new__(cls)
-        made._set([(k.decode("latin-1"), _text(v)) for k, v in items])
+        raw = items if isinstance(items, list | tuple) else list(items)  # read twice below
+        try:  # one decode per header while every value is UTF-8 (the per-event path)
+            pairs = [(k.decode("latin-1"), v.decode("utf-8")) for k, v in raw]
+        except UnicodeDecodeError:
+            pairs = [(k.decode("latin-1"), _text(v)) for k, v in raw]
+        first = {k.lower(): v for k, v in pairs}
+        if len(first) == len(pairs):  # no repeated header: nothing to keep the first of
+            made._items, made._first = tuple(pairs), first
+        else:
+            made._set(pairs)
         return made
 
     def get_all(self, name: str) -> list[str]:
