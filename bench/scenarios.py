@@ -14,8 +14,10 @@ capacity is the highest rate whose p99 latency stays under 1 s):
   (``sendToGroup`` on ``json.webpubsub.azure.v1``; socket.io: an event the server
   emits to the client's room); the sender receives its own message, as Azure counts;
 - ``echo-upstream``: simple WebSocket clients send; an event handler built on
-  ``webpubsub.sdk`` in its own process (aiohttp, HTTP/1.1 keep-alive) answers each
-  ``message`` event with the same body, which the service sends back to the client;
+  ``webpubsub.sdk`` in its own process (HTTP/1.1 keep-alive; ``--handler-server``: the
+  SDK's ASGI middleware under uvicorn with httptools, or aiohttp wired to the SDK's
+  core) answers each ``message`` event with the same body, which the service sends
+  back to the client;
 - ``send-to-user``: REST sends to single users (each connection its own user),
   round-robin over the users, ``--concurrency`` requests in flight (1: sequential);
 - ``idle``: N idle connections: the connect rate, RSS per connection, idle CPU.
@@ -63,7 +65,7 @@ from harness import (
     total_cpu,
 )
 from loadgen import NS, ClientSpec, ConnectReport, GeneratorSpec, StepReport, generator
-from servers import echo_handler, sio_server
+from servers import HANDLER_SERVERS, echo_handler, sio_server
 
 JSON_PROTOCOL = "json.webpubsub.azure.v1"
 STACKS = ("webpubsub", "socketio")
@@ -210,11 +212,16 @@ class RunResult:
     limited_by: str = ""
     idle_server_core: float | None = None
     generator_connect_cpu: float = 0.0
+    handler_server: str = ""
+    """echo-upstream: what serves the event handler (``--handler-server``)."""
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         inflight = f", {self.concurrency} REST calls in flight" if self.concurrency else ""
-        lines = [f"== {self.stack} {self.scenario}, {self.connections} connections{inflight} =="]
+        served = f", handler on {self.handler_server}" if self.handler_server else ""
+        lines = [
+            f"== {self.stack} {self.scenario}, {self.connections} connections{inflight}{served} =="
+        ]
         lines.append(
             f"connected {self.connected}/{self.connections} at "
             f"{self.connect_per_second:,.0f}/s; server RSS {self.rss_mib:.1f} MiB, "
@@ -287,7 +294,8 @@ async def run_one(args: argparse.Namespace, stack: str, scenario: Scenario, n: i
         else:
             handler_url = None
             if scenario.name == "echo-upstream":
-                handler_pid, handler_port = await recv(procs.start(echo_handler), left())
+                handler = procs.start(echo_handler, args.handler_server)
+                handler_pid, handler_port = await recv(handler, left())
                 handler_pids.append(handler_pid)
                 handler_url = f"http://127.0.0.1:{handler_port}/eventhandler/{{event}}"
             pipe = procs.start(serve, 0, None, None, None, "default", handler_url)
@@ -334,6 +342,7 @@ async def run_one(args: argparse.Namespace, stack: str, scenario: Scenario, n: i
             rss_mib=rss1 / 2**20,
             rss_per_connection_kib=(rss1 - rss0) / max(1, connected) / 1024,
             generator_connect_cpu=sum(c.cpu_seconds for c in connects),
+            handler_server=args.handler_server if handler_pids else "",
         )
         failed = [c for c in connects if c.failed]
         if failed:
@@ -597,6 +606,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--size", type=int, default=2048, help="message size, bytes (2048)")
     parser.add_argument(
+        "--handler-server",
+        choices=HANDLER_SERVERS,
+        default=HANDLER_SERVERS[0],
+        help="echo-upstream: what serves the SDK's event handler: uvicorn (its ASGI "
+        "middleware, httptools, uvloop) or aiohttp (its core wired by hand) "
+        f"({HANDLER_SERVERS[0]})",
+    )
+    parser.add_argument(
         "--generator-procs", type=int, default=1, help="load generator processes (1)"
     )
     parser.add_argument(
@@ -670,6 +687,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--step-warmup within 0..--step-seconds")
     if args.concurrency < 1 or args.max_steps < 1 or args.resolution <= 1 or args.timeout <= 0:
         parser.error("--concurrency >= 1, --max-steps >= 1, --resolution > 1, --timeout > 0")
+    if args.handler_server == "uvicorn" and (args.all or args.scenario == "echo-upstream"):
+        try:
+            import httptools  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            parser.error(
+                "--handler-server uvicorn needs uvicorn and httptools: pip install '.[bench]' "
+                "(or --handler-server aiohttp)"
+            )
     if "socketio" in args.stacks:
         try:
             import socketio  # noqa: F401

@@ -13,22 +13,84 @@ from harness import ACCESS_KEY, HUB, raise_fd_limit
 # -- the servers ------------------------------------------------------------------------------
 
 
-def echo_handler(pipe: Pipe) -> None:
-    """The upstream event handler: aiohttp on uvloop, the SDK's core, echoing each event."""
+HANDLER_SERVERS = ("uvicorn", "aiohttp")
+"""How the echo handler is served: the SDK's ASGI middleware under uvicorn (httptools,
+uvloop), or aiohttp's web server wired by hand to the SDK's core."""
+
+
+def echo_handler(pipe: Pipe, server: str = "uvicorn") -> None:
+    """The upstream event handler, built on ``webpubsub.sdk``, echoing each event: on
+    127.0.0.1, HTTP/1.1 keep-alive, no access log; sends ``(pid, port)`` once listening."""
     import uvloop
 
-    uvloop.run(_echo_handler(pipe))
+    if server not in HANDLER_SERVERS:
+        raise ValueError(f"handler server: one of {', '.join(HANDLER_SERVERS)}, not {server!r}")
+    uvloop.run(_echo_uvicorn(pipe) if server == "uvicorn" else _echo_aiohttp(pipe))
 
 
-async def _echo_handler(pipe: Pipe) -> None:
-    from aiohttp import web
-
-    from webpubsub.sdk import Headers, UserEventRequest, UserEventResponse, WebPubSubEventHandler
+def _echo_sdk_handler() -> Any:
+    from webpubsub.sdk import UserEventRequest, UserEventResponse, WebPubSubEventHandler
 
     async def echo(request: UserEventRequest) -> UserEventResponse:
         return UserEventResponse(request.body, request.data_type)
 
-    handler = WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_event=echo)
+    return WebPubSubEventHandler(HUB, keys=[ACCESS_KEY], on_event=echo)
+
+
+async def _until_stopped(pipe: Pipe) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)
+    await stop.wait()
+
+
+async def _echo_uvicorn(pipe: Pipe) -> None:
+    """The SDK's ASGI middleware in front of a 404 app, as a user would deploy it."""
+    import socket
+
+    import uvicorn
+
+    from webpubsub.sdk import ASGIMiddleware
+
+    async def not_found(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(
+        ASGIMiddleware(not_found, _echo_sdk_handler()),
+        loop="none",  # already on uvloop
+        http="httptools",
+        lifespan="off",
+        ws="none",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,  # nothing forwards to it: no X-Forwarded-* to read
+        timeout_keep_alive=75,  # aiohttp's keep-alive timeout: the service's pool stays warm
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # bounded: serve() fails or starts within its startup
+        if serving.done():
+            await serving  # raises what stopped it
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    pipe.send((os.getpid(), sock.getsockname()[1]))
+    await _until_stopped(pipe)
+    server.should_exit = True
+    await serving
+
+
+async def _echo_aiohttp(pipe: Pipe) -> None:
+    """aiohttp's web server on uvloop, wired by hand to the SDK's core."""
+    from aiohttp import web
+
+    from webpubsub.sdk import Headers
+
+    handler = _echo_sdk_handler()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         headers = Headers.from_raw(request.raw_headers)
@@ -51,9 +113,7 @@ async def _echo_handler(pipe: Pipe) -> None:
     await site.start()
     port = runner.addresses[0][1]
     pipe.send((os.getpid(), port))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)
-    await stop.wait()
+    await _until_stopped(pipe)
     await runner.cleanup()
 
 
