@@ -553,6 +553,9 @@ class _Shape:
     values: Callable[[list[str]], tuple[str, ...]]
     routes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, Route], ...]]]
     """Literal segments → the parameters' names and the routes (index in ROUTES)."""
+    methods: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, Route], tuple[str, ...]]]
+    """The same by method: the parameters' names, the first route of each method and
+    every route's method (in :data:`ROUTES` order)."""
 
 
 def _shapes(routes: tuple[Route, ...]) -> dict[int, tuple[_Shape, ...]]:
@@ -563,14 +566,24 @@ def _shapes(routes: tuple[Route, ...]) -> dict[int, tuple[_Shape, ...]]:
         found.setdefault((len(r.pattern), params), {}).setdefault(literal, []).append((index, r))
     shapes: dict[int, list[_Shape]] = {}
     for (length, params), table in found.items():
+        named = {
+            literal: (tuple(same[0][1].pattern[i][1:-1] for i in params), tuple(same))
+            for literal, same in table.items()
+        }
+        methods = {
+            literal: (
+                names,
+                {r.method: r for _, r in reversed(same)},  # the first of each method wins
+                tuple(r.method for _, r in same),
+            )
+            for literal, (names, same) in named.items()
+        }
         shapes.setdefault(length, []).append(
             _Shape(
                 literals=_picker(tuple(i for i in range(length) if i not in params)),
                 values=_picker(params),
-                routes={
-                    literal: (tuple(same[0][1].pattern[i][1:-1] for i in params), tuple(same))
-                    for literal, same in table.items()
-                },
+                routes=named,
+                methods=methods,
             )
         )
     return {length: tuple(found) for length, found in shapes.items()}
@@ -594,8 +607,22 @@ def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str
         segments = [unquote(s) for s in segments]
     if segments and segments[-1] == "":
         segments.pop()
+    shapes = _SHAPES.get(len(segments), ())
+    if len(shapes) == 1:  # (every number of segments has one shape: no order to settle)
+        shape = shapes[0]
+        by_method = shape.methods.get(shape.literals(segments))
+        if by_method is None:
+            return []
+        values = shape.values(segments)
+        if "" in values:
+            return []
+        names, first, methods = by_method
+        hit = first.get(method)
+        if hit is None:
+            return list(methods)
+        return hit, dict(zip(names, values, strict=True))
     matched: list[tuple[int, Route, dict[str, str]]] = []
-    for shape in _SHAPES.get(len(segments), ()):
+    for shape in shapes:
         found = shape.routes.get(shape.literals(segments))
         if found is None:
             continue
