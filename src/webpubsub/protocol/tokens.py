@@ -199,8 +199,9 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     """
     if not keys:
         raise Unauthorized("no access key is configured")
-    if not _TOKEN.fullmatch(token):
-        raise Unauthorized("token is not a JWT")
+    raw = token.encode("ascii") if token.isascii() else b""
+    if raw.translate(None, _B64URL_ALPHABET) != b"..":
+        raise Unauthorized("token is not a JWT")  # (what _TOKEN matches, at half its cost)
     head, body, signature = token.split(".")
     known = head in _good_headers
     if not known:
@@ -209,7 +210,7 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
         given = _b64url(signature)
     except ValueError:
         raise Unauthorized("malformed token") from None
-    signed = f"{head}.{body}".encode("ascii")
+    signed = raw[: len(raw) - len(signature) - 1]  # head.body
     for key in keys:
         if key and hmac.compare_digest(_hs256(key, signed), given):
             break  # (an empty key verifies nothing, as PyJWT refuses one)
@@ -218,7 +219,7 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     if not known and len(_good_headers) < GOOD_HEADERS_KEPT:
         _good_headers[head] = None  # (signed: a forger's headers cannot fill the cache)
     try:
-        payload = _json_object(_b64url(body))
+        payload = _claims_object(_b64url(body))
     except ValueError:
         raise Unauthorized("malformed token") from None
     _check_lifetime(payload, now=now, leeway=leeway)
@@ -228,7 +229,8 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 """A JWT segment: base64url without padding (RFC 7515 §2)."""
 _TOKEN = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
-"""A JWT: three such segments."""
+"""A JWT: three such segments (what :func:`_decode` checks, by deleting the alphabet)."""
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 GOOD_HEADERS_KEPT = 64
 _good_headers: dict[str, None] = {}
 """Header segments that passed :func:`_check_header` in a token whose signature
@@ -322,7 +324,29 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def _claims_object(raw: bytes) -> dict[str, Any]:
+    """:func:`_json_object` of a token's claims: orjson's reading when every claim is a
+    string or an integer (a REST token's ``aud`` and ``exp``), which is then the standard
+    library's too (an integer over 64 bits would be a float: the careful reading)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _json_object(raw)
+    if type(value) is dict:
+        for claim in value.values():
+            kind = type(claim)
+            if kind is not str and kind is not int:
+                return _json_object(raw)
+        return value
+    return _json_object(raw)
+
+
 def _check_lifetime(payload: dict[str, Any], *, now: float, leeway: float) -> None:
+    exp = payload.get("exp")
+    if type(exp) is int and "nbf" not in payload:  # as the SDKs sign: the checks below, short
+        if now - leeway >= exp:
+            raise Unauthorized("token expired")
+        return
     exp = _time_claim(payload, "exp")
     if exp is None:
         raise Unauthorized("token has no exp claim")
