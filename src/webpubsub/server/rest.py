@@ -55,6 +55,8 @@ class Call(NamedTuple):
     params: dict[str, str]
     query: list[tuple[str, str]]
     request: web.Request
+    ctx: ServiceContext
+    """The service's, ``request.app[SERVICE]`` (looked up once)."""
 
     @property
     def hub(self) -> str:
@@ -113,7 +115,7 @@ BODY_DEADLINE_FACTOR = 6
 
 
 async def _payload(call: Call) -> Payload:
-    ctx = call.request.app[SERVICE]
+    ctx = call.ctx
     length = call.request.content_length
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
@@ -128,7 +130,7 @@ async def _body(call: Call, length: int | None = None) -> bytes:
     stops holds a connection; one that arrives slowly is a slow uplink, not an attack),
     and be complete within :data:`BODY_DEADLINE_FACTOR` times that. ``length``: the
     request's ``Content-Length``, when the caller has read it."""
-    ctx = call.request.app[SERVICE]
+    ctx = call.ctx
     idle = ctx.request_timeout
     limit = ctx.max_message_bytes
     content = call.request.content
@@ -409,11 +411,6 @@ def _continuation(token: str | None) -> str:
         ) from None
 
 
-def _origin(request: web.Request) -> str:
-    """The origin the caller used (forwarded headers count from trusted proxies only)."""
-    return caller_origin(request, request.app[SERVICE].trusted_proxies)
-
-
 def _public_base(request: web.Request) -> str:
     """The base of URLs handed back to the caller: the public endpoint, else the caller's."""
     ctx = request.app[SERVICE]
@@ -664,7 +661,7 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
         _authenticate(request, ctx, raw_target)
         matched, params = found
         hub = params["hub"] = validate_hub(params["hub"])
-        call = Call(params, query_pairs(raw_query), request)
+        call = Call(params, query_pairs(raw_query), request, ctx)
         try:
             answer = await matched.handler(ctx.operations, call)
         except InvalidParameter as exc:
@@ -724,7 +721,8 @@ def _authenticate(request: web.Request, ctx: ServiceContext, raw_target: str) ->
     verify_rest_token(
         token,
         keys=ctx.access_keys,
-        method_url=f"{_origin(request)}{raw_target}",
+        # the origin the caller used (forwarded headers count from trusted proxies only)
+        method_url=f"{caller_origin(request, ctx.trusted_proxies)}{raw_target}",
         endpoints=ctx.endpoints,
         now=ctx.clock(),
     )
