@@ -1192,3 +1192,92 @@ def test_lifetime_claims(claims: dict[str, Any], now: float, reason: str | None)
     else:
         with pytest.raises(Unauthorized, match=reason):
             _tokens._decode(token, keys=["k"], now=now, leeway=300.0)
+
+
+# -- REST tokens verified once ----------------------------------------------------------
+
+_REST_URL = "http://localhost:8080/api/hubs/chat/users/u/:send?api-version=2024-12-01"
+
+
+def _verify_rest(token: str, keys: list[str] | None = None, now: float = NOW) -> None:
+    verify_rest_token(token, keys=keys or [KEY], method_url=_REST_URL, endpoints=[], now=now)
+
+
+@pytest.fixture
+def rest_tokens(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    monkeypatch.setattr(_tokens, "_rest_tokens", kept)
+    return kept
+
+
+@given(
+    where=st.integers(0, 2),
+    at=st.integers(0, 400),
+    char=st.characters(codec="ascii") | st.characters(),
+)
+def test_a_changed_rest_token_is_verified_in_full_not_found(where: int, at: int, char: str) -> None:
+    token = issue_rest_token(KEY, audience=_REST_URL, now=NOW)
+    _verify_rest(token)
+    assert token in _tokens._rest_tokens
+    parts = token.split(".")
+    at %= len(parts[where])
+    parts[where] = parts[where][:at] + char + parts[where][at + 1 :]
+    changed = ".".join(parts)
+    if changed == token:
+        return
+    with pytest.raises(Unauthorized):
+        _verify_rest(changed)
+    assert changed not in _tokens._rest_tokens
+
+
+def test_a_verified_rest_token_is_found_again_its_lifetime_checked_each_time(
+    rest_tokens: dict[str, Any],
+) -> None:
+    token = issue_rest_token(KEY, audience=_REST_URL, now=NOW, ttl_seconds=60)
+    _verify_rest(token)
+    assert list(rest_tokens) == [token]
+    _verify_rest(token, now=NOW + 60 + 299)  # found: the leeway still holds
+    with pytest.raises(Unauthorized, match="token expired"):
+        _verify_rest(token, now=NOW + 60 + 300)
+    with pytest.raises(Unauthorized, match="audience mismatch"):  # the URL is checked each time
+        verify_rest_token(token, keys=[KEY], method_url=_REST_URL + "&x=1", endpoints=[], now=NOW)
+
+
+def test_a_rest_token_kept_under_other_keys_is_verified_again(
+    rest_tokens: dict[str, Any],
+) -> None:
+    token = issue_rest_token(KEY, audience=_REST_URL, now=NOW)
+    _verify_rest(token, keys=[KEY, KEY2])
+    with pytest.raises(Unauthorized, match="invalid signature"):  # KEY was rotated out
+        _verify_rest(token, keys=[KEY2])
+    _verify_rest(token, keys=[KEY])
+    assert rest_tokens[token][0] == (KEY,)
+
+
+def test_only_verified_rest_tokens_are_kept_the_last_few_short_ones(
+    rest_tokens: dict[str, Any],
+) -> None:
+    forged = issue_rest_token("not-the-key-" * 4, audience=_REST_URL, now=NOW)
+    with pytest.raises(Unauthorized):
+        _verify_rest(forged)
+    expired = issue_rest_token(KEY, audience=_REST_URL, now=NOW - 1000, ttl_seconds=60)
+    with pytest.raises(Unauthorized):
+        _verify_rest(expired)
+    assert rest_tokens == {}
+    long_url = _REST_URL + "&x=" + "a" * _tokens.REST_TOKEN_KEPT_CHARS
+    verify_rest_token(
+        issue_rest_token(KEY, audience=long_url, now=NOW),
+        keys=[KEY],
+        method_url=long_url,
+        endpoints=[],
+        now=NOW,
+    )
+    assert rest_tokens == {}
+    tokens = [
+        issue_rest_token(KEY, audience=_REST_URL, now=NOW + i)
+        for i in range(_tokens.REST_TOKENS_KEPT + 3)
+    ]
+    for token in tokens:
+        _verify_rest(token)
+    _verify_rest(tokens[-1])
+    assert list(rest_tokens) == tokens[3:]
