@@ -159,7 +159,7 @@ def verify_rest_token(
     in the query), as HTTP clients re-escape URLs after the SDK signed them.  The
     method is not in ``aud``: a token is good for every method on its URL.
     """
-    payload = _verified_rest_claims(token, keys=tuple(keys), now=now, leeway=leeway)
+    payload = _decode(token, keys=keys, now=now, leeway=leeway)
     audiences = _audiences(payload)
     if method_url in audiences and "#" not in method_url:
         return  # the SDKs sign the very URL: it is the request's own origin, path and query
@@ -179,36 +179,6 @@ def verify_rest_token(
         ):
             return
     raise Unauthorized("audience mismatch")
-
-
-REST_TOKENS_KEPT = 1024
-"""How many REST tokens :func:`verify_rest_token` remembers as verified."""
-REST_TOKEN_KEPT_CHARS = 1024
-"""The longest REST token remembered (an SDK's is its URL and some 150 characters)."""
-_rest_tokens: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
-"""REST tokens whose signature verified, each exactly as sent, with the keys it was
-verified under and its claims; the last :data:`REST_TOKENS_KEPT`."""
-
-
-def _verified_rest_claims(
-    token: str, *, keys: tuple[str, ...], now: float, leeway: float
-) -> dict[str, Any]:
-    """:func:`_decode` of a REST token, once per token: an SDK signs a token per request
-    (its URL, ``exp`` to the second), the same one for every request to that URL in that
-    second. Only the very string that verified under the same keys is found again (a
-    token changed in any character is another key of the dict, verified in full); its
-    lifetime is checked again at each use. Only verified tokens are kept, so forged ones
-    cannot push them out."""
-    kept = _rest_tokens.get(token)
-    if kept is not None and kept[0] == keys:
-        _check_lifetime(kept[1], now=now, leeway=leeway)
-        return kept[1]
-    payload = _decode(token, keys=keys, now=now, leeway=leeway)
-    if len(token) <= REST_TOKEN_KEPT_CHARS and REST_TOKENS_KEPT > 0:
-        if token not in _rest_tokens and len(_rest_tokens) >= REST_TOKENS_KEPT:
-            del _rest_tokens[next(iter(_rest_tokens))]  # the oldest
-        _rest_tokens[token] = (keys, payload)
-    return payload
 
 
 @functools.lru_cache(maxsize=16)
