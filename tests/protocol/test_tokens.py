@@ -1192,3 +1192,10 @@ def test_lifetime_claims(claims: dict[str, Any], now: float, reason: str | None)
     else:
         with pytest.raises(Unauthorized, match=reason):
             _tokens._decode(token, keys=["k"], now=now, leeway=300.0)
+
+
+@given(st.binary(max_size=80))
+def test_bytes_in_base64url_read_back_as_themselves(data: bytes) -> None:
+    encoded = _tokens._b64url_of(data)
+    assert encoded == base64.urlsafe_b64encode(data).rstrip(b"=")
+    assert _tokens._b64url(encoded.decode()) == data

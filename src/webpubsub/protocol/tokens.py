@@ -206,15 +206,16 @@ def _decode(token: str, *, keys: Sequence[str], now: float, leeway: float) -> di
     known = head in _good_headers
     if not known:
         _check_header(head)
-    try:
-        given = _b64url(signature)
-    except ValueError:
-        raise Unauthorized("malformed token") from None
+    given = raw[len(raw) - len(signature) :]
     signed = raw[: len(raw) - len(signature) - 1]  # head.body
-    for key in keys:
-        if key and hmac.compare_digest(_hs256(key, signed), given):
+    for key in keys:  # each MAC in its one base64url spelling, against the one sent
+        if key and hmac.compare_digest(_b64url_of(_hs256(key, signed)), given):
             break  # (an empty key verifies nothing, as PyJWT refuses one)
     else:
+        try:
+            _b64url(signature)
+        except ValueError:
+            raise Unauthorized("malformed token") from None  # (no base64url: no signature)
         raise Unauthorized("invalid signature")
     if not known and len(_good_headers) < GOOD_HEADERS_KEPT:
         _good_headers[head] = None  # (signed: a forger's headers cannot fill the cache)
@@ -297,6 +298,14 @@ def _b64url(segment: str) -> bytes:
         raise ValueError("not canonical base64")  # bits the decoded bytes do not hold
     data = segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
     return binascii.a2b_base64(data)
+
+
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64url_of(data: bytes) -> bytes:
+    """``data`` in base64url without padding: the one spelling :func:`_b64url` reads."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
 
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
