@@ -1199,3 +1199,14 @@ def test_bytes_in_base64url_read_back_as_themselves(data: bytes) -> None:
     encoded = _tokens._b64url_of(data)
     assert encoded == base64.urlsafe_b64encode(data).rstrip(b"=")
     assert _tokens._b64url(encoded.decode()) == data
+
+
+@given(
+    st.text(st.sampled_from("Bearer bEARER xyz.\t\n\u00a0\u2003"), max_size=16)
+    | st.text(max_size=12).map(lambda rest: "Bearer " + rest)
+)
+def test_the_bearer_token_of_any_header_is_the_scheme_split_off(header: str) -> None:
+    """As the header reads: stripped, split at its first space, the scheme any case."""
+    scheme, _, token = header.strip().partition(" ")
+    expected = (token.strip() or None) if scheme.lower() == "bearer" else None
+    assert bearer_token(header) == expected

@@ -66,6 +66,8 @@ def bearer_token(authorization_header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive)."""
     if not authorization_header:
         return None
+    if authorization_header.startswith("Bearer "):  # as every SDK spells it: the same, short
+        return authorization_header[7:].strip() or None
     scheme, _, token = authorization_header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -160,6 +162,8 @@ def verify_rest_token(
     method is not in ``aud``: a token is good for every method on its URL.
     """
     payload = _decode(token, keys=keys, now=now, leeway=leeway)
+    if payload.get("aud") == method_url and "#" not in method_url:
+        return  # the SDKs sign the very URL (a string equal to it is a good "aud")
     audiences = _audiences(payload)
     if method_url in audiences and "#" not in method_url:
         return  # the SDKs sign the very URL: it is the request's own origin, path and query
