@@ -100,3 +100,35 @@ def test_arbitrary_names_are_accepted_or_refused_with_invalid_name(name: str) ->
     ):
         with contextlib.suppress(InvalidName):
             assert check(name) == name
+
+
+@given(
+    st.lists(st.text(st.sampled_from("aZ9_`,.[]-é\n"), max_size=6) | st.just("a" * 200), max_size=6)
+)
+def test_a_hub_is_valid_as_the_pattern_says_asked_again_or_not(hubs: list[str]) -> None:
+    from webpubsub.protocol.names import HUB_PATTERN
+
+    for hub in hubs + hubs:
+        valid = HUB_PATTERN.fullmatch(hub) is not None
+        try:
+            assert validate_hub(hub) == hub and valid, hub
+        except InvalidName:
+            assert not valid, hub
+
+
+def test_only_names_a_hub_may_have_are_kept() -> None:
+    """Hub names are checked once each, the last 256 kept; a name longer than a hub's
+    (any length may be sent) is checked each time, never kept."""
+    from webpubsub.protocol import names
+
+    names._is_hub.cache_clear()
+    for hub in ("chat", "a" * 128, "1bad"):
+        with contextlib.suppress(InvalidName):
+            validate_hub(hub)
+    for _ in range(2):
+        with pytest.raises(InvalidName):
+            validate_hub("a" * 129)
+        with pytest.raises(InvalidName):
+            validate_hub("a" * 5000)
+    info = names._is_hub.cache_info()
+    assert (info.currsize, info.misses) == (3, 3)

@@ -1115,3 +1115,98 @@ def test_only_a_header_whose_signature_verified_is_remembered(
     token = _signed({"alg": "HS256", "typ": "JWT"}, {"exp": 10**10}, "k")
     _tokens._decode(token, keys=["k"], now=0.0, leeway=0.0)
     assert list(_tokens._good_headers) == [token.split(".")[0]]
+
+
+_json_texts = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+).map(lambda value: json.dumps(value).encode())
+
+
+@given(
+    _json_texts
+    | st.binary(max_size=40)
+    | st.sampled_from(
+        [b'{"a":1,"a":"x"}', b'{"n": NaN}', b'{"a":"\\ud800"}', b'{"exp":1e3}', b"[1]", b'"s"']
+    )
+    | st.integers(0, 2**200).map(lambda n: b'{"exp":%d,"aud":"u"}' % n)
+)
+def test_claims_read_as_the_careful_reading_reads_them(raw: bytes) -> None:
+    """The short reading of a token's claims (orjson, when every claim is a string or
+    an integer) is the careful one's: the same value, or refused alike."""
+    try:
+        expected: object = _tokens._json_object(raw)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = _tokens._claims_object(raw)
+    except ValueError:
+        got = ValueError
+    assert got == expected and type(got) is type(expected)
+    if isinstance(expected, dict):
+        assert {k: type(v) for k, v in expected.items()} == {
+            k: type(v)
+            for k, v in got.items()  # type: ignore[union-attr]
+        }
+
+
+@given(st.text(max_size=60) | st.from_regex(r"[A-Za-z0-9_.-]{0,40}", fullmatch=True))
+def test_a_token_is_not_a_jwt_exactly_when_it_is_not_three_base64url_segments(text: str) -> None:
+    if _tokens._TOKEN.fullmatch(text) is None:
+        with pytest.raises(Unauthorized, match="token is not a JWT"):
+            _tokens._decode(text, keys=["k"], now=0.0, leeway=0.0)
+    else:  # the format passes (with a good header): anything else may be wrong
+        _, body, signature = text.split(".")
+        good_head = _signed({"alg": "HS256"}, {"exp": 10**10}, "k").split(".")[0]
+        try:
+            _tokens._decode(f"{good_head}.{body}.{signature}", keys=["k"], now=0.0, leeway=0.0)
+        except Unauthorized as exc:
+            assert exc.message != "token is not a JWT"
+
+
+@pytest.mark.parametrize(
+    ("claims", "now", "reason"),
+    [
+        ({"exp": 100}, 399.0, None),
+        ({"exp": 100}, 400.0, "token expired"),
+        ({"exp": 100.5}, 400.0, None),
+        ({"exp": True}, 0.0, "token claim exp is not a number"),
+        ({"exp": "100"}, 0.0, "token claim exp is not a number"),
+        ({"exp": 10**10, "nbf": 1000}, 699.0, "token not yet valid"),
+        ({"exp": 10**10, "nbf": 1000}, 700.0, None),
+        ({"exp": 10**10, "nbf": "x"}, 700.0, "token claim nbf is not a number"),
+        ({"nbf": 1}, 0.0, "token has no exp claim"),
+    ],
+)
+def test_lifetime_claims(claims: dict[str, Any], now: float, reason: str | None) -> None:
+    token = _signed({"alg": "HS256"}, claims, "k")
+    if reason is None:
+        assert _tokens._decode(token, keys=["k"], now=now, leeway=300.0) == claims
+    else:
+        with pytest.raises(Unauthorized, match=reason):
+            _tokens._decode(token, keys=["k"], now=now, leeway=300.0)
+
+
+@given(st.binary(max_size=80))
+def test_bytes_in_base64url_read_back_as_themselves(data: bytes) -> None:
+    encoded = _tokens._b64url_of(data)
+    assert encoded == base64.urlsafe_b64encode(data).rstrip(b"=")
+    assert _tokens._b64url(encoded.decode()) == data
+
+
+@given(
+    st.text(st.sampled_from("Bearer bEARER xyz.\t\n\u00a0\u2003"), max_size=16)
+    | st.text(max_size=12).map(lambda rest: "Bearer " + rest)
+)
+def test_the_bearer_token_of_any_header_is_the_scheme_split_off(header: str) -> None:
+    """As the header reads: stripped, split at its first space, the scheme any case."""
+    scheme, _, token = header.strip().partition(" ")
+    expected = (token.strip() or None) if scheme.lower() == "bearer" else None
+    assert bearer_token(header) == expected

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import jwt
 import pytest
+import yarl
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
@@ -1166,6 +1167,27 @@ async def test_every_portal_answer_has_the_security_headers_and_no_echoed_path(
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert resp.headers["X-Frame-Options"] == "DENY"
             assert "<b>" not in await resp.text()
+
+
+async def test_the_security_headers_are_on_the_portals_answers_only(
+    service: ServiceRunner, http: aiohttp.ClientSession
+) -> None:
+    """By the decoded path, as the router reads it: a spelling of /portal has them, an
+    answer elsewhere (the REST API, a WebSocket path, a 404) has none."""
+    cases = [
+        ("/%70ortal", 200, True),
+        ("/portal%2Fnothing", 404, True),
+        ("/portal/nothing", 404, True),
+        ("/api/health", 200, False),
+        ("/api/hubs/chat/users/u/:send", 405, False),  # a GET
+        ("/client/hubs/chat", 400, False),  # no WebSocket upgrade
+        ("/portalx", 404, False),
+    ]
+    for path, status, headers in cases:
+        async with http.get(yarl.URL(service.endpoint + path, encoded=True)) as resp:
+            assert resp.status == status, path
+            assert ("X-Frame-Options" in resp.headers) is headers, path
+            assert ("X-Content-Type-Options" in resp.headers) is headers, path
 
 
 async def test_a_stream_ends_when_its_session_expires(

@@ -16,11 +16,14 @@ import jwt
 import orjson
 import pytest
 from azure.messaging.webpubsubservice.aio import WebPubSubServiceClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import ACCESS_KEY, StartService
 from tests.support.proxy import TcpProxy
 from webpubsub.devcert import DevCert
 from webpubsub.protocol.tokens import issue_rest_token
+from webpubsub.server import origin
 from webpubsub.server.app import ServiceRunner
 
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "front.example:8443"}
@@ -213,3 +216,22 @@ async def test_a_host_that_smuggles_a_path_cannot_stretch_a_token_to_another_hub
         status, rest = await _raw_post(runner.port, b_path, host, token)
         assert status == 400, (host, status)
         assert b"is not a host" in rest
+
+
+_HOSTS = st.text(st.sampled_from("ab9.-_:[]/?#@ \n%é"), max_size=12) | st.sampled_from(
+    ["localhost:8080", "[::1]:80", "a" * 300, "a" * 300 + "/x", "h/p", "h?q", "h#f"]
+)
+
+
+@given(st.lists(_HOSTS, max_size=6))
+def test_a_host_is_a_host_as_the_pattern_says_asked_again_or_not(hosts: list[str]) -> None:
+    """The verdicts kept for the few hosts seen are the pattern's (long ones not kept)."""
+    for host in hosts + hosts:
+        assert origin._is_host(host) == (origin._HOST.fullmatch(host) is not None), host
+
+
+def test_only_short_hosts_are_kept() -> None:
+    origin._is_short_host.cache_clear()
+    for host in ("localhost:8080", "h/p", "a" * 257, "a" * 257, "a" * 5000):
+        origin._is_host(host)
+    assert origin._is_short_host.cache_info().currsize == 2

@@ -334,3 +334,28 @@ def test_any_request_gets_an_answer_never_a_500_and_json_refusals(
             assert media in {"application/json", "application/problem+json"}, answer
             detail = orjson.loads(raw)
             assert detail["code"] == code and isinstance(detail["message"], str)
+
+
+def test_routes_of_one_length_with_parameters_at_other_places_match_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every length of today's routes has one shape (the short way); with two, the first
+    route in order that matches wins, and the methods of all that match are allowed."""
+    from webpubsub.server import rest
+
+    extra = (
+        rest.Route("GET", ("hubs", "{hub}", "x", "{a}"), "A", send_to_user),
+        rest.Route("PUT", ("hubs", "{hub}", "{b}", "y"), "B", send_to_user),
+        rest.Route("GET", ("hubs", "{hub}", "{b}", "y"), "C", send_to_user),
+    )
+    monkeypatch.setattr(rest, "_SHAPES", rest._shapes(extra))
+    assert len(rest._SHAPES[4]) == 2
+    found = route("GET", "/api/hubs/chat/x/y")  # both shapes match: A comes first
+    assert not isinstance(found, list) and found[0] is extra[0]
+    assert found[1] == {"hub": "chat", "a": "y"}
+    found = route("PUT", "/api/hubs/chat/x/y")
+    assert not isinstance(found, list) and found[0] is extra[1]
+    assert found[1] == {"hub": "chat", "b": "x"}
+    assert route("DELETE", "/api/hubs/chat/x/y") == ["GET", "PUT", "GET"]
+    assert route("DELETE", "/api/hubs/chat/z/y") == ["PUT", "GET"]
+    assert route("GET", "/api/hubs/chat/z/w") == []

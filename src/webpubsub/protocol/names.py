@@ -8,6 +8,7 @@ All other names are case-sensitive.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from webpubsub.errors import InvalidName
@@ -18,13 +19,26 @@ HUB_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$")
 EVENT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 """Allowed names of user events sent by subprotocol clients."""
 
+MAX_HUB_LENGTH = 128
+"""The longest hub name :data:`HUB_PATTERN` allows."""
 MAX_NAME_LENGTH = 1024
 """Upper bound on group names, user ids and connection ids."""
 
 
+@functools.lru_cache(maxsize=256)
+def _is_hub(name: str) -> bool:
+    """Whether ``name`` matches :data:`HUB_PATTERN` (the same few hubs on every request:
+    each matched once; a REST call checks its hub twice, in the router and the operation)."""
+    return HUB_PATTERN.fullmatch(name) is not None
+
+
 def validate_hub(name: str) -> str:
     """Return ``name`` if it matches :data:`HUB_PATTERN`."""
-    if not isinstance(name, str) or HUB_PATTERN.fullmatch(name) is None:
+    if isinstance(name, str) and len(name) <= MAX_HUB_LENGTH:  # (what the cache may keep)
+        valid = _is_hub(name)
+    else:  # too long (any length may be sent), or no str
+        valid = isinstance(name, str) and HUB_PATTERN.fullmatch(name) is not None
+    if not valid:
         raise InvalidName(
             "invalid hub name: it must start with a letter and contain at most 128 "
             "characters from A-Z, a-z, 0-9 and _`,.[]",

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from webpubsub.server.metrics import Metrics, metrics_endpoint
 from webpubsub.server.outbox import Flusher
 from webpubsub.server.portal_core import Portal
 from webpubsub.server.portal_view import SURVEY_TIMEOUT, NodeView
+from webpubsub.server.router import ApiRouter
 from webpubsub.server.trace import TraceRing
 from webpubsub.upstream.delivery import RetryPolicy
 from webpubsub.upstream.dispatcher import Upstream
@@ -228,15 +230,19 @@ class ServiceRunner:
             request_timeout=server.header_timeout_seconds,
             observer=self.observer,
         )
-        app = web.Application(
-            middlewares=[error_middleware],
-            client_max_size=server.max_message_bytes,
-        )
+        router = ApiRouter()
+        with warnings.catch_warnings():  # aiohttp deprecates a router of one's own
+            warnings.simplefilter("ignore", DeprecationWarning)
+            app = web.Application(
+                middlewares=[error_middleware],
+                client_max_size=server.max_message_bytes,
+                router=router,
+            )
         app[SERVICE] = ctx
         app[HEALTH] = self.health
         app.router.add_get("/api/health", rest.health)  # answers HEAD too
         # (?s): a decoded path may hold a line break (%0A), which "." alone would not match
-        app.router.add_route("*", "/api/{tail:(?s:.*)}", rest.api_endpoint)
+        router.catch_all = app.router.add_route("*", "/api/{tail:(?s:.*)}", rest.api_endpoint)
         app.router.add_route("GET", "/client/hubs/{hub}", websocket.client_endpoint)
         app.router.add_route("GET", "/client/", websocket.client_endpoint)
         app.router.add_route("GET", "/client", websocket.client_endpoint)

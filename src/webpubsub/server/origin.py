@@ -12,6 +12,7 @@ returns (``nextLink``, ``:generateToken``) is therefore, in this order:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -22,6 +23,25 @@ from aiohttp import web
 from webpubsub.errors import BadRequest
 
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")
+
+
+MAX_CACHED_HOST = 256
+"""The longest host whose verdict :func:`_is_host` keeps (a DNS name has at most 253
+characters, a port 6 more)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _is_short_host(text: str) -> bool:
+    """:data:`_HOST`'s verdict on ``text``, kept for the last 64 hosts."""
+    return _HOST.fullmatch(text) is not None
+
+
+def _is_host(text: str) -> bool:
+    """Whether ``text`` is a host with an optional port; the short ones, the same few on
+    every request, are checked once (a cache of a few: any Host may be sent)."""
+    if len(text) <= MAX_CACHED_HOST:
+        return _is_short_host(text)
+    return _HOST.fullmatch(text) is not None
 
 
 def caller_origin(request: web.Request, trusted_proxies: Sequence[str] = ()) -> str:
@@ -35,14 +55,14 @@ def caller_origin(request: web.Request, trusted_proxies: Sequence[str] = ()) -> 
         authority = urlsplit(request.raw_path).netloc
         if authority:
             host = authority
-    if not _HOST.fullmatch(host):  # e.g. a Host that smuggles a path, query or fragment
+    if not _is_host(host):  # e.g. a Host that smuggles a path, query or fragment
         raise BadRequest("The Host header (or the request target's authority) is not a host.")
     if trusted_proxies and _is_trusted(request.remote, trusted_proxies):
         proto = _last(request.headers.get("X-Forwarded-Proto"))
         if proto is not None and proto.lower() in ("http", "https"):
             scheme = proto.lower()
         forwarded_host = _last(request.headers.get("X-Forwarded-Host"))
-        if forwarded_host is not None and _HOST.fullmatch(forwarded_host):
+        if forwarded_host is not None and _is_host(forwarded_host):
             host = forwarded_host
     return f"{scheme}://{host}"
 

@@ -430,7 +430,9 @@ API_ROUTES: tuple[ApiRoute, ...] = (
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer under ``/portal`` (errors too) carries the portal's security headers."""
-    path = request.path
+    if not request.rel_url.path_safe.startswith("/portal"):
+        return  # (the router's decoded path, at hand: /api's answers pass here for nothing)
+    path = request.path  # (differs from path_safe in %2F and %25 only: not in "/portal")
     if path == "/portal" or path.startswith("/portal/"):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)

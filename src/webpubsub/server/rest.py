@@ -55,6 +55,8 @@ class Call(NamedTuple):
     params: dict[str, str]
     query: list[tuple[str, str]]
     request: web.Request
+    ctx: ServiceContext
+    """The service's, ``request.app[SERVICE]`` (looked up once)."""
 
     @property
     def hub(self) -> str:
@@ -113,7 +115,7 @@ BODY_DEADLINE_FACTOR = 6
 
 
 async def _payload(call: Call) -> Payload:
-    ctx = call.request.app[SERVICE]
+    ctx = call.ctx
     length = call.request.content_length
     if length is not None and length > ctx.max_message_bytes:
         raise PayloadTooLarge(f"The body exceeds {ctx.max_message_bytes} bytes.")
@@ -128,7 +130,7 @@ async def _body(call: Call, length: int | None = None) -> bytes:
     stops holds a connection; one that arrives slowly is a slow uplink, not an attack),
     and be complete within :data:`BODY_DEADLINE_FACTOR` times that. ``length``: the
     request's ``Content-Length``, when the caller has read it."""
-    ctx = call.request.app[SERVICE]
+    ctx = call.ctx
     idle = ctx.request_timeout
     limit = ctx.max_message_bytes
     content = call.request.content
@@ -409,11 +411,6 @@ def _continuation(token: str | None) -> str:
         ) from None
 
 
-def _origin(request: web.Request) -> str:
-    """The origin the caller used (forwarded headers count from trusted proxies only)."""
-    return caller_origin(request, request.app[SERVICE].trusted_proxies)
-
-
 def _public_base(request: web.Request) -> str:
     """The base of URLs handed back to the caller: the public endpoint, else the caller's."""
     ctx = request.app[SERVICE]
@@ -553,6 +550,9 @@ class _Shape:
     values: Callable[[list[str]], tuple[str, ...]]
     routes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, Route], ...]]]
     """Literal segments → the parameters' names and the routes (index in ROUTES)."""
+    methods: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, Route], tuple[str, ...]]]
+    """The same by method: the parameters' names, the first route of each method and
+    every route's method (in :data:`ROUTES` order)."""
 
 
 def _shapes(routes: tuple[Route, ...]) -> dict[int, tuple[_Shape, ...]]:
@@ -563,14 +563,24 @@ def _shapes(routes: tuple[Route, ...]) -> dict[int, tuple[_Shape, ...]]:
         found.setdefault((len(r.pattern), params), {}).setdefault(literal, []).append((index, r))
     shapes: dict[int, list[_Shape]] = {}
     for (length, params), table in found.items():
+        named = {
+            literal: (tuple(same[0][1].pattern[i][1:-1] for i in params), tuple(same))
+            for literal, same in table.items()
+        }
+        methods = {
+            literal: (
+                names,
+                {r.method: r for _, r in reversed(same)},  # the first of each method wins
+                tuple(r.method for _, r in same),
+            )
+            for literal, (names, same) in named.items()
+        }
         shapes.setdefault(length, []).append(
             _Shape(
                 literals=_picker(tuple(i for i in range(length) if i not in params)),
                 values=_picker(params),
-                routes={
-                    literal: (tuple(same[0][1].pattern[i][1:-1] for i in params), tuple(same))
-                    for literal, same in table.items()
-                },
+                routes=named,
+                methods=methods,
             )
         )
     return {length: tuple(found) for length, found in shapes.items()}
@@ -594,8 +604,22 @@ def route(method: str, raw_path: str) -> tuple[Route, dict[str, str]] | list[str
         segments = [unquote(s) for s in segments]
     if segments and segments[-1] == "":
         segments.pop()
+    shapes = _SHAPES.get(len(segments), ())
+    if len(shapes) == 1:  # (every number of segments has one shape: no order to settle)
+        shape = shapes[0]
+        by_method = shape.methods.get(shape.literals(segments))
+        if by_method is None:
+            return []
+        values = shape.values(segments)
+        if "" in values:
+            return []
+        names, first, methods = by_method
+        hit = first.get(method)
+        if hit is None:
+            return list(methods)
+        return hit, dict(zip(names, values, strict=True))
     matched: list[tuple[int, Route, dict[str, str]]] = []
-    for shape in _SHAPES.get(len(segments), ()):
+    for shape in shapes:
         found = shape.routes.get(shape.literals(segments))
         if found is None:
             continue
@@ -637,7 +661,7 @@ async def api_endpoint(request: web.Request) -> web.StreamResponse:
         _authenticate(request, ctx, raw_target)
         matched, params = found
         hub = params["hub"] = validate_hub(params["hub"])
-        call = Call(params, query_pairs(raw_query), request)
+        call = Call(params, query_pairs(raw_query), request, ctx)
         try:
             answer = await matched.handler(ctx.operations, call)
         except InvalidParameter as exc:
@@ -697,7 +721,8 @@ def _authenticate(request: web.Request, ctx: ServiceContext, raw_target: str) ->
     verify_rest_token(
         token,
         keys=ctx.access_keys,
-        method_url=f"{_origin(request)}{raw_target}",
+        # the origin the caller used (forwarded headers count from trusted proxies only)
+        method_url=f"{caller_origin(request, ctx.trusted_proxies)}{raw_target}",
         endpoints=ctx.endpoints,
         now=ctx.clock(),
     )
