@@ -19,8 +19,12 @@ MAX_CHUNK_LINE = 1024
 
 _CRLF = b"\r\n"
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_TEXT = _TOKEN.decode("ascii")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
+"""One header line, in bytes (only to measure the lines of a block as long as a line)."""
+_FIELD_TEXT = re.compile("(" + _TOKEN_TEXT + "):[ \t]*([^\r\n\0]*)\r\n")
+"""One header line of a decoded block: its name and its value (blanks after it kept)."""
+_FIELDS_TEXT = re.compile("(?:" + _TOKEN_TEXT + ":[^\r\n\0]*\r\n)*")
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY = frozenset({204, 304})
 
@@ -88,8 +92,12 @@ def encode_request(
     return encoded + _CRLF + body
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+def _first_too_long(fields: bytes, max_line: int) -> int:
+    """The index of the first header whose line reaches ``max_line`` bytes, else -1."""
+    for i, (name, value) in enumerate(_FIELD.findall(fields)):
+        if len(name) + len(value) >= max_line:
+            return i
+    return -1
 
 
 class ResponseParser:
@@ -143,6 +151,20 @@ class ResponseParser:
 
     def feed(self, data: bytes) -> Response | None:
         """Take ``data``; the response once it is complete, else None."""
+        if self._mode == "head" and not self._block:
+            # The usual answer: its whole head in one piece, and its whole body with it.
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                if end + 4 > self._max_head:
+                    raise HttpResponseError("response header block too large")
+                done = self._head(data[:end])
+                data = data[end + 4 :]
+                if done:
+                    return self._finish(data)
+                if done is not None and self._mode == "length" and len(data) == self._remaining:
+                    self._chunks.append(data)
+                    return self._finish(b"")
+                # A 1xx (the answer follows), or a body to come in pieces: the general way.
         buf = self._buf + data if self._buf else data
         self._buf = b""
         while True:
@@ -276,27 +298,32 @@ class ResponseParser:
         if len(status_line) > self._max_line:
             raise HttpResponseError("response header line too long")
         version, status = _status_of(status_line)
-        headers: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
         length: int | None = None
         chunked = False
         connection = ""
         keep_alive_timeout = None
         if first >= 0:
-            fields = block[first + 2 :] + _CRLF
-            # One pass in C checks every line (token name, colon, no stray CR/LF/NUL).
-            if _FIELDS.fullmatch(fields) is None:
+            raw = block[first + 2 :] + _CRLF
+            # Decoded once (UTF-8, undecodable bytes kept as surrogates): every line
+            # break, colon and blank is ASCII, so each name and value decodes as it
+            # would alone. One pass in C checks every line (token name, colon, no stray
+            # CR/LF/NUL), a second splits them.
+            fields = raw.decode("utf-8", "surrogateescape")
+            if _FIELDS_TEXT.fullmatch(fields) is None:
                 raise HttpResponseError("malformed response header")
-            found = _FIELD.findall(fields)
+            found = _FIELD_TEXT.findall(fields)
+            if " \r\n" in fields or "\t\r\n" in fields:  # blanks after a value: not its own
+                found = [(name, value.rstrip(" \t")) for name, value in found]
             if len(found) > MAX_HEADER_COUNT:
                 raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
-            max_line = self._max_line
-            for name, value in found:
-                if len(name) + len(value) >= max_line:
-                    raise HttpResponseError("response header line too long")
-                key = _decode(name)
-                text = _decode(value.rstrip(b" \t"))
-                headers.append((key, text))
-                lowered = key.lower()
+            too_long = -1
+            if len(raw) > self._max_line:  # a line may be as long as the limit (in bytes)
+                too_long = _first_too_long(raw, self._max_line)
+                if too_long >= 0:  # the headers before it are checked first, as in order
+                    found = found[:too_long]
+            for name, text in found:
+                lowered = name.lower()
                 if lowered not in _FRAMING:
                     continue
                 if lowered == "content-length":
@@ -312,18 +339,23 @@ class ResponseParser:
                     keep_alive_timeout = _keep_alive_timeout(text)
                 else:
                     connection += "," + text.lower()
+            if too_long >= 0:
+                raise HttpResponseError("response header line too long")
         if 100 <= status <= 199:
             if status == 101:
                 raise HttpResponseError("unexpected 101 Switching Protocols")
             return None
         self._status = status
-        self._headers = tuple(headers)
+        self._headers = tuple(found)
         self._keep_alive_timeout = keep_alive_timeout
-        tokens = {t.strip() for t in connection.split(",")}
-        if version == b"HTTP/1.0":
-            self._keep_alive = "keep-alive" in tokens
+        if not connection:
+            self._keep_alive = version != b"HTTP/1.0"
         else:
-            self._keep_alive = "close" not in tokens
+            tokens = {t.strip() for t in connection.split(",")}
+            if version == b"HTTP/1.0":
+                self._keep_alive = "keep-alive" in tokens
+            else:
+                self._keep_alive = "close" not in tokens
         if self._no_body or status in _NO_BODY:
             return True
         if chunked:
