@@ -201,6 +201,11 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(_ConnectionLost(parser is not None and parser.started))
 
+    def expire(self) -> None:
+        """The request's time is up (its timer): its waiter fails with ``TimeoutError``
+        and the connection, out of step now, is closed."""
+        self._fail(TimeoutError())
+
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
         self._parser = self._waiter = None
@@ -398,9 +403,10 @@ class HttpTransport:
             )
         except InvalidRequest as exc:
             raise UpstreamError(f"{_where(request)}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._exchange(origin, target, request.method, data)
+            response = await self._exchange(loop, deadline, origin, target, request.method, data)
         except TimeoutError:
             raise UpstreamTimeout(f"{_where(request)}: no answer within {timeout:g} s") from None
         except ResponseTooLarge as exc:
@@ -421,9 +427,17 @@ class HttpTransport:
         return UpstreamResponse(response.status, response.headers, response.body)
 
     async def _exchange(
-        self, origin: _Origin, target: _Target, method: str, data: bytes
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        origin: _Origin,
+        target: _Target,
+        method: str,
+        data: bytes,
     ) -> Response:
-        loop = asyncio.get_running_loop()
+        """The exchange, all of it by ``deadline`` (else ``TimeoutError``): waiting for a
+        connection and opening one under ``asyncio.timeout_at``, the request and its
+        answer under one timer that fails the connection's waiter (no cancellation)."""
         retry = method in _IDEMPOTENT
         while True:
             if self._closed:
@@ -431,15 +445,17 @@ class HttpTransport:
             now = loop.time()
             # The usual case without a coroutine: an idle connection and nobody waiting.
             conn = None if origin.waiters else origin.take_idle(now)
-            if conn is None:
-                conn = await origin.acquire(now)
             reused = conn is not None
             if conn is None:
-                try:
-                    conn = await self._open(target)
-                except BaseException:
-                    origin.lost()
-                    raise
+                async with asyncio.timeout_at(deadline):
+                    conn = await origin.acquire(now)
+                    reused = conn is not None
+                    if conn is None:
+                        try:
+                            conn = await self._open(target)
+                        except BaseException:
+                            origin.lost()
+                            raise
             if self._closed:  # it closed while this connection was opened (or handed over)
                 conn.close()
                 origin.lost()
@@ -452,6 +468,9 @@ class HttpTransport:
                 no_body=method == "HEAD",
             )
             reusable = False
+            # Past the deadline already (the connection came just in time): the timer
+            # fires at the next turn of the loop, as a cancellation would have.
+            timer = loop.call_at(deadline, conn.expire)
             try:
                 response = await conn.exchange(data, parser)
                 reusable = response.reusable and not self._closed
@@ -466,6 +485,7 @@ class HttpTransport:
                     raise
                 retry = False
             finally:
+                timer.cancel()
                 origin.give_back(conn, reusable, loop.time())
 
     async def _open(self, target: _Target) -> _Connection:
