@@ -405,8 +405,45 @@ class HttpTransport:
             raise UpstreamError(f"{_where(request)}: {exc}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        method = request.method
+        retry = method in _IDEMPOTENT
         try:
-            response = await self._exchange(loop, deadline, origin, target, request.method, data)
+            while True:  # the exchange: once, or twice for a probe (below)
+                if self._closed:
+                    raise UpstreamError("the upstream transport is closed")
+                # The usual case without a coroutine: an idle connection and nobody waiting.
+                conn = None if origin.waiters else origin.take_idle(loop.time())
+                reused = conn is not None
+                if conn is None:
+                    conn, reused = await self._connection(origin, target, loop, deadline)
+                origin.busy.add(conn)
+                parser = ResponseParser(
+                    max_line=MAX_HEADER_LINE_BYTES,
+                    max_head=MAX_HEADER_BYTES,
+                    max_body=self._max_response_bytes,
+                    no_body=method == "HEAD",
+                )
+                reusable = False
+                # The request and its answer under one timer that fails the connection's
+                # waiter (no cancellation, no context manager). Past the deadline already
+                # (the connection came just in time): it fires at the loop's next turn.
+                timer = loop.call_at(deadline, conn.expire)
+                try:
+                    response = await conn.exchange(data, parser)
+                    reusable = response.reusable and not self._closed
+                    limit = response.keep_alive_timeout
+                    if limit is not None:
+                        conn.idle_seconds = min(IDLE_SECONDS, limit - 1.0)
+                    break
+                except _ConnectionLost as exc:
+                    # A kept-alive connection the handler closed as the request went out:
+                    # a probe goes again on a new one (an event is never sent twice).
+                    if not (retry and reused and not exc.started):
+                        raise
+                    retry = False
+                finally:
+                    timer.cancel()
+                    origin.give_back(conn, reusable, loop.time())
         except TimeoutError:
             raise UpstreamTimeout(f"{_where(request)}: no answer within {timeout:g} s") from None
         except ResponseTooLarge as exc:
@@ -426,67 +463,29 @@ class HttpTransport:
             raise UpstreamError(f"{_where(request)}: cannot connect ({reason})") from None
         return UpstreamResponse(response.status, response.headers, response.body)
 
-    async def _exchange(
+    async def _connection(
         self,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float,
         origin: _Origin,
         target: _Target,
-        method: str,
-        data: bytes,
-    ) -> Response:
-        """The exchange, all of it by ``deadline`` (else ``TimeoutError``): waiting for a
-        connection and opening one under ``asyncio.timeout_at``, the request and its
-        answer under one timer that fails the connection's waiter (no cancellation)."""
-        retry = method in _IDEMPOTENT
-        while True:
-            if self._closed:
-                raise UpstreamError("the upstream transport is closed")
-            now = loop.time()
-            # The usual case without a coroutine: an idle connection and nobody waiting.
-            conn = None if origin.waiters else origin.take_idle(now)
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+    ) -> tuple[_Connection, bool]:
+        """A connection once one is free or opened, by ``deadline`` (else
+        ``TimeoutError``), and whether it was reused."""
+        async with asyncio.timeout_at(deadline):
+            conn = await origin.acquire(loop.time())
             reused = conn is not None
             if conn is None:
-                async with asyncio.timeout_at(deadline):
-                    conn = await origin.acquire(now)
-                    reused = conn is not None
-                    if conn is None:
-                        try:
-                            conn = await self._open(target)
-                        except BaseException:
-                            origin.lost()
-                            raise
-            if self._closed:  # it closed while this connection was opened (or handed over)
-                conn.close()
-                origin.lost()
-                raise UpstreamError("the upstream transport is closed")
-            origin.busy.add(conn)
-            parser = ResponseParser(
-                max_line=MAX_HEADER_LINE_BYTES,
-                max_head=MAX_HEADER_BYTES,
-                max_body=self._max_response_bytes,
-                no_body=method == "HEAD",
-            )
-            reusable = False
-            # Past the deadline already (the connection came just in time): the timer
-            # fires at the next turn of the loop, as a cancellation would have.
-            timer = loop.call_at(deadline, conn.expire)
-            try:
-                response = await conn.exchange(data, parser)
-                reusable = response.reusable and not self._closed
-                limit = response.keep_alive_timeout
-                if limit is not None:
-                    conn.idle_seconds = min(IDLE_SECONDS, limit - 1.0)
-                return response
-            except _ConnectionLost as exc:
-                # A kept-alive connection the handler closed as the request went out:
-                # a probe goes again on a new one (an event is never sent twice).
-                if not (retry and reused and not exc.started):
+                try:
+                    conn = await self._open(target)
+                except BaseException:
+                    origin.lost()
                     raise
-                retry = False
-            finally:
-                timer.cancel()
-                origin.give_back(conn, reusable, loop.time())
+        if self._closed:  # it closed while this connection was opened (or handed over)
+            conn.close()
+            origin.lost()
+            raise UpstreamError("the upstream transport is closed")
+        return conn, reused
 
     async def _open(self, target: _Target) -> _Connection:
         tls, host, port = target.origin
