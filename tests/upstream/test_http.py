@@ -4,6 +4,7 @@ endpoint must not stall handshakes, nor the handlers of another origin."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -570,3 +571,39 @@ async def test_a_waiter_cancelled_in_the_turn_a_slot_comes_back_is_passed_over()
     with pytest.raises(asyncio.CancelledError):
         await late
     assert origin.open == 0 and not origin.waiters
+
+
+async def test_a_wait_for_a_slot_times_out_and_leaves_the_queue() -> None:
+    """The wait ends at its deadline (a timer fails it, no cancellation): the waiter
+    leaves the queue, and a slot coming back goes to the one behind it."""
+    loop = asyncio.get_running_loop()
+    origin = _Origin(1)
+    assert await origin.acquire(0.0) is None  # the one slot, taken
+    early = asyncio.create_task(origin.acquire(0.0, loop.time() + 0.05))
+    behind = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 2)
+    with pytest.raises(TimeoutError):
+        await early
+    assert len(origin.waiters) == 1
+    origin.lost()
+    assert await behind is None  # handed the slot
+    assert origin.open == 1 and not origin.waiters
+
+
+async def test_a_slot_handed_over_as_the_deadline_passes_is_passed_on() -> None:
+    """A waiter handed its turn that runs only after its deadline does not take it (its
+    request would be sent out of time): the turn goes to the next waiter."""
+    loop = asyncio.get_running_loop()
+    origin = _Origin(1)
+    assert await origin.acquire(0.0) is None
+    late = asyncio.create_task(origin.acquire(0.0, loop.time() + 0.05))
+    behind = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 2)
+    origin.lost()  # handed to ``late``, which runs at the loop's next turn...
+    until = time.monotonic() + 0.1
+    while time.monotonic() < until:  # ...after its deadline (the loop kept busy till then)
+        pass
+    with pytest.raises(TimeoutError):
+        await late
+    assert await behind is None
+    assert origin.open == 1 and not origin.waiters

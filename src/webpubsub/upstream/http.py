@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import ssl
 import time
 from collections import deque
@@ -219,6 +220,12 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _time_out(waiter: asyncio.Future[_Connection | None]) -> None:
+    """A wait for a connection reached its deadline (it is passed over if handed one)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 def _closed(exc: HttpResponseError) -> bool:
     return str(exc).startswith("connection closed")
 
@@ -252,9 +259,11 @@ class _Origin:
             self.open -= 1
         return None
 
-    async def acquire(self, now: float) -> _Connection | None:
+    async def acquire(self, now: float, deadline: float = math.inf) -> _Connection | None:
         """A connection to reuse, or None: a slot (counted in ``open``) to open one in,
-        which the caller gives back with :meth:`lost` if the opening fails."""
+        which the caller gives back with :meth:`lost` if the opening fails. Waiting for
+        one ends at ``deadline`` (the loop's time) with ``TimeoutError``: a timer fails
+        the wait, without a cancellation."""
         if not self.waiters:
             conn = self.take_idle(now)
             if conn is not None:
@@ -262,23 +271,30 @@ class _Origin:
             if self.open < self.limit:
                 self.open += 1
                 return None
-        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
         self.waiters.append(waiter)
+        timer = None if deadline == math.inf else loop.call_at(deadline, _time_out, waiter)
         try:
             conn = await waiter
+            if loop.time() >= deadline:  # handed its turn as the time ran out
+                raise TimeoutError
         except BaseException:
-            if not waiter.done() or waiter.cancelled():  # given up while still waiting
-                waiter.cancel()
-                with contextlib.suppress(ValueError):  # not there once the transport closed
-                    self.waiters.remove(waiter)
-            elif waiter.exception() is None:
-                # handed its turn, then cancelled: pass the turn on
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # handed its turn, then cancelled or out of time: pass the turn on
                 handed = waiter.result()
                 if handed is None:
                     self.lost()
                 else:
                     self.give_back(handed, True, handed.idle_since)
+            else:  # given up while still waiting (cancelled, timed out), or closed
+                waiter.cancel()
+                with contextlib.suppress(ValueError):  # not there once the transport closed
+                    self.waiters.remove(waiter)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if conn is not None and conn.closed:  # the handler closed it meanwhile: its slot
             conn = None
         return conn
@@ -300,9 +316,9 @@ class _Origin:
             self.open -= 1
 
     def _hand(self, conn: _Connection | None) -> bool:
-        """Give ``conn`` (None: a slot) to the first waiter still waiting. A cancelled
-        one (its task's timeout cancels the future at once, the task leaves the queue
-        only when it runs again) is passed over."""
+        """Give ``conn`` (None: a slot) to the first waiter still waiting. One cancelled
+        or timed out (its future is done at once, the task leaves the queue only when
+        it runs again) is passed over."""
         waiters = self.waiters
         while waiters:  # bounded: each turn removes one
             waiter = waiters.popleft()
@@ -472,15 +488,15 @@ class HttpTransport:
     ) -> tuple[_Connection, bool]:
         """A connection once one is free or opened, by ``deadline`` (else
         ``TimeoutError``), and whether it was reused."""
-        async with asyncio.timeout_at(deadline):
-            conn = await origin.acquire(loop.time())
-            reused = conn is not None
-            if conn is None:
-                try:
+        conn = await origin.acquire(loop.time(), deadline)
+        reused = conn is not None
+        if conn is None:
+            try:
+                async with asyncio.timeout_at(deadline):
                     conn = await self._open(target)
-                except BaseException:
-                    origin.lost()
-                    raise
+            except BaseException:
+                origin.lost()
+                raise
         if self._closed:  # it closed while this connection was opened (or handed over)
             conn.close()
             origin.lost()
