@@ -510,3 +510,20 @@ def test_a_header_block_reads_as_the_per_header_parser_read_it(
         new = ResponseParser(max_line=max_line, max_head=4096, max_body=64)
         old = _ReferenceParser(max_line=max_line, max_head=4096, max_body=64)
         assert _outcome(new, pieces) == _outcome(old, pieces)
+
+
+def test_a_head_read_before_is_read_the_same_under_other_limits() -> None:
+    """Small heads are remembered once read: the same head under a smaller line limit
+    is still refused, and a head refused once is refused again."""
+    raw = b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
+    wide = ResponseParser(max_line=1024, max_head=4096, max_body=10)
+    assert wide.feed(raw) == Response(
+        200, (("X-Long", "v" * 100), ("Content-Length", "0")), b"", True
+    )
+    for _ in range(2):
+        with pytest.raises(HttpResponseError, match="header line too long"):
+            ResponseParser(max_line=64, max_head=4096, max_body=10).feed(raw)
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpResponseError, match="malformed Content-Length"):
+            parse(bad)

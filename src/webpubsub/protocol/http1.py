@@ -10,6 +10,7 @@ body); a response that breaks the rules raises :class:`HttpResponseError`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -298,55 +299,20 @@ class ResponseParser:
         if len(status_line) > self._max_line:
             raise HttpResponseError("response header line too long")
         version, status = _status_of(status_line)
-        found: list[tuple[str, str]] = []
-        length: int | None = None
-        chunked = False
-        connection = ""
-        keep_alive_timeout = None
-        if first >= 0:
+        if first < 0:
+            headers, length, chunked, connection, keep_alive_timeout = _NO_FIELDS
+        else:
             raw = block[first + 2 :] + _CRLF
-            # Decoded once (UTF-8, undecodable bytes kept as surrogates): every line
-            # break, colon and blank is ASCII, so each name and value decodes as it
-            # would alone. One pass in C checks every line (token name, colon, no stray
-            # CR/LF/NUL), a second splits them.
-            fields = raw.decode("utf-8", "surrogateescape")
-            if _FIELDS_TEXT.fullmatch(fields) is None:
-                raise HttpResponseError("malformed response header")
-            found = _FIELD_TEXT.findall(fields)
-            if " \r\n" in fields or "\t\r\n" in fields:  # blanks after a value: not its own
-                found = [(name, value.rstrip(" \t")) for name, value in found]
-            if len(found) > MAX_HEADER_COUNT:
-                raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
-            too_long = -1
-            if len(raw) > self._max_line:  # a line may be as long as the limit (in bytes)
-                too_long = _first_too_long(raw, self._max_line)
-                if too_long >= 0:  # the headers before it are checked first, as in order
-                    found = found[:too_long]
-            for name, text in found:
-                lowered = name.lower()
-                if lowered not in _FRAMING:
-                    continue
-                if lowered == "content-length":
-                    if length is not None and _length(text) != length:
-                        raise HttpResponseError("conflicting Content-Length headers")
-                    length = _length(text)
-                elif lowered == "transfer-encoding":
-                    # We send no TE: ``chunked`` alone is the only coding an answer may have.
-                    if text.lower() != "chunked" or chunked:
-                        raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
-                    chunked = True
-                elif lowered == "keep-alive":
-                    keep_alive_timeout = _keep_alive_timeout(text)
-                else:
-                    connection += "," + text.lower()
-            if too_long >= 0:
-                raise HttpResponseError("response header line too long")
+            # A handler answers with the same few heads (but for Date): small ones are
+            # read once (a pure function of the bytes and the limit; errors are not kept).
+            read = _read_remembered if len(raw) <= REMEMBERED_HEAD_BYTES else _read_fields
+            headers, length, chunked, connection, keep_alive_timeout = read(raw, self._max_line)
         if 100 <= status <= 199:
             if status == 101:
                 raise HttpResponseError("unexpected 101 Switching Protocols")
             return None
         self._status = status
-        self._headers = tuple(found)
+        self._headers = headers
         self._keep_alive_timeout = keep_alive_timeout
         if not connection:
             self._keep_alive = version != b"HTTP/1.0"
@@ -382,6 +348,64 @@ class ResponseParser:
         self._chunks = []
         reusable = self._keep_alive and not rest
         return Response(self._status, self._headers, body, reusable, self._keep_alive_timeout)
+
+
+_Fields = tuple[tuple[tuple[str, str], ...], int | None, bool, str, int | None]
+"""The header fields, the Content-Length, chunked, the Connection values (each after
+a comma, lower-cased), the Keep-Alive timeout."""
+_NO_FIELDS: _Fields = ((), None, False, "", None)
+REMEMBERED_HEADS = 64
+REMEMBERED_HEAD_BYTES = 2048
+
+
+def _read_fields(raw: bytes, max_line: int) -> _Fields:
+    """The header lines of a response (``raw``: after the status line, each line ending
+    in CRLF) with its framing headers checked."""
+    # Decoded once (UTF-8, undecodable bytes kept as surrogates): every line break,
+    # colon and blank is ASCII, so each name and value decodes as it would alone. One
+    # pass in C checks every line (token name, colon, no stray CR/LF/NUL), a second
+    # splits them.
+    fields = raw.decode("utf-8", "surrogateescape")
+    if _FIELDS_TEXT.fullmatch(fields) is None:
+        raise HttpResponseError("malformed response header")
+    found = _FIELD_TEXT.findall(fields)
+    if " \r\n" in fields or "\t\r\n" in fields:  # blanks after a value: not its own
+        found = [(name, value.rstrip(" \t")) for name, value in found]
+    if len(found) > MAX_HEADER_COUNT:
+        raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
+    too_long = -1
+    if len(raw) > max_line:  # a line may be as long as the limit (in bytes)
+        too_long = _first_too_long(raw, max_line)
+        if too_long >= 0:  # the headers before it are checked first, as in order
+            found = found[:too_long]
+    length: int | None = None
+    chunked = False
+    connection = ""
+    keep_alive_timeout = None
+    for name, text in found:
+        lowered = name.lower()
+        if lowered not in _FRAMING:
+            continue
+        if lowered == "content-length":
+            if length is not None and _length(text) != length:
+                raise HttpResponseError("conflicting Content-Length headers")
+            length = _length(text)
+        elif lowered == "transfer-encoding":
+            # We send no TE: ``chunked`` alone is the only coding an answer may have.
+            if text.lower() != "chunked" or chunked:
+                raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
+            chunked = True
+        elif lowered == "keep-alive":
+            keep_alive_timeout = _keep_alive_timeout(text)
+        else:
+            connection += "," + text.lower()
+    if too_long >= 0:
+        raise HttpResponseError("response header line too long")
+    return tuple(found), length, chunked, connection, keep_alive_timeout
+
+
+_read_remembered = functools.lru_cache(maxsize=REMEMBERED_HEADS)(_read_fields)
+""":func:`_read_fields` of the last heads read (bounded: only small ones go through it)."""
 
 
 def _status_of(line: bytes) -> tuple[bytes, int]:
