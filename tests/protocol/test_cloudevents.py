@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from webpubsub.errors import ConnectRejected, UpstreamError
 from webpubsub.protocol.cloudevents import (
     MAX_RETRY_AFTER,
+    MAX_STATE_BYTES,
     AsyncOutcome,
     ConnectDecision,
     ConnectRequest,
@@ -441,6 +442,50 @@ def test_parse_user_event_response_raises_only_our_errors(response: UpstreamResp
         return
     assert 200 <= response.status <= 299
     assert isinstance(reply, EventReply)
+
+
+def _reply_as_read_before(response: UpstreamResponse) -> object:
+    """A user event's answer the way it was read before the one-pass reading: each
+    header looked up by its lower-cased name."""
+    status = response.status
+    if not 200 <= status <= 299:
+        return "status"
+    states = response.header_values("ce-connectionState")
+    state = states[-1] if states else None
+    if state is not None:
+        try:
+            if len(state.encode("utf-8")) > MAX_STATE_BYTES:
+                return "too large"
+        except UnicodeEncodeError:
+            return "not utf-8"
+    if status == 204 or not response.body:
+        return EventReply(None, state)
+    types = response.header_values("content-type")
+    return EventReply(
+        Payload.from_upstream_reply(types[0] if types else None, response.body), state
+    )
+
+
+@given(
+    responses,
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Content-Type", "content-TYPE", "ce-connectionState", "CE-X"]),
+            st.sampled_from(["text/plain", "application/json", "", "s\udcff", "x" * 9000]),
+        ),
+        max_size=5,
+    ),
+)
+def test_a_user_event_answer_reads_as_header_by_header(
+    response: UpstreamResponse, more: list[tuple[str, str]]
+) -> None:
+    response = UpstreamResponse(response.status, (*response.headers, *more), response.body)
+    try:
+        got: object = parse_user_event_response(response)
+    except UpstreamError as exc:
+        got = {"the event handler answered": "status", "over": "too large", "not UTF": "not utf-8"}
+        got = next(v for k, v in got.items() if k in exc.message)
+    assert got == _reply_as_read_before(response)
 
 
 @given(responses, st.text(max_size=30))

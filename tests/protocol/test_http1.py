@@ -4,12 +4,14 @@ round trips fed in arbitrary pieces."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from webpubsub.protocol import http1
 from webpubsub.protocol.http1 import (
     MAX_HEADER_COUNT,
     HttpResponseError,
@@ -356,3 +358,172 @@ def test_arbitrary_bytes_after_a_status_line_raise_only_the_parsers_error(
             p.feed_eof()
     except HttpResponseError:
         pass
+
+
+# -- the header block against the parser it replaced ---------------------------------
+
+_OLD_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_OLD_FIELD = re.compile(rb"(" + _OLD_TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
+_OLD_FIELDS = re.compile(rb"(?:" + _OLD_TOKEN + rb":[^\r\n\0]*\r\n)*")
+
+
+class _ReferenceParser(ResponseParser):
+    """The parser with the header block read the way it was before the block was decoded
+    once (each name and value decoded alone, every line measured): the reference."""
+
+    def _head(self, block: bytes) -> bool | None:
+        first = block.find(b"\r\n")
+        status_line = block if first < 0 else block[:first]
+        if len(status_line) > self._max_line:
+            raise HttpResponseError("response header line too long")
+        version, status = http1._status_of(status_line)
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        chunked = False
+        connection = ""
+        keep_alive_timeout = None
+        if first >= 0:
+            fields = block[first + 2 :] + b"\r\n"
+            if _OLD_FIELDS.fullmatch(fields) is None:
+                raise HttpResponseError("malformed response header")
+            found = _OLD_FIELD.findall(fields)
+            if len(found) > MAX_HEADER_COUNT:
+                raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
+            for name, value in found:
+                if len(name) + len(value) >= self._max_line:
+                    raise HttpResponseError("response header line too long")
+                key = name.decode("utf-8", "surrogateescape")
+                text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+                headers.append((key, text))
+                lowered = key.lower()
+                if lowered == "content-length":
+                    if length is not None and http1._length(text) != length:
+                        raise HttpResponseError("conflicting Content-Length headers")
+                    length = http1._length(text)
+                elif lowered == "transfer-encoding":
+                    if text.lower() != "chunked" or chunked:
+                        raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
+                    chunked = True
+                elif lowered == "keep-alive":
+                    keep_alive_timeout = http1._keep_alive_timeout(text)
+                elif lowered == "connection":
+                    connection += "," + text.lower()
+        if 100 <= status <= 199:
+            if status == 101:
+                raise HttpResponseError("unexpected 101 Switching Protocols")
+            return None
+        self._status = status
+        self._headers = tuple(headers)
+        self._keep_alive_timeout = keep_alive_timeout
+        tokens = {t.strip() for t in connection.split(",")}
+        if version == b"HTTP/1.0":
+            self._keep_alive = "keep-alive" in tokens
+        else:
+            self._keep_alive = "close" not in tokens
+        if self._no_body or status in (204, 304):
+            return True
+        if chunked:
+            if length is not None:
+                raise HttpResponseError("both Transfer-Encoding and Content-Length")
+            self._mode = "chunk-size"
+            return False
+        if length is not None:
+            if length > self._max_body:
+                raise ResponseTooLarge(status)
+            if length == 0:
+                return True
+            self._remaining = length
+            self._mode = "length"
+            return False
+        self._mode = "close"
+        self._keep_alive = False
+        return False
+
+
+_name_bytes = st.sampled_from(
+    [
+        *(b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection"),
+        *(b"Keep-Alive", b"X-A", b"ce-connectionState", b"Content-Type", b"bad name", b""),
+        b"\xc3\xa9",
+    ]
+) | st.binary(min_size=1, max_size=70)
+_value_bytes = st.sampled_from(
+    [
+        *(b"0", b"5", b"12", b"chunked", b"Chunked", b"gzip", b"close", b"keep-alive"),
+        *(b"timeout=5, max=9", b" \t", b"\xe2\x82", b"\xe2\x82\xac", b"\xff", b"a\rb"),
+        b"\x00",
+    ]
+) | st.binary(max_size=80)
+_version_line = st.sampled_from(
+    [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 100 Continue", b"HTTP/1.1 204 No"]
+)
+
+
+def _outcome(p: ResponseParser, pieces: list[bytes]) -> object:
+    try:
+        got = None
+        for piece in pieces:
+            got = p.feed(piece)
+            if got is not None:
+                break
+        else:
+            got = p.feed_eof()
+    except HttpResponseError as exc:
+        return type(exc), str(exc)
+    return got
+
+
+@given(
+    status_line=_version_line,
+    fields=st.lists(
+        st.tuples(
+            _name_bytes,
+            st.sampled_from([b":", b": ", b":\t ", b" :"]),
+            _value_bytes,
+            st.sampled_from([b"", b" ", b"\t \t"]),
+        ),
+        max_size=8,
+    ),
+    after=st.sampled_from([b"", b"abcde", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"]),
+    max_line=st.sampled_from([16, 40, 1024]),
+    cuts=st.lists(st.integers(0, 2000), max_size=4),
+)
+@example(  # a line too long, then a framing header that is wrong: the line is named
+    status_line=b"HTTP/1.1 200 OK",
+    fields=[(b"X-A", b": ", b"v" * 20, b""), (b"Content-Length", b": ", b"x", b"")],
+    after=b"",
+    max_line=16,
+    cuts=[],
+)
+def test_a_header_block_reads_as_the_per_header_parser_read_it(
+    status_line: bytes,
+    fields: list[tuple[bytes, bytes, bytes, bytes]],
+    after: bytes,
+    max_line: int,
+    cuts: list[int],
+) -> None:
+    # Names, values and blanks the way handlers send them and not: framing headers,
+    # UTF-8 split and broken, controls, lines as long as the limit and longer.
+    head = status_line + b"\r\n" + b"".join(n + c + v + b + b"\r\n" for n, c, v, b in fields)
+    raw = head + b"\r\n" + after
+    for pieces in ([raw], _pieces(raw, cuts)):
+        new = ResponseParser(max_line=max_line, max_head=4096, max_body=64)
+        old = _ReferenceParser(max_line=max_line, max_head=4096, max_body=64)
+        assert _outcome(new, pieces) == _outcome(old, pieces)
+
+
+def test_a_head_read_before_is_read_the_same_under_other_limits() -> None:
+    """Small heads are remembered once read: the same head under a smaller line limit
+    is still refused, and a head refused once is refused again."""
+    raw = b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
+    wide = ResponseParser(max_line=1024, max_head=4096, max_body=10)
+    assert wide.feed(raw) == Response(
+        200, (("X-Long", "v" * 100), ("Content-Length", "0")), b"", True
+    )
+    for _ in range(2):
+        with pytest.raises(HttpResponseError, match="header line too long"):
+            ResponseParser(max_line=64, max_head=4096, max_body=10).feed(raw)
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpResponseError, match="malformed Content-Length"):
+            parse(bad)

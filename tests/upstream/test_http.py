@@ -4,6 +4,7 @@ endpoint must not stall handshakes, nor the handlers of another origin."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -157,6 +158,8 @@ class RawServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self.close_after: set[int] = set()
         """Requests after whose answer the server closes the connection (idle, then)."""
+        self.delays: dict[int, float] = {}
+        """Requests answered only after this many seconds (a slow handler)."""
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> RawServer:
@@ -191,6 +194,9 @@ class RawServer:
                 self.requests.append(head + body)
                 self.arrived.set()
                 answer = self.answer(len(self.requests))
+                delay = self.delays.get(len(self.requests))
+                if delay is not None:
+                    await asyncio.sleep(delay)
                 if answer is None:
                     break
                 writer.write(answer)
@@ -332,6 +338,57 @@ async def test_a_timed_out_request_closes_its_connection_and_frees_its_slot() ->
         transport = HttpTransport(max_connections=1)
         with pytest.raises(UpstreamTimeout):
             await transport.send(post(server), timeout=0.3)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+async def test_a_timeout_mid_body_on_a_reused_connection_discards_it() -> None:
+    """The second answer stops inside its body: the request times out with the usual
+    message, and its connection (out of step) is closed, not reused."""
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    async with RawServer(lambda n: partial if n == 2 else OK) as server:
+        transport = HttpTransport(max_connections=1)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        with pytest.raises(UpstreamTimeout) as caught:
+            await transport.send(post(server), timeout=0.3)
+        assert (
+            caught.value.message == f"POST http://127.0.0.1:{server.port}/h: no answer within 0.3 s"
+        )
+        async with asyncio.timeout(WAIT):
+            await server.all_closed.wait()  # the connection is closed at the timeout
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 2
+
+
+async def test_an_answered_request_leaves_no_timer_behind() -> None:
+    """A request answered at once, with a short timeout: the next one on the same
+    connection outlives that timeout and is answered (the first one's timer is gone)."""
+    async with RawServer(lambda n: OK) as server:
+        server.delays[2] = 0.5
+        transport = HttpTransport(max_connections=1)
+        assert (await transport.send(post(server), timeout=0.2)).body == b"ok"
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        await transport.close()
+    assert server.accepted == 1
+
+
+async def test_a_request_cancelled_from_outside_frees_its_connection_slot() -> None:
+    """A request on a reused connection is cancelled while its answer is due: the
+    cancellation goes through, and the connection is closed with its slot given back."""
+    async with RawServer(lambda n: b"" if n == 2 else OK) as server:  # #2: never answered
+        transport = HttpTransport(max_connections=1)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        server.arrived.clear()
+        task = asyncio.create_task(transport.send(post(server), timeout=WAIT))
+        async with asyncio.timeout(WAIT):
+            await server.arrived.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(WAIT):
+            await server.all_closed.wait()
         assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
         await transport.close()
     assert server.accepted == 2
@@ -514,3 +571,39 @@ async def test_a_waiter_cancelled_in_the_turn_a_slot_comes_back_is_passed_over()
     with pytest.raises(asyncio.CancelledError):
         await late
     assert origin.open == 0 and not origin.waiters
+
+
+async def test_a_wait_for_a_slot_times_out_and_leaves_the_queue() -> None:
+    """The wait ends at its deadline (a timer fails it, no cancellation): the waiter
+    leaves the queue, and a slot coming back goes to the one behind it."""
+    loop = asyncio.get_running_loop()
+    origin = _Origin(1)
+    assert await origin.acquire(0.0) is None  # the one slot, taken
+    early = asyncio.create_task(origin.acquire(0.0, loop.time() + 0.05))
+    behind = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 2)
+    with pytest.raises(TimeoutError):
+        await early
+    assert len(origin.waiters) == 1
+    origin.lost()
+    assert await behind is None  # handed the slot
+    assert origin.open == 1 and not origin.waiters
+
+
+async def test_a_slot_handed_over_as_the_deadline_passes_is_passed_on() -> None:
+    """A waiter handed its turn that runs only after its deadline does not take it (its
+    request would be sent out of time): the turn goes to the next waiter."""
+    loop = asyncio.get_running_loop()
+    origin = _Origin(1)
+    assert await origin.acquire(0.0) is None
+    late = asyncio.create_task(origin.acquire(0.0, loop.time() + 0.05))
+    behind = asyncio.create_task(origin.acquire(0.0))
+    await _waiting(origin, 2)
+    origin.lost()  # handed to ``late``, which runs at the loop's next turn...
+    until = time.monotonic() + 0.1
+    while time.monotonic() < until:  # ...after its deadline (the loop kept busy till then)
+        pass
+    with pytest.raises(TimeoutError):
+        await late
+    assert await behind is None
+    assert origin.open == 1 and not origin.waiters

@@ -775,9 +775,12 @@ class Node:
 
     async def _message(self, conn: Connection, payload: Payload) -> None:
         """A simple client's message: the ``message`` event; its reply goes back."""
-        try:
-            reply = await self.user_event(conn, "message", payload)
+        try:  # what user_event does, one coroutine less (every simple client's message)
+            reply = await self._upstream.user_event(
+                self._hub_settings(conn.hub), self.context(conn), "message", payload
+            )
         except UpstreamError as exc:
+            self._event_failed(conn, "message", exc)
             conn.close(CloseCode.INTERNAL_ERROR, exc.client_message)
             return
         self.apply_reply(conn, reply)
@@ -1066,15 +1069,18 @@ class Node:
                 self._hub_settings(conn.hub), self.context(conn), name, payload
             )
         except UpstreamError as exc:
-            log.warning(
-                "event %r of connection %s (hub %s) failed: %s",
-                name,
-                conn.connection_id,
-                conn.hub,
-                exc.message,
-                extra=conn_fields(conn),
-            )
+            self._event_failed(conn, name, exc)
             raise
+
+    def _event_failed(self, conn: Connection, name: str, exc: UpstreamError) -> None:
+        log.warning(
+            "event %r of connection %s (hub %s) failed: %s",
+            name,
+            conn.connection_id,
+            conn.hub,
+            exc.message,
+            extra=conn_fields(conn),
+        )
 
     def detach(
         self,
@@ -1217,14 +1223,14 @@ class Node:
                 self._upstream.group_presence(settings, self.context(conn), event, group)
 
     def context(self, conn: Connection) -> EventContext:
-        return EventContext(
-            hub=conn.hub,
-            connection_id=conn.connection_id,
-            user_id=conn.user_id,
-            subprotocol=conn.subprotocol,
-            state=conn.state,
-            event_id=conn.next_event_id(),
-            origin=self._origin,
+        return EventContext(  # positional: one per event (hub, id, user, subprotocol, state)
+            conn.hub,
+            conn.connection_id,
+            conn.user_id,
+            conn.subprotocol,
+            conn.state,
+            conn.next_event_id(),
+            self._origin,
         )
 
     # -- backplane side --------------------------------------------------------------
@@ -1411,14 +1417,19 @@ class _Backlog:
         self.head_since = asyncio.get_running_loop().time()
         """When the message being handled started."""
         self.task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        """Made once a frame waits for room (most backlogs never have one)."""
 
     async def changed(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
         await self._changed.wait()
 
     def wake(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        changed = self._changed
+        if changed is not None:
+            changed.set()
+            changed.clear()
 
 
 class _Held:

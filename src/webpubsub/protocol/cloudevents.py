@@ -34,6 +34,8 @@ MAX_STATE_BYTES = 8 * 1024
 """Largest ``ce-connectionState`` a handler may set (Azure docs: CloudEvents)."""
 
 _STATE = "ce-connectionstate"
+_STATE_SIZE = len(_STATE)
+_TYPE_SIZE = len("content-type")
 _ALLOWED_ORIGIN = "webhook-allowed-origin"
 
 
@@ -308,18 +310,22 @@ def _state_of(response: UpstreamResponse) -> str | None:
     values = response.header_values(_STATE)
     if not values:
         return None
-    state = values[-1]
+    return _checked_state(values[-1], response.status)
+
+
+def _checked_state(state: str, status: int) -> str:
+    """The last ``ce-connectionState`` a handler sent, if a later event can carry it."""
     try:
         size = len(state.encode("utf-8"))
     except UnicodeEncodeError:  # bytes that were not UTF-8: no later event could carry it
         raise UpstreamError(
             "the event handler set a connection state that is not UTF-8 text",
-            status=response.status,
+            status=status,
         ) from None
     if size > MAX_STATE_BYTES:
         raise UpstreamError(
             f"the event handler set a connection state over {MAX_STATE_BYTES} bytes",
-            status=response.status,
+            status=status,
         )
     return state
 
@@ -379,11 +385,19 @@ def parse_user_event_response(response: UpstreamResponse) -> EventReply:
     status = response.status
     if not 200 <= status <= 299:
         raise UpstreamError(f"the event handler answered {status}", status=status)
-    state = _state_of(response)
+    # One pass for both headers (the last state, the first type); a name of another
+    # length is neither, and is not lower-cased.
+    state = content_type = None
+    for name, value in response.headers:
+        size = len(name)
+        if size == _STATE_SIZE and name.lower() == _STATE:
+            state = value
+        elif size == _TYPE_SIZE and content_type is None and name.lower() == "content-type":
+            content_type = value
+    if state is not None:
+        state = _checked_state(state, status)
     if status == 204 or not response.body:
         return EventReply(payload=None, state=state)
-    content_types = response.header_values("content-type")
-    content_type = content_types[0] if content_types else None
     return EventReply(Payload.from_upstream_reply(content_type, response.body), state)
 
 

@@ -10,6 +10,7 @@ body); a response that breaks the rules raises :class:`HttpResponseError`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -19,8 +20,12 @@ MAX_CHUNK_LINE = 1024
 
 _CRLF = b"\r\n"
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_TEXT = _TOKEN.decode("ascii")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
+"""One header line, in bytes (only to measure the lines of a block as long as a line)."""
+_FIELD_TEXT = re.compile("(" + _TOKEN_TEXT + "):[ \t]*([^\r\n\0]*)\r\n")
+"""One header line of a decoded block: its name and its value (blanks after it kept)."""
+_FIELDS_TEXT = re.compile("(?:" + _TOKEN_TEXT + ":[^\r\n\0]*\r\n)*")
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY = frozenset({204, 304})
 
@@ -88,8 +93,12 @@ def encode_request(
     return encoded + _CRLF + body
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+def _first_too_long(fields: bytes, max_line: int) -> int:
+    """The index of the first header whose line reaches ``max_line`` bytes, else -1."""
+    for i, (name, value) in enumerate(_FIELD.findall(fields)):
+        if len(name) + len(value) >= max_line:
+            return i
+    return -1
 
 
 class ResponseParser:
@@ -143,6 +152,20 @@ class ResponseParser:
 
     def feed(self, data: bytes) -> Response | None:
         """Take ``data``; the response once it is complete, else None."""
+        if self._mode == "head" and not self._block:
+            # The usual answer: its whole head in one piece, and its whole body with it.
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                if end + 4 > self._max_head:
+                    raise HttpResponseError("response header block too large")
+                done = self._head(data[:end])
+                data = data[end + 4 :]
+                if done:
+                    return self._finish(data)
+                if done is not None and self._mode == "length" and len(data) == self._remaining:
+                    self._chunks.append(data)
+                    return self._finish(b"")
+                # A 1xx (the answer follows), or a body to come in pieces: the general way.
         buf = self._buf + data if self._buf else data
         self._buf = b""
         while True:
@@ -276,54 +299,29 @@ class ResponseParser:
         if len(status_line) > self._max_line:
             raise HttpResponseError("response header line too long")
         version, status = _status_of(status_line)
-        headers: list[tuple[str, str]] = []
-        length: int | None = None
-        chunked = False
-        connection = ""
-        keep_alive_timeout = None
-        if first >= 0:
-            fields = block[first + 2 :] + _CRLF
-            # One pass in C checks every line (token name, colon, no stray CR/LF/NUL).
-            if _FIELDS.fullmatch(fields) is None:
-                raise HttpResponseError("malformed response header")
-            found = _FIELD.findall(fields)
-            if len(found) > MAX_HEADER_COUNT:
-                raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
-            max_line = self._max_line
-            for name, value in found:
-                if len(name) + len(value) >= max_line:
-                    raise HttpResponseError("response header line too long")
-                key = _decode(name)
-                text = _decode(value.rstrip(b" \t"))
-                headers.append((key, text))
-                lowered = key.lower()
-                if lowered not in _FRAMING:
-                    continue
-                if lowered == "content-length":
-                    if length is not None and _length(text) != length:
-                        raise HttpResponseError("conflicting Content-Length headers")
-                    length = _length(text)
-                elif lowered == "transfer-encoding":
-                    # We send no TE: ``chunked`` alone is the only coding an answer may have.
-                    if text.lower() != "chunked" or chunked:
-                        raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
-                    chunked = True
-                elif lowered == "keep-alive":
-                    keep_alive_timeout = _keep_alive_timeout(text)
-                else:
-                    connection += "," + text.lower()
+        if first < 0:
+            headers, length, chunked, connection, keep_alive_timeout = _NO_FIELDS
+        else:
+            raw = block[first + 2 :] + _CRLF
+            # A handler answers with the same few heads (but for Date): small ones are
+            # read once (a pure function of the bytes and the limit; errors are not kept).
+            read = _read_remembered if len(raw) <= REMEMBERED_HEAD_BYTES else _read_fields
+            headers, length, chunked, connection, keep_alive_timeout = read(raw, self._max_line)
         if 100 <= status <= 199:
             if status == 101:
                 raise HttpResponseError("unexpected 101 Switching Protocols")
             return None
         self._status = status
-        self._headers = tuple(headers)
+        self._headers = headers
         self._keep_alive_timeout = keep_alive_timeout
-        tokens = {t.strip() for t in connection.split(",")}
-        if version == b"HTTP/1.0":
-            self._keep_alive = "keep-alive" in tokens
+        if not connection:
+            self._keep_alive = version != b"HTTP/1.0"
         else:
-            self._keep_alive = "close" not in tokens
+            tokens = {t.strip() for t in connection.split(",")}
+            if version == b"HTTP/1.0":
+                self._keep_alive = "keep-alive" in tokens
+            else:
+                self._keep_alive = "close" not in tokens
         if self._no_body or status in _NO_BODY:
             return True
         if chunked:
@@ -350,6 +348,64 @@ class ResponseParser:
         self._chunks = []
         reusable = self._keep_alive and not rest
         return Response(self._status, self._headers, body, reusable, self._keep_alive_timeout)
+
+
+_Fields = tuple[tuple[tuple[str, str], ...], int | None, bool, str, int | None]
+"""The header fields, the Content-Length, chunked, the Connection values (each after
+a comma, lower-cased), the Keep-Alive timeout."""
+_NO_FIELDS: _Fields = ((), None, False, "", None)
+REMEMBERED_HEADS = 64
+REMEMBERED_HEAD_BYTES = 2048
+
+
+def _read_fields(raw: bytes, max_line: int) -> _Fields:
+    """The header lines of a response (``raw``: after the status line, each line ending
+    in CRLF) with its framing headers checked."""
+    # Decoded once (UTF-8, undecodable bytes kept as surrogates): every line break,
+    # colon and blank is ASCII, so each name and value decodes as it would alone. One
+    # pass in C checks every line (token name, colon, no stray CR/LF/NUL), a second
+    # splits them.
+    fields = raw.decode("utf-8", "surrogateescape")
+    if _FIELDS_TEXT.fullmatch(fields) is None:
+        raise HttpResponseError("malformed response header")
+    found = _FIELD_TEXT.findall(fields)
+    if " \r\n" in fields or "\t\r\n" in fields:  # blanks after a value: not its own
+        found = [(name, value.rstrip(" \t")) for name, value in found]
+    if len(found) > MAX_HEADER_COUNT:
+        raise HttpResponseError(f"more than {MAX_HEADER_COUNT} response headers")
+    too_long = -1
+    if len(raw) > max_line:  # a line may be as long as the limit (in bytes)
+        too_long = _first_too_long(raw, max_line)
+        if too_long >= 0:  # the headers before it are checked first, as in order
+            found = found[:too_long]
+    length: int | None = None
+    chunked = False
+    connection = ""
+    keep_alive_timeout = None
+    for name, text in found:
+        lowered = name.lower()
+        if lowered not in _FRAMING:
+            continue
+        if lowered == "content-length":
+            if length is not None and _length(text) != length:
+                raise HttpResponseError("conflicting Content-Length headers")
+            length = _length(text)
+        elif lowered == "transfer-encoding":
+            # We send no TE: ``chunked`` alone is the only coding an answer may have.
+            if text.lower() != "chunked" or chunked:
+                raise HttpResponseError(f"unsupported Transfer-Encoding {text[:64]!r}")
+            chunked = True
+        elif lowered == "keep-alive":
+            keep_alive_timeout = _keep_alive_timeout(text)
+        else:
+            connection += "," + text.lower()
+    if too_long >= 0:
+        raise HttpResponseError("response header line too long")
+    return tuple(found), length, chunked, connection, keep_alive_timeout
+
+
+_read_remembered = functools.lru_cache(maxsize=REMEMBERED_HEADS)(_read_fields)
+""":func:`_read_fields` of the last heads read (bounded: only small ones go through it)."""
 
 
 def _status_of(line: bytes) -> tuple[bytes, int]:

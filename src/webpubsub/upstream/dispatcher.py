@@ -222,7 +222,10 @@ class Upstream:
         handler = hub.handler_for_user_event(name)
         if handler is None:
             raise NoEventHandler(name)
-        await self._ensure_validated(handler, ctx.hub)
+        if self._validate:
+            validate_url = handler.url_for(ctx.hub, "validate")
+            if not self._validated(validate_url):  # probed and valid: no coroutine
+                await self._ensure_url_validated(validate_url)
         url = handler.url_for(ctx.hub, name)
         request = user_event_request(ctx, url, self._keys, self._clock(), name, payload)
         response = await self._transport.send(request, timeout=handler.timeout_seconds)
@@ -368,6 +371,12 @@ class Upstream:
     async def _ensure_validated(self, handler: EventHandlerSettings, hub: str) -> None:
         if self._validate:
             await self._ensure_url_validated(handler.url_for(hub, "validate"))
+
+    def _validated(self, url: str) -> bool:
+        """Whether ``url`` passed its probe and may be sent to without one now (what
+        :meth:`_ensure_url_validated` returns at once for)."""
+        entry = self._validations.get(url)
+        return entry is not None and entry.probe is None and self._monotonic() < entry.ok_until
 
     async def _ensure_url_validated(self, url: str) -> None:
         now = self._monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import ssl
 import time
 from collections import deque
@@ -201,6 +202,11 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(_ConnectionLost(parser is not None and parser.started))
 
+    def expire(self) -> None:
+        """The request's time is up (its timer): its waiter fails with ``TimeoutError``
+        and the connection, out of step now, is closed."""
+        self._fail(TimeoutError())
+
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
         self._parser = self._waiter = None
@@ -212,6 +218,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _time_out(waiter: asyncio.Future[_Connection | None]) -> None:
+    """A wait for a connection reached its deadline (it is passed over if handed one)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _closed(exc: HttpResponseError) -> bool:
@@ -247,9 +259,11 @@ class _Origin:
             self.open -= 1
         return None
 
-    async def acquire(self, now: float) -> _Connection | None:
+    async def acquire(self, now: float, deadline: float = math.inf) -> _Connection | None:
         """A connection to reuse, or None: a slot (counted in ``open``) to open one in,
-        which the caller gives back with :meth:`lost` if the opening fails."""
+        which the caller gives back with :meth:`lost` if the opening fails. Waiting for
+        one ends at ``deadline`` (the loop's time) with ``TimeoutError``: a timer fails
+        the wait, without a cancellation."""
         if not self.waiters:
             conn = self.take_idle(now)
             if conn is not None:
@@ -257,23 +271,30 @@ class _Origin:
             if self.open < self.limit:
                 self.open += 1
                 return None
-        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
         self.waiters.append(waiter)
+        timer = None if deadline == math.inf else loop.call_at(deadline, _time_out, waiter)
         try:
             conn = await waiter
+            if loop.time() >= deadline:  # handed its turn as the time ran out
+                raise TimeoutError
         except BaseException:
-            if not waiter.done() or waiter.cancelled():  # given up while still waiting
-                waiter.cancel()
-                with contextlib.suppress(ValueError):  # not there once the transport closed
-                    self.waiters.remove(waiter)
-            elif waiter.exception() is None:
-                # handed its turn, then cancelled: pass the turn on
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # handed its turn, then cancelled or out of time: pass the turn on
                 handed = waiter.result()
                 if handed is None:
                     self.lost()
                 else:
                     self.give_back(handed, True, handed.idle_since)
+            else:  # given up while still waiting (cancelled, timed out), or closed
+                waiter.cancel()
+                with contextlib.suppress(ValueError):  # not there once the transport closed
+                    self.waiters.remove(waiter)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if conn is not None and conn.closed:  # the handler closed it meanwhile: its slot
             conn = None
         return conn
@@ -295,9 +316,9 @@ class _Origin:
             self.open -= 1
 
     def _hand(self, conn: _Connection | None) -> bool:
-        """Give ``conn`` (None: a slot) to the first waiter still waiting. A cancelled
-        one (its task's timeout cancels the future at once, the task leaves the queue
-        only when it runs again) is passed over."""
+        """Give ``conn`` (None: a slot) to the first waiter still waiting. One cancelled
+        or timed out (its future is done at once, the task leaves the queue only when
+        it runs again) is passed over."""
         waiters = self.waiters
         while waiters:  # bounded: each turn removes one
             waiter = waiters.popleft()
@@ -398,9 +419,47 @@ class HttpTransport:
             )
         except InvalidRequest as exc:
             raise UpstreamError(f"{_where(request)}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        method = request.method
+        retry = method in _IDEMPOTENT
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._exchange(origin, target, request.method, data)
+            while True:  # the exchange: once, or twice for a probe (below)
+                if self._closed:
+                    raise UpstreamError("the upstream transport is closed")
+                # The usual case without a coroutine: an idle connection and nobody waiting.
+                conn = None if origin.waiters else origin.take_idle(loop.time())
+                reused = conn is not None
+                if conn is None:
+                    conn, reused = await self._connection(origin, target, loop, deadline)
+                origin.busy.add(conn)
+                parser = ResponseParser(
+                    max_line=MAX_HEADER_LINE_BYTES,
+                    max_head=MAX_HEADER_BYTES,
+                    max_body=self._max_response_bytes,
+                    no_body=method == "HEAD",
+                )
+                reusable = False
+                # The request and its answer under one timer that fails the connection's
+                # waiter (no cancellation, no context manager). Past the deadline already
+                # (the connection came just in time): it fires at the loop's next turn.
+                timer = loop.call_at(deadline, conn.expire)
+                try:
+                    response = await conn.exchange(data, parser)
+                    reusable = response.reusable and not self._closed
+                    limit = response.keep_alive_timeout
+                    if limit is not None:
+                        conn.idle_seconds = min(IDLE_SECONDS, limit - 1.0)
+                    break
+                except _ConnectionLost as exc:
+                    # A kept-alive connection the handler closed as the request went out:
+                    # a probe goes again on a new one (an event is never sent twice).
+                    if not (retry and reused and not exc.started):
+                        raise
+                    retry = False
+                finally:
+                    timer.cancel()
+                    origin.give_back(conn, reusable, loop.time())
         except TimeoutError:
             raise UpstreamTimeout(f"{_where(request)}: no answer within {timeout:g} s") from None
         except ResponseTooLarge as exc:
@@ -420,53 +479,29 @@ class HttpTransport:
             raise UpstreamError(f"{_where(request)}: cannot connect ({reason})") from None
         return UpstreamResponse(response.status, response.headers, response.body)
 
-    async def _exchange(
-        self, origin: _Origin, target: _Target, method: str, data: bytes
-    ) -> Response:
-        loop = asyncio.get_running_loop()
-        retry = method in _IDEMPOTENT
-        while True:
-            if self._closed:
-                raise UpstreamError("the upstream transport is closed")
-            now = loop.time()
-            # The usual case without a coroutine: an idle connection and nobody waiting.
-            conn = None if origin.waiters else origin.take_idle(now)
-            if conn is None:
-                conn = await origin.acquire(now)
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = await self._open(target)
-                except BaseException:
-                    origin.lost()
-                    raise
-            if self._closed:  # it closed while this connection was opened (or handed over)
-                conn.close()
-                origin.lost()
-                raise UpstreamError("the upstream transport is closed")
-            origin.busy.add(conn)
-            parser = ResponseParser(
-                max_line=MAX_HEADER_LINE_BYTES,
-                max_head=MAX_HEADER_BYTES,
-                max_body=self._max_response_bytes,
-                no_body=method == "HEAD",
-            )
-            reusable = False
+    async def _connection(
+        self,
+        origin: _Origin,
+        target: _Target,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+    ) -> tuple[_Connection, bool]:
+        """A connection once one is free or opened, by ``deadline`` (else
+        ``TimeoutError``), and whether it was reused."""
+        conn = await origin.acquire(loop.time(), deadline)
+        reused = conn is not None
+        if conn is None:
             try:
-                response = await conn.exchange(data, parser)
-                reusable = response.reusable and not self._closed
-                limit = response.keep_alive_timeout
-                if limit is not None:
-                    conn.idle_seconds = min(IDLE_SECONDS, limit - 1.0)
-                return response
-            except _ConnectionLost as exc:
-                # A kept-alive connection the handler closed as the request went out:
-                # a probe goes again on a new one (an event is never sent twice).
-                if not (retry and reused and not exc.started):
-                    raise
-                retry = False
-            finally:
-                origin.give_back(conn, reusable, loop.time())
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._open(target)
+            except BaseException:
+                origin.lost()
+                raise
+        if self._closed:  # it closed while this connection was opened (or handed over)
+            conn.close()
+            origin.lost()
+            raise UpstreamError("the upstream transport is closed")
+        return conn, reused
 
     async def _open(self, target: _Target) -> _Connection:
         tls, host, port = target.origin
