@@ -5,10 +5,13 @@ that fails is logged and never the node's problem."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.node.test_node import (
     RELIABLE,
@@ -18,6 +21,7 @@ from tests.node.test_node import (
     make_node,
 )
 from webpubsub.core.connection import Connection
+from webpubsub.core.permissions import Permissions
 from webpubsub.node import observe
 from webpubsub.node.node import Node
 from webpubsub.node.observe import (
@@ -359,3 +363,57 @@ async def test_a_handover_no_node_took_is_adopted_back_by_its_owner() -> None:
     # out and back in on the same node: connects - disconnects still counts it once
     assert old_rec.calls == [("connected", "r"), ("moved", "r", "b"), ("adopted", "r", None)]
     assert [len(h) for h in old.hubs()] == [1] and new_rec.calls == []
+
+
+def _reference_ce(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in headers:
+        if key[:3].lower() == "ce-":
+            found.setdefault(key.lower(), value)
+    return found
+
+
+NAMES = st.sampled_from(
+    ["ce-type", "CE-TYPE", "Ce-Id", "ce-id", "ce-userId", "ce-connectionId", "cE-hub",
+     "Content-Type", "WebHook-Request-Origin", "ce-", "c", "ce", "x-ce-type"]
+) | st.text(max_size=8)  # fmt: skip
+
+
+@given(st.lists(st.tuples(NAMES, st.text(max_size=5)), max_size=20).map(tuple))
+def test_an_exchange_reads_its_ce_headers_by_lower_cased_name_the_first_of_each(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    request = UpstreamRequest("POST", "http://127.0.0.1/h", headers, b"")
+    exchange = Exchange(request, None, "refused", 0.1)
+    assert observe.ce_headers(headers) == _reference_ce(headers) == exchange.ce
+    ce_type = _reference_ce(headers).get("ce-type")
+    assert exchange.event_type == (ce_type if ce_type is not None else "unknown")
+
+
+def test_an_exchange_reads_its_headers_once_for_every_observer() -> None:
+    headers = (("ce-type", "azure.webpubsub.user.x"), ("ce-id", "1"))
+    exchange = Exchange(UpstreamRequest("POST", "http://h/", headers, b""), None, "e", 0.1)
+    assert exchange.ce is exchange.ce  # read once, kept
+    other = dataclasses.replace(exchange, request=UpstreamRequest("POST", "http://h/", (), b""))
+    assert other.ce == {} and other.event_type == "unknown"  # a new exchange reads its own
+    assert exchange == dataclasses.replace(exchange)  # (not part of what it equals)
+
+
+def test_an_observer_without_a_method_is_not_told_of_that_event() -> None:
+    seen: list[str] = []
+
+    class Listener:
+        def cloud_event(self, exchange: Exchange) -> None:
+            seen.append(exchange.event_type)
+
+    observers = Observers([Listener(), Recorder()])  # type: ignore[list-item]
+    conn = Connection("c", "chat", None, ClientProtocol.SIMPLE, None, None, Permissions())
+    observers.received(conn, "hi", "message")  # Listener has no received: skipped
+    observers.connected(conn)
+    request = UpstreamRequest("POST", "http://h/", (("ce-type", "t"),), b"")
+    observers.cloud_event(Exchange(request, None, "e", 0.1))
+    assert seen == ["t"]
+    assert observers.all[1].calls[:2] == [  # type: ignore[attr-defined]
+        ("received", "c", "message"),
+        ("connected", "c"),
+    ]

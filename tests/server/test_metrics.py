@@ -17,6 +17,9 @@ import orjson
 import pytest
 from aiohttp import web
 from azure.core.exceptions import HttpResponseError
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ACCESS_KEY, StartService, make_config
@@ -32,13 +35,15 @@ from webpubsub.core.hub import Hub
 from webpubsub.core.permissions import Permissions
 from webpubsub.core.reliable import ReliableBuffer
 from webpubsub.core.settings import HubSettings
-from webpubsub.node.observe import Exchange
+from webpubsub.node.observe import Exchange, RestCall
 from webpubsub.protocol.backplane import Send, Target
 from webpubsub.protocol.cloudevents import UpstreamRequest, UpstreamResponse
 from webpubsub.protocol.frames import ClientProtocol, DataMessage
 from webpubsub.protocol.payload import Payload
 from webpubsub.protocol.tokens import issue_client_token
+from webpubsub.server import metrics as metrics_module
 from webpubsub.server.app import ServiceRunner
+from webpubsub.server.metrics import LATENCY_BUCKETS, PUBLISH_BUCKETS, REST_BUCKETS, Metrics
 
 WAIT = 10.0
 TOKEN = "metrics-token-0123456789"
@@ -585,3 +590,89 @@ async def test_a_refused_handshake_is_traced_and_counted_without_its_token(
     # Hubs no connection named yet: clients choose them, so they do not get a label.
     assert value(samples, name, hub="_other", status="401") == 2
     await ws.close()
+
+
+# -- the scrape is what prometheus_client's Counter and Histogram rendered ----------------
+
+SCRAPE = Path(__file__).with_name("metrics_scrape.txt")
+"""The scrape after :func:`_drive`, as the service rendered it with
+``prometheus_client``'s ``Counter`` and ``Histogram`` (before it counted in floats of
+its own): names, help, types, label sets, their order and values, byte for byte."""
+
+
+def _drive(m: Metrics) -> None:
+    c = Connection("c", "Chat", "u", ClientProtocol.JSON, "", None, Permissions())
+    m.connected(c)
+    m.received(c, "héllo", "message")
+    m.received(c, b"\x00" * 7, "event")
+    m.delivered("Chat", Target.group("g"), DataMessage(Payload.text("abc")), 4)
+    m.replied(c, DataMessage(Payload.binary(b"12345")))
+    m.rest_call(RestCall("Chat", "SendToAll", "POST", "/x", 202, 0.0123, "::1"))
+    m.rest_call(RestCall("Chat", "SendToAll", "POST", "/x", 202, 0.075, "::1"))
+    request = UpstreamRequest("POST", "http://h/", (("ce-type", "azure.webpubsub.user.m"),), b"")
+    m.cloud_event(Exchange(request, UpstreamResponse(200, (), b""), None, 0.25))
+    m.cloud_event(Exchange(request, None, "refused", 7.0))
+    m.published(0.0003, None)
+    m.published(2.0, "TimeoutError")
+    m.slow_client(c)
+    m.moved(c, "n2")
+    m.refused("Chat", 401, "no")
+    m.disconnected(c, 4001, "bye")
+
+
+def test_the_scrape_is_byte_for_byte_what_prometheus_client_rendered() -> None:
+    m = Metrics()
+    _drive(m)
+    assert m.render() == SCRAPE.read_bytes()
+
+
+BOUNDS = st.sampled_from([LATENCY_BUCKETS, PUBLISH_BUCKETS, REST_BUCKETS])
+AMOUNTS = st.one_of(
+    st.floats(min_value=0, max_value=100, allow_nan=False),
+    st.sampled_from([0.0, 0.005, 0.0001, 1.0, 60.0, float("inf")]),  # on a bound
+)
+LABELS = st.sampled_from(["a", "b", 'q"\\\n', "é"])
+
+
+@given(
+    BOUNDS,
+    st.lists(st.tuples(LABELS, AMOUNTS), max_size=60),
+    st.lists(st.tuples(LABELS, st.integers(min_value=0, max_value=2**40)), max_size=60),
+)
+def test_the_counts_render_as_prometheus_client_s_counter_and_histogram(
+    buckets: tuple[float, ...], observed: list[tuple[str, float]], added: list[tuple[str, int]]
+) -> None:
+    """Whatever is counted (any label values, amounts on and between the bounds, large
+    sums of floats), the text is the one ``prometheus_client`` renders, ``_created``
+    aside."""
+    ours: list[metrics_module._Family] = []
+    counter = metrics_module._Counter(ours, "x_things", "Things.\\ counted\n", ("k",))
+    histogram = metrics_module._Histogram(ours, "x_seconds", "Time.", ("k",), buckets=buckets)
+    plain = metrics_module._Histogram(ours, "x_plain_seconds", "Plain.", buckets=buckets)
+    registry = CollectorRegistry(auto_describe=False)
+    their_counter = Counter("x_things", "Things.\\ counted\n", ("k",), registry=registry)
+    their_histogram = Histogram("x_seconds", "Time.", ("k",), buckets=buckets, registry=registry)
+    their_plain = Histogram("x_plain_seconds", "Plain.", buckets=buckets, registry=registry)
+    for label, amount in observed:
+        metrics_module._observe(histogram.labels(label), histogram.bounds, amount)
+        metrics_module._observe(plain.labels(), plain.bounds, amount)
+        their_histogram.labels(label).observe(amount)
+        their_plain.observe(amount)
+    for label, n in added:
+        counter.labels(label)[0] += n
+        their_counter.labels(label).inc(n)
+    mine = CollectorRegistry(auto_describe=False)
+    mine.register(metrics_module._Counts(ours))
+    theirs = b"".join(
+        line + b"\n" for line in generate_latest(registry).splitlines() if b"_created" not in line
+    )
+    assert generate_latest(mine) == theirs
+
+
+def test_a_nan_is_summed_into_no_bucket_as_prometheus_client_does() -> None:
+    ours: list[metrics_module._Family] = []
+    histogram = metrics_module._Histogram(ours, "x_seconds", "Time.", buckets=(1.0,))
+    metrics_module._observe(histogram.labels(), histogram.bounds, float("nan"))
+    metrics_module._observe(histogram.labels(), histogram.bounds, 0.5)
+    cell = histogram.labels()
+    assert cell[:2] == [1.0, 0.0] and cell[2] != cell[2]  # the sum is NaN, one bucket

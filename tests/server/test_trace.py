@@ -583,3 +583,126 @@ def test_a_pending_stream_end_holds_its_facts_not_its_error_message() -> None:
          "stream": {"streamId": "s1", "sequenceId": 2, "end": True, "error": "UserError"}}
     )  # fmt: skip
     assert len(raw) <= cost
+
+
+# -- a client frame's record, made lazily -----------------------------------------------
+
+
+def _eager_message_in(ring: TraceRing, c: Connection, data: bytes | str, kind: str) -> dict:  # type: ignore[type-arg]
+    """The ``message-in`` record as the trace built it at once (before it was lazy)."""
+    if isinstance(data, str):
+        size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+        fields: dict[str, object] = {"kind": kind, "size": size, "frame": "text",
+                                     "preview": data[:PREVIEW_CHARS]}  # fmt: skip
+    else:
+        size = len(data)
+        fields = {"kind": kind, "size": size, "frame": "binary",
+                  "preview": base64.b64encode(data[: trace.PREVIEW_BYTES]).decode()}  # fmt: skip
+    if kind in trace.GROUP_KINDS and size <= GROUP_FRAME_MAX_BYTES:
+        group = frame_group(data, c.protocol)
+        if group is not None:
+            fields["group"] = group
+    return {"seq": ring.last_seq, "node": "n1", "time": 7, "type": "message-in", "hub": c.hub,
+            "connectionId": c.connection_id, "userId": c.user_id, **fields}  # fmt: skip
+
+
+FRAMES = st.one_of(
+    st.text(max_size=600),
+    st.text(alphabet='\x00\x1f"\\é😀x', max_size=600),
+    st.binary(max_size=600),
+    st.builds(
+        lambda g, d: orjson.dumps({"type": "sendToGroup", "group": g, "data": d}).decode(),
+        st.text(max_size=20),
+        st.text(max_size=300),
+    ),
+)
+
+
+@given(
+    FRAMES,
+    st.sampled_from(["message", "sendToGroup", "event", "group", "control", "invalid"]),
+    st.text(max_size=80),
+    st.none() | st.text(max_size=80),
+)
+def test_a_client_frame_s_record_is_made_when_read_and_reads_as_the_eager_one(
+    data: bytes | str, kind: str, cid: str, user: str | None
+) -> None:
+    """A ``message-in`` record is made of its facts when first read: the same record
+    the trace built at once, and its cost (kept until then) bounds both what the facts
+    hold and the record serialized."""
+    ring = TraceRing(4, "n1", clock=lambda: 7)
+    c = Connection(cid, "Chat", user, ClientProtocol.JSON, None, None, Permissions())
+    ring.received(c, data, kind)
+    assert ring._pending == 1
+    cost = ring._raw[0]
+    assert isinstance(cost, int)
+    held = [item for item in ring._ring[0][3] if isinstance(item, str | bytes)]  # type: ignore[index]
+    assert sum(sys.getsizeof(item) for item in held) <= cost
+    (raw,) = ring.after_raw(0, 1, 1 << 30)
+    assert len(raw) <= cost and ring._pending == 0
+    assert orjson.loads(raw) == ring.get(1) == _eager_message_in(ring, c, data, kind)
+
+
+def test_a_client_frame_s_record_keeps_its_preview_not_the_frame() -> None:
+    ring = TraceRing(4, "n1")
+    frame = "x" * (1024 * 1024)
+    refs = sys.getrefcount(frame)
+    ring.received(conn(), frame, "message")
+    ring.received(conn(), frame.encode(), "message")
+    assert sys.getrefcount(frame) == refs
+    assert ring.size_bytes < 2 * 4096
+    text, binary = ring.after(0, 2)
+    assert text["size"] == binary["size"] == 1024 * 1024 and text["preview"] == "x" * PREVIEW_CHARS
+
+
+def test_a_client_frame_no_json_holds_is_read_as_unreadable() -> None:
+    ring = TraceRing(4, "n1")
+    ring.received(conn(), "\udc80 lone", "message")
+    _observe(ring, "in", 2)
+    bad, good = ring.after(0, 10)
+    assert bad["type"] == "unreadable" and bad["seq"] == 1 and good["group"] == "g2"
+    assert ring.size_bytes == sum(len(r) for r in ring.after_raw(0, 10, 1 << 30))
+
+
+# -- a CloudEvent's cost, from lengths ---------------------------------------------------
+
+HEADER_NAMES = st.sampled_from(
+    ["ce-type", "CE-Type", "ce-id", "ce-hub", "Ce-ConnectionId", "ce-userId", "ce-signature",
+     "Authorization", "Cookie", "x-key", "Content-Type", "x"]
+) | st.text(min_size=1, max_size=12)  # fmt: skip
+HEADER_VALUES = st.text(max_size=40) | st.text(alphabet="\x01é😀a", max_size=2000)
+HEADERS = st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=70).map(tuple)
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.text(alphabet='\x00\x1f"é😀a', max_size=300).map(str.encode),
+    st.sampled_from([b"\x01" * (BODY_LIMIT + 3), "é".encode() * BODY_LIMIT, b"\xff" * 40_000]),
+)
+
+
+@given(
+    HEADERS,
+    BODIES,
+    st.none() | st.tuples(st.integers(100, 599), HEADERS, BODIES),
+    st.none() | st.text(max_size=300),
+    st.text(max_size=200),
+)
+def test_a_cloudevent_s_cost_bounds_its_record_serialized(
+    headers: tuple[tuple[str, str], ...],
+    body: bytes,
+    answer: tuple[int, tuple[tuple[str, str], ...], bytes] | None,
+    error: str | None,
+    path: str,
+) -> None:
+    """The cost kept for a CloudEvent's record not built yet (computed from lengths)
+    is at least the record's size once built, whatever its headers, bodies and URL."""
+    request = UpstreamRequest("POST", "http://h/" + path, headers, body)
+    response = None if answer is None else UpstreamResponse(*answer)
+    ring = TraceRing(4, "n1")
+    ring.cloud_event(Exchange(request, response, error, 0.5))
+    cost = ring._raw[0]
+    if not isinstance(cost, int):  # a connect event's record: built at once
+        return
+    (raw,) = ring.after_raw(0, 1, 1 << 30)
+    assert len(raw) <= cost
+    assert ring.original(1) is request
+    assert ring._original_bytes == trace._request_bytes(request)

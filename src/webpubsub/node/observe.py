@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from webpubsub.core.connection import Connection
@@ -59,14 +59,25 @@ class Exchange:
     """Sent again from the portal's webhook debugger."""
     timed_out: bool = False
     """No answer within the handler's timeout (the transport's ``UpstreamTimeout``)."""
+    _ce: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def ce(self) -> dict[str, str]:
+        """The request's ``ce-*`` headers by lower-cased name (the first of each), read
+        once for every observer (do not change it)."""
+        ce = self._ce
+        if ce is None:
+            ce = ce_headers(self.request.headers)
+            object.__setattr__(self, "_ce", ce)
+        return ce
 
     @property
     def event_type(self) -> str:
         """The ``ce-type`` (``azure.webpubsub.sys.connected``), or ``validation`` for an
         abuse-protection probe (an ``OPTIONS`` request, no CloudEvent)."""
-        for name, value in self.request.headers:
-            if name.lower() == "ce-type":
-                return value
+        event_type = self.ce.get("ce-type")
+        if event_type is not None:
+            return event_type
         return "validation" if self.request.method == "OPTIONS" else "unknown"
 
     @property
@@ -79,6 +90,47 @@ class Exchange:
         if 200 <= status < 300:
             return "success"
         return "rejected" if 400 <= status < 500 else "failed"
+
+
+_CE = frozenset(a + b + "-" for a in "cC" for b in "eE")
+"""How a ``ce-*`` header's name may begin."""
+_KNOWN_HEADERS = {
+    name: name.lower() if name[:3] in _CE else ""
+    for name in (
+        "Content-Type",
+        "WebHook-Request-Origin",
+        "ce-specversion",
+        "ce-type",
+        "ce-source",
+        "ce-id",
+        "ce-time",
+        "ce-awpsversion",
+        "ce-hub",
+        "ce-connectionId",
+        "ce-eventName",
+        "ce-userId",
+        "ce-subprotocol",
+        "ce-connectionState",
+        "ce-signature",
+    )
+}
+"""The names of the headers the service sends, as it spells them: each ``ce-*`` one
+lower-cased, any other ``""`` (looked up whole, where each would be cut and
+lower-cased)."""
+
+
+def ce_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The ``ce-*`` headers of a request by lower-cased name (the first of each)."""
+    found: dict[str, str] = {}
+    known = _KNOWN_HEADERS.get
+    for key, value in headers:
+        name = known(key)
+        if name:
+            if name not in found:
+                found[name] = value
+        elif name is None and key[:3] in _CE:
+            found.setdefault(key.lower(), value)
+    return found
 
 
 class Observer(Protocol):
@@ -150,13 +202,26 @@ def _bound(observers: tuple[Observer, ...], name: str) -> tuple[Callable[..., No
 
 class Observers:
     """Several observers as one; an observer that raises is logged, never the caller's
-    problem."""
+    problem. Each observer's methods are bound once (an observer without one of the
+    methods is not told of that event)."""
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self._all = tuple(observers)
-        self._rest_calls = _bound(self._all, "rest_call")
-        self._publishes = _bound(self._all, "published")
-        """The methods of the calls made per REST request, bound once."""
+        all_ = self._all
+        self._connected = _bound(all_, "connected")
+        self._disconnected = _bound(all_, "disconnected")
+        self._detached = _bound(all_, "detached")
+        self._recovered = _bound(all_, "recovered")
+        self._received = _bound(all_, "received")
+        self._delivered = _bound(all_, "delivered")
+        self._replied = _bound(all_, "replied")
+        self._rest_calls = _bound(all_, "rest_call")
+        self._cloud_events = _bound(all_, "cloud_event")
+        self._slow_clients = _bound(all_, "slow_client")
+        self._publishes = _bound(all_, "published")
+        self._moved = _bound(all_, "moved")
+        self._adopted = _bound(all_, "adopted")
+        self._refused = _bound(all_, "refused")
 
     def __bool__(self) -> bool:
         return bool(self._all)
@@ -166,32 +231,53 @@ class Observers:
         return self._all
 
     def connected(self, conn: Connection) -> None:
-        for o in self._all:
-            _call(o.connected, conn)
+        for method in self._connected:
+            try:
+                method(conn)
+            except Exception as exc:
+                _failed(method, exc)
 
     def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
-        for o in self._all:
-            _call(o.disconnected, conn, code, reason)
+        for method in self._disconnected:
+            try:
+                method(conn, code, reason)
+            except Exception as exc:
+                _failed(method, exc)
 
     def detached(self, conn: Connection, reason: str) -> None:
-        for o in self._all:
-            _call(o.detached, conn, reason)
+        for method in self._detached:
+            try:
+                method(conn, reason)
+            except Exception as exc:
+                _failed(method, exc)
 
     def recovered(self, conn: Connection) -> None:
-        for o in self._all:
-            _call(o.recovered, conn)
+        for method in self._recovered:
+            try:
+                method(conn)
+            except Exception as exc:
+                _failed(method, exc)
 
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
-        for o in self._all:
-            _call(o.received, conn, data, kind)
+        for method in self._received:
+            try:
+                method(conn, data, kind)
+            except Exception as exc:
+                _failed(method, exc)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
-        for o in self._all:
-            _call(o.delivered, hub, target, message, recipients)
+        for method in self._delivered:
+            try:
+                method(hub, target, message, recipients)
+            except Exception as exc:
+                _failed(method, exc)
 
     def replied(self, conn: Connection, message: DataMessage) -> None:
-        for o in self._all:
-            _call(o.replied, conn, message)
+        for method in self._replied:
+            try:
+                method(conn, message)
+            except Exception as exc:
+                _failed(method, exc)
 
     def rest_call(self, call: RestCall) -> None:
         for method in self._rest_calls:
@@ -201,12 +287,18 @@ class Observers:
                 _failed(method, exc)
 
     def cloud_event(self, exchange: Exchange) -> None:
-        for o in self._all:
-            _call(o.cloud_event, exchange)
+        for method in self._cloud_events:
+            try:
+                method(exchange)
+            except Exception as exc:
+                _failed(method, exc)
 
     def slow_client(self, conn: Connection) -> None:
-        for o in self._all:
-            _call(o.slow_client, conn)
+        for method in self._slow_clients:
+            try:
+                method(conn)
+            except Exception as exc:
+                _failed(method, exc)
 
     def published(self, duration: float, error: str | None) -> None:
         for method in self._publishes:
@@ -216,16 +308,25 @@ class Observers:
                 _failed(method, exc)
 
     def moved(self, conn: Connection, to_node: str) -> None:
-        for o in self._all:
-            _call(o.moved, conn, to_node)
+        for method in self._moved:
+            try:
+                method(conn, to_node)
+            except Exception as exc:
+                _failed(method, exc)
 
     def adopted(self, conn: Connection, from_node: str | None) -> None:
-        for o in self._all:
-            _call(o.adopted, conn, from_node)
+        for method in self._adopted:
+            try:
+                method(conn, from_node)
+            except Exception as exc:
+                _failed(method, exc)
 
     def refused(self, hub: str | None, status: int, reason: str) -> None:
-        for o in self._all:
-            _call(o.refused, hub, status, reason)
+        for method in self._refused:
+            try:
+                method(hub, status, reason)
+            except Exception as exc:
+                _failed(method, exc)
 
 
 NO_OBSERVER = Observers()
@@ -277,13 +378,6 @@ class FailureLog:
 
 
 _failures = FailureLog()
-
-
-def _call(method: Callable[..., None], *args: object) -> None:
-    try:
-        method(*args)
-    except Exception as exc:
-        _failed(method, exc)
 
 
 def _failed(method: Callable[..., None], exc: Exception) -> None:

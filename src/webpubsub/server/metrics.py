@@ -16,24 +16,33 @@ always, a user event (named by clients) up to :data:`MAX_USER_EVENTS`, then
 ``azure.webpubsub.user._other``; anything else (a replay's edited ``ce-type``)
 ``_other``. A close ``code`` is named when RFC 6455 or the service defines it
 (:data:`NAMED_CLOSE_CODES`); the codes clients choose fold into ``3xxx`` and ``4xxx``,
-any other into ``other``. The ``*_created`` samples ``prometheus_client`` adds to
-each labelled child are left out of the scrape (:class:`_WithoutCreated`). The hot
-path (one call per client frame, one per fan-out) is a dict lookup of the cached
-labelled children and two ``inc``.
+any other into ``other``.
+
+What is counted is counted here, in plain floats (:class:`_Counter`,
+:class:`_Histogram`), and turned into ``prometheus_client`` metric families only when
+scraped: the scrape is what ``Counter`` and ``Histogram`` would render (the same
+names, help, types, label sets in the order they were first used, and values: floats
+summed in the same order), without their ``*_created`` samples, and the hot path (one
+call per client frame, one per fan-out) is a dict lookup of the cached cells and two
+float additions, with no lock: every observer call and every scrape runs on the
+event loop's thread.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from webpubsub.core.connection import Connection
 from webpubsub.errors import Unauthorized
@@ -97,8 +106,108 @@ REPLY = "reply"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PUBLISH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0)
+REST_BUCKETS = Histogram.DEFAULT_BUCKETS
+"""``prometheus_client``'s default buckets (the REST latency histogram has always used
+them), ``+Inf`` included."""
 
-_Pair = tuple[Counter, Counter]
+INF = float("inf")
+_go_float: Callable[[float], str] = floatToGoString
+"""How ``prometheus_client`` writes a bucket's bound (``0.005``, ``1.0``, ``+Inf``)."""
+
+
+Cell = list[float]
+"""A counter's value (one float), or a histogram's: its buckets' counts (not
+cumulative) and, last, the sum of what it observed."""
+_Pair = tuple[Cell, Cell]
+
+
+class _Family:
+    """One metric family: a cell per label values (the order they were first used in
+    is the scrape's, as ``prometheus_client``'s)."""
+
+    kind = ""
+
+    def __init__(
+        self, families: list[_Family], name: str, doc: str, labelnames: Sequence[str] = ()
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = tuple(labelnames)
+        self.cells: dict[tuple[str, ...], Cell] = {}
+        if not self.labelnames:  # an unlabelled metric is shown from the start
+            self.cells[()] = self._cell()
+        families.append(self)
+
+    def _cell(self) -> Cell:
+        return [0.0]
+
+    def labels(self, *values: str) -> Cell:
+        """The cell of ``values`` (made on first use, like ``labels()``)."""
+        cell = self.cells.get(values)
+        if cell is None:
+            cell = self.cells[values] = self._cell()
+        return cell
+
+    def metric(self) -> Metric:
+        """The family as ``prometheus_client`` would collect it (no ``_created``)."""
+        metric = Metric(self.name, self.doc, self.kind)
+        for values, cell in list(self.cells.items()):
+            self._samples(metric.samples, dict(zip(self.labelnames, values, strict=True)), cell)
+        return metric
+
+    def _samples(self, samples: list[Sample], labels: dict[str, str], cell: Cell) -> None:
+        raise NotImplementedError
+
+
+class _Counter(_Family):
+    """A ``Counter``: ``cell[0] += amount`` (amounts are never negative here)."""
+
+    kind = "counter"
+
+    def _samples(self, samples: list[Sample], labels: dict[str, str], cell: Cell) -> None:
+        samples.append(Sample(self.name + "_total", labels, cell[0]))
+
+
+class _Histogram(_Family):
+    """A ``Histogram`` (``+Inf`` is the last bound): see :func:`_observe`."""
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        families: list[_Family],
+        name: str,
+        doc: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds[-1] != INF:
+            bounds.append(INF)
+        self.bounds = tuple(bounds)
+        self._le = tuple(_go_float(b) for b in bounds)
+        super().__init__(families, name, doc, labelnames)
+
+    def _cell(self) -> Cell:
+        return [0.0] * (len(self.bounds) + 1)
+
+    def _samples(self, samples: list[Sample], labels: dict[str, str], cell: Cell) -> None:
+        acc = 0.0
+        for i, le in enumerate(self._le):
+            acc += cell[i]
+            samples.append(Sample(self.name + "_bucket", {**labels, "le": le}, acc))
+        samples.append(Sample(self.name + "_count", labels, acc))
+        samples.append(Sample(self.name + "_sum", labels, cell[-1]))
+
+
+def _observe(cell: Cell, bounds: tuple[float, ...], amount: float) -> None:
+    """``Histogram.observe``: the sum, and the first bucket whose bound is at least
+    ``amount`` (none for NaN, as ``prometheus_client``)."""
+    cell[-1] += amount
+    i = bisect_left(bounds, amount)
+    if amount <= bounds[i]:
+        cell[i] += 1
 
 
 class _Bounded:
@@ -157,97 +266,106 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
+        r: list[_Family] = []
+        self._families = r
+        """The families counted here, in the order they are scraped."""
         self._hub = _Bounded(MAX_HUBS)
         self._event_type = _EventTypes()
-        self._connects = Counter(
-            "webpubsub_connects", "Connections attached.", ("hub", "protocol"), registry=r
+        self._connects = _Counter(
+            r, "webpubsub_connects", "Connections attached.", ("hub", "protocol")
         )
-        self._disconnects = Counter(
+        self._disconnects = _Counter(
+            r,
             "webpubsub_disconnects",
             "Connections ended, by WebSocket close code (3xxx, 4xxx: a client's; none: unknown).",
             ("hub", "code"),
-            registry=r,
         )
-        self._received = Counter(
-            "webpubsub_received_messages", "Client frames read.", ("hub", "kind"), registry=r
+        self._received = _Counter(
+            r, "webpubsub_received_messages", "Client frames read.", ("hub", "kind")
         )
-        self._received_bytes = Counter(
-            "webpubsub_received_bytes", "Bytes of client frames read.", ("hub", "kind"), registry=r
+        self._received_bytes = _Counter(
+            r, "webpubsub_received_bytes", "Bytes of client frames read.", ("hub", "kind")
         )
-        self._delivered = Counter(
+        self._delivered = _Counter(
+            r,
             "webpubsub_delivered_messages",
             "Data messages offered to connections (one per recipient).",
             ("hub", "kind"),
-            registry=r,
         )
-        self._delivered_bytes = Counter(
+        self._delivered_bytes = _Counter(
+            r,
             "webpubsub_delivered_bytes",
             "Payload bytes offered to connections (size times recipients).",
             ("hub", "kind"),
-            registry=r,
         )
-        self._rest = Counter(
+        self._rest = _Counter(
+            r,
             "webpubsub_rest_requests",
             "REST requests answered.",
             ("operation", "status"),
-            registry=r,
         )
-        self._rest_seconds = Histogram(
+        self._rest_seconds = _Histogram(
+            r,
             "webpubsub_rest_request_duration_seconds",
             "REST request latency, head to answer.",
             ("operation",),
-            registry=r,
+            buckets=REST_BUCKETS,
         )
-        self._events = Counter(
+        self._events = _Counter(
+            r,
             "webpubsub_cloudevent_requests",
             "Requests to event handlers, by outcome.",
             ("event_type", "outcome"),
-            registry=r,
         )
-        self._event_seconds = Histogram(
+        self._event_seconds = _Histogram(
+            r,
             "webpubsub_cloudevent_request_duration_seconds",
             "Event handler request latency.",
             ("event_type",),
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self._slow = Counter(
+        self._slow = _Counter(
+            r,
             "webpubsub_slow_client_closes",
             "Connections closed for not reading what they were sent.",
             ("hub",),
-            registry=r,
         )
-        self._handovers = Counter(
+        self._handovers = _Counter(
+            r,
             "webpubsub_handovers",
             "Reliable connections that moved between nodes (out: left this node, in: came).",
             ("hub", "direction"),
-            registry=r,
         )
-        self._refused = Counter(
+        self._refused = _Counter(
+            r,
             "webpubsub_handshakes_refused",
             "WebSocket handshakes refused, by HTTP status (no connection came of them).",
             ("hub", "status"),
-            registry=r,
         )
-        self._publish_seconds = Histogram(
+        self._publish_seconds = _Histogram(
+            r,
             "webpubsub_backplane_publish_duration_seconds",
             "Backplane publish latency.",
             buckets=PUBLISH_BUCKETS,
-            registry=r,
         )
-        self._publish_errors = Counter(
-            "webpubsub_backplane_publish_errors", "Backplane publishes that failed.", registry=r
+        self._publish_errors = _Counter(
+            r, "webpubsub_backplane_publish_errors", "Backplane publishes that failed."
         )
         self._in: dict[tuple[str, Any], _Pair] = {}
         """(hub, kind) → the received children: the hot path's one lookup."""
         self._out: dict[tuple[str, Any], _Pair] = {}
         """(hub, target scope or ``reply``) → the delivered children."""
-        self._calls: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-        """(operation, status) → the REST children: the same few pairs on every request."""
+        self._calls: dict[tuple[str, int], _Pair] = {}
+        """(operation, status) → the REST cells: the same few pairs on every request."""
+        self._events_by: dict[tuple[str, str], _Pair] = {}
+        """(event type, outcome) → the CloudEvent cells, for the event types that are
+        their own label (bounded: so are those)."""
+        self._publish_cell = self._publish_seconds.labels()
+        self._publish_error_cell = self._publish_errors.labels()
         self._hubs: Callable[[], Iterable[Hub]] = lambda: ()
         self._upstream: Upstream | None = None
-        r.register(_StateCollector(self))
+        self.registry.register(_Counts(self._families))
+        self.registry.register(_StateCollector(self))
 
     def watch(self, hubs: Callable[[], Iterable[Hub]], upstream: Upstream | None) -> None:
         """Read these at scrape time: the node's hubs, the upstream's queue and stats."""
@@ -256,15 +374,15 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text format of every metric, as of now."""
-        return generate_latest(_WithoutCreated(self.registry))
+        return generate_latest(self.registry)
 
     # -- the observer --------------------------------------------------------------
 
     def connected(self, conn: Connection) -> None:
-        self._connects.labels(self._hub(conn.hub), PROTOCOL_LABELS[conn.protocol]).inc()
+        self._connects.labels(self._hub(conn.hub), PROTOCOL_LABELS[conn.protocol])[0] += 1
 
     def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
-        self._disconnects.labels(self._hub(conn.hub), close_code_label(code)).inc()
+        self._disconnects.labels(self._hub(conn.hub), close_code_label(code))[0] += 1
 
     def detached(self, conn: Connection, reason: str) -> None:
         pass
@@ -276,11 +394,11 @@ class Metrics:
         pair = self._in.get((conn.hub, kind))
         if pair is None:
             pair = self._pair(self._in, self._received, self._received_bytes, conn.hub, kind, kind)
-        pair[0].inc()
+        pair[0][0] += 1
         if isinstance(data, str):
-            pair[1].inc(len(data) if data.isascii() else len(data.encode("utf-8", "replace")))
+            pair[1][0] += len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
         else:
-            pair[1].inc(len(data))
+            pair[1][0] += len(data)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
         if not recipients:
@@ -288,54 +406,63 @@ class Metrics:
         pair = self._out.get((hub, target.scope))
         if pair is None:
             pair = self._out_pair(hub, target.scope, target.scope.value)
-        pair[0].inc(recipients)
-        pair[1].inc(len(message.payload.data) * recipients)
+        pair[0][0] += recipients
+        pair[1][0] += len(message.payload.data) * recipients
 
     def replied(self, conn: Connection, message: DataMessage) -> None:
         pair = self._out.get((conn.hub, REPLY))
         if pair is None:
             pair = self._out_pair(conn.hub, REPLY, REPLY)
-        pair[0].inc()
-        pair[1].inc(len(message.payload.data))
+        pair[0][0] += 1
+        pair[1][0] += len(message.payload.data)
 
     def rest_call(self, call: RestCall) -> None:
-        children = self._calls.get((call.operation, call.status))
-        if children is None:
-            children = (
+        cells = self._calls.get((call.operation, call.status))
+        if cells is None:
+            cells = (
                 self._rest.labels(call.operation, str(call.status)),
                 self._rest_seconds.labels(call.operation),
             )
             if len(self._calls) < MAX_REST_LABELS:  # (operations and statuses are ours)
-                self._calls[(call.operation, call.status)] = children
-        children[0].inc()
-        children[1].observe(call.duration)
+                self._calls[(call.operation, call.status)] = cells
+        cells[0][0] += 1
+        _observe(cells[1], self._rest_seconds.bounds, call.duration)
 
     def cloud_event(self, exchange: Exchange) -> None:
-        event_type = self._event_type(exchange.event_type)
-        self._events.labels(event_type, exchange.outcome).inc()
-        self._event_seconds.labels(event_type).observe(exchange.duration)
+        key = (exchange.event_type, exchange.outcome)
+        cells = self._events_by.get(key)
+        if cells is None:
+            event_type = self._event_type(key[0])
+            cells = (
+                self._events.labels(event_type, key[1]),
+                self._event_seconds.labels(event_type),
+            )
+            if event_type == key[0]:  # a label of its own: one of a bounded few
+                self._events_by[key] = cells
+        cells[0][0] += 1
+        _observe(cells[1], self._event_seconds.bounds, exchange.duration)
 
     def slow_client(self, conn: Connection) -> None:
-        self._slow.labels(self._hub(conn.hub)).inc()
+        self._slow.labels(self._hub(conn.hub))[0] += 1
 
     def published(self, duration: float, error: str | None) -> None:
-        self._publish_seconds.observe(duration)
+        _observe(self._publish_cell, self._publish_seconds.bounds, duration)
         if error is not None:
-            self._publish_errors.inc()
+            self._publish_error_cell[0] += 1
 
     def moved(self, conn: Connection, to_node: str) -> None:
-        self._handovers.labels(self._hub(conn.hub), "out").inc()
+        self._handovers.labels(self._hub(conn.hub), "out")[0] += 1
 
     def adopted(self, conn: Connection, from_node: str | None) -> None:
-        self._handovers.labels(self._hub(conn.hub), "in").inc()
+        self._handovers.labels(self._hub(conn.hub), "in")[0] += 1
 
     def refused(self, hub: str | None, status: int, reason: str) -> None:
         # Clients name the hub of a refused handshake: one not already counted by a
         # connection is ``_other``, so refused attempts never use up the hub labels.
         label = hub if hub is not None and self._hub.seen(hub) else OTHER
-        self._refused.labels(label, str(status)).inc()
+        self._refused.labels(label, str(status))[0] += 1
 
-    # -- labelled children ---------------------------------------------------------
+    # -- labelled cells ------------------------------------------------------------
 
     def _out_pair(self, hub: str, key: object, kind: str) -> _Pair:
         return self._pair(self._out, self._delivered, self._delivered_bytes, hub, key, kind)
@@ -343,13 +470,13 @@ class Metrics:
     def _pair(
         self,
         cache: dict[tuple[str, Any], _Pair],
-        count: Counter,
-        size: Counter,
+        count: _Counter,
+        size: _Counter,
         hub: str,
         key: object,
         kind: str,
     ) -> _Pair:
-        """The (count, bytes) children of (hub, kind), cached under (hub, key)."""
+        """The (count, bytes) cells of (hub, kind), cached under (hub, key)."""
         label = self._hub(hub)
         pair = (count.labels(label, kind), size.labels(label, kind))
         if label == hub:  # a hub counted as _other is not cached: the cache stays bounded
@@ -507,15 +634,14 @@ class _StateCollector(Collector):
         return ()
 
 
-class _WithoutCreated(Collector):
-    """``registry`` without the ``*_created`` samples: ``prometheus_client`` can turn
-    them off only for the whole process (``disable_created_metrics``), which would
-    change the scrape of any other registry of an application that embeds the service."""
+class _Counts(Collector):
+    """The families counted by :class:`Metrics`, in their order."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
+    def __init__(self, families: list[_Family]) -> None:
+        self._families = families
 
     def collect(self) -> Iterable[Metric]:
-        for metric in self._registry.collect():  # fresh Metric objects on each collect
-            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
-            yield metric
+        return [family.metric() for family in self._families]
+
+    def describe(self) -> Iterable[Metric]:
+        return ()

@@ -8,15 +8,16 @@ and streams send those bytes; one record is at most :data:`RECORD_MAX_BYTES`). O
 record per client frame and one per fan-out (never one per recipient); bodies are cut
 at :data:`BODY_LIMIT`, previews at :data:`PREVIEW_CHARS`.
 
-The records of the hot paths (a REST call, a CloudEvent, a fan-out, a reply) are made
-lazily: the ring keeps the facts they are made of (objects the caller had already,
-bodies cut at :data:`BODY_LIMIT`, the first :data:`HEADERS_SHOWN` headers) with a bound
-of what they cost (held in memory, and serialized), and builds, masks and serializes
-the record only when it is read (a page, a stream, one record, a connection's recent
-traffic), or when the ring's bytes would pass ``trace_max_bytes`` by those bounds (the
-records are built then, and the bound holds for their exact sizes, as before). A record
-built late is the record the eager path made: its time, its node and its facts were
-taken when it was added, and the facts are never changed.
+The records of the hot paths (a client frame, a REST call, a CloudEvent, a fan-out, a
+reply) are made lazily: the ring keeps the facts they are made of (objects the caller
+had already, a frame's preview, bodies cut at :data:`BODY_LIMIT`, the first
+:data:`HEADERS_SHOWN` headers) with a bound of what they cost (held in memory, and
+serialized: computed from lengths, never from a pass over a body), and builds, masks
+and serializes the record only when it is read (a page, a stream, one record, a
+connection's recent traffic), or when the ring's bytes would pass ``trace_max_bytes``
+by those bounds (the records are built then, and the bound holds for their exact
+sizes, as before). A record built late is the record the eager path made: its time,
+its node and its facts were taken when it was added, and the facts are never changed.
 
 Secrets are shown in part only: every ``ce-signature`` value as ``sha256=ab12…``
 (its first four hex digits) and every ``Authorization`` value as its scheme and
@@ -311,24 +312,36 @@ class TraceRing:
         """Add a record that ``build(facts)`` makes when it is first read; ``cost``
         bounds both what ``facts`` hold in memory and the record serialized."""
         self._seq += 1
-        self._ring.append((self._clock(), self.node_id, build, facts))
+        ring = self._ring
+        ring.append((self._clock(), self.node_id, build, facts))
         self._raw.append(cost)
         self._bytes += cost
         self._pending += 1
-        self._added()
+        if len(ring) > self._capacity:  # (as _added, inline: the hot path's one call)
+            self._evict()
+        if self._bytes > self._max_bytes:
+            self._shrink()
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
 
     def _added(self) -> None:
         """Keep the bounds (records, bytes) and wake the waiters."""
         if len(self._ring) > self._capacity:
             self._evict()
         if self._bytes > self._max_bytes:
-            self._build_pending()  # their exact sizes (each is at most its bound)
-            while self._bytes > self._max_bytes and len(self._ring) > 1:
-                self._evict()
+            self._shrink()
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
+
+    def _shrink(self) -> None:
+        """Evict the oldest records until the rest fit ``max_bytes`` (the newest stays)."""
+        self._build_pending()  # their exact sizes (each is at most its bound)
+        while self._bytes > self._max_bytes and len(self._ring) > 1:
+            self._evict()
 
     def _built(self, index: int) -> tuple[Record, bytes]:
         """The record at ``index`` (0: the oldest kept) and its bytes, built now if it was
@@ -363,16 +376,17 @@ class TraceRing:
 
     def _evict(self) -> None:
         """Drop the oldest record (and its original request)."""
-        seq = self.first_seq
         self._ring.popleft()
         raw = self._raw.popleft()
-        if isinstance(raw, bytes):
-            self._bytes -= len(raw)
-        else:
+        if raw.__class__ is int:  # not built: its bound
             self._bytes -= raw
             self._pending -= 1
+        else:
+            self._bytes -= len(cast(bytes, raw))
         if self._originals:
-            self._forget(seq)
+            kept = self._originals.pop(self._seq - len(self._ring), None)  # the seq it had
+            if kept is not None:
+                self._original_bytes -= kept[1]
 
     # -- the Observer ---------------------------------------------------------------
 
@@ -415,27 +429,21 @@ class TraceRing:
         self._add("refused", hub, None, None, {"status": status, "reason": reason})
 
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
+        head: str | bytes
         if isinstance(data, str):
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
-            fields: Record = {
-                "kind": kind,
-                "size": size,
-                "frame": "text",
-                "preview": data[:PREVIEW_CHARS],
-            }
+            head = data[:PREVIEW_CHARS]
         else:
             size = len(data)
-            fields = {
-                "kind": kind,
-                "size": size,
-                "frame": "binary",
-                "preview": base64.b64encode(data[:PREVIEW_BYTES]).decode(),
-            }
+            head = data[:PREVIEW_BYTES]
+        group = None
         if kind in GROUP_KINDS and size <= GROUP_FRAME_MAX_BYTES:
             group = frame_group(data, conn.protocol)
-            if group is not None:
-                fields["group"] = group
-        self._add("message-in", conn.hub, conn.connection_id, conn.user_id, fields)
+        hub, connection_id, user_id = conn.hub, conn.connection_id, conn.user_id
+        strings = len(hub) + len(connection_id) + len(user_id or "") + len(kind) + len(group or "")
+        cost = _RECORD_COST + _ESCAPED * strings + _PREVIEW_COST * len(head)
+        facts = (hub, connection_id, user_id, kind, size, head, group)
+        self._add_lazy(_received_record, facts, cost)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
         facts = _message_facts(message)
@@ -454,11 +462,12 @@ class TraceRing:
 
     def cloud_event(self, exchange: Exchange) -> None:
         request = exchange.request
-        ce = _ce_headers(request.headers)
+        ce = exchange.ce
         hub = ce.get("ce-hub")
         connection_id = ce.get("ce-connectionid")
         attempt = self._attempt(hub, connection_id, exchange, ce.get("ce-id"))
         caught = _REPLAYS.get() if exchange.replay else None
+        headers = _headers_cost(request.headers)
         if caught is not None or ce.get("ce-type") == CONNECT_EVENT:
             # A replay's record is wanted at once; a connect event's body is masked
             # whole (it is not cut first): both are built now.
@@ -467,8 +476,8 @@ class TraceRing:
                 caught.append(caught_record)
         else:
             facts = (_bounded_exchange(exchange), ce, attempt)
-            self._add_lazy(_cloudevent_record, facts, _exchange_cost(facts[0], ce))
-        size = _request_bytes(request)
+            self._add_lazy(_cloudevent_record, facts, _exchange_cost(facts[0], ce, headers))
+        size = len(request.body) + len(request.url) + headers + 64  # as _request_bytes
         self._originals[self._seq] = (request, size)
         self._original_bytes += size
         while self._original_bytes > ORIGINALS_MAX_BYTES:
@@ -532,6 +541,29 @@ _RECORD_COST = 512
 _ESCAPED = 6
 """Bytes one character may take in a JSON string (a control character: ``\\u0000``),
 and at most in memory."""
+
+
+_PREVIEW_COST = _ESCAPED + 4
+"""Bytes per character (or byte) of a frame's preview kept: held (4 at most) and shown
+(6 at most; a binary one's base64, 4 per 3 bytes)."""
+
+ReceivedFacts = tuple[str, str, str | None, str, int, str | bytes, str | None]
+"""A client frame as a record shows it: hub, connection id, user id, kind, size, its
+first :data:`PREVIEW_CHARS` characters (a text frame) or :data:`PREVIEW_BYTES` bytes
+(binary) and the group it names (a group frame's)."""
+
+
+def _received_record(facts: ReceivedFacts) -> Built:
+    hub, connection_id, user_id, kind, size, head, group = facts
+    fields: Record
+    if isinstance(head, str):
+        fields = {"kind": kind, "size": size, "frame": "text", "preview": head}
+    else:
+        preview = base64.b64encode(head).decode()
+        fields = {"kind": kind, "size": size, "frame": "binary", "preview": preview}
+    if group is not None:
+        fields["group"] = group
+    return "message-in", hub, connection_id, user_id, fields
 
 
 def _rest_record(call: RestCall) -> Built:
@@ -631,23 +663,28 @@ def _bounded_exchange(exchange: Exchange) -> Exchange:
     return exchange
 
 
-def _exchange_cost(exchange: Exchange, ce: Mapping[str, str]) -> int:
+def _exchange_cost(exchange: Exchange, ce: Mapping[str, str], headers: int) -> int:
     """A bound of what a bounded exchange (:func:`_bounded_exchange`) holds and of its
-    record serialized."""
+    record serialized (``headers``: :func:`_headers_cost` of its request's headers)."""
     request, response = exchange.request, exchange.response
     strings = len(request.url) + len(request.method) + len(exchange.error or "")
-    strings += sum(len(v) for v in ce.values())  # the type, id, hub, connection and user
-    cost = _RECORD_COST + _ESCAPED * strings + _part_cost(request.headers, request.body)
+    strings += sum(map(len, ce.values()))  # the type, id, hub, connection and user
+    cost = _RECORD_COST + _ESCAPED * strings + _part_cost(headers, request.body)
     if response is not None:
-        cost += _part_cost(response.headers, response.body)
+        cost += _part_cost(_headers_cost(response.headers), response.body)
     return cost
 
 
-def _part_cost(headers: Sequence[tuple[str, str]], body: bytes) -> int:
-    """A bound of a request's or response's headers and body, held and as a record
-    shows them (masked values are a few bytes longer at most: ``Bearer …``)."""
-    shown = sum(len(k) + len(v) + 4 for k, v in headers)
-    return 64 + _ESCAPED * shown + min(BODY_SHOWN_BYTES, _ESCAPED * len(body)) + len(body)
+def _headers_cost(headers: Sequence[tuple[str, str]]) -> int:
+    """The characters of ``headers``' names and values, and 4 more per header."""
+    return sum(map(len, itertools.chain.from_iterable(headers))) + 4 * len(headers)
+
+
+def _part_cost(headers: int, body: bytes) -> int:
+    """A bound of a request's or response's headers (``headers``: their
+    :func:`_headers_cost`) and body, held and as a record shows them (masked values
+    are a few bytes longer at most: ``Bearer …``)."""
+    return 64 + _ESCAPED * headers + min(BODY_SHOWN_BYTES, _ESCAPED * len(body)) + len(body)
 
 
 def _cloudevent_record(facts: tuple[Exchange, Mapping[str, str], int]) -> Built:
@@ -664,23 +701,13 @@ def _cloudevent_record(facts: tuple[Exchange, Mapping[str, str], int]) -> Built:
     )
 
 
-def _ce_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The ``ce-*`` headers of a request by lower-cased name (the first of each): one
-    pass, where each lookup would be one."""
-    found: dict[str, str] = {}
-    for key, value in headers:
-        if key[:3].lower() == "ce-":
-            found.setdefault(key.lower(), value)
-    return found
-
-
 def exchange_fields(exchange: Exchange, ce: Mapping[str, str] | None = None) -> Record:
     """The ``cloudevent`` fields of an exchange with an event handler (secrets masked);
     ``ce``: its request's ``ce-*`` headers, when the caller has them already."""
     request = exchange.request
     response = exchange.response
     if ce is None:
-        ce = _ce_headers(request.headers)
+        ce = exchange.ce
     connect = ce.get("ce-type") == CONNECT_EVENT
     body = _connect_body_shown(request.body) if connect else request.body
     answer: Record | None = None
@@ -702,8 +729,7 @@ def exchange_fields(exchange: Exchange, ce: Mapping[str, str] | None = None) -> 
 
 def _request_bytes(request: UpstreamRequest) -> int:
     """What a kept original request costs: body, URL and headers."""
-    headers = sum(len(k) + len(v) + 4 for k, v in request.headers)
-    return len(request.body) + len(request.url) + headers + 64
+    return len(request.body) + len(request.url) + _headers_cost(request.headers) + 64
 
 
 def _fit(record: Record) -> bytes:
