@@ -357,3 +357,56 @@ async def test_a_presence_event_without_its_handler_is_answered_204() -> None:
     handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY])
     request = presence_request("azure.webpubsub.group.left", "left", b'{"group":"g"}')
     assert await handler.process(request) == HttpResponse(204)
+
+
+def _message(connection_id: str, signature: str) -> HttpRequest:
+    headers = event_headers("message", ce_connectionId=connection_id, ce_signature=signature)
+    return HttpRequest("POST", "/eventhandler", Headers(headers), b"hi")
+
+
+async def test_only_a_connection_whose_signature_matched_is_remembered() -> None:
+    """A forged event's connection id (chosen by whoever sent it, of any size) must not
+    stay in memory; a signed one is kept, and the kept ones stay bounded."""
+    from webpubsub.protocol.cloudevents import signature
+    from webpubsub.sdk import handler as handler_module
+
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY], on_event=lambda r: None)
+    forged = "x" * 100_000
+    answer = await handler.process(_message(forged, "sha256=" + "0" * 64))
+    assert answer.status == 401
+    assert all(cid != forged for cid, _ in handler_module._signed)
+
+    signed = f"conn-{id(handler)}"
+    answer = await handler.process(_message(signed, signature(signed, [SPEC_KEY])))
+    assert answer.status == 204  # handled: the handler returned nothing
+    assert (signed, (SPEC_KEY,)) in handler_module._signed
+    # Kept, it still refuses what another key or connection signed.
+    assert (await handler.process(_message(signed, signature(signed, ["other"])))).status == 401
+
+    for i in range(handler_module.SIGNED_KEPT + 5):  # bounded: a few past the bound
+        cid = f"c{i}"
+        assert (await handler.process(_message(cid, signature(cid, [SPEC_KEY])))).status == 204
+    assert len(handler_module._signed) <= handler_module.SIGNED_KEPT
+
+
+def test_headers_given_as_an_http_message_still_route() -> None:
+    """``http.server`` hands its handler an ``HTTPMessage`` (not a Mapping)."""
+    import email.parser
+    import http.client
+
+    raw = "".join(f"{k}: {v}\r\n" for k, v in event_headers("message").items()) + "\r\n"
+    message = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(raw)
+    handler = WebPubSubEventHandler("chat", keys=[SPEC_KEY])
+    assert handler.matches("POST", "/eventhandler", message)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Headers"):
+        handler.matches("POST", "/eventhandler", 42)  # type: ignore[arg-type]
+
+
+def test_hub_and_path_are_read_only() -> None:
+    """What routing is decided on is derived once from them: they cannot go stale."""
+    handler = WebPubSubEventHandler("chat", path="/events/")
+    assert (handler.hub, handler.path) == ("chat", "/events")
+    with pytest.raises(AttributeError):
+        handler.hub = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        handler.path = "/elsewhere"  # type: ignore[misc]

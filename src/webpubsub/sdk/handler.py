@@ -18,14 +18,14 @@ called for a request that passed those checks, and asked for at most
 from __future__ import annotations
 
 import asyncio
-import functools
+import hashlib
 import hmac
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
-from webpubsub.protocol.cloudevents import host_of, signature
+from webpubsub.protocol.cloudevents import host_of
 from webpubsub.protocol.connection_string import parse_connection_string
 from webpubsub.sdk.events import (
     ConnectedRequest,
@@ -46,9 +46,6 @@ from webpubsub.sdk.events import (
 )
 from webpubsub.sdk.http import Headers, HttpRequest, HttpResponse
 from webpubsub.sdk.state import STATE_HEADER, ConnectionState
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -109,14 +106,28 @@ def _lowered(headers: Headers) -> Mapping[str, str]:
     answers, without lower-casing each name asked for)."""
     if isinstance(headers, Headers):
         return headers._first
-    return Headers(headers)._first  # a plain mapping passed for Headers
+    if isinstance(headers, Mapping):  # a plain mapping passed for Headers
+        return Headers(headers)._first
+    items = getattr(headers, "items", None)  # e.g. http.server's HTTPMessage
+    if callable(items):
+        return Headers(list(items()))._first
+    raise TypeError(f"headers must be webpubsub.sdk.Headers, not {type(headers).__name__}")
 
 
-@functools.lru_cache(maxsize=4096)
+SIGNED_KEPT = 4096
+"""Connections whose expected ``ce-signature`` entries are remembered (the newest)."""
+_signed: dict[tuple[str, tuple[str, ...]], tuple[bytes, ...]] = {}
+"""The ``sha256=<hex>`` entry of each key, as bytes, by (connection id, keys): every event
+of a connection carries the same one. Only a connection whose signature matched is kept, so
+a forged event's connection id (any size) never stays in memory."""
+
+
 def _expected_signatures(connection_id: str, keys: tuple[str, ...]) -> tuple[bytes, ...]:
-    """The ``sha256=<hex>`` entry of each key, as bytes to compare with; every event of a
-    connection carries the same one, so it is made once per recent connection."""
-    return tuple(signature(connection_id, (key,)).encode("ascii") for key in keys)
+    message = connection_id.encode("utf-8")
+    return tuple(
+        b"sha256=" + hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest().encode()
+        for key in keys
+    )
 
 
 def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
@@ -196,10 +207,10 @@ class WebPubSubEventHandler:
             raise ValueError("hub must not be empty")
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
-        self.hub = hub
+        self._hub = hub
         self._hub_lower = hub.lower()
-        self.path = path.rstrip("/") or "/"
-        self._sub_paths = self.path.rstrip("/") + "/"
+        self._path = path.rstrip("/") or "/"
+        self._sub_paths = self._path.rstrip("/") + "/"
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
         if any(not k for k in self._keys):
             raise ValueError("access keys must not be empty")
@@ -263,6 +274,16 @@ class WebPubSubEventHandler:
         self._on_group_left = _app(func)
         return func
 
+    @property
+    def hub(self) -> str:
+        """The hub whose events this handler takes (as given)."""
+        return self._hub
+
+    @property
+    def path(self) -> str:
+        """The path the service posts to (no trailing ``/``), and its sub-paths."""
+        return self._path
+
     # -- routing ----------------------------------------------------------------
 
     def matches(self, method: str, path: str, headers: Headers) -> bool:
@@ -274,7 +295,7 @@ class WebPubSubEventHandler:
         ``ce-hub`` equal to this handler's hub (case-insensitive). Anything else, such
         as an app route under the same path or a CORS preflight, belongs to the app.
         """
-        if path != self.path and not path.startswith(self._sub_paths):
+        if path != self._path and not path.startswith(self._sub_paths):
             return False
         method = method.upper()
         if method == "POST":
@@ -403,11 +424,19 @@ class WebPubSubEventHandler:
 
     def _signature_valid(self, connection_id: str, header: str) -> bool:
         """Any ``sha256=<hex>`` entry made with any key (case-insensitive hex)."""
-        expected = _expected_signatures(connection_id, self._keys)
+        known = (connection_id, self._keys)
+        expected = _signed.get(known)
+        kept = expected is not None
+        if expected is None:
+            expected = _expected_signatures(connection_id, self._keys)
         for item in header.split(","):
             candidate = item.strip().lower().encode("utf-8", "replace")
             for sig in expected:
                 if hmac.compare_digest(candidate, sig):
+                    if not kept:
+                        if len(_signed) >= SIGNED_KEPT:
+                            del _signed[next(iter(_signed))]  # the oldest
+                        _signed[known] = expected
                     return True
         return False
 
