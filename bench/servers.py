@@ -67,6 +67,7 @@ async def _echo_uvicorn(pipe: Pipe) -> None:
         log_level="warning",
         proxy_headers=False,  # nothing forwards to it: no X-Forwarded-* to read
         timeout_keep_alive=75,  # aiohttp's keep-alive timeout: the service's pool stays warm
+        timeout_graceful_shutdown=5,  # a request stuck half-sent does not hold the stop
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -37,6 +37,9 @@ async def exchange(
     return status, headers, body
 
 
+SERVER_HEADERS = {"uvicorn": b"uvicorn", "aiohttp": b"python/"}
+
+
 @pytest.mark.parametrize("server", HANDLER_SERVERS)
 async def test_the_echo_handler_answers_each_signed_event_with_its_body(server: str) -> None:
     ctx = mp.get_context("spawn")
@@ -55,6 +58,8 @@ async def test_the_echo_handler_answers_each_signed_event_with_its_body(server: 
             assert status == b"HTTP/1.1 200 OK"
             assert echoed == body
             assert headers[b"content-type"] == b"text/plain; charset=utf-8"
+            # The server asked for is the one answering.
+            assert headers[b"server"].startswith(SERVER_HEADERS[server])
         status, _, _ = await exchange(
             reader, writer, request_bytes(port, "conn9", b"x", key="another key")
         )

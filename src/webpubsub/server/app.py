@@ -232,7 +232,7 @@ class ServiceRunner:
         )
         router = ApiRouter()
         with warnings.catch_warnings():  # aiohttp deprecates a router of one's own
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "router argument is deprecated", DeprecationWarning)
             app = web.Application(
                 middlewares=[error_middleware],
                 client_max_size=server.max_message_bytes,
