@@ -417,3 +417,17 @@ def test_an_observer_without_a_method_is_not_told_of_that_event() -> None:
         ("received", "c", "message"),
         ("connected", "c"),
     ]
+
+
+def test_the_services_observers_implement_every_observer_method() -> None:
+    """``Observers`` skips a method an observer lacks: the two the service runs must
+    lack none (a misspelt method would otherwise go unheard)."""
+    from webpubsub.node.observe import Observer
+    from webpubsub.server.metrics import Metrics
+    from webpubsub.server.trace import TraceRing
+
+    wanted = {n for n in vars(Observer) if not n.startswith("_")}
+    assert {"connected", "cloud_event", "rest_call", "published"} <= wanted
+    for cls in (Metrics, TraceRing):
+        missing = {n for n in wanted if not callable(getattr(cls, n, None))}
+        assert not missing, f"{cls.__name__} lacks {sorted(missing)}"

@@ -676,3 +676,13 @@ def test_a_nan_is_summed_into_no_bucket_as_prometheus_client_does() -> None:
     metrics_module._observe(histogram.labels(), histogram.bounds, 0.5)
     cell = histogram.labels()
     assert cell[:2] == [1.0, 0.0] and cell[2] != cell[2]  # the sum is NaN, one bucket
+
+
+def test_a_wrong_label_call_fails_at_once_and_the_scrape_stays_whole() -> None:
+    metrics = Metrics()
+    family = metrics._connects
+    with pytest.raises(ValueError, match="label values"):
+        family.labels("only-one")
+    with pytest.raises(TypeError, match="strings"):
+        family.labels(*([1] * len(family.labelnames)))  # type: ignore[arg-type]
+    assert b"webpubsub_" in metrics.render()

@@ -145,6 +145,12 @@ class _Family:
         """The cell of ``values`` (made on first use, like ``labels()``)."""
         cell = self.cells.get(values)
         if cell is None:
+            # Checked where a cell is made (a cached one passed already): a wrong call
+            # fails here, at the caller, not every scrape after it.
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
+            if not all(isinstance(v, str) for v in values):
+                raise TypeError(f"{self.name}: label values are strings")
             cell = self.cells[values] = self._cell()
         return cell
 

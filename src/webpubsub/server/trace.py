@@ -378,11 +378,11 @@ class TraceRing:
         """Drop the oldest record (and its original request)."""
         self._ring.popleft()
         raw = self._raw.popleft()
-        if raw.__class__ is int:  # not built: its bound
+        if isinstance(raw, bytes):
+            self._bytes -= len(raw)
+        else:  # not built: its bound
             self._bytes -= raw
             self._pending -= 1
-        else:
-            self._bytes -= len(cast(bytes, raw))
         if self._originals:
             kept = self._originals.pop(self._seq - len(self._ring), None)  # the seq it had
             if kept is not None:
