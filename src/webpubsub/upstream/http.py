@@ -204,8 +204,11 @@ class _Connection(asyncio.Protocol):
 
     def expire(self) -> None:
         """The request's time is up (its timer): its waiter fails with ``TimeoutError``
-        and the connection, out of step now, is closed."""
-        self._fail(TimeoutError())
+        and the connection, out of step now, is closed. Not once the answer is in (it
+        came in the timer's turn): the connection is then sound and goes back."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._fail(TimeoutError())
 
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
@@ -236,7 +239,7 @@ class _Origin:
     comes back, before any later request: a request that finds others waiting waits
     behind them even if a connection is idle for a moment."""
 
-    __slots__ = ("busy", "idle", "limit", "open", "waiters")
+    __slots__ = ("busy", "closed", "idle", "limit", "open", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -248,6 +251,9 @@ class _Origin:
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
         """Only requests still waiting: one is removed as it is handed its turn or
         gives up."""
+        self.closed = False
+        """The transport closed: a connection given back is closed, not kept (one
+        handed to a waiter as it closed is in neither ``idle`` nor ``busy``)."""
 
     def take_idle(self, now: float) -> _Connection | None:
         idle = self.idle
@@ -301,7 +307,7 @@ class _Origin:
 
     def give_back(self, conn: _Connection, reusable: bool, now: float) -> None:
         self.busy.discard(conn)
-        if reusable and not conn.closed:
+        if reusable and not conn.closed and not self.closed:
             conn.idle_since = now
             if not self._hand(conn):
                 self.idle.append(conn)
@@ -523,6 +529,7 @@ class HttpTransport:
         origins, self._origins = list(self._origins.values()), {}
         conns: list[_Connection] = []
         for origin in origins:
+            origin.closed = True
             conns += origin.idle
             conns += origin.busy
             origin.idle.clear()
