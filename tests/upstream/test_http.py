@@ -639,3 +639,19 @@ async def test_a_connection_given_back_after_the_transport_closed_is_closed() ->
         assert handed.closed and not origin.idle
         async with asyncio.timeout(WAIT):
             await server.all_closed.wait()
+
+
+async def test_a_connection_idle_near_a_five_second_server_limit_is_not_reused() -> None:
+    """uvicorn, hypercorn and Node close a connection idle for 5 s by default (the first
+    two without a ``Keep-Alive`` header saying so): past 4 s idle ours is not written on,
+    so that an event never goes out as the handler closes its end."""
+    async with RawServer(lambda n: OK) as server:
+        transport = HttpTransport(max_connections=1)
+        assert (await transport.send(post(server), timeout=WAIT)).body == b"ok"
+        (origin,) = transport._origins.values()
+        (conn,) = origin.idle
+        assert origin.take_idle(conn.idle_since + 3.5) is conn  # still warm: reused
+        origin.give_back(conn, True, conn.idle_since)
+        assert origin.take_idle(conn.idle_since + 4.5) is None  # closed, not reused
+        assert conn.closed and origin.open == 0
+        await transport.close()

@@ -35,12 +35,14 @@ from webpubsub.protocol.http1 import (
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 + 64 * 1024
 DEFAULT_CONNECTIONS_PER_ORIGIN = 100
-IDLE_SECONDS = 15.0
+IDLE_SECONDS = 4.0
 """A kept-alive connection idle longer than this is closed rather than reused (servers
-close theirs after a while: aiohttp's after 75 s, nginx's after 75 s, Node's after 5 s
-once idle; an idle connection the server closed is noticed and never reused). A
-handler that says ``Keep-Alive: timeout=N`` (Node does) gets at most N - 1 s: a POST
-written as the handler closes the connection would fail, and is never sent twice."""
+close theirs after a while: aiohttp's and nginx's after 75 s, Node's, uvicorn's and
+hypercorn's after 5 s by default, uvicorn and hypercorn without saying so; an idle
+connection the server closed is noticed and never reused). A handler that says
+``Keep-Alive: timeout=N`` (Node does) gets at most N - 1 s. Under the servers' limits,
+because a POST written as the handler closes the connection would fail, and an event is
+never sent twice; a busy handler's connections never idle that long."""
 CLOSE_SECONDS = 1.0
 """How long :meth:`HttpTransport.close` waits for its connections to be closed."""
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
