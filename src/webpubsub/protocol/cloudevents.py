@@ -114,8 +114,14 @@ def signature(connection_id: str, keys: Sequence[str]) -> str:
 def _signature(connection_id: str, keys: tuple[str, ...]) -> str:
     """Every event of a connection carries the same signature: it is computed once
     per connection (and key set) while the connection is among the recent ones."""
+    return ",".join(signature_entries(connection_id, keys))
+
+
+def signature_entries(connection_id: str, keys: Sequence[str]) -> tuple[str, ...]:
+    """The ``sha256=<hex>`` entry of ``ce-signature`` for each access key (not cached:
+    a receiver checks connection ids it has not verified yet)."""
     message = connection_id.encode("utf-8")
-    return ",".join(
+    return tuple(
         "sha256=" + hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
         for key in keys
     )

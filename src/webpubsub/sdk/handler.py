@@ -18,14 +18,13 @@ called for a request that passed those checks, and asked for at most
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
-from webpubsub.protocol.cloudevents import host_of
+from webpubsub.protocol.cloudevents import host_of, signature_entries
 from webpubsub.protocol.connection_string import parse_connection_string
 from webpubsub.sdk.events import (
     ConnectedRequest,
@@ -123,11 +122,7 @@ a forged event's connection id (any size) never stays in memory."""
 
 
 def _expected_signatures(connection_id: str, keys: tuple[str, ...]) -> tuple[bytes, ...]:
-    message = connection_id.encode("utf-8")
-    return tuple(
-        b"sha256=" + hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest().encode()
-        for key in keys
-    )
+    return tuple(entry.encode("ascii") for entry in signature_entries(connection_id, keys))
 
 
 def _text(status: int, message: str, *extra: tuple[str, str]) -> HttpResponse:
@@ -468,7 +463,7 @@ class WebPubSubEventHandler:
         if self.verify_signature and not self._signature_valid(connection_id, sig):
             return _text(401, "invalid ce-signature")
         origin = get(_ORIGIN, "")
-        if not self._any_origin and not self._origin_allowed(origin):
+        if not self._origin_allowed(origin):
             return _text(403, "origin not allowed")
         length = get("content-length", "").strip()
         if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
