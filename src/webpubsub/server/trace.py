@@ -312,36 +312,24 @@ class TraceRing:
         """Add a record that ``build(facts)`` makes when it is first read; ``cost``
         bounds both what ``facts`` hold in memory and the record serialized."""
         self._seq += 1
-        ring = self._ring
-        ring.append((self._clock(), self.node_id, build, facts))
+        self._ring.append((self._clock(), self.node_id, build, facts))
         self._raw.append(cost)
         self._bytes += cost
         self._pending += 1
-        if len(ring) > self._capacity:  # (as _added, inline: the hot path's one call)
-            self._evict()
-        if self._bytes > self._max_bytes:
-            self._shrink()
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set()
+        self._added()
 
     def _added(self) -> None:
         """Keep the bounds (records, bytes) and wake the waiters."""
         if len(self._ring) > self._capacity:
             self._evict()
         if self._bytes > self._max_bytes:
-            self._shrink()
+            self._build_pending()  # their exact sizes (each is at most its bound)
+            while self._bytes > self._max_bytes and len(self._ring) > 1:
+                self._evict()
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
-
-    def _shrink(self) -> None:
-        """Evict the oldest records until the rest fit ``max_bytes`` (the newest stays)."""
-        self._build_pending()  # their exact sizes (each is at most its bound)
-        while self._bytes > self._max_bytes and len(self._ring) > 1:
-            self._evict()
 
     def _built(self, index: int) -> tuple[Record, bytes]:
         """The record at ``index`` (0: the oldest kept) and its bytes, built now if it was
@@ -477,7 +465,7 @@ class TraceRing:
         else:
             facts = (_bounded_exchange(exchange), ce, attempt)
             self._add_lazy(_cloudevent_record, facts, _exchange_cost(facts[0], ce, headers))
-        size = len(request.body) + len(request.url) + headers + 64  # as _request_bytes
+        size = _request_bytes(request, headers)
         self._originals[self._seq] = (request, size)
         self._original_bytes += size
         while self._original_bytes > ORIGINALS_MAX_BYTES:
@@ -727,9 +715,12 @@ def exchange_fields(exchange: Exchange, ce: Mapping[str, str] | None = None) -> 
     }
 
 
-def _request_bytes(request: UpstreamRequest) -> int:
-    """What a kept original request costs: body, URL and headers."""
-    return len(request.body) + len(request.url) + _headers_cost(request.headers) + 64
+def _request_bytes(request: UpstreamRequest, headers: int | None = None) -> int:
+    """What a kept original request costs: body, URL and headers (``headers``: their
+    :func:`_headers_cost`, when the caller has it)."""
+    if headers is None:
+        headers = _headers_cost(request.headers)
+    return len(request.body) + len(request.url) + headers + 64
 
 
 def _fit(record: Record) -> bytes:
