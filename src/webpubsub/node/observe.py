@@ -231,102 +231,46 @@ class Observers:
         return self._all
 
     def connected(self, conn: Connection) -> None:
-        for method in self._connected:
-            try:
-                method(conn)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._connected, conn)
 
     def disconnected(self, conn: Connection, code: int | None, reason: str) -> None:
-        for method in self._disconnected:
-            try:
-                method(conn, code, reason)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._disconnected, conn, code, reason)
 
     def detached(self, conn: Connection, reason: str) -> None:
-        for method in self._detached:
-            try:
-                method(conn, reason)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._detached, conn, reason)
 
     def recovered(self, conn: Connection) -> None:
-        for method in self._recovered:
-            try:
-                method(conn)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._recovered, conn)
 
     def received(self, conn: Connection, data: bytes | str, kind: str) -> None:
-        for method in self._received:
-            try:
-                method(conn, data, kind)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._received, conn, data, kind)
 
     def delivered(self, hub: str, target: Target, message: DataMessage, recipients: int) -> None:
-        for method in self._delivered:
-            try:
-                method(hub, target, message, recipients)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._delivered, hub, target, message, recipients)
 
     def replied(self, conn: Connection, message: DataMessage) -> None:
-        for method in self._replied:
-            try:
-                method(conn, message)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._replied, conn, message)
 
     def rest_call(self, call: RestCall) -> None:
-        for method in self._rest_calls:
-            try:
-                method(call)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._rest_calls, call)
 
     def cloud_event(self, exchange: Exchange) -> None:
-        for method in self._cloud_events:
-            try:
-                method(exchange)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._cloud_events, exchange)
 
     def slow_client(self, conn: Connection) -> None:
-        for method in self._slow_clients:
-            try:
-                method(conn)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._slow_clients, conn)
 
     def published(self, duration: float, error: str | None) -> None:
-        for method in self._publishes:
-            try:
-                method(duration, error)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._publishes, duration, error)
 
     def moved(self, conn: Connection, to_node: str) -> None:
-        for method in self._moved:
-            try:
-                method(conn, to_node)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._moved, conn, to_node)
 
     def adopted(self, conn: Connection, from_node: str | None) -> None:
-        for method in self._adopted:
-            try:
-                method(conn, from_node)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._adopted, conn, from_node)
 
     def refused(self, hub: str | None, status: int, reason: str) -> None:
-        for method in self._refused:
-            try:
-                method(hub, status, reason)
-            except Exception as exc:
-                _failed(method, exc)
+        _tell(self._refused, hub, status, reason)
 
 
 NO_OBSERVER = Observers()
@@ -378,6 +322,16 @@ class FailureLog:
 
 
 _failures = FailureLog()
+
+
+def _tell(methods: tuple[Callable[..., None], ...], *args: object) -> None:
+    """Call each observer's method with ``args``; one that raises is logged, and the
+    others are still told."""
+    for method in methods:
+        try:
+            method(*args)
+        except Exception as exc:
+            _failed(method, exc)
 
 
 def _failed(method: Callable[..., None], exc: Exception) -> None:
