@@ -193,7 +193,9 @@ class Upstream:
         handler = hub.handler_for_system_event("connect")
         if handler is None:
             return None
-        await self._ensure_validated(handler, ctx.hub)
+        validate_url = self._to_validate(handler, ctx.hub)
+        if validate_url is not None:
+            await self._ensure_url_validated(validate_url)
         url = handler.url_for(ctx.hub, "connect")
         upstream_request = connect_request(ctx, url, self._keys, self._clock(), request)
         response = await self._transport.send(
@@ -222,10 +224,9 @@ class Upstream:
         handler = hub.handler_for_user_event(name)
         if handler is None:
             raise NoEventHandler(name)
-        if self._validate:
-            validate_url = handler.url_for(ctx.hub, "validate")
-            if not self._validated(validate_url):  # probed and valid: no coroutine
-                await self._ensure_url_validated(validate_url)
+        validate_url = self._to_validate(handler, ctx.hub)
+        if validate_url is not None:
+            await self._ensure_url_validated(validate_url)
         url = handler.url_for(ctx.hub, name)
         request = user_event_request(ctx, url, self._keys, self._clock(), name, payload)
         response = await self._transport.send(request, timeout=handler.timeout_seconds)
@@ -368,15 +369,17 @@ class Upstream:
 
     # -- abuse protection ---------------------------------------------------------
 
-    async def _ensure_validated(self, handler: EventHandlerSettings, hub: str) -> None:
-        if self._validate:
-            await self._ensure_url_validated(handler.url_for(hub, "validate"))
-
-    def _validated(self, url: str) -> bool:
-        """Whether ``url`` passed its probe and may be sent to without one now (what
-        :meth:`_ensure_url_validated` returns at once for)."""
+    def _to_validate(self, handler: EventHandlerSettings, hub: str) -> str | None:
+        """The URL to pass :meth:`_ensure_url_validated` before an event goes to
+        ``handler``; None when abuse protection is off or the URL passed its probe and
+        may be sent to now (what that method returns at once for: no coroutine then)."""
+        if not self._validate:
+            return None
+        url = handler.url_for(hub, "validate")
         entry = self._validations.get(url)
-        return entry is not None and entry.probe is None and self._monotonic() < entry.ok_until
+        if entry is not None and entry.probe is None and self._monotonic() < entry.ok_until:
+            return None
+        return url
 
     async def _ensure_url_validated(self, url: str) -> None:
         now = self._monotonic()
