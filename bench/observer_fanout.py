@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from observers import message_event_headers
+
 from webpubsub.core.connection import Connection
 from webpubsub.core.permissions import Permissions
 from webpubsub.node.observe import Exchange, Observers, RestCall
@@ -33,25 +35,6 @@ from webpubsub.server.metrics import Metrics
 from webpubsub.server.trace import TraceRing
 
 SIZE = 2048
-
-
-def _headers(ce_id: str) -> tuple[tuple[str, str], ...]:
-    """The headers the service sends with a simple client's ``message`` event."""
-    return (
-        ("Content-Type", "text/plain"),
-        ("ce-specversion", "1.0"),
-        ("ce-type", "azure.webpubsub.user.message"),
-        ("ce-source", "/client/c1"),
-        ("ce-id", ce_id),
-        ("ce-time", "2026-12-01T00:00:00Z"),
-        ("ce-signature", "sha256=" + "a" * 64),
-        ("ce-userId", "u1"),
-        ("ce-connectionId", "c1"),
-        ("ce-hub", "bench"),
-        ("ce-eventName", "message"),
-        ("WebHook-Request-Origin", "localhost"),
-        ("ce-awpsversion", "1.0"),
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     reply = DataMessage(Payload.text(frame))
     answer = UpstreamResponse(200, (("Content-Type", "text/plain"),), body)
     url = "http://127.0.0.1:8080/eventhandler"
-    headers = [_headers(str(i)) for i in range(n)]
+    headers = [message_event_headers(str(i)) for i in range(n)]
     call = RestCall(
         "bench", "SendToUser", "POST", "/api/hubs/bench/users/u1/:send", 202, 3e-4, "127.0.0.1"
     )

@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trace: {cost * 1e6:.2f} µs per CloudEvent (a 2 KB message event and its 2 KB answer)")
 
 
-def _message_event() -> Exchange:
-    """A user ``message`` event with the headers the service sends, answered in kind."""
-    headers = (
+def message_event_headers(ce_id: str = "17") -> tuple[tuple[str, str], ...]:
+    """The headers the service sends with a simple client's ``message`` event."""
+    return (
         ("Content-Type", "text/plain"),
         ("ce-specversion", "1.0"),
         ("ce-type", "azure.webpubsub.user.message"),
         ("ce-source", "/client/c1"),
-        ("ce-id", "17"),
+        ("ce-id", ce_id),
         ("ce-time", "2026-12-01T00:00:00Z"),
         ("ce-signature", "sha256=" + "a" * 64),
         ("ce-userId", "u1"),
@@ -131,6 +131,11 @@ def _message_event() -> Exchange:
         ("WebHook-Request-Origin", "localhost"),
         ("ce-awpsversion", "1.0"),
     )
+
+
+def _message_event() -> Exchange:
+    """A user ``message`` event with the headers the service sends, answered in kind."""
+    headers = message_event_headers()
     request = UpstreamRequest("POST", "http://127.0.0.1:8080/eventhandler", headers, b"x" * 2048)
     answer = UpstreamResponse(200, (("Content-Type", "text/plain"),), b"x" * 2048)
     return Exchange(request, answer, None, 0.001)
